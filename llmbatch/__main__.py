@@ -1,0 +1,5 @@
+"""``python -m llmbatch``."""
+
+from .cli import main
+
+main()

@@ -1,0 +1,296 @@
+"""The command line. The only place that turns errors into messages and exit codes.
+
+Exit codes: 0 all requests succeeded · 1 some requests failed (records written) ·
+2 usage, config or input error, nothing sent · 3 run aborted (fatal provider error) ·
+75 stopped at --max-runtime (resumable) · 130 / 143 interrupted by SIGINT / SIGTERM
+(resumable).
+
+Heavy modules are imported inside the commands so ``--help`` and ``--version`` stay fast.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any
+
+import typer
+
+from . import __version__
+
+if TYPE_CHECKING:
+    from .config import RunConfig
+    from .metrics import SLO
+    from .runner import RunOutput
+
+EXIT_OK = 0
+EXIT_FAILED_REQUESTS = 1
+EXIT_USAGE = 2
+EXIT_ABORTED = 3
+EXIT_MAX_RUNTIME = 75
+EXIT_SIGINT = 130
+EXIT_SIGTERM = 143
+
+app = typer.Typer(
+    name="llmbatch",
+    help="Run large sets of LLM prompts against streaming chat APIs, fast, losing nothing.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"llmbatch {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: Annotated[
+        bool,
+        typer.Option("--version", callback=_version, is_eager=True, help="Show the version."),
+    ] = False,
+) -> None:
+    """llmbatch: streaming batch inference over chat APIs."""
+
+
+def _fail(message: str, code: int) -> typer.Exit:
+    typer.echo(f"llmbatch: error: {message}", err=True)
+    return typer.Exit(code)
+
+
+ConfigOpt = Annotated[
+    Path | None,
+    typer.Option("--config", "-c", help="Config file (default: ./config.toml if present)."),
+]
+ProviderOpt = Annotated[
+    str | None, typer.Option("--provider", "-p", help="Provider profile (default: mock).")
+]
+
+
+def _load(config: Path | None, flags: dict[str, Any]) -> RunConfig:
+    from .config import load_config
+
+    return load_config(config, flags=flags)
+
+
+def _parse_slo(spec: str | None) -> SLO:
+    from .errors import ConfigError
+    from .metrics import SLO
+
+    if not spec:
+        return SLO()
+    values: dict[str, float] = {}
+    for part in spec.split(","):
+        name, _, val = part.partition("=")
+        name = name.strip()
+        if name not in ("ttft", "tpot", "e2el"):
+            raise ConfigError(f"--slo: unknown metric {name!r} (ttft, tpot, e2el)")
+        try:
+            values[f"{name}_s"] = float(val)
+        except ValueError:
+            raise ConfigError(f"--slo: {name} needs seconds, got {val!r}") from None
+    return SLO(**values)
+
+
+@app.command()
+def run(
+    prompts: Annotated[Path, typer.Argument(help="JSONL file of prompts.")],
+    provider: ProviderOpt = None,
+    base_url: Annotated[str | None, typer.Option(help="Override the provider's base URL.")] = None,
+    model: Annotated[str | None, typer.Option(help="Override the provider's model.")] = None,
+    concurrency: Annotated[
+        int | None, typer.Option("--concurrency", "-j", help="Requests in flight (default 32).")
+    ] = None,
+    client: Annotated[
+        str | None, typer.Option(help="HTTP client adapter: aiohttp, httpx or httpx-aiohttp.")
+    ] = None,
+    http2: Annotated[bool | None, typer.Option("--http2", help="HTTP/2 (httpx only).")] = None,
+    out: Annotated[
+        Path | None, typer.Option("--out", "-o", help="Run directory (default outputs/<name>).")
+    ] = None,
+    config: ConfigOpt = None,
+    keep_partial: Annotated[
+        bool | None, typer.Option("--keep-partial", help="Keep the text of requests that failed.")
+    ] = None,
+    max_runtime: Annotated[
+        float | None,
+        typer.Option(help="Stop dispatching after this many seconds (exit 75, resumable)."),
+    ] = None,
+    retry_failed: Annotated[
+        bool, typer.Option("--retry-failed", help="Run the failed records of this run again.")
+    ] = False,
+    insecure: Annotated[
+        bool | None, typer.Option("--insecure", help="Do not verify TLS certificates.")
+    ] = None,
+    slo: Annotated[
+        str | None, typer.Option(help="Goodput objectives, e.g. ttft=0.5,tpot=0.05 (seconds).")
+    ] = None,
+    progress: Annotated[
+        bool | None,
+        typer.Option("--progress/--no-progress", help="Progress bar (default: when a terminal)."),
+    ] = None,
+) -> None:
+    """Send every prompt of PROMPTS as a streaming chat completion; resumable."""
+    from .errors import ConfigError, InputError, LLMBatchError, RunDirError
+
+    flags = {
+        "provider": provider,
+        "base_url": base_url,
+        "model": model,
+        "concurrency": concurrency,
+        "client": client,
+        "http2": http2,
+        "run_dir": out,
+        "keep_partial": keep_partial,
+        "max_runtime_s": max_runtime,
+        "retry_failed": retry_failed or None,
+        "insecure": insecure,
+        "progress": progress,
+    }
+    try:
+        cfg = _load(config, flags)
+        slo_obj = _parse_slo(slo)
+        output = _run_loop(cfg, prompts, slo_obj)
+    except (ConfigError, InputError, RunDirError) as exc:
+        raise _fail(str(exc), EXIT_USAGE) from None
+    except LLMBatchError as exc:
+        raise _fail(str(exc), EXIT_ABORTED) from None
+    raise typer.Exit(_report_and_code(output))
+
+
+def _run_loop(cfg: RunConfig, prompts: Path, slo: SLO) -> RunOutput:
+    import asyncio
+
+    from .runner import execute_run
+
+    loop_factory = _loop_factory()
+    with asyncio.Runner(loop_factory=loop_factory) as runner:
+        return runner.run(execute_run(cfg, prompts, slo=slo))
+
+
+def _loop_factory() -> Any:
+    """uvloop when installed (``pip install llmbatch[fast]``) unless LLMBATCH_LOOP=asyncio."""
+    if os.environ.get("LLMBATCH_LOOP", "auto") == "asyncio":
+        return None
+    try:
+        import uvloop
+    except ImportError:
+        return None
+    return uvloop.new_event_loop
+
+
+def _report_and_code(output: RunOutput) -> int:
+    import signal
+
+    from .dispatcher import StopReason
+    from .report import format_summary
+
+    result = output.result
+    summary = result.metrics.summary()
+    typer.echo(format_summary(summary, output.run_dir))
+    if result.stop_reason == StopReason.ABORTED:
+        typer.echo(f"llmbatch: run aborted: {result.abort_message}", err=True)
+        typer.echo("llmbatch: fix the cause and run the same command to resume", err=True)
+        return EXIT_ABORTED
+    if result.stop_reason == StopReason.INTERRUPTED:
+        typer.echo("llmbatch: interrupted; run the same command to resume", err=True)
+        return EXIT_SIGTERM if output.signal_received == signal.SIGTERM else EXIT_SIGINT
+    if result.stop_reason == StopReason.MAX_RUNTIME and result.pending_left:
+        typer.echo("llmbatch: --max-runtime reached; run the same command to resume", err=True)
+        return EXIT_MAX_RUNTIME
+    if result.metrics.failed:
+        return EXIT_FAILED_REQUESTS
+    return EXIT_OK
+
+
+@app.command()
+def validate(
+    prompts: Annotated[Path, typer.Argument(help="JSONL file of prompts.")],
+) -> None:
+    """Check PROMPTS without sending anything; list every bad line."""
+    from collections import Counter
+
+    from .errors import InputError
+    from .reader import iter_records
+
+    shapes: Counter[str] = Counter()
+    bad = 0
+    try:
+        for item in iter_records(prompts):
+            if isinstance(item, InputError):
+                bad += 1
+                typer.echo(f"{item}", err=True)
+            else:
+                shapes[item.shape] += 1
+    except InputError as exc:
+        raise _fail(str(exc), EXIT_USAGE) from None
+    total = bad + sum(shapes.values())
+    if total == 0:
+        raise _fail(f"{prompts}: contains no prompts", EXIT_USAGE)
+    detail = ", ".join(f"{n} {s}" for s, n in sorted(shapes.items()))
+    typer.echo(f"{prompts}: {total} lines, {total - bad} valid ({detail or 'none'}), {bad} invalid")
+    raise typer.Exit(EXIT_FAILED_REQUESTS if bad else EXIT_OK)
+
+
+@app.command("mock-server")
+def mock_server(
+    host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port (0 = any free port).")] = 8000,
+    tokens: Annotated[int, typer.Option(help="Tokens per answer.")] = 32,
+    ttft_ms: Annotated[float, typer.Option(help="Time to first token, ms.")] = 20.0,
+    itl_ms: Annotated[float, typer.Option(help="Delay between tokens, ms.")] = 2.0,
+    fault: Annotated[
+        list[str] | None,
+        typer.Option(help="Fault rate KIND=FRACTION (repeatable), e.g. 429=0.1."),
+    ] = None,
+    fault_attempts: Annotated[int, typer.Option(help="Attempts of a prompt a fault hits.")] = 1,
+) -> None:
+    """Serve the OpenAI-compatible mock (/v1/chat/completions, /v1/models) until Ctrl-C."""
+    import asyncio
+
+    from .mockserver import FAULT_KINDS, MockConfig, start_mock_server
+
+    faults: dict[str, float] = {}
+    for spec in fault or []:
+        kind, _, rate = spec.partition("=")
+        if kind not in FAULT_KINDS:
+            raise _fail(f"--fault: unknown kind {kind!r} (one of {', '.join(FAULT_KINDS)})", 2)
+        try:
+            faults[kind] = float(rate)
+        except ValueError:
+            raise _fail(f"--fault: {kind} needs a fraction, got {rate!r}", 2) from None
+    cfg = MockConfig(
+        tokens=tokens,
+        ttft_s=ttft_ms / 1000,
+        itl_s=itl_ms / 1000,
+        faults=faults,
+        fault_attempts=fault_attempts,
+    )
+
+    async def serve() -> None:
+        server = await start_mock_server(cfg, host=host, port=port)
+        typer.echo(f"mock server listening on {server.url}", err=True)
+        try:
+            await asyncio.Event().wait()
+        finally:
+            await server.close()
+
+    try:
+        with asyncio.Runner(loop_factory=_loop_factory()) as runner:
+            runner.run(serve())
+    except KeyboardInterrupt:
+        pass
+    except OSError as exc:
+        raise _fail(f"cannot listen on {host}:{port}: {exc.strerror}", EXIT_USAGE) from None
+
+
+def main() -> None:
+    """Console-script entry point."""
+    try:
+        app()
+    except KeyboardInterrupt:
+        sys.exit(EXIT_SIGINT)

@@ -1,0 +1,105 @@
+"""aiohttp adapter: one ClientSession per run, connector sized to the concurrency."""
+
+from __future__ import annotations
+
+import asyncio
+import ssl
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import aiohttp
+
+from ..config import Timeouts
+from ..errors import ConnectError, ReadTimeout, StreamInterrupted, http_status_error
+from .base import ERROR_BODY_LIMIT, ClientAdapter, HTTPRequest, StreamingResponse, request_id_from
+
+__all__ = ["AiohttpAdapter"]
+
+
+class AiohttpAdapter(ClientAdapter):
+    """Streams with aiohttp. The connector limit equals the concurrency (never the
+    silent default of 100); no total timeout on the session: connect and idle-read
+    timeouts here, the per-request deadline in the dispatcher."""
+
+    name = "aiohttp"
+
+    def __init__(
+        self, *, max_connections: int, timeouts: Timeouts, verify_tls: bool = True
+    ) -> None:
+        super().__init__(max_connections=max_connections, timeouts=timeouts, verify_tls=verify_tls)
+        self._session: aiohttp.ClientSession | None = None
+
+    def _get_session(self) -> aiohttp.ClientSession:
+        # Created lazily so the adapter can be built outside a running loop.
+        if self._session is None:
+            ssl_ctx: ssl.SSLContext | bool = True if self.verify_tls else False
+            connector = aiohttp.TCPConnector(
+                limit=self.max_connections,
+                limit_per_host=0,
+                ssl=ssl_ctx,
+                keepalive_timeout=4.0,  # below uvicorn's 5 s idle close
+            )
+            self._session = aiohttp.ClientSession(
+                connector=connector,
+                timeout=aiohttp.ClientTimeout(
+                    total=None,
+                    sock_connect=self.timeouts.connect_s,
+                    sock_read=self.timeouts.idle_s,
+                ),
+                auto_decompress=True,
+                skip_auto_headers=("User-Agent",),
+            )
+        return self._session
+
+    @asynccontextmanager
+    async def stream(self, request: HTTPRequest) -> AsyncIterator[StreamingResponse]:
+        session = self._get_session()
+        t = self.timeouts
+        try:
+            async with asyncio.timeout(t.first_byte_s + t.connect_s):
+                resp = await session.post(request.url, data=request.body, headers=request.headers)
+        except TimeoutError:
+            raise ReadTimeout(f"no response headers within {t.first_byte_s:g}s") from None
+        except aiohttp.ClientConnectorError as exc:
+            raise ConnectError(f"cannot connect to {request.url}: {exc.os_error}") from None
+        except aiohttp.ServerTimeoutError as exc:
+            raise ReadTimeout(f"timed out waiting for response: {exc}") from None
+        except (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError) as exc:
+            raise StreamInterrupted(f"connection closed before the response: {exc}") from None
+        except aiohttp.ClientError as exc:
+            raise StreamInterrupted(f"{type(exc).__name__}: {exc}") from None
+        try:
+            headers = {k.lower(): v for k, v in resp.headers.items()}
+            rid = request_id_from(headers)
+            if resp.status >= 300:
+                try:
+                    body = await resp.content.read(ERROR_BODY_LIMIT)
+                except (aiohttp.ClientError, TimeoutError):
+                    body = b""
+                raise http_status_error(resp.status, headers, body, rid)
+            yield StreamingResponse(
+                status=resp.status, headers=headers, chunks=_chunks(resp), request_id=rid
+            )
+        finally:
+            resp.release()
+
+    async def aclose(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+
+async def _chunks(resp: aiohttp.ClientResponse) -> AsyncIterator[bytes]:
+    content = resp.content
+    try:
+        while True:
+            chunk = await content.readany()
+            if not chunk:
+                return
+            yield chunk
+    except (aiohttp.ServerTimeoutError, TimeoutError) as exc:
+        raise ReadTimeout(f"no data for longer than the idle timeout ({exc})") from None
+    except (aiohttp.ClientPayloadError, aiohttp.ServerDisconnectedError) as exc:
+        raise StreamInterrupted(f"stream interrupted: {type(exc).__name__}") from None
+    except aiohttp.ClientError as exc:
+        raise StreamInterrupted(f"{type(exc).__name__}: {exc}") from None

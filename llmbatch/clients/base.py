@@ -1,0 +1,76 @@
+"""The client adapter contract: one streaming POST, raw body bytes out.
+
+An adapter knows HTTP and its library, nothing of providers or SSE. It maps every
+library exception to llmbatch's own (errors.py) at this edge, so retry decisions
+never depend on which adapter runs. A non-2xx answer is read (bounded) and raised
+as HTTPStatusError before any body chunk is yielded.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import AsyncIterator, Mapping
+from contextlib import AbstractAsyncContextManager
+from dataclasses import dataclass, field
+
+from ..config import Timeouts
+
+__all__ = ["ERROR_BODY_LIMIT", "ClientAdapter", "HTTPRequest", "StreamingResponse"]
+
+# How much of an error response body is kept (for messages and quota detection).
+ERROR_BODY_LIMIT = 64 * 1024
+
+
+@dataclass(frozen=True, slots=True)
+class HTTPRequest:
+    """A POST to make: URL, headers and an already-encoded JSON body."""
+
+    url: str
+    headers: Mapping[str, str]
+    body: bytes
+
+
+@dataclass(slots=True)
+class StreamingResponse:
+    """A 2xx response whose body is still arriving; ``headers`` has lower-case keys."""
+
+    status: int
+    headers: Mapping[str, str]
+    chunks: AsyncIterator[bytes]
+    request_id: str | None = field(default=None)
+
+
+def request_id_from(headers: Mapping[str, str]) -> str | None:
+    """The provider's request id, from the headers OpenAI / Anthropic / vLLM use."""
+    return headers.get("x-request-id") or headers.get("request-id")
+
+
+class ClientAdapter(ABC):
+    """Base class of the HTTP client adapters. One instance per run, sized to it."""
+
+    name: str = "base"
+
+    def __init__(
+        self, *, max_connections: int, timeouts: Timeouts, verify_tls: bool = True
+    ) -> None:
+        self.max_connections = max_connections
+        self.timeouts = timeouts
+        self.verify_tls = verify_tls
+
+    @abstractmethod
+    def stream(self, request: HTTPRequest) -> AbstractAsyncContextManager[StreamingResponse]:
+        """Send ``request``; yield a StreamingResponse whose chunks are raw body bytes.
+
+        Raises ConnectError, ReadTimeout, StreamInterrupted or HTTPStatusError.
+        Leaving the context releases the connection (drained for reuse when possible).
+        """
+
+    @abstractmethod
+    async def aclose(self) -> None:
+        """Close every pooled connection."""
+
+    async def __aenter__(self) -> ClientAdapter:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()

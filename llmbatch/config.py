@@ -1,0 +1,376 @@
+"""Configuration as frozen value objects, merged in one place.
+
+Precedence: CLI flags > environment (LLMBATCH_*) > config file > built-in defaults.
+API keys are never stored here: a provider names the environment variable that
+holds its key, and the key is read only when a request is built.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .errors import ConfigError
+
+__all__ = [
+    "BUILTIN_PROVIDERS",
+    "CLIENTS",
+    "DEFAULT_CONFIG_FILE",
+    "Limits",
+    "MockSettings",
+    "ProviderConfig",
+    "RetryPolicy",
+    "RunConfig",
+    "Timeouts",
+    "load_config",
+    "resolve_api_key",
+]
+
+DEFAULT_CONFIG_FILE = "config.toml"
+CLIENTS = ("aiohttp", "httpx", "httpx-aiohttp")
+PROVIDER_KINDS = ("openai", "openai-completions", "anthropic")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Timeouts:
+    """Per-request time limits, in seconds."""
+
+    connect_s: float = 10.0
+    first_byte_s: float = 120.0
+    idle_s: float = 60.0
+    total_s: float = 900.0
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RetryPolicy:
+    """How transient failures are retried (exponential backoff with full jitter)."""
+
+    max_attempts: int = 6
+    max_total_s: float = 900.0
+    backoff_base_s: float = 0.5
+    backoff_max_s: float = 60.0
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Limits:
+    """Provider rate limits; None means not limited on our side."""
+
+    rpm: float | None = None
+    input_tpm: float | None = None
+    output_tpm: float | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class MockSettings:
+    """What the built-in mock server streams."""
+
+    tokens: int = 32
+    ttft_s: float = 0.02
+    itl_s: float = 0.002
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ProviderConfig:
+    """A provider profile: where to send requests and how."""
+
+    name: str
+    kind: str = "openai"
+    base_url: str = ""
+    api_key_env: str | None = None
+    model: str = ""
+    headers: Mapping[str, str] = field(default_factory=dict)
+    params: Mapping[str, Any] = field(default_factory=dict)
+    limits: Limits = field(default_factory=Limits)
+    embedded_mock: bool = False
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RunConfig:
+    """Everything one run needs, after all sources were merged."""
+
+    provider: ProviderConfig
+    concurrency: int = 32
+    client: str = "aiohttp"
+    http2: bool = False
+    out_dir: Path = Path("outputs")
+    run_dir: Path | None = None
+    timeouts: Timeouts = field(default_factory=Timeouts)
+    retry: RetryPolicy = field(default_factory=RetryPolicy)
+    mock: MockSettings = field(default_factory=MockSettings)
+    keep_partial: bool = False
+    max_runtime_s: float | None = None
+    retry_failed: bool = False
+    insecure: bool = False
+    progress: bool | None = None
+
+
+BUILTIN_PROVIDERS: dict[str, ProviderConfig] = {
+    "mock": ProviderConfig(name="mock", kind="openai", model="mock-model", embedded_mock=True),
+    "openai": ProviderConfig(
+        name="openai",
+        kind="openai",
+        base_url="https://api.openai.com/v1",
+        api_key_env="OPENAI_API_KEY",
+        model="gpt-4o-mini",
+    ),
+    "anthropic": ProviderConfig(
+        name="anthropic",
+        kind="anthropic",
+        base_url="https://api.anthropic.com/v1",
+        api_key_env="ANTHROPIC_API_KEY",
+        model="claude-3-5-haiku-latest",
+        headers={"anthropic-version": "2023-06-01"},
+        params={"max_tokens": 1024},
+    ),
+    "vllm": ProviderConfig(name="vllm", base_url="http://127.0.0.1:8000/v1"),
+    "llamacpp": ProviderConfig(name="llamacpp", base_url="http://127.0.0.1:8080/v1"),
+    "ollama": ProviderConfig(name="ollama", base_url="http://127.0.0.1:11434/v1"),
+}
+
+# Flag/env names that map to a field of RunConfig, ProviderConfig or a sub-object.
+_RUN_KEYS = {
+    "provider",
+    "concurrency",
+    "client",
+    "http2",
+    "out_dir",
+    "keep_partial",
+    "max_runtime_s",
+    "insecure",
+}
+_PROVIDER_OVERRIDES = {"base_url", "model", "api_key_env"}
+_ENV_PREFIX = "LLMBATCH_"
+
+
+def load_config(
+    config_path: str | Path | None = None,
+    *,
+    flags: Mapping[str, Any] | None = None,
+    environ: Mapping[str, str] | None = None,
+) -> RunConfig:
+    """Merge defaults, the config file, LLMBATCH_* variables and flags into a RunConfig.
+
+    ``config_path`` None means ./config.toml if it exists. ``flags`` holds only the
+    options the user actually gave (None values are ignored).
+    """
+    env = os.environ if environ is None else environ
+    file_data, source = _read_file(config_path)
+    flags = {k: v for k, v in (flags or {}).items() if v is not None}
+
+    run_sec = _section(file_data, "run", source)
+    merged: dict[str, Any] = {}
+    merged.update(run_sec)
+    merged.update(_from_env(env))
+    merged.update(flags)
+
+    profiles = dict(BUILTIN_PROVIDERS)
+    for name, raw in _section(file_data, "providers", source).items():
+        if not isinstance(raw, dict):
+            raise ConfigError(f"{source}: [providers.{name}] must be a table")
+        profiles[name] = _provider_from(name, raw, profiles.get(name), source)
+
+    pname = merged.pop("provider", "mock")
+    if pname not in profiles:
+        known = ", ".join(sorted(profiles))
+        raise ConfigError(f"unknown provider {pname!r} (known: {known})")
+    provider = profiles[pname]
+    overrides = {k: merged.pop(k) for k in list(merged) if k in _PROVIDER_OVERRIDES}
+    if overrides:
+        provider = dataclasses.replace(provider, **overrides)
+    limit_over = {k: merged.pop(k) for k in list(merged) if k in ("rpm", "input_tpm", "output_tpm")}
+    if limit_over:
+        provider = dataclasses.replace(
+            provider, limits=dataclasses.replace(provider.limits, **limit_over)
+        )
+
+    run_dir = merged.pop("run_dir", None)
+    retry_failed = bool(merged.pop("retry_failed", False))
+    progress = merged.pop("progress", None)
+    unknown = set(merged) - _RUN_KEYS
+    if unknown:
+        raise ConfigError(f"{source}: unknown key(s) in [run]: {', '.join(sorted(unknown))}")
+    try:
+        cfg = RunConfig(
+            provider=provider,
+            timeouts=_typed(Timeouts, _section(file_data, "timeouts", source), source),
+            retry=_typed(RetryPolicy, _section(file_data, "retry", source), source),
+            mock=_typed(MockSettings, _section(file_data, "mock", source), source),
+            run_dir=Path(run_dir) if run_dir else None,
+            retry_failed=retry_failed,
+            progress=progress,
+            **_coerce_run(merged, source),
+        )
+    except TypeError as exc:
+        raise ConfigError(f"{source}: {exc}") from None
+    _validate(cfg, source)
+    return cfg
+
+
+def resolve_api_key(
+    provider: ProviderConfig, environ: Mapping[str, str] | None = None
+) -> str | None:
+    """The provider's API key from its environment variable; ConfigError when missing."""
+    if not provider.api_key_env:
+        return None
+    env = os.environ if environ is None else environ
+    key = env.get(provider.api_key_env, "").strip()
+    if not key:
+        raise ConfigError(
+            f"provider {provider.name!r} needs an API key: set the environment variable "
+            f"{provider.api_key_env}"
+        )
+    return key
+
+
+def _read_file(config_path: str | Path | None) -> tuple[dict[str, Any], str]:
+    if config_path is None:
+        default = Path(DEFAULT_CONFIG_FILE)
+        if not default.is_file():
+            return {}, "defaults"
+        config_path = default
+    path = Path(config_path)
+    try:
+        with path.open("rb") as fh:
+            return tomllib.load(fh), str(path)
+    except FileNotFoundError:
+        raise ConfigError(f"config file not found: {path}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: invalid TOML: {exc}") from None
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read: {exc.strerror}") from None
+
+
+def _section(data: Mapping[str, Any], name: str, source: str) -> dict[str, Any]:
+    sec = data.get(name, {})
+    if not isinstance(sec, dict):
+        raise ConfigError(f"{source}: [{name}] must be a table")
+    return dict(sec)
+
+
+def _from_env(env: Mapping[str, str]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key in (*_RUN_KEYS, *_PROVIDER_OVERRIDES):
+        val = env.get(_ENV_PREFIX + key.upper())
+        if val is not None and val != "":
+            out[key] = val
+    return out
+
+
+def _coerce_run(raw: Mapping[str, Any], source: str) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, val in raw.items():
+        if key == "concurrency":
+            out[key] = _as_int(val, key, source)
+        elif key in ("http2", "keep_partial", "insecure"):
+            out[key] = _as_bool(val, key, source)
+        elif key == "max_runtime_s":
+            out[key] = _as_float(val, key, source)
+        elif key == "out_dir":
+            out[key] = Path(str(val))
+        else:
+            out[key] = str(val)
+    return out
+
+
+def _typed(cls: Any, raw: Mapping[str, Any], source: str) -> Any:
+    """Build a frozen dataclass from a table, checking names and number types."""
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    kwargs: dict[str, Any] = {}
+    for key, val in raw.items():
+        f = fields.get(key)
+        if f is None:
+            raise ConfigError(
+                f"{source}: unknown key {key!r} for {cls.__name__} "
+                f"(known: {', '.join(sorted(fields))})"
+            )
+        kind = str(f.type)
+        if "int" in kind and "float" not in kind:
+            kwargs[key] = _as_int(val, key, source)
+        elif "float" in kind:
+            kwargs[key] = None if val is None else _as_float(val, key, source)
+        else:
+            kwargs[key] = val
+    return cls(**kwargs)
+
+
+def _provider_from(
+    name: str, raw: Mapping[str, Any], base: ProviderConfig | None, source: str
+) -> ProviderConfig:
+    raw = dict(raw)
+    limits_raw = raw.pop("limits", {})
+    if not isinstance(limits_raw, dict):
+        raise ConfigError(f"{source}: [providers.{name}.limits] must be a table")
+    for key in ("headers", "params"):
+        if key in raw and not isinstance(raw[key], dict):
+            raise ConfigError(f"{source}: providers.{name}.{key} must be a table")
+    known = {f.name for f in dataclasses.fields(ProviderConfig)} - {"name", "limits"}
+    unknown = set(raw) - known
+    if unknown:
+        raise ConfigError(
+            f"{source}: unknown key(s) in [providers.{name}]: {', '.join(sorted(unknown))}"
+        )
+    prov = base or ProviderConfig(name=name)
+    limits = _typed(Limits, {**dataclasses.asdict(prov.limits), **limits_raw}, source)
+    return dataclasses.replace(prov, name=name, limits=limits, **raw)
+
+
+def _validate(cfg: RunConfig, source: str) -> None:
+    if cfg.concurrency < 1:
+        raise ConfigError(f"concurrency must be at least 1, got {cfg.concurrency}")
+    if cfg.client not in CLIENTS:
+        raise ConfigError(f"unknown client {cfg.client!r} (one of {', '.join(CLIENTS)})")
+    p = cfg.provider
+    if p.kind not in PROVIDER_KINDS:
+        raise ConfigError(
+            f"{source}: provider {p.name!r} has unknown kind {p.kind!r} "
+            f"(one of {', '.join(PROVIDER_KINDS)})"
+        )
+    if not p.embedded_mock and not p.base_url.startswith(("http://", "https://")):
+        raise ConfigError(f"provider {p.name!r}: base_url must start with http:// or https://")
+    for name in ("connect_s", "first_byte_s", "idle_s", "total_s"):
+        if getattr(cfg.timeouts, name) <= 0:
+            raise ConfigError(f"{source}: timeouts.{name} must be positive")
+    if cfg.retry.max_attempts < 1:
+        raise ConfigError(f"{source}: retry.max_attempts must be at least 1")
+    if cfg.mock.tokens < 1 or cfg.mock.ttft_s < 0 or cfg.mock.itl_s < 0:
+        raise ConfigError(f"{source}: [mock] tokens must be >= 1 and delays >= 0")
+
+
+def _as_int(val: Any, key: str, source: str) -> int:
+    if isinstance(val, bool):
+        raise ConfigError(f"{source}: {key} must be an integer, got {val!r}")
+    try:
+        return int(val)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{key} must be an integer, got {val!r}") from None
+
+
+def _as_float(val: Any, key: str, source: str) -> float:
+    if isinstance(val, bool):
+        raise ConfigError(f"{source}: {key} must be a number, got {val!r}")
+    try:
+        return float(val)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{key} must be a number, got {val!r}") from None
+
+
+def _as_bool(val: Any, key: str, source: str) -> bool:
+    if isinstance(val, bool):
+        return val
+    if isinstance(val, str) and val.lower() in (
+        "1",
+        "true",
+        "yes",
+        "on",
+        "0",
+        "false",
+        "no",
+        "off",
+    ):
+        return val.lower() in ("1", "true", "yes", "on")
+    raise ConfigError(f"{source}: {key} must be true or false, got {val!r}")

@@ -1,0 +1,374 @@
+"""Bounded-concurrency dispatch: prompts in, one result record per prompt out.
+
+``concurrency`` workers pull from the prompt iterator, so at most that many prompts
+are held in memory whatever the input size. Each request runs under the retry policy
+and a per-attempt deadline; its text is streamed to the run directory as it arrives.
+
+Stopping (a signal, --max-runtime, or an error fatal for the run) stops taking new
+prompts; requests in flight get a grace period, then are cancelled. A request that
+did not finish gets no record, so the next run with the same command does it again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+from .clients.base import ClientAdapter
+from .config import RunConfig
+from .errors import (
+    BadRequest,
+    DeadlineExceeded,
+    HTTPStatusError,
+    InputError,
+    LLMBatchError,
+    RequestError,
+    TruncatedStream,
+)
+from .metrics import RunMetrics, request_metrics_dict
+from .providers.base import Provider, StreamAssembler
+from .reader import error_record_id
+from .records import Attempt, Outcome, PromptRecord, RequestMetrics
+from .retry import Verdict, classify, run_with_retries
+from .sse import SSEDecoder
+from .writer import ResumeIndex, RunDir, TextSink
+
+__all__ = ["Dispatcher", "RunResult", "StopReason"]
+
+# Identical request-fatal errors with no success yet that mean the whole job is wrong
+# (an unknown model, a malformed default parameter): stop instead of failing them all.
+SYSTEMATIC_FAILURE_THRESHOLD = 3
+SUMMARY_EVERY_S = 2.0
+
+
+class StopReason:
+    """Why dispatching stopped early (values are shown to the user)."""
+
+    INTERRUPTED = "interrupted"
+    MAX_RUNTIME = "max_runtime"
+    ABORTED = "aborted"
+
+
+@dataclass
+class RunResult:
+    """How a run ended."""
+
+    metrics: RunMetrics
+    stop_reason: str | None
+    abort_message: str | None
+    pending_left: bool
+
+
+class Dispatcher:
+    """Drives one run. Create, then ``await run(items)``; ``stop()`` may be called anytime."""
+
+    def __init__(
+        self,
+        cfg: RunConfig,
+        provider: Provider,
+        client: ClientAdapter,
+        rundir: RunDir,
+        index: ResumeIndex,
+        metrics: RunMetrics,
+        *,
+        on_outcome: Callable[[Outcome], None] | None = None,
+        grace_s: float = 30.0,
+    ) -> None:
+        self.cfg = cfg
+        self.provider = provider
+        self.client = client
+        self.rundir = rundir
+        self.index = index
+        self.metrics = metrics
+        self.on_outcome = on_outcome
+        self.grace_s = grace_s
+        self.live_output_tokens = 0
+        self.in_flight = 0
+        self._stop_reason: str | None = None
+        self._abort_message: str | None = None
+        self._stopping = asyncio.Event()
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._held_failures: list[tuple[PromptRecord, Outcome]] = []
+        self._input_exhausted = False
+
+    # -- control ---------------------------------------------------------------------
+    def stop(
+        self, reason: str, *, message: str | None = None, grace_s: float | None = None
+    ) -> None:
+        """Stop taking new prompts; cancel requests still running after ``grace_s``."""
+        if self._stop_reason is None:
+            self._stop_reason = reason
+            self._abort_message = message
+        self._stopping.set()
+        grace = self.grace_s if grace_s is None else grace_s
+        loop = asyncio.get_running_loop()
+        if grace <= 0:
+            self._cancel_all()
+        else:
+            loop.call_later(grace, self._cancel_all)
+
+    def _cancel_all(self) -> None:
+        for t in self._tasks:
+            t.cancel()
+
+    @property
+    def stopping(self) -> bool:
+        """True once stop() was called."""
+        return self._stopping.is_set()
+
+    # -- run -------------------------------------------------------------------------
+    async def run(self, items: Iterator[PromptRecord | InputError]) -> RunResult:
+        """Dispatch every item; return when all are done or the run was stopped."""
+        self.rundir.start()
+        ticker = asyncio.create_task(self._summary_ticker())
+        workers = [asyncio.create_task(self._worker(items)) for _ in range(self.cfg.concurrency)]
+        self._tasks.update(workers)
+        try:
+            results = await asyncio.gather(*workers, return_exceptions=True)
+        finally:
+            ticker.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await ticker
+        for r in results:
+            if isinstance(r, LLMBatchError):
+                raise r
+            if isinstance(r, BaseException) and not isinstance(r, asyncio.CancelledError):
+                raise r
+        if self._stop_reason != StopReason.ABORTED:
+            for rec, outcome in self._held_failures:
+                self._commit(rec, outcome)
+        self._held_failures.clear()
+        self.metrics.ended_at = time.monotonic()
+        self.rundir.write_summary(self.metrics.summary())
+        return RunResult(
+            metrics=self.metrics,
+            stop_reason=self._stop_reason,
+            abort_message=self._abort_message,
+            pending_left=self._stop_reason is not None and not self._input_exhausted,
+        )
+
+    async def _summary_ticker(self) -> None:
+        while True:
+            await asyncio.sleep(SUMMARY_EVERY_S)
+            self.rundir.write_summary(self.metrics.summary())
+            if self.rundir.error is not None:
+                self.stop(StopReason.ABORTED, message=f"cannot write: {self.rundir.error}")
+
+    async def _worker(self, items: Iterator[PromptRecord | InputError]) -> None:
+        while not self._stopping.is_set():
+            item = next(items, None)
+            if item is None:
+                self._input_exhausted = True
+                return
+            if isinstance(item, InputError):
+                self._record_input_error(item)
+                continue
+            if item.id in self.index:
+                self.metrics.skipped += 1
+                continue
+            await self._process(item)
+
+    # -- one request ------------------------------------------------------------------
+    async def _process(self, rec: PromptRecord) -> None:
+        taken_at = time.perf_counter()
+        request = self.provider.build_request(rec)
+        sink = self.rundir.begin_text(rec.id)
+        attempts: list[Attempt] = []
+        holder: list[RequestMetrics] = []
+        self.in_flight += 1
+
+        async def attempt(n: int) -> StreamAssembler:
+            if n > 1:
+                self.rundir.restart_text(sink)
+            m = RequestMetrics(queue_s=time.perf_counter() - taken_at)
+            holder[:] = [m]
+            try:
+                asm, rid = await self._attempt(request, sink, m)
+            except RequestError as exc:
+                self.live_output_tokens -= m.chunks
+                attempts.append(_attempt_record(n, exc))
+                raise
+            attempts.append(Attempt(n, 200, None, None, rid, 0.0))
+            return asm
+
+        def on_retry(exc: BaseException, wait_s: float) -> None:
+            if attempts:
+                attempts[-1].wait_s = wait_s
+
+        try:
+            asm = await run_with_retries(attempt, self.cfg.retry, on_retry=on_retry)
+        except RequestError as exc:
+            verdict = classify(exc)
+            if verdict is Verdict.ABORT_RUN:
+                self.rundir.finish_text(sink, complete=False, keep_partial=False)
+                self.stop(StopReason.ABORTED, message=f"{type(exc).__name__}: {exc}")
+                return
+            text_file = self.rundir.finish_text(
+                sink, complete=False, keep_partial=self.cfg.keep_partial
+            )
+            m = holder[0] if holder else RequestMetrics()
+            outcome = _failure(rec, exc, attempts, m, text_file is not None)
+            self._finish(rec, outcome, text_file, exc)
+            return
+        except asyncio.CancelledError:
+            # Interrupted: no record, so the next run does this request again.
+            self.rundir.finish_text(sink, complete=False, keep_partial=False)
+            raise
+        finally:
+            self.in_flight -= 1
+        text_file = self.rundir.finish_text(sink, complete=True, keep_partial=False)
+        m = holder[0]
+        inp, out = asm.usage()
+        if out is not None:
+            m.output_tokens, m.output_tokens_estimated = out, False
+        else:
+            m.output_tokens, m.output_tokens_estimated = m.chunks, True
+        m.input_tokens = inp
+        outcome = Outcome(
+            record_id=rec.id,
+            status_code=200,
+            request_id=attempts[-1].request_id,
+            body=asm.body(),
+            error_code=None,
+            error_message=None,
+            attempts=attempts,
+            metrics=m,
+            line_no=rec.line_no,
+        )
+        self._finish(rec, outcome, text_file, None)
+
+    async def _attempt(
+        self, request: Any, sink: TextSink, m: RequestMetrics
+    ) -> tuple[StreamAssembler, str | None]:
+        rundir = self.rundir
+        asm = self.provider.new_assembler()
+        decoder = SSEDecoder()
+        perf = time.perf_counter
+        total_s = self.cfg.timeouts.total_s
+        sent = perf()
+        first = last = 0.0
+        itl = m.itl_s
+        try:
+            async with asyncio.timeout(total_s), self.client.stream(request) as resp:
+                rid = resp.request_id
+                async for chunk in resp.chunks:
+                    for event in decoder.feed(chunk):
+                        text = asm.on_event(event)
+                        if text:
+                            now = perf()
+                            if m.chunks:
+                                itl.append(now - last)
+                            else:
+                                first = now
+                            last = now
+                            m.chunks += 1
+                            self.live_output_tokens += 1
+                            rundir.append_text(sink, text)
+        except TimeoutError:
+            raise DeadlineExceeded(f"request took longer than {total_s:g}s") from None
+        if not asm.finished:
+            raise TruncatedStream("stream ended without its end marker ([DONE])")
+        if m.chunks:
+            m.ttft_s = first - sent
+            m.e2el_s = last - sent
+        return asm, rid
+
+    # -- records -----------------------------------------------------------------------
+    def _finish(
+        self, rec: PromptRecord, outcome: Outcome, text_file: str | None, exc: Exception | None
+    ) -> None:
+        if isinstance(exc, BadRequest) and self.metrics.succeeded == 0:
+            # Hold request-fatal failures until something succeeds: if every request
+            # fails the same way, the job itself is wrong and the run stops instead.
+            self._held_failures.append((rec, outcome))
+            codes = {(o.error_code, o.status_code) for _, o in self._held_failures}
+            if len(self._held_failures) >= SYSTEMATIC_FAILURE_THRESHOLD and len(codes) == 1:
+                self.stop(
+                    StopReason.ABORTED,
+                    message=f"every request fails the same way: {outcome.error_message}",
+                )
+            return
+        self._commit(rec, outcome, text_file)
+        if outcome.ok and self._held_failures:
+            held, self._held_failures = self._held_failures, []
+            for r, o in held:
+                self._commit(r, o)
+
+    def _commit(self, rec: PromptRecord, outcome: Outcome, text_file: str | None = None) -> None:
+        self.rundir.add_result(_result_line(outcome, text_file))
+        self.index.add(rec.id)
+        self.metrics.add(outcome)
+        if self.on_outcome is not None:
+            self.on_outcome(outcome)
+
+    def _record_input_error(self, err: InputError) -> None:
+        rid = error_record_id(err.line_no or 0)
+        if rid in self.index:
+            self.metrics.skipped += 1
+            return
+        self.index.add(rid)
+        outcome = Outcome(
+            record_id=rid,
+            status_code=None,
+            request_id=None,
+            body=None,
+            error_code="input_error",
+            error_message=str(err),
+            attempts=[],
+            metrics=RequestMetrics(),
+            line_no=err.line_no,
+        )
+        self.rundir.add_result(_result_line(outcome, None))
+        self.metrics.add_input_error()
+        if self.on_outcome is not None:
+            self.on_outcome(outcome)
+
+
+def _attempt_record(n: int, exc: RequestError) -> Attempt:
+    status = exc.status if isinstance(exc, HTTPStatusError) else None
+    rid = exc.request_id if isinstance(exc, HTTPStatusError) else None
+    return Attempt(n, status, exc.code, str(exc)[:500], rid, 0.0)
+
+
+def _failure(
+    rec: PromptRecord, exc: RequestError, attempts: list[Attempt], m: RequestMetrics, kept: bool
+) -> Outcome:
+    status = exc.status if isinstance(exc, HTTPStatusError) else None
+    return Outcome(
+        record_id=rec.id,
+        status_code=status,
+        request_id=exc.request_id if isinstance(exc, HTTPStatusError) else None,
+        body=None,
+        error_code=exc.code,
+        error_message=str(exc)[:1000],
+        attempts=attempts,
+        metrics=m,
+        partial_kept=kept,
+        line_no=rec.line_no,
+    )
+
+
+def _result_line(o: Outcome, text_file: str | None) -> dict[str, Any]:
+    """One results.jsonl line: OpenAI Batch output shape plus an "llmbatch" object."""
+    response: dict[str, Any] | None = None
+    if o.status_code is not None:
+        response = {"status_code": o.status_code, "request_id": o.request_id, "body": o.body}
+    return {
+        "id": "req_" + hashlib.blake2b(o.record_id.encode(), digest_size=8).hexdigest(),
+        "custom_id": o.record_id,
+        "response": response,
+        "error": None if o.ok else {"code": o.error_code, "message": o.error_message},
+        "llmbatch": {
+            "line": o.line_no,
+            "text_file": text_file,
+            "partial_text_kept": o.partial_kept,
+            "metrics": request_metrics_dict(o.metrics),
+            "attempts": [a.as_dict() for a in o.attempts],
+            "finished_at": round(time.time(), 3),
+        },
+    }

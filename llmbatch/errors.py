@@ -1,0 +1,257 @@
+"""llmbatch's exception hierarchy.
+
+Every error that crosses a module boundary is one of these; library exceptions
+(aiohttp, httpx, OSError, ...) are mapped at the edge where they occur. Only the
+CLI turns them into messages and exit codes.
+
+    LLMBatchError
+    ├── ConfigError                 bad config.toml / flags / missing API key env var
+    ├── InputError(path, line_no)   a JSONL line or file that cannot become requests
+    ├── RunDirError                 run directory locked, unreadable or from another job
+    └── RequestError                one attempt of one request failed
+        ├── TransportError
+        │   ├── ConnectError        could not connect (refused, DNS, TLS handshake)
+        │   ├── ReadTimeout         no first byte / idle gap exceeded between chunks
+        │   ├── DeadlineExceeded    the per-request total deadline passed
+        │   └── StreamInterrupted   connection dropped mid-response
+        ├── HTTPStatusError(status, retry_after_s, request_id, body)
+        │   ├── RateLimited         429 (transient)
+        │   ├── QuotaExhausted      429 insufficient_quota (fatal for the run)
+        │   ├── AuthError           401 / 403 (fatal for the run)
+        │   ├── ServerError         5xx, 408, 409 (transient)
+        │   └── BadRequest          400, 404, 413, 422, other 4xx (fatal for the request)
+        └── ProviderError           bad answer inside a 2xx response
+            ├── ProviderOverloaded  provider said "overloaded" in the stream (transient)
+            ├── TruncatedStream     the stream ended without its end marker (transient)
+            └── MalformedResponse   a chunk that is not valid JSON / not the expected shape
+
+Whether a RequestError is retried is decided by its type alone (see retry.py).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+__all__ = [
+    "AuthError",
+    "BadRequest",
+    "ConfigError",
+    "ConnectError",
+    "DeadlineExceeded",
+    "HTTPStatusError",
+    "InputError",
+    "LLMBatchError",
+    "MalformedResponse",
+    "ProviderError",
+    "ProviderOverloaded",
+    "QuotaExhausted",
+    "RateLimited",
+    "ReadTimeout",
+    "RequestError",
+    "RunDirError",
+    "ServerError",
+    "StreamInterrupted",
+    "TransportError",
+    "TruncatedStream",
+    "http_status_error",
+]
+
+
+class LLMBatchError(Exception):
+    """Base of every error llmbatch raises on purpose."""
+
+
+class ConfigError(LLMBatchError):
+    """The configuration (file, environment or flags) is unusable; nothing was sent."""
+
+
+class InputError(LLMBatchError):
+    """A prompt file or one of its lines cannot become a request."""
+
+    def __init__(self, message: str, *, path: str, line_no: int | None = None) -> None:
+        self.path = path
+        self.line_no = line_no
+        self.reason = message
+        where = f"{path}:{line_no}" if line_no is not None else path
+        super().__init__(f"{where}: {message}")
+
+
+class RunDirError(LLMBatchError):
+    """The run directory cannot be used (locked by another run, or made by another job)."""
+
+
+class RequestError(LLMBatchError):
+    """One attempt of one request failed. ``code`` is the stable name used in records."""
+
+    code = "request_error"
+
+
+class TransportError(RequestError):
+    """The connection failed; no usable HTTP response."""
+
+    code = "transport_error"
+
+
+class ConnectError(TransportError):
+    """The connection could not be opened."""
+
+    code = "connect_error"
+
+
+class ReadTimeout(TransportError):
+    """No first byte in time, or the gap between two chunks exceeded the idle timeout."""
+
+    code = "read_timeout"
+
+
+class DeadlineExceeded(TransportError):
+    """The whole request took longer than its total deadline."""
+
+    code = "deadline_exceeded"
+
+
+class StreamInterrupted(TransportError):
+    """The connection dropped while the response was streaming."""
+
+    code = "stream_interrupted"
+
+
+class HTTPStatusError(RequestError):
+    """The server answered with a non-2xx status."""
+
+    code = "http_error"
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        status: int,
+        retry_after_s: float | None = None,
+        request_id: str | None = None,
+        body: str = "",
+        headers: Mapping[str, str] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.retry_after_s = retry_after_s
+        self.request_id = request_id
+        self.body = body
+        self.headers: Mapping[str, str] = headers or {}
+
+
+class RateLimited(HTTPStatusError):
+    """429: slow down and try again."""
+
+    code = "rate_limited"
+
+
+class QuotaExhausted(HTTPStatusError):
+    """429 with insufficient_quota: retrying cannot help."""
+
+    code = "quota_exhausted"
+
+
+class AuthError(HTTPStatusError):
+    """401/403: the key is wrong or lacks permission."""
+
+    code = "auth_error"
+
+
+class ServerError(HTTPStatusError):
+    """5xx, 408 or 409: the server may succeed on another try."""
+
+    code = "server_error"
+
+
+class BadRequest(HTTPStatusError):
+    """4xx other than the above: this request will never succeed as written."""
+
+    code = "bad_request"
+
+
+class ProviderError(RequestError):
+    """The response was 2xx but its content is an error or unusable."""
+
+    code = "provider_error"
+
+
+class ProviderOverloaded(ProviderError):
+    """The provider reported overload inside the stream."""
+
+    code = "provider_overloaded"
+
+
+class TruncatedStream(ProviderError):
+    """The stream ended before its end marker."""
+
+    code = "truncated_stream"
+
+
+class MalformedResponse(ProviderError):
+    """A chunk was not valid JSON or not of the expected shape."""
+
+    code = "malformed_response"
+
+
+def _parse_retry_after(headers: Mapping[str, str]) -> float | None:
+    """Seconds from ``retry-after-ms`` or ``retry-after`` (delta-seconds only)."""
+    ms = headers.get("retry-after-ms")
+    if ms is not None:
+        try:
+            return max(0.0, float(ms) / 1000.0)
+        except ValueError:
+            pass
+    secs = headers.get("retry-after")
+    if secs is not None:
+        try:
+            return max(0.0, float(secs))
+        except ValueError:
+            # An HTTP-date; rare from LLM APIs. Treat as unknown rather than guess.
+            return None
+    return None
+
+
+def http_status_error(
+    status: int, headers: Mapping[str, str], body: bytes, request_id: str | None = None
+) -> HTTPStatusError:
+    """Build the right HTTPStatusError subclass for a non-2xx response.
+
+    ``headers`` must have lower-case keys. The class is chosen from the status and,
+    for 429, from the structured error code in the body (OpenAI's
+    ``insufficient_quota``), so retry decisions never need to read messages.
+    """
+    text = body[:2000].decode("utf-8", errors="replace")
+    retry_after_s = _parse_retry_after(headers)
+    cls: type[HTTPStatusError]
+    if status == 429:
+        cls = QuotaExhausted if _is_quota_error(body) else RateLimited
+    elif status in (401, 403):
+        cls = AuthError
+    elif status >= 500 or status in (408, 409):
+        cls = ServerError
+    else:
+        cls = BadRequest
+    snippet = " ".join(text.split())[:300]
+    return cls(
+        f"HTTP {status}: {snippet}" if snippet else f"HTTP {status}",
+        status=status,
+        retry_after_s=retry_after_s,
+        request_id=request_id,
+        body=text,
+        headers=headers,
+    )
+
+
+def _is_quota_error(body: bytes) -> bool:
+    import orjson
+
+    try:
+        payload = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return False
+    if not isinstance(payload, dict):
+        return False
+    err = payload.get("error")
+    if isinstance(err, dict):
+        return err.get("code") == "insufficient_quota" or err.get("type") == "insufficient_quota"
+    return False

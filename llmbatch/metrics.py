@@ -1,0 +1,254 @@
+"""Per-request timings and run aggregates, with vLLM's benchmark definitions.
+
+- queue_s: record taken from the input -> request sent (slot and rate-limit waits).
+- ttft_s: request sent -> first chunk with content.
+- e2el_s: request sent -> last content chunk.
+- itl_s: gaps between consecutive content chunks (pooled over requests for the run).
+- tpot_s: (e2el - ttft) / (output_tokens - 1).
+
+Run percentiles come from log-bucketed histograms (1% relative resolution), so
+memory stays constant however many requests a run has.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
+
+from .records import Outcome, RequestMetrics
+
+__all__ = ["Histogram", "RunMetrics", "SLO", "itl_summary"]
+
+PERCENTILES = (50, 90, 95, 99)
+_LOG_STEP = math.log(1.01)
+_MIN_S = 1e-6
+
+
+class Histogram:
+    """Constant-memory histogram of positive durations; percentiles within ~1%."""
+
+    __slots__ = ("_buckets", "count", "total", "min", "max")
+
+    def __init__(self) -> None:
+        self._buckets: Counter[int] = Counter()
+        self.count = 0
+        self.total = 0.0
+        self.min = math.inf
+        self.max = 0.0
+
+    def add(self, value_s: float) -> None:
+        """Record one value (seconds)."""
+        v = value_s if value_s > _MIN_S else _MIN_S
+        self._buckets[int(math.log(v) / _LOG_STEP)] += 1
+        self.count += 1
+        self.total += value_s
+        if value_s < self.min:
+            self.min = value_s
+        if value_s > self.max:
+            self.max = value_s
+
+    def add_many(self, values_s: list[float]) -> None:
+        """Record several values."""
+        for v in values_s:
+            self.add(v)
+
+    def percentile(self, p: float) -> float | None:
+        """The p-th percentile (bucket midpoint, clamped to the observed range)."""
+        if not self.count:
+            return None
+        rank = max(1, math.ceil(self.count * p / 100.0))
+        seen = 0
+        for b in sorted(self._buckets):
+            seen += self._buckets[b]
+            if seen >= rank:
+                mid = math.exp((b + 0.5) * _LOG_STEP)
+                return min(max(mid, self.min), self.max)
+        return self.max
+
+    def summary(self) -> dict[str, float | None]:
+        """mean and p50/p90/p95/p99, rounded to microseconds."""
+        out: dict[str, float | None] = {"mean": _r(self.total / self.count) if self.count else None}
+        for p in PERCENTILES:
+            out[f"p{p}"] = _r(self.percentile(p))
+        return out
+
+
+@dataclass(frozen=True, slots=True)
+class SLO:
+    """Service-level objectives for goodput; None means not constrained."""
+
+    ttft_s: float | None = None
+    tpot_s: float | None = None
+    e2el_s: float | None = None
+
+    def met_by(self, m: RequestMetrics) -> bool:
+        """True when a successful request's metrics meet every set objective."""
+        if self.ttft_s is not None and (m.ttft_s is None or m.ttft_s > self.ttft_s):
+            return False
+        tpot = m.tpot_s
+        if self.tpot_s is not None and tpot is not None and tpot > self.tpot_s:
+            return False
+        return not (self.e2el_s is not None and (m.e2el_s is None or m.e2el_s > self.e2el_s))
+
+    @property
+    def active(self) -> bool:
+        """True when any objective is set."""
+        return any(v is not None for v in (self.ttft_s, self.tpot_s, self.e2el_s))
+
+
+def itl_summary(itl_s: list[float]) -> dict[str, float | None]:
+    """Per-request ITL summary written to the result record (mean, p50, p99, max)."""
+    if not itl_s:
+        return {"mean": None, "p50": None, "p99": None, "max": None}
+    s = sorted(itl_s)
+    n = len(s)
+    return {
+        "mean": _r(sum(s) / n),
+        "p50": _r(s[(n - 1) // 2]),
+        "p99": _r(s[min(n - 1, math.ceil(n * 0.99) - 1)]),
+        "max": _r(s[-1]),
+    }
+
+
+def request_metrics_dict(m: RequestMetrics) -> dict[str, Any]:
+    """The per-request metrics object of a result record."""
+    return {
+        "queue_s": _r(m.queue_s),
+        "ttft_s": _r(m.ttft_s),
+        "e2el_s": _r(m.e2el_s),
+        "tpot_s": _r(m.tpot_s),
+        "itl_s": itl_summary(m.itl_s),
+        "output_tokens": m.output_tokens,
+        "output_tokens_estimated": m.output_tokens_estimated,
+        "input_tokens": m.input_tokens,
+        "chunks": m.chunks,
+    }
+
+
+@dataclass
+class RunMetrics:
+    """Aggregates over a run, updated as each request finishes."""
+
+    slo: SLO = field(default_factory=SLO)
+    started_at: float = field(default_factory=time.monotonic)
+    started_wall: float = field(default_factory=time.time)
+    ended_at: float | None = None
+    total: int = 0
+    succeeded: int = 0
+    failed: int = 0
+    skipped: int = 0
+    input_errors: int = 0
+    retries: int = 0
+    rate_limited: int = 0
+    good: int = 0
+    output_tokens: int = 0
+    input_tokens: int = 0
+    estimated_token_requests: int = 0
+    errors: Counter[str] = field(default_factory=Counter)
+    attempt_errors: Counter[str] = field(default_factory=Counter)
+    ttft: Histogram = field(default_factory=Histogram)
+    tpot: Histogram = field(default_factory=Histogram)
+    itl: Histogram = field(default_factory=Histogram)
+    e2el: Histogram = field(default_factory=Histogram)
+    queue: Histogram = field(default_factory=Histogram)
+    tokens_per_second_bucket: Counter[int] = field(default_factory=Counter)
+    concurrency_limit: int | None = None
+
+    def add(self, outcome: Outcome, *, finished_at: float | None = None) -> None:
+        """Fold one finished request into the aggregates."""
+        self.total += 1
+        for a in outcome.attempts:
+            if a.error is not None:
+                self.attempt_errors[a.error] += 1
+            if a.status == 429:
+                self.rate_limited += 1
+        self.retries += max(0, len(outcome.attempts) - 1)
+        if not outcome.ok:
+            self.failed += 1
+            self.errors[outcome.error_code or "unknown"] += 1
+            return
+        self.succeeded += 1
+        m = outcome.metrics
+        self.output_tokens += m.output_tokens
+        self.input_tokens += m.input_tokens or 0
+        if m.output_tokens_estimated:
+            self.estimated_token_requests += 1
+        if m.ttft_s is not None:
+            self.ttft.add(m.ttft_s)
+        if m.e2el_s is not None:
+            self.e2el.add(m.e2el_s)
+        tpot = m.tpot_s
+        if tpot is not None:
+            self.tpot.add(tpot)
+        self.itl.add_many(m.itl_s)
+        self.queue.add(m.queue_s)
+        if self.slo.met_by(m):
+            self.good += 1
+        second = int((finished_at or time.monotonic()) - self.started_at)
+        self.tokens_per_second_bucket[second] += m.output_tokens
+
+    def add_input_error(self) -> None:
+        """Count a prompt line that could not become a request."""
+        self.total += 1
+        self.failed += 1
+        self.input_errors += 1
+        self.errors["input_error"] += 1
+
+    def summary(self) -> dict[str, Any]:
+        """The run summary (summary.json and the end-of-run table)."""
+        end = self.ended_at or time.monotonic()
+        dur = max(end - self.started_at, 1e-9)
+        peak = max(self.tokens_per_second_bucket.values(), default=0)
+        out: dict[str, Any] = {
+            "started_at": self.started_wall,
+            "duration_s": _r(dur),
+            "requests": {
+                "total": self.total,
+                "succeeded": self.succeeded,
+                "failed": self.failed,
+                "skipped_already_done": self.skipped,
+                "input_errors": self.input_errors,
+            },
+            "retries": self.retries,
+            "rate_limited_429": self.rate_limited,
+            "errors_by_class": dict(self.errors),
+            "attempt_errors_by_class": dict(self.attempt_errors),
+            "throughput": {
+                "requests_per_s": _r(self.succeeded / dur),
+                "output_tokens_per_s": _r(self.output_tokens / dur),
+                "total_tokens_per_s": _r((self.output_tokens + self.input_tokens) / dur),
+                "peak_output_tokens_per_s": peak,
+            },
+            "tokens": {
+                "output": self.output_tokens,
+                "input": self.input_tokens,
+                "requests_with_estimated_output_tokens": self.estimated_token_requests,
+            },
+            "latency_s": {
+                "ttft": self.ttft.summary(),
+                "tpot": self.tpot.summary(),
+                "itl": self.itl.summary(),
+                "e2el": self.e2el.summary(),
+                "queue": self.queue.summary(),
+            },
+        }
+        if self.concurrency_limit is not None:
+            out["concurrency_limit"] = self.concurrency_limit
+        if self.slo.active:
+            out["goodput"] = {
+                "slo": {
+                    "ttft_s": self.slo.ttft_s,
+                    "tpot_s": self.slo.tpot_s,
+                    "e2el_s": self.slo.e2el_s,
+                },
+                "good_requests": self.good,
+                "requests_per_s": _r(self.good / dur),
+            }
+        return out
+
+
+def _r(v: float | None) -> float | None:
+    return None if v is None else round(v, 6)

@@ -1,0 +1,393 @@
+"""A built-in OpenAI-compatible mock server (aiohttp.web) for tests, demos and benchmarks.
+
+The answer is a deterministic function of the request (``expected_text``), so every
+output byte can be checked. Timing is exact by construction: the first content chunk
+is written ``ttft_s`` after the request arrives, then one chunk every ``itl_s``.
+
+Per-request overrides come as headers: ``x-mock-tokens``, ``x-mock-ttft-ms``,
+``x-mock-itl-ms``, ``x-mock-fault`` (a fault kind, on every attempt) and
+``x-mock-fault-attempts`` (how many attempts of the same prompt the fault hits).
+Configured fault *rates* pick prompts by a hash of their content and hit only their
+first ``fault_attempts`` attempts, so a retrying client always gets through.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+from aiohttp import web
+
+__all__ = [
+    "FAULT_KINDS",
+    "MockConfig",
+    "MockServer",
+    "expected_text",
+    "expected_tokens",
+    "start_mock_server",
+]
+
+_WORDS = (
+    "alpha bravo charlie delta echo foxtrot golf hotel india juliet kilo lima mike "
+    "november oscar papa quebec romeo sierra tango uniform victor whiskey xray yankee "
+    "zulu amber basil cedar dune ember fern grove harbor iris jade kelp lotus maple "
+    "nectar olive pearl quartz river sage thyme umber violet willow yarrow zephyr "
+    "lumen prism orbit comet nova pulse quill rune spark tide vale wisp"
+).split()
+
+FAULT_KINDS = (
+    "429",  # rate limited, with Retry-After
+    "quota",  # 429 insufficient_quota (fatal for a run)
+    "401",
+    "400",
+    "500",
+    "502",
+    "503",
+    "reset",  # connection closed before any response
+    "disconnect",  # connection closed mid-stream
+    "stall",  # stream stops sending mid-way for stall_s
+    "malformed",  # a chunk that is not JSON
+    "error_payload",  # {"error": ...} inside a 200 stream
+    "overloaded",  # {"error": {"type": "overloaded_error"}} inside a 200 stream
+    "no_done",  # stream ends without [DONE]
+    "slow_first_byte",  # headers only after slow_first_byte_s
+)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class MockConfig:
+    """How the mock answers. Rates in ``faults`` are fractions of distinct prompts."""
+
+    tokens: int = 32
+    ttft_s: float = 0.02
+    itl_s: float = 0.002
+    model: str = "mock-model"
+    faults: Mapping[str, float] = field(default_factory=dict)
+    fault_attempts: int = 1
+    retry_after_s: float = 0.05
+    stall_s: float = 30.0
+    slow_first_byte_s: float = 2.0
+
+
+def _prompt_key(messages: Any) -> bytes:
+    return orjson.dumps(messages, option=orjson.OPT_SORT_KEYS)
+
+
+def expected_tokens(messages: Any, n_tokens: int) -> list[str]:
+    """The tokens the mock streams for ``messages`` (each a word with a leading space)."""
+    stream = hashlib.shake_256(_prompt_key(messages)).digest(n_tokens)
+    words = _WORDS
+    return [" " + words[b % len(words)] for b in stream]
+
+
+def expected_text(messages: Any, n_tokens: int) -> str:
+    """The full answer text the mock produces for ``messages`` and ``n_tokens``."""
+    return "".join(expected_tokens(messages, n_tokens))
+
+
+def _count_prompt_tokens(messages: Any) -> int:
+    n = 0
+    if isinstance(messages, list):
+        for m in messages:
+            c = m.get("content") if isinstance(m, dict) else None
+            if isinstance(c, str):
+                n += len(c.split()) + 1
+    return max(n, 1)
+
+
+@dataclass(slots=True)
+class MockStats:
+    """Counters exposed at GET /mock/stats."""
+
+    requests: int = 0
+    in_flight: int = 0
+    max_in_flight: int = 0
+    completed: int = 0
+    faults: dict[str, int] = field(default_factory=dict)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "requests": self.requests,
+            "in_flight": self.in_flight,
+            "max_in_flight": self.max_in_flight,
+            "completed": self.completed,
+            "faults": dict(self.faults),
+        }
+
+
+class _Handler:
+    def __init__(self, cfg: MockConfig) -> None:
+        self.cfg = cfg
+        self.stats = MockStats()
+        self._attempts: dict[bytes, int] = {}
+
+    # -- routing -----------------------------------------------------------------
+    def app(self) -> web.Application:
+        app = web.Application(client_max_size=64 * 1024 * 1024)
+        app.router.add_post("/v1/chat/completions", self.chat)
+        app.router.add_get("/v1/models", self.models)
+        app.router.add_get("/mock/stats", self.get_stats)
+        app.router.add_post("/mock/reset", self.reset)
+        return app
+
+    async def models(self, request: web.Request) -> web.Response:
+        data = {"object": "list", "data": [{"id": self.cfg.model, "object": "model"}]}
+        return web.Response(body=orjson.dumps(data), content_type="application/json")
+
+    async def get_stats(self, request: web.Request) -> web.Response:
+        return web.Response(
+            body=orjson.dumps(self.stats.as_dict()), content_type="application/json"
+        )
+
+    async def reset(self, request: web.Request) -> web.Response:
+        self.stats = MockStats()
+        self._attempts.clear()
+        return web.Response(text="ok")
+
+    # -- chat ----------------------------------------------------------------------
+    async def chat(self, request: web.Request) -> web.StreamResponse:
+        st = self.stats
+        st.requests += 1
+        st.in_flight += 1
+        if st.in_flight > st.max_in_flight:
+            st.max_in_flight = st.in_flight
+        try:
+            return await self._chat(request)
+        finally:
+            st.in_flight -= 1
+
+    async def _chat(self, request: web.Request) -> web.StreamResponse:
+        t0 = time.monotonic()
+        try:
+            body = orjson.loads(await request.read())
+        except orjson.JSONDecodeError:
+            return _json_error(400, "invalid_request_error", "body is not valid JSON")
+        messages = body.get("messages") if isinstance(body, dict) else None
+        if not isinstance(messages, list) or not messages:
+            return _json_error(400, "invalid_request_error", "'messages' is required")
+        h = request.headers
+        cfg = self.cfg
+        n = _int_header(h, "x-mock-tokens", cfg.tokens)
+        cap = body.get("max_completion_tokens") or body.get("max_tokens")
+        finish = "stop"
+        if isinstance(cap, int) and 0 < cap < n:
+            n, finish = cap, "length"
+        ttft_s = _int_header(h, "x-mock-ttft-ms", None)
+        ttft = cfg.ttft_s if ttft_s is None else ttft_s / 1000.0
+        itl_ms = _int_header(h, "x-mock-itl-ms", None)
+        itl = cfg.itl_s if itl_ms is None else itl_ms / 1000.0
+
+        key = _prompt_key(messages)
+        fault = self._pick_fault(key, h)
+        if fault:
+            self.stats.faults[fault] = self.stats.faults.get(fault, 0) + 1
+            early = await self._early_fault(fault, request)
+            if early is not None:
+                return early
+
+        tokens = expected_tokens(messages, n)
+        usage = {
+            "prompt_tokens": _count_prompt_tokens(messages),
+            "completion_tokens": n,
+            "total_tokens": _count_prompt_tokens(messages) + n,
+        }
+        model = body.get("model") or cfg.model
+        if not body.get("stream"):
+            await asyncio.sleep(max(0.0, ttft + itl * (n - 1) - (time.monotonic() - t0)))
+            self.stats.completed += 1
+            return web.Response(
+                body=orjson.dumps(_completion(model, "".join(tokens), finish, usage)),
+                content_type="application/json",
+            )
+        include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
+        resp = web.StreamResponse(
+            headers={
+                "content-type": "text/event-stream",
+                "cache-control": "no-cache",
+                "x-request-id": "mock-" + hashlib.blake2b(key, digest_size=6).hexdigest(),
+            }
+        )
+        await resp.prepare(request)
+        head = (
+            b'data: {"id":"chatcmpl-mock","object":"chat.completion.chunk","created":0,"model":'
+            + orjson.dumps(model)
+            + b',"choices":[{"index":0,"delta":'
+        )
+        await resp.write(head + b'{"role":"assistant","content":""},"finish_reason":null}]}\n\n')
+        delay = ttft - (time.monotonic() - t0)
+        if delay > 0:
+            await asyncio.sleep(delay)
+        cut = n // 2
+        pieces: list[bytes] = []
+        for i, tok in enumerate(tokens):
+            if fault and i == cut:
+                if await self._mid_stream_fault(fault, resp, request):
+                    return resp
+            pieces.append(
+                head + b'{"content":' + orjson.dumps(tok) + b'},"finish_reason":null}]}\n\n'
+            )
+            if itl > 0:
+                await resp.write(pieces.pop())
+                if i < n - 1:
+                    await asyncio.sleep(itl)
+        tail = head + b'{},"finish_reason":' + orjson.dumps(finish) + b"}]}\n\n"
+        if include_usage:
+            tail += (
+                b'data: {"id":"chatcmpl-mock","object":"chat.completion.chunk","created":0,'
+                b'"model":'
+                + orjson.dumps(model)
+                + b',"choices":[],"usage":'
+                + orjson.dumps(usage)
+                + b"}\n\n"
+            )
+        if fault != "no_done":
+            tail += b"data: [DONE]\n\n"
+        pieces.append(tail)
+        await resp.write(b"".join(pieces))
+        await resp.write_eof()
+        self.stats.completed += 1
+        return resp
+
+    def _pick_fault(self, key: bytes, headers: Mapping[str, str]) -> str | None:
+        forced = headers.get("x-mock-fault")
+        limit = _int_header(headers, "x-mock-fault-attempts", None)
+        if forced is None and not self.cfg.faults:
+            return None
+        attempt = self._attempts.get(key, 0) + 1
+        self._attempts[key] = attempt
+        if forced:
+            return forced if limit is None or attempt <= limit else None
+        if attempt > self.cfg.fault_attempts:
+            return None
+        # A stable point in [0, 1) per prompt, mapped onto the cumulative fault rates.
+        u = int.from_bytes(hashlib.blake2b(key, digest_size=8).digest(), "big") / 2.0**64
+        acc = 0.0
+        for kind, rate in self.cfg.faults.items():
+            acc += rate
+            if u < acc:
+                return kind
+        return None
+
+    async def _early_fault(self, fault: str, request: web.Request) -> web.StreamResponse | None:
+        cfg = self.cfg
+        if fault == "429":
+            return _json_error(
+                429,
+                "rate_limit_exceeded",
+                "Rate limit reached",
+                {"retry-after-ms": str(int(cfg.retry_after_s * 1000))},
+            )
+        if fault == "quota":
+            return _json_error(429, "insufficient_quota", "You exceeded your current quota")
+        if fault == "401":
+            return _json_error(401, "invalid_api_key", "Incorrect API key provided")
+        if fault == "400":
+            return _json_error(400, "invalid_request_error", "bad request (mock fault)")
+        if fault in ("500", "502", "503"):
+            return _json_error(int(fault), "server_error", f"mock fault {fault}")
+        if fault == "reset":
+            transport = request.transport
+            if transport is not None:
+                transport.abort()
+            raise ConnectionResetError("mock reset")
+        if fault == "slow_first_byte":
+            await asyncio.sleep(cfg.slow_first_byte_s)
+        return None
+
+    async def _mid_stream_fault(
+        self, fault: str, resp: web.StreamResponse, request: web.Request
+    ) -> bool:
+        """Apply a mid-stream fault; True when the response is over."""
+        if fault == "disconnect":
+            transport = request.transport
+            if transport is not None:
+                transport.abort()
+            return True
+        if fault == "stall":
+            await asyncio.sleep(self.cfg.stall_s)
+            return False
+        if fault == "malformed":
+            await resp.write(b"data: {this is not json\n\n")
+            return False
+        if fault in ("error_payload", "overloaded"):
+            etype = "overloaded_error" if fault == "overloaded" else "server_error"
+            payload = {"error": {"type": etype, "message": f"mock {fault}"}}
+            await resp.write(b"data: " + orjson.dumps(payload) + b"\n\n")
+            await resp.write_eof()
+            return True
+        return False
+
+
+def _completion(model: str, text: str, finish: str, usage: dict[str, int]) -> dict[str, Any]:
+    return {
+        "id": "chatcmpl-mock",
+        "object": "chat.completion",
+        "created": 0,
+        "model": model,
+        "choices": [
+            {"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": finish}
+        ],
+        "usage": usage,
+    }
+
+
+def _json_error(
+    status: int, code: str, message: str, headers: Mapping[str, str] | None = None
+) -> web.Response:
+    payload = {"error": {"message": message, "type": code, "code": code}}
+    return web.Response(
+        status=status,
+        body=orjson.dumps(payload),
+        content_type="application/json",
+        headers=dict(headers or {}),
+    )
+
+
+def _int_header(headers: Mapping[str, str], name: str, default: Any) -> Any:
+    val = headers.get(name)
+    if val is None:
+        return default
+    try:
+        return int(val)
+    except ValueError:
+        return default
+
+
+class MockServer:
+    """A running mock server; ``url`` is its OpenAI-style base URL (ending in /v1)."""
+
+    def __init__(self, runner: web.AppRunner, handler: _Handler, host: str, port: int) -> None:
+        self._runner = runner
+        self._handler = handler
+        self.host = host
+        self.port = port
+        self.url = f"http://{host}:{port}/v1"
+
+    @property
+    def stats(self) -> MockStats:
+        """Live counters (requests, in-flight, max in-flight, faults injected)."""
+        return self._handler.stats
+
+    async def close(self) -> None:
+        """Stop listening and close open connections."""
+        await self._runner.cleanup()
+
+
+async def start_mock_server(
+    cfg: MockConfig | None = None, *, host: str = "127.0.0.1", port: int = 0
+) -> MockServer:
+    """Start the mock on ``host:port`` (port 0 = an ephemeral port) in the running loop."""
+    handler = _Handler(cfg or MockConfig())
+    runner = web.AppRunner(
+        handler.app(), access_log=None, handle_signals=False, shutdown_timeout=0.1
+    )
+    await runner.setup()
+    site = web.TCPSite(runner, host, port, backlog=4096, reuse_address=True)
+    await site.start()
+    bound = runner.addresses[0]
+    return MockServer(runner, handler, host, int(bound[1]))

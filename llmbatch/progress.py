@@ -1,0 +1,126 @@
+"""What a person (or cron mail) sees during a run: a bar on a terminal, log lines otherwise."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+import time
+from collections.abc import Callable
+from typing import Any, Protocol
+
+__all__ = ["ProgressView", "make_progress"]
+
+
+class _Source(Protocol):
+    live_output_tokens: int
+    in_flight: int
+
+
+class ProgressView:
+    """Periodically renders counts from a dispatcher and its run metrics."""
+
+    def __init__(
+        self,
+        total: int | None,
+        counts: Callable[[], tuple[int, int, int]],
+        source: _Source,
+        *,
+        interactive: bool,
+        every_s: float,
+        extra: Callable[[], str] | None = None,
+    ) -> None:
+        self.total = total
+        self.counts = counts  # (done, failed, skipped)
+        self.source = source
+        self.interactive = interactive
+        self.every_s = every_s
+        self.extra = extra
+        self._task: asyncio.Task[None] | None = None
+        self._progress: Any = None
+        self._bar: Any = None
+        self._t0 = time.monotonic()
+        self._last_tokens = 0
+        self._last_t = self._t0
+
+    def start(self) -> None:
+        """Begin rendering (inside the running loop)."""
+        if self.interactive:
+            from rich.progress import (
+                BarColumn,
+                MofNCompleteColumn,
+                Progress,
+                TextColumn,
+                TimeElapsedColumn,
+                TimeRemainingColumn,
+            )
+
+            self._progress = Progress(
+                TextColumn("[bold]llmbatch"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TextColumn("{task.fields[info]}"),
+                TimeElapsedColumn(),
+                TimeRemainingColumn(),
+                transient=False,
+            )
+            self._progress.start()
+            self._bar = self._progress.add_task("run", total=self.total, info="")
+        self._task = asyncio.get_running_loop().create_task(self._loop())
+
+    async def _loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.every_s)
+            self.render()
+
+    def _rate(self) -> float:
+        now = time.monotonic()
+        tokens = self.source.live_output_tokens
+        rate = (tokens - self._last_tokens) / max(now - self._last_t, 1e-9)
+        self._last_tokens, self._last_t = tokens, now
+        return rate
+
+    def render(self) -> None:
+        """Draw the current state once."""
+        done, failed, skipped = self.counts()
+        info = f"{self._rate():,.0f} tok/s  in flight {self.source.in_flight}  errors {failed}" + (
+            f"  skipped {skipped}" if skipped else ""
+        )
+        if self.extra is not None:
+            info += "  " + self.extra()
+        if self._progress is not None:
+            self._progress.update(self._bar, completed=done + skipped, info=info)
+        else:
+            total = f"/{self.total}" if self.total else ""
+            elapsed = time.monotonic() - self._t0
+            print(
+                f"[llmbatch] {elapsed:7.1f}s done {done + skipped}{total}  {info}",
+                file=sys.stderr,
+                flush=True,
+            )
+
+    async def stop(self) -> None:
+        """Render a last time and stop."""
+        if self._task is not None:
+            self._task.cancel()
+            try:
+                await self._task
+            except asyncio.CancelledError:
+                pass
+        if self._progress is not None:
+            self.render()
+            self._progress.stop()
+
+
+def make_progress(
+    total: int | None,
+    counts: Callable[[], tuple[int, int, int]],
+    source: _Source,
+    *,
+    interactive: bool | None = None,
+    extra: Callable[[], str] | None = None,
+) -> ProgressView:
+    """A bar when stdout is a terminal, a log line every 10 s otherwise (cron)."""
+    tty = sys.stdout.isatty() if interactive is None else interactive
+    return ProgressView(
+        total, counts, source, interactive=tty, every_s=0.25 if tty else 10.0, extra=extra
+    )

@@ -1,0 +1,67 @@
+"""The provider contract: build a request, parse its event stream, assemble a body.
+
+A provider knows one wire format (OpenAI chat, Anthropic Messages, ...), nothing of
+HTTP libraries or files. Parsing state lives in a StreamAssembler, one per attempt.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from typing import Any
+
+from ..clients.base import HTTPRequest
+from ..config import ProviderConfig
+from ..records import PromptRecord
+from ..sse import Event
+
+__all__ = ["Provider", "StreamAssembler", "Usage"]
+
+Usage = tuple[int | None, int | None]  # (input_tokens, output_tokens) as the server reported
+
+
+class StreamAssembler(ABC):
+    """Consumes the events of one streamed answer and builds the final body."""
+
+    finished: bool = False
+
+    @abstractmethod
+    def on_event(self, event: Event) -> str:
+        """Take one event; return the content text it adds ("" if none).
+
+        Raises ProviderError (or a subclass) for an error inside the stream or an
+        event that cannot be parsed. Sets ``finished`` when the end marker arrives.
+        """
+
+    @abstractmethod
+    def body(self) -> dict[str, Any]:
+        """The assembled response body, in the provider's non-streaming shape."""
+
+    @abstractmethod
+    def usage(self) -> Usage:
+        """Token usage reported by the server, (None, None) when it sent none."""
+
+
+class Provider(ABC):
+    """One wire format. Instances are cheap and hold the profile and the API key."""
+
+    kind: str = "base"
+
+    def __init__(self, profile: ProviderConfig, api_key: str | None, base_url: str) -> None:
+        self.profile = profile
+        self.api_key = api_key
+        self.base_url = base_url.rstrip("/")
+
+    @abstractmethod
+    def build_request(self, record: PromptRecord) -> HTTPRequest:
+        """The streaming POST for ``record`` (model and default params filled in)."""
+
+    @abstractmethod
+    def new_assembler(self) -> StreamAssembler:
+        """A fresh parser for one attempt's stream."""
+
+    def _merged_body(self, record: PromptRecord) -> dict[str, Any]:
+        """Profile defaults, then the record's own parameters (the record wins)."""
+        body: dict[str, Any] = {**self.profile.params, **record.body}
+        if not body.get("model"):
+            body["model"] = self.profile.model
+        return body

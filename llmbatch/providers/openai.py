@@ -1,0 +1,129 @@
+"""OpenAI-compatible chat completions (OpenAI, vLLM, llama.cpp, Ollama, Together, ...)."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import orjson
+
+from ..clients.base import HTTPRequest
+from ..errors import MalformedResponse, ProviderError, ProviderOverloaded
+from ..records import PromptRecord
+from ..sse import Event
+from .base import Provider, StreamAssembler, Usage
+
+__all__ = ["OpenAIChatProvider"]
+
+_DONE = b"[DONE]"
+
+
+class OpenAIChatProvider(Provider):
+    """``POST {base_url}/chat/completions`` with ``stream: true`` and usage included."""
+
+    kind = "openai"
+
+    def build_request(self, record: PromptRecord) -> HTTPRequest:
+        body = self._merged_body(record)
+        body["stream"] = True
+        opts = body.get("stream_options")
+        body["stream_options"] = {**(opts if isinstance(opts, dict) else {}), "include_usage": True}
+        headers = {"content-type": "application/json", "accept": "text/event-stream"}
+        headers.update(self.profile.headers)
+        if self.api_key:
+            headers["authorization"] = f"Bearer {self.api_key}"
+        return HTTPRequest(
+            url=f"{self.base_url}/chat/completions", headers=headers, body=orjson.dumps(body)
+        )
+
+    def new_assembler(self) -> StreamAssembler:
+        return ChatAssembler()
+
+
+class ChatAssembler(StreamAssembler):
+    """Accumulates chat.completion.chunk events into one chat.completion body."""
+
+    __slots__ = ("finished", "_parts", "_finish", "_usage", "_id", "_model", "_created", "_role")
+
+    def __init__(self) -> None:
+        self.finished = False
+        self._parts: list[str] = []
+        self._finish: str | None = None
+        self._usage: dict[str, Any] | None = None
+        self._id = ""
+        self._model = ""
+        self._created = 0
+        self._role = "assistant"
+
+    def on_event(self, event: Event) -> str:
+        data = event.data
+        if data == _DONE:
+            self.finished = True
+            return ""
+        try:
+            chunk = orjson.loads(data)
+        except orjson.JSONDecodeError:
+            raise MalformedResponse(f"stream chunk is not valid JSON: {data[:120]!r}") from None
+        if not isinstance(chunk, dict):
+            raise MalformedResponse(f"stream chunk is not a JSON object: {data[:120]!r}")
+        err = chunk.get("error")
+        if err is not None:
+            raise _stream_error(err)
+        if not self._id:
+            self._id = chunk.get("id") or ""
+            self._model = chunk.get("model") or ""
+            self._created = chunk.get("created") or 0
+        usage = chunk.get("usage")
+        if usage:
+            self._usage = usage
+        choices = chunk.get("choices")
+        if not choices:
+            return ""
+        try:
+            choice = choices[0]
+            delta = choice.get("delta") or {}
+            fr = choice.get("finish_reason")
+            if fr:
+                self._finish = fr
+            text = delta.get("content")
+        except (AttributeError, IndexError, KeyError, TypeError):
+            raise MalformedResponse(f"unexpected chunk shape: {data[:120]!r}") from None
+        if text:
+            if not isinstance(text, str):
+                raise MalformedResponse("delta.content is not a string")
+            self._parts.append(text)
+            return text
+        return ""
+
+    def body(self) -> dict[str, Any]:
+        return {
+            "id": self._id,
+            "object": "chat.completion",
+            "created": self._created or int(time.time()),
+            "model": self._model,
+            "choices": [
+                {
+                    "index": 0,
+                    "message": {"role": self._role, "content": "".join(self._parts)},
+                    "finish_reason": self._finish,
+                }
+            ],
+            "usage": self._usage,
+        }
+
+    def usage(self) -> Usage:
+        u = self._usage
+        if not u:
+            return (None, None)
+        pt, ct = u.get("prompt_tokens"), u.get("completion_tokens")
+        return (pt if isinstance(pt, int) else None, ct if isinstance(ct, int) else None)
+
+
+def _stream_error(err: Any) -> ProviderError:
+    if isinstance(err, dict):
+        etype = str(err.get("type") or err.get("code") or "error")
+        msg = str(err.get("message") or etype)
+    else:
+        etype, msg = "error", str(err)
+    cls = ProviderOverloaded if "overloaded" in etype else ProviderError
+    return cls(f"error in stream: {etype}: {msg[:300]}")

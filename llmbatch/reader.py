@@ -1,0 +1,190 @@
+"""Stream a JSONL prompt file into PromptRecords, one line at a time.
+
+Memory is constant in the file size: lines are read one by one, and duplicate
+detection keeps a 64-bit hash per id, not the ids themselves.
+
+Accepted shapes, detected per line:
+  1. {"id": ..., "prompt": "...", "system": "..."?, ...extra body params}
+  2. {"id": ..., "messages": [...], ...extra body params}
+  3. OpenAI Batch: {"custom_id": ..., "method": "POST", "url": "/v1/...", "body": {...}}
+
+A line that cannot become a request is yielded as an InputError (with the file and
+line number); the caller records it and goes on.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from .errors import InputError
+from .records import PromptRecord
+
+__all__ = ["MAX_ID_CHARS", "error_record_id", "iter_records", "parse_line"]
+
+MAX_ID_CHARS = 256
+_BATCH_URLS = {"/v1/chat/completions", "/v1/completions", "/v1/messages"}
+
+
+def error_record_id(line_no: int) -> str:
+    """The id given to a line that has no usable id of its own."""
+    return f"#line-{line_no}"
+
+
+def iter_records(path: str | Path) -> Iterator[PromptRecord | InputError]:
+    """Yield a PromptRecord or an InputError for every non-blank line of ``path``.
+
+    Raises InputError (with no line number) when the file cannot be opened.
+    """
+    path_s = str(path)
+    try:
+        fh = open(path, "rb")  # noqa: SIM115 - closed in finally; generator keeps it open
+    except FileNotFoundError:
+        raise InputError("no such file", path=path_s) from None
+    except IsADirectoryError:
+        raise InputError("is a directory, not a JSONL file", path=path_s) from None
+    except OSError as exc:
+        raise InputError(f"cannot open: {exc.strerror}", path=path_s) from None
+    seen: set[int] = set()
+    auto_counts: dict[str, int] = {}
+    try:
+        for line_no, raw in enumerate(fh, start=1):
+            if not raw.strip():
+                continue
+            try:
+                rec = parse_line(raw, line_no=line_no, path=path_s, auto_counts=auto_counts)
+            except InputError as exc:
+                yield exc
+                continue
+            key = hash(rec.id)
+            if key in seen:
+                yield InputError(f"duplicate id {rec.id!r}", path=path_s, line_no=line_no)
+                continue
+            seen.add(key)
+            yield rec
+    finally:
+        fh.close()
+
+
+def parse_line(
+    raw: bytes, *, line_no: int, path: str, auto_counts: dict[str, int] | None = None
+) -> PromptRecord:
+    """Turn one JSONL line into a PromptRecord, or raise InputError saying why."""
+
+    def bad(msg: str) -> InputError:
+        return InputError(msg, path=path, line_no=line_no)
+
+    try:
+        obj = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        if "utf-8" in str(exc).lower() or "surrogates" in str(exc).lower():
+            raise bad("invalid UTF-8") from None
+        raise bad(f"invalid JSON ({exc})") from None
+    if not isinstance(obj, dict):
+        raise bad(f"expected a JSON object, got {type(obj).__name__}")
+
+    if "custom_id" in obj or "body" in obj:
+        return _batch_line(obj, bad, line_no)
+
+    rid = _take_id(obj.pop("id", None), bad)
+    shape: Any
+    if "messages" in obj:
+        if "prompt" in obj:
+            raise bad('give either "prompt" or "messages", not both')
+        messages = obj["messages"]
+        _check_messages(messages, bad)
+        shape = "messages"
+        if "system" in obj:
+            raise bad('"system" goes with "prompt"; with "messages" add a system message')
+        body = obj
+    elif "prompt" in obj:
+        prompt = obj.pop("prompt")
+        if not isinstance(prompt, str) or not prompt:
+            raise bad('"prompt" must be a non-empty string')
+        system = obj.pop("system", None)
+        if system is not None and not isinstance(system, str):
+            raise bad('"system" must be a string')
+        messages = [{"role": "user", "content": prompt}]
+        if system:
+            messages.insert(0, {"role": "system", "content": system})
+        shape = "prompt"
+        body = {"messages": messages, **obj}
+    else:
+        raise bad('missing "prompt" or "messages"')
+    _check_params(body, bad)
+    if rid is None:
+        rid = _auto_id(raw, auto_counts)
+    return PromptRecord(id=rid, line_no=line_no, shape=shape, body=body)
+
+
+def _batch_line(obj: dict[str, Any], bad: Any, line_no: int) -> PromptRecord:
+    rid = _take_id(obj.get("custom_id"), bad)
+    if rid is None:
+        raise bad('OpenAI Batch line needs a "custom_id"')
+    method = obj.get("method", "POST")
+    if method != "POST":
+        raise bad(f'"method" must be "POST", got {method!r}')
+    url = obj.get("url", "/v1/chat/completions")
+    if url not in _BATCH_URLS:
+        raise bad(f'unsupported "url" {url!r} (one of {", ".join(sorted(_BATCH_URLS))})')
+    body = obj.get("body")
+    if not isinstance(body, dict):
+        raise bad('"body" must be a JSON object')
+    if url == "/v1/completions":
+        if not isinstance(body.get("prompt"), str):
+            raise bad('completions "body.prompt" must be a string')
+    else:
+        _check_messages(body.get("messages"), bad)
+    _check_params(body, bad)
+    return PromptRecord(id=rid, line_no=line_no, shape="batch", body=dict(body), endpoint=url)
+
+
+def _take_id(value: Any, bad: Any) -> str | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (str, int)):
+        raise bad(f"id must be a string or integer, got {type(value).__name__}")
+    rid = str(value)
+    if not rid:
+        raise bad("id must not be empty")
+    if len(rid) > MAX_ID_CHARS:
+        raise bad(f"id longer than {MAX_ID_CHARS} characters")
+    if any(ord(c) < 32 for c in rid):
+        raise bad("id contains control characters")
+    return rid
+
+
+def _check_messages(messages: Any, bad: Any) -> None:
+    if not isinstance(messages, list) or not messages:
+        raise bad('"messages" must be a non-empty list')
+    for i, m in enumerate(messages):
+        if not isinstance(m, dict):
+            raise bad(f"messages[{i}] must be an object")
+        if not isinstance(m.get("role"), str):
+            raise bad(f'messages[{i}] needs a string "role"')
+        content = m.get("content")
+        if not isinstance(content, (str, list)):
+            raise bad(f'messages[{i}] needs "content" (string or list of parts)')
+
+
+def _check_params(body: dict[str, Any], bad: Any) -> None:
+    mt = body.get("max_tokens")
+    if mt is not None and (isinstance(mt, bool) or not isinstance(mt, int) or mt < 1):
+        raise bad('"max_tokens" must be a positive integer')
+    model = body.get("model")
+    if model is not None and not isinstance(model, str):
+        raise bad('"model" must be a string')
+
+
+def _auto_id(raw: bytes, counts: dict[str, int] | None) -> str:
+    """A stable id from the line's content; repeats get -2, -3, ... in file order."""
+    base = "auto-" + hashlib.blake2b(raw.strip(), digest_size=6).hexdigest()
+    if counts is None:
+        return base
+    n = counts.get(base, 0) + 1
+    counts[base] = n
+    return base if n == 1 else f"{base}-{n}"

@@ -1,0 +1,91 @@
+"""The values that flow through the pipeline: prompts in, outcomes out."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+__all__ = ["Attempt", "InputShape", "Outcome", "PromptRecord", "RequestMetrics"]
+
+InputShape = Literal["prompt", "messages", "batch"]
+
+
+@dataclass(frozen=True, slots=True)
+class PromptRecord:
+    """One request to make, as read from a JSONL line.
+
+    ``body`` holds the request parameters in OpenAI chat shape (``messages`` plus any
+    extra parameters from the line); providers translate it to their own wire format.
+    ``endpoint`` is the OpenAI Batch ``url`` when the line gave one.
+    """
+
+    id: str
+    line_no: int
+    shape: InputShape
+    body: dict[str, Any]
+    endpoint: str | None = None
+
+
+@dataclass(slots=True)
+class Attempt:
+    """One try of one request, kept in the result record's attempt history."""
+
+    n: int
+    status: int | None
+    error: str | None
+    message: str | None
+    request_id: str | None
+    wait_s: float
+
+    def as_dict(self) -> dict[str, Any]:
+        """The JSON form written to results.jsonl."""
+        return {
+            "n": self.n,
+            "status": self.status,
+            "error": self.error,
+            "message": self.message,
+            "request_id": self.request_id,
+            "wait_s": round(self.wait_s, 4),
+        }
+
+
+@dataclass(slots=True)
+class RequestMetrics:
+    """Timings of the final attempt of a request (vLLM benchmark definitions)."""
+
+    queue_s: float = 0.0
+    ttft_s: float | None = None
+    e2el_s: float | None = None
+    itl_s: list[float] = field(default_factory=list)
+    output_tokens: int = 0
+    output_tokens_estimated: bool = True
+    input_tokens: int | None = None
+    chunks: int = 0
+
+    @property
+    def tpot_s(self) -> float | None:
+        """(E2EL - TTFT) / (output_tokens - 1): mean time per token after the first."""
+        if self.ttft_s is None or self.e2el_s is None or self.output_tokens < 2:
+            return None
+        return (self.e2el_s - self.ttft_s) / (self.output_tokens - 1)
+
+
+@dataclass(slots=True)
+class Outcome:
+    """How one request ended: the assembled body or an error, plus its history."""
+
+    record_id: str
+    status_code: int | None
+    request_id: str | None
+    body: dict[str, Any] | None
+    error_code: str | None
+    error_message: str | None
+    attempts: list[Attempt]
+    metrics: RequestMetrics
+    partial_kept: bool = False
+    line_no: int | None = None
+
+    @property
+    def ok(self) -> bool:
+        """True when the request produced a complete answer."""
+        return self.error_code is None

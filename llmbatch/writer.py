@@ -1,0 +1,402 @@
+"""The run directory: incremental answer text, results.jsonl, summary.json, a lock.
+
+Layout of ``outputs/<run>/``::
+
+    run.json          what job this directory belongs to (prompts file, provider, model)
+    results.jsonl     one line per finished request (OpenAI Batch output shape + "llmbatch")
+    text/<id>.partial the answer while it streams (reset when a retry starts over)
+    text/<id>.txt     the answer once complete (renamed from .partial)
+    summary.json      run metrics, rewritten periodically and at the end
+    .lock             held (flock) while a run writes here
+
+All file operations go through one ordered queue that a single worker thread drains
+once per tick. Text arrives per token but is written per request and per tick, so
+the event loop never blocks on disk and the thread hop is paid once per tick, not
+per token. Order is the commit protocol: an answer's text is renamed to .txt before
+its result line is appended, and the result line is what marks a request done. A
+crash loses at most one tick of records, and those requests are simply run again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import fcntl
+import hashlib
+import os
+import re
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from .errors import RunDirError
+
+__all__ = ["ResumeIndex", "RunDir", "TextSink", "safe_name"]
+
+RESULTS = "results.jsonl"
+SUMMARY = "summary.json"
+META = "run.json"
+LOCK = ".lock"
+TEXT_DIR = "text"
+_SAFE = re.compile(r"[^A-Za-z0-9._-]")
+_MAX_NAME = 80
+
+
+def safe_name(record_id: str) -> str:
+    """A file name for ``record_id``: no separators or traversal, bounded length.
+
+    Ids that had to be changed get a short hash suffix so two ids never collide.
+    """
+    name = _SAFE.sub("_", record_id).lstrip(".")[:_MAX_NAME]
+    if name != record_id or not name:
+        digest = hashlib.blake2b(record_id.encode("utf-8", "surrogatepass"), digest_size=5)
+        name = f"{name}~{digest.hexdigest()}"
+    return name
+
+
+class TextSink:
+    """The growing text of one request's current attempt."""
+
+    __slots__ = ("name", "fd", "buf", "dirty", "chars")
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.fd = -1
+        self.buf: list[str] = []
+        self.dirty = False
+        self.chars = 0
+
+
+class ResumeIndex:
+    """Which ids already have a record; built from results.jsonl at start."""
+
+    def __init__(self) -> None:
+        self._done: set[int] = set()
+        self.succeeded = 0
+        self.failed = 0
+
+    def add(self, record_id: str) -> None:
+        """Mark ``record_id`` as done."""
+        self._done.add(hash(record_id))
+
+    def __contains__(self, record_id: str) -> bool:
+        return hash(record_id) in self._done
+
+    def __len__(self) -> int:
+        return len(self._done)
+
+
+Op = Callable[[], None]
+
+
+class RunDir:
+    """An opened, locked run directory. Create with ``RunDir.open``; close with ``aclose``."""
+
+    def __init__(self, path: Path, tick_s: float = 0.1) -> None:
+        self.path = path
+        self.text_dir = path / TEXT_DIR
+        self.tick_s = tick_s
+        self._lock_fd = -1
+        self._results_fd = -1
+        self._ops: list[Op] = []
+        self._dirty: list[TextSink] = []
+        self._results_buf: list[bytes] = []
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="llmbatch-writer")
+        self._flusher: asyncio.Task[None] | None = None
+        self._inflight: asyncio.Future[None] | None = None
+        self.error: BaseException | None = None
+
+    # -- opening -------------------------------------------------------------------
+    @classmethod
+    def open(
+        cls, path: Path, meta: dict[str, Any], *, retry_failed: bool = False
+    ) -> tuple[RunDir, ResumeIndex]:
+        """Create or reopen ``path``: take the lock, check it belongs to this job,
+        repair a torn last line, and index the ids already done."""
+        rd = cls(path)
+        try:
+            path.mkdir(parents=True, exist_ok=True)
+            rd.text_dir.mkdir(exist_ok=True)
+        except OSError as exc:
+            raise RunDirError(f"cannot create run directory {path}: {exc.strerror}") from None
+        rd._take_lock()
+        try:
+            rd._check_meta(meta)
+            index = rd._load_index(retry_failed)
+            rd._results_fd = os.open(path / RESULTS, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+        except BaseException:
+            rd._release_lock()
+            raise
+        return rd, index
+
+    def _take_lock(self) -> None:
+        fd = os.open(self.path / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            other = os.pread(fd, 64, 0).decode(errors="replace").strip() or "?"
+            os.close(fd)
+            raise RunDirError(
+                f"{self.path} is in use by another llmbatch run (pid {other}); "
+                "wait for it to finish or choose another --out"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, str(os.getpid()).encode(), 0)
+        self._lock_fd = fd
+
+    def _release_lock(self) -> None:
+        if self._lock_fd >= 0:
+            os.close(self._lock_fd)  # closing the fd drops the flock
+            self._lock_fd = -1
+
+    def _check_meta(self, meta: dict[str, Any]) -> None:
+        mpath = self.path / META
+        if mpath.exists():
+            try:
+                old = orjson.loads(mpath.read_bytes())
+            except (orjson.JSONDecodeError, OSError):
+                old = None
+            if isinstance(old, dict):
+                for key in ("prompts", "provider", "model"):
+                    if old.get(key) != meta.get(key):
+                        raise RunDirError(
+                            f"{self.path} holds a run of {key} {old.get(key)!r}, not "
+                            f"{meta.get(key)!r}; use another --out to start a new run"
+                        )
+                return
+        _atomic_write(mpath, orjson.dumps(meta, option=orjson.OPT_INDENT_2))
+
+    def _load_index(self, retry_failed: bool) -> ResumeIndex:
+        index = ResumeIndex()
+        rpath = self.path / RESULTS
+        if not rpath.exists():
+            return index
+        _repair_torn_tail(rpath)
+        if retry_failed:
+            _drop_failed_records(rpath)
+        for rec in _iter_result_lines(rpath):
+            cid = rec.get("custom_id")
+            if isinstance(cid, str):
+                index.add(cid)
+                if rec.get("error") is None:
+                    index.succeeded += 1
+                else:
+                    index.failed += 1
+        return index
+
+    # -- text ------------------------------------------------------------------------
+    def begin_text(self, record_id: str) -> TextSink:
+        """Start (or restart, after a failed attempt) the text of ``record_id``."""
+        sink = TextSink(safe_name(record_id))
+        self._ops.append(lambda: self._op_open(sink))
+        return sink
+
+    def restart_text(self, sink: TextSink) -> None:
+        """Drop what an attempt wrote so a retry starts the text over."""
+        sink.buf.clear()
+        sink.chars = 0
+        self._ops.append(lambda: self._op_truncate(sink))
+
+    def append_text(self, sink: TextSink, text: str) -> None:
+        """Add streamed text; it reaches the file within one tick."""
+        sink.buf.append(text)
+        sink.chars += len(text)
+        if not sink.dirty:
+            sink.dirty = True
+            self._dirty.append(sink)
+
+    def finish_text(self, sink: TextSink, *, complete: bool, keep_partial: bool) -> str | None:
+        """Close the text: rename to .txt when complete, keep or delete the partial.
+
+        Returns the path (relative to the run dir) of the text kept, if any.
+        """
+        self._collect(sink)
+        if complete:
+            self._ops.append(lambda: self._op_close(sink, "txt"))
+            return f"{TEXT_DIR}/{sink.name}.txt"
+        if keep_partial:
+            self._ops.append(lambda: self._op_close(sink, "partial"))
+            return f"{TEXT_DIR}/{sink.name}.partial"
+        self._ops.append(lambda: self._op_close(sink, None))
+        return None
+
+    def add_result(self, line: dict[str, Any]) -> None:
+        """Queue one results.jsonl line; written after any text op queued before it."""
+        self._results_buf.append(orjson.dumps(line) + b"\n")
+
+    def write_summary(self, summary: dict[str, Any]) -> None:
+        """Queue an atomic rewrite of summary.json."""
+        data = orjson.dumps(summary, option=orjson.OPT_INDENT_2 | orjson.OPT_NON_STR_KEYS)
+        path = self.path / SUMMARY
+        self._ops.append(lambda: _atomic_write(path, data))
+
+    # -- flushing --------------------------------------------------------------------
+    def start(self) -> None:
+        """Start the periodic flusher (call inside the running loop)."""
+        self._flusher = asyncio.get_running_loop().create_task(self._flush_loop())
+
+    async def _flush_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.tick_s)
+            await self.flush()
+
+    async def flush(self) -> None:
+        """Hand everything queued so far to the writer thread and wait for it."""
+        for sink in self._dirty:
+            self._collect(sink)
+        self._dirty = []
+        if self._results_buf:
+            data = b"".join(self._results_buf)
+            self._results_buf = []
+            self._ops.append(lambda: _write_all(self._results_fd, data))
+        if not self._ops:
+            return
+        ops, self._ops = self._ops, []
+        loop = asyncio.get_running_loop()
+        fut = loop.run_in_executor(self._pool, _run_ops, ops)
+        try:
+            await asyncio.shield(fut)
+        except asyncio.CancelledError:
+            # Let the thread finish the batch it has; files stay consistent.
+            with contextlib.suppress(BaseException):
+                await fut
+            raise
+        except OSError as exc:
+            self.error = exc
+            raise RunDirError(f"writing to {self.path} failed: {exc}") from None
+
+    def _collect(self, sink: TextSink) -> None:
+        if sink.buf:
+            data = "".join(sink.buf).encode("utf-8", "surrogatepass")
+            sink.buf.clear()
+            self._ops.append(lambda: _write_all(sink.fd, data))
+        sink.dirty = False
+
+    async def aclose(self) -> None:
+        """Flush everything, fsync results, stop the thread and release the lock."""
+        if self._flusher is not None:
+            self._flusher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._flusher
+            self._flusher = None
+        try:
+            await self.flush()
+            if self._results_fd >= 0:
+                fd = self._results_fd
+                self._results_fd = -1
+                await asyncio.get_running_loop().run_in_executor(self._pool, _fsync_close, fd)
+        finally:
+            self._pool.shutdown(wait=True)
+            self._release_lock()
+
+    # -- ops (writer thread) -----------------------------------------------------------
+    def _op_open(self, sink: TextSink) -> None:
+        base = self.text_dir / sink.name
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(f"{base}.txt")  # a stale answer from a run that crashed before its record
+        sink.fd = os.open(f"{base}.partial", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+
+    def _op_truncate(self, sink: TextSink) -> None:
+        if sink.fd >= 0:
+            os.ftruncate(sink.fd, 0)
+            os.lseek(sink.fd, 0, os.SEEK_SET)
+
+    def _op_close(self, sink: TextSink, keep_as: str | None) -> None:
+        if sink.fd < 0:
+            return
+        os.close(sink.fd)
+        sink.fd = -1
+        base = self.text_dir / sink.name
+        if keep_as == "txt":
+            os.replace(f"{base}.partial", f"{base}.txt")
+        elif keep_as is None:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(f"{base}.partial")
+
+
+def _run_ops(ops: list[Op]) -> None:
+    for op in ops:
+        op()
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        n = os.write(fd, view)
+        view = view[n:]
+
+
+def _fsync_close(fd: int) -> None:
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _atomic_write(path: Path, data: bytes) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with open(tmp, "wb") as fh:
+        fh.write(data)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+
+
+def _repair_torn_tail(path: Path) -> None:
+    """Cut a last line that a crash left without its newline."""
+    size = path.stat().st_size
+    if size == 0:
+        return
+    with open(path, "rb+") as fh:
+        fh.seek(-1, os.SEEK_END)
+        if fh.read(1) == b"\n":
+            return
+        # Walk back to the previous newline; records are small, read in blocks.
+        pos = size
+        block = 64 * 1024
+        while pos > 0:
+            start = max(0, pos - block)
+            fh.seek(start)
+            chunk = fh.read(pos - start)
+            nl = chunk.rfind(b"\n")
+            if nl >= 0:
+                fh.truncate(start + nl + 1)
+                return
+            pos = start
+        fh.truncate(0)
+
+
+def _iter_result_lines(path: Path) -> Iterator[dict[str, Any]]:
+    with open(path, "rb") as fh:
+        for raw in fh:
+            try:
+                rec = orjson.loads(raw)
+            except orjson.JSONDecodeError:
+                continue  # a damaged line: its request runs again
+            if isinstance(rec, dict):
+                yield rec
+
+
+def _drop_failed_records(path: Path) -> None:
+    """Rewrite results.jsonl without failed records (atomically), so they run again."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with open(path, "rb") as src, open(tmp, "wb") as dst:
+        for raw in src:
+            try:
+                rec = orjson.loads(raw)
+            except orjson.JSONDecodeError:
+                continue
+            if isinstance(rec, dict) and rec.get("error") is None:
+                dst.write(raw)
+        dst.flush()
+        os.fsync(dst.fileno())
+    os.replace(tmp, path)
+
+
+def now_s() -> float:
+    """Wall-clock seconds (for record timestamps)."""
+    return time.time()

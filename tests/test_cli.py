@@ -1,0 +1,116 @@
+"""The CLI: messages, exit codes, nothing sent on bad configuration."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from llmbatch.cli import app
+
+from .conftest import write_jsonl
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture
+def runner(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> CliRunner:
+    monkeypatch.chdir(tmp_path)
+    for k in list(os.environ):
+        if k.startswith("LLMBATCH_") or k.endswith("_API_KEY"):
+            monkeypatch.delenv(k)
+    return CliRunner()
+
+
+def test_version(runner: CliRunner) -> None:
+    res = runner.invoke(app, ["--version"])
+    assert res.exit_code == 0 and res.output.startswith("llmbatch ")
+
+
+def test_missing_api_key_is_clear_and_sends_nothing(runner: CliRunner, tmp_path: Path) -> None:
+    p = write_jsonl(tmp_path / "p.jsonl", [{"id": 1, "prompt": "x"}])
+    res = runner.invoke(app, ["run", str(p), "--provider", "openai"])
+    assert res.exit_code == 2
+    assert "set the environment variable OPENAI_API_KEY" in res.output
+    assert not (tmp_path / "outputs").exists()
+
+
+def test_main_job_on_embedded_mock(runner: CliRunner, tmp_path: Path) -> None:
+    res = runner.invoke(app, ["run", str(ROOT / "prompts" / "example.jsonl")])
+    assert res.exit_code == 0, res.output
+    assert "59 succeeded, 0 failed" in res.output
+    assert (tmp_path / "outputs" / "example-mock" / "results.jsonl").exists()
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--provider", "nope"], "unknown provider 'nope'"),
+        (["--client", "curl"], "unknown client 'curl'"),
+        (["--concurrency", "0"], "concurrency must be at least 1"),
+        (["--slo", "speed=1"], "unknown metric"),
+    ],
+)
+def test_bad_flags(runner: CliRunner, tmp_path: Path, args: list[str], message: str) -> None:
+    p = write_jsonl(tmp_path / "p.jsonl", [{"id": 1, "prompt": "x"}])
+    res = runner.invoke(app, ["run", str(p), *args])
+    assert res.exit_code == 2 and message in res.output
+
+
+def test_bad_config_file(runner: CliRunner, tmp_path: Path) -> None:
+    p = write_jsonl(tmp_path / "p.jsonl", [{"id": 1, "prompt": "x"}])
+    (tmp_path / "config.toml").write_text("[run]\nconcurency = 3\n")
+    res = runner.invoke(app, ["run", str(p)])
+    assert res.exit_code == 2 and "unknown key(s) in [run]: concurency" in res.output
+    (tmp_path / "config.toml").write_text("[timeouts]\nidle_s = 'soon'\n")
+    res = runner.invoke(app, ["run", str(p)])
+    assert res.exit_code == 2 and "idle_s must be a number" in res.output
+    (tmp_path / "config.toml").write_text("[run\n")
+    res = runner.invoke(app, ["run", str(p)])
+    assert res.exit_code == 2 and "invalid TOML" in res.output
+
+
+def test_shipped_config_matches_defaults(runner: CliRunner) -> None:
+    from llmbatch.config import load_config
+
+    assert load_config(ROOT / "config.toml", environ={}) == load_config(None, environ={})
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [(b"", "contains no prompts"), (b"\n\n", "contains no prompts")],
+)
+def test_empty_prompt_file(runner: CliRunner, tmp_path: Path, content: bytes, message: str) -> None:
+    p = tmp_path / "p.jsonl"
+    p.write_bytes(content)
+    res = runner.invoke(app, ["run", str(p)])
+    assert res.exit_code == 2 and message in res.output
+
+
+def test_missing_prompt_file(runner: CliRunner, tmp_path: Path) -> None:
+    res = runner.invoke(app, ["run", str(tmp_path / "nope.jsonl")])
+    assert res.exit_code == 2 and "nope.jsonl: no such file" in res.output
+
+
+def test_validate(runner: CliRunner, tmp_path: Path) -> None:
+    res = runner.invoke(app, ["validate", str(ROOT / "prompts" / "example.jsonl")])
+    assert res.exit_code == 0 and "59 valid" in res.output
+    p = write_jsonl(tmp_path / "p.jsonl", [{"id": 1, "prompt": "x"}, b"{oops"])
+    res = runner.invoke(app, ["validate", str(p)])
+    assert res.exit_code == 1 and f"{p}:2: invalid JSON" in res.output
+
+
+def test_run_directory_lock(runner: CliRunner, tmp_path: Path) -> None:
+    import fcntl
+
+    p = write_jsonl(tmp_path / "p.jsonl", [{"id": 1, "prompt": "x"}])
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    with open(run_dir / ".lock", "w") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        fh.write("4242")
+        fh.flush()
+        res = runner.invoke(app, ["run", str(p), "--out", str(run_dir)])
+    assert res.exit_code == 2 and "in use by another llmbatch run (pid 4242)" in res.output

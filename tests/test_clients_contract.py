@@ -1,0 +1,202 @@
+"""One contract, every adapter: real loopback sockets, the same assertions."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import orjson
+import pytest
+from aiohttp import web
+
+from llmbatch.clients import ClientAdapter, HTTPRequest, make_client
+from llmbatch.config import Timeouts
+from llmbatch.errors import (
+    AuthError,
+    BadRequest,
+    ConnectError,
+    QuotaExhausted,
+    RateLimited,
+    ReadTimeout,
+    ServerError,
+    StreamInterrupted,
+)
+from llmbatch.mockserver import MockConfig, MockServer, expected_text, start_mock_server
+from llmbatch.sse import SSEDecoder
+
+from .conftest import ADAPTERS
+
+MESSAGES = [{"role": "user", "content": "contract"}]
+FAST = Timeouts(connect_s=2.0, first_byte_s=2.0, idle_s=2.0, total_s=10.0)
+
+
+@pytest.fixture(params=ADAPTERS)
+async def adapter(request: pytest.FixtureRequest) -> AsyncIterator[ClientAdapter]:
+    client = make_client(
+        request.param,
+        max_connections=8,
+        timeouts=Timeouts(connect_s=2.0, first_byte_s=0.5, idle_s=0.5, total_s=10.0),
+    )
+    async with client:
+        yield client
+
+
+@pytest.fixture
+async def server() -> AsyncIterator[MockServer]:
+    s = await start_mock_server(MockConfig(tokens=12, ttft_s=0.0, itl_s=0.0, stall_s=5.0))
+    try:
+        yield s
+    finally:
+        await s.close()
+
+
+def chat_request(url: str, *, stream: bool = True, **headers: str) -> HTTPRequest:
+    body = {"model": "m", "messages": MESSAGES, "stream": stream}
+    return HTTPRequest(
+        url=f"{url}/chat/completions",
+        headers={"content-type": "application/json", **headers},
+        body=orjson.dumps(body),
+    )
+
+
+async def collect(client: ClientAdapter, req: HTTPRequest) -> tuple[bytes, dict[str, str]]:
+    async with client.stream(req) as resp:
+        parts = [c async for c in resp.chunks]
+        return b"".join(parts), dict(resp.headers)
+
+
+def stream_text(raw: bytes) -> str:
+    dec = SSEDecoder()
+    out = []
+    for ev in dec.feed(raw):
+        if ev.data == b"[DONE]":
+            continue
+        for ch in orjson.loads(ev.data)["choices"]:
+            out.append(ch["delta"].get("content") or "")
+    return "".join(out)
+
+
+async def test_normal_stream(adapter: ClientAdapter, server: MockServer) -> None:
+    raw, headers = await collect(adapter, chat_request(server.url))
+    assert headers["content-type"].startswith("text/event-stream")
+    assert stream_text(raw) == expected_text(MESSAGES, 12)
+    assert raw.endswith(b"data: [DONE]\n\n")
+
+
+async def test_connection_is_reused(adapter: ClientAdapter, server: MockServer) -> None:
+    for _ in range(5):
+        await collect(adapter, chat_request(server.url))
+    assert server.stats.completed == 5
+
+
+async def test_non_streaming_response(adapter: ClientAdapter, server: MockServer) -> None:
+    raw, headers = await collect(adapter, chat_request(server.url, stream=False))
+    body = orjson.loads(raw)
+    assert body["choices"][0]["message"]["content"] == expected_text(MESSAGES, 12)
+    assert headers["content-type"].startswith("application/json")
+
+
+@pytest.mark.parametrize(
+    ("fault", "exc_type", "status"),
+    [
+        ("429", RateLimited, 429),
+        ("quota", QuotaExhausted, 429),
+        ("401", AuthError, 401),
+        ("400", BadRequest, 400),
+        ("503", ServerError, 503),
+    ],
+)
+async def test_http_errors_carry_status_and_headers(
+    adapter: ClientAdapter, server: MockServer, fault: str, exc_type: type, status: int
+) -> None:
+    with pytest.raises(exc_type) as info:
+        await collect(adapter, chat_request(server.url, **{"x-mock-fault": fault}))
+    assert info.value.status == status
+    if fault == "429":
+        assert info.value.retry_after_s == pytest.approx(0.05)
+        assert "retry-after-ms" in info.value.headers
+
+
+async def test_reset_before_response(adapter: ClientAdapter, server: MockServer) -> None:
+    with pytest.raises((StreamInterrupted, ConnectError)):
+        await collect(adapter, chat_request(server.url, **{"x-mock-fault": "reset"}))
+
+
+async def test_disconnect_mid_stream(adapter: ClientAdapter, server: MockServer) -> None:
+    with pytest.raises(StreamInterrupted):
+        await collect(adapter, chat_request(server.url, **{"x-mock-fault": "disconnect"}))
+
+
+async def test_stall_mid_stream_hits_idle_timeout(
+    adapter: ClientAdapter, server: MockServer
+) -> None:
+    with pytest.raises(ReadTimeout):
+        await collect(adapter, chat_request(server.url, **{"x-mock-fault": "stall"}))
+
+
+async def test_slow_first_byte_times_out(adapter: ClientAdapter, server: MockServer) -> None:
+    with pytest.raises(ReadTimeout):
+        await collect(adapter, chat_request(server.url, **{"x-mock-fault": "slow_first_byte"}))
+
+
+async def test_connect_refused(adapter: ClientAdapter) -> None:
+    # Bind a port, then close it, so nothing listens there.
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    with pytest.raises(ConnectError):
+        await collect(adapter, chat_request(f"http://127.0.0.1:{port}/v1"))
+
+
+# -- raw bodies the mock does not produce ------------------------------------------------
+
+SAMPLE = (
+    b'data: {"choices":[{"delta":{"content":"he"}}]}\r\n\r\n'
+    b": ping\n\n"
+    b'data: {"choices":[{"delta":{"content":"llo \xc3\xa9"}}]}\n\n'
+    b"data: [DONE]\n\n"
+)
+
+
+async def _raw_app(request: web.Request) -> web.StreamResponse:
+    mode = request.query.get("mode", "bytes")
+    resp = web.StreamResponse(headers={"content-type": "text/event-stream"})
+    await resp.prepare(request)
+    if mode == "bytes":
+        for i in range(len(SAMPLE)):  # one chunked-encoding chunk per byte
+            await resp.write(SAMPLE[i : i + 1])
+    else:
+        big = b"x" * (1 << 20)
+        line = b'data: {"choices":[{"delta":{"content":"' + big + b'"}}]}\n\n'
+        await resp.write(line + b"data: [DONE]\n\n")
+    await resp.write_eof()
+    return resp
+
+
+@pytest.fixture
+async def raw_url() -> AsyncIterator[str]:
+    app = web.Application()
+    app.router.add_post("/v1/chat/completions", _raw_app)
+    runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.1)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = runner.addresses[0][1]
+    try:
+        yield f"http://127.0.0.1:{port}/v1"
+    finally:
+        await runner.cleanup()
+
+
+async def test_body_split_at_every_byte(adapter: ClientAdapter, raw_url: str) -> None:
+    raw, _ = await collect(adapter, chat_request(raw_url))
+    assert raw == SAMPLE
+    assert stream_text(raw) == "hello é"
+
+
+async def test_one_mebibyte_sse_line(adapter: ClientAdapter, raw_url: str) -> None:
+    req = chat_request(raw_url)
+    req = HTTPRequest(url=req.url + "?mode=big", headers=req.headers, body=req.body)
+    raw, _ = await collect(adapter, req)
+    assert stream_text(raw) == "x" * (1 << 20)

@@ -1,0 +1,153 @@
+"""End to end over real sockets: prompts in, exact text and one record per prompt out."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+
+from llmbatch.mockserver import MockConfig, MockServer, expected_text, start_mock_server
+from llmbatch.reader import iter_records
+from llmbatch.records import PromptRecord
+from llmbatch.runner import execute_run
+
+from .conftest import ADAPTERS, config_for, read_results, write_jsonl
+
+EXAMPLE = Path(__file__).resolve().parent.parent / "prompts" / "example.jsonl"
+
+
+def expected_for(rec: PromptRecord, tokens: int) -> str:
+    cap = rec.body.get("max_tokens")
+    n = min(tokens, cap) if isinstance(cap, int) else tokens
+    return expected_text(rec.body["messages"], n)
+
+
+def check_complete(run_dir: Path, prompts: Path, tokens: int) -> dict[str, Any]:
+    """Every valid prompt has exactly one successful record with the exact text."""
+    records = read_results(run_dir)
+    ids = [r["custom_id"] for r in records]
+    assert len(ids) == len(set(ids)), "duplicated records"
+    by_id = {r["custom_id"]: r for r in records}
+    for rec in iter_records(prompts):
+        if not isinstance(rec, PromptRecord):
+            continue
+        r = by_id[rec.id]
+        assert r["error"] is None, r["error"]
+        want = expected_for(rec, tokens)
+        assert r["response"]["body"]["choices"][0]["message"]["content"] == want
+        assert (run_dir / r["llmbatch"]["text_file"]).read_text() == want
+    assert not list((run_dir / "text").glob("*.partial"))
+    return by_id
+
+
+@pytest.mark.parametrize("client", ADAPTERS)
+async def test_example_file_exact_text(
+    tmp_path: Path, mock_server: MockServer, client: str
+) -> None:
+    cfg = config_for(mock_server, tmp_path, client=client, concurrency=8)
+    out = await execute_run(cfg, EXAMPLE, install_signal_handlers=False)
+    assert out.result.metrics.failed == 0
+    assert out.result.metrics.succeeded == len(EXAMPLE.read_text().splitlines())
+    by_id = check_complete(out.run_dir, EXAMPLE, tokens=16)
+    # Token counts come from the server's usage, not estimated.
+    some = next(iter(by_id.values()))
+    assert some["llmbatch"]["metrics"]["output_tokens_estimated"] is False
+    summary = orjson.loads((out.run_dir / "summary.json").read_bytes())
+    assert summary["requests"]["succeeded"] == out.result.metrics.succeeded
+
+
+async def test_concurrency_never_exceeds_limit(tmp_path: Path) -> None:
+    server = await start_mock_server(MockConfig(tokens=4, ttft_s=0.02, itl_s=0.001))
+    try:
+        prompts = write_jsonl(
+            tmp_path / "p.jsonl", [{"id": i, "prompt": f"p{i}"} for i in range(60)]
+        )
+        cfg = config_for(server, tmp_path, concurrency=7)
+        out = await execute_run(cfg, prompts, install_signal_handlers=False)
+        assert out.result.metrics.succeeded == 60
+        assert server.stats.max_in_flight == 7  # reached, never exceeded
+    finally:
+        await server.close()
+
+
+async def test_bad_lines_become_error_records_and_run_goes_on(
+    tmp_path: Path, mock_server: MockServer
+) -> None:
+    prompts = write_jsonl(
+        tmp_path / "p.jsonl",
+        [
+            {"id": "good1", "prompt": "a"},
+            b"{broken",
+            {"id": "good1", "prompt": "dup"},
+            b'{"id": "u", "prompt": "\xff"}',
+            {"id": "nothing"},
+            {"id": "good2", "prompt": "b"},
+        ],
+    )
+    out = await execute_run(
+        config_for(mock_server, tmp_path), prompts, install_signal_handlers=False
+    )
+    m = out.result.metrics
+    assert (m.succeeded, m.failed, m.input_errors) == (2, 4, 4)
+    records = {r["custom_id"]: r for r in read_results(out.run_dir)}
+    assert records["#line-2"]["error"]["code"] == "input_error"
+    assert f"{prompts}:2: invalid JSON" in records["#line-2"]["error"]["message"]
+    assert "duplicate id 'good1'" in records["#line-3"]["error"]["message"]
+    assert "invalid UTF-8" in records["#line-4"]["error"]["message"]
+    assert 'missing "prompt"' in records["#line-5"]["error"]["message"]
+    # Re-running does not duplicate error records either.
+    again = await execute_run(
+        config_for(mock_server, tmp_path), prompts, install_signal_handlers=False
+    )
+    assert again.result.metrics.skipped == 6
+    assert len(read_results(out.run_dir)) == 6
+
+
+async def test_resume_after_finished_run_sends_nothing(
+    tmp_path: Path, mock_server: MockServer
+) -> None:
+    cfg = config_for(mock_server, tmp_path)
+    await execute_run(cfg, EXAMPLE, install_signal_handlers=False)
+    sent = mock_server.stats.requests
+    out = await execute_run(cfg, EXAMPLE, install_signal_handlers=False)
+    assert mock_server.stats.requests == sent
+    assert out.result.metrics.skipped == sent
+    check_complete(out.run_dir, EXAMPLE, tokens=16)
+
+
+async def test_resume_after_interrupted_run(tmp_path: Path) -> None:
+    # Slow answers and a short --max-runtime stop the first run part-way.
+    server = await start_mock_server(MockConfig(tokens=20, ttft_s=0.05, itl_s=0.01))
+    try:
+        prompts = write_jsonl(
+            tmp_path / "p.jsonl", [{"id": i, "prompt": f"q{i}"} for i in range(40)]
+        )
+        cfg = config_for(server, tmp_path, concurrency=4, max_runtime_s=0.6)
+        first = await execute_run(cfg, prompts, install_signal_handlers=False)
+        assert first.result.stop_reason == "max_runtime"
+        done_first = len(read_results(first.run_dir))
+        assert 0 < done_first < 40
+        cfg2 = config_for(server, tmp_path, concurrency=16)
+        second = await execute_run(cfg2, prompts, install_signal_handlers=False)
+        assert second.result.stop_reason is None
+        assert second.result.metrics.skipped == done_first
+        assert len(read_results(second.run_dir)) == 40
+        check_complete(second.run_dir, prompts, tokens=20)
+    finally:
+        await server.close()
+
+
+async def test_torn_last_line_is_repaired(tmp_path: Path, mock_server: MockServer) -> None:
+    prompts = write_jsonl(tmp_path / "p.jsonl", [{"id": i, "prompt": f"q{i}"} for i in range(5)])
+    cfg = config_for(mock_server, tmp_path)
+    out = await execute_run(cfg, prompts, install_signal_handlers=False)
+    results = out.run_dir / "results.jsonl"
+    data = results.read_bytes()
+    last_start = data.rstrip(b"\n").rfind(b"\n") + 1
+    results.write_bytes(data[: last_start + 25])  # a crash mid-write
+    again = await execute_run(cfg, prompts, install_signal_handlers=False)
+    assert again.result.metrics.succeeded == 1
+    check_complete(out.run_dir, prompts, tokens=16)
+    assert len(read_results(out.run_dir)) == 5
