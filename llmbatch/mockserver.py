@@ -23,6 +23,8 @@ from typing import Any
 import orjson
 from aiohttp import web
 
+from .governor import TokenBucket
+
 __all__ = [
     "FAULT_KINDS",
     "MockConfig",
@@ -72,6 +74,11 @@ class MockConfig:
     retry_after_s: float = 0.05
     stall_s: float = 30.0
     slow_first_byte_s: float = 2.0
+    # Rate limits like a real provider's: per limit_window_s (a minute, scaled down in
+    # tests), refilled continuously, with a burst of 1/60 of the window's allowance.
+    rpm: float | None = None
+    tpm: float | None = None  # prompt + completion tokens
+    limit_window_s: float = 60.0
 
 
 def _prompt_key(messages: Any) -> bytes:
@@ -108,7 +115,10 @@ class MockStats:
     in_flight: int = 0
     max_in_flight: int = 0
     completed: int = 0
+    rate_limited: int = 0
     faults: dict[str, int] = field(default_factory=dict)
+    # (monotonic time, tokens) of every request admitted under a rate limit.
+    admitted: list[tuple[float, int]] = field(default_factory=list)
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -116,6 +126,7 @@ class MockStats:
             "in_flight": self.in_flight,
             "max_in_flight": self.max_in_flight,
             "completed": self.completed,
+            "rate_limited": self.rate_limited,
             "faults": dict(self.faults),
         }
 
@@ -125,6 +136,11 @@ class _Handler:
         self.cfg = cfg
         self.stats = MockStats()
         self._attempts: dict[bytes, int] = {}
+        self._limits: dict[str, tuple[float, TokenBucket]] = {}
+        for name, limit in (("requests", cfg.rpm), ("tokens", cfg.tpm)):
+            if limit is not None:
+                bucket = TokenBucket(limit / cfg.limit_window_s, max(1.0, limit / 60.0))
+                self._limits[name] = (limit, bucket)
 
     # -- routing -----------------------------------------------------------------
     def app(self) -> web.Application:
@@ -182,6 +198,14 @@ class _Handler:
         itl_ms = _int_header(h, "x-mock-itl-ms", None)
         itl = cfg.itl_s if itl_ms is None else itl_ms / 1000.0
 
+        limit_headers: dict[str, str] = {}
+        if self._limits:
+            limit_headers, retry_after_s = self._admit(_count_prompt_tokens(messages) + n)
+            if retry_after_s is not None:
+                self.stats.rate_limited += 1
+                limit_headers["retry-after-ms"] = str(max(1, int(retry_after_s * 1000)))
+                return _json_error(429, "rate_limit_exceeded", "Rate limit reached", limit_headers)
+
         key = _prompt_key(messages)
         fault = self._pick_fault(key, h)
         if fault:
@@ -203,6 +227,7 @@ class _Handler:
             return web.Response(
                 body=orjson.dumps(_completion(model, "".join(tokens), finish, usage)),
                 content_type="application/json",
+                headers=limit_headers,
             )
         include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
         resp = web.StreamResponse(
@@ -210,6 +235,7 @@ class _Handler:
                 "content-type": "text/event-stream",
                 "cache-control": "no-cache",
                 "x-request-id": "mock-" + hashlib.blake2b(key, digest_size=6).hexdigest(),
+                **limit_headers,
             }
         )
         await resp.prepare(request)
@@ -252,6 +278,28 @@ class _Handler:
         await resp.write_eof()
         self.stats.completed += 1
         return resp
+
+    def _admit(self, tokens: int) -> tuple[dict[str, str], float | None]:
+        """Charge one request of ``tokens``; (OpenAI-style headers, retry-after or None)."""
+        costs = {"requests": 1.0, "tokens": float(tokens)}
+        retry_after_s: float | None = None
+        for name, (_, bucket) in self._limits.items():
+            short = costs[name] - bucket.available
+            if short > 0:
+                wait = short / bucket.rate_per_s
+                retry_after_s = wait if retry_after_s is None else max(retry_after_s, wait)
+        if retry_after_s is None:
+            for name, (_, bucket) in self._limits.items():
+                bucket.reserve(costs[name])
+            self.stats.admitted.append((time.monotonic(), tokens))
+        headers: dict[str, str] = {}
+        for name, (limit, bucket) in self._limits.items():
+            left = max(0.0, bucket.available)
+            headers[f"x-ratelimit-limit-{name}"] = str(int(limit))
+            headers[f"x-ratelimit-remaining-{name}"] = str(int(left))
+            reset_s = (bucket.capacity - left) / bucket.rate_per_s
+            headers[f"x-ratelimit-reset-{name}"] = f"{reset_s:.3f}s"
+        return headers, retry_after_s
 
     def _pick_fault(self, key: bytes, headers: Mapping[str, str]) -> str | None:
         forced = headers.get("x-mock-fault")
