@@ -45,8 +45,9 @@ _WORDS = (
 FAULT_KINDS = (
     "429",  # rate limited, with Retry-After
     "quota",  # 429 insufficient_quota (fatal for a run)
-    "401",
+    "401",  # echoes the key it was given, as some providers do (tests redaction)
     "400",
+    "404",  # model_not_found
     "500",
     "502",
     "503",
@@ -136,6 +137,8 @@ class _Handler:
         self.cfg = cfg
         self.stats = MockStats()
         self._attempts: dict[bytes, int] = {}
+        self._waiters: list[tuple[int, asyncio.Future[None]]] = []
+        self._flight_waiters: list[tuple[int, asyncio.Future[None]]] = []
         self._limits: dict[str, tuple[float, TokenBucket]] = {}
         for name, limit in (("requests", cfg.rpm), ("tokens", cfg.tpm)):
             if limit is not None:
@@ -172,6 +175,8 @@ class _Handler:
         st.in_flight += 1
         if st.in_flight > st.max_in_flight:
             st.max_in_flight = st.in_flight
+        if self._flight_waiters:
+            self._flight_waiters = _resolve(self._flight_waiters, st.in_flight)
         try:
             return await self._chat(request)
         finally:
@@ -223,7 +228,7 @@ class _Handler:
         model = body.get("model") or cfg.model
         if not body.get("stream"):
             await asyncio.sleep(max(0.0, ttft + itl * (n - 1) - (time.monotonic() - t0)))
-            self.stats.completed += 1
+            self._completed()
             return web.Response(
                 body=orjson.dumps(_completion(model, "".join(tokens), finish, usage)),
                 content_type="application/json",
@@ -252,6 +257,9 @@ class _Handler:
         pieces: list[bytes] = []
         for i, tok in enumerate(tokens):
             if fault and i == cut:
+                if pieces:  # what came before the fault reaches the client first
+                    await resp.write(b"".join(pieces))
+                    pieces = []
                 if await self._mid_stream_fault(fault, resp, request):
                     return resp
             pieces.append(
@@ -276,8 +284,23 @@ class _Handler:
         pieces.append(tail)
         await resp.write(b"".join(pieces))
         await resp.write_eof()
-        self.stats.completed += 1
+        self._completed()
         return resp
+
+    def _completed(self) -> None:
+        self.stats.completed += 1
+        if self._waiters:
+            self._waiters = _resolve(self._waiters, self.stats.completed)
+
+    async def wait_completed(self, count: int) -> None:
+        """Return once ``count`` answers were sent in full (for tests: no polling)."""
+        if self.stats.completed < count:
+            await _wait_for(self._waiters, count)
+
+    async def wait_in_flight(self, count: int) -> None:
+        """Return once ``count`` requests are being answered at the same time."""
+        if self.stats.in_flight < count:
+            await _wait_for(self._flight_waiters, count)
 
     def _admit(self, tokens: int) -> tuple[dict[str, str], float | None]:
         """Charge one request of ``tokens``; (OpenAI-style headers, retry-after or None)."""
@@ -333,7 +356,10 @@ class _Handler:
         if fault == "quota":
             return _json_error(429, "insufficient_quota", "You exceeded your current quota")
         if fault == "401":
-            return _json_error(401, "invalid_api_key", "Incorrect API key provided")
+            key = request.headers.get("authorization", "").removeprefix("Bearer ")
+            return _json_error(401, "invalid_api_key", f"Incorrect API key provided: {key}")
+        if fault == "404":
+            return _json_error(404, "model_not_found", "The model does not exist")
         if fault == "400":
             return _json_error(400, "invalid_request_error", "bad request (mock fault)")
         if fault in ("500", "502", "503"):
@@ -369,6 +395,26 @@ class _Handler:
             await resp.write_eof()
             return True
         return False
+
+
+def _resolve(
+    waiters: list[tuple[int, asyncio.Future[None]]], value: int
+) -> list[tuple[int, asyncio.Future[None]]]:
+    """Wake the waiters whose target ``value`` has reached; return the others."""
+    keep = []
+    for target, fut in waiters:
+        if value >= target:
+            if not fut.done():
+                fut.set_result(None)
+        else:
+            keep.append((target, fut))
+    return keep
+
+
+async def _wait_for(waiters: list[tuple[int, asyncio.Future[None]]], target: int) -> None:
+    fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+    waiters.append((target, fut))
+    await fut
 
 
 def _completion(model: str, text: str, finish: str, usage: dict[str, int]) -> dict[str, Any]:
@@ -420,6 +466,14 @@ class MockServer:
     def stats(self) -> MockStats:
         """Live counters (requests, in-flight, max in-flight, faults injected)."""
         return self._handler.stats
+
+    async def wait_completed(self, count: int) -> None:
+        """Wait until ``count`` answers have been sent in full."""
+        await self._handler.wait_completed(count)
+
+    async def wait_in_flight(self, count: int) -> None:
+        """Wait until ``count`` requests are in flight at once."""
+        await self._handler.wait_in_flight(count)
 
     async def close(self) -> None:
         """Stop listening and close open connections."""
