@@ -43,6 +43,7 @@ async def test_auto_concurrency_under_rpm_limit_learned_from_headers(tmp_path: P
         out = await execute_run(cfg, prompts, install_signal_handlers=False)
         elapsed = time.monotonic() - t0
         ideal = n / (600 / WINDOW_S)
+        print(f"rpm test: {elapsed:.2f}s (ideal {ideal:.2f}s), 429s {server.stats.rate_limited}")
         assert out.result.metrics.succeeded == n
         assert elapsed <= ideal * 1.15, f"{elapsed:.2f}s vs ideal {ideal:.2f}s"
         assert server.stats.rate_limited < 0.02 * n, server.stats.rate_limited
