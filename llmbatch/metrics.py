@@ -9,7 +9,7 @@
   (flagged ``output_tokens_estimated``); input_tokens: the server's usage or None.
 - peak output tokens/s: each request's output tokens spread evenly over its streaming
   time (first to last content chunk), summed in 1 s buckets from the run start; the
-  largest bucket.
+  largest complete bucket (a run shorter than 1 s: its mean rate).
 
 Run percentiles come from log-bucketed histograms (1% relative resolution), so
 memory stays constant however many requests a run has.
@@ -209,7 +209,12 @@ class RunMetrics:
         """The run summary (summary.json and the end-of-run table)."""
         end = self.ended_at or time.monotonic()
         dur = max(end - self.started_at, 1e-9)
-        peak = round(max(self.tokens_per_second_bucket.values(), default=0.0))
+        full_s = int(dur)  # buckets [k, k+1) with 0 <= k < full_s lie wholly inside the run
+        if full_s >= 1:
+            buckets = self.tokens_per_second_bucket.items()
+            peak = round(max((v for k, v in buckets if 0 <= k < full_s), default=0.0))
+        else:  # shorter than one bucket: the run's own rate
+            peak = round(self.output_tokens / dur)
         out: dict[str, Any] = {
             "started_at": self.started_wall,
             "duration_s": _r(dur),
