@@ -288,7 +288,7 @@ def plot_compare(result: CompareResult) -> Path:
 
     x = list(range(len(names)))
     w = 0.38
-    fig = Figure(figsize=(max(8.0, 1.6 * len(names) + 3), 4.6), dpi=100, layout="constrained")
+    fig = Figure(figsize=(max(8.0, 1.6 * len(names) + 3), 4.6), dpi=90, layout="constrained")
     total = sum(r.summary["requests"]["total"] for r in result.rows[:1])
     fig.suptitle(f"llmbatch compare — {result.label}, {total} requests per run")
     ax1, ax2 = fig.subplots(1, 2)
@@ -312,8 +312,8 @@ def plot_compare(result: CompareResult) -> Path:
     ):
         b1 = ax.bar([i - w / 2 for i in x], series(k1, scale), w, label=l1, color=c1)
         b2 = ax.bar([i + w / 2 for i in x], series(k2, scale), w, label=l2, color=c2)
-        ax.bar_label(b1, fmt="%.0f", fontsize=8, padding=2)
-        ax.bar_label(b2, fmt="%.0f", fontsize=8, padding=2)
+        for bars, ys in ((b1, series(k1, scale)), (b2, series(k2, scale))):
+            ax.bar_label(bars, labels=[_short(y) for y in ys], fontsize=8, padding=2)
         ax.set_title(title)
         ax.set_ylabel(ylabel)
         ax.set_xlabel("provider-client-concurrency")
@@ -325,3 +325,8 @@ def plot_compare(result: CompareResult) -> Path:
     path = result.out_dir / PNG_FILE
     fig.savefig(path)
     return path
+
+
+def _short(v: float) -> str:
+    """A bar label: 950, 16.9k."""
+    return f"{v / 1000:.1f}k" if v >= 10_000 else f"{v:.0f}"
