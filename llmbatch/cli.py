@@ -23,6 +23,7 @@ if TYPE_CHECKING:
     from .config import RunConfig
     from .metrics import SLO
     from .runner import RunOutput
+    from .tables import Table
 
 EXIT_OK = 0
 EXIT_FAILED_REQUESTS = 1
@@ -305,3 +306,164 @@ def main() -> None:
         app()
     except KeyboardInterrupt:
         sys.exit(EXIT_SIGINT)
+
+
+# -- report and compare ---------------------------------------------------------------------
+def _print_tables(tables: list[Table]) -> None:
+    """A rich table on a terminal, aligned plain text otherwise."""
+    from .tables import render_plain, to_rich
+
+    if sys.stdout.isatty():
+        from rich.console import Console
+
+        console = Console()
+        for t in tables:
+            console.print(to_rich(t))
+    else:
+        typer.echo("\n\n".join(render_plain(t) for t in tables))
+
+
+@app.command()
+def report(
+    run_dir: Annotated[Path, typer.Argument(help="Run directory, e.g. outputs/example-mock.")],
+    as_json: Annotated[bool, typer.Option("--json", help="Print the summary as JSON.")] = False,
+    as_csv: Annotated[
+        bool, typer.Option("--csv", help="Print the summary as CSV (dotted keys, one row).")
+    ] = False,
+    recompute: Annotated[
+        bool,
+        typer.Option("--recompute", help="Recompute from results.jsonl, not summary.json."),
+    ] = False,
+    slo: Annotated[
+        str | None,
+        typer.Option(help="Goodput objectives, e.g. ttft=0.5,tpot=0.05 (implies --recompute)."),
+    ] = None,
+) -> None:
+    """Show a run's metrics (also while it runs): a table, JSON or CSV."""
+    from .errors import ConfigError, RunDirError
+    from .report import load_report, report_csv, report_json, report_tables
+
+    if as_json and as_csv:
+        raise _fail("--json and --csv exclude each other", EXIT_USAGE)
+    try:
+        slo_obj = _parse_slo(slo) if slo else None
+        summary = load_report(run_dir, recompute=recompute, slo=slo_obj)
+    except (ConfigError, RunDirError) as exc:
+        raise _fail(str(exc), EXIT_USAGE) from None
+    if as_json:
+        typer.echo(report_json(summary))
+    elif as_csv:
+        typer.echo(report_csv(summary), nl=False)
+    else:
+        _print_tables(report_tables(summary, run_dir))
+
+
+def _parse_int_list(spec: str | None, flag: str) -> list[int]:
+    from .errors import ConfigError
+
+    if not spec:
+        return []
+    out: list[int] = []
+    for part in spec.split(","):
+        try:
+            n = int(part)
+        except ValueError:
+            raise ConfigError(f"{flag}: expected comma-separated integers, got {part!r}") from None
+        if n < 1:
+            raise ConfigError(f"{flag}: must be >= 1, got {n}")
+        out.append(n)
+    return out
+
+
+@app.command()
+def compare(
+    prompts: Annotated[Path, typer.Argument(help="JSONL file of prompts.")],
+    provider: Annotated[
+        list[str] | None,
+        typer.Option("--provider", "-p", help="Provider profile (repeatable; default: mock)."),
+    ] = None,
+    client: Annotated[
+        list[str] | None,
+        typer.Option(help="Client adapter (repeatable): aiohttp, httpx, httpx-aiohttp."),
+    ] = None,
+    concurrency: Annotated[
+        str | None, typer.Option("--concurrency", "-j", help="Comma-separated, e.g. 30,300.")
+    ] = None,
+    limit: Annotated[
+        int | None, typer.Option(min=1, help="Send only the first N prompts of the file.")
+    ] = None,
+    out: Annotated[
+        Path | None,
+        typer.Option("--out", "-o", help="Compare directory (default outputs/compare-<...>)."),
+    ] = None,
+    config: ConfigOpt = None,
+    slo: Annotated[
+        str | None, typer.Option(help="Goodput objectives, e.g. ttft=0.5,tpot=0.05 (seconds).")
+    ] = None,
+    progress: Annotated[
+        bool | None,
+        typer.Option("--progress/--no-progress", help="Progress bar (default: when a terminal)."),
+    ] = None,
+) -> None:
+    """Run PROMPTS against every provider × client × concurrency, one after another,
+    then print one comparison table and write compare.json, compare.csv (and compare.png).
+    """
+    import asyncio
+    import signal
+
+    from .compare import (
+        PROMPTS_FILE,
+        Combination,
+        compare_table,
+        limit_prompts,
+        make_compare_dir,
+        plan_combinations,
+        plot_compare,
+        run_compare,
+    )
+    from .errors import ConfigError, InputError, LLMBatchError, RunDirError
+
+    def on_start(i: int, combo: Combination) -> None:
+        typer.echo(f"llmbatch: [{i + 1}/{len(plan)}] {combo.name}", err=True)
+
+    try:
+        concs = _parse_int_list(concurrency, "--concurrency")
+        slo_obj = _parse_slo(slo)
+        plan = plan_combinations(
+            config, provider or [], client or [], concs, flags={"progress": progress}
+        )
+        if not prompts.is_file():
+            raise InputError("no such file", path=str(prompts))
+        cdir = make_compare_dir(plan[0][1].out_dir, prompts, out)
+        source = limit_prompts(prompts, limit, cdir / PROMPTS_FILE) if limit else prompts
+        label = prompts.name + (f" (first {limit})" if limit else "")
+        with asyncio.Runner(loop_factory=_loop_factory()) as runner:
+            result = runner.run(
+                run_compare(plan, source, cdir, slo=slo_obj, label=label, on_start=on_start)
+            )
+    except (ConfigError, InputError, RunDirError) as exc:
+        raise _fail(str(exc), EXIT_USAGE) from None
+    except LLMBatchError as exc:
+        raise _fail(str(exc), EXIT_ABORTED) from None
+    _print_tables([compare_table(result)])
+    typer.echo(f"written: {cdir}/compare.json, {cdir}/compare.csv")
+    if result.rows:
+        try:
+            png = plot_compare(result)
+        except ImportError:
+            typer.echo(
+                "llmbatch: matplotlib is not installed, no chart "
+                "(pip install 'llmbatch[plot]' for compare.png)",
+                err=True,
+            )
+        else:
+            typer.echo(f"chart: {png}")
+    for row in result.rows:
+        if row.abort_message:
+            typer.echo(f"llmbatch: {row.combo.name} aborted: {row.abort_message}", err=True)
+    if result.signal_received is not None:
+        typer.echo("llmbatch: interrupted; the remaining combinations did not run", err=True)
+        raise typer.Exit(EXIT_SIGTERM if result.signal_received == signal.SIGTERM else EXIT_SIGINT)
+    if any(r.stop_reason is not None for r in result.rows):
+        raise typer.Exit(EXIT_ABORTED)
+    raise typer.Exit(EXIT_FAILED_REQUESTS if any(r.status != "ok" for r in result.rows) else 0)

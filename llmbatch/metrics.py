@@ -5,6 +5,11 @@
 - e2el_s: request sent -> last content chunk.
 - itl_s: gaps between consecutive content chunks (pooled over requests for the run).
 - tpot_s: (e2el - ttft) / (output_tokens - 1).
+- output_tokens: the server's usage when sent, else the number of content chunks
+  (flagged ``output_tokens_estimated``); input_tokens: the server's usage or None.
+- peak output tokens/s: each request's output tokens spread evenly over its streaming
+  time (first to last content chunk), summed in 1 s buckets from the run start; the
+  largest complete bucket (a run shorter than 1 s: its mean rate).
 
 Run percentiles come from log-bucketed histograms (1% relative resolution), so
 memory stays constant however many requests a run has.
@@ -20,7 +25,7 @@ from typing import Any
 
 from .records import Outcome, RequestMetrics
 
-__all__ = ["Histogram", "RunMetrics", "SLO", "itl_summary"]
+__all__ = ["Histogram", "RunMetrics", "SLO", "itl_summary", "request_metrics_dict", "spread_tokens"]
 
 PERCENTILES = (50, 90, 95, 99)
 _LOG_STEP = math.log(1.01)
@@ -42,7 +47,9 @@ class Histogram:
     def add(self, value_s: float) -> None:
         """Record one value (seconds)."""
         v = value_s if value_s > _MIN_S else _MIN_S
-        self._buckets[int(math.log(v) / _LOG_STEP)] += 1
+        # floor, not int(): int() truncates toward zero, which merged the two buckets
+        # around 1 s and put the midpoint of every sub-second bucket above its range.
+        self._buckets[math.floor(math.log(v) / _LOG_STEP)] += 1
         self.count += 1
         self.total += value_s
         if value_s < self.min:
@@ -154,7 +161,7 @@ class RunMetrics:
     itl: Histogram = field(default_factory=Histogram)
     e2el: Histogram = field(default_factory=Histogram)
     queue: Histogram = field(default_factory=Histogram)
-    tokens_per_second_bucket: Counter[int] = field(default_factory=Counter)
+    tokens_per_second_bucket: dict[int, float] = field(default_factory=dict)
     concurrency_limit: int | None = None
 
     def add(self, outcome: Outcome, *, finished_at: float | None = None) -> None:
@@ -187,8 +194,9 @@ class RunMetrics:
         self.queue.add(m.queue_s)
         if self.slo.met_by(m):
             self.good += 1
-        second = int((finished_at or time.monotonic()) - self.started_at)
-        self.tokens_per_second_bucket[second] += m.output_tokens
+        end = (finished_at or time.monotonic()) - self.started_at
+        stream_s = (m.e2el_s - m.ttft_s) if m.e2el_s is not None and m.ttft_s is not None else 0.0
+        spread_tokens(self.tokens_per_second_bucket, end - stream_s, end, m.output_tokens)
 
     def add_input_error(self) -> None:
         """Count a prompt line that could not become a request."""
@@ -201,7 +209,12 @@ class RunMetrics:
         """The run summary (summary.json and the end-of-run table)."""
         end = self.ended_at or time.monotonic()
         dur = max(end - self.started_at, 1e-9)
-        peak = max(self.tokens_per_second_bucket.values(), default=0)
+        full_s = int(dur)  # buckets [k, k+1) with 0 <= k < full_s lie wholly inside the run
+        if full_s >= 1:
+            buckets = self.tokens_per_second_bucket.items()
+            peak = round(max((v for k, v in buckets if 0 <= k < full_s), default=0.0))
+        else:  # shorter than one bucket: the run's own rate
+            peak = round(self.output_tokens / dur)
         out: dict[str, Any] = {
             "started_at": self.started_wall,
             "duration_s": _r(dur),
@@ -248,6 +261,23 @@ class RunMetrics:
                 "requests_per_s": _r(self.good / dur),
             }
         return out
+
+
+def spread_tokens(buckets: dict[int, float], first_s: float, last_s: float, tokens: int) -> None:
+    """Add ``tokens`` to 1 s ``buckets``, spread evenly over [first_s, last_s] (run time).
+
+    A request's tokens are counted while they stream, not all in the second it ends,
+    so the peak is a rate that was actually reached.
+    """
+    span = last_s - first_s
+    if span <= 0 or math.floor(first_s) == math.floor(last_s):
+        key = math.floor(last_s)
+        buckets[key] = buckets.get(key, 0.0) + tokens
+        return
+    for sec in range(math.floor(first_s), math.floor(last_s) + 1):
+        overlap = min(last_s, sec + 1) - max(first_s, sec)
+        if overlap > 0:
+            buckets[sec] = buckets.get(sec, 0.0) + tokens * overlap / span
 
 
 def _r(v: float | None) -> float | None:

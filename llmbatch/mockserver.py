@@ -1,8 +1,18 @@
 """A built-in OpenAI-compatible mock server (aiohttp.web) for tests, demos and benchmarks.
 
 The answer is a deterministic function of the request (``expected_text``), so every
-output byte can be checked. Timing is exact by construction: the first content chunk
-is written ``ttft_s`` after the request arrives, then one chunk every ``itl_s``.
+output byte can be checked. Streaming timing, measured from ``t0`` = the moment the
+handler starts (request headers parsed, before the body is read):
+
+- the role chunk (``{"role": "assistant", "content": ""}``, no text) is written at once;
+- content token i (0-based, one per SSE event and one write) is due at
+  ``t0 + ttft_s + i * itl_s``: the first content token ``ttft_s`` after the request
+  arrived, then one every ``itl_s``;
+- the finish chunk, the usage chunk and ``[DONE]`` follow the last token in one write.
+
+The schedule is absolute, so timer lateness does not accumulate; each token can be late
+by the event loop's timer granularity (asyncio on epoll rounds up to whole milliseconds)
+and by any time the loop is busy. With ``itl_s = 0`` the tokens go in one write.
 
 Per-request overrides come as headers: ``x-mock-tokens``, ``x-mock-ttft-ms``,
 ``x-mock-itl-ms``, ``x-mock-fault`` (a fault kind, on every attempt) and
@@ -250,7 +260,10 @@ class _Handler:
             + b',"choices":[{"index":0,"delta":'
         )
         await resp.write(head + b'{"role":"assistant","content":""},"finish_reason":null}]}\n\n')
-        delay = ttft - (time.monotonic() - t0)
+        # An absolute schedule (token i due at t0 + ttft + i * itl): a timer that fires
+        # late (epoll rounds up to whole ms; a busy loop) delays one token, not all after it.
+        due = t0 + ttft
+        delay = due - time.monotonic()
         if delay > 0:
             await asyncio.sleep(delay)
         cut = n // 2
@@ -262,13 +275,17 @@ class _Handler:
                     pieces = []
                 if await self._mid_stream_fault(fault, resp, request):
                     return resp
+                due = max(due, time.monotonic())  # a stall shifts the rest of the stream
             pieces.append(
                 head + b'{"content":' + orjson.dumps(tok) + b'},"finish_reason":null}]}\n\n'
             )
             if itl > 0:
                 await resp.write(pieces.pop())
                 if i < n - 1:
-                    await asyncio.sleep(itl)
+                    due += itl
+                    delay = due - time.monotonic()
+                    if delay > 0:
+                        await asyncio.sleep(delay)
         tail = head + b'{},"finish_reason":' + orjson.dumps(finish) + b"}]}\n\n"
         if include_usage:
             tail += (

@@ -1,11 +1,41 @@
-"""Human-readable run summaries."""
+"""Run summaries for people and programs: the end-of-run text, ``llmbatch report``.
+
+``load_report`` reads a run directory's summary.json (rewritten every 2 s while the run
+is going), or recomputes the summary from results.jsonl in one streaming pass. The
+recomputed summary counts every record in the file (resumed sessions included) and
+has the same shape, except that ITL percentiles are unknown: results.jsonl keeps a
+per-request ITL summary, not every gap, so only the pooled ITL mean can be rebuilt.
+"""
 
 from __future__ import annotations
 
+import csv
+import io
+import math
+import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-__all__ = ["format_summary"]
+import orjson
+
+from .errors import RunDirError
+from .metrics import SLO, RunMetrics
+from .records import Attempt, Outcome, RequestMetrics
+from .tables import Table, fmt_ms, fmt_num
+
+__all__ = [
+    "format_summary",
+    "load_report",
+    "report_csv",
+    "report_json",
+    "report_tables",
+    "summary_from_results",
+]
+
+SUMMARY_FILE = "summary.json"
+RESULTS_FILE = "results.jsonl"
+LATENCY_METRICS = ("ttft", "tpot", "itl", "e2el", "queue")
 
 
 def _ms(v: Any) -> str:
@@ -44,3 +74,186 @@ def format_summary(summary: dict[str, Any], run_dir: Path | None = None) -> str:
     if run_dir is not None:
         lines.append(f"outputs: {run_dir}/results.jsonl, {run_dir}/text/")
     return "\n".join(lines)
+
+
+# -- reading a run directory ------------------------------------------------------------
+def load_report(
+    run_dir: Path, *, recompute: bool = False, slo: SLO | None = None
+) -> dict[str, Any]:
+    """The summary of ``run_dir`` plus a ``report`` object saying where it came from.
+
+    summary.json is used unless ``recompute`` or an ``slo`` is given or the file is missing.
+    """
+    if not run_dir.is_dir():
+        raise RunDirError(f"{run_dir}: no such run directory")
+    summary_path = run_dir / SUMMARY_FILE
+    if not recompute and slo is None and summary_path.is_file():
+        try:
+            summary = orjson.loads(summary_path.read_bytes())
+            age_s = time.time() - summary_path.stat().st_mtime
+        except (OSError, orjson.JSONDecodeError) as exc:
+            raise RunDirError(f"{summary_path}: cannot read: {exc}") from None
+        if not isinstance(summary, dict) or "requests" not in summary:
+            raise RunDirError(f"{summary_path}: not an llmbatch summary")
+        summary["report"] = {"source": SUMMARY_FILE, "age_s": round(age_s, 1)}
+        return summary
+    if not (run_dir / RESULTS_FILE).is_file():
+        raise RunDirError(f"{run_dir}: not a run directory (no {SUMMARY_FILE} or {RESULTS_FILE})")
+    summary = summary_from_results(run_dir / RESULTS_FILE, slo=slo)
+    summary["report"] = {"source": RESULTS_FILE, "age_s": None}
+    return summary
+
+
+def _iter_records(path: Path) -> Iterator[dict[str, Any]]:
+    """Complete, decodable lines; a torn last line of a running run is left out."""
+    try:
+        with open(path, "rb") as fh:
+            for raw in fh:
+                if not raw.endswith(b"\n"):
+                    return
+                try:
+                    rec = orjson.loads(raw)
+                except orjson.JSONDecodeError:
+                    continue  # a damaged line (its request runs again on resume)
+                if isinstance(rec, dict):
+                    yield rec
+    except OSError as exc:
+        raise RunDirError(f"{path}: cannot read: {exc.strerror}") from None
+
+
+def summary_from_results(path: Path, *, slo: SLO | None = None) -> dict[str, Any]:
+    """Recompute a run summary from results.jsonl in one streaming pass.
+
+    Duration is the wall span from the start of the first record's request
+    (finished_at − e2el − queue) to the last record; for a resumed run it includes the
+    pause between sessions.
+    """
+    metrics = RunMetrics(slo=slo or SLO(), started_at=0.0)
+    base: float | None = None  # run time 0 = the first record's request start
+    last_end = -math.inf
+    itl_total_s = 0.0
+    itl_gaps = 0
+    for rec in _iter_records(path):
+        lb = rec.get("llmbatch") or {}
+        err = rec.get("error")
+        code = (err.get("code") or "unknown") if isinstance(err, dict) else None
+        if code == "input_error":
+            metrics.add_input_error()
+            continue
+        m = lb.get("metrics") or {}
+        rm = RequestMetrics(
+            queue_s=m.get("queue_s") or 0.0,
+            ttft_s=m.get("ttft_s"),
+            e2el_s=m.get("e2el_s"),
+            output_tokens=m.get("output_tokens") or 0,
+            output_tokens_estimated=bool(m.get("output_tokens_estimated")),
+            input_tokens=m.get("input_tokens"),
+            chunks=m.get("chunks") or 0,
+        )
+        attempts = [
+            Attempt(a.get("n", 0), a.get("status"), a.get("error"), None, None, 0.0)
+            for a in lb.get("attempts") or []
+        ]
+        finished = lb.get("finished_at")
+        if not isinstance(finished, int | float):
+            finished = last_end if last_end > -math.inf else 0.0
+        start = finished - rm.queue_s - (rm.e2el_s or 0.0)
+        if base is None:
+            base = start
+        last_end = max(last_end, finished)
+        outcome = Outcome(
+            record_id=str(rec.get("custom_id")),
+            status_code=None,
+            request_id=None,
+            body=None,
+            error_code=code,
+            error_message=None,
+            attempts=attempts,
+            metrics=rm,
+        )
+        metrics.add(outcome, finished_at=finished - base)
+        itl_mean = (m.get("itl_s") or {}).get("mean")
+        if code is None and itl_mean is not None and rm.chunks > 1:
+            itl_total_s += itl_mean * (rm.chunks - 1)
+            itl_gaps += rm.chunks - 1
+    metrics.ended_at = 0.0 if base is None else last_end - base
+    if base is not None:
+        metrics.started_wall = base
+    summary = metrics.summary()
+    summary["latency_s"]["itl"] = {
+        "mean": round(itl_total_s / itl_gaps, 6) if itl_gaps else None,
+        **{f"p{p}": None for p in (50, 90, 95, 99)},
+    }
+    return summary
+
+
+# -- rendering ----------------------------------------------------------------------------
+def report_tables(summary: dict[str, Any], run_dir: Path | None = None) -> list[Table]:
+    """Two tables: the run's counts and throughput, then latency percentiles in ms."""
+    req = summary["requests"]
+    thr = summary["throughput"]
+    tok = summary["tokens"]
+    src = summary.get("report") or {}
+    where = str(run_dir) if run_dir is not None else "run"
+    source = src.get("source", SUMMARY_FILE)
+    if src.get("age_s") is not None:
+        source += f" (written {src['age_s']:.0f} s ago)"
+    rows = [
+        ["requests succeeded", str(req["succeeded"])],
+        ["requests failed", str(req["failed"])],
+        ["  of which bad input lines", str(req["input_errors"])],
+        ["skipped (already done)", str(req["skipped_already_done"])],
+        ["duration s", fmt_num(summary["duration_s"], 2)],
+        ["requests/s", fmt_num(thr["requests_per_s"], 2)],
+        ["output tokens/s", fmt_num(thr["output_tokens_per_s"])],
+        ["total tokens/s", fmt_num(thr["total_tokens_per_s"])],
+        ["peak output tokens/s (1 s)", fmt_num(thr["peak_output_tokens_per_s"], 0)],
+        ["output tokens", fmt_num(tok["output"], 0)],
+        ["input tokens", fmt_num(tok["input"], 0)],
+        [
+            "requests with estimated output tokens",
+            str(tok["requests_with_estimated_output_tokens"]),
+        ],
+        ["retries", str(summary["retries"])],
+        ["429 responses", str(summary["rate_limited_429"])],
+    ]
+    for name, n in sorted(summary.get("errors_by_class", {}).items()):
+        rows.append([f"error: {name}", str(n)])
+    if "goodput" in summary:
+        g = summary["goodput"]
+        slo = ", ".join(f"{k}<={v}" for k, v in g["slo"].items() if v is not None)
+        rows.append([f"goodput requests ({slo})", str(g["good_requests"])])
+        rows.append(["goodput requests/s", fmt_num(g["requests_per_s"], 2)])
+    rows.append(["source", source])
+    run = Table(f"llmbatch report: {where}", ["", "value"], rows)
+    lat = Table("latency (ms)", ["metric", "mean", "p50", "p90", "p95", "p99"])
+    for name in LATENCY_METRICS:
+        s = summary["latency_s"][name]
+        lat.rows.append([name, *(fmt_ms(s[k]) for k in ("mean", "p50", "p90", "p95", "p99"))])
+    return [run, lat]
+
+
+def report_json(summary: dict[str, Any]) -> str:
+    """The summary as indented JSON."""
+    return orjson.dumps(summary, option=orjson.OPT_INDENT_2 | orjson.OPT_NON_STR_KEYS).decode()
+
+
+def _flatten(obj: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in obj.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict):
+            out.update(_flatten(v, key + "."))
+        else:
+            out[key] = v
+    return out
+
+
+def report_csv(summary: dict[str, Any]) -> str:
+    """The summary as CSV: a header of dotted keys (``latency_s.ttft.p50``) and one row."""
+    flat = _flatten(summary)
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(flat.keys())
+    writer.writerow("" if v is None else v for v in flat.values())
+    return buf.getvalue()
