@@ -62,28 +62,31 @@ def iter_results(run_dir: Path, *, ordered: bool = False) -> Iterator[dict[str, 
     """The records of ``run_dir``'s results.jsonl, in file order or input order.
 
     Damaged lines (a torn tail) are skipped. Raises RunDirError at once when there is
-    no readable results file.
+    no results file (and on first use when it cannot be read).
     """
     path = run_dir / RESULTS
+    if not path.is_file():
+        raise RunDirError(f"{run_dir}: no {RESULTS} (not a run directory?)")
+    return _ordered(path) if ordered else _in_file_order(path)
+
+
+def _open(path: Path) -> IO[bytes]:
     try:
-        fh = open(path, "rb")  # noqa: SIM115 - the generator below closes it
-    except FileNotFoundError:
-        raise RunDirError(f"{run_dir}: no {RESULTS} (not a run directory?)") from None
+        return open(path, "rb")
     except OSError as exc:
         raise RunDirError(f"{path}: cannot read: {exc.strerror}") from None
-    return _ordered(fh) if ordered else _in_file_order(fh)
 
 
-def _in_file_order(fh: IO[bytes]) -> Iterator[dict[str, Any]]:
-    with fh:
+def _in_file_order(path: Path) -> Iterator[dict[str, Any]]:
+    with _open(path) as fh:
         for raw in fh:
             rec = _parse(raw)
             if rec is not None:
                 yield rec
 
 
-def _ordered(fh: IO[bytes]) -> Iterator[dict[str, Any]]:
-    with fh:
+def _ordered(path: Path) -> Iterator[dict[str, Any]]:
+    with _open(path) as fh:
         index: list[tuple[int, int]] = []  # (line number, offset), one per record
         offset = 0
         for raw in fh:
