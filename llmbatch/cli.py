@@ -103,8 +103,15 @@ def run(
     base_url: Annotated[str | None, typer.Option(help="Override the provider's base URL.")] = None,
     model: Annotated[str | None, typer.Option(help="Override the provider's model.")] = None,
     concurrency: Annotated[
-        int | None, typer.Option("--concurrency", "-j", help="Requests in flight (default 32).")
+        str | None,
+        typer.Option(
+            "--concurrency", "-j", help="Requests in flight (default 32), or auto (adaptive)."
+        ),
     ] = None,
+    rpm: Annotated[float | None, typer.Option(help="Requests per minute limit.")] = None,
+    tpm: Annotated[float | None, typer.Option(help="Tokens (in + out) per minute limit.")] = None,
+    input_tpm: Annotated[float | None, typer.Option(help="Input tokens per minute.")] = None,
+    output_tpm: Annotated[float | None, typer.Option(help="Output tokens per minute.")] = None,
     client: Annotated[
         str | None, typer.Option(help="HTTP client adapter: aiohttp, httpx or httpx-aiohttp.")
     ] = None,
@@ -142,6 +149,10 @@ def run(
         "base_url": base_url,
         "model": model,
         "concurrency": concurrency,
+        "rpm": rpm,
+        "tpm": tpm,
+        "input_tpm": input_tpm,
+        "output_tpm": output_tpm,
         "client": client,
         "http2": http2,
         "run_dir": out,

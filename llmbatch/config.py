@@ -33,6 +33,7 @@ __all__ = [
 ]
 
 DEFAULT_CONFIG_FILE = "config.toml"
+AUTO_INITIAL_CONCURRENCY = 8
 CLIENTS = ("aiohttp", "httpx", "httpx-aiohttp")
 PROVIDER_KINDS = ("openai", "openai-completions", "anthropic")
 
@@ -64,6 +65,9 @@ class Limits:
     rpm: float | None = None
     input_tpm: float | None = None
     output_tpm: float | None = None
+    tpm: float | None = None  # input + output together (OpenAI's TPM)
+    # The limits' time unit. Providers count per minute; tests scale time down with it.
+    window_s: float = 60.0
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -96,6 +100,9 @@ class RunConfig:
 
     provider: ProviderConfig
     concurrency: int = 32
+    adaptive: bool = False  # --concurrency auto: AIMD between 1 and max_concurrency
+    max_concurrency: int = 256
+    grace_s: float = 30.0  # after SIGINT/SIGTERM/--max-runtime, before in-flight are cancelled
     client: str = "aiohttp"
     http2: bool = False
     out_dir: Path = Path("outputs")
@@ -137,6 +144,8 @@ BUILTIN_PROVIDERS: dict[str, ProviderConfig] = {
 _RUN_KEYS = {
     "provider",
     "concurrency",
+    "max_concurrency",
+    "grace_s",
     "client",
     "http2",
     "out_dir",
@@ -183,7 +192,8 @@ def load_config(
     overrides = {k: merged.pop(k) for k in list(merged) if k in _PROVIDER_OVERRIDES}
     if overrides:
         provider = dataclasses.replace(provider, **overrides)
-    limit_over = {k: merged.pop(k) for k in list(merged) if k in ("rpm", "input_tpm", "output_tpm")}
+    limit_keys = ("rpm", "input_tpm", "output_tpm", "tpm")
+    limit_over = {k: merged.pop(k) for k in list(merged) if k in limit_keys}
     if limit_over:
         provider = dataclasses.replace(
             provider, limits=dataclasses.replace(provider.limits, **limit_over)
@@ -265,8 +275,13 @@ def _from_env(env: Mapping[str, str]) -> dict[str, Any]:
 def _coerce_run(raw: Mapping[str, Any], source: str) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for key, val in raw.items():
-        if key == "concurrency":
+        if key == "concurrency" and str(val).strip().lower() == "auto":
+            out["adaptive"] = True
+            out[key] = AUTO_INITIAL_CONCURRENCY
+        elif key in ("concurrency", "max_concurrency"):
             out[key] = _as_int(val, key, source)
+        elif key == "grace_s":
+            out[key] = _as_float(val, key, source)
         elif key in ("http2", "keep_partial", "insecure"):
             out[key] = _as_bool(val, key, source)
         elif key == "max_runtime_s":
@@ -322,7 +337,18 @@ def _provider_from(
 
 def _validate(cfg: RunConfig, source: str) -> None:
     if cfg.concurrency < 1:
-        raise ConfigError(f"concurrency must be at least 1, got {cfg.concurrency}")
+        raise ConfigError(f"concurrency must be at least 1 (or auto), got {cfg.concurrency}")
+    if cfg.max_concurrency < 1:
+        raise ConfigError(f"max_concurrency must be at least 1, got {cfg.max_concurrency}")
+    if cfg.grace_s < 0:
+        raise ConfigError(f"grace_s must be >= 0, got {cfg.grace_s}")
+    lim = cfg.provider.limits
+    for name in ("rpm", "input_tpm", "output_tpm", "tpm"):
+        v = getattr(lim, name)
+        if v is not None and v <= 0:
+            raise ConfigError(f"{source}: limits.{name} must be positive, got {v}")
+    if lim.window_s <= 0:
+        raise ConfigError(f"{source}: limits.window_s must be positive")
     if cfg.client not in CLIENTS:
         raise ConfigError(f"unknown client {cfg.client!r} (one of {', '.join(CLIENTS)})")
     p = cfg.provider

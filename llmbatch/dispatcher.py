@@ -22,14 +22,15 @@ from typing import Any
 from .clients.base import ClientAdapter
 from .config import RunConfig
 from .errors import (
-    BadRequest,
     DeadlineExceeded,
     HTTPStatusError,
     InputError,
     LLMBatchError,
+    RateLimited,
     RequestError,
     TruncatedStream,
 )
+from .governor import AdaptiveConcurrency, ConcurrencyLimiter, RateGovernor, estimate_input_tokens
 from .metrics import RunMetrics, request_metrics_dict
 from .providers.base import Provider, StreamAssembler
 from .reader import error_record_id
@@ -44,6 +45,8 @@ __all__ = ["Dispatcher", "RunResult", "StopReason"]
 # (an unknown model, a malformed default parameter): stop instead of failing them all.
 SYSTEMATIC_FAILURE_THRESHOLD = 3
 SUMMARY_EVERY_S = 2.0
+# Output tokens assumed for the rate governor when a request sets no max_tokens.
+DEFAULT_OUTPUT_ESTIMATE = 256
 
 
 class StopReason:
@@ -77,7 +80,7 @@ class Dispatcher:
         metrics: RunMetrics,
         *,
         on_outcome: Callable[[Outcome], None] | None = None,
-        grace_s: float = 30.0,
+        secrets: tuple[str, ...] = (),
     ) -> None:
         self.cfg = cfg
         self.provider = provider
@@ -86,7 +89,26 @@ class Dispatcher:
         self.index = index
         self.metrics = metrics
         self.on_outcome = on_outcome
-        self.grace_s = grace_s
+        self.grace_s = cfg.grace_s
+        self._secrets = tuple(x for x in secrets if x)
+        lim = cfg.provider.limits
+        # Limits with a minute window get ~1 s of burst; scaled windows scale the burst too.
+        self.governor = RateGovernor(
+            rpm=lim.rpm,
+            input_tpm=lim.input_tpm,
+            output_tpm=lim.output_tpm,
+            total_tpm=lim.tpm,
+            window_s=lim.window_s,
+            burst_s=lim.window_s / 60.0,
+        )
+        self.aimd: AdaptiveConcurrency | None = None
+        self.limiter: ConcurrencyLimiter | None = None
+        if cfg.adaptive:
+            self.aimd = AdaptiveConcurrency(
+                initial=min(cfg.concurrency, cfg.max_concurrency), floor=1, cap=cfg.max_concurrency
+            )
+            aimd = self.aimd
+            self.limiter = ConcurrencyLimiter(lambda: aimd.limit)
         self.live_output_tokens = 0
         self.in_flight = 0
         self._stop_reason: str | None = None
@@ -94,7 +116,12 @@ class Dispatcher:
         self._stopping = asyncio.Event()
         self._tasks: set[asyncio.Task[None]] = set()
         self._held_failures: list[tuple[PromptRecord, Outcome]] = []
+        self._holding = True
         self._input_exhausted = False
+        # One probe request goes first; the rest wait for its response headers, which may
+        # carry the provider's rate limits (so a burst never runs into an unknown limit).
+        self._probe_sent = False
+        self._probe_done = asyncio.Event()
 
     # -- control ---------------------------------------------------------------------
     def stop(
@@ -140,10 +167,11 @@ class Dispatcher:
             if isinstance(r, BaseException) and not isinstance(r, asyncio.CancelledError):
                 raise r
         if self._stop_reason != StopReason.ABORTED:
-            for rec, outcome in self._held_failures:
-                self._commit(rec, outcome)
+            self._release_held()
         self._held_failures.clear()
         self.metrics.ended_at = time.monotonic()
+        if self.aimd is not None:
+            self.metrics.concurrency_limit = self.aimd.limit
         self.rundir.write_summary(self.metrics.summary())
         return RunResult(
             metrics=self.metrics,
@@ -155,28 +183,39 @@ class Dispatcher:
     async def _summary_ticker(self) -> None:
         while True:
             await asyncio.sleep(SUMMARY_EVERY_S)
+            if self.aimd is not None:
+                self.metrics.concurrency_limit = self.aimd.limit
             self.rundir.write_summary(self.metrics.summary())
             if self.rundir.error is not None:
                 self.stop(StopReason.ABORTED, message=f"cannot write: {self.rundir.error}")
 
     async def _worker(self, items: Iterator[PromptRecord | InputError]) -> None:
+        limiter = self.limiter
         while not self._stopping.is_set():
-            item = next(items, None)
-            if item is None:
-                self._input_exhausted = True
-                return
-            if isinstance(item, InputError):
-                self._record_input_error(item)
-                continue
-            if item.id in self.index:
-                self.metrics.skipped += 1
-                continue
-            await self._process(item)
+            if limiter is not None:
+                await limiter.acquire()
+            try:
+                if self._stopping.is_set():
+                    return
+                item = next(items, None)
+                if item is None:
+                    self._input_exhausted = True
+                    return
+                if isinstance(item, InputError):
+                    self._record_input_error(item)
+                elif item.id in self.index:
+                    self.metrics.skipped += 1
+                else:
+                    await self._process(item)
+            finally:
+                if limiter is not None:
+                    limiter.release()
 
     # -- one request ------------------------------------------------------------------
     async def _process(self, rec: PromptRecord) -> None:
         taken_at = time.perf_counter()
         request = self.provider.build_request(rec)
+        est_in, est_out = _estimate_tokens(rec)
         sink = self.rundir.begin_text(rec.id)
         attempts: list[Attempt] = []
         holder: list[RequestMetrics] = []
@@ -185,14 +224,18 @@ class Dispatcher:
         async def attempt(n: int) -> StreamAssembler:
             if n > 1:
                 self.rundir.restart_text(sink)
+            await self._pace(est_in, est_out)
             m = RequestMetrics(queue_s=time.perf_counter() - taken_at)
             holder[:] = [m]
             try:
                 asm, rid = await self._attempt(request, sink, m)
             except RequestError as exc:
                 self.live_output_tokens -= m.chunks
-                attempts.append(_attempt_record(n, exc))
+                attempts.append(_attempt_record(n, exc, self._secrets))
+                self._on_attempt_error(exc)
                 raise
+            finally:
+                self._probe_done.set()  # whatever happened, never leave the others waiting
             attempts.append(Attempt(n, 200, None, None, rid, 0.0))
             return asm
 
@@ -206,14 +249,15 @@ class Dispatcher:
             verdict = classify(exc)
             if verdict is Verdict.ABORT_RUN:
                 self.rundir.finish_text(sink, complete=False, keep_partial=False)
-                self.stop(StopReason.ABORTED, message=f"{type(exc).__name__}: {exc}")
+                msg = redact(f"{type(exc).__name__}: {exc}", self._secrets)
+                self.stop(StopReason.ABORTED, message=msg)
                 return
             text_file = self.rundir.finish_text(
                 sink, complete=False, keep_partial=self.cfg.keep_partial
             )
             m = holder[0] if holder else RequestMetrics()
-            outcome = _failure(rec, exc, attempts, m, text_file is not None)
-            self._finish(rec, outcome, text_file, exc)
+            outcome = _failure(rec, exc, attempts, m, text_file, self._secrets)
+            self._finish(rec, outcome)
             return
         except asyncio.CancelledError:
             # Interrupted: no record, so the next run does this request again.
@@ -229,6 +273,11 @@ class Dispatcher:
         else:
             m.output_tokens, m.output_tokens_estimated = m.chunks, True
         m.input_tokens = inp
+        self.governor.settle(est_in, est_out, inp, out)
+        if self.aimd is not None and m.ttft_s is not None:
+            self.aimd.on_success(m.ttft_s)
+            if self.limiter is not None:
+                self.limiter.notify()
         outcome = Outcome(
             record_id=rec.id,
             status_code=200,
@@ -239,8 +288,32 @@ class Dispatcher:
             attempts=attempts,
             metrics=m,
             line_no=rec.line_no,
+            text_file=text_file,
         )
-        self._finish(rec, outcome, text_file, None)
+        self._finish(rec, outcome)
+
+    async def _pace(self, est_in: int, est_out: int) -> None:
+        """Wait for the probe and the rate governor (queue time, never TTFT)."""
+        if not self._probe_done.is_set():
+            if self._probe_sent:
+                await self._probe_done.wait()
+            else:
+                self._probe_sent = True
+        gov = self.governor
+        wait_s = gov.reserve(est_in, est_out)
+        while wait_s > 0:
+            await asyncio.sleep(wait_s)
+            wait_s = gov.paused_for_s()  # a 429 may have come in meanwhile
+
+    def _on_attempt_error(self, exc: RequestError) -> None:
+        if isinstance(exc, HTTPStatusError) and exc.headers:
+            self.governor.observe_headers(exc.headers)
+        if isinstance(exc, RateLimited):
+            self.governor.on_rate_limited(exc.retry_after_s)
+            if self.aimd is not None:
+                self.aimd.on_rate_limited()
+        elif self.aimd is not None and classify(exc) is Verdict.RETRY:
+            self.aimd.on_error()
 
     async def _attempt(
         self, request: Any, sink: TextSink, m: RequestMetrics
@@ -256,6 +329,8 @@ class Dispatcher:
         try:
             async with asyncio.timeout(total_s), self.client.stream(request) as resp:
                 rid = resp.request_id
+                self.governor.observe_headers(resp.headers)
+                self._probe_done.set()  # the fast path: as soon as headers are in
                 async for chunk in resp.chunks:
                     for event in decoder.feed(chunk):
                         text = asm.on_event(event)
@@ -279,28 +354,35 @@ class Dispatcher:
         return asm, rid
 
     # -- records -----------------------------------------------------------------------
-    def _finish(
-        self, rec: PromptRecord, outcome: Outcome, text_file: str | None, exc: Exception | None
-    ) -> None:
-        if isinstance(exc, BadRequest) and self.metrics.succeeded == 0:
-            # Hold request-fatal failures until something succeeds: if every request
-            # fails the same way, the job itself is wrong and the run stops instead.
+    def _finish(self, rec: PromptRecord, outcome: Outcome) -> None:
+        if self._holding and not outcome.ok:
+            # Until something succeeds, hold failures back: if the first few all fail the
+            # same way (unknown model, unreachable URL), the job itself is wrong, and the
+            # run stops with no records written, so fixing the cause and re-running resumes.
             self._held_failures.append((rec, outcome))
+            if len(self._held_failures) < SYSTEMATIC_FAILURE_THRESHOLD:
+                return
             codes = {(o.error_code, o.status_code) for _, o in self._held_failures}
-            if len(self._held_failures) >= SYSTEMATIC_FAILURE_THRESHOLD and len(codes) == 1:
+            if len(codes) == 1:
                 self.stop(
                     StopReason.ABORTED,
                     message=f"every request fails the same way: {outcome.error_message}",
                 )
+                return
+            self._release_held()
             return
-        self._commit(rec, outcome, text_file)
-        if outcome.ok and self._held_failures:
-            held, self._held_failures = self._held_failures, []
-            for r, o in held:
-                self._commit(r, o)
+        self._commit(rec, outcome)
+        if outcome.ok and self._holding:
+            self._release_held()
 
-    def _commit(self, rec: PromptRecord, outcome: Outcome, text_file: str | None = None) -> None:
-        self.rundir.add_result(_result_line(outcome, text_file))
+    def _release_held(self) -> None:
+        self._holding = False
+        held, self._held_failures = self._held_failures, []
+        for r, o in held:
+            self._commit(r, o)
+
+    def _commit(self, rec: PromptRecord, outcome: Outcome) -> None:
+        self.rundir.add_result(_result_line(outcome))
         self.index.add(rec.id)
         self.metrics.add(outcome)
         if self.on_outcome is not None:
@@ -323,20 +405,51 @@ class Dispatcher:
             metrics=RequestMetrics(),
             line_no=err.line_no,
         )
-        self.rundir.add_result(_result_line(outcome, None))
+        self.rundir.add_result(_result_line(outcome))
         self.metrics.add_input_error()
         if self.on_outcome is not None:
             self.on_outcome(outcome)
 
 
-def _attempt_record(n: int, exc: RequestError) -> Attempt:
+def _estimate_tokens(rec: PromptRecord) -> tuple[int, int]:
+    """(input, output) token estimates for the governor; corrected later from usage."""
+    body = rec.body
+    chars = 0
+    messages = body.get("messages")
+    n_messages = 1
+    if isinstance(messages, list):
+        n_messages = len(messages)
+        for msg in messages:
+            content = msg.get("content") if isinstance(msg, dict) else None
+            chars += len(content) if isinstance(content, str) else len(str(content))
+    elif isinstance(body.get("prompt"), str):
+        chars = len(body["prompt"])
+    cap = body.get("max_tokens") or body.get("max_completion_tokens")
+    est_out = cap if isinstance(cap, int) and cap > 0 else DEFAULT_OUTPUT_ESTIMATE
+    return estimate_input_tokens(chars, n_messages), est_out
+
+
+def redact(text: str, secrets: tuple[str, ...]) -> str:
+    """``text`` with every secret (API key) replaced, for messages that get written."""
+    for secret in secrets:
+        if secret in text:
+            text = text.replace(secret, "[REDACTED]")
+    return text
+
+
+def _attempt_record(n: int, exc: RequestError, secrets: tuple[str, ...]) -> Attempt:
     status = exc.status if isinstance(exc, HTTPStatusError) else None
     rid = exc.request_id if isinstance(exc, HTTPStatusError) else None
-    return Attempt(n, status, exc.code, str(exc)[:500], rid, 0.0)
+    return Attempt(n, status, exc.code, redact(str(exc)[:500], secrets), rid, 0.0)
 
 
 def _failure(
-    rec: PromptRecord, exc: RequestError, attempts: list[Attempt], m: RequestMetrics, kept: bool
+    rec: PromptRecord,
+    exc: RequestError,
+    attempts: list[Attempt],
+    m: RequestMetrics,
+    text_file: str | None,
+    secrets: tuple[str, ...],
 ) -> Outcome:
     status = exc.status if isinstance(exc, HTTPStatusError) else None
     return Outcome(
@@ -345,15 +458,16 @@ def _failure(
         request_id=exc.request_id if isinstance(exc, HTTPStatusError) else None,
         body=None,
         error_code=exc.code,
-        error_message=str(exc)[:1000],
+        error_message=redact(str(exc)[:1000], secrets),
         attempts=attempts,
         metrics=m,
-        partial_kept=kept,
+        partial_kept=text_file is not None,
         line_no=rec.line_no,
+        text_file=text_file,
     )
 
 
-def _result_line(o: Outcome, text_file: str | None) -> dict[str, Any]:
+def _result_line(o: Outcome) -> dict[str, Any]:
     """One results.jsonl line: OpenAI Batch output shape plus an "llmbatch" object."""
     response: dict[str, Any] | None = None
     if o.status_code is not None:
@@ -365,7 +479,7 @@ def _result_line(o: Outcome, text_file: str | None) -> dict[str, Any]:
         "error": None if o.ok else {"code": o.error_code, "message": o.error_message},
         "llmbatch": {
             "line": o.line_no,
-            "text_file": text_file,
+            "text_file": o.text_file,
             "partial_text_kept": o.partial_kept,
             "metrics": request_metrics_dict(o.metrics),
             "attempts": [a.as_dict() for a in o.attempts],

@@ -24,6 +24,8 @@ from typing import Any
 import orjson
 from aiohttp import web
 
+from .governor import TokenBucket
+
 __all__ = [
     "FAULT_KINDS",
     "MockConfig",
@@ -44,8 +46,9 @@ _WORDS = (
 FAULT_KINDS = (
     "429",  # rate limited, with Retry-After
     "quota",  # 429 insufficient_quota (fatal for a run)
-    "401",
+    "401",  # echoes the key it was given, as some providers do (tests redaction)
     "400",
+    "404",  # model_not_found
     "500",
     "502",
     "503",
@@ -73,6 +76,11 @@ class MockConfig:
     retry_after_s: float = 0.05
     stall_s: float = 30.0
     slow_first_byte_s: float = 2.0
+    # Rate limits like a real provider's: per limit_window_s (a minute, scaled down in
+    # tests), refilled continuously, with a burst of 1/60 of the window's allowance.
+    rpm: float | None = None
+    tpm: float | None = None  # prompt + completion tokens
+    limit_window_s: float = 60.0
 
 
 def _prompt_key(messages: Any) -> bytes:
@@ -109,7 +117,10 @@ class MockStats:
     in_flight: int = 0
     max_in_flight: int = 0
     completed: int = 0
+    rate_limited: int = 0
     faults: dict[str, int] = field(default_factory=dict)
+    # (monotonic time, tokens) of every request admitted under a rate limit.
+    admitted: list[tuple[float, int]] = field(default_factory=list)
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -117,6 +128,7 @@ class MockStats:
             "in_flight": self.in_flight,
             "max_in_flight": self.max_in_flight,
             "completed": self.completed,
+            "rate_limited": self.rate_limited,
             "faults": dict(self.faults),
         }
 
@@ -126,6 +138,13 @@ class _Handler:
         self.cfg = cfg
         self.stats = MockStats()
         self._attempts: dict[bytes, int] = {}
+        self._waiters: list[tuple[int, asyncio.Future[None]]] = []
+        self._flight_waiters: list[tuple[int, asyncio.Future[None]]] = []
+        self._limits: dict[str, tuple[float, TokenBucket]] = {}
+        for name, limit in (("requests", cfg.rpm), ("tokens", cfg.tpm)):
+            if limit is not None:
+                bucket = TokenBucket(limit / cfg.limit_window_s, max(1.0, limit / 60.0))
+                self._limits[name] = (limit, bucket)
 
     # -- routing -----------------------------------------------------------------
     def app(self) -> web.Application:
@@ -159,6 +178,8 @@ class _Handler:
         st.in_flight += 1
         if st.in_flight > st.max_in_flight:
             st.max_in_flight = st.in_flight
+        if self._flight_waiters:
+            self._flight_waiters = _resolve(self._flight_waiters, st.in_flight)
         try:
             return await self._chat(request)
         finally:
@@ -185,6 +206,14 @@ class _Handler:
         itl_ms = _int_header(h, "x-mock-itl-ms", None)
         itl = cfg.itl_s if itl_ms is None else itl_ms / 1000.0
 
+        limit_headers: dict[str, str] = {}
+        if self._limits:
+            limit_headers, retry_after_s = self._admit(_count_prompt_tokens(messages) + n)
+            if retry_after_s is not None:
+                self.stats.rate_limited += 1
+                limit_headers["retry-after-ms"] = str(max(1, int(retry_after_s * 1000)))
+                return _json_error(429, "rate_limit_exceeded", "Rate limit reached", limit_headers)
+
         key = _prompt_key(messages)
         fault = self._pick_fault(key, h)
         if fault:
@@ -202,10 +231,11 @@ class _Handler:
         model = body.get("model") or cfg.model
         if not body.get("stream"):
             await asyncio.sleep(max(0.0, ttft + itl * (n - 1) - (time.monotonic() - t0)))
-            self.stats.completed += 1
+            self._completed()
             return web.Response(
                 body=orjson.dumps(_completion(model, "".join(tokens), finish, usage)),
                 content_type="application/json",
+                headers=limit_headers,
             )
         include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
         resp = web.StreamResponse(
@@ -213,6 +243,7 @@ class _Handler:
                 "content-type": "text/event-stream",
                 "cache-control": "no-cache",
                 "x-request-id": "mock-" + hashlib.blake2b(key, digest_size=6).hexdigest(),
+                **limit_headers,
             }
         )
         await resp.prepare(request)
@@ -229,6 +260,9 @@ class _Handler:
         pieces: list[bytes] = []
         for i, tok in enumerate(tokens):
             if fault and i == cut:
+                if pieces:  # what came before the fault reaches the client first
+                    await resp.write(b"".join(pieces))
+                    pieces = []
                 if await self._mid_stream_fault(fault, resp, request):
                     return resp
             pieces.append(
@@ -253,8 +287,45 @@ class _Handler:
         pieces.append(tail)
         await resp.write(b"".join(pieces))
         await resp.write_eof()
-        self.stats.completed += 1
+        self._completed()
         return resp
+
+    def _completed(self) -> None:
+        self.stats.completed += 1
+        if self._waiters:
+            self._waiters = _resolve(self._waiters, self.stats.completed)
+
+    async def wait_completed(self, count: int) -> None:
+        """Return once ``count`` answers were sent in full (for tests: no polling)."""
+        if self.stats.completed < count:
+            await _wait_for(self._waiters, count)
+
+    async def wait_in_flight(self, count: int) -> None:
+        """Return once ``count`` requests are being answered at the same time."""
+        if self.stats.in_flight < count:
+            await _wait_for(self._flight_waiters, count)
+
+    def _admit(self, tokens: int) -> tuple[dict[str, str], float | None]:
+        """Charge one request of ``tokens``; (OpenAI-style headers, retry-after or None)."""
+        costs = {"requests": 1.0, "tokens": float(tokens)}
+        retry_after_s: float | None = None
+        for name, (_, bucket) in self._limits.items():
+            short = costs[name] - bucket.available
+            if short > 0:
+                wait = short / bucket.rate_per_s
+                retry_after_s = wait if retry_after_s is None else max(retry_after_s, wait)
+        if retry_after_s is None:
+            for name, (_, bucket) in self._limits.items():
+                bucket.reserve(costs[name])
+            self.stats.admitted.append((time.monotonic(), tokens))
+        headers: dict[str, str] = {}
+        for name, (limit, bucket) in self._limits.items():
+            left = max(0.0, bucket.available)
+            headers[f"x-ratelimit-limit-{name}"] = str(int(limit))
+            headers[f"x-ratelimit-remaining-{name}"] = str(int(left))
+            reset_s = (bucket.capacity - left) / bucket.rate_per_s
+            headers[f"x-ratelimit-reset-{name}"] = f"{reset_s:.3f}s"
+        return headers, retry_after_s
 
     def _pick_fault(self, key: bytes, headers: Mapping[str, str]) -> str | None:
         forced = headers.get("x-mock-fault")
@@ -288,7 +359,10 @@ class _Handler:
         if fault == "quota":
             return _json_error(429, "insufficient_quota", "You exceeded your current quota")
         if fault == "401":
-            return _json_error(401, "invalid_api_key", "Incorrect API key provided")
+            key = request.headers.get("authorization", "").removeprefix("Bearer ")
+            return _json_error(401, "invalid_api_key", f"Incorrect API key provided: {key}")
+        if fault == "404":
+            return _json_error(404, "model_not_found", "The model does not exist")
         if fault == "400":
             return _json_error(400, "invalid_request_error", "bad request (mock fault)")
         if fault in ("500", "502", "503"):
@@ -564,6 +638,26 @@ class _Handler:
         return await self._mid_stream_fault(fault, resp, request)
 
 
+def _resolve(
+    waiters: list[tuple[int, asyncio.Future[None]]], value: int
+) -> list[tuple[int, asyncio.Future[None]]]:
+    """Wake the waiters whose target ``value`` has reached; return the others."""
+    keep = []
+    for target, fut in waiters:
+        if value >= target:
+            if not fut.done():
+                fut.set_result(None)
+        else:
+            keep.append((target, fut))
+    return keep
+
+
+async def _wait_for(waiters: list[tuple[int, asyncio.Future[None]]], target: int) -> None:
+    fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+    waiters.append((target, fut))
+    await fut
+
+
 def _completion(model: str, text: str, finish: str, usage: dict[str, int]) -> dict[str, Any]:
     return {
         "id": "chatcmpl-mock",
@@ -669,6 +763,14 @@ class MockServer:
     def stats(self) -> MockStats:
         """Live counters (requests, in-flight, max in-flight, faults injected)."""
         return self._handler.stats
+
+    async def wait_completed(self, count: int) -> None:
+        """Wait until ``count`` answers have been sent in full."""
+        await self._handler.wait_completed(count)
+
+    async def wait_in_flight(self, count: int) -> None:
+        """Wait until ``count`` requests are in flight at once."""
+        await self._handler.wait_in_flight(count)
 
     async def close(self) -> None:
         """Stop listening and close open connections."""

@@ -84,6 +84,7 @@ class Outcome:
     metrics: RequestMetrics
     partial_kept: bool = False
     line_no: int | None = None
+    text_file: str | None = None
 
     @property
     def ok(self) -> bool:

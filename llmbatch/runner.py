@@ -102,13 +102,21 @@ async def execute_run(
             provider = make_provider(cfg.provider, api_key, base_url)
             client = make_client(
                 cfg.client,
-                max_connections=cfg.concurrency,
+                max_connections=cfg.max_concurrency if cfg.adaptive else cfg.concurrency,
                 timeouts=cfg.timeouts,
                 verify_tls=not cfg.insecure,
                 http2=cfg.http2,
             )
             async with client:
-                dispatcher = Dispatcher(cfg, provider, client, rundir, index, metrics)
+                dispatcher = Dispatcher(
+                    cfg,
+                    provider,
+                    client,
+                    rundir,
+                    index,
+                    metrics,
+                    secrets=(api_key,) if api_key else (),
+                )
                 loop = asyncio.get_running_loop()
 
                 def on_signal(signum: int) -> None:
@@ -135,11 +143,13 @@ async def execute_run(
                     interactive = sys.stdout.isatty()
                 if interactive:
                     total = _count_lines(prompts)
+                aimd = dispatcher.aimd
                 view = make_progress(
                     total,
                     lambda: (metrics.succeeded + metrics.failed, metrics.failed, metrics.skipped),
                     dispatcher,
                     interactive=interactive,
+                    extra=(lambda: f"limit {aimd.limit}") if aimd is not None else None,
                 )
                 view.start()
                 try:

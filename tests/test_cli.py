@@ -114,3 +114,41 @@ def test_run_directory_lock(runner: CliRunner, tmp_path: Path) -> None:
         fh.flush()
         res = runner.invoke(app, ["run", str(p), "--out", str(run_dir)])
     assert res.exit_code == 2 and "in use by another llmbatch run (pid 4242)" in res.output
+
+
+def test_unreachable_base_url_aborts_with_clear_message(runner: CliRunner, tmp_path: Path) -> None:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    (tmp_path / "fast.toml").write_text("[retry]\nmax_attempts = 2\nbackoff_base_s = 0.01\n")
+    p = write_jsonl(tmp_path / "p.jsonl", [{"id": i, "prompt": "x"} for i in range(20)])
+    res = runner.invoke(
+        app,
+        [
+            "run",
+            str(p),
+            "-p",
+            "vllm",
+            "--base-url",
+            f"http://127.0.0.1:{port}/v1",
+            "-c",
+            "fast.toml",
+        ],
+    )
+    assert res.exit_code == 3, res.output
+    assert f"cannot connect to http://127.0.0.1:{port}/v1/chat/completions" in res.output
+    assert "run the same command to resume" in res.output
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["fast.toml", "outputs", "p.jsonl"]
+
+
+def test_max_runtime_exits_75_and_resumes(runner: CliRunner, tmp_path: Path) -> None:
+    (tmp_path / "slow.toml").write_text("[mock]\ntokens = 20\nitl_s = 0.02\n")
+    example = str(ROOT / "prompts" / "example.jsonl")
+    res = runner.invoke(app, ["run", example, "-c", "slow.toml", "-j", "2", "--max-runtime", "0.3"])
+    assert res.exit_code == 75, res.output
+    assert "--max-runtime reached" in res.output
+    res = runner.invoke(app, ["run", example, "-c", "slow.toml", "-j", "32"])
+    assert res.exit_code == 0, res.output
+    assert "already done" in res.output

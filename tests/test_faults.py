@@ -1,0 +1,203 @@
+"""Faults of every kind: nothing lost, nothing duplicated, fatal errors stop the run fast."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import orjson
+import pytest
+
+from llmbatch.config import RetryPolicy, RunConfig, Timeouts
+from llmbatch.mockserver import MockConfig, MockServer, start_mock_server
+from llmbatch.runner import execute_run
+
+from .conftest import ADAPTERS, config_for, read_results, write_jsonl
+from .test_run import check_complete
+
+TRANSIENT = {
+    "429": 0.06,
+    "500": 0.03,
+    "502": 0.03,
+    "503": 0.03,
+    "reset": 0.04,
+    "disconnect": 0.06,
+    "stall": 0.03,
+    "malformed": 0.04,
+    "error_payload": 0.04,
+    "overloaded": 0.04,
+    "no_done": 0.04,
+    "slow_first_byte": 0.03,
+}
+
+
+def tuned(cfg: RunConfig, **retry: float) -> RunConfig:
+    """Short timeouts and backoff so faults resolve quickly."""
+    return dataclasses.replace(
+        cfg,
+        timeouts=Timeouts(connect_s=2.0, first_byte_s=0.4, idle_s=0.4, total_s=10.0),
+        retry=RetryPolicy(
+            max_attempts=int(retry.get("max_attempts", 4)),
+            max_total_s=30.0,
+            backoff_base_s=0.01,
+            backoff_max_s=0.05,
+        ),
+    )
+
+
+async def fault_server(faults: dict[str, float], **kw: float) -> MockServer:
+    return await start_mock_server(
+        MockConfig(
+            tokens=12,
+            ttft_s=0.0,
+            itl_s=0.0,
+            faults=faults,
+            retry_after_s=0.05,
+            stall_s=2.0,
+            slow_first_byte_s=1.0,
+            **kw,  # type: ignore[arg-type]
+        )
+    )
+
+
+@pytest.mark.timeout(90)
+@pytest.mark.parametrize("client", ADAPTERS)
+async def test_fault_matrix(tmp_path: Path, client: str) -> None:
+    server = await fault_server(TRANSIENT)
+    try:
+        n = 300
+        prompts = write_jsonl(
+            tmp_path / "p.jsonl", [{"id": f"q{i}", "prompt": f"question {i}"} for i in range(n)]
+        )
+        cfg = tuned(config_for(server, tmp_path, client=client, concurrency=32))
+        out = await execute_run(cfg, prompts, install_signal_handlers=False)
+        injected = sum(server.stats.faults.values())
+        records = read_results(out.run_dir)
+        retries = sum(len(r["llmbatch"]["attempts"]) - 1 for r in records)
+        print(f"{client}: faults injected {injected}, retries {retries}, records {len(records)}")
+        assert injected >= 0.3 * n  # every kind was exercised
+        assert set(server.stats.faults) == set(TRANSIENT)
+        assert out.result.metrics.failed == 0
+        assert len(records) == n  # one record per id, none lost, none duplicated
+        check_complete(out.run_dir, prompts, tokens=12)
+        assert retries == injected
+        for r in records:
+            attempts = r["llmbatch"]["attempts"]
+            for a, nxt in zip(attempts, attempts[1:], strict=False):
+                assert a["error"] is not None and nxt["n"] == a["n"] + 1
+                if a["status"] == 429:
+                    assert a["wait_s"] >= 0.05  # Retry-After was the floor
+    finally:
+        await server.close()
+
+
+@pytest.mark.parametrize(("fault", "code"), [("401", "AuthError"), ("quota", "QuotaExhausted")])
+async def test_fatal_for_run_stops_fast_and_stays_resumable(
+    tmp_path: Path, fault: str, code: str
+) -> None:
+    server = await fault_server({fault: 1.0}, fault_attempts=1)
+    try:
+        prompts = write_jsonl(
+            tmp_path / "p.jsonl", [{"id": i, "prompt": f"q{i}"} for i in range(200)]
+        )
+        cfg = tuned(config_for(server, tmp_path, concurrency=8))
+        out = await execute_run(cfg, prompts, install_signal_handlers=False)
+        assert out.result.stop_reason == "aborted"
+        assert code in (out.result.abort_message or "")
+        assert server.stats.requests <= 8  # the probe first, then at most one wave
+        assert read_results(out.run_dir) == []  # nothing recorded: all of it resumes
+        # The cause is fixed (a healthy server now): the same command finishes the job.
+        fixed = await fault_server({})
+        try:
+            cfg2 = tuned(config_for(fixed, tmp_path, concurrency=8))
+            again = await execute_run(cfg2, prompts, install_signal_handlers=False)
+        finally:
+            await fixed.close()
+        assert again.result.stop_reason is None and again.result.metrics.succeeded == 200
+        check_complete(out.run_dir, prompts, tokens=12)
+    finally:
+        await server.close()
+
+
+async def test_unknown_model_on_every_request_aborts(tmp_path: Path) -> None:
+    server = await fault_server({"404": 1.0}, fault_attempts=1000)
+    try:
+        prompts = write_jsonl(
+            tmp_path / "p.jsonl", [{"id": i, "prompt": f"q{i}"} for i in range(100)]
+        )
+        cfg = tuned(config_for(server, tmp_path, concurrency=4))
+        out = await execute_run(cfg, prompts, install_signal_handlers=False)
+        assert out.result.stop_reason == "aborted"
+        assert "every request fails the same way: HTTP 404" in (out.result.abort_message or "")
+        assert server.stats.requests <= 8
+        assert read_results(out.run_dir) == []
+    finally:
+        await server.close()
+
+
+async def test_api_key_never_written(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    secret = "sk-test-very-secret-0123456789"
+    monkeypatch.setenv("LLMBATCH_TEST_KEY", secret)
+    server = await fault_server({"401": 1.0}, fault_attempts=1)
+    try:
+        prompts = write_jsonl(
+            tmp_path / "p.jsonl", [{"id": i, "prompt": f"q{i}"} for i in range(5)]
+        )
+        cfg = config_for(server, tmp_path, concurrency=1)
+        prov = dataclasses.replace(cfg.provider, api_key_env="LLMBATCH_TEST_KEY")
+        cfg = tuned(dataclasses.replace(cfg, provider=prov))
+        out = await execute_run(cfg, prompts, install_signal_handlers=False)
+        assert out.result.stop_reason == "aborted"
+        assert secret not in (out.result.abort_message or "")
+        assert "[REDACTED]" in (out.result.abort_message or "")
+        for path in out.run_dir.rglob("*"):
+            if path.is_file():
+                assert secret.encode() not in path.read_bytes(), path
+    finally:
+        await server.close()
+
+
+async def test_keep_partial_and_retry_failed(tmp_path: Path) -> None:
+    server = await fault_server({"disconnect": 0.3}, fault_attempts=2)
+    try:
+        prompts = write_jsonl(
+            tmp_path / "p.jsonl", [{"id": i, "prompt": f"q{i}"} for i in range(40)]
+        )
+        base = config_for(server, tmp_path, concurrency=4, keep_partial=True)
+        cfg = tuned(base, max_attempts=2)  # 2 attempts, both disconnected: fails
+        out = await execute_run(cfg, prompts, install_signal_handlers=False)
+        failed = [r for r in read_results(out.run_dir) if r["error"] is not None]
+        assert failed and out.result.metrics.failed == len(failed)
+        for r in failed:
+            assert r["error"]["code"] == "stream_interrupted"
+            assert r["llmbatch"]["partial_text_kept"] is True
+            partial = out.run_dir / r["llmbatch"]["text_file"]
+            assert partial.suffix == ".partial" and partial.read_text()  # half an answer
+        # --retry-failed: only the failed ones are sent again, and now they succeed.
+        sent_before = server.stats.requests
+        cfg2 = dataclasses.replace(cfg, retry_failed=True)
+        again = await execute_run(cfg2, prompts, install_signal_handlers=False)
+        assert server.stats.requests - sent_before == len(failed)
+        assert again.result.metrics.succeeded == len(failed)
+        check_complete(out.run_dir, prompts, tokens=12)
+    finally:
+        await server.close()
+
+
+async def test_hostile_ids_stay_inside_run_dir(tmp_path: Path, mock_server: MockServer) -> None:
+    ids = ["../../escape", "/etc/passwd", "a/b\\c", "..", ".hidden", "ü-ñ", "x" * 200]
+    prompts = write_jsonl(tmp_path / "p.jsonl", [{"id": i, "prompt": i} for i in ids])
+    out = await execute_run(
+        config_for(mock_server, tmp_path), prompts, install_signal_handlers=False
+    )
+    assert out.result.metrics.succeeded == len(ids)
+    text_dir = out.run_dir / "text"
+    files = sorted(p.name for p in text_dir.iterdir())
+    assert len(files) == len(ids)
+    for name in files:
+        assert "/" not in name and not name.startswith(".") and len(name) <= 100
+    assert {p.parent for p in out.run_dir.rglob("*.txt")} == {text_dir}
+    assert not (tmp_path / "escape").exists()
+    rec = {r["custom_id"]: r for r in read_results(out.run_dir)}
+    assert rec["../../escape"]["llmbatch"]["text_file"].startswith("text/")
+    assert orjson.loads((out.run_dir / "run.json").read_bytes())["provider"] == "vllm"
