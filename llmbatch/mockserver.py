@@ -413,6 +413,8 @@ class _Handler:
         st.requests += 1
         st.in_flight += 1
         st.max_in_flight = max(st.max_in_flight, st.in_flight)
+        if self._flight_waiters:
+            self._flight_waiters = _resolve(self._flight_waiters, st.in_flight)
         try:
             return await handler
         finally:
@@ -455,8 +457,12 @@ class _Handler:
         cut = plan.n // 2
         pieces: list[bytes] = []
         for i, tok in enumerate(tokens):
-            if fault and i == cut and await mid_fault(fault, resp, request):
-                return False
+            if fault and i == cut:
+                if pieces:  # what came before the fault reaches the client first
+                    await resp.write(b"".join(pieces))
+                    pieces = []
+                if await mid_fault(fault, resp, request):
+                    return False
             pieces.append(frame(tok))
             if plan.itl > 0:
                 await resp.write(pieces.pop())
@@ -477,6 +483,13 @@ class _Handler:
             return _json_error(400, "invalid_request_error", "'prompt' must be a string")
         messages = [{"role": "user", "content": prompt}]
         plan = self._plan(request, body.get("max_tokens"), t0)
+        limit_headers: dict[str, str] = {}
+        if self._limits:
+            limit_headers, retry_after_s = self._admit(_count_prompt_tokens(messages) + plan.n)
+            if retry_after_s is not None:
+                self.stats.rate_limited += 1
+                limit_headers["retry-after-ms"] = str(max(1, int(retry_after_s * 1000)))
+                return _json_error(429, "rate_limit_exceeded", "Rate limit reached", limit_headers)
         key = _prompt_key(messages)
         fault = self._fault_for(key, request)
         if fault:
@@ -492,12 +505,16 @@ class _Handler:
             await asyncio.sleep(
                 max(0.0, plan.ttft + plan.itl * (plan.n - 1) - (time.monotonic() - t0))
             )
-            self.stats.completed += 1
+            self._completed()
             done = _text_completion_chunk(model, "".join(tokens), finish)
             return web.Response(
-                body=orjson.dumps({**done, "usage": usage}), content_type="application/json"
+                body=orjson.dumps({**done, "usage": usage}),
+                content_type="application/json",
+                headers=limit_headers,
             )
-        resp = web.StreamResponse(headers=_stream_headers("x-request-id", "cmpl", key))
+        resp = web.StreamResponse(
+            headers={**_stream_headers("x-request-id", "cmpl", key), **limit_headers}
+        )
         await resp.prepare(request)
 
         def frame(tok: str) -> bytes:
@@ -515,7 +532,7 @@ class _Handler:
             tail += b"data: [DONE]\n\n"
         await resp.write(tail)
         await resp.write_eof()
-        self.stats.completed += 1
+        self._completed()
         return resp
 
     async def _messages(self, request: web.Request) -> web.StreamResponse:
@@ -531,6 +548,20 @@ class _Handler:
         if isinstance(cap, bool) or not isinstance(cap, int) or cap < 1:
             return _anthropic_error(400, "invalid_request_error", "max_tokens: Field required")
         plan = self._plan(request, cap, t0)
+        limit_headers: dict[str, str] = {}
+        if self._limits:
+            admitted, retry_after_s = self._admit(_count_prompt_tokens(messages) + plan.n)
+            limit_headers = _anthropic_limit_headers(admitted)
+            if retry_after_s is not None:
+                self.stats.rate_limited += 1
+                limit_headers["retry-after"] = str(max(1, math.ceil(retry_after_s)))
+                limit_headers["retry-after-ms"] = str(max(1, int(retry_after_s * 1000)))
+                return _anthropic_error(
+                    429,
+                    "rate_limit_error",
+                    "Number of requests has exceeded your rate limit",
+                    limit_headers,
+                )
         key = _prompt_key(messages)
         fault = self._fault_for(key, request)
         if fault:
@@ -557,15 +588,19 @@ class _Handler:
             await asyncio.sleep(
                 max(0.0, plan.ttft + plan.itl * (plan.n - 1) - (time.monotonic() - t0))
             )
-            self.stats.completed += 1
+            self._completed()
             done = {
                 **msg,
                 "content": [{"type": "text", "text": "".join(tokens)}],
                 "stop_reason": stop_reason,
                 "usage": {"input_tokens": inp, "output_tokens": plan.n},
             }
-            return web.Response(body=orjson.dumps(done), content_type="application/json")
-        resp = web.StreamResponse(headers=_stream_headers("request-id", "req_mock", key))
+            return web.Response(
+                body=orjson.dumps(done), content_type="application/json", headers=limit_headers
+            )
+        resp = web.StreamResponse(
+            headers={**_stream_headers("request-id", "req_mock", key), **limit_headers}
+        )
         await resp.prepare(request)
         await resp.write(
             _sse("message_start", {"type": "message_start", "message": msg})
@@ -602,7 +637,7 @@ class _Handler:
             tail += _sse("message_stop", {"type": "message_stop"})
         await resp.write(tail)
         await resp.write_eof()
-        self.stats.completed += 1
+        self._completed()
         return resp
 
     async def _anthropic_early_fault(
@@ -614,7 +649,9 @@ class _Handler:
             return await self._early_fault(fault, request)
         status, etype, message = spec
         headers: dict[str, str] = {}
-        if fault == "429":
+        if fault == "401":  # echo the key, as for chat (so redaction is tested here too)
+            message = f"{message}: {request.headers.get('x-api-key', '')}"
+        elif fault == "429":
             wait = self.cfg.retry_after_s
             headers = {
                 "retry-after": str(max(1, math.ceil(wait))),
@@ -700,11 +737,28 @@ _ANTHROPIC_HTTP_FAULTS: dict[str, tuple[int, str, str]] = {
     "429": (429, "rate_limit_error", "Number of requests has exceeded your rate limit"),
     "quota": (400, "invalid_request_error", "Your credit balance is too low"),
     "401": (401, "authentication_error", "invalid x-api-key"),
+    "404": (404, "not_found_error", "model: not found"),
     "400": (400, "invalid_request_error", "bad request (mock fault)"),
     "500": (500, "api_error", "mock fault 500"),
     "502": (502, "api_error", "mock fault 502"),
     "503": (503, "api_error", "mock fault 503"),
 }
+
+
+def _anthropic_limit_headers(openai_headers: Mapping[str, str]) -> dict[str, str]:
+    """``_admit``'s x-ratelimit-* headers under Anthropic's names (reset as RFC 3339)."""
+    out: dict[str, str] = {}
+    now = time.time()
+    for name in ("requests", "tokens"):
+        prefix = f"anthropic-ratelimit-{name}"
+        limit = openai_headers.get(f"x-ratelimit-limit-{name}")
+        if limit is None:
+            continue
+        out[f"{prefix}-limit"] = limit
+        out[f"{prefix}-remaining"] = openai_headers.get(f"x-ratelimit-remaining-{name}", "0")
+        reset_s = float(openai_headers.get(f"x-ratelimit-reset-{name}", "0s").rstrip("s"))
+        out[f"{prefix}-reset"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(now + reset_s))
+    return out
 
 
 def _sse(event: str, data: Any) -> bytes:

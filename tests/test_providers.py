@@ -17,7 +17,7 @@ from typer.testing import CliRunner
 from llmbatch.cli import app
 from llmbatch.config import ProviderConfig, RetryPolicy, RunConfig
 from llmbatch.errors import MalformedResponse, ProviderError, ProviderOverloaded
-from llmbatch.mockserver import MockServer, expected_text
+from llmbatch.mockserver import MockConfig, MockServer, expected_text, start_mock_server
 from llmbatch.providers import make_provider
 from llmbatch.providers.anthropic import AnthropicProvider, MessagesAssembler
 from llmbatch.providers.base import StreamAssembler
@@ -354,6 +354,7 @@ async def test_anthropic_401_aborts_the_run(tmp_path: Path, mock_server: MockSer
     out = await execute_run(cfg, prompts, install_signal_handlers=False)
     assert out.result.stop_reason == "aborted"
     assert "authentication_error" in (out.result.abort_message or "")
+    assert "test-key" not in (out.result.abort_message or "")  # the mock echoed it
     assert read_results(out.run_dir) == []  # resumable: nothing recorded as done
 
 
@@ -399,6 +400,36 @@ async def test_completions_401_aborts_the_run(tmp_path: Path, mock_server: MockS
     out = await execute_run(cfg, prompts, install_signal_handlers=False)
     assert out.result.stop_reason == "aborted"
     assert read_results(out.run_dir) == []
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.usefixtures("anthropic_key")
+@pytest.mark.parametrize("kind", ["anthropic", "openai-completions"])
+async def test_rpm_limit_learned_from_headers(tmp_path: Path, kind: str) -> None:
+    # A scaled minute (3 s): 600 RPM is 200 requests/s; the limit comes from the mock's
+    # anthropic-ratelimit-* (or x-ratelimit-*) headers, nothing is configured.
+    window_s, n = 3.0, 300
+    server = await start_mock_server(
+        MockConfig(tokens=4, ttft_s=0.0, itl_s=0.0, rpm=600, limit_window_s=window_s)
+    )
+    try:
+        prompts = write_jsonl(
+            tmp_path / "p.jsonl", [{"id": i, "prompt": f"q{i}"} for i in range(n)]
+        )
+        if kind == "anthropic":
+            cfg = anthropic_cfg(server, tmp_path)
+        else:
+            cfg = with_profile(config_for(server, tmp_path), kind=kind)
+        limits = dataclasses.replace(cfg.provider.limits, window_s=window_s)
+        cfg = dataclasses.replace(
+            cfg, provider=dataclasses.replace(cfg.provider, limits=limits), concurrency=16
+        )
+        out = await execute_run(cfg, prompts, install_signal_handlers=False)
+        assert out.result.metrics.succeeded == n
+        assert server.stats.rate_limited < 0.05 * n, server.stats.rate_limited
+        print("RL", kind, server.stats.rate_limited, len(server.stats.admitted))
+    finally:
+        await server.close()
 
 
 async def test_mock_non_streaming_and_error_shapes(mock_server: MockServer) -> None:
