@@ -427,7 +427,6 @@ async def test_rpm_limit_learned_from_headers(tmp_path: Path, kind: str) -> None
         out = await execute_run(cfg, prompts, install_signal_handlers=False)
         assert out.result.metrics.succeeded == n
         assert server.stats.rate_limited < 0.05 * n, server.stats.rate_limited
-        print("RL", kind, server.stats.rate_limited, len(server.stats.admitted))
     finally:
         await server.close()
 
