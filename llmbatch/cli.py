@@ -467,3 +467,58 @@ def compare(
     if any(r.stop_reason is not None for r in result.rows):
         raise typer.Exit(EXIT_ABORTED)
     raise typer.Exit(EXIT_FAILED_REQUESTS if any(r.status != "ok" for r in result.rows) else 0)
+
+
+# -- export and providers (issue 8) ------------------------------------------------------
+@app.command()
+def export(
+    run_dir: Annotated[Path, typer.Argument(help="A run directory (outputs/<run>).")],
+    fmt: Annotated[
+        str, typer.Option("--format", "-f", help="openai-batch, anthropic-batch or csv.")
+    ] = "openai-batch",
+    ordered: Annotated[
+        bool, typer.Option("--ordered", help="In input order (default: completion order).")
+    ] = False,
+    output: Annotated[
+        Path | None, typer.Option("--output", "-o", help="Write here (default: stdout).")
+    ] = None,
+) -> None:
+    """Write a run's results as an OpenAI Batch or Anthropic batch file, or as CSV."""
+    from .errors import LLMBatchError
+    from .export import export_run
+
+    try:
+        if output is None:
+            sys.stdout.flush()
+            n = export_run(run_dir, fmt, ordered=ordered, stdout=sys.stdout.buffer)
+            sys.stdout.buffer.flush()
+        else:
+            n = export_run(run_dir, fmt, ordered=ordered, output=output)
+    except LLMBatchError as exc:
+        raise _fail(str(exc), EXIT_USAGE) from None
+    if output is not None:
+        typer.echo(f"exported {n} records to {output}", err=True)
+
+
+@app.command()
+def providers(config: ConfigOpt = None) -> None:
+    """List provider profiles: kind, base URL, model, and whether the key variable is set."""
+    from .config import load_profiles
+    from .errors import ConfigError
+
+    try:
+        profiles = load_profiles(config)
+    except ConfigError as exc:
+        raise _fail(str(exc), EXIT_USAGE) from None
+    rows = [("NAME", "KIND", "BASE URL", "MODEL", "API KEY")]
+    for name, p in sorted(profiles.items()):
+        if p.api_key_env is None:
+            key = "-"
+        else:
+            state = "set" if os.environ.get(p.api_key_env, "").strip() else "not set"
+            key = f"${p.api_key_env} ({state})"
+        url = "(embedded mock)" if p.embedded_mock else p.base_url
+        rows.append((name, p.kind, url, p.model or "-", key))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]) - 1)]
+    for r in rows:
+        typer.echo("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=False)) + "  " + r[-1])

@@ -28,6 +28,7 @@ __all__ = [
     "RunConfig",
     "Timeouts",
     "load_config",
+    "load_profiles",
     "resolve_api_key",
 ]
 
@@ -400,3 +401,14 @@ def _as_bool(val: Any, key: str, source: str) -> bool:
     ):
         return val.lower() in ("1", "true", "yes", "on")
     raise ConfigError(f"{source}: {key} must be true or false, got {val!r}")
+
+
+def load_profiles(config_path: str | Path | None = None) -> dict[str, ProviderConfig]:
+    """Every provider profile: the built-in ones, then the config file's ``[providers.*]``."""
+    file_data, source = _read_file(config_path)
+    profiles = dict(BUILTIN_PROVIDERS)
+    for name, raw in _section(file_data, "providers", source).items():
+        if not isinstance(raw, dict):
+            raise ConfigError(f"{source}: [providers.{name}] must be a table")
+        profiles[name] = _provider_from(name, raw, profiles.get(name), source)
+    return profiles

@@ -25,8 +25,9 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import math
 import time
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -159,6 +160,8 @@ class _Handler:
     def app(self) -> web.Application:
         app = web.Application(client_max_size=64 * 1024 * 1024)
         app.router.add_post("/v1/chat/completions", self.chat)
+        app.router.add_post("/v1/completions", self.completions)
+        app.router.add_post("/v1/messages", self.messages)
         app.router.add_get("/v1/models", self.models)
         app.router.add_get("/mock/stats", self.get_stats)
         app.router.add_post("/mock/reset", self.reset)
@@ -413,6 +416,281 @@ class _Handler:
             return True
         return False
 
+    # -- /v1/completions and /v1/messages: chat's tokens, timing and faults ------------
+    async def completions(self, request: web.Request) -> web.StreamResponse:
+        """Legacy completions: chat's text for ``[{"role": "user", "content": prompt}]``."""
+        return await self._counted(self._completions(request))
+
+    async def messages(self, request: web.Request) -> web.StreamResponse:
+        """Anthropic Messages: chat's text for the request's ``messages`` (not ``system``)."""
+        return await self._counted(self._messages(request))
+
+    async def _counted(self, handler: Awaitable[web.StreamResponse]) -> web.StreamResponse:
+        st = self.stats
+        st.requests += 1
+        st.in_flight += 1
+        st.max_in_flight = max(st.max_in_flight, st.in_flight)
+        if self._flight_waiters:
+            self._flight_waiters = _resolve(self._flight_waiters, st.in_flight)
+        try:
+            return await handler
+        finally:
+            st.in_flight -= 1
+
+    def _plan(self, request: web.Request, cap: Any, t0: float) -> _Plan:
+        h, cfg = request.headers, self.cfg
+        n = _int_header(h, "x-mock-tokens", cfg.tokens)
+        capped = isinstance(cap, int) and 0 < cap < n
+        ttft_ms = _int_header(h, "x-mock-ttft-ms", None)
+        itl_ms = _int_header(h, "x-mock-itl-ms", None)
+        return _Plan(
+            n=cap if capped else n,
+            capped=capped,
+            ttft=cfg.ttft_s if ttft_ms is None else ttft_ms / 1000.0,
+            itl=cfg.itl_s if itl_ms is None else itl_ms / 1000.0,
+            t0=t0,
+        )
+
+    def _fault_for(self, key: bytes, request: web.Request) -> str | None:
+        fault = self._pick_fault(key, request.headers)
+        if fault:
+            self.stats.faults[fault] = self.stats.faults.get(fault, 0) + 1
+        return fault
+
+    async def _stream_tokens(
+        self,
+        request: web.Request,
+        resp: web.StreamResponse,
+        plan: _Plan,
+        tokens: list[str],
+        frame: Callable[[str], bytes],
+        fault: str | None,
+        mid_fault: Callable[[str, web.StreamResponse, web.Request], Awaitable[bool]],
+    ) -> bool:
+        """Write one frame per token with chat's timing; False when a fault ended it."""
+        delay = plan.ttft - (time.monotonic() - plan.t0)
+        if delay > 0:
+            await asyncio.sleep(delay)
+        cut = plan.n // 2
+        pieces: list[bytes] = []
+        for i, tok in enumerate(tokens):
+            if fault and i == cut:
+                if pieces:  # what came before the fault reaches the client first
+                    await resp.write(b"".join(pieces))
+                    pieces = []
+                if await mid_fault(fault, resp, request):
+                    return False
+            pieces.append(frame(tok))
+            if plan.itl > 0:
+                await resp.write(pieces.pop())
+                if i < plan.n - 1:
+                    await asyncio.sleep(plan.itl)
+        if pieces:
+            await resp.write(b"".join(pieces))
+        return True
+
+    async def _completions(self, request: web.Request) -> web.StreamResponse:
+        t0 = time.monotonic()
+        try:
+            body = orjson.loads(await request.read())
+        except orjson.JSONDecodeError:
+            return _json_error(400, "invalid_request_error", "body is not valid JSON")
+        prompt = body.get("prompt") if isinstance(body, dict) else None
+        if not isinstance(prompt, str) or not prompt:
+            return _json_error(400, "invalid_request_error", "'prompt' must be a string")
+        messages = [{"role": "user", "content": prompt}]
+        plan = self._plan(request, body.get("max_tokens"), t0)
+        limit_headers: dict[str, str] = {}
+        if self._limits:
+            limit_headers, retry_after_s = self._admit(_count_prompt_tokens(messages) + plan.n)
+            if retry_after_s is not None:
+                self.stats.rate_limited += 1
+                limit_headers["retry-after-ms"] = str(max(1, int(retry_after_s * 1000)))
+                return _json_error(429, "rate_limit_exceeded", "Rate limit reached", limit_headers)
+        key = _prompt_key(messages)
+        fault = self._fault_for(key, request)
+        if fault:
+            early = await self._early_fault(fault, request)
+            if early is not None:
+                return early
+        tokens = expected_tokens(messages, plan.n)
+        finish = "length" if plan.capped else "stop"
+        inp = _count_prompt_tokens(messages)
+        usage = {"prompt_tokens": inp, "completion_tokens": plan.n, "total_tokens": inp + plan.n}
+        model = body.get("model") or self.cfg.model
+        if not body.get("stream"):
+            await asyncio.sleep(
+                max(0.0, plan.ttft + plan.itl * (plan.n - 1) - (time.monotonic() - t0))
+            )
+            self._completed()
+            done = _text_completion_chunk(model, "".join(tokens), finish)
+            return web.Response(
+                body=orjson.dumps({**done, "usage": usage}),
+                content_type="application/json",
+                headers=limit_headers,
+            )
+        resp = web.StreamResponse(
+            headers={**_stream_headers("x-request-id", "cmpl", key), **limit_headers}
+        )
+        await resp.prepare(request)
+
+        def frame(tok: str) -> bytes:
+            return b"data: " + orjson.dumps(_text_completion_chunk(model, tok, None)) + b"\n\n"
+
+        if not await self._stream_tokens(
+            request, resp, plan, tokens, frame, fault, self._mid_stream_fault
+        ):
+            return resp
+        tail = b"data: " + orjson.dumps(_text_completion_chunk(model, "", finish)) + b"\n\n"
+        if (body.get("stream_options") or {}).get("include_usage"):
+            last = {**_text_completion_chunk(model, "", None), "choices": [], "usage": usage}
+            tail += b"data: " + orjson.dumps(last) + b"\n\n"
+        if fault != "no_done":
+            tail += b"data: [DONE]\n\n"
+        await resp.write(tail)
+        await resp.write_eof()
+        self._completed()
+        return resp
+
+    async def _messages(self, request: web.Request) -> web.StreamResponse:
+        t0 = time.monotonic()
+        try:
+            body = orjson.loads(await request.read())
+        except orjson.JSONDecodeError:
+            return _anthropic_error(400, "invalid_request_error", "body is not valid JSON")
+        messages = body.get("messages") if isinstance(body, dict) else None
+        if not isinstance(messages, list) or not messages:
+            return _anthropic_error(400, "invalid_request_error", "messages: Field required")
+        cap = body.get("max_tokens")
+        if isinstance(cap, bool) or not isinstance(cap, int) or cap < 1:
+            return _anthropic_error(400, "invalid_request_error", "max_tokens: Field required")
+        plan = self._plan(request, cap, t0)
+        limit_headers: dict[str, str] = {}
+        if self._limits:
+            admitted, retry_after_s = self._admit(_count_prompt_tokens(messages) + plan.n)
+            limit_headers = _anthropic_limit_headers(admitted)
+            if retry_after_s is not None:
+                self.stats.rate_limited += 1
+                limit_headers["retry-after"] = str(max(1, math.ceil(retry_after_s)))
+                limit_headers["retry-after-ms"] = str(max(1, int(retry_after_s * 1000)))
+                return _anthropic_error(
+                    429,
+                    "rate_limit_error",
+                    "Number of requests has exceeded your rate limit",
+                    limit_headers,
+                )
+        key = _prompt_key(messages)
+        fault = self._fault_for(key, request)
+        if fault:
+            early = await self._anthropic_early_fault(fault, request)
+            if early is not None:
+                return early
+        tokens = expected_tokens(messages, plan.n)
+        system = body.get("system")
+        inp = _count_prompt_tokens(messages) + (
+            len(system.split()) if isinstance(system, str) else 0
+        )
+        msg: dict[str, Any] = {
+            "id": "msg_mock" + hashlib.blake2b(key, digest_size=6).hexdigest(),
+            "type": "message",
+            "role": "assistant",
+            "model": body.get("model") or self.cfg.model,
+            "content": [],
+            "stop_reason": None,
+            "stop_sequence": None,
+            "usage": {"input_tokens": inp, "output_tokens": 1},
+        }
+        stop_reason = "max_tokens" if plan.capped else "end_turn"
+        if not body.get("stream"):
+            await asyncio.sleep(
+                max(0.0, plan.ttft + plan.itl * (plan.n - 1) - (time.monotonic() - t0))
+            )
+            self._completed()
+            done = {
+                **msg,
+                "content": [{"type": "text", "text": "".join(tokens)}],
+                "stop_reason": stop_reason,
+                "usage": {"input_tokens": inp, "output_tokens": plan.n},
+            }
+            return web.Response(
+                body=orjson.dumps(done), content_type="application/json", headers=limit_headers
+            )
+        resp = web.StreamResponse(
+            headers={**_stream_headers("request-id", "req_mock", key), **limit_headers}
+        )
+        await resp.prepare(request)
+        await resp.write(
+            _sse("message_start", {"type": "message_start", "message": msg})
+            + _sse(
+                "content_block_start",
+                {
+                    "type": "content_block_start",
+                    "index": 0,
+                    "content_block": {"type": "text", "text": ""},
+                },
+            )
+            + _sse("ping", {"type": "ping"})
+        )
+
+        def frame(tok: str) -> bytes:
+            delta = {"type": "text_delta", "text": tok}
+            return _sse(
+                "content_block_delta", {"type": "content_block_delta", "index": 0, "delta": delta}
+            )
+
+        if not await self._stream_tokens(
+            request, resp, plan, tokens, frame, fault, self._anthropic_mid_fault
+        ):
+            return resp
+        tail = _sse("content_block_stop", {"type": "content_block_stop", "index": 0}) + _sse(
+            "message_delta",
+            {
+                "type": "message_delta",
+                "delta": {"stop_reason": stop_reason, "stop_sequence": None},
+                "usage": {"output_tokens": plan.n},
+            },
+        )
+        if fault != "no_done":
+            tail += _sse("message_stop", {"type": "message_stop"})
+        await resp.write(tail)
+        await resp.write_eof()
+        self._completed()
+        return resp
+
+    async def _anthropic_early_fault(
+        self, fault: str, request: web.Request
+    ) -> web.StreamResponse | None:
+        """HTTP faults in Anthropic's error shape; the others as for chat."""
+        spec = _ANTHROPIC_HTTP_FAULTS.get(fault)
+        if spec is None:
+            return await self._early_fault(fault, request)
+        status, etype, message = spec
+        headers: dict[str, str] = {}
+        if fault == "401":  # echo the key, as for chat (so redaction is tested here too)
+            message = f"{message}: {request.headers.get('x-api-key', '')}"
+        elif fault == "429":
+            wait = self.cfg.retry_after_s
+            headers = {
+                "retry-after": str(max(1, math.ceil(wait))),
+                "retry-after-ms": str(int(wait * 1000)),
+            }
+        return _anthropic_error(status, etype, message, headers)
+
+    async def _anthropic_mid_fault(
+        self, fault: str, resp: web.StreamResponse, request: web.Request
+    ) -> bool:
+        """Mid-stream faults as Anthropic sends them (``event: error``)."""
+        if fault == "malformed":
+            await resp.write(b"event: content_block_delta\ndata: {this is not json\n\n")
+            return False
+        if fault in ("error_payload", "overloaded"):
+            etype = "overloaded_error" if fault == "overloaded" else "api_error"
+            err = {"type": "error", "error": {"type": etype, "message": f"mock {fault}"}}
+            await resp.write(_sse("error", err))
+            await resp.write_eof()
+            return True
+        return await self._mid_stream_fault(fault, resp, request)
+
 
 def _resolve(
     waiters: list[tuple[int, asyncio.Future[None]]], value: int
@@ -451,6 +729,79 @@ def _json_error(
     status: int, code: str, message: str, headers: Mapping[str, str] | None = None
 ) -> web.Response:
     payload = {"error": {"message": message, "type": code, "code": code}}
+    return web.Response(
+        status=status,
+        body=orjson.dumps(payload),
+        content_type="application/json",
+        headers=dict(headers or {}),
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class _Plan:
+    """How one answer is streamed: token count, whether max_tokens cut it, timing."""
+
+    n: int
+    capped: bool
+    ttft: float
+    itl: float
+    t0: float
+
+
+# Fault kind -> (status, Anthropic error type, message). Anthropic has no quota 429:
+# an empty credit balance is a 400 invalid_request_error.
+_ANTHROPIC_HTTP_FAULTS: dict[str, tuple[int, str, str]] = {
+    "429": (429, "rate_limit_error", "Number of requests has exceeded your rate limit"),
+    "quota": (400, "invalid_request_error", "Your credit balance is too low"),
+    "401": (401, "authentication_error", "invalid x-api-key"),
+    "404": (404, "not_found_error", "model: not found"),
+    "400": (400, "invalid_request_error", "bad request (mock fault)"),
+    "500": (500, "api_error", "mock fault 500"),
+    "502": (502, "api_error", "mock fault 502"),
+    "503": (503, "api_error", "mock fault 503"),
+}
+
+
+def _anthropic_limit_headers(openai_headers: Mapping[str, str]) -> dict[str, str]:
+    """``_admit``'s x-ratelimit-* headers under Anthropic's names (reset as RFC 3339)."""
+    out: dict[str, str] = {}
+    now = time.time()
+    for name in ("requests", "tokens"):
+        prefix = f"anthropic-ratelimit-{name}"
+        limit = openai_headers.get(f"x-ratelimit-limit-{name}")
+        if limit is None:
+            continue
+        out[f"{prefix}-limit"] = limit
+        out[f"{prefix}-remaining"] = openai_headers.get(f"x-ratelimit-remaining-{name}", "0")
+        reset_s = float(openai_headers.get(f"x-ratelimit-reset-{name}", "0s").rstrip("s"))
+        out[f"{prefix}-reset"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(now + reset_s))
+    return out
+
+
+def _sse(event: str, data: Any) -> bytes:
+    return b"event: " + event.encode() + b"\ndata: " + orjson.dumps(data) + b"\n\n"
+
+
+def _stream_headers(id_header: str, prefix: str, key: bytes) -> dict[str, str]:
+    rid = f"{prefix}-" + hashlib.blake2b(key, digest_size=6).hexdigest()
+    return {"content-type": "text/event-stream", "cache-control": "no-cache", id_header: rid}
+
+
+def _text_completion_chunk(model: Any, text: str, finish: str | None) -> dict[str, Any]:
+    choice = {"index": 0, "text": text, "logprobs": None, "finish_reason": finish}
+    return {
+        "id": "cmpl-mock",
+        "object": "text_completion",
+        "created": 0,
+        "model": model,
+        "choices": [choice],
+    }
+
+
+def _anthropic_error(
+    status: int, etype: str, message: str, headers: Mapping[str, str] | None = None
+) -> web.Response:
+    payload = {"type": "error", "error": {"type": etype, "message": message}}
     return web.Response(
         status=status,
         body=orjson.dumps(payload),

@@ -9,6 +9,7 @@ import asyncio
 import contextlib
 import itertools
 import signal
+import sys
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -124,6 +125,13 @@ async def execute_run(
                     if signal_received is None:
                         signal_received = signum
                         dispatcher.stop(StopReason.INTERRUPTED)
+                        print(
+                            f"llmbatch: {signal.Signals(signum).name}: finishing "
+                            f"{dispatcher.in_flight} requests in flight (up to {cfg.grace_s:g}s); "
+                            "signal again to stop now",
+                            file=sys.stderr,
+                            flush=True,
+                        )
                     else:  # a second signal: stop now (files stay consistent)
                         dispatcher.stop(StopReason.INTERRUPTED, grace_s=0)
 
@@ -138,8 +146,6 @@ async def execute_run(
                 total = None
                 interactive = cfg.progress
                 if interactive is None:
-                    import sys
-
                     interactive = sys.stdout.isatty()
                 if interactive:
                     total = _count_lines(prompts)

@@ -131,6 +131,10 @@ async def test_second_ctrl_c_stops_at_once(tmp_path: Path) -> None:
         proc = await start_child(server, prompts, run_dir)
         await asyncio.wait_for(server.wait_in_flight(8), 20)
         proc.send_signal(signal.SIGINT)
+        # Standard signals do not queue: wait until the first one was taken in.
+        assert proc.stderr is not None
+        line = await asyncio.wait_for(proc.stderr.readline(), 10)
+        assert b"SIGINT: finishing 8 requests in flight" in line
         proc.send_signal(signal.SIGINT)
         _, err = await asyncio.wait_for(proc.communicate(), 10)
         assert proc.returncode == 130, err.decode()

@@ -1,22 +1,32 @@
-"""Provider registry: a profile's ``kind`` picks the wire format."""
+"""Provider registry: a profile's ``kind`` picks the wire format.
+
+``make_provider`` wraps it in a RoutingProvider, so an OpenAI Batch line's ``url``
+(``/v1/chat/completions``, ``/v1/completions``, ``/v1/messages``) can pick another
+format per record at the same base URL.
+"""
 
 from __future__ import annotations
 
 from ..config import ProviderConfig
 from ..errors import ConfigError
+from .anthropic import AnthropicProvider
 from .base import Provider, StreamAssembler
+from .completions import CompletionsProvider
 from .openai import OpenAIChatProvider
+from .routing import RoutingProvider
 
 __all__ = ["PROVIDER_CLASSES", "Provider", "StreamAssembler", "make_provider"]
 
 PROVIDER_CLASSES: dict[str, type[Provider]] = {
     OpenAIChatProvider.kind: OpenAIChatProvider,
+    CompletionsProvider.kind: CompletionsProvider,
+    AnthropicProvider.kind: AnthropicProvider,
 }
 
 
 def make_provider(profile: ProviderConfig, api_key: str | None, base_url: str) -> Provider:
-    """Instantiate the provider class registered for ``profile.kind``."""
+    """The provider registered for ``profile.kind``, routing records by endpoint."""
     cls = PROVIDER_CLASSES.get(profile.kind)
     if cls is None:
         raise ConfigError(f"provider kind {profile.kind!r} is not supported yet")
-    return cls(profile, api_key, base_url)
+    return RoutingProvider(cls(profile, api_key, base_url))

@@ -1,0 +1,295 @@
+"""``llmbatch export``: a run's results.jsonl in another format, streamed.
+
+Formats:
+  openai-batch     the results lines without the ``llmbatch`` key (OpenAI Batch output)
+  anthropic-batch  ``{"custom_id", "result": {"type": "succeeded", "message"} |
+                   {"type": "errored", "error": {"type": "error", "error": {...}}}}``
+  csv              custom_id, status, error_code, text, output_tokens, ttft_s, e2el_s
+
+Records are streamed one at a time. ``ordered`` puts them in input order (by the
+prompt-file line each record carries); it keeps one (line, offset) pair per record
+and reads the records again in that order.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import io
+import os
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import IO, Any
+
+import orjson
+
+from .errors import LLMBatchError, RunDirError
+from .providers.anthropic import content_text
+
+__all__ = [
+    "CSV_COLUMNS",
+    "FORMATS",
+    "ExportError",
+    "anthropic_batch_line",
+    "csv_row",
+    "export_run",
+    "iter_results",
+    "openai_batch_line",
+    "response_text",
+    "to_anthropic_message",
+    "write_export",
+]
+
+FORMATS = ("openai-batch", "anthropic-batch", "csv")
+CSV_COLUMNS = ("custom_id", "status", "error_code", "text", "output_tokens", "ttft_s", "e2el_s")
+RESULTS = "results.jsonl"
+_NO_LINE = 1 << 62  # records without a line number go last, in file order
+
+_STOP_REASONS = {
+    "stop": "end_turn",
+    "length": "max_tokens",
+    "tool_calls": "tool_use",
+    "content_filter": "refusal",
+}
+
+
+class ExportError(LLMBatchError):
+    """The export cannot be made (unknown format, output not writable)."""
+
+
+# -- reading -------------------------------------------------------------------------
+def iter_results(run_dir: Path, *, ordered: bool = False) -> Iterator[dict[str, Any]]:
+    """The records of ``run_dir``'s results.jsonl, in file order or input order.
+
+    Damaged lines (a torn tail) are skipped. Raises RunDirError at once when there is
+    no results file (and on first use when it cannot be read).
+    """
+    path = run_dir / RESULTS
+    if not path.is_file():
+        raise RunDirError(f"{run_dir}: no {RESULTS} (not a run directory?)")
+    return _ordered(path) if ordered else _in_file_order(path)
+
+
+def _open(path: Path) -> IO[bytes]:
+    try:
+        return open(path, "rb")
+    except OSError as exc:
+        raise RunDirError(f"{path}: cannot read: {exc.strerror}") from None
+
+
+def _in_file_order(path: Path) -> Iterator[dict[str, Any]]:
+    with _open(path) as fh:
+        for raw in fh:
+            rec = _parse(raw)
+            if rec is not None:
+                yield rec
+
+
+def _ordered(path: Path) -> Iterator[dict[str, Any]]:
+    with _open(path) as fh:
+        index: list[tuple[int, int]] = []  # (line number, offset), one per record
+        offset = 0
+        for raw in fh:
+            rec = _parse(raw)
+            if rec is not None:
+                meta = rec.get("llmbatch")
+                line = meta.get("line") if isinstance(meta, dict) else None
+                key = line if isinstance(line, int) and not isinstance(line, bool) else _NO_LINE
+                index.append((key, offset))
+            offset += len(raw)
+        index.sort()
+        for _, off in index:
+            fh.seek(off)
+            rec = _parse(fh.readline())
+            if rec is not None:
+                yield rec
+
+
+def _parse(raw: bytes) -> dict[str, Any] | None:
+    try:
+        rec = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        return None
+    return rec if isinstance(rec, dict) else None
+
+
+# -- formats ---------------------------------------------------------------------------
+def openai_batch_line(rec: dict[str, Any]) -> dict[str, Any]:
+    """The OpenAI Batch output line: the record without llmbatch's own key."""
+    return {k: v for k, v in rec.items() if k != "llmbatch"}
+
+
+def response_text(body: Any) -> str:
+    """The answer text of a chat.completion, text_completion or Anthropic message body."""
+    if not isinstance(body, dict):
+        return ""
+    if body.get("type") == "message":
+        return content_text(body.get("content"))
+    choices = body.get("choices")
+    if not isinstance(choices, list) or not choices or not isinstance(choices[0], dict):
+        return ""
+    choice = choices[0]
+    if "text" in choice:
+        return str(choice.get("text") or "")
+    message = choice.get("message")
+    return content_text(message.get("content")) if isinstance(message, dict) else ""
+
+
+def to_anthropic_message(body: Any) -> dict[str, Any]:
+    """An Anthropic ``message`` for any assembled body (returned as is if it is one)."""
+    if isinstance(body, dict) and body.get("type") == "message":
+        return body
+    b = _obj(body)
+    choices = b.get("choices")
+    first = choices[0] if isinstance(choices, list) and choices else {}
+    finish = first.get("finish_reason") if isinstance(first, dict) else None
+    usage = _obj(b.get("usage"))
+    return {
+        "id": b.get("id") or "",
+        "type": "message",
+        "role": "assistant",
+        "model": b.get("model") or "",
+        "content": [{"type": "text", "text": response_text(b)}],
+        "stop_reason": _STOP_REASONS.get(finish, finish) if isinstance(finish, str) else None,
+        "stop_sequence": None,
+        "usage": {
+            "input_tokens": usage.get("prompt_tokens"),
+            "output_tokens": usage.get("completion_tokens"),
+        },
+    }
+
+
+def _anthropic_error_type(code: Any, status: Any) -> str:
+    if code in ("input_error", "bad_request"):
+        return {404: "not_found_error", 413: "request_too_large"}.get(
+            status, "invalid_request_error"
+        )
+    if code == "auth_error":
+        return "permission_error" if status == 403 else "authentication_error"
+    if code in ("rate_limited", "quota_exhausted"):
+        return "rate_limit_error"
+    if code == "provider_overloaded" or status == 529:
+        return "overloaded_error"
+    return "api_error"
+
+
+def anthropic_batch_line(rec: dict[str, Any]) -> dict[str, Any]:
+    """The Anthropic Message Batches result line for one record."""
+    error = rec.get("error")
+    response = _obj(rec.get("response"))
+    if error is None:
+        result: dict[str, Any] = {
+            "type": "succeeded",
+            "message": to_anthropic_message(response.get("body")),
+        }
+    else:
+        err = _obj(error)
+        code = err.get("code")
+        etype = _anthropic_error_type(code, response.get("status_code"))
+        message = f"{code}: {err.get('message') or ''}" if code else str(err.get("message"))
+        result = {
+            "type": "errored",
+            "error": {"type": "error", "error": {"type": etype, "message": message}},
+        }
+    return {"custom_id": rec.get("custom_id"), "result": result}
+
+
+def csv_row(rec: dict[str, Any], run_dir: Path) -> list[Any]:
+    """One CSV row (CSV_COLUMNS); a failed request's kept partial text is included."""
+    meta = _obj(rec.get("llmbatch"))
+    metrics = _obj(meta.get("metrics"))
+    ok = rec.get("error") is None
+    if ok:
+        response = _obj(rec.get("response"))
+        text = response_text(response.get("body"))
+    else:
+        text = _kept_text(run_dir, meta.get("text_file"))
+    error = _obj(rec.get("error"))
+    return [
+        rec.get("custom_id"),
+        "succeeded" if ok else "errored",
+        error.get("code") or "",
+        text,
+        metrics.get("output_tokens", "") if ok else "",
+        _blank_none(metrics.get("ttft_s")),
+        _blank_none(metrics.get("e2el_s")),
+    ]
+
+
+def _obj(value: Any) -> dict[str, Any]:
+    return value if isinstance(value, dict) else {}
+
+
+def _blank_none(value: Any) -> Any:
+    return "" if value is None else value
+
+
+def _kept_text(run_dir: Path, text_file: Any) -> str:
+    if not isinstance(text_file, str) or not text_file:
+        return ""
+    try:
+        return (run_dir / text_file).read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return ""
+
+
+# -- writing ---------------------------------------------------------------------------
+def write_export(records: Iterator[dict[str, Any]], fmt: str, out: IO[bytes], run_dir: Path) -> int:
+    """Write ``records`` to ``out`` in ``fmt``; return how many were written."""
+    n = 0
+    if fmt == "csv":
+        buf = io.StringIO()
+        writer = csv.writer(buf, lineterminator="\n")
+        writer.writerow(CSV_COLUMNS)
+        for rec in records:
+            writer.writerow(csv_row(rec, run_dir))
+            out.write(buf.getvalue().encode("utf-8"))
+            buf.seek(0)
+            buf.truncate()
+            n += 1
+        if n == 0:
+            out.write(buf.getvalue().encode("utf-8"))
+        return n
+    convert: Callable[[dict[str, Any]], dict[str, Any]]
+    if fmt == "openai-batch":
+        convert = openai_batch_line
+    elif fmt == "anthropic-batch":
+        convert = anthropic_batch_line
+    else:
+        raise ExportError(f"unknown format {fmt!r} (one of {', '.join(FORMATS)})")
+    for rec in records:
+        out.write(orjson.dumps(convert(rec)) + b"\n")
+        n += 1
+    return n
+
+
+def export_run(
+    run_dir: Path,
+    fmt: str,
+    *,
+    ordered: bool = False,
+    output: Path | None = None,
+    stdout: IO[bytes] | None = None,
+) -> int:
+    """Export ``run_dir`` to ``output`` (written atomically) or to ``stdout``."""
+    if fmt not in FORMATS:
+        raise ExportError(f"unknown format {fmt!r} (one of {', '.join(FORMATS)})")
+    records = iter_results(run_dir, ordered=ordered)
+    if output is None:
+        if stdout is None:
+            raise ExportError("no output given")
+        return write_export(records, fmt, stdout, run_dir)
+    tmp = output.with_name(f".{output.name}.{os.getpid()}.tmp")
+    try:
+        with open(tmp, "wb") as fh:
+            n = write_export(records, fmt, fh, run_dir)
+        os.replace(tmp, output)
+    except OSError as exc:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise ExportError(f"cannot write {output}: {exc.strerror}") from None
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    return n
