@@ -261,7 +261,7 @@ def mock_server(
     ] = None,
     fault_attempts: Annotated[int, typer.Option(help="Attempts of a prompt a fault hits.")] = 1,
 ) -> None:
-    """Serve the OpenAI-compatible mock (/v1/chat/completions, /v1/models) until Ctrl-C."""
+    """Serve the mock (/v1/chat/completions, /v1/completions, /v1/messages, /v1/models)."""
     import asyncio
 
     from .mockserver import FAULT_KINDS, MockConfig, start_mock_server

@@ -228,7 +228,7 @@ class Dispatcher:
             m = RequestMetrics(queue_s=time.perf_counter() - taken_at)
             holder[:] = [m]
             try:
-                asm, rid = await self._attempt(request, sink, m)
+                asm, rid = await self._attempt(rec, request, sink, m)
             except RequestError as exc:
                 self.live_output_tokens -= m.chunks
                 attempts.append(_attempt_record(n, exc, self._secrets))
@@ -316,10 +316,10 @@ class Dispatcher:
             self.aimd.on_error()
 
     async def _attempt(
-        self, request: Any, sink: TextSink, m: RequestMetrics
+        self, rec: PromptRecord, request: Any, sink: TextSink, m: RequestMetrics
     ) -> tuple[StreamAssembler, str | None]:
         rundir = self.rundir
-        asm = self.provider.new_assembler()
+        asm = self.provider.new_assembler(rec)
         decoder = SSEDecoder()
         perf = time.perf_counter
         total_s = self.cfg.timeouts.total_s

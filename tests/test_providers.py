@@ -23,7 +23,6 @@ from llmbatch.providers.anthropic import AnthropicProvider, MessagesAssembler
 from llmbatch.providers.base import StreamAssembler
 from llmbatch.providers.completions import CompletionsAssembler, CompletionsProvider
 from llmbatch.providers.openai import ChatAssembler
-from llmbatch.providers.routing import SniffingAssembler
 from llmbatch.records import PromptRecord
 from llmbatch.runner import execute_run
 from llmbatch.sse import SSEDecoder
@@ -163,24 +162,6 @@ def test_completions_error_payload_and_missing_done() -> None:
     assert not asm.finished
 
 
-@pytest.mark.parametrize(
-    ("stream", "inner", "text"),
-    [
-        (ANTHROPIC_STREAM, MessagesAssembler, "Hello, wörld"),
-        (COMPLETIONS_STREAM, CompletionsAssembler, "Hello there"),
-        (CHAT_STREAM, ChatAssembler, "Hi"),
-    ],
-)
-def test_sniffing_assembler_recognises_each_grammar(
-    stream: bytes, inner: type[StreamAssembler], text: str
-) -> None:
-    native = make_provider(ProviderConfig(name="x", base_url="http://h/v1"), None, "http://h/v1")
-    asm = SniffingAssembler(native)
-    assert feed(asm, stream) == text
-    assert asm.finished
-    assert isinstance(asm._inner, inner)
-
-
 # -- request mapping -----------------------------------------------------------------------
 def record(body: dict[str, Any], endpoint: str | None = None) -> PromptRecord:
     return PromptRecord(id="r", line_no=1, shape="messages", body=body, endpoint=endpoint)
@@ -262,12 +243,15 @@ def test_routing_by_endpoint() -> None:
     prov = make_provider(ProviderConfig(name="v", model="m"), None, "http://h/v1")
     msgs = {"messages": [{"role": "user", "content": "Hi"}]}
     assert prov.build_request(record(msgs)).url == "http://h/v1/chat/completions"
-    assert isinstance(prov.new_assembler(), ChatAssembler)  # nothing routed yet: no sniffing
+    assert isinstance(prov.new_assembler(record(msgs)), ChatAssembler)
     assert prov.build_request(record({"prompt": "x"}, "/v1/completions")).url.endswith(
         "/v1/completions"
     )
     assert prov.build_request(record(msgs, "/v1/messages")).url.endswith("/v1/messages")
-    assert isinstance(prov.new_assembler(), SniffingAssembler)
+    assert isinstance(prov.new_assembler(record(msgs, "/v1/messages")), MessagesAssembler)
+    assert isinstance(
+        prov.new_assembler(record({"prompt": "x"}, "/v1/completions")), CompletionsAssembler
+    )
 
 
 # -- over real sockets ---------------------------------------------------------------------

@@ -122,7 +122,7 @@ class AnthropicProvider(Provider):
             url=f"{self.base_url}/messages", headers=headers, body=orjson.dumps(body)
         )
 
-    def new_assembler(self) -> StreamAssembler:
+    def new_assembler(self, record: PromptRecord) -> StreamAssembler:
         return MessagesAssembler()
 
 

@@ -56,8 +56,8 @@ class Provider(ABC):
         """The streaming POST for ``record`` (model and default params filled in)."""
 
     @abstractmethod
-    def new_assembler(self) -> StreamAssembler:
-        """A fresh parser for one attempt's stream."""
+    def new_assembler(self, record: PromptRecord) -> StreamAssembler:
+        """A fresh parser for one attempt's stream of ``record``."""
 
     def _merged_body(self, record: PromptRecord) -> dict[str, Any]:
         """Profile defaults, then the record's own parameters (the record wins)."""

@@ -58,7 +58,7 @@ class CompletionsProvider(Provider):
             url=f"{self.base_url}/completions", headers=headers, body=orjson.dumps(body)
         )
 
-    def new_assembler(self) -> StreamAssembler:
+    def new_assembler(self, record: PromptRecord) -> StreamAssembler:
         return CompletionsAssembler()
 
 

@@ -36,7 +36,7 @@ class OpenAIChatProvider(Provider):
             url=f"{self.base_url}/chat/completions", headers=headers, body=orjson.dumps(body)
         )
 
-    def new_assembler(self) -> StreamAssembler:
+    def new_assembler(self, record: PromptRecord) -> StreamAssembler:
         return ChatAssembler()
 
 
