@@ -177,23 +177,27 @@ def write_prompts(path: Path, n: int, *, tag: str = "q") -> Path:
     return path
 
 
-def count_result_errors(run_dir: Path, expected: int) -> tuple[int, dict[str, int]]:
-    """Failed records plus missing ones (a request with no record did not finish)."""
+def count_result_errors(run_dir: Path, expected: int) -> tuple[int, dict[str, int], int]:
+    """Failed records plus missing ones (a request with no record did not finish),
+    by error code; and the number of retried attempts (which can hide errors)."""
     kinds: dict[str, int] = {}
     records = 0
+    retries = 0
     path = run_dir / "results.jsonl"
     if path.exists():
         with open(path, "rb") as fh:
             for line in fh:
                 records += 1
-                err = orjson.loads(line).get("error")
+                rec = orjson.loads(line)
+                retries += max(0, len(rec.get("llmbatch", {}).get("attempts") or [1]) - 1)
+                err = rec.get("error")
                 if err is not None:
                     code = str(err.get("code"))
                     kinds[code] = kinds.get(code, 0) + 1
     missing = max(0, expected - records)
     if missing:
         kinds["no_record"] = missing
-    return sum(kinds.values()), kinds
+    return sum(kinds.values()), kinds, retries
 
 
 def read_stats(path: Path) -> dict[str, Any]:
@@ -223,6 +227,7 @@ class Measure:
     cpu_s: float = 0.0  # whole process (wait4)
     work_cpu_s: float = 0.0  # work phase only (getrusage inside the child)
     maxrss_mb: float = 0.0
+    retries: int = 0
     repeats: int = 1
     note: str = ""
 
@@ -254,6 +259,7 @@ def median_measure(runs: list[Measure]) -> Measure:
         cpu_s=statistics.median(r.cpu_s for r in runs),
         work_cpu_s=statistics.median(r.work_cpu_s for r in runs),
         maxrss_mb=statistics.median(r.maxrss_mb for r in runs),
+        retries=sum(r.retries for r in runs),
         repeats=len(runs),
         note="; ".join(sorted({r.note for r in runs if r.note})),
     )
@@ -266,10 +272,12 @@ def ratio(x: float, base: float) -> str:
 
 
 def fmt_errors(m: Measure) -> str:
+    """Errors (by kind), and retried attempts when there were any."""
+    retried = f" ({m.retries} retries)" if m.retries else ""
     if not m.errors:
-        return "0"
+        return "0" + retried
     detail = ", ".join(f"{k} {v}" for k, v in sorted(m.error_kinds.items()))
-    return f"**{m.errors}** ({detail})"
+    return f"**{m.errors}** ({detail}){retried}"
 
 
 def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
@@ -363,7 +371,7 @@ def run_llmbatch(
             env["LLMBATCH_LOOP"] = "asyncio"
         limit = timeout_s or child_timeout_s(server, concurrency, requests)
         res = run_child(argv, timeout_s=limit, env=env, cwd=Path(tmp))
-        errors, kinds = count_result_errors(run_dir, requests)
+        errors, kinds, retries = count_result_errors(run_dir, requests)
         st = read_stats(stats)
     per_req = int(tokens_per_request or server.shape["tokens"])
     note = []
@@ -383,5 +391,6 @@ def run_llmbatch(
         cpu_s=res.cpu_s,
         work_cpu_s=float(st.get("work_cpu_s", res.cpu_s)),
         maxrss_mb=res.maxrss_mb,
+        retries=retries,
         note="; ".join(note),
     )
