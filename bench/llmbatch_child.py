@@ -6,7 +6,8 @@
   the start to the end of ``Dispatcher.run`` (imports, config and startup excluded;
   CPU is getrusage(RUSAGE_SELF), so the writer thread counts);
 - ``BENCH_HTTPX_POOL_SIZE``: connections per httpx client in the adapter's rotation
-  (the adapter's ``pool_size`` default; ``0`` means a single pool of any size).
+  (the adapter's ``pool_size`` default; ``0`` means a single pool of any size);
+- ``BENCH_PATCHES``: comma-separated hot-path experiments from bench.experiments.
 
 Nothing in llmbatch is changed on disk; the hooks are installed in memory.
 """
@@ -48,6 +49,11 @@ def _install_hooks() -> None:
         defaults = httpx_adapter.HttpxAdapter.__init__.__kwdefaults__
         assert defaults is not None and "pool_size" in defaults
         defaults["pool_size"] = size
+    patches = os.environ.get("BENCH_PATCHES")
+    if patches:
+        from .experiments import install
+
+        install(patches)
 
 
 def main() -> None:
