@@ -23,8 +23,11 @@ from .base import ERROR_BODY_LIMIT, ClientAdapter, HTTPRequest, StreamingRespons
 
 __all__ = ["DEFAULT_POOL_SIZE", "HttpxAdapter"]
 
-# Connections per httpx client before we add another client to the rotation.
-DEFAULT_POOL_SIZE = 64
+# Connections per httpx client before we add another client to the rotation. Measured
+# (bench/RESULTS.md, fast shape): CPU per token at C=300 / C=1000 was 49 / 41 µs with 16,
+# 52 / 52 with 32, 72 / 69 with 64, 76 / 85 with 128 and 103 / 287 with a single pool;
+# 8 was no better than 16 at C=1000 and adds clients (memory).
+DEFAULT_POOL_SIZE = 16
 KEEPALIVE_EXPIRY_S = 4.0  # below common server idle timeouts (uvicorn: 5 s)
 
 

@@ -1,0 +1,168 @@
+"""Client adapters against a bare aiohttp loop, one command, one invocation.
+
+    python -m bench.adapters --shape both --concurrency 30 300 1000 --requests 2000 --repeat 3
+
+Starts ``llmbatch mock-server`` as its own process (64 tokens; fast: no delays,
+realistic: 20 ms between tokens), then for each concurrency runs, each as its own
+child process: the bare aiohttp loop, ``llmbatch run`` with ``--client aiohttp``,
+``httpx`` and ``httpx-aiohttp`` (and the OpenAI SDK when importable). Prints one
+markdown table per shape with every figure and its ratio to the bare loop measured
+in the same invocation, at the same shape and concurrency.
+
+Figures: errors; work wall time (dispatch start to last record); client CPU per
+streamed token, for the work phase (getrusage inside the child) and for the whole
+process (user+sys from wait4, startup and imports included); peak RSS (wait4).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import sys
+import tempfile
+from dataclasses import asdict
+from pathlib import Path
+
+from .harness import (
+    Measure,
+    fmt_errors,
+    machine_line,
+    markdown_table,
+    median_measure,
+    mock_server,
+    ratio,
+    run_bare,
+    run_llmbatch,
+    write_prompts,
+)
+
+SHAPES = {
+    "fast": {"tokens": 64, "ttft_ms": 0.0, "itl_ms": 0.0},
+    "realistic": {"tokens": 64, "ttft_ms": 0.0, "itl_ms": 20.0},
+}
+CLIENTS = ("aiohttp", "httpx", "httpx-aiohttp")
+
+
+def table(results: list[Measure], bare: dict[int, Measure]) -> str:
+    headers = [
+        "C",
+        "client",
+        "errors",
+        "wall s",
+        "wall ratio",
+        "CPU µs/token (work)",
+        "ratio",
+        "CPU µs/token (process)",
+        "ratio",
+        "peak RSS MB",
+        "ratio",
+    ]
+    rows = []
+    for m in results:
+        b = bare[m.concurrency]
+        rows.append(
+            [
+                str(m.concurrency),
+                m.label + (f" ({m.note})" if m.note else ""),
+                fmt_errors(m),
+                f"{m.wall_s:.2f}",
+                ratio(m.wall_s, b.wall_s),
+                f"{m.work_us_per_token:.1f}",
+                ratio(m.work_us_per_token, b.work_us_per_token),
+                f"{m.us_per_token:.1f}",
+                ratio(m.us_per_token, b.us_per_token),
+                f"{m.maxrss_mb:.0f}",
+                ratio(m.maxrss_mb, b.maxrss_mb),
+            ]
+        )
+    return markdown_table(headers, rows)
+
+
+def run_shape(
+    shape: str,
+    concurrencies: list[int],
+    requests: int,
+    repeat: int,
+    clients: list[str],
+    loop: str,
+    prompts: Path,
+) -> tuple[list[Measure], dict[int, Measure]]:
+    with_sdk = importlib.util.find_spec("openai") is not None
+    out: list[Measure] = []
+    bare: dict[int, Measure] = {}
+    with mock_server(**SHAPES[shape]) as server:
+        for c in concurrencies:
+            runs: dict[str, list[Measure]] = {}
+            for rep in range(repeat):
+                # Interleaved so that noise on the shared machine spreads over all clients.
+                m = run_bare(server, c, requests, loop=loop)
+                runs.setdefault("bare", []).append(m)
+                _progress(shape, rep, m)
+                for client in clients:
+                    m = run_llmbatch(server, c, prompts, requests, client=client, loop=loop)
+                    runs.setdefault(client, []).append(m)
+                    _progress(shape, rep, m)
+                if with_sdk:
+                    sdk = "bench.openai_sdk"
+                    m = run_bare(server, c, requests, loop=loop, module=sdk, label="OpenAI SDK")
+                    runs.setdefault("sdk", []).append(m)
+                    _progress(shape, rep, m)
+            meds = {k: median_measure(v) for k, v in runs.items()}
+            bare[c] = meds["bare"]
+            out += list(meds.values())
+    if not with_sdk:
+        print("OpenAI SDK not importable: skipped", file=sys.stderr)
+    return out, bare
+
+
+def _progress(shape: str, rep: int, m: Measure) -> None:
+    print(
+        f"[{shape} C={m.concurrency} #{rep + 1}] {m.label}: errors {m.errors}, "
+        f"wall {m.wall_s:.2f}s, {m.work_us_per_token:.1f} µs/token work, "
+        f"{m.us_per_token:.1f} process, RSS {m.maxrss_mb:.0f} MB {m.note}",
+        file=sys.stderr,
+        flush=True,
+    )
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument("--shape", choices=("fast", "realistic", "both"), default="both")
+    ap.add_argument("--concurrency", type=int, nargs="+", default=[30, 300, 1000])
+    ap.add_argument("--requests", type=int, default=2000)
+    ap.add_argument("--repeat", type=int, default=1, help="runs per figure; the median is kept")
+    ap.add_argument("--clients", nargs="+", default=list(CLIENTS), choices=CLIENTS)
+    ap.add_argument("--loop", choices=("uvloop", "asyncio"), default="uvloop")
+    ap.add_argument("--json", type=Path, help="also write every median figure here")
+    args = ap.parse_args(argv)
+    shapes = ["fast", "realistic"] if args.shape == "both" else [args.shape]
+    print(f"# bench.adapters — {machine_line()}")
+    print(f"requests {args.requests}, repeat {args.repeat} (median), loop {args.loop}\n")
+    dump: dict[str, list[dict[str, object]]] = {}
+    with tempfile.TemporaryDirectory(prefix="llmbatch-bench-") as tmp:
+        prompts = write_prompts(Path(tmp) / "prompts.jsonl", args.requests)
+        for shape in shapes:
+            results, bare = run_shape(
+                shape,
+                args.concurrency,
+                args.requests,
+                args.repeat,
+                args.clients,
+                args.loop,
+                prompts,
+            )
+            s = SHAPES[shape]
+            print(
+                f"## {shape}: {s['tokens']:g} tokens, ttft {s['ttft_ms']:g} ms, "
+                f"itl {s['itl_ms']:g} ms\n"
+            )
+            print(table(results, bare))
+            print(flush=True)
+            dump[shape] = [asdict(m) for m in results]
+    if args.json:
+        args.json.write_text(json.dumps(dump, indent=2))
+
+
+if __name__ == "__main__":
+    main()

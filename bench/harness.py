@@ -1,0 +1,396 @@
+"""Shared machinery for the benches: mock server process, child processes, tables.
+
+Every child runs as its own process and is reaped with ``os.wait4``, so its CPU time
+(user + sys) and peak RSS are its own. Every process started here is bounded in
+time and killed by pid; nothing is left running.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+ROOT = Path(__file__).resolve().parent.parent
+PY = sys.executable
+HOST = "127.0.0.1"
+TOKENS_FAST = 64
+
+
+def child_env(**extra: str) -> dict[str, str]:
+    """The environment for children: this worktree first on PYTHONPATH, no LLMBATCH_*."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LLMBATCH_")}
+    env["PYTHONPATH"] = str(ROOT)
+    env.update(extra)
+    return env
+
+
+def free_port() -> int:
+    """A TCP port that was free on 127.0.0.1 a moment ago."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((HOST, 0))
+        return int(s.getsockname()[1])
+
+
+def wait_listening(port: int, deadline_s: float) -> None:
+    """Poll a TCP connect until it succeeds; raise after ``deadline_s`` seconds."""
+    end = time.monotonic() + deadline_s
+    while True:
+        try:
+            with socket.create_connection((HOST, port), timeout=0.5):
+                return
+        except OSError:
+            if time.monotonic() > end:
+                raise RuntimeError(f"mock did not listen on {port} in {deadline_s}s") from None
+            time.sleep(0.05)
+
+
+@dataclass
+class MockServer:
+    """A running ``llmbatch mock-server`` process."""
+
+    port: int
+    proc: subprocess.Popen[bytes]
+    shape: dict[str, float]
+
+    @property
+    def base_url(self) -> str:
+        return f"http://{HOST}:{self.port}/v1"
+
+
+@contextlib.contextmanager
+def mock_server(*, tokens: int, ttft_ms: float, itl_ms: float) -> Iterator[MockServer]:
+    """Start the mock as a separate process; kill it (by pid) on exit."""
+    port = free_port()
+    argv = [
+        PY,
+        "-m",
+        "llmbatch",
+        "mock-server",
+        "--port",
+        str(port),
+        "--tokens",
+        str(tokens),
+        "--ttft-ms",
+        f"{ttft_ms:g}",
+        "--itl-ms",
+        f"{itl_ms:g}",
+    ]
+    log = tempfile.TemporaryFile()
+    proc = subprocess.Popen(argv, env=child_env(), stdout=log, stderr=log, cwd=ROOT)
+    try:
+        wait_listening(port, 20.0)
+        yield MockServer(port, proc, {"tokens": tokens, "ttft_ms": ttft_ms, "itl_ms": itl_ms})
+    finally:
+        _terminate(proc)
+        log.close()
+
+
+def _terminate(proc: subprocess.Popen[bytes]) -> None:
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGINT)
+        try:
+            proc.wait(5)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(5)
+
+
+@dataclass
+class ChildResult:
+    """What one child process cost and said."""
+
+    returncode: int
+    user_s: float
+    sys_s: float
+    maxrss_mb: float
+    wall_s: float
+    timed_out: bool
+    stdout: str
+    stderr: str
+
+    @property
+    def cpu_s(self) -> float:
+        return self.user_s + self.sys_s
+
+
+def run_child(
+    argv: Sequence[str], *, timeout_s: float, env: dict[str, str] | None = None, cwd: Path = ROOT
+) -> ChildResult:
+    """Run ``argv``, reap it with wait4 for its own rusage; kill it after ``timeout_s``."""
+    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
+        t0 = time.perf_counter()
+        proc = subprocess.Popen(list(argv), env=env or child_env(), stdout=out, stderr=err, cwd=cwd)
+        deadline = t0 + timeout_s
+        timed_out = False
+        status = 0
+        ru: Any = None
+        while True:
+            pid, status, ru = os.wait4(proc.pid, os.WNOHANG)
+            if pid:
+                break
+            if time.perf_counter() > deadline and not timed_out:
+                timed_out = True
+                os.kill(proc.pid, signal.SIGTERM)
+                deadline += 10.0  # grace, then SIGKILL
+                continue
+            if timed_out and time.perf_counter() > deadline:
+                os.kill(proc.pid, signal.SIGKILL)
+                pid, status, ru = os.wait4(proc.pid, 0)
+                break
+            time.sleep(0.02)
+        wall = time.perf_counter() - t0
+        proc.returncode = os.waitstatus_to_exitcode(status)  # reaped here, not by Popen
+        out.seek(0)
+        err.seek(0)
+        return ChildResult(
+            returncode=proc.returncode,
+            user_s=ru.ru_utime,
+            sys_s=ru.ru_stime,
+            maxrss_mb=ru.ru_maxrss / 1024.0,  # Linux: KiB
+            wall_s=wall,
+            timed_out=timed_out,
+            stdout=out.read().decode(errors="replace"),
+            stderr=err.read().decode(errors="replace"),
+        )
+
+
+def write_prompts(path: Path, n: int, *, tag: str = "q") -> Path:
+    """``n`` distinct prompts in the simplest input shape."""
+    with open(path, "wb") as fh:
+        for i in range(n):
+            fh.write(orjson.dumps({"id": f"{tag}{i}", "prompt": f"benchmark prompt {i}"}))
+            fh.write(b"\n")
+    return path
+
+
+def count_result_errors(run_dir: Path, expected: int) -> tuple[int, dict[str, int], int]:
+    """Failed records plus missing ones (a request with no record did not finish),
+    by error code; and the number of retried attempts (which can hide errors)."""
+    kinds: dict[str, int] = {}
+    records = 0
+    retries = 0
+    path = run_dir / "results.jsonl"
+    if path.exists():
+        with open(path, "rb") as fh:
+            for line in fh:
+                records += 1
+                rec = orjson.loads(line)
+                retries += max(0, len(rec.get("llmbatch", {}).get("attempts") or [1]) - 1)
+                err = rec.get("error")
+                if err is not None:
+                    code = str(err.get("code"))
+                    kinds[code] = kinds.get(code, 0) + 1
+    missing = max(0, expected - records)
+    if missing:
+        kinds["no_record"] = missing
+    return sum(kinds.values()), kinds, retries
+
+
+def read_stats(path: Path) -> dict[str, Any]:
+    """The JSON a child left in its stats file (empty if it wrote none)."""
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+# -- numbers and tables ---------------------------------------------------------------
+
+
+@dataclass
+class Measure:
+    """One measured configuration (median over repeats)."""
+
+    label: str
+    concurrency: int
+    requests: int
+    tokens: int
+    errors: int
+    error_kinds: dict[str, int] = field(default_factory=dict)
+    wall_s: float = 0.0  # work phase (dispatch start -> all done)
+    proc_wall_s: float = 0.0  # whole process, startup included
+    cpu_s: float = 0.0  # whole process (wait4)
+    work_cpu_s: float = 0.0  # work phase only (getrusage inside the child)
+    maxrss_mb: float = 0.0
+    retries: int = 0
+    repeats: int = 1
+    note: str = ""
+
+    @property
+    def us_per_token(self) -> float:
+        return self.cpu_s / self.tokens * 1e6 if self.tokens else float("nan")
+
+    @property
+    def work_us_per_token(self) -> float:
+        return self.work_cpu_s / self.tokens * 1e6 if self.tokens else float("nan")
+
+
+def median_measure(runs: list[Measure]) -> Measure:
+    """Median of each figure over repeated runs; errors are summed (never hidden)."""
+    first = runs[0]
+    kinds: dict[str, int] = {}
+    for r in runs:
+        for k, v in r.error_kinds.items():
+            kinds[k] = kinds.get(k, 0) + v
+    return Measure(
+        label=first.label,
+        concurrency=first.concurrency,
+        requests=first.requests,
+        tokens=int(statistics.median(r.tokens for r in runs)),
+        errors=sum(r.errors for r in runs),
+        error_kinds=kinds,
+        wall_s=statistics.median(r.wall_s for r in runs),
+        proc_wall_s=statistics.median(r.proc_wall_s for r in runs),
+        cpu_s=statistics.median(r.cpu_s for r in runs),
+        work_cpu_s=statistics.median(r.work_cpu_s for r in runs),
+        maxrss_mb=statistics.median(r.maxrss_mb for r in runs),
+        retries=sum(r.retries for r in runs),
+        repeats=len(runs),
+        note="; ".join(sorted({r.note for r in runs if r.note})),
+    )
+
+
+def ratio(x: float, base: float) -> str:
+    if not base or x != x or base != base:
+        return "–"
+    return f"{x / base:.2f}x"
+
+
+def fmt_errors(m: Measure) -> str:
+    """Errors (by kind), and retried attempts when there were any."""
+    retried = f" ({m.retries} retries)" if m.retries else ""
+    if not m.errors:
+        return "0" + retried
+    detail = ", ".join(f"{k} {v}" for k, v in sorted(m.error_kinds.items()))
+    return f"**{m.errors}** ({detail}){retried}"
+
+
+def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    """A GitHub markdown table."""
+    lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
+    lines += ["| " + " | ".join(r) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def machine_line() -> str:
+    """Date, host CPU count and load, for the record."""
+    load = os.getloadavg()
+    return (
+        f"{time.strftime('%Y-%m-%d %H:%M:%S %Z')}, {os.cpu_count()} cores, "
+        f"Python {sys.version.split()[0]}, load avg {load[0]:.2f} at start"
+    )
+
+
+# -- the children ---------------------------------------------------------------------
+
+
+def child_timeout_s(server: MockServer, concurrency: int, requests: int) -> float:
+    """A generous bound: ten times the ideal wall time, at least two minutes."""
+    s = server.shape
+    per_request = (s["ttft_ms"] + s["itl_ms"] * max(0.0, s["tokens"] - 1)) / 1000.0
+    waves = -(-requests // concurrency)
+    return max(120.0, 10.0 * waves * per_request)
+
+
+def run_bare(
+    server: MockServer,
+    concurrency: int,
+    requests: int,
+    *,
+    loop: str = "uvloop",
+    module: str = "bench.bare",
+    label: str = "bare aiohttp loop",
+) -> Measure:
+    """The bare aiohttp loop (or another bench.* client with its CLI) as a child process."""
+    argv = [PY, "-m", module, "--url", server.base_url]
+    argv += ["--concurrency", str(concurrency), "--requests", str(requests), "--loop", loop]
+    res = run_child(argv, timeout_s=child_timeout_s(server, concurrency, requests))
+    try:
+        out = json.loads(res.stdout.strip().splitlines()[-1])
+    except (ValueError, IndexError):
+        out = {"ok": 0, "errors": {"crashed": requests}, "tokens": 0}
+    kinds = dict(out["errors"])
+    missing = requests - out["ok"] - sum(kinds.values())
+    if missing > 0:
+        kinds["not_run"] = missing
+    return Measure(
+        label=label,
+        concurrency=concurrency,
+        requests=requests,
+        tokens=int(out["tokens"]),
+        errors=sum(kinds.values()),
+        error_kinds=kinds,
+        wall_s=float(out.get("work_wall_s", res.wall_s)),
+        proc_wall_s=res.wall_s,
+        cpu_s=res.cpu_s,
+        work_cpu_s=float(out.get("work_cpu_s", res.cpu_s)),
+        maxrss_mb=res.maxrss_mb,
+        note="timed out" if res.timed_out else "",
+    )
+
+
+def run_llmbatch(
+    server: MockServer,
+    concurrency: int,
+    prompts: Path,
+    requests: int,
+    *,
+    client: str,
+    label: str | None = None,
+    extra_args: Sequence[str] = (),
+    extra_env: dict[str, str] | None = None,
+    loop: str = "uvloop",
+    timeout_s: float | None = None,
+    tokens_per_request: int | None = None,
+) -> Measure:
+    """``llmbatch run`` (via bench.llmbatch_child) into a fresh temporary run dir."""
+    with tempfile.TemporaryDirectory(prefix="llmbatch-bench-") as tmp:
+        run_dir = Path(tmp) / "run"
+        stats = Path(tmp) / "stats.json"
+        argv = [PY, "-m", "bench.llmbatch_child", "run", str(prompts)]
+        argv += ["--provider", "vllm", "--base-url", server.base_url, "--model", "mock-model"]
+        argv += ["--concurrency", str(concurrency), "--client", client, "--no-progress"]
+        argv += ["--out", str(run_dir), *extra_args]
+        env = child_env(BENCH_STATS_FILE=str(stats), **(extra_env or {}))
+        if loop == "asyncio":
+            env["LLMBATCH_LOOP"] = "asyncio"
+        limit = timeout_s or child_timeout_s(server, concurrency, requests)
+        res = run_child(argv, timeout_s=limit, env=env, cwd=Path(tmp))
+        errors, kinds, retries = count_result_errors(run_dir, requests)
+        st = read_stats(stats)
+    per_req = int(tokens_per_request or server.shape["tokens"])
+    note = []
+    if res.timed_out:
+        note.append("timed out")
+    if res.returncode not in (0, 1):
+        note.append(f"exit {res.returncode}: {res.stderr.strip()[-200:]}")
+    return Measure(
+        label=label or f"llmbatch --client {client}",
+        concurrency=concurrency,
+        requests=requests,
+        tokens=(requests - errors) * per_req,
+        errors=errors,
+        error_kinds=kinds,
+        wall_s=float(st.get("work_wall_s", res.wall_s)),
+        proc_wall_s=res.wall_s,
+        cpu_s=res.cpu_s,
+        work_cpu_s=float(st.get("work_cpu_s", res.cpu_s)),
+        maxrss_mb=res.maxrss_mb,
+        retries=retries,
+        note="; ".join(note),
+    )

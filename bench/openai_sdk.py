@@ -1,0 +1,85 @@
+"""The official OpenAI SDK as a streaming client (run only when ``openai`` is importable).
+
+Same workload as bench.bare: N streaming chat completions, at most C in flight, the
+SDK's own parsing of every chunk; the httpx pool is raised to C (RESEARCH.md §1).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import itertools
+import resource
+import sys
+import time
+from typing import Any
+
+import orjson
+
+
+async def _run(url: str, concurrency: int, n: int, model: str) -> dict[str, Any]:
+    import httpx
+    import openai
+
+    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+    client = openai.AsyncOpenAI(
+        base_url=url,
+        api_key="unused",
+        max_retries=0,
+        http_client=httpx.AsyncClient(limits=limits, timeout=httpx.Timeout(120.0)),
+    )
+    counter = itertools.count()
+    errors: dict[str, int] = {}
+    ok = 0
+    tokens = 0
+
+    async def worker() -> None:
+        nonlocal ok, tokens
+        while (i := next(counter)) < n:
+            try:
+                stream = await client.chat.completions.create(
+                    model=model,
+                    messages=[{"role": "user", "content": f"benchmark prompt {i}"}],
+                    stream=True,
+                    stream_options={"include_usage": True},
+                )
+                n_tok = 0
+                async for chunk in stream:
+                    if chunk.choices and chunk.choices[0].delta.content:
+                        n_tok += 1
+                ok += 1
+                tokens += n_tok
+            except Exception as exc:  # noqa: BLE001 - counted, never hidden
+                name = type(exc).__name__
+                errors[name] = errors.get(name, 0) + 1
+
+    ru0 = resource.getrusage(resource.RUSAGE_SELF)
+    t0 = time.perf_counter()
+    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    wall = time.perf_counter() - t0
+    ru1 = resource.getrusage(resource.RUSAGE_SELF)
+    await client.close()
+    cpu = (ru1.ru_utime - ru0.ru_utime) + (ru1.ru_stime - ru0.ru_stime)
+    return {"ok": ok, "errors": errors, "tokens": tokens, "work_cpu_s": cpu, "work_wall_s": wall}
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--url", required=True)
+    ap.add_argument("--concurrency", type=int, required=True)
+    ap.add_argument("--requests", type=int, required=True)
+    ap.add_argument("--model", default="mock-model")
+    ap.add_argument("--loop", choices=("uvloop", "asyncio"), default="uvloop")
+    args = ap.parse_args(argv)
+    factory = None
+    if args.loop == "uvloop":
+        import uvloop
+
+        factory = uvloop.new_event_loop
+    with asyncio.Runner(loop_factory=factory) as runner:
+        out = runner.run(_run(args.url, args.concurrency, args.requests, args.model))
+    sys.stdout.write(orjson.dumps(out).decode() + "\n")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,36 @@
+"""Smoke test of the bench machinery (tiny, no timing assertions; the benches themselves
+are run by hand: see bench/README.md)."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import orjson
+
+from bench.bare import _run as bare_run
+from bench.harness import count_result_errors, markdown_table, run_child, write_prompts
+from llmbatch.mockserver import MockServer
+
+
+async def test_bare_loop_streams_every_token(mock_server: MockServer) -> None:
+    out = await bare_run(mock_server.url, 4, 10, "mock-model")
+    assert out["ok"] == 10 and out["errors"] == {} and out["tokens"] == 10 * 16
+
+
+def test_child_is_reaped_with_its_own_usage() -> None:
+    res = run_child([sys.executable, "-c", "print('hi')"], timeout_s=30.0)
+    assert res.returncode == 0 and res.stdout.strip() == "hi" and not res.timed_out
+    assert res.cpu_s >= 0 and res.maxrss_mb > 0
+
+
+def test_result_errors_count_failures_missing_and_retries(tmp_path: Path) -> None:
+    rows = [
+        {"custom_id": "a", "error": None, "llmbatch": {"attempts": [{}, {}]}},
+        {"custom_id": "b", "error": {"code": "timeout"}, "llmbatch": {"attempts": [{}]}},
+    ]
+    (tmp_path / "results.jsonl").write_bytes(b"".join(orjson.dumps(r) + b"\n" for r in rows))
+    errors, kinds, retries = count_result_errors(tmp_path, expected=3)
+    assert (errors, kinds, retries) == (2, {"timeout": 1, "no_record": 1}, 1)
+    assert write_prompts(tmp_path / "p.jsonl", 3).read_bytes().count(b"\n") == 3
+    assert markdown_table(["a", "b"], [["1", "2"]]).splitlines()[1] == "|---|---|"
