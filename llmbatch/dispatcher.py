@@ -382,8 +382,8 @@ class Dispatcher:
             self._commit(r, o)
 
     def _commit(self, rec: PromptRecord, outcome: Outcome) -> None:
+        # No index.add: the reader already refuses an id twice within the file.
         self.rundir.add_result(_result_line(outcome))
-        self.index.add(rec.id)
         self.metrics.add(outcome)
         if self.on_outcome is not None:
             self.on_outcome(outcome)
@@ -393,7 +393,6 @@ class Dispatcher:
         if rid in self.index:
             self.metrics.skipped += 1
             return
-        self.index.add(rid)
         outcome = Outcome(
             record_id=rid,
             status_code=None,

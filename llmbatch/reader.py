@@ -1,7 +1,7 @@
 """Stream a JSONL prompt file into PromptRecords, one line at a time.
 
 Memory is constant in the file size: lines are read one by one, and duplicate
-detection keeps a 64-bit hash per id, not the ids themselves.
+detection keeps a 64-bit hash per id in a flat table (idset.py), not the ids.
 
 Accepted shapes, detected per line:
   1. {"id": ..., "prompt": "...", "system": "..."?, ...extra body params}
@@ -22,6 +22,7 @@ from typing import Any
 import orjson
 
 from .errors import InputError
+from .idset import IdSet
 from .records import PromptRecord
 
 __all__ = ["MAX_ID_CHARS", "error_record_id", "iter_records", "parse_line"]
@@ -49,7 +50,7 @@ def iter_records(path: str | Path) -> Iterator[PromptRecord | InputError]:
         raise InputError("is a directory, not a JSONL file", path=path_s) from None
     except OSError as exc:
         raise InputError(f"cannot open: {exc.strerror}", path=path_s) from None
-    seen: set[int] = set()
+    seen = IdSet()
     auto_counts: dict[str, int] = {}
     try:
         for line_no, raw in enumerate(fh, start=1):
@@ -60,11 +61,9 @@ def iter_records(path: str | Path) -> Iterator[PromptRecord | InputError]:
             except InputError as exc:
                 yield exc
                 continue
-            key = hash(rec.id)
-            if key in seen:
+            if not seen.add(rec.id):
                 yield InputError(f"duplicate id {rec.id!r}", path=path_s, line_no=line_no)
                 continue
-            seen.add(key)
             yield rec
     finally:
         fh.close()

@@ -5,16 +5,20 @@ Layout of ``outputs/<run>/``::
     run.json          what job this directory belongs to (prompts file, provider, model)
     results.jsonl     one line per finished request (OpenAI Batch output shape + "llmbatch")
     text/<id>.partial the answer while it streams (reset when a retry starts over)
-    text/<id>.txt     the answer once complete (renamed from .partial)
+    text/<id>.txt     the answer once complete
+    text/failed/<id>.partial  the partial answer of a failed request (--keep-partial only)
     summary.json      run metrics, rewritten periodically and at the end
     .lock             held (flock) while a run writes here
 
-All file operations go through one ordered queue that a single worker thread drains
-once per tick. Text arrives per token but is written per request and per tick, so
-the event loop never blocks on disk and the thread hop is paid once per tick, not
-per token. Order is the commit protocol: an answer's text is renamed to .txt before
-its result line is appended, and the result line is what marks a request done. A
-crash loses at most one tick of records, and those requests are simply run again.
+File operations are queued in order and run once per tick (0.1 s), so text that
+arrives per token is written per request and per tick. They run on the event loop
+itself: each is one short syscall on the page cache, and a writer thread was measured
+to starve for the GIL under load (nothing reached disk until the run ended; see
+bench/RESULTS.md). Only summary.json, which is fsynced, is written by a thread.
+An answer that completes within one tick is written straight to its .txt; a longer
+one streams into .partial and is renamed. Order is the commit protocol: the .txt
+exists before the result line is appended, and the result line is what marks a
+request done. A crash loses at most one tick of records; those requests run again.
 """
 
 from __future__ import annotations
@@ -25,7 +29,6 @@ import fcntl
 import hashlib
 import os
 import re
-import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -34,6 +37,7 @@ from typing import Any
 import orjson
 
 from .errors import RunDirError
+from .idset import IdSet
 
 __all__ = ["ResumeIndex", "RunDir", "TextSink", "safe_name"]
 
@@ -42,6 +46,7 @@ SUMMARY = "summary.json"
 META = "run.json"
 LOCK = ".lock"
 TEXT_DIR = "text"
+FAILED_DIR = "failed"
 _SAFE = re.compile(r"[^A-Za-z0-9._-]")
 _MAX_NAME = 80
 
@@ -61,11 +66,12 @@ def safe_name(record_id: str) -> str:
 class TextSink:
     """The growing text of one request's current attempt."""
 
-    __slots__ = ("name", "fd", "buf", "dirty", "chars")
+    __slots__ = ("name", "fd", "opened", "buf", "dirty", "chars")
 
     def __init__(self, name: str) -> None:
         self.name = name
         self.fd = -1
+        self.opened = False  # an open of its .partial has been queued
         self.buf: list[str] = []
         self.dirty = False
         self.chars = 0
@@ -75,16 +81,16 @@ class ResumeIndex:
     """Which ids already have a record; built from results.jsonl at start."""
 
     def __init__(self) -> None:
-        self._done: set[int] = set()
+        self._done = IdSet()
         self.succeeded = 0
         self.failed = 0
 
     def add(self, record_id: str) -> None:
         """Mark ``record_id`` as done."""
-        self._done.add(hash(record_id))
+        self._done.add(record_id)
 
     def __contains__(self, record_id: str) -> bool:
-        return hash(record_id) in self._done
+        return record_id in self._done
 
     def __len__(self) -> int:
         return len(self._done)
@@ -105,9 +111,8 @@ class RunDir:
         self._ops: list[Op] = []
         self._dirty: list[TextSink] = []
         self._results_buf: list[bytes] = []
-        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="llmbatch-writer")
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="llmbatch-summary")
         self._flusher: asyncio.Task[None] | None = None
-        self._inflight: asyncio.Future[None] | None = None
         self.error: BaseException | None = None
 
     # -- opening -------------------------------------------------------------------
@@ -120,13 +125,16 @@ class RunDir:
         rd = cls(path)
         try:
             path.mkdir(parents=True, exist_ok=True)
-            rd.text_dir.mkdir(exist_ok=True)
+            (rd.text_dir / FAILED_DIR).mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise RunDirError(f"cannot create run directory {path}: {exc.strerror}") from None
         rd._take_lock()
         try:
             rd._check_meta(meta)
+            resuming = (path / RESULTS).exists()
             index = rd._load_index(retry_failed)
+            if resuming:
+                rd._remove_stale_partials()
             rd._results_fd = os.open(path / RESULTS, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
         except BaseException:
             rd._release_lock()
@@ -170,6 +178,14 @@ class RunDir:
                 return
         _atomic_write(mpath, orjson.dumps(meta, option=orjson.OPT_INDENT_2))
 
+    def _remove_stale_partials(self) -> None:
+        """A .partial left by a run that died belongs to no request now (we hold the lock)."""
+        with os.scandir(self.text_dir) as entries:
+            for entry in entries:
+                if entry.name.endswith(".partial"):
+                    with contextlib.suppress(FileNotFoundError):
+                        os.unlink(entry.path)
+
     def _load_index(self, retry_failed: bool) -> ResumeIndex:
         index = ResumeIndex()
         rpath = self.path / RESULTS
@@ -190,16 +206,15 @@ class RunDir:
 
     # -- text ------------------------------------------------------------------------
     def begin_text(self, record_id: str) -> TextSink:
-        """Start (or restart, after a failed attempt) the text of ``record_id``."""
-        sink = TextSink(safe_name(record_id))
-        self._ops.append(lambda: self._op_open(sink))
-        return sink
+        """Start the text of ``record_id``; no file exists until text arrives."""
+        return TextSink(safe_name(record_id))
 
     def restart_text(self, sink: TextSink) -> None:
         """Drop what an attempt wrote so a retry starts the text over."""
         sink.buf.clear()
         sink.chars = 0
-        self._ops.append(lambda: self._op_truncate(sink))
+        if sink.opened:
+            self._ops.append(lambda: self._op_truncate(sink))
 
     def append_text(self, sink: TextSink, text: str) -> None:
         """Add streamed text; it reaches the file within one tick."""
@@ -210,17 +225,31 @@ class RunDir:
             self._dirty.append(sink)
 
     def finish_text(self, sink: TextSink, *, complete: bool, keep_partial: bool) -> str | None:
-        """Close the text: rename to .txt when complete, keep or delete the partial.
+        """Close the text: .txt when complete; failed/<id>.partial or nothing otherwise.
 
         Returns the path (relative to the run dir) of the text kept, if any.
         """
+        base = self.text_dir / sink.name
+        if not sink.opened:
+            # Began and ended within one tick: one write, no .partial, no rename.
+            data = self._take(sink)
+            if complete:
+                self._ops.append(lambda: _write_file(f"{base}.txt", data))
+                return f"{TEXT_DIR}/{sink.name}.txt"
+            if keep_partial:
+                dest = self.text_dir / FAILED_DIR / f"{sink.name}.partial"
+                self._ops.append(lambda: _write_file(str(dest), data))
+                return f"{TEXT_DIR}/{FAILED_DIR}/{sink.name}.partial"
+            self._ops.append(lambda: _unlink(f"{base}.txt"))  # a stale answer, if any
+            return None
         self._collect(sink)
         if complete:
-            self._ops.append(lambda: self._op_close(sink, "txt"))
+            self._ops.append(lambda: self._op_close(sink, f"{base}.txt"))
             return f"{TEXT_DIR}/{sink.name}.txt"
         if keep_partial:
-            self._ops.append(lambda: self._op_close(sink, "partial"))
-            return f"{TEXT_DIR}/{sink.name}.partial"
+            dest = self.text_dir / FAILED_DIR / f"{sink.name}.partial"
+            self._ops.append(lambda: self._op_close(sink, str(dest)))
+            return f"{TEXT_DIR}/{FAILED_DIR}/{sink.name}.partial"
         self._ops.append(lambda: self._op_close(sink, None))
         return None
 
@@ -229,10 +258,9 @@ class RunDir:
         self._results_buf.append(orjson.dumps(line) + b"\n")
 
     def write_summary(self, summary: dict[str, Any]) -> None:
-        """Queue an atomic rewrite of summary.json."""
+        """Rewrite summary.json atomically, in the background (it is fsynced)."""
         data = orjson.dumps(summary, option=orjson.OPT_INDENT_2 | orjson.OPT_NON_STR_KEYS)
-        path = self.path / SUMMARY
-        self._ops.append(lambda: _atomic_write(path, data))
+        self._pool.submit(_atomic_write, self.path / SUMMARY, data)
 
     # -- flushing --------------------------------------------------------------------
     def start(self) -> None:
@@ -245,7 +273,7 @@ class RunDir:
             await self.flush()
 
     async def flush(self) -> None:
-        """Hand everything queued so far to the writer thread and wait for it."""
+        """Write everything queued so far, in order."""
         for sink in self._dirty:
             self._collect(sink)
         self._dirty = []
@@ -253,26 +281,26 @@ class RunDir:
             data = b"".join(self._results_buf)
             self._results_buf = []
             self._ops.append(lambda: _write_all(self._results_fd, data))
-        if not self._ops:
-            return
         ops, self._ops = self._ops, []
-        loop = asyncio.get_running_loop()
-        fut = loop.run_in_executor(self._pool, _run_ops, ops)
         try:
-            await asyncio.shield(fut)
-        except asyncio.CancelledError:
-            # Let the thread finish the batch it has; files stay consistent.
-            with contextlib.suppress(BaseException):
-                await fut
-            raise
+            for op in ops:
+                op()
         except OSError as exc:
             self.error = exc
             raise RunDirError(f"writing to {self.path} failed: {exc}") from None
 
+    def _take(self, sink: TextSink) -> bytes:
+        data = "".join(sink.buf).encode("utf-8", "surrogatepass")
+        sink.buf.clear()
+        sink.dirty = False
+        return data
+
     def _collect(self, sink: TextSink) -> None:
         if sink.buf:
-            data = "".join(sink.buf).encode("utf-8", "surrogatepass")
-            sink.buf.clear()
+            data = self._take(sink)
+            if not sink.opened:
+                sink.opened = True
+                self._ops.append(lambda: self._op_open(sink))
             self._ops.append(lambda: _write_all(sink.fd, data))
         sink.dirty = False
 
@@ -293,34 +321,41 @@ class RunDir:
             self._pool.shutdown(wait=True)
             self._release_lock()
 
-    # -- ops (writer thread) -----------------------------------------------------------
+    # -- ops (run in order at each flush) ----------------------------------------------
     def _op_open(self, sink: TextSink) -> None:
-        base = self.text_dir / sink.name
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(f"{base}.txt")  # a stale answer from a run that crashed before its record
-        sink.fd = os.open(f"{base}.partial", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        sink.fd = os.open(
+            self.text_dir / f"{sink.name}.partial", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644
+        )
 
     def _op_truncate(self, sink: TextSink) -> None:
         if sink.fd >= 0:
             os.ftruncate(sink.fd, 0)
             os.lseek(sink.fd, 0, os.SEEK_SET)
 
-    def _op_close(self, sink: TextSink, keep_as: str | None) -> None:
+    def _op_close(self, sink: TextSink, rename_to: str | None) -> None:
         if sink.fd < 0:
             return
         os.close(sink.fd)
         sink.fd = -1
-        base = self.text_dir / sink.name
-        if keep_as == "txt":
-            os.replace(f"{base}.partial", f"{base}.txt")
-        elif keep_as is None:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(f"{base}.partial")
+        partial = self.text_dir / f"{sink.name}.partial"
+        if rename_to is not None:
+            os.replace(partial, rename_to)
+        else:
+            _unlink(str(partial))
+            _unlink(str(self.text_dir / f"{sink.name}.txt"))  # a stale answer, if any
 
 
-def _run_ops(ops: list[Op]) -> None:
-    for op in ops:
-        op()
+def _write_file(path: str, data: bytes) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    try:
+        _write_all(fd, data)
+    finally:
+        os.close(fd)
+
+
+def _unlink(path: str) -> None:
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(path)
 
 
 def _write_all(fd: int, data: bytes) -> None:
@@ -395,8 +430,3 @@ def _drop_failed_records(path: Path) -> None:
         dst.flush()
         os.fsync(dst.fileno())
     os.replace(tmp, path)
-
-
-def now_s() -> float:
-    """Wall-clock seconds (for record timestamps)."""
-    return time.time()

@@ -139,6 +139,6 @@ async def test_second_ctrl_c_stops_at_once(tmp_path: Path) -> None:
         _, err = await asyncio.wait_for(proc.communicate(), 10)
         assert proc.returncode == 130, err.decode()
         assert assert_consistent(run_dir) == []
-        assert not list((run_dir / "text").iterdir())
+        assert not [p for p in (run_dir / "text").rglob("*") if p.is_file()]
     finally:
         await server.close()

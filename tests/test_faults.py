@@ -172,6 +172,7 @@ async def test_keep_partial_and_retry_failed(tmp_path: Path) -> None:
             assert r["error"]["code"] == "stream_interrupted"
             assert r["llmbatch"]["partial_text_kept"] is True
             partial = out.run_dir / r["llmbatch"]["text_file"]
+            assert r["llmbatch"]["text_file"].startswith("text/failed/")
             assert partial.suffix == ".partial" and partial.read_text()  # half an answer
         # --retry-failed: only the failed ones are sent again, and now they succeed.
         sent_before = server.stats.requests
@@ -192,7 +193,7 @@ async def test_hostile_ids_stay_inside_run_dir(tmp_path: Path, mock_server: Mock
     )
     assert out.result.metrics.succeeded == len(ids)
     text_dir = out.run_dir / "text"
-    files = sorted(p.name for p in text_dir.iterdir())
+    files = sorted(p.name for p in text_dir.iterdir() if p.is_file())
     assert len(files) == len(ids)
     for name in files:
         assert "/" not in name and not name.startswith(".") and len(name) <= 100

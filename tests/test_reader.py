@@ -121,3 +121,16 @@ def test_streams_in_constant_memory(tmp_path: Path) -> None:
     it = iter_records(p)
     first = next(it)
     assert isinstance(first, PromptRecord) and first.id == "0"
+
+
+def test_idset_behaves_like_a_set() -> None:
+    import random
+
+    from llmbatch.idset import IdSet
+
+    ids = [f"id-{random.random()}" for _ in range(5000)]
+    s = IdSet(capacity=4)  # grows many times
+    assert all(s.add(i) for i in ids)
+    assert not any(s.add(i) for i in ids)
+    assert len(s) == 5000 and all(i in s for i in ids)
+    assert "absent" not in s and 5 not in s

@@ -151,3 +151,44 @@ async def test_torn_last_line_is_repaired(tmp_path: Path, mock_server: MockServe
     assert again.result.metrics.succeeded == 1
     check_complete(out.run_dir, prompts, tokens=16)
     assert len(read_results(out.run_dir)) == 5
+
+
+async def test_text_is_visible_while_it_streams(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import asyncio
+
+    from llmbatch.writer import RunDir
+
+    flushed: asyncio.Queue[None] = asyncio.Queue()
+    real_flush = RunDir.flush
+
+    async def flush_and_signal(self: RunDir) -> None:
+        await real_flush(self)
+        flushed.put_nowait(None)
+
+    monkeypatch.setattr(RunDir, "flush", flush_and_signal)
+    server = await start_mock_server(MockConfig(tokens=40, ttft_s=0.0, itl_s=0.025))
+    try:
+        prompts = write_jsonl(tmp_path / "p.jsonl", [{"id": "slow", "prompt": "stream me"}])
+        run = asyncio.create_task(
+            execute_run(config_for(server, tmp_path), prompts, install_signal_handlers=False)
+        )
+        partial = tmp_path / "run" / "text" / "slow.partial"
+        seen: list[str] = []
+        while not run.done():
+            # After each writer tick, look at the file as a reader would.
+            tick = asyncio.ensure_future(flushed.get())
+            await asyncio.wait([tick, run], return_when=asyncio.FIRST_COMPLETED)
+            tick.cancel()
+            if partial.exists():
+                seen.append(partial.read_text())
+        await run
+        full = expected_text([{"role": "user", "content": "stream me"}], 40)
+        growing = [t for t in seen if 0 < len(t) < len(full)]
+        assert len(set(growing)) >= 3  # it grew in several steps
+        assert all(full.startswith(t) for t in seen)  # and was always a prefix of the answer
+        assert (tmp_path / "run" / "text" / "slow.txt").read_text() == full
+        assert not partial.exists()
+    finally:
+        await server.close()

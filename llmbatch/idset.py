@@ -1,0 +1,82 @@
+"""A compact set of ids for duplicate detection and the resume index.
+
+A Python ``set`` of strings costs ~90 bytes per id (the string and its slot), which is
+~90 MB for a million prompts. This keeps only the 64-bit ``hash()`` of each id in a
+flat open-addressing table: 16 bytes per id at most. Two different ids with the same
+64-bit hash would be taken for one; at a million ids the odds are about 1 in 30 million.
+``hash()`` of a str is salted per process, so the table never outlives the process.
+"""
+
+from __future__ import annotations
+
+from array import array
+
+__all__ = ["IdSet"]
+
+_EMPTY = 0
+
+
+class IdSet:
+    """Membership of strings by their 64-bit hash; linear probing, load factor <= 1/2."""
+
+    __slots__ = ("_table", "_mask", "_count")
+
+    def __init__(self, capacity: int = 1024) -> None:
+        size = 16
+        while size < 2 * capacity:
+            size *= 2
+        self._table = array("q", bytes(8 * size))
+        self._mask = size - 1
+        self._count = 0
+
+    @staticmethod
+    def _key(item: str) -> int:
+        h = hash(item)
+        return h if h != _EMPTY else 1
+
+    def add(self, item: str) -> bool:
+        """Add ``item``; True when it was not there yet."""
+        h = self._key(item)
+        table, mask = self._table, self._mask
+        i = h & mask
+        while True:
+            v = table[i]
+            if v == _EMPTY:
+                table[i] = h
+                self._count += 1
+                if 2 * self._count > len(table):
+                    self._grow()
+                return True
+            if v == h:
+                return False
+            i = (i + 1) & mask
+
+    def __contains__(self, item: object) -> bool:
+        if not isinstance(item, str):
+            return False
+        h = self._key(item)
+        table, mask = self._table, self._mask
+        i = h & mask
+        while True:
+            v = table[i]
+            if v == _EMPTY:
+                return False
+            if v == h:
+                return True
+            i = (i + 1) & mask
+
+    def __len__(self) -> int:
+        return self._count
+
+    def _grow(self) -> None:
+        old = self._table
+        size = 2 * len(old)
+        table = array("q", bytes(8 * size))
+        mask = size - 1
+        for h in old:
+            if h != _EMPTY:
+                i = h & mask
+                while table[i] != _EMPTY:
+                    i = (i + 1) & mask
+                table[i] = h
+        self._table, self._mask = table, mask
