@@ -8,6 +8,7 @@ holds its key, and the key is read only when a request is built.
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import tomllib
 from collections.abc import Mapping
@@ -200,8 +201,10 @@ def load_config(
         )
 
     run_dir = merged.pop("run_dir", None)
-    retry_failed = bool(merged.pop("retry_failed", False))
+    retry_failed = _as_bool(merged.pop("retry_failed", False), "retry_failed", source)
     progress = merged.pop("progress", None)
+    if progress is not None:
+        progress = _as_bool(progress, "progress", source)
     unknown = set(merged) - _RUN_KEYS
     if unknown:
         raise ConfigError(f"{source}: unknown key(s) in [run]: {', '.join(sorted(unknown))}")
@@ -321,9 +324,18 @@ def _provider_from(
     limits_raw = raw.pop("limits", {})
     if not isinstance(limits_raw, dict):
         raise ConfigError(f"{source}: [providers.{name}.limits] must be a table")
+    where = f"{source}: providers.{name}"
     for key in ("headers", "params"):
         if key in raw and not isinstance(raw[key], dict):
-            raise ConfigError(f"{source}: providers.{name}.{key} must be a table")
+            raise ConfigError(f"{where}.{key} must be a table")
+    for hk, hv in raw.get("headers", {}).items():
+        if not isinstance(hv, str):
+            raise ConfigError(f"{where}.headers.{hk} must be a string, got {hv!r}")
+    for key in ("kind", "base_url", "model", "api_key_env"):
+        if key in raw and not isinstance(raw[key], str):
+            raise ConfigError(f"{where}.{key} must be a string, got {raw[key]!r}")
+    if "embedded_mock" in raw:
+        raw["embedded_mock"] = _as_bool(raw["embedded_mock"], f"{where}.embedded_mock", "")
     known = {f.name for f in dataclasses.fields(ProviderConfig)} - {"name", "limits"}
     unknown = set(raw) - known
     if unknown:
@@ -362,6 +374,8 @@ def _validate(cfg: RunConfig, source: str) -> None:
     for name in ("connect_s", "first_byte_s", "idle_s", "total_s"):
         if getattr(cfg.timeouts, name) <= 0:
             raise ConfigError(f"{source}: timeouts.{name} must be positive")
+    if cfg.retry.max_total_s <= 0 or cfg.retry.backoff_base_s < 0 or cfg.retry.backoff_max_s < 0:
+        raise ConfigError(f"{source}: [retry] times must be positive")
     if cfg.retry.max_attempts < 1:
         raise ConfigError(f"{source}: retry.max_attempts must be at least 1")
     if cfg.mock.tokens < 1 or cfg.mock.ttft_s < 0 or cfg.mock.itl_s < 0:
@@ -369,21 +383,26 @@ def _validate(cfg: RunConfig, source: str) -> None:
 
 
 def _as_int(val: Any, key: str, source: str) -> int:
-    if isinstance(val, bool):
-        raise ConfigError(f"{source}: {key} must be an integer, got {val!r}")
+    where = f"{source}: {key}" if source else key
+    if isinstance(val, bool) or isinstance(val, float) and not val.is_integer():
+        raise ConfigError(f"{where} must be an integer, got {val!r}")
     try:
         return int(val)
-    except (TypeError, ValueError):
-        raise ConfigError(f"{key} must be an integer, got {val!r}") from None
+    except (TypeError, ValueError, OverflowError):
+        raise ConfigError(f"{where} must be an integer, got {val!r}") from None
 
 
 def _as_float(val: Any, key: str, source: str) -> float:
+    where = f"{source}: {key}" if source else key
     if isinstance(val, bool):
-        raise ConfigError(f"{source}: {key} must be a number, got {val!r}")
+        raise ConfigError(f"{where} must be a number, got {val!r}")
     try:
-        return float(val)
+        out = float(val)
     except (TypeError, ValueError):
-        raise ConfigError(f"{key} must be a number, got {val!r}") from None
+        raise ConfigError(f"{where} must be a number, got {val!r}") from None
+    if not math.isfinite(out):
+        raise ConfigError(f"{where} must be a finite number, got {val!r}")
+    return out
 
 
 def _as_bool(val: Any, key: str, source: str) -> bool:
@@ -400,7 +419,8 @@ def _as_bool(val: Any, key: str, source: str) -> bool:
         "off",
     ):
         return val.lower() in ("1", "true", "yes", "on")
-    raise ConfigError(f"{source}: {key} must be true or false, got {val!r}")
+    where = f"{source}: {key}" if source else key
+    raise ConfigError(f"{where} must be true or false, got {val!r}")
 
 
 def load_profiles(config_path: str | Path | None = None) -> dict[str, ProviderConfig]:

@@ -15,7 +15,7 @@ import asyncio
 import contextlib
 import hashlib
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -29,6 +29,7 @@ from .errors import (
     RateLimited,
     RequestError,
     TruncatedStream,
+    UnexpectedError,
 )
 from .governor import AdaptiveConcurrency, ConcurrencyLimiter, RateGovernor, estimate_input_tokens
 from .metrics import RunMetrics, request_metrics_dict
@@ -47,6 +48,8 @@ SYSTEMATIC_FAILURE_THRESHOLD = 3
 SUMMARY_EVERY_S = 2.0
 # Output tokens assumed for the rate governor when a request sets no max_tokens.
 DEFAULT_OUTPUT_ESTIMATE = 256
+# After the end marker, how long the rest of a response may take to arrive (for reuse).
+DRAIN_AFTER_END_S = 1.0
 
 
 class StopReason:
@@ -121,6 +124,8 @@ class Dispatcher:
         # One probe request goes first; the rest wait for its response headers, which may
         # carry the provider's rate limits (so a burst never runs into an unknown limit).
         self._probe_sent = False
+        self._content_seen = False  # any request has streamed content
+        self._cancelled = 0  # requests cut off by a stop: work left for the next run
         self._probe_done = asyncio.Event()
 
     # -- control ---------------------------------------------------------------------
@@ -151,6 +156,9 @@ class Dispatcher:
     # -- run -------------------------------------------------------------------------
     async def run(self, items: Iterator[PromptRecord | InputError]) -> RunResult:
         """Dispatch every item; return when all are done or the run was stopped."""
+        self.rundir.on_error = lambda exc: self.stop(
+            StopReason.ABORTED, message=str(exc), grace_s=0
+        )
         self.rundir.start()
         ticker = asyncio.create_task(self._summary_ticker())
         workers = [asyncio.create_task(self._worker(items)) for _ in range(self.cfg.concurrency)]
@@ -166,8 +174,7 @@ class Dispatcher:
                 raise r
             if isinstance(r, BaseException) and not isinstance(r, asyncio.CancelledError):
                 raise r
-        if self._stop_reason != StopReason.ABORTED:
-            self._release_held()
+        self._release_held()
         self._held_failures.clear()
         self.metrics.ended_at = time.monotonic()
         if self.aimd is not None:
@@ -177,7 +184,8 @@ class Dispatcher:
             metrics=self.metrics,
             stop_reason=self._stop_reason,
             abort_message=self._abort_message,
-            pending_left=self._stop_reason is not None and not self._input_exhausted,
+            pending_left=self._stop_reason is not None
+            and (not self._input_exhausted or self._cancelled > 0),
         )
 
     async def _summary_ticker(self) -> None:
@@ -186,8 +194,6 @@ class Dispatcher:
             if self.aimd is not None:
                 self.metrics.concurrency_limit = self.aimd.limit
             self.rundir.write_summary(self.metrics.summary())
-            if self.rundir.error is not None:
-                self.stop(StopReason.ABORTED, message=f"cannot write: {self.rundir.error}")
 
     async def _worker(self, items: Iterator[PromptRecord | InputError]) -> None:
         limiter = self.limiter
@@ -219,17 +225,28 @@ class Dispatcher:
         sink = self.rundir.begin_text(rec.id)
         attempts: list[Attempt] = []
         holder: list[RequestMetrics] = []
+        waiting_since = [taken_at]
         self.in_flight += 1
 
         async def attempt(n: int) -> StreamAssembler:
             if n > 1:
                 self.rundir.restart_text(sink)
             await self._pace(est_in, est_out)
-            m = RequestMetrics(queue_s=time.perf_counter() - taken_at)
+            # Queue time: waiting for a slot, the rate governor and (on a retry) the
+            # backoff since the last attempt failed; never the failed attempts themselves.
+            m = RequestMetrics(queue_s=time.perf_counter() - waiting_since[0])
             holder[:] = [m]
             try:
-                asm, rid = await self._attempt(rec, request, sink, m)
+                try:
+                    asm, rid = await self._attempt(rec, request, sink, m)
+                except RequestError:
+                    raise
+                except Exception as unexpected:
+                    # Never let one odd response kill a worker: record it and go on.
+                    name = type(unexpected).__name__
+                    raise UnexpectedError(f"{name}: {unexpected}") from unexpected
             except RequestError as exc:
+                waiting_since[0] = time.perf_counter()
                 self.live_output_tokens -= m.chunks
                 attempts.append(_attempt_record(n, exc, self._secrets))
                 self._on_attempt_error(exc)
@@ -261,6 +278,7 @@ class Dispatcher:
             return
         except asyncio.CancelledError:
             # Interrupted: no record, so the next run does this request again.
+            self._cancelled += 1
             self.rundir.finish_text(sink, complete=False, keep_partial=False)
             raise
         finally:
@@ -309,7 +327,11 @@ class Dispatcher:
         if isinstance(exc, HTTPStatusError) and exc.headers:
             self.governor.observe_headers(exc.headers)
         if isinstance(exc, RateLimited):
-            self.governor.on_rate_limited(exc.retry_after_s)
+            # A huge Retry-After must not freeze every worker: cap the shared pause.
+            pause_s = exc.retry_after_s
+            if pause_s is not None:
+                pause_s = min(pause_s, self.cfg.retry.backoff_max_s)
+            self.governor.on_rate_limited(pause_s)
             if self.aimd is not None:
                 self.aimd.on_rate_limited()
         elif self.aimd is not None and classify(exc) is Verdict.RETRY:
@@ -331,7 +353,8 @@ class Dispatcher:
                 rid = resp.request_id
                 self.governor.observe_headers(resp.headers)
                 self._probe_done.set()  # the fast path: as soon as headers are in
-                async for chunk in resp.chunks:
+                chunks = resp.chunks
+                async for chunk in chunks:
                     for event in decoder.feed(chunk):
                         text = asm.on_event(event)
                         if text:
@@ -340,10 +363,17 @@ class Dispatcher:
                                 itl.append(now - last)
                             else:
                                 first = now
+                                self._content_seen = True
                             last = now
                             m.chunks += 1
                             self.live_output_tokens += 1
                             rundir.append_text(sink, text)
+                    if asm.finished:
+                        break
+                if asm.finished:
+                    # The answer is complete: whatever happens to the connection now
+                    # (a drop, a stall) must not cost it. Drain briefly so it is reused.
+                    await _drain(chunks, DRAIN_AFTER_END_S)
         except TimeoutError:
             raise DeadlineExceeded(f"request took longer than {total_s:g}s") from None
         if not asm.finished:
@@ -363,7 +393,8 @@ class Dispatcher:
             if len(self._held_failures) < SYSTEMATIC_FAILURE_THRESHOLD:
                 return
             codes = {(o.error_code, o.status_code) for _, o in self._held_failures}
-            if len(codes) == 1:
+            # Content streaming elsewhere means some requests work: not systematic.
+            if len(codes) == 1 and not self._content_seen:
                 self.stop(
                     StopReason.ABORTED,
                     message=f"every request fails the same way: {outcome.error_message}",
@@ -376,6 +407,8 @@ class Dispatcher:
             self._release_held()
 
     def _release_held(self) -> None:
+        if self._stop_reason == StopReason.ABORTED:
+            return  # an aborted run writes none of them: they run again on resume
         self._holding = False
         held, self._held_failures = self._held_failures, []
         for r, o in held:
@@ -408,6 +441,14 @@ class Dispatcher:
         self.metrics.add_input_error()
         if self.on_outcome is not None:
             self.on_outcome(outcome)
+
+
+async def _drain(chunks: AsyncIterator[bytes], limit_s: float) -> None:
+    """Read what is left of a finished response, at most ``limit_s``; errors do not matter."""
+    with contextlib.suppress(TimeoutError, RequestError):
+        async with asyncio.timeout(limit_s):
+            async for _ in chunks:
+                pass
 
 
 def _estimate_tokens(rec: PromptRecord) -> tuple[int, int]:

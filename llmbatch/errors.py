@@ -8,6 +8,7 @@ CLI turns them into messages and exit codes.
     ├── ConfigError                 bad config.toml / flags / missing API key env var
     ├── InputError(path, line_no)   a JSONL line or file that cannot become requests
     ├── RunDirError                 run directory locked, unreadable or from another job
+    ├── OutputError                 writing results failed during a run (disk full, ...)
     └── RequestError                one attempt of one request failed
         ├── TransportError
         │   ├── ConnectError        could not connect (refused, DNS, TLS handshake)
@@ -23,7 +24,9 @@ CLI turns them into messages and exit codes.
         └── ProviderError           bad answer inside a 2xx response
             ├── ProviderOverloaded  provider said "overloaded" in the stream (transient)
             ├── TruncatedStream     the stream ended without its end marker (transient)
-            └── MalformedResponse   a chunk that is not valid JSON / not the expected shape
+            ├── MalformedResponse   a chunk that is not valid JSON / not the expected shape
+            └── RejectedInStream    a 4xx-class error inside the stream (fatal for the request)
+        UnexpectedError             anything else an attempt raised (fatal for the request)
 
 Whether a RequestError is retried is decided by its type alone (see retry.py).
 """
@@ -42,10 +45,12 @@ __all__ = [
     "InputError",
     "LLMBatchError",
     "MalformedResponse",
+    "OutputError",
     "ProviderError",
     "ProviderOverloaded",
     "QuotaExhausted",
     "RateLimited",
+    "RejectedInStream",
     "ReadTimeout",
     "RequestError",
     "RunDirError",
@@ -53,6 +58,7 @@ __all__ = [
     "StreamInterrupted",
     "TransportError",
     "TruncatedStream",
+    "UnexpectedError",
     "http_status_error",
 ]
 
@@ -78,6 +84,10 @@ class InputError(LLMBatchError):
 
 class RunDirError(LLMBatchError):
     """The run directory cannot be used (locked by another run, or made by another job)."""
+
+
+class OutputError(LLMBatchError):
+    """Writing to the run directory failed mid-run; the run stops (resumable)."""
 
 
 class RequestError(LLMBatchError):
@@ -191,6 +201,18 @@ class MalformedResponse(ProviderError):
     """A chunk was not valid JSON or not of the expected shape."""
 
     code = "malformed_response"
+
+
+class RejectedInStream(ProviderError):
+    """The stream carried an error saying the request itself is invalid (a 4xx code)."""
+
+    code = "rejected_in_stream"
+
+
+class UnexpectedError(RequestError):
+    """An attempt failed in a way no adapter or provider mapped; recorded, not retried."""
+
+    code = "unexpected_error"
 
 
 def _parse_retry_after(headers: Mapping[str, str]) -> float | None:

@@ -28,6 +28,7 @@ from .records import PromptRecord
 __all__ = ["MAX_ID_CHARS", "error_record_id", "iter_records", "parse_line"]
 
 MAX_ID_CHARS = 256
+_BOM = b"\xef\xbb\xbf"
 _BATCH_URLS = {"/v1/chat/completions", "/v1/completions", "/v1/messages"}
 
 
@@ -54,6 +55,8 @@ def iter_records(path: str | Path) -> Iterator[PromptRecord | InputError]:
     auto_counts: dict[str, int] = {}
     try:
         for line_no, raw in enumerate(fh, start=1):
+            if line_no == 1 and raw.startswith(_BOM):
+                raw = raw[len(_BOM) :]  # editors on Windows like to add one
             if not raw.strip():
                 continue
             try:
@@ -154,6 +157,9 @@ def _take_id(value: Any, bad: Any) -> str | None:
         raise bad(f"id longer than {MAX_ID_CHARS} characters")
     if any(ord(c) < 32 for c in rid):
         raise bad("id contains control characters")
+    if rid.startswith("#"):
+        # "#line-N" names the error record of a bad line; user ids must not collide.
+        raise bad('ids starting with "#" are reserved')
     return rid
 
 

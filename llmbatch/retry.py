@@ -4,7 +4,8 @@ Decisions are made on exception *types* (errors.py), never on message strings:
 
 - transient (retried): TransportError, RateLimited, ServerError, ProviderError
   (overloaded, truncated or malformed streams, error payloads);
-- fatal for the request: BadRequest (400, 404, 413, 422, ...);
+- fatal for the request: BadRequest (400, 404, 413, 422, ...), RejectedInStream (a
+  4xx-class error inside the stream), UnexpectedError (anything unmapped);
 - fatal for the run: AuthError (401/403), QuotaExhausted (429 insufficient_quota).
 
 Waits are exponential with full jitter, ``uniform(0, min(max, base * 2**n))``, and
@@ -24,7 +25,7 @@ from tenacity import (
     RetryCallState,
     retry_if_exception,
     stop_after_attempt,
-    stop_after_delay,
+    stop_before_delay,
 )
 
 from .config import RetryPolicy
@@ -35,6 +36,7 @@ from .errors import (
     ProviderError,
     QuotaExhausted,
     RateLimited,
+    RejectedInStream,
     ServerError,
     TransportError,
 )
@@ -56,6 +58,8 @@ def classify(exc: BaseException) -> Verdict:
     """Transient, fatal for this request, or fatal for the whole run."""
     if isinstance(exc, (AuthError, QuotaExhausted)):
         return Verdict.ABORT_RUN
+    if isinstance(exc, RejectedInStream):
+        return Verdict.FAIL_REQUEST
     if isinstance(exc, (TransportError, RateLimited, ServerError, ProviderError)):
         return Verdict.RETRY
     if isinstance(exc, BadRequest):
@@ -123,7 +127,8 @@ async def run_with_retries(
 
     remaining_s = max(0.0, policy.max_total_s - (time.monotonic() - started))
     retrying = AsyncRetrying(
-        stop=stop_after_attempt(policy.max_attempts) | stop_after_delay(remaining_s),
+        # stop_before_delay: a wait (even a long Retry-After) never runs past the budget.
+        stop=stop_after_attempt(policy.max_attempts) | stop_before_delay(remaining_s),
         wait=_JitteredBackoff(policy, rng),
         retry=retry_if_exception(lambda e: classify(e) is Verdict.RETRY),
         before_sleep=before_sleep,

@@ -36,7 +36,7 @@ from typing import Any
 
 import orjson
 
-from .errors import RunDirError
+from .errors import OutputError, RunDirError
 from .idset import IdSet
 
 __all__ = ["ResumeIndex", "RunDir", "TextSink", "safe_name"]
@@ -113,7 +113,9 @@ class RunDir:
         self._results_buf: list[bytes] = []
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="llmbatch-summary")
         self._flusher: asyncio.Task[None] | None = None
-        self.error: BaseException | None = None
+        self.error: OutputError | None = None
+        # Called once when a periodic flush fails (the dispatcher stops the run).
+        self.on_error: Callable[[OutputError], None] | None = None
 
     # -- opening -------------------------------------------------------------------
     @classmethod
@@ -126,16 +128,21 @@ class RunDir:
         try:
             path.mkdir(parents=True, exist_ok=True)
             (rd.text_dir / FAILED_DIR).mkdir(parents=True, exist_ok=True)
+            rd._take_lock()
         except OSError as exc:
-            raise RunDirError(f"cannot create run directory {path}: {exc.strerror}") from None
-        rd._take_lock()
+            raise RunDirError(f"cannot use run directory {path}: {exc}") from None
         try:
             rd._check_meta(meta)
             resuming = (path / RESULTS).exists()
             index = rd._load_index(retry_failed)
             if resuming:
-                rd._remove_stale_partials()
+                rd._remove_stale_partials(rd.text_dir)
+            if retry_failed:  # the failed requests run again: their old partials go
+                rd._remove_stale_partials(rd.text_dir / FAILED_DIR)
             rd._results_fd = os.open(path / RESULTS, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+        except OSError as exc:
+            rd._release_lock()
+            raise RunDirError(f"cannot use run directory {path}: {exc}") from None
         except BaseException:
             rd._release_lock()
             raise
@@ -178,9 +185,9 @@ class RunDir:
                 return
         _atomic_write(mpath, orjson.dumps(meta, option=orjson.OPT_INDENT_2))
 
-    def _remove_stale_partials(self) -> None:
+    def _remove_stale_partials(self, folder: Path) -> None:
         """A .partial left by a run that died belongs to no request now (we hold the lock)."""
-        with os.scandir(self.text_dir) as entries:
+        with os.scandir(folder) as entries:
             for entry in entries:
                 if entry.name.endswith(".partial"):
                     with contextlib.suppress(FileNotFoundError):
@@ -236,11 +243,11 @@ class RunDir:
             if complete:
                 self._ops.append(lambda: _write_file(f"{base}.txt", data))
                 return f"{TEXT_DIR}/{sink.name}.txt"
+            self._ops.append(lambda: _unlink(f"{base}.txt"))  # a stale answer, if any
             if keep_partial:
                 dest = self.text_dir / FAILED_DIR / f"{sink.name}.partial"
                 self._ops.append(lambda: _write_file(str(dest), data))
                 return f"{TEXT_DIR}/{FAILED_DIR}/{sink.name}.partial"
-            self._ops.append(lambda: _unlink(f"{base}.txt"))  # a stale answer, if any
             return None
         self._collect(sink)
         if complete:
@@ -270,7 +277,12 @@ class RunDir:
     async def _flush_loop(self) -> None:
         while True:
             await asyncio.sleep(self.tick_s)
-            await self.flush()
+            try:
+                await self.flush()
+            except OutputError as exc:
+                if self.on_error is not None:
+                    self.on_error(exc)
+                return
 
     async def flush(self) -> None:
         """Write everything queued so far, in order."""
@@ -286,8 +298,8 @@ class RunDir:
             for op in ops:
                 op()
         except OSError as exc:
-            self.error = exc
-            raise RunDirError(f"writing to {self.path} failed: {exc}") from None
+            self.error = OutputError(f"writing to {self.path} failed: {exc}")
+            raise self.error from None
 
     def _take(self, sink: TextSink) -> bytes:
         data = "".join(sink.buf).encode("utf-8", "surrogatepass")
@@ -337,12 +349,13 @@ class RunDir:
             return
         os.close(sink.fd)
         sink.fd = -1
-        partial = self.text_dir / f"{sink.name}.partial"
+        base = self.text_dir / sink.name
+        if rename_to is None or not rename_to.endswith(".txt"):
+            _unlink(f"{base}.txt")  # a stale answer from a crashed run, if any
         if rename_to is not None:
-            os.replace(partial, rename_to)
+            os.replace(f"{base}.partial", rename_to)
         else:
-            _unlink(str(partial))
-            _unlink(str(self.text_dir / f"{sink.name}.txt"))  # a stale answer, if any
+            _unlink(f"{base}.partial")
 
 
 def _write_file(path: str, data: bytes) -> None:

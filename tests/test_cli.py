@@ -152,3 +152,28 @@ def test_max_runtime_exits_75_and_resumes(runner: CliRunner, tmp_path: Path) -> 
     res = runner.invoke(app, ["run", example, "-c", "slow.toml", "-j", "32"])
     assert res.exit_code == 0, res.output
     assert "already done" in res.output
+
+
+@pytest.mark.parametrize(
+    ("toml", "message"),
+    [
+        ("[providers.x]\nbase_url = 5\n", "providers.x.base_url must be a string"),
+        ("[providers.x]\nmodel = 5\n", "providers.x.model must be a string"),
+        ("[providers.x]\nheaders = {a = 1}\n", "providers.x.headers.a must be a string"),
+        ("[providers.x]\nembedded_mock = 'no way'\n", "must be true or false"),
+        ("[timeouts]\ntotal_s = 'nan'\n", "total_s must be a finite number"),
+        ("[retry]\nmax_attempts = 2.7\n", "max_attempts must be an integer"),
+        ("[run]\nconcurrency = 1.5\n", "concurrency must be an integer"),
+        ("[run]\nkeep_partial = 'maybe'\n", "keep_partial must be true or false"),
+        ("[retry]\nmax_total_s = -1\n", "[retry] times must be positive"),
+    ],
+)
+def test_config_types_are_checked(
+    runner: CliRunner, tmp_path: Path, toml: str, message: str
+) -> None:
+    p = write_jsonl(tmp_path / "p.jsonl", [{"id": 1, "prompt": "x"}])
+    (tmp_path / "bad.toml").write_text(toml)
+    res = runner.invoke(app, ["run", str(p), "-c", "bad.toml"])
+    assert res.exit_code == 2, res.output
+    assert message in res.output
+    assert "Traceback" not in res.output

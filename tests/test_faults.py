@@ -181,6 +181,7 @@ async def test_keep_partial_and_retry_failed(tmp_path: Path) -> None:
         assert server.stats.requests - sent_before == len(failed)
         assert again.result.metrics.succeeded == len(failed)
         check_complete(out.run_dir, prompts, tokens=12)
+        assert not list((out.run_dir / "text" / "failed").iterdir())  # no stale partials
     finally:
         await server.close()
 
@@ -202,3 +203,83 @@ async def test_hostile_ids_stay_inside_run_dir(tmp_path: Path, mock_server: Mock
     rec = {r["custom_id"]: r for r in read_results(out.run_dir)}
     assert rec["../../escape"]["llmbatch"]["text_file"].startswith("text/")
     assert orjson.loads((out.run_dir / "run.json").read_bytes())["provider"] == "vllm"
+
+
+async def test_disk_full_mid_run_stops_and_resumes_cleanly(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import errno
+
+    from llmbatch import writer
+    from llmbatch.errors import OutputError
+
+    server = await start_mock_server(MockConfig(tokens=8, ttft_s=0.0, itl_s=0.005))
+    try:
+        prompts = write_jsonl(
+            tmp_path / "p.jsonl", [{"id": i, "prompt": f"q{i}"} for i in range(80)]
+        )
+        cfg = config_for(server, tmp_path, concurrency=4)
+        real_write_file = writer._write_file
+        calls = {"n": 0}
+
+        def failing_write_file(path: str, data: bytes) -> None:
+            calls["n"] += 1
+            if calls["n"] > 10:
+                raise OSError(errno.ENOSPC, "No space left on device")
+            real_write_file(path, data)
+
+        monkeypatch.setattr(writer, "_write_file", failing_write_file)
+        try:
+            out = await execute_run(cfg, prompts, install_signal_handlers=False)
+        except OutputError as exc:  # the final flush may hit the full disk too
+            assert "No space left on device" in str(exc)
+        else:
+            assert out.result.stop_reason == "aborted"
+            assert "No space left on device" in (out.result.abort_message or "")
+        assert server.stats.requests < 80  # it stopped instead of going on blind
+        monkeypatch.setattr(writer, "_write_file", real_write_file)
+        again = await execute_run(cfg, prompts, install_signal_handlers=False)
+        assert again.result.stop_reason is None
+        assert len(read_results(again.run_dir)) == 80
+        check_complete(again.run_dir, prompts, tokens=8)
+    finally:
+        await server.close()
+
+
+async def test_answer_complete_before_connection_drops_is_kept(tmp_path: Path) -> None:
+    from aiohttp import web
+
+    async def handler(request: web.Request) -> web.StreamResponse:
+        resp = web.StreamResponse(headers={"content-type": "text/event-stream"})
+        await resp.prepare(request)
+        await resp.write(b'data: {"choices":[{"delta":{"content":"done"}}]}\n\ndata: [DONE]\n\n')
+        assert request.transport is not None
+        request.transport.abort()  # then the connection drops
+        return resp
+
+    app = web.Application()
+    app.router.add_post("/v1/chat/completions", handler)
+    runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.1)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    port = runner.addresses[0][1]
+    try:
+        prompts = write_jsonl(tmp_path / "p.jsonl", [{"id": "a", "prompt": "x"}])
+        from llmbatch.config import load_config
+
+        cfg = load_config(
+            None,
+            flags={
+                "provider": "vllm",
+                "base_url": f"http://127.0.0.1:{port}/v1",
+                "run_dir": tmp_path / "run",
+                "progress": False,
+            },
+            environ={},
+        )
+        out = await execute_run(cfg, prompts, install_signal_handlers=False)
+        (rec,) = read_results(out.run_dir)
+        assert rec["error"] is None and len(rec["llmbatch"]["attempts"]) == 1
+        assert (out.run_dir / "text" / "a.txt").read_text() == "done"
+    finally:
+        await runner.cleanup()

@@ -134,3 +134,17 @@ def test_idset_behaves_like_a_set() -> None:
     assert not any(s.add(i) for i in ids)
     assert len(s) == 5000 and all(i in s for i in ids)
     assert "absent" not in s and 5 not in s
+
+
+def test_bom_at_file_start_is_ignored(tmp_path: Path) -> None:
+    p = tmp_path / "p.jsonl"
+    p.write_bytes(b'\xef\xbb\xbf{"id": "a", "prompt": "hi"}\r\n{"id": "b", "prompt": "yo"}\r\n')
+    a, b = read(p)
+    assert isinstance(a, PromptRecord) and isinstance(b, PromptRecord)
+    assert (a.id, b.id) == ("a", "b")
+
+
+def test_ids_that_look_like_error_records_are_refused(tmp_path: Path) -> None:
+    p = write_jsonl(tmp_path / "p.jsonl", [{"id": "#line-1", "prompt": "x"}])
+    (err,) = read(p)
+    assert isinstance(err, InputError) and "reserved" in str(err)

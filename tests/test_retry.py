@@ -126,3 +126,29 @@ async def test_retry_after_is_a_floor() -> None:
         attempt, FAST, on_retry=lambda e, w: waits.append(w), rng=random.Random(1)
     )
     assert waits == [pytest.approx(0.03)]  # above the 4 ms jitter ceiling
+
+
+async def test_retry_after_longer_than_budget_gives_up_at_once() -> None:
+    calls: list[int] = []
+    policy = RetryPolicy(max_attempts=5, max_total_s=2.0, backoff_base_s=0.001, backoff_max_s=0.01)
+
+    async def attempt(n: int) -> str:
+        calls.append(n)
+        raise RateLimited("later", status=429, retry_after_s=3600)
+
+    with pytest.raises(RateLimited):
+        await run_with_retries(attempt, policy)
+    assert calls == [1]  # it did not sleep an hour first
+
+
+def test_errors_inside_streams() -> None:
+    from llmbatch.errors import ProviderError, RejectedInStream
+    from llmbatch.providers.base import stream_error
+
+    assert isinstance(stream_error({"type": "overloaded_error"}), ProviderOverloaded)
+    assert isinstance(stream_error({"code": 400, "message": "bad"}), RejectedInStream)
+    assert isinstance(stream_error({"type": "invalid_request_error"}), RejectedInStream)
+    assert type(stream_error({"type": "server_error"})) is ProviderError
+    assert type(stream_error({"code": 429})) is ProviderError
+    assert classify(stream_error({"code": 422})) is Verdict.FAIL_REQUEST
+    assert classify(stream_error({"type": "api_error"})) is Verdict.RETRY

@@ -19,10 +19,10 @@ from typing import Any
 import orjson
 
 from ..clients.base import HTTPRequest
-from ..errors import MalformedResponse, ProviderError, ProviderOverloaded
+from ..errors import MalformedResponse
 from ..records import PromptRecord
 from ..sse import Event
-from .base import Provider, StreamAssembler, Usage
+from .base import Provider, StreamAssembler, Usage, stream_error
 
 __all__ = [
     "ANTHROPIC_EVENTS",
@@ -31,7 +31,6 @@ __all__ = [
     "AnthropicProvider",
     "MessagesAssembler",
     "content_text",
-    "stream_error",
     "to_messages_body",
 ]
 
@@ -205,14 +204,3 @@ class MessagesAssembler(StreamAssembler):
 
     def usage(self) -> Usage:
         return (self._in, self._out)
-
-
-def stream_error(err: Any) -> ProviderError:
-    """The error for an ``event: error`` payload's ``error`` object."""
-    if isinstance(err, dict):
-        etype = str(err.get("type") or "error")
-        msg = str(err.get("message") or etype)
-    else:
-        etype, msg = "error", str(err)
-    cls = ProviderOverloaded if etype == "overloaded_error" else ProviderError
-    return cls(f"error in stream: {etype}: {msg[:300]}")

@@ -11,10 +11,11 @@ from typing import Any
 
 from ..clients.base import HTTPRequest
 from ..config import ProviderConfig
+from ..errors import ProviderError, ProviderOverloaded, RejectedInStream
 from ..records import PromptRecord
 from ..sse import Event
 
-__all__ = ["Provider", "StreamAssembler", "Usage"]
+__all__ = ["Provider", "StreamAssembler", "Usage", "stream_error"]
 
 Usage = tuple[int | None, int | None]  # (input_tokens, output_tokens) as the server reported
 
@@ -65,3 +66,26 @@ class Provider(ABC):
         if not body.get("model"):
             body["model"] = self.profile.model
         return body
+
+
+def stream_error(err: Any) -> ProviderError:
+    """The exception for an error object found inside a 2xx stream (any provider).
+
+    Overload is transient; a 4xx-class code (other than 429) or an invalid-request type
+    means this request cannot succeed as written; anything else is retried.
+    """
+    if isinstance(err, dict):
+        code = err.get("code")
+        etype = str(err.get("type") or code or "error")
+        msg = str(err.get("message") or etype)
+    else:
+        code, etype, msg = None, "error", str(err)
+    text = f"error in stream: {etype}: {msg[:300]}"
+    if "overloaded" in etype:
+        return ProviderOverloaded(text)
+    if (isinstance(code, int) and 400 <= code < 500 and code != 429) or etype in (
+        "invalid_request_error",
+        "BadRequestError",
+    ):
+        return RejectedInStream(text)
+    return ProviderError(text)

@@ -18,8 +18,7 @@ from ..errors import MalformedResponse
 from ..records import PromptRecord
 from ..sse import Event
 from .anthropic import content_text
-from .base import Provider, StreamAssembler, Usage
-from .openai import _stream_error
+from .base import Provider, StreamAssembler, Usage, stream_error
 
 __all__ = ["CompletionsAssembler", "CompletionsProvider", "prompt_of"]
 
@@ -89,7 +88,7 @@ class CompletionsAssembler(StreamAssembler):
             raise MalformedResponse(f"stream chunk is not a JSON object: {data[:120]!r}")
         err = chunk.get("error")
         if err is not None:
-            raise _stream_error(err)
+            raise stream_error(err)
         if not self._id:
             self._id = chunk.get("id") or ""
             self._model = chunk.get("model") or ""

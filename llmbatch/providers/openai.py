@@ -8,10 +8,10 @@ from typing import Any
 import orjson
 
 from ..clients.base import HTTPRequest
-from ..errors import MalformedResponse, ProviderError, ProviderOverloaded
+from ..errors import MalformedResponse
 from ..records import PromptRecord
 from ..sse import Event
-from .base import Provider, StreamAssembler, Usage
+from .base import Provider, StreamAssembler, Usage, stream_error
 
 __all__ = ["OpenAIChatProvider"]
 
@@ -68,7 +68,7 @@ class ChatAssembler(StreamAssembler):
             raise MalformedResponse(f"stream chunk is not a JSON object: {data[:120]!r}")
         err = chunk.get("error")
         if err is not None:
-            raise _stream_error(err)
+            raise stream_error(err)
         if not self._id:
             self._id = chunk.get("id") or ""
             self._model = chunk.get("model") or ""
@@ -117,13 +117,3 @@ class ChatAssembler(StreamAssembler):
             return (None, None)
         pt, ct = u.get("prompt_tokens"), u.get("completion_tokens")
         return (pt if isinstance(pt, int) else None, ct if isinstance(ct, int) else None)
-
-
-def _stream_error(err: Any) -> ProviderError:
-    if isinstance(err, dict):
-        etype = str(err.get("type") or err.get("code") or "error")
-        msg = str(err.get("message") or etype)
-    else:
-        etype, msg = "error", str(err)
-    cls = ProviderOverloaded if "overloaded" in etype else ProviderError
-    return cls(f"error in stream: {etype}: {msg[:300]}")
