@@ -180,6 +180,9 @@ def _check_params(body: dict[str, Any], bad: Any) -> None:
     mt = body.get("max_tokens")
     if mt is not None and (isinstance(mt, bool) or not isinstance(mt, int) or mt < 1):
         raise bad('"max_tokens" must be a positive integer')
+    n = body.get("n")
+    if n is not None and n != 1:
+        raise bad('"n" other than 1 is not supported (one answer per prompt)')
     model = body.get("model")
     if model is not None and not isinstance(model, str):
         raise bad('"model" must be a string')

@@ -283,3 +283,41 @@ async def test_answer_complete_before_connection_drops_is_kept(tmp_path: Path) -
         assert (out.run_dir / "text" / "a.txt").read_text() == "done"
     finally:
         await runner.cleanup()
+
+
+async def test_some_bad_requests_in_a_healthy_job_do_not_abort(tmp_path: Path) -> None:
+    # 4xx answers come back at once while good answers are still streaming: the first
+    # three to finish are failures, but the job is fine and must run to the end.
+    server = await start_mock_server(
+        MockConfig(tokens=10, ttft_s=0.0, itl_s=0.02, faults={"400": 0.2}, fault_attempts=100)
+    )
+    try:
+        prompts = write_jsonl(
+            tmp_path / "p.jsonl", [{"id": i, "prompt": f"q{i}"} for i in range(100)]
+        )
+        out = await execute_run(
+            config_for(server, tmp_path, concurrency=8), prompts, install_signal_handlers=False
+        )
+        m = out.result.metrics
+        assert out.result.stop_reason is None
+        assert m.failed == server.stats.faults["400"] and m.succeeded == 100 - m.failed
+        assert len(read_results(out.run_dir)) == 100
+    finally:
+        await server.close()
+
+
+async def test_stop_that_cancels_in_flight_work_is_resumable(tmp_path: Path) -> None:
+    server = await start_mock_server(MockConfig(tokens=20, ttft_s=0.0, itl_s=0.2))
+    try:
+        prompts = write_jsonl(
+            tmp_path / "p.jsonl", [{"id": i, "prompt": f"q{i}"} for i in range(3)]
+        )
+        cfg = dataclasses.replace(
+            config_for(server, tmp_path, concurrency=4, max_runtime_s=0.3), grace_s=0.1
+        )
+        out = await execute_run(cfg, prompts, install_signal_handlers=False)
+        # All prompts were taken before the deadline, but none finished: work is left.
+        assert out.result.stop_reason == "max_runtime" and out.result.pending_left
+        assert read_results(out.run_dir) == []
+    finally:
+        await server.close()

@@ -521,3 +521,26 @@ def test_providers_lists_profiles_and_never_a_key(
     assert "http://127.0.0.1:8000/v1" in lines["vllm"]
     res = CliRunner().invoke(app, ["providers", "--config", str(tmp_path / "nope.toml")])
     assert res.exit_code == 2 and "config file not found" in res.output
+
+
+def test_streamed_tool_calls_are_assembled() -> None:
+    stream = (
+        b'data: {"id":"c1","choices":[{"index":0,"delta":{"role":"assistant","tool_calls":'
+        b'[{"index":0,"id":"call_1","type":"function","function":{"name":"get_w","arguments":""}}]}}]}\n\n'
+        b'data: {"choices":[{"index":0,"delta":{"tool_calls":[{"index":0,"function":'
+        b'{"arguments":"{\\"city\\": "}}]}}]}\n\n'
+        b'data: {"choices":[{"index":0,"delta":{"tool_calls":[{"index":0,"function":'
+        b'{"arguments":"\\"Paris\\"}"}}]},"finish_reason":"tool_calls"}]}\n\n'
+        b"data: [DONE]\n\n"
+    )
+    asm = ChatAssembler()
+    assert feed(asm, stream) == ""
+    msg = asm.body()["choices"][0]["message"]
+    assert msg["tool_calls"] == [
+        {
+            "id": "call_1",
+            "type": "function",
+            "function": {"name": "get_w", "arguments": '{"city": "Paris"}'},
+        }
+    ]
+    assert asm.body()["choices"][0]["finish_reason"] == "tool_calls"

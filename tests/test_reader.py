@@ -148,3 +148,9 @@ def test_ids_that_look_like_error_records_are_refused(tmp_path: Path) -> None:
     p = write_jsonl(tmp_path / "p.jsonl", [{"id": "#line-1", "prompt": "x"}])
     (err,) = read(p)
     assert isinstance(err, InputError) and "reserved" in str(err)
+
+
+def test_several_choices_per_prompt_are_refused(tmp_path: Path) -> None:
+    p = write_jsonl(tmp_path / "p.jsonl", [{"id": "a", "prompt": "x", "n": 3}])
+    (err,) = read(p)
+    assert isinstance(err, InputError) and '"n" other than 1' in str(err)

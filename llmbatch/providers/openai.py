@@ -43,7 +43,17 @@ class OpenAIChatProvider(Provider):
 class ChatAssembler(StreamAssembler):
     """Accumulates chat.completion.chunk events into one chat.completion body."""
 
-    __slots__ = ("finished", "_parts", "_finish", "_usage", "_id", "_model", "_created", "_role")
+    __slots__ = (
+        "finished",
+        "_parts",
+        "_finish",
+        "_usage",
+        "_id",
+        "_model",
+        "_created",
+        "_role",
+        "_tools",
+    )
 
     def __init__(self) -> None:
         self.finished = False
@@ -54,6 +64,7 @@ class ChatAssembler(StreamAssembler):
         self._model = ""
         self._created = 0
         self._role = "assistant"
+        self._tools: dict[int, dict[str, Any]] = {}  # streamed tool calls by index
 
     def on_event(self, event: Event) -> str:
         data = event.data
@@ -74,7 +85,7 @@ class ChatAssembler(StreamAssembler):
             self._model = chunk.get("model") or ""
             self._created = chunk.get("created") or 0
         usage = chunk.get("usage")
-        if usage:
+        if usage and isinstance(usage, dict):
             self._usage = usage
         choices = chunk.get("choices")
         if not choices:
@@ -86,6 +97,9 @@ class ChatAssembler(StreamAssembler):
             if fr:
                 self._finish = fr
             text = delta.get("content")
+            tool_calls = delta.get("tool_calls")
+            if tool_calls:
+                self._add_tool_calls(tool_calls)
         except (AttributeError, IndexError, KeyError, TypeError):
             raise MalformedResponse(f"unexpected chunk shape: {data[:120]!r}") from None
         if text:
@@ -95,7 +109,26 @@ class ChatAssembler(StreamAssembler):
             return text
         return ""
 
+    def _add_tool_calls(self, deltas: list[dict[str, Any]]) -> None:
+        """Tool calls stream as fragments keyed by index: concatenate name and arguments."""
+        for tc in deltas:
+            entry = self._tools.setdefault(
+                int(tc.get("index", 0)),
+                {"id": "", "type": "function", "function": {"name": "", "arguments": ""}},
+            )
+            if tc.get("id"):
+                entry["id"] = tc["id"]
+            if tc.get("type"):
+                entry["type"] = tc["type"]
+            fn = tc.get("function") or {}
+            for key in ("name", "arguments"):
+                if fn.get(key):
+                    entry["function"][key] += fn[key]
+
     def body(self) -> dict[str, Any]:
+        message: dict[str, Any] = {"role": self._role, "content": "".join(self._parts)}
+        if self._tools:
+            message["tool_calls"] = [self._tools[i] for i in sorted(self._tools)]
         return {
             "id": self._id,
             "object": "chat.completion",
@@ -104,7 +137,7 @@ class ChatAssembler(StreamAssembler):
             "choices": [
                 {
                     "index": 0,
-                    "message": {"role": self._role, "content": "".join(self._parts)},
+                    "message": message,
                     "finish_reason": self._finish,
                 }
             ],
