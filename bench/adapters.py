@@ -20,7 +20,6 @@ import argparse
 import importlib.util
 import json
 import sys
-import tempfile
 from dataclasses import asdict
 from pathlib import Path
 
@@ -34,6 +33,7 @@ from .harness import (
     ratio,
     run_bare,
     run_llmbatch,
+    work_tmpdir,
     write_prompts,
 )
 
@@ -140,7 +140,7 @@ def main(argv: list[str] | None = None) -> None:
     print(f"# bench.adapters — {machine_line()}")
     print(f"requests {args.requests}, repeat {args.repeat} (median), loop {args.loop}\n")
     dump: dict[str, list[dict[str, object]]] = {}
-    with tempfile.TemporaryDirectory(prefix="llmbatch-bench-") as tmp:
+    with work_tmpdir() as tmp:
         prompts = write_prompts(Path(tmp) / "prompts.jsonl", args.requests)
         for shape in shapes:
             results, bare = run_shape(

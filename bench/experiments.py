@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import sys
-import tempfile
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any, TypeVar
@@ -26,6 +25,7 @@ from .harness import (
     ratio,
     run_bare,
     run_llmbatch,
+    work_tmpdir,
     write_prompts,
 )
 
@@ -211,7 +211,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--patches", nargs="+", default=["none", *PATCHES], help="a,b = both")
     args = ap.parse_args(argv)
     rows: list[list[str]] = []
-    with tempfile.TemporaryDirectory(prefix="llmbatch-bench-") as tmp:
+    with work_tmpdir() as tmp:
         prompts = write_prompts(Path(tmp) / "prompts.jsonl", args.requests)
         with mock_server(**SHAPES[args.shape]) as server:
             for c in args.concurrency:

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-import tempfile
 from pathlib import Path
 
 from .harness import (
@@ -27,6 +26,7 @@ from .harness import (
     ratio,
     run_bare,
     run_llmbatch,
+    work_tmpdir,
     write_prompts,
 )
 
@@ -51,7 +51,7 @@ def main(argv: list[str] | None = None) -> None:
         variants.append(("httpx --http2 (default split)", "httpx", ["--http2"], {}))
         variants.append(("httpx-aiohttp", "httpx-aiohttp", [], {}))
     rows: list[list[str]] = []
-    with tempfile.TemporaryDirectory(prefix="llmbatch-bench-") as tmp:
+    with work_tmpdir() as tmp:
         prompts = write_prompts(Path(tmp) / "prompts.jsonl", args.requests)
         with mock_server(**SHAPE) as server:
             for c in args.concurrency:

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-import tempfile
 from pathlib import Path
 
 from .harness import (
@@ -31,6 +30,7 @@ from .harness import (
     mock_server,
     run_child,
     run_llmbatch,
+    work_tmpdir,
     write_prompts,
 )
 
@@ -98,7 +98,7 @@ def main(argv: list[str] | None = None) -> None:
         return
     print(f"# bench.memory — {machine_line()}\n")
     rows: list[list[str]] = []
-    with tempfile.TemporaryDirectory(prefix="llmbatch-bench-") as tmp:
+    with work_tmpdir() as tmp:
         small = write_prompts(Path(tmp) / "p100k.jsonl", args.small)
         large = write_prompts(Path(tmp) / "p1m.jsonl", args.large)
         size_mb = large.stat().st_size / 1e6

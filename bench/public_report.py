@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-import tempfile
 from pathlib import Path
 
 from .harness import (
@@ -26,6 +25,7 @@ from .harness import (
     ratio,
     run_bare,
     run_llmbatch,
+    work_tmpdir,
     write_prompts,
 )
 
@@ -114,7 +114,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--only", choices=("A", "B1", "B2"), nargs="+", help="run these scenarios")
     args = ap.parse_args(argv)
     print(f"# bench.public_report — {machine_line()}\n")
-    with tempfile.TemporaryDirectory(prefix="llmbatch-bench-") as tmp:
+    with work_tmpdir() as tmp:
         for name, (n, c, shape, total_s) in SCENARIOS.items():
             if args.only and name.split(":")[0] not in args.only:
                 continue

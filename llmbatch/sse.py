@@ -83,14 +83,31 @@ class SSEDecoder:
         if tail:
             self._pending.append(tail)
         events: list[Event] = []
+        data = self._data
         for line in lines:
-            self._process_line(line, events)
+            # The hot path: "data: ..." lines and the blank line that ends an event.
+            if line[:6] == b"data: ":
+                data.append(line[6:])
+            elif not line:
+                if data:
+                    events.append(
+                        Event(
+                            data[0] if len(data) == 1 else b"\n".join(data),
+                            self._event or "message",
+                            self._last_id,
+                            self._retry,
+                        )
+                    )
+                    data.clear()
+                self._event = ""
+            else:
+                self._process_line(line, events)
         return events
 
     def close(self) -> list[Event]:
         """End of stream. An event without its terminating blank line is discarded."""
         self._pending = []
-        self._data = []
+        self._data.clear()
         self._event = ""
         return []
 
@@ -116,17 +133,17 @@ class SSEDecoder:
         # Unknown fields are ignored.
 
     def _dispatch(self, events: list[Event]) -> None:
-        data = self._data
+        data = self._data  # cleared in place: feed() holds an alias to this list
         event_type = self._event
         self._event = ""
         if not data:
             return
-        self._data = []
         events.append(
             Event(
-                data=data[0] if len(data) == 1 else b"\n".join(data),
-                event=event_type or "message",
-                id=self._last_id,
-                retry_ms=self._retry,
+                data[0] if len(data) == 1 else b"\n".join(data),
+                event_type or "message",
+                self._last_id,
+                self._retry,
             )
         )
+        data.clear()
