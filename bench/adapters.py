@@ -103,6 +103,20 @@ def run_shape(
                     m = run_llmbatch(server, c, prompts, requests, client=client, loop=loop)
                     runs.setdefault(client, []).append(m)
                     _progress(shape, rep, m)
+                # The same without per-request text files (results.jsonl only): the file
+                # system's share of the cost, which varies a lot on this VM's ext4.
+                m = run_llmbatch(
+                    server,
+                    c,
+                    prompts,
+                    requests,
+                    client="aiohttp",
+                    loop=loop,
+                    extra_args=("--no-text",),
+                    label="llmbatch --client aiohttp --no-text",
+                )
+                runs.setdefault("no-text", []).append(m)
+                _progress(shape, rep, m)
                 if with_sdk:
                     sdk = "bench.openai_sdk"
                     m = run_bare(server, c, requests, loop=loop, module=sdk, label="OpenAI SDK")

@@ -121,6 +121,13 @@ def run(
         Path | None, typer.Option("--out", "-o", help="Run directory (default outputs/<name>).")
     ] = None,
     config: ConfigOpt = None,
+    text_files: Annotated[
+        bool | None,
+        typer.Option(
+            "--text/--no-text",
+            help="Write text/<id>.txt per request (default); results.jsonl has the text anyway.",
+        ),
+    ] = None,
     keep_partial: Annotated[
         bool | None, typer.Option("--keep-partial", help="Keep the text of requests that failed.")
     ] = None,
@@ -158,6 +165,7 @@ def run(
         "http2": http2,
         "run_dir": out,
         "keep_partial": keep_partial,
+        "text_files": text_files,
         "max_runtime_s": max_runtime,
         "retry_failed": retry_failed or None,
         "insecure": insecure,

@@ -112,6 +112,7 @@ class RunConfig:
     retry: RetryPolicy = field(default_factory=RetryPolicy)
     mock: MockSettings = field(default_factory=MockSettings)
     keep_partial: bool = False
+    text_files: bool = True  # text/<id>.txt per request; results.jsonl has the text anyway
     max_runtime_s: float | None = None
     retry_failed: bool = False
     insecure: bool = False
@@ -151,6 +152,7 @@ _RUN_KEYS = {
     "http2",
     "out_dir",
     "keep_partial",
+    "text_files",
     "max_runtime_s",
     "insecure",
 }
@@ -285,7 +287,7 @@ def _coerce_run(raw: Mapping[str, Any], source: str) -> dict[str, Any]:
             out[key] = _as_int(val, key, source)
         elif key == "grace_s":
             out[key] = _as_float(val, key, source)
-        elif key in ("http2", "keep_partial", "insecure"):
+        elif key in ("http2", "keep_partial", "insecure", "text_files"):
             out[key] = _as_bool(val, key, source)
         elif key == "max_runtime_s":
             out[key] = _as_float(val, key, source)

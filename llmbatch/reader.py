@@ -130,8 +130,9 @@ def _batch_line(obj: dict[str, Any], bad: Any, line_no: int) -> PromptRecord:
     method = obj.get("method", "POST")
     if method != "POST":
         raise bad(f'"method" must be "POST", got {method!r}')
-    url = obj.get("url", "/v1/chat/completions")
-    if url not in _BATCH_URLS:
+    # Without a url the line uses the profile's own format (not OpenAI chat by default).
+    url = obj.get("url")
+    if url is not None and url not in _BATCH_URLS:
         raise bad(f'unsupported "url" {url!r} (one of {", ".join(sorted(_BATCH_URLS))})')
     body = obj.get("body")
     if not isinstance(body, dict):
@@ -177,9 +178,10 @@ def _check_messages(messages: Any, bad: Any) -> None:
 
 
 def _check_params(body: dict[str, Any], bad: Any) -> None:
-    mt = body.get("max_tokens")
-    if mt is not None and (isinstance(mt, bool) or not isinstance(mt, int) or mt < 1):
-        raise bad('"max_tokens" must be a positive integer')
+    for key in ("max_tokens", "max_completion_tokens"):
+        mt = body.get(key)
+        if mt is not None and (isinstance(mt, bool) or not isinstance(mt, int) or mt < 1):
+            raise bad(f'"{key}" must be a positive integer')
     n = body.get("n")
     if n is not None and n != 1:
         raise bad('"n" other than 1 is not supported (one answer per prompt)')

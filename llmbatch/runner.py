@@ -95,7 +95,9 @@ async def execute_run(
         "provider": cfg.provider.name,
         "model": cfg.provider.model,
     }
-    rundir, index = RunDir.open(run_dir, meta, retry_failed=cfg.retry_failed)
+    rundir, index = RunDir.open(
+        run_dir, meta, retry_failed=cfg.retry_failed, text_files=cfg.text_files
+    )
     metrics = RunMetrics(slo=slo or SLO())
     signal_received: int | None = None
     try:

@@ -102,8 +102,9 @@ Op = Callable[[], None]
 class RunDir:
     """An opened, locked run directory. Create with ``RunDir.open``; close with ``aclose``."""
 
-    def __init__(self, path: Path, tick_s: float = 0.1) -> None:
+    def __init__(self, path: Path, tick_s: float = 0.1, *, text_files: bool = True) -> None:
         self.path = path
+        self.text_files = text_files
         self.text_dir = path / TEXT_DIR
         self.tick_s = tick_s
         self._lock_fd = -1
@@ -120,11 +121,16 @@ class RunDir:
     # -- opening -------------------------------------------------------------------
     @classmethod
     def open(
-        cls, path: Path, meta: dict[str, Any], *, retry_failed: bool = False
+        cls,
+        path: Path,
+        meta: dict[str, Any],
+        *,
+        retry_failed: bool = False,
+        text_files: bool = True,
     ) -> tuple[RunDir, ResumeIndex]:
         """Create or reopen ``path``: take the lock, check it belongs to this job,
         repair a torn last line, and index the ids already done."""
-        rd = cls(path)
+        rd = cls(path, text_files=text_files)
         try:
             path.mkdir(parents=True, exist_ok=True)
             (rd.text_dir / FAILED_DIR).mkdir(parents=True, exist_ok=True)
@@ -225,6 +231,8 @@ class RunDir:
 
     def append_text(self, sink: TextSink, text: str) -> None:
         """Add streamed text; it reaches the file within one tick."""
+        if not self.text_files:
+            return
         sink.buf.append(text)
         sink.chars += len(text)
         if not sink.dirty:
@@ -236,6 +244,8 @@ class RunDir:
 
         Returns the path (relative to the run dir) of the text kept, if any.
         """
+        if not self.text_files:
+            return None
         base = self.text_dir / sink.name
         if not sink.opened:
             # Began and ended within one tick: one write, no .partial, no rename.

@@ -192,3 +192,15 @@ async def test_text_is_visible_while_it_streams(
         assert not partial.exists()
     finally:
         await server.close()
+
+
+async def test_no_text_files(tmp_path: Path, mock_server: MockServer) -> None:
+    import dataclasses
+
+    cfg = dataclasses.replace(config_for(mock_server, tmp_path), text_files=False)
+    out = await execute_run(cfg, EXAMPLE, install_signal_handlers=False)
+    assert out.result.metrics.failed == 0
+    assert [p for p in (out.run_dir / "text").rglob("*") if p.is_file()] == []
+    for r in read_results(out.run_dir):
+        assert r["llmbatch"]["text_file"] is None
+        assert r["response"]["body"]["choices"][0]["message"]["content"]
