@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from abc import abstractmethod
 from typing import Any
 
 import orjson
@@ -13,9 +14,21 @@ from ..records import PromptRecord
 from ..sse import Event
 from .base import Provider, StreamAssembler, Usage, stream_error
 
-__all__ = ["OpenAIChatProvider"]
+__all__ = ["ChatAssembler", "OpenAIChatProvider", "OpenAIStreamAssembler", "openai_stream_request"]
 
 _DONE = b"[DONE]"
+
+
+def openai_stream_request(provider: Provider, path: str, body: dict[str, Any]) -> HTTPRequest:
+    """A streaming POST in OpenAI's conventions: usage included, bearer key, profile headers."""
+    body["stream"] = True
+    opts = body.get("stream_options")
+    body["stream_options"] = {**(opts if isinstance(opts, dict) else {}), "include_usage": True}
+    headers = {"content-type": "application/json", "accept": "text/event-stream"}
+    headers.update(provider.profile.headers)
+    if provider.api_key:
+        headers["authorization"] = f"Bearer {provider.api_key}"
+    return HTTPRequest(url=f"{provider.base_url}{path}", headers=headers, body=orjson.dumps(body))
 
 
 class OpenAIChatProvider(Provider):
@@ -24,36 +37,18 @@ class OpenAIChatProvider(Provider):
     kind = "openai"
 
     def build_request(self, record: PromptRecord) -> HTTPRequest:
-        body = self._merged_body(record)
-        body["stream"] = True
-        opts = body.get("stream_options")
-        body["stream_options"] = {**(opts if isinstance(opts, dict) else {}), "include_usage": True}
-        headers = {"content-type": "application/json", "accept": "text/event-stream"}
-        headers.update(self.profile.headers)
-        if self.api_key:
-            headers["authorization"] = f"Bearer {self.api_key}"
-        return HTTPRequest(
-            url=f"{self.base_url}/chat/completions", headers=headers, body=orjson.dumps(body)
-        )
+        return openai_stream_request(self, "/chat/completions", self._merged_body(record))
 
     def new_assembler(self, record: PromptRecord) -> StreamAssembler:
         return ChatAssembler()
 
 
-class ChatAssembler(StreamAssembler):
-    """Accumulates chat.completion.chunk events into one chat.completion body."""
+class OpenAIStreamAssembler(StreamAssembler):
+    """The envelope both OpenAI stream grammars share: JSON chunks, an ``error`` key,
+    id/model/created, ``usage``, ``choices[0]``, and ``[DONE]`` at the end.
+    Subclasses read one choice (``_on_choice``) and build the body."""
 
-    __slots__ = (
-        "finished",
-        "_parts",
-        "_finish",
-        "_usage",
-        "_id",
-        "_model",
-        "_created",
-        "_role",
-        "_tools",
-    )
+    __slots__ = ("finished", "_parts", "_finish", "_usage", "_id", "_model", "_created")
 
     def __init__(self) -> None:
         self.finished = False
@@ -63,8 +58,6 @@ class ChatAssembler(StreamAssembler):
         self._id = ""
         self._model = ""
         self._created = 0
-        self._role = "assistant"
-        self._tools: dict[int, dict[str, Any]] = {}  # streamed tool calls by index
 
     def on_event(self, event: Event) -> str:
         data = event.data
@@ -92,22 +85,50 @@ class ChatAssembler(StreamAssembler):
             return ""
         try:
             choice = choices[0]
-            delta = choice.get("delta") or {}
             fr = choice.get("finish_reason")
             if fr:
                 self._finish = fr
-            text = delta.get("content")
-            tool_calls = delta.get("tool_calls")
-            if tool_calls:
-                self._add_tool_calls(tool_calls)
-        except (AttributeError, IndexError, KeyError, TypeError):
+            text = self._on_choice(choice)
+        except (AttributeError, IndexError, KeyError, TypeError, ValueError):
             raise MalformedResponse(f"unexpected chunk shape: {data[:120]!r}") from None
         if text:
             if not isinstance(text, str):
-                raise MalformedResponse("delta.content is not a string")
+                raise MalformedResponse("streamed text is not a string")
             self._parts.append(text)
             return text
         return ""
+
+    @abstractmethod
+    def _on_choice(self, choice: dict[str, Any]) -> Any:
+        """The text a choice adds (anything else it carries is kept by the subclass)."""
+
+    def _created_s(self) -> int:
+        return self._created or int(time.time())
+
+    def usage(self) -> Usage:
+        u = self._usage
+        if not u:
+            return (None, None)
+        pt, ct = u.get("prompt_tokens"), u.get("completion_tokens")
+        return (pt if isinstance(pt, int) else None, ct if isinstance(ct, int) else None)
+
+
+class ChatAssembler(OpenAIStreamAssembler):
+    """Accumulates chat.completion.chunk events into one chat.completion body."""
+
+    __slots__ = ("_role", "_tools")
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._role = "assistant"
+        self._tools: dict[int, dict[str, Any]] = {}  # streamed tool calls by index
+
+    def _on_choice(self, choice: dict[str, Any]) -> Any:
+        delta = choice.get("delta") or {}
+        tool_calls = delta.get("tool_calls")
+        if tool_calls:
+            self._add_tool_calls(tool_calls)
+        return delta.get("content")
 
     def _add_tool_calls(self, deltas: list[dict[str, Any]]) -> None:
         """Tool calls stream as fragments keyed by index: concatenate name and arguments."""
@@ -132,7 +153,7 @@ class ChatAssembler(StreamAssembler):
         return {
             "id": self._id,
             "object": "chat.completion",
-            "created": self._created or int(time.time()),
+            "created": self._created_s(),
             "model": self._model,
             "choices": [
                 {
@@ -143,10 +164,3 @@ class ChatAssembler(StreamAssembler):
             ],
             "usage": self._usage,
         }
-
-    def usage(self) -> Usage:
-        u = self._usage
-        if not u:
-            return (None, None)
-        pt, ct = u.get("prompt_tokens"), u.get("completion_tokens")
-        return (pt if isinstance(pt, int) else None, ct if isinstance(ct, int) else None)
