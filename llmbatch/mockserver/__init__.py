@@ -34,7 +34,22 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-from .governor import TokenBucket
+from ..governor import TokenBucket
+from .answers import count_prompt_tokens, expected_text, expected_tokens, prompt_key
+from .wire import (
+    ANTHROPIC_HTTP_FAULTS,
+    Plan,
+    anthropic_error,
+    anthropic_limit_headers,
+    completion,
+    int_header,
+    json_error,
+    resolve,
+    sse,
+    stream_headers,
+    text_completion_chunk,
+    wait_for,
+)
 
 __all__ = [
     "FAULT_KINDS",
@@ -44,14 +59,6 @@ __all__ = [
     "expected_tokens",
     "start_mock_server",
 ]
-
-_WORDS = (
-    "alpha bravo charlie delta echo foxtrot golf hotel india juliet kilo lima mike "
-    "november oscar papa quebec romeo sierra tango uniform victor whiskey xray yankee "
-    "zulu amber basil cedar dune ember fern grove harbor iris jade kelp lotus maple "
-    "nectar olive pearl quartz river sage thyme umber violet willow yarrow zephyr "
-    "lumen prism orbit comet nova pulse quill rune spark tide vale wisp"
-).split()
 
 FAULT_KINDS = (
     "429",  # rate limited, with Retry-After
@@ -91,32 +98,6 @@ class MockConfig:
     rpm: float | None = None
     tpm: float | None = None  # prompt + completion tokens
     limit_window_s: float = 60.0
-
-
-def _prompt_key(messages: Any) -> bytes:
-    return orjson.dumps(messages, option=orjson.OPT_SORT_KEYS)
-
-
-def expected_tokens(messages: Any, n_tokens: int) -> list[str]:
-    """The tokens the mock streams for ``messages`` (each a word with a leading space)."""
-    stream = hashlib.shake_256(_prompt_key(messages)).digest(n_tokens)
-    words = _WORDS
-    return [" " + words[b % len(words)] for b in stream]
-
-
-def expected_text(messages: Any, n_tokens: int) -> str:
-    """The full answer text the mock produces for ``messages`` and ``n_tokens``."""
-    return "".join(expected_tokens(messages, n_tokens))
-
-
-def _count_prompt_tokens(messages: Any) -> int:
-    n = 0
-    if isinstance(messages, list):
-        for m in messages:
-            c = m.get("content") if isinstance(m, dict) else None
-            if isinstance(c, str):
-                n += len(c.split()) + 1
-    return max(n, 1)
 
 
 @dataclass(slots=True)
@@ -189,7 +170,7 @@ class _Handler:
         if st.in_flight > st.max_in_flight:
             st.max_in_flight = st.in_flight
         if self._flight_waiters:
-            self._flight_waiters = _resolve(self._flight_waiters, st.in_flight)
+            self._flight_waiters = resolve(self._flight_waiters, st.in_flight)
         try:
             return await self._chat(request)
         finally:
@@ -200,31 +181,31 @@ class _Handler:
         try:
             body = orjson.loads(await request.read())
         except orjson.JSONDecodeError:
-            return _json_error(400, "invalid_request_error", "body is not valid JSON")
+            return json_error(400, "invalid_request_error", "body is not valid JSON")
         messages = body.get("messages") if isinstance(body, dict) else None
         if not isinstance(messages, list) or not messages:
-            return _json_error(400, "invalid_request_error", "'messages' is required")
+            return json_error(400, "invalid_request_error", "'messages' is required")
         h = request.headers
         cfg = self.cfg
-        n = _int_header(h, "x-mock-tokens", cfg.tokens)
+        n = int_header(h, "x-mock-tokens", cfg.tokens)
         cap = body.get("max_completion_tokens") or body.get("max_tokens")
         finish = "stop"
         if isinstance(cap, int) and 0 < cap < n:
             n, finish = cap, "length"
-        ttft_s = _int_header(h, "x-mock-ttft-ms", None)
+        ttft_s = int_header(h, "x-mock-ttft-ms", None)
         ttft = cfg.ttft_s if ttft_s is None else ttft_s / 1000.0
-        itl_ms = _int_header(h, "x-mock-itl-ms", None)
+        itl_ms = int_header(h, "x-mock-itl-ms", None)
         itl = cfg.itl_s if itl_ms is None else itl_ms / 1000.0
 
         limit_headers: dict[str, str] = {}
         if self._limits:
-            limit_headers, retry_after_s = self._admit(_count_prompt_tokens(messages) + n)
+            limit_headers, retry_after_s = self._admit(count_prompt_tokens(messages) + n)
             if retry_after_s is not None:
                 self.stats.rate_limited += 1
                 limit_headers["retry-after-ms"] = str(max(1, int(retry_after_s * 1000)))
-                return _json_error(429, "rate_limit_exceeded", "Rate limit reached", limit_headers)
+                return json_error(429, "rate_limit_exceeded", "Rate limit reached", limit_headers)
 
-        key = _prompt_key(messages)
+        key = prompt_key(messages)
         fault = self._pick_fault(key, h)
         if fault:
             self.stats.faults[fault] = self.stats.faults.get(fault, 0) + 1
@@ -234,16 +215,16 @@ class _Handler:
 
         tokens = expected_tokens(messages, n)
         usage = {
-            "prompt_tokens": _count_prompt_tokens(messages),
+            "prompt_tokens": count_prompt_tokens(messages),
             "completion_tokens": n,
-            "total_tokens": _count_prompt_tokens(messages) + n,
+            "total_tokens": count_prompt_tokens(messages) + n,
         }
         model = body.get("model") or cfg.model
         if not body.get("stream"):
             await asyncio.sleep(max(0.0, ttft + itl * (n - 1) - (time.monotonic() - t0)))
             self._completed()
             return web.Response(
-                body=orjson.dumps(_completion(model, "".join(tokens), finish, usage)),
+                body=orjson.dumps(completion(model, "".join(tokens), finish, usage)),
                 content_type="application/json",
                 headers=limit_headers,
             )
@@ -310,17 +291,17 @@ class _Handler:
     def _completed(self) -> None:
         self.stats.completed += 1
         if self._waiters:
-            self._waiters = _resolve(self._waiters, self.stats.completed)
+            self._waiters = resolve(self._waiters, self.stats.completed)
 
     async def wait_completed(self, count: int) -> None:
         """Return once ``count`` answers were sent in full (for tests: no polling)."""
         if self.stats.completed < count:
-            await _wait_for(self._waiters, count)
+            await wait_for(self._waiters, count)
 
     async def wait_in_flight(self, count: int) -> None:
         """Return once ``count`` requests are being answered at the same time."""
         if self.stats.in_flight < count:
-            await _wait_for(self._flight_waiters, count)
+            await wait_for(self._flight_waiters, count)
 
     def _admit(self, tokens: int) -> tuple[dict[str, str], float | None]:
         """Charge one request of ``tokens``; (OpenAI-style headers, retry-after or None)."""
@@ -346,7 +327,7 @@ class _Handler:
 
     def _pick_fault(self, key: bytes, headers: Mapping[str, str]) -> str | None:
         forced = headers.get("x-mock-fault")
-        limit = _int_header(headers, "x-mock-fault-attempts", None)
+        limit = int_header(headers, "x-mock-fault-attempts", None)
         if forced is None and not self.cfg.faults:
             return None
         attempt = self._attempts.get(key, 0) + 1
@@ -367,23 +348,23 @@ class _Handler:
     async def _early_fault(self, fault: str, request: web.Request) -> web.StreamResponse | None:
         cfg = self.cfg
         if fault == "429":
-            return _json_error(
+            return json_error(
                 429,
                 "rate_limit_exceeded",
                 "Rate limit reached",
                 {"retry-after-ms": str(int(cfg.retry_after_s * 1000))},
             )
         if fault == "quota":
-            return _json_error(429, "insufficient_quota", "You exceeded your current quota")
+            return json_error(429, "insufficient_quota", "You exceeded your current quota")
         if fault == "401":
             key = request.headers.get("authorization", "").removeprefix("Bearer ")
-            return _json_error(401, "invalid_api_key", f"Incorrect API key provided: {key}")
+            return json_error(401, "invalid_api_key", f"Incorrect API key provided: {key}")
         if fault == "404":
-            return _json_error(404, "model_not_found", "The model does not exist")
+            return json_error(404, "model_not_found", "The model does not exist")
         if fault == "400":
-            return _json_error(400, "invalid_request_error", "bad request (mock fault)")
+            return json_error(400, "invalid_request_error", "bad request (mock fault)")
         if fault in ("500", "502", "503"):
-            return _json_error(int(fault), "server_error", f"mock fault {fault}")
+            return json_error(int(fault), "server_error", f"mock fault {fault}")
         if fault == "reset":
             transport = request.transport
             if transport is not None:
@@ -431,19 +412,19 @@ class _Handler:
         st.in_flight += 1
         st.max_in_flight = max(st.max_in_flight, st.in_flight)
         if self._flight_waiters:
-            self._flight_waiters = _resolve(self._flight_waiters, st.in_flight)
+            self._flight_waiters = resolve(self._flight_waiters, st.in_flight)
         try:
             return await handler
         finally:
             st.in_flight -= 1
 
-    def _plan(self, request: web.Request, cap: Any, t0: float) -> _Plan:
+    def _plan(self, request: web.Request, cap: Any, t0: float) -> Plan:
         h, cfg = request.headers, self.cfg
-        n = _int_header(h, "x-mock-tokens", cfg.tokens)
+        n = int_header(h, "x-mock-tokens", cfg.tokens)
         capped = isinstance(cap, int) and 0 < cap < n
-        ttft_ms = _int_header(h, "x-mock-ttft-ms", None)
-        itl_ms = _int_header(h, "x-mock-itl-ms", None)
-        return _Plan(
+        ttft_ms = int_header(h, "x-mock-ttft-ms", None)
+        itl_ms = int_header(h, "x-mock-itl-ms", None)
+        return Plan(
             n=cap if capped else n,
             capped=capped,
             ttft=cfg.ttft_s if ttft_ms is None else ttft_ms / 1000.0,
@@ -461,7 +442,7 @@ class _Handler:
         self,
         request: web.Request,
         resp: web.StreamResponse,
-        plan: _Plan,
+        plan: Plan,
         tokens: list[str],
         frame: Callable[[str], bytes],
         fault: str | None,
@@ -494,20 +475,20 @@ class _Handler:
         try:
             body = orjson.loads(await request.read())
         except orjson.JSONDecodeError:
-            return _json_error(400, "invalid_request_error", "body is not valid JSON")
+            return json_error(400, "invalid_request_error", "body is not valid JSON")
         prompt = body.get("prompt") if isinstance(body, dict) else None
         if not isinstance(prompt, str) or not prompt:
-            return _json_error(400, "invalid_request_error", "'prompt' must be a string")
+            return json_error(400, "invalid_request_error", "'prompt' must be a string")
         messages = [{"role": "user", "content": prompt}]
         plan = self._plan(request, body.get("max_tokens"), t0)
         limit_headers: dict[str, str] = {}
         if self._limits:
-            limit_headers, retry_after_s = self._admit(_count_prompt_tokens(messages) + plan.n)
+            limit_headers, retry_after_s = self._admit(count_prompt_tokens(messages) + plan.n)
             if retry_after_s is not None:
                 self.stats.rate_limited += 1
                 limit_headers["retry-after-ms"] = str(max(1, int(retry_after_s * 1000)))
-                return _json_error(429, "rate_limit_exceeded", "Rate limit reached", limit_headers)
-        key = _prompt_key(messages)
+                return json_error(429, "rate_limit_exceeded", "Rate limit reached", limit_headers)
+        key = prompt_key(messages)
         fault = self._fault_for(key, request)
         if fault:
             early = await self._early_fault(fault, request)
@@ -515,7 +496,7 @@ class _Handler:
                 return early
         tokens = expected_tokens(messages, plan.n)
         finish = "length" if plan.capped else "stop"
-        inp = _count_prompt_tokens(messages)
+        inp = count_prompt_tokens(messages)
         usage = {"prompt_tokens": inp, "completion_tokens": plan.n, "total_tokens": inp + plan.n}
         model = body.get("model") or self.cfg.model
         if not body.get("stream"):
@@ -523,27 +504,27 @@ class _Handler:
                 max(0.0, plan.ttft + plan.itl * (plan.n - 1) - (time.monotonic() - t0))
             )
             self._completed()
-            done = _text_completion_chunk(model, "".join(tokens), finish)
+            done = text_completion_chunk(model, "".join(tokens), finish)
             return web.Response(
                 body=orjson.dumps({**done, "usage": usage}),
                 content_type="application/json",
                 headers=limit_headers,
             )
         resp = web.StreamResponse(
-            headers={**_stream_headers("x-request-id", "cmpl", key), **limit_headers}
+            headers={**stream_headers("x-request-id", "cmpl", key), **limit_headers}
         )
         await resp.prepare(request)
 
         def frame(tok: str) -> bytes:
-            return b"data: " + orjson.dumps(_text_completion_chunk(model, tok, None)) + b"\n\n"
+            return b"data: " + orjson.dumps(text_completion_chunk(model, tok, None)) + b"\n\n"
 
         if not await self._stream_tokens(
             request, resp, plan, tokens, frame, fault, self._mid_stream_fault
         ):
             return resp
-        tail = b"data: " + orjson.dumps(_text_completion_chunk(model, "", finish)) + b"\n\n"
+        tail = b"data: " + orjson.dumps(text_completion_chunk(model, "", finish)) + b"\n\n"
         if (body.get("stream_options") or {}).get("include_usage"):
-            last = {**_text_completion_chunk(model, "", None), "choices": [], "usage": usage}
+            last = {**text_completion_chunk(model, "", None), "choices": [], "usage": usage}
             tail += b"data: " + orjson.dumps(last) + b"\n\n"
         if fault != "no_done":
             tail += b"data: [DONE]\n\n"
@@ -557,29 +538,29 @@ class _Handler:
         try:
             body = orjson.loads(await request.read())
         except orjson.JSONDecodeError:
-            return _anthropic_error(400, "invalid_request_error", "body is not valid JSON")
+            return anthropic_error(400, "invalid_request_error", "body is not valid JSON")
         messages = body.get("messages") if isinstance(body, dict) else None
         if not isinstance(messages, list) or not messages:
-            return _anthropic_error(400, "invalid_request_error", "messages: Field required")
+            return anthropic_error(400, "invalid_request_error", "messages: Field required")
         cap = body.get("max_tokens")
         if isinstance(cap, bool) or not isinstance(cap, int) or cap < 1:
-            return _anthropic_error(400, "invalid_request_error", "max_tokens: Field required")
+            return anthropic_error(400, "invalid_request_error", "max_tokens: Field required")
         plan = self._plan(request, cap, t0)
         limit_headers: dict[str, str] = {}
         if self._limits:
-            admitted, retry_after_s = self._admit(_count_prompt_tokens(messages) + plan.n)
-            limit_headers = _anthropic_limit_headers(admitted)
+            admitted, retry_after_s = self._admit(count_prompt_tokens(messages) + plan.n)
+            limit_headers = anthropic_limit_headers(admitted)
             if retry_after_s is not None:
                 self.stats.rate_limited += 1
                 limit_headers["retry-after"] = str(max(1, math.ceil(retry_after_s)))
                 limit_headers["retry-after-ms"] = str(max(1, int(retry_after_s * 1000)))
-                return _anthropic_error(
+                return anthropic_error(
                     429,
                     "rate_limit_error",
                     "Number of requests has exceeded your rate limit",
                     limit_headers,
                 )
-        key = _prompt_key(messages)
+        key = prompt_key(messages)
         fault = self._fault_for(key, request)
         if fault:
             early = await self._anthropic_early_fault(fault, request)
@@ -587,7 +568,7 @@ class _Handler:
                 return early
         tokens = expected_tokens(messages, plan.n)
         system = body.get("system")
-        inp = _count_prompt_tokens(messages) + (
+        inp = count_prompt_tokens(messages) + (
             len(system.split()) if isinstance(system, str) else 0
         )
         msg: dict[str, Any] = {
@@ -616,12 +597,12 @@ class _Handler:
                 body=orjson.dumps(done), content_type="application/json", headers=limit_headers
             )
         resp = web.StreamResponse(
-            headers={**_stream_headers("request-id", "req_mock", key), **limit_headers}
+            headers={**stream_headers("request-id", "req_mock", key), **limit_headers}
         )
         await resp.prepare(request)
         await resp.write(
-            _sse("message_start", {"type": "message_start", "message": msg})
-            + _sse(
+            sse("message_start", {"type": "message_start", "message": msg})
+            + sse(
                 "content_block_start",
                 {
                     "type": "content_block_start",
@@ -629,12 +610,12 @@ class _Handler:
                     "content_block": {"type": "text", "text": ""},
                 },
             )
-            + _sse("ping", {"type": "ping"})
+            + sse("ping", {"type": "ping"})
         )
 
         def frame(tok: str) -> bytes:
             delta = {"type": "text_delta", "text": tok}
-            return _sse(
+            return sse(
                 "content_block_delta", {"type": "content_block_delta", "index": 0, "delta": delta}
             )
 
@@ -642,7 +623,7 @@ class _Handler:
             request, resp, plan, tokens, frame, fault, self._anthropic_mid_fault
         ):
             return resp
-        tail = _sse("content_block_stop", {"type": "content_block_stop", "index": 0}) + _sse(
+        tail = sse("content_block_stop", {"type": "content_block_stop", "index": 0}) + sse(
             "message_delta",
             {
                 "type": "message_delta",
@@ -651,7 +632,7 @@ class _Handler:
             },
         )
         if fault != "no_done":
-            tail += _sse("message_stop", {"type": "message_stop"})
+            tail += sse("message_stop", {"type": "message_stop"})
         await resp.write(tail)
         await resp.write_eof()
         self._completed()
@@ -661,7 +642,7 @@ class _Handler:
         self, fault: str, request: web.Request
     ) -> web.StreamResponse | None:
         """HTTP faults in Anthropic's error shape; the others as for chat."""
-        spec = _ANTHROPIC_HTTP_FAULTS.get(fault)
+        spec = ANTHROPIC_HTTP_FAULTS.get(fault)
         if spec is None:
             return await self._early_fault(fault, request)
         status, etype, message = spec
@@ -674,7 +655,7 @@ class _Handler:
                 "retry-after": str(max(1, math.ceil(wait))),
                 "retry-after-ms": str(int(wait * 1000)),
             }
-        return _anthropic_error(status, etype, message, headers)
+        return anthropic_error(status, etype, message, headers)
 
     async def _anthropic_mid_fault(
         self, fault: str, resp: web.StreamResponse, request: web.Request
@@ -686,138 +667,10 @@ class _Handler:
         if fault in ("error_payload", "overloaded"):
             etype = "overloaded_error" if fault == "overloaded" else "api_error"
             err = {"type": "error", "error": {"type": etype, "message": f"mock {fault}"}}
-            await resp.write(_sse("error", err))
+            await resp.write(sse("error", err))
             await resp.write_eof()
             return True
         return await self._mid_stream_fault(fault, resp, request)
-
-
-def _resolve(
-    waiters: list[tuple[int, asyncio.Future[None]]], value: int
-) -> list[tuple[int, asyncio.Future[None]]]:
-    """Wake the waiters whose target ``value`` has reached; return the others."""
-    keep = []
-    for target, fut in waiters:
-        if value >= target:
-            if not fut.done():
-                fut.set_result(None)
-        else:
-            keep.append((target, fut))
-    return keep
-
-
-async def _wait_for(waiters: list[tuple[int, asyncio.Future[None]]], target: int) -> None:
-    fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-    waiters.append((target, fut))
-    await fut
-
-
-def _completion(model: str, text: str, finish: str, usage: dict[str, int]) -> dict[str, Any]:
-    return {
-        "id": "chatcmpl-mock",
-        "object": "chat.completion",
-        "created": 0,
-        "model": model,
-        "choices": [
-            {"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": finish}
-        ],
-        "usage": usage,
-    }
-
-
-def _json_error(
-    status: int, code: str, message: str, headers: Mapping[str, str] | None = None
-) -> web.Response:
-    payload = {"error": {"message": message, "type": code, "code": code}}
-    return web.Response(
-        status=status,
-        body=orjson.dumps(payload),
-        content_type="application/json",
-        headers=dict(headers or {}),
-    )
-
-
-@dataclass(frozen=True, slots=True)
-class _Plan:
-    """How one answer is streamed: token count, whether max_tokens cut it, timing."""
-
-    n: int
-    capped: bool
-    ttft: float
-    itl: float
-    t0: float
-
-
-# Fault kind -> (status, Anthropic error type, message). Anthropic has no quota 429:
-# an empty credit balance is a 400 invalid_request_error.
-_ANTHROPIC_HTTP_FAULTS: dict[str, tuple[int, str, str]] = {
-    "429": (429, "rate_limit_error", "Number of requests has exceeded your rate limit"),
-    "quota": (400, "invalid_request_error", "Your credit balance is too low"),
-    "401": (401, "authentication_error", "invalid x-api-key"),
-    "404": (404, "not_found_error", "model: not found"),
-    "400": (400, "invalid_request_error", "bad request (mock fault)"),
-    "500": (500, "api_error", "mock fault 500"),
-    "502": (502, "api_error", "mock fault 502"),
-    "503": (503, "api_error", "mock fault 503"),
-}
-
-
-def _anthropic_limit_headers(openai_headers: Mapping[str, str]) -> dict[str, str]:
-    """``_admit``'s x-ratelimit-* headers under Anthropic's names (reset as RFC 3339)."""
-    out: dict[str, str] = {}
-    now = time.time()
-    for name in ("requests", "tokens"):
-        prefix = f"anthropic-ratelimit-{name}"
-        limit = openai_headers.get(f"x-ratelimit-limit-{name}")
-        if limit is None:
-            continue
-        out[f"{prefix}-limit"] = limit
-        out[f"{prefix}-remaining"] = openai_headers.get(f"x-ratelimit-remaining-{name}", "0")
-        reset_s = float(openai_headers.get(f"x-ratelimit-reset-{name}", "0s").rstrip("s"))
-        out[f"{prefix}-reset"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(now + reset_s))
-    return out
-
-
-def _sse(event: str, data: Any) -> bytes:
-    return b"event: " + event.encode() + b"\ndata: " + orjson.dumps(data) + b"\n\n"
-
-
-def _stream_headers(id_header: str, prefix: str, key: bytes) -> dict[str, str]:
-    rid = f"{prefix}-" + hashlib.blake2b(key, digest_size=6).hexdigest()
-    return {"content-type": "text/event-stream", "cache-control": "no-cache", id_header: rid}
-
-
-def _text_completion_chunk(model: Any, text: str, finish: str | None) -> dict[str, Any]:
-    choice = {"index": 0, "text": text, "logprobs": None, "finish_reason": finish}
-    return {
-        "id": "cmpl-mock",
-        "object": "text_completion",
-        "created": 0,
-        "model": model,
-        "choices": [choice],
-    }
-
-
-def _anthropic_error(
-    status: int, etype: str, message: str, headers: Mapping[str, str] | None = None
-) -> web.Response:
-    payload = {"type": "error", "error": {"type": etype, "message": message}}
-    return web.Response(
-        status=status,
-        body=orjson.dumps(payload),
-        content_type="application/json",
-        headers=dict(headers or {}),
-    )
-
-
-def _int_header(headers: Mapping[str, str], name: str, default: Any) -> Any:
-    val = headers.get(name)
-    if val is None:
-        return default
-    try:
-        return int(val)
-    except ValueError:
-        return default
 
 
 class MockServer:

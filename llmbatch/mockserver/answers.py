@@ -1,0 +1,44 @@
+"""The mock's answers: a deterministic function of the request, so tests check every byte."""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Any
+
+import orjson
+
+__all__ = ["count_prompt_tokens", "expected_text", "expected_tokens", "prompt_key"]
+
+_WORDS = (
+    "alpha bravo charlie delta echo foxtrot golf hotel india juliet kilo lima mike "
+    "november oscar papa quebec romeo sierra tango uniform victor whiskey xray yankee "
+    "zulu amber basil cedar dune ember fern grove harbor iris jade kelp lotus maple "
+    "nectar olive pearl quartz river sage thyme umber violet willow yarrow zephyr "
+    "lumen prism orbit comet nova pulse quill rune spark tide vale wisp"
+).split()
+
+
+def prompt_key(messages: Any) -> bytes:
+    return orjson.dumps(messages, option=orjson.OPT_SORT_KEYS)
+
+
+def expected_tokens(messages: Any, n_tokens: int) -> list[str]:
+    """The tokens the mock streams for ``messages`` (each a word with a leading space)."""
+    stream = hashlib.shake_256(prompt_key(messages)).digest(n_tokens)
+    words = _WORDS
+    return [" " + words[b % len(words)] for b in stream]
+
+
+def expected_text(messages: Any, n_tokens: int) -> str:
+    """The full answer text the mock produces for ``messages`` and ``n_tokens``."""
+    return "".join(expected_tokens(messages, n_tokens))
+
+
+def count_prompt_tokens(messages: Any) -> int:
+    n = 0
+    if isinstance(messages, list):
+        for m in messages:
+            c = m.get("content") if isinstance(m, dict) else None
+            if isinstance(c, str):
+                n += len(c.split()) + 1
+    return max(n, 1)
