@@ -32,7 +32,7 @@ from .errors import (
     UnexpectedError,
 )
 from .governor import AdaptiveConcurrency, ConcurrencyLimiter, RateGovernor, estimate_input_tokens
-from .metrics import RunMetrics, request_metrics_dict
+from .metrics import INPUT_ERROR, RunMetrics, request_metrics_dict
 from .providers.base import Provider, StreamAssembler
 from .reader import error_record_id
 from .records import Attempt, Outcome, PromptRecord, RequestMetrics
@@ -118,7 +118,7 @@ class Dispatcher:
         self._abort_message: str | None = None
         self._stopping = asyncio.Event()
         self._tasks: set[asyncio.Task[None]] = set()
-        self._held_failures: list[tuple[PromptRecord, Outcome]] = []
+        self._held_failures: list[Outcome] = []
         self._holding = True
         self._input_exhausted = False
         # One probe request goes first; the rest wait for its response headers, which may
@@ -274,7 +274,7 @@ class Dispatcher:
             )
             m = holder[0] if holder else RequestMetrics()
             outcome = _failure(rec, exc, attempts, m, text_file, self._secrets)
-            self._finish(rec, outcome)
+            self._finish(outcome)
             return
         except asyncio.CancelledError:
             # Interrupted: no record, so the next run does this request again.
@@ -308,7 +308,7 @@ class Dispatcher:
             line_no=rec.line_no,
             text_file=text_file,
         )
-        self._finish(rec, outcome)
+        self._finish(outcome)
 
     async def _pace(self, est_in: int, est_out: int) -> None:
         """Wait for the probe and the rate governor (queue time, never TTFT)."""
@@ -384,15 +384,15 @@ class Dispatcher:
         return asm, rid
 
     # -- records -----------------------------------------------------------------------
-    def _finish(self, rec: PromptRecord, outcome: Outcome) -> None:
+    def _finish(self, outcome: Outcome) -> None:
         if self._holding and not outcome.ok:
             # Until something succeeds, hold failures back: if the first few all fail the
             # same way (unknown model, unreachable URL), the job itself is wrong, and the
             # run stops with no records written, so fixing the cause and re-running resumes.
-            self._held_failures.append((rec, outcome))
+            self._held_failures.append(outcome)
             if len(self._held_failures) < SYSTEMATIC_FAILURE_THRESHOLD:
                 return
-            codes = {(o.error_code, o.status_code) for _, o in self._held_failures}
+            codes = {(o.error_code, o.status_code) for o in self._held_failures}
             # Content streaming elsewhere means some requests work: not systematic.
             if len(codes) == 1 and not self._content_seen:
                 self.stop(
@@ -402,7 +402,7 @@ class Dispatcher:
                 return
             self._release_held()
             return
-        self._commit(rec, outcome)
+        self._commit(outcome)
         if outcome.ok and self._holding:
             self._release_held()
 
@@ -411,10 +411,10 @@ class Dispatcher:
             return  # an aborted run writes none of them: they run again on resume
         self._holding = False
         held, self._held_failures = self._held_failures, []
-        for r, o in held:
-            self._commit(r, o)
+        for o in held:
+            self._commit(o)
 
-    def _commit(self, rec: PromptRecord, outcome: Outcome) -> None:
+    def _commit(self, outcome: Outcome) -> None:
         # No index.add: the reader already refuses an id twice within the file.
         self.rundir.add_result(_result_line(outcome))
         self.metrics.add(outcome)
@@ -426,21 +426,19 @@ class Dispatcher:
         if rid in self.index:
             self.metrics.skipped += 1
             return
-        outcome = Outcome(
-            record_id=rid,
-            status_code=None,
-            request_id=None,
-            body=None,
-            error_code="input_error",
-            error_message=str(err),
-            attempts=[],
-            metrics=RequestMetrics(),
-            line_no=err.line_no,
+        self._commit(
+            Outcome(
+                record_id=rid,
+                status_code=None,
+                request_id=None,
+                body=None,
+                error_code=INPUT_ERROR,
+                error_message=str(err),
+                attempts=[],
+                metrics=RequestMetrics(),
+                line_no=err.line_no,
+            )
         )
-        self.rundir.add_result(_result_line(outcome))
-        self.metrics.add_input_error()
-        if self.on_outcome is not None:
-            self.on_outcome(outcome)
 
 
 async def _drain(chunks: AsyncIterator[bytes], limit_s: float) -> None:
@@ -477,9 +475,15 @@ def redact(text: str, secrets: tuple[str, ...]) -> str:
     return text
 
 
+def _http_facts(exc: RequestError) -> tuple[int | None, str | None]:
+    """(status, provider request id) of an HTTP error; (None, None) otherwise."""
+    if isinstance(exc, HTTPStatusError):
+        return exc.status, exc.request_id
+    return None, None
+
+
 def _attempt_record(n: int, exc: RequestError, secrets: tuple[str, ...]) -> Attempt:
-    status = exc.status if isinstance(exc, HTTPStatusError) else None
-    rid = exc.request_id if isinstance(exc, HTTPStatusError) else None
+    status, rid = _http_facts(exc)
     return Attempt(n, status, exc.code, redact(str(exc)[:500], secrets), rid, 0.0)
 
 
@@ -491,11 +495,11 @@ def _failure(
     text_file: str | None,
     secrets: tuple[str, ...],
 ) -> Outcome:
-    status = exc.status if isinstance(exc, HTTPStatusError) else None
+    status, rid = _http_facts(exc)
     return Outcome(
         record_id=rec.id,
         status_code=status,
-        request_id=exc.request_id if isinstance(exc, HTTPStatusError) else None,
+        request_id=rid,
         body=None,
         error_code=exc.code,
         error_message=redact(str(exc)[:1000], secrets),

@@ -28,6 +28,7 @@ from .records import Outcome, RequestMetrics
 __all__ = ["Histogram", "RunMetrics", "SLO", "itl_summary", "request_metrics_dict", "spread_tokens"]
 
 PERCENTILES = (50, 90, 95, 99)
+INPUT_ERROR = "input_error"  # the error code of a prompt line that could not become a request
 _LOG_STEP = math.log(1.01)
 _MIN_S = 1e-6
 
@@ -176,6 +177,8 @@ class RunMetrics:
         if not outcome.ok:
             self.failed += 1
             self.errors[outcome.error_code or "unknown"] += 1
+            if outcome.error_code == INPUT_ERROR:
+                self.input_errors += 1
             return
         self.succeeded += 1
         m = outcome.metrics
@@ -199,11 +202,11 @@ class RunMetrics:
         spread_tokens(self.tokens_per_second_bucket, end - stream_s, end, m.output_tokens)
 
     def add_input_error(self) -> None:
-        """Count a prompt line that could not become a request."""
+        """Count a prompt line that could not become a request (no record at hand)."""
         self.total += 1
         self.failed += 1
         self.input_errors += 1
-        self.errors["input_error"] += 1
+        self.errors[INPUT_ERROR] += 1
 
     def summary(self) -> dict[str, Any]:
         """The run summary (summary.json and the end-of-run table)."""
