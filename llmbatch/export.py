@@ -25,6 +25,7 @@ import orjson
 
 from .errors import LLMBatchError, RunDirError
 from .providers.anthropic import content_text
+from .writer import RESULTS, iter_result_lines, parse_result_line
 
 __all__ = [
     "CSV_COLUMNS",
@@ -42,7 +43,7 @@ __all__ = [
 
 FORMATS = ("openai-batch", "anthropic-batch", "csv")
 CSV_COLUMNS = ("custom_id", "status", "error_code", "text", "output_tokens", "ttft_s", "e2el_s")
-RESULTS = "results.jsonl"
+
 _NO_LINE = 1 << 62  # records without a line number go last, in file order
 
 _STOP_REASONS = {
@@ -78,11 +79,8 @@ def _open(path: Path) -> IO[bytes]:
 
 
 def _in_file_order(path: Path) -> Iterator[dict[str, Any]]:
-    with _open(path) as fh:
-        for raw in fh:
-            rec = _parse(raw)
-            if rec is not None:
-                yield rec
+    for _, rec in iter_result_lines(path):
+        yield rec
 
 
 def _ordered(path: Path) -> Iterator[dict[str, Any]]:
@@ -90,7 +88,7 @@ def _ordered(path: Path) -> Iterator[dict[str, Any]]:
         index: list[tuple[int, int]] = []  # (line number, offset), one per record
         offset = 0
         for raw in fh:
-            rec = _parse(raw)
+            rec = parse_result_line(raw)
             if rec is not None:
                 meta = rec.get("llmbatch")
                 line = meta.get("line") if isinstance(meta, dict) else None
@@ -100,17 +98,9 @@ def _ordered(path: Path) -> Iterator[dict[str, Any]]:
         index.sort()
         for _, off in index:
             fh.seek(off)
-            rec = _parse(fh.readline())
+            rec = parse_result_line(fh.readline())
             if rec is not None:
                 yield rec
-
-
-def _parse(raw: bytes) -> dict[str, Any] | None:
-    try:
-        rec = orjson.loads(raw)
-    except orjson.JSONDecodeError:
-        return None
-    return rec if isinstance(rec, dict) else None
 
 
 # -- formats ---------------------------------------------------------------------------

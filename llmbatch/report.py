@@ -23,6 +23,7 @@ from .errors import RunDirError
 from .metrics import SLO, RunMetrics
 from .records import Attempt, Outcome, RequestMetrics
 from .tables import Table, fmt_ms, fmt_num
+from .writer import RESULTS, SUMMARY, iter_result_lines
 
 __all__ = [
     "format_summary",
@@ -33,8 +34,8 @@ __all__ = [
     "summary_from_results",
 ]
 
-SUMMARY_FILE = "summary.json"
-RESULTS_FILE = "results.jsonl"
+SUMMARY_FILE = SUMMARY
+RESULTS_FILE = RESULTS
 LATENCY_METRICS = ("ttft", "tpot", "itl", "e2el", "queue")
 
 
@@ -105,20 +106,9 @@ def load_report(
 
 
 def _iter_records(path: Path) -> Iterator[dict[str, Any]]:
-    """Complete, decodable lines; a torn last line of a running run is left out."""
-    try:
-        with open(path, "rb") as fh:
-            for raw in fh:
-                if not raw.endswith(b"\n"):
-                    return
-                try:
-                    rec = orjson.loads(raw)
-                except orjson.JSONDecodeError:
-                    continue  # a damaged line (its request runs again on resume)
-                if isinstance(rec, dict):
-                    yield rec
-    except OSError as exc:
-        raise RunDirError(f"{path}: cannot read: {exc.strerror}") from None
+    """Complete, decodable records; a torn last line of a running run is left out."""
+    for _, rec in iter_result_lines(path):
+        yield rec
 
 
 def summary_from_results(path: Path, *, slo: SLO | None = None) -> dict[str, Any]:

@@ -39,7 +39,14 @@ import orjson
 from .errors import OutputError, RunDirError
 from .idset import IdSet
 
-__all__ = ["ResumeIndex", "RunDir", "TextSink", "safe_name"]
+__all__ = [
+    "ResumeIndex",
+    "RunDir",
+    "TextSink",
+    "iter_result_lines",
+    "parse_result_line",
+    "safe_name",
+]
 
 RESULTS = "results.jsonl"
 SUMMARY = "summary.json"
@@ -207,7 +214,7 @@ class RunDir:
         _repair_torn_tail(rpath)
         if retry_failed:
             _drop_failed_records(rpath)
-        for rec in _iter_result_lines(rpath):
+        for _, rec in iter_result_lines(rpath):
             cid = rec.get("custom_id")
             if isinstance(cid, str):
                 index.add(cid)
@@ -428,27 +435,39 @@ def _repair_torn_tail(path: Path) -> None:
         fh.truncate(0)
 
 
-def _iter_result_lines(path: Path) -> Iterator[dict[str, Any]]:
-    with open(path, "rb") as fh:
-        for raw in fh:
-            try:
-                rec = orjson.loads(raw)
-            except orjson.JSONDecodeError:
-                continue  # a damaged line: its request runs again
-            if isinstance(rec, dict):
-                yield rec
+def parse_result_line(raw: bytes) -> dict[str, Any] | None:
+    """One results.jsonl line as a dict; None for a damaged line (its request runs again)."""
+    try:
+        rec = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        return None
+    return rec if isinstance(rec, dict) else None
+
+
+def iter_result_lines(path: Path) -> Iterator[tuple[bytes, dict[str, Any]]]:
+    """(raw line, record) for every complete, decodable line of a results file.
+
+    A last line without its newline (a run still writing, or a crash) is left out.
+    Raises RunDirError when the file cannot be read.
+    """
+    try:
+        with open(path, "rb") as fh:
+            for raw in fh:
+                if not raw.endswith(b"\n"):
+                    return
+                rec = parse_result_line(raw)
+                if rec is not None:
+                    yield raw, rec
+    except OSError as exc:
+        raise RunDirError(f"{path}: cannot read: {exc.strerror}") from None
 
 
 def _drop_failed_records(path: Path) -> None:
     """Rewrite results.jsonl without failed records (atomically), so they run again."""
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(path, "rb") as src, open(tmp, "wb") as dst:
-        for raw in src:
-            try:
-                rec = orjson.loads(raw)
-            except orjson.JSONDecodeError:
-                continue
-            if isinstance(rec, dict) and rec.get("error") is None:
+    with open(tmp, "wb") as dst:
+        for raw, rec in iter_result_lines(path):
+            if rec.get("error") is None:
                 dst.write(raw)
         dst.flush()
         os.fsync(dst.fileno())
