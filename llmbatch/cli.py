@@ -58,6 +58,15 @@ def _root(
     """llmbatch: streaming batch inference over chat APIs."""
 
 
+def _fail_for(exc: Exception) -> typer.Exit:
+    """The message and exit code of an llmbatch error that ended a command."""
+    from .errors import ConfigError, InputError, RunDirError
+
+    # Before anything was sent (usage, config, input, run directory): 2; later: 3.
+    code = EXIT_USAGE if isinstance(exc, (ConfigError, InputError, RunDirError)) else EXIT_ABORTED
+    return _fail(str(exc), code)
+
+
 def _fail(message: str, code: int) -> typer.Exit:
     typer.echo(f"llmbatch: error: {message}", err=True)
     return typer.Exit(code)
@@ -150,7 +159,7 @@ def run(
     ] = None,
 ) -> None:
     """Send every prompt of PROMPTS as a streaming chat completion; resumable."""
-    from .errors import ConfigError, InputError, LLMBatchError, RunDirError
+    from .errors import LLMBatchError
 
     flags = {
         "provider": provider,
@@ -175,10 +184,8 @@ def run(
         cfg = _load(config, flags)
         slo_obj = _parse_slo(slo)
         output = _run_loop(cfg, prompts, slo_obj)
-    except (ConfigError, InputError, RunDirError) as exc:
-        raise _fail(str(exc), EXIT_USAGE) from None
     except LLMBatchError as exc:
-        raise _fail(str(exc), EXIT_ABORTED) from None
+        raise _fail_for(exc) from None
     raise typer.Exit(_report_and_code(output))
 
 
@@ -429,7 +436,7 @@ def compare(
         plot_compare,
         run_compare,
     )
-    from .errors import ConfigError, InputError, LLMBatchError, RunDirError
+    from .errors import InputError, LLMBatchError
 
     def on_start(i: int, combo: Combination) -> None:
         typer.echo(f"llmbatch: [{i + 1}/{len(plan)}] {combo.name}", err=True)
@@ -449,10 +456,8 @@ def compare(
             result = runner.run(
                 run_compare(plan, source, cdir, slo=slo_obj, label=label, on_start=on_start)
             )
-    except (ConfigError, InputError, RunDirError) as exc:
-        raise _fail(str(exc), EXIT_USAGE) from None
     except LLMBatchError as exc:
-        raise _fail(str(exc), EXIT_ABORTED) from None
+        raise _fail_for(exc) from None
     _print_tables([compare_table(result)])
     typer.echo(f"written: {cdir}/compare.json, {cdir}/compare.csv")
     if result.rows:
