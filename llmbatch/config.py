@@ -181,12 +181,7 @@ def load_config(
     merged.update(_from_env(env))
     merged.update(flags)
 
-    profiles = dict(BUILTIN_PROVIDERS)
-    for name, raw in _section(file_data, "providers", source).items():
-        if not isinstance(raw, dict):
-            raise ConfigError(f"{source}: [providers.{name}] must be a table")
-        profiles[name] = _provider_from(name, raw, profiles.get(name), source)
-
+    profiles = _profiles_from(file_data, source)
     pname = merged.pop("provider", "mock")
     if pname not in profiles:
         known = ", ".join(sorted(profiles))
@@ -427,7 +422,10 @@ def _as_bool(val: Any, key: str, source: str) -> bool:
 
 def load_profiles(config_path: str | Path | None = None) -> dict[str, ProviderConfig]:
     """Every provider profile: the built-in ones, then the config file's ``[providers.*]``."""
-    file_data, source = _read_file(config_path)
+    return _profiles_from(*_read_file(config_path))
+
+
+def _profiles_from(file_data: Mapping[str, Any], source: str) -> dict[str, ProviderConfig]:
     profiles = dict(BUILTIN_PROVIDERS)
     for name, raw in _section(file_data, "providers", source).items():
         if not isinstance(raw, dict):
