@@ -178,64 +178,38 @@ class _Handler:
 
     async def _chat(self, request: web.Request) -> web.StreamResponse:
         t0 = time.monotonic()
-        try:
-            body = orjson.loads(await request.read())
-        except orjson.JSONDecodeError:
+        body = await _json_body(request)
+        if body is None:
             return json_error(400, "invalid_request_error", "body is not valid JSON")
-        messages = body.get("messages") if isinstance(body, dict) else None
+        messages = body.get("messages")
         if not isinstance(messages, list) or not messages:
             return json_error(400, "invalid_request_error", "'messages' is required")
-        h = request.headers
-        cfg = self.cfg
-        n = int_header(h, "x-mock-tokens", cfg.tokens)
         cap = body.get("max_completion_tokens") or body.get("max_tokens")
-        finish = "stop"
-        if isinstance(cap, int) and 0 < cap < n:
-            n, finish = cap, "length"
-        ttft_s = int_header(h, "x-mock-ttft-ms", None)
-        ttft = cfg.ttft_s if ttft_s is None else ttft_s / 1000.0
-        itl_ms = int_header(h, "x-mock-itl-ms", None)
-        itl = cfg.itl_s if itl_ms is None else itl_ms / 1000.0
-
-        limit_headers: dict[str, str] = {}
-        if self._limits:
-            limit_headers, retry_after_s = self._admit(count_prompt_tokens(messages) + n)
-            if retry_after_s is not None:
-                self.stats.rate_limited += 1
-                limit_headers["retry-after-ms"] = str(max(1, int(retry_after_s * 1000)))
-                return json_error(429, "rate_limit_exceeded", "Rate limit reached", limit_headers)
-
+        plan = self._plan(request, cap, t0)
+        limit_headers, rejected = self._admit_openai(messages, plan)
+        if rejected is not None:
+            return rejected
         key = prompt_key(messages)
-        fault = self._pick_fault(key, h)
+        fault = self._fault_for(key, request)
         if fault:
-            self.stats.faults[fault] = self.stats.faults.get(fault, 0) + 1
             early = await self._early_fault(fault, request)
             if early is not None:
                 return early
-
-        tokens = expected_tokens(messages, n)
-        usage = {
-            "prompt_tokens": count_prompt_tokens(messages),
-            "completion_tokens": n,
-            "total_tokens": count_prompt_tokens(messages) + n,
-        }
-        model = body.get("model") or cfg.model
+        tokens = expected_tokens(messages, plan.n)
+        finish = "length" if plan.capped else "stop"
+        inp = count_prompt_tokens(messages)
+        usage = {"prompt_tokens": inp, "completion_tokens": plan.n, "total_tokens": inp + plan.n}
+        model = body.get("model") or self.cfg.model
         if not body.get("stream"):
-            await asyncio.sleep(max(0.0, ttft + itl * (n - 1) - (time.monotonic() - t0)))
+            await _until_done(plan)
             self._completed()
             return web.Response(
                 body=orjson.dumps(completion(model, "".join(tokens), finish, usage)),
                 content_type="application/json",
                 headers=limit_headers,
             )
-        include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
         resp = web.StreamResponse(
-            headers={
-                "content-type": "text/event-stream",
-                "cache-control": "no-cache",
-                "x-request-id": "mock-" + hashlib.blake2b(key, digest_size=6).hexdigest(),
-                **limit_headers,
-            }
+            headers={**stream_headers("x-request-id", "mock", key), **limit_headers}
         )
         await resp.prepare(request)
         head = (
@@ -244,34 +218,12 @@ class _Handler:
             + b',"choices":[{"index":0,"delta":'
         )
         await resp.write(head + b'{"role":"assistant","content":""},"finish_reason":null}]}\n\n')
-        # An absolute schedule (token i due at t0 + ttft + i * itl): a timer that fires
-        # late (epoll rounds up to whole ms; a busy loop) delays one token, not all after it.
-        due = t0 + ttft
-        delay = due - time.monotonic()
-        if delay > 0:
-            await asyncio.sleep(delay)
-        cut = n // 2
-        pieces: list[bytes] = []
-        for i, tok in enumerate(tokens):
-            if fault and i == cut:
-                if pieces:  # what came before the fault reaches the client first
-                    await resp.write(b"".join(pieces))
-                    pieces = []
-                if await self._mid_stream_fault(fault, resp, request):
-                    return resp
-                due = max(due, time.monotonic())  # a stall shifts the rest of the stream
-            pieces.append(
-                head + b'{"content":' + orjson.dumps(tok) + b'},"finish_reason":null}]}\n\n'
-            )
-            if itl > 0:
-                await resp.write(pieces.pop())
-                if i < n - 1:
-                    due += itl
-                    delay = due - time.monotonic()
-                    if delay > 0:
-                        await asyncio.sleep(delay)
+
+        def frame(tok: str) -> bytes:
+            return head + b'{"content":' + orjson.dumps(tok) + b'},"finish_reason":null}]}\n\n'
+
         tail = head + b'{},"finish_reason":' + orjson.dumps(finish) + b"}]}\n\n"
-        if include_usage:
+        if (body.get("stream_options") or {}).get("include_usage"):
             tail += (
                 b'data: {"id":"chatcmpl-mock","object":"chat.completion.chunk","created":0,'
                 b'"model":'
@@ -282,11 +234,25 @@ class _Handler:
             )
         if fault != "no_done":
             tail += b"data: [DONE]\n\n"
-        pieces.append(tail)
-        await resp.write(b"".join(pieces))
-        await resp.write_eof()
-        self._completed()
+        if await self._stream_tokens(
+            request, resp, plan, tokens, frame, fault, self._mid_stream_fault, tail
+        ):
+            await resp.write_eof()
+            self._completed()
         return resp
+
+    def _admit_openai(
+        self, messages: list[Any], plan: Plan
+    ) -> tuple[dict[str, str], web.Response | None]:
+        """Rate-limit headers, and a 429 (OpenAI's shape) when the request is over a limit."""
+        if not self._limits:
+            return {}, None
+        headers, retry_after_s = self._admit(count_prompt_tokens(messages) + plan.n)
+        if retry_after_s is None:
+            return headers, None
+        self.stats.rate_limited += 1
+        headers["retry-after-ms"] = str(max(1, int(retry_after_s * 1000)))
+        return headers, json_error(429, "rate_limit_exceeded", "Rate limit reached", headers)
 
     def _completed(self) -> None:
         self.stats.completed += 1
@@ -447,9 +413,15 @@ class _Handler:
         frame: Callable[[str], bytes],
         fault: str | None,
         mid_fault: Callable[[str, web.StreamResponse, web.Request], Awaitable[bool]],
+        tail: bytes,
     ) -> bool:
-        """Write one frame per token with chat's timing; False when a fault ended it."""
-        delay = plan.ttft - (time.monotonic() - plan.t0)
+        """Write one frame per token on schedule, then ``tail``; False when a fault ended it.
+
+        The schedule is absolute (token i due at t0 + ttft + i * itl): a timer that fires
+        late (epoll rounds up to whole ms; a busy loop) delays one token, not all after it.
+        """
+        due = plan.t0 + plan.ttft
+        delay = due - time.monotonic()
         if delay > 0:
             await asyncio.sleep(delay)
         cut = plan.n // 2
@@ -461,33 +433,32 @@ class _Handler:
                     pieces = []
                 if await mid_fault(fault, resp, request):
                     return False
+                due = max(due, time.monotonic())  # a stall shifts the rest of the stream
             pieces.append(frame(tok))
             if plan.itl > 0:
                 await resp.write(pieces.pop())
                 if i < plan.n - 1:
-                    await asyncio.sleep(plan.itl)
-        if pieces:
-            await resp.write(b"".join(pieces))
+                    due += plan.itl
+                    delay = due - time.monotonic()
+                    if delay > 0:
+                        await asyncio.sleep(delay)
+        pieces.append(tail)
+        await resp.write(b"".join(pieces))
         return True
 
     async def _completions(self, request: web.Request) -> web.StreamResponse:
         t0 = time.monotonic()
-        try:
-            body = orjson.loads(await request.read())
-        except orjson.JSONDecodeError:
+        body = await _json_body(request)
+        if body is None:
             return json_error(400, "invalid_request_error", "body is not valid JSON")
-        prompt = body.get("prompt") if isinstance(body, dict) else None
+        prompt = body.get("prompt")
         if not isinstance(prompt, str) or not prompt:
             return json_error(400, "invalid_request_error", "'prompt' must be a string")
         messages = [{"role": "user", "content": prompt}]
         plan = self._plan(request, body.get("max_tokens"), t0)
-        limit_headers: dict[str, str] = {}
-        if self._limits:
-            limit_headers, retry_after_s = self._admit(count_prompt_tokens(messages) + plan.n)
-            if retry_after_s is not None:
-                self.stats.rate_limited += 1
-                limit_headers["retry-after-ms"] = str(max(1, int(retry_after_s * 1000)))
-                return json_error(429, "rate_limit_exceeded", "Rate limit reached", limit_headers)
+        limit_headers, rejected = self._admit_openai(messages, plan)
+        if rejected is not None:
+            return rejected
         key = prompt_key(messages)
         fault = self._fault_for(key, request)
         if fault:
@@ -500,9 +471,7 @@ class _Handler:
         usage = {"prompt_tokens": inp, "completion_tokens": plan.n, "total_tokens": inp + plan.n}
         model = body.get("model") or self.cfg.model
         if not body.get("stream"):
-            await asyncio.sleep(
-                max(0.0, plan.ttft + plan.itl * (plan.n - 1) - (time.monotonic() - t0))
-            )
+            await _until_done(plan)
             self._completed()
             done = text_completion_chunk(model, "".join(tokens), finish)
             return web.Response(
@@ -518,28 +487,25 @@ class _Handler:
         def frame(tok: str) -> bytes:
             return b"data: " + orjson.dumps(text_completion_chunk(model, tok, None)) + b"\n\n"
 
-        if not await self._stream_tokens(
-            request, resp, plan, tokens, frame, fault, self._mid_stream_fault
-        ):
-            return resp
         tail = b"data: " + orjson.dumps(text_completion_chunk(model, "", finish)) + b"\n\n"
         if (body.get("stream_options") or {}).get("include_usage"):
             last = {**text_completion_chunk(model, "", None), "choices": [], "usage": usage}
             tail += b"data: " + orjson.dumps(last) + b"\n\n"
         if fault != "no_done":
             tail += b"data: [DONE]\n\n"
-        await resp.write(tail)
-        await resp.write_eof()
-        self._completed()
+        if await self._stream_tokens(
+            request, resp, plan, tokens, frame, fault, self._mid_stream_fault, tail
+        ):
+            await resp.write_eof()
+            self._completed()
         return resp
 
     async def _messages(self, request: web.Request) -> web.StreamResponse:
         t0 = time.monotonic()
-        try:
-            body = orjson.loads(await request.read())
-        except orjson.JSONDecodeError:
+        body = await _json_body(request)
+        if body is None:
             return anthropic_error(400, "invalid_request_error", "body is not valid JSON")
-        messages = body.get("messages") if isinstance(body, dict) else None
+        messages = body.get("messages")
         if not isinstance(messages, list) or not messages:
             return anthropic_error(400, "invalid_request_error", "messages: Field required")
         cap = body.get("max_tokens")
@@ -583,9 +549,7 @@ class _Handler:
         }
         stop_reason = "max_tokens" if plan.capped else "end_turn"
         if not body.get("stream"):
-            await asyncio.sleep(
-                max(0.0, plan.ttft + plan.itl * (plan.n - 1) - (time.monotonic() - t0))
-            )
+            await _until_done(plan)
             self._completed()
             done = {
                 **msg,
@@ -619,10 +583,6 @@ class _Handler:
                 "content_block_delta", {"type": "content_block_delta", "index": 0, "delta": delta}
             )
 
-        if not await self._stream_tokens(
-            request, resp, plan, tokens, frame, fault, self._anthropic_mid_fault
-        ):
-            return resp
         tail = sse("content_block_stop", {"type": "content_block_stop", "index": 0}) + sse(
             "message_delta",
             {
@@ -633,9 +593,11 @@ class _Handler:
         )
         if fault != "no_done":
             tail += sse("message_stop", {"type": "message_stop"})
-        await resp.write(tail)
-        await resp.write_eof()
-        self._completed()
+        if await self._stream_tokens(
+            request, resp, plan, tokens, frame, fault, self._anthropic_mid_fault, tail
+        ):
+            await resp.write_eof()
+            self._completed()
         return resp
 
     async def _anthropic_early_fault(
@@ -671,6 +633,21 @@ class _Handler:
             await resp.write_eof()
             return True
         return await self._mid_stream_fault(fault, resp, request)
+
+
+async def _json_body(request: web.Request) -> dict[str, Any] | None:
+    """The request's JSON object, or None when the body is not one."""
+    try:
+        body = orjson.loads(await request.read())
+    except orjson.JSONDecodeError:
+        return None
+    return body if isinstance(body, dict) else None
+
+
+async def _until_done(plan: Plan) -> None:
+    """Sleep until a non-streamed answer would have finished streaming."""
+    done_at = plan.t0 + plan.ttft + plan.itl * (plan.n - 1)
+    await asyncio.sleep(max(0.0, done_at - time.monotonic()))
 
 
 class MockServer:
