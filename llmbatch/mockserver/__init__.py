@@ -185,6 +185,32 @@ class _Handler:
         if not isinstance(messages, list) or not messages:
             return json_error(400, "invalid_request_error", "'messages' is required")
         cap = body.get("max_completion_tokens") or body.get("max_tokens")
+        return await self._openai_answer(request, body, messages, cap, t0, chat=True)
+
+    async def _completions(self, request: web.Request) -> web.StreamResponse:
+        t0 = time.monotonic()
+        body = await _json_body(request)
+        if body is None:
+            return json_error(400, "invalid_request_error", "body is not valid JSON")
+        prompt = body.get("prompt")
+        if not isinstance(prompt, str) or not prompt:
+            return json_error(400, "invalid_request_error", "'prompt' must be a string")
+        messages = [{"role": "user", "content": prompt}]
+        return await self._openai_answer(
+            request, body, messages, body.get("max_tokens"), t0, chat=False
+        )
+
+    async def _openai_answer(
+        self,
+        request: web.Request,
+        body: dict[str, Any],
+        messages: list[Any],
+        cap: Any,
+        t0: float,
+        *,
+        chat: bool,
+    ) -> web.StreamResponse:
+        """An OpenAI answer: chat.completion(.chunk)s, or text_completion(s) when not ``chat``."""
         plan = self._plan(request, cap, t0)
         limit_headers, rejected = self._admit_openai(messages, plan)
         if rejected is not None:
@@ -203,37 +229,31 @@ class _Handler:
         if not body.get("stream"):
             await _until_done(plan)
             self._completed()
-            return web.Response(
-                body=orjson.dumps(completion(model, "".join(tokens), finish, usage)),
-                content_type="application/json",
-                headers=limit_headers,
+            text = "".join(tokens)
+            done = (
+                completion(model, text, finish, usage)
+                if chat
+                else {**text_completion_chunk(model, text, finish), "usage": usage}
             )
+            return web.Response(
+                body=orjson.dumps(done), content_type="application/json", headers=limit_headers
+            )
+        prefix = "mock" if chat else "cmpl"
         resp = web.StreamResponse(
-            headers={**stream_headers("x-request-id", "mock", key), **limit_headers}
+            headers={**stream_headers("x-request-id", prefix, key), **limit_headers}
         )
         await resp.prepare(request)
-        head = (
-            b'data: {"id":"chatcmpl-mock","object":"chat.completion.chunk","created":0,"model":'
-            + orjson.dumps(model)
-            + b',"choices":[{"index":0,"delta":'
-        )
-        await resp.write(head + b'{"role":"assistant","content":""},"finish_reason":null}]}\n\n')
-
-        def frame(tok: str) -> bytes:
-            return head + b'{"content":' + orjson.dumps(tok) + b'},"finish_reason":null}]}\n\n'
-
-        tail = head + b'{},"finish_reason":' + orjson.dumps(finish) + b"}]}\n\n"
+        frame, tail = _chat_frames(model, finish) if chat else _completion_frames(model, finish)
         if (body.get("stream_options") or {}).get("include_usage"):
-            tail += (
-                b'data: {"id":"chatcmpl-mock","object":"chat.completion.chunk","created":0,'
-                b'"model":'
-                + orjson.dumps(model)
-                + b',"choices":[],"usage":'
-                + orjson.dumps(usage)
-                + b"}\n\n"
-            )
+            last = {**text_completion_chunk(model, "", None), "choices": [], "usage": usage}
+            if chat:
+                last["object"] = "chat.completion.chunk"
+                last["id"] = "chatcmpl-mock"
+            tail += b"data: " + orjson.dumps(last) + b"\n\n"
         if fault != "no_done":
             tail += b"data: [DONE]\n\n"
+        if chat:
+            await resp.write(frame(None))  # the role chunk, at once
         if await self._stream_tokens(
             request, resp, plan, tokens, frame, fault, self._mid_stream_fault, tail
         ):
@@ -446,60 +466,6 @@ class _Handler:
         await resp.write(b"".join(pieces))
         return True
 
-    async def _completions(self, request: web.Request) -> web.StreamResponse:
-        t0 = time.monotonic()
-        body = await _json_body(request)
-        if body is None:
-            return json_error(400, "invalid_request_error", "body is not valid JSON")
-        prompt = body.get("prompt")
-        if not isinstance(prompt, str) or not prompt:
-            return json_error(400, "invalid_request_error", "'prompt' must be a string")
-        messages = [{"role": "user", "content": prompt}]
-        plan = self._plan(request, body.get("max_tokens"), t0)
-        limit_headers, rejected = self._admit_openai(messages, plan)
-        if rejected is not None:
-            return rejected
-        key = prompt_key(messages)
-        fault = self._fault_for(key, request)
-        if fault:
-            early = await self._early_fault(fault, request)
-            if early is not None:
-                return early
-        tokens = expected_tokens(messages, plan.n)
-        finish = "length" if plan.capped else "stop"
-        inp = count_prompt_tokens(messages)
-        usage = {"prompt_tokens": inp, "completion_tokens": plan.n, "total_tokens": inp + plan.n}
-        model = body.get("model") or self.cfg.model
-        if not body.get("stream"):
-            await _until_done(plan)
-            self._completed()
-            done = text_completion_chunk(model, "".join(tokens), finish)
-            return web.Response(
-                body=orjson.dumps({**done, "usage": usage}),
-                content_type="application/json",
-                headers=limit_headers,
-            )
-        resp = web.StreamResponse(
-            headers={**stream_headers("x-request-id", "cmpl", key), **limit_headers}
-        )
-        await resp.prepare(request)
-
-        def frame(tok: str) -> bytes:
-            return b"data: " + orjson.dumps(text_completion_chunk(model, tok, None)) + b"\n\n"
-
-        tail = b"data: " + orjson.dumps(text_completion_chunk(model, "", finish)) + b"\n\n"
-        if (body.get("stream_options") or {}).get("include_usage"):
-            last = {**text_completion_chunk(model, "", None), "choices": [], "usage": usage}
-            tail += b"data: " + orjson.dumps(last) + b"\n\n"
-        if fault != "no_done":
-            tail += b"data: [DONE]\n\n"
-        if await self._stream_tokens(
-            request, resp, plan, tokens, frame, fault, self._mid_stream_fault, tail
-        ):
-            await resp.write_eof()
-            self._completed()
-        return resp
-
     async def _messages(self, request: web.Request) -> web.StreamResponse:
         t0 = time.monotonic()
         body = await _json_body(request)
@@ -633,6 +599,31 @@ class _Handler:
             await resp.write_eof()
             return True
         return await self._mid_stream_fault(fault, resp, request)
+
+
+def _chat_frames(model: Any, finish: str) -> tuple[Callable[[str | None], bytes], bytes]:
+    """(token frame, closing chunk) of a chat stream; frame(None) is the role chunk."""
+    head = (
+        b'data: {"id":"chatcmpl-mock","object":"chat.completion.chunk","created":0,"model":'
+        + orjson.dumps(model)
+        + b',"choices":[{"index":0,"delta":'
+    )
+
+    def frame(tok: str | None) -> bytes:
+        if tok is None:
+            return head + b'{"role":"assistant","content":""},"finish_reason":null}]}\n\n'
+        return head + b'{"content":' + orjson.dumps(tok) + b'},"finish_reason":null}]}\n\n'
+
+    return frame, head + b'{},"finish_reason":' + orjson.dumps(finish) + b"}]}\n\n"
+
+
+def _completion_frames(model: Any, finish: str) -> tuple[Callable[[str | None], bytes], bytes]:
+    """(token frame, closing chunk) of a text_completion stream."""
+
+    def frame(tok: str | None) -> bytes:
+        return b"data: " + orjson.dumps(text_completion_chunk(model, tok or "", None)) + b"\n\n"
+
+    return frame, b"data: " + orjson.dumps(text_completion_chunk(model, "", finish)) + b"\n\n"
 
 
 async def _json_body(request: web.Request) -> dict[str, Any] | None:
