@@ -177,3 +177,11 @@ def test_config_types_are_checked(
     assert res.exit_code == 2, res.output
     assert message in res.output
     assert "Traceback" not in res.output
+
+
+def test_unusable_run_directory_is_a_clear_error(runner: CliRunner, tmp_path: Path) -> None:
+    p = write_jsonl(tmp_path / "p.jsonl", [{"id": 1, "prompt": "x"}])
+    (tmp_path / "afile").write_text("not a directory")
+    res = runner.invoke(app, ["run", str(p), "--out", str(tmp_path / "afile")])
+    assert res.exit_code == 2, res.output
+    assert "cannot use run directory" in res.output and "Traceback" not in res.output
