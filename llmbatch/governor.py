@@ -530,8 +530,11 @@ class AdaptiveConcurrency:
     - Start at ``initial``; always stay within ``[floor, cap]``.
     - Latency is the time to first token. It is smoothed with an EWMA (``ewma_alpha``);
       the baseline is the lowest smoothed value seen over the last ``baseline_window_s``.
-    - On a success, if smoothed TTFT <= ``latency_hold`` x baseline, grow additively:
-      +1 after as many successes as the current limit, i.e. about +1 per round trip.
+    - Slow start (like TCP's): until the first sign of congestion, every success adds
+      one slot, so the limit doubles per round trip; a batch against a roomy provider
+      gets from 8 to 256 in flight in five round trips, not 250.
+    - After that, on a success, if smoothed TTFT <= ``latency_hold`` x baseline, grow
+      additively: +1 after as many successes as the current limit (~+1 per round trip).
       Between ``latency_hold`` and ``latency_tolerance`` x baseline, hold steady: the
       server is queueing, more concurrency would only add latency.
     - Above ``latency_tolerance`` x baseline (default 2x), decrease multiplicatively
@@ -541,6 +544,7 @@ class AdaptiveConcurrency:
     - At most one decrease per cooldown window (the smoothed TTFT, at least
       ``min_cooldown_s``): requests in flight when the server pushed back all report it at
       once, so a burst of 429s counts once, and the strongest signal in a window wins.
+      Any decrease, or latency entering the hold band, ends slow start for good.
     """
 
     def __init__(
@@ -557,6 +561,7 @@ class AdaptiveConcurrency:
         ewma_alpha: float = 0.2,
         min_cooldown_s: float = 1.0,
         baseline_window_s: float = 60.0,
+        slow_start: bool = True,
     ) -> None:
         """Validate the bounds and tunables; ``initial`` is clamped into ``[floor, cap]``."""
         if floor < 1 or cap < floor:
@@ -581,6 +586,7 @@ class AdaptiveConcurrency:
         self._min_cooldown_s = min_cooldown_s
         self._baseline_window_s = baseline_window_s
         self._successes = 0
+        self._slow_start = slow_start
         self._ewma_ttft_s: float | None = None
         # Monotonic deque of (time, smoothed TTFT), values increasing: front = window minimum.
         self._recent: deque[tuple[float, float]] = deque()
@@ -623,6 +629,8 @@ class AdaptiveConcurrency:
             self._decrease(self._decrease_factor)
         elif ewma_s <= baseline_s * self._latency_hold:
             self._grow()
+        else:
+            self._slow_start = False  # the server has started to queue
 
     def on_rate_limited(self) -> None:
         """A 429 arrived: decrease multiplicatively (once per cooldown window)."""
@@ -632,13 +640,22 @@ class AdaptiveConcurrency:
         """A transient error (timeout, reset, 5xx): decrease mildly (once per cooldown window)."""
         self._decrease(self._error_factor)
 
+    @property
+    def in_slow_start(self) -> bool:
+        """True until the first sign of congestion."""
+        return self._slow_start
+
     def _grow(self) -> None:
+        if self._slow_start:
+            self._limit = min(self._cap, self._limit + 1)
+            return
         self._successes += 1
         if self._successes >= self._limit:
             self._successes = 0
             self._limit = min(self._cap, self._limit + 1)
 
     def _decrease(self, factor: float) -> None:
+        self._slow_start = False
         now_s = self._clock()
         if now_s >= self._cooldown_until_s:
             self._limit_at_cooldown_start = self._limit

@@ -460,7 +460,7 @@ def test_estimate_input_tokens() -> None:
 
 
 def test_aimd_grows_about_one_per_round_trip_up_to_cap(clock: FakeClock) -> None:
-    ac = AdaptiveConcurrency(initial=2, floor=1, cap=5, clock=clock)
+    ac = AdaptiveConcurrency(initial=2, floor=1, cap=5, clock=clock, slow_start=False)
     for _ in range(2):
         ac.on_success(0.1)
     assert ac.limit == 3
@@ -551,7 +551,9 @@ def test_aimd_backs_off_when_latency_rises(clock: FakeClock) -> None:
 
 
 def test_aimd_holds_without_growing_in_the_tolerance_band(clock: FakeClock) -> None:
-    ac = AdaptiveConcurrency(initial=2, floor=1, cap=100, clock=clock, ewma_alpha=1.0)
+    ac = AdaptiveConcurrency(
+        initial=2, floor=1, cap=100, clock=clock, ewma_alpha=1.0, slow_start=False
+    )
     ac.on_success(0.1)
     for _ in range(50):
         ac.on_success(0.17)  # 1.7x baseline: between hold (1.5x) and tolerance (2x)
@@ -563,7 +565,13 @@ def test_aimd_holds_without_growing_in_the_tolerance_band(clock: FakeClock) -> N
 
 def test_aimd_baseline_forgets_old_samples(clock: FakeClock) -> None:
     ac = AdaptiveConcurrency(
-        initial=10, floor=1, cap=100, clock=clock, ewma_alpha=1.0, baseline_window_s=10
+        initial=10,
+        floor=1,
+        cap=100,
+        clock=clock,
+        ewma_alpha=1.0,
+        baseline_window_s=10,
+        slow_start=False,
     )
     ac.on_success(0.1)
     clock.advance(11)
@@ -753,3 +761,26 @@ async def test_limiter_release_without_acquire_raises() -> None:
     limiter = ConcurrencyLimiter(lambda: 1)
     with pytest.raises(RuntimeError):
         limiter.release()
+
+
+def test_aimd_slow_start_doubles_per_round_trip_until_congestion(clock: FakeClock) -> None:
+    ac = AdaptiveConcurrency(initial=8, floor=1, cap=256, clock=clock)
+    for expected in (16, 32, 64, 128, 256):
+        for _ in range(ac.limit):  # one round trip: as many successes as in flight
+            ac.on_success(0.1)
+        assert ac.limit == expected
+    assert ac.in_slow_start
+    ac.on_rate_limited()
+    assert not ac.in_slow_start and ac.limit == 179  # 256 * 0.7
+    clock.advance(2.0)
+    for _ in range(179):
+        ac.on_success(0.1)
+    assert ac.limit == 180  # additive from now on
+
+
+def test_aimd_slow_start_ends_when_latency_rises(clock: FakeClock) -> None:
+    ac = AdaptiveConcurrency(initial=4, floor=1, cap=256, clock=clock, ewma_alpha=1.0)
+    ac.on_success(0.1)
+    assert ac.limit == 5
+    ac.on_success(0.17)  # in the hold band (1.5x-2x baseline): the server queues
+    assert not ac.in_slow_start and ac.limit == 5
