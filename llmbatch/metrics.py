@@ -164,6 +164,9 @@ class RunMetrics:
     queue: Histogram = field(default_factory=Histogram)
     tokens_per_second_bucket: dict[int, float] = field(default_factory=dict)
     concurrency_limit: int | None = None
+    # Records already in the run directory when this invocation started (a resume).
+    done_before_succeeded: int = 0
+    done_before_failed: int = 0
 
     def add(self, outcome: Outcome, *, finished_at: float | None = None) -> None:
         """Fold one finished request into the aggregates."""
@@ -227,6 +230,10 @@ class RunMetrics:
                 "failed": self.failed,
                 "skipped_already_done": self.skipped,
                 "input_errors": self.input_errors,
+                # This invocation's figures above; the whole run's record counts here
+                # (`llmbatch report --recompute` gives whole-run timings too).
+                "run_total_succeeded": self.done_before_succeeded + self.succeeded,
+                "run_total_failed": self.done_before_failed + self.failed,
             },
             "retries": self.retries,
             "rate_limited_429": self.rate_limited,

@@ -98,7 +98,9 @@ async def execute_run(
     rundir, index = RunDir.open(
         run_dir, meta, retry_failed=cfg.retry_failed, text_files=cfg.text_files
     )
-    metrics = RunMetrics(slo=slo or SLO())
+    metrics = RunMetrics(
+        slo=slo or SLO(), done_before_succeeded=index.succeeded, done_before_failed=index.failed
+    )
     signal_received: int | None = None
     try:
         async with _base_url(cfg) as base_url:

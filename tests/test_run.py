@@ -204,3 +204,18 @@ async def test_no_text_files(tmp_path: Path, mock_server: MockServer) -> None:
     for r in read_results(out.run_dir):
         assert r["llmbatch"]["text_file"] is None
         assert r["response"]["body"]["choices"][0]["message"]["content"]
+
+
+async def test_summary_counts_the_whole_run_after_a_resume(
+    tmp_path: Path, mock_server: MockServer
+) -> None:
+    prompts = write_jsonl(tmp_path / "p.jsonl", [{"id": i, "prompt": f"q{i}"} for i in range(6)])
+    cfg = config_for(mock_server, tmp_path)
+    first = await execute_run(cfg, prompts, install_signal_handlers=False)
+    rows = (first.run_dir / "results.jsonl").read_bytes().splitlines(keepends=True)
+    (first.run_dir / "results.jsonl").write_bytes(b"".join(rows[:4]))  # as if killed after 4
+    again = await execute_run(cfg, prompts, install_signal_handlers=False)
+    summary = orjson.loads((again.run_dir / "summary.json").read_bytes())
+    assert summary["requests"]["succeeded"] == 2  # this invocation
+    assert summary["requests"]["skipped_already_done"] == 4
+    assert summary["requests"]["run_total_succeeded"] == 6
