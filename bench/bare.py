@@ -10,16 +10,16 @@ line: requests ok, errors by kind, content tokens, work-phase CPU and wall time.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import itertools
 import resource
-import sys
 import time
 from typing import Any
 
 import aiohttp
 import orjson
+
+from .client_main import client_main
 
 
 async def _run(url: str, concurrency: int, n: int, model: str) -> dict[str, Any]:
@@ -88,21 +88,7 @@ async def _run(url: str, concurrency: int, n: int, model: str) -> dict[str, Any]
 
 
 def main(argv: list[str] | None = None) -> None:
-    ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("--url", required=True, help="base URL, e.g. http://127.0.0.1:8000/v1")
-    ap.add_argument("--concurrency", type=int, required=True)
-    ap.add_argument("--requests", type=int, required=True)
-    ap.add_argument("--model", default="mock-model")
-    ap.add_argument("--loop", choices=("uvloop", "asyncio"), default="uvloop")
-    args = ap.parse_args(argv)
-    factory = None
-    if args.loop == "uvloop":
-        import uvloop
-
-        factory = uvloop.new_event_loop
-    with asyncio.Runner(loop_factory=factory) as runner:
-        out = runner.run(_run(args.url, args.concurrency, args.requests, args.model))
-    sys.stdout.write(orjson.dumps(out).decode() + "\n")
+    client_main(_run, __doc__, argv)
 
 
 if __name__ == "__main__":

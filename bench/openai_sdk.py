@@ -6,15 +6,13 @@ SDK's own parsing of every chunk; the httpx pool is raised to C (RESEARCH.md §1
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import itertools
 import resource
-import sys
 import time
 from typing import Any
 
-import orjson
+from .client_main import client_main
 
 
 async def _run(url: str, concurrency: int, n: int, model: str) -> dict[str, Any]:
@@ -64,21 +62,7 @@ async def _run(url: str, concurrency: int, n: int, model: str) -> dict[str, Any]
 
 
 def main(argv: list[str] | None = None) -> None:
-    ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("--url", required=True)
-    ap.add_argument("--concurrency", type=int, required=True)
-    ap.add_argument("--requests", type=int, required=True)
-    ap.add_argument("--model", default="mock-model")
-    ap.add_argument("--loop", choices=("uvloop", "asyncio"), default="uvloop")
-    args = ap.parse_args(argv)
-    factory = None
-    if args.loop == "uvloop":
-        import uvloop
-
-        factory = uvloop.new_event_loop
-    with asyncio.Runner(loop_factory=factory) as runner:
-        out = runner.run(_run(args.url, args.concurrency, args.requests, args.model))
-    sys.stdout.write(orjson.dumps(out).decode() + "\n")
+    client_main(_run, __doc__, argv)
 
 
 if __name__ == "__main__":

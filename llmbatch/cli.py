@@ -76,6 +76,13 @@ ConfigOpt = Annotated[
     Path | None,
     typer.Option("--config", "-c", help="Config file (default: ./config.toml if present)."),
 ]
+SloOpt = Annotated[
+    str | None, typer.Option(help="Goodput objectives, e.g. ttft=0.5,tpot=0.05 (seconds).")
+]
+ProgressOpt = Annotated[
+    bool | None,
+    typer.Option("--progress/--no-progress", help="Progress bar (default: when a terminal)."),
+]
 ProviderOpt = Annotated[
     str | None, typer.Option("--provider", "-p", help="Provider profile (default: mock).")
 ]
@@ -150,13 +157,8 @@ def run(
     insecure: Annotated[
         bool | None, typer.Option("--insecure", help="Do not verify TLS certificates.")
     ] = None,
-    slo: Annotated[
-        str | None, typer.Option(help="Goodput objectives, e.g. ttft=0.5,tpot=0.05 (seconds).")
-    ] = None,
-    progress: Annotated[
-        bool | None,
-        typer.Option("--progress/--no-progress", help="Progress bar (default: when a terminal)."),
-    ] = None,
+    slo: SloOpt = None,
+    progress: ProgressOpt = None,
 ) -> None:
     """Send every prompt of PROMPTS as a streaming chat completion; resumable."""
     from .errors import LLMBatchError
@@ -412,13 +414,8 @@ def compare(
         typer.Option("--out", "-o", help="Compare directory (default outputs/compare-<...>)."),
     ] = None,
     config: ConfigOpt = None,
-    slo: Annotated[
-        str | None, typer.Option(help="Goodput objectives, e.g. ttft=0.5,tpot=0.05 (seconds).")
-    ] = None,
-    progress: Annotated[
-        bool | None,
-        typer.Option("--progress/--no-progress", help="Progress bar (default: when a terminal)."),
-    ] = None,
+    slo: SloOpt = None,
+    progress: ProgressOpt = None,
 ) -> None:
     """Run PROMPTS against every provider × client × concurrency, one after another,
     then print one comparison table and write compare.json, compare.csv (and compare.png).
