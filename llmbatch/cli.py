@@ -23,6 +23,7 @@ if TYPE_CHECKING:
     from .config import RunConfig
     from .metrics import SLO
     from .runner import RunOutput
+    from .shard import Shard
     from .tables import Table
 
 EXIT_OK = 0
@@ -159,9 +160,14 @@ def run(
     ] = None,
     slo: SloOpt = None,
     progress: ProgressOpt = None,
+    shard: Annotated[
+        str | None,
+        typer.Option(help="Run only shard I/N of the ids (stable hash), into its own run dir."),
+    ] = None,
 ) -> None:
     """Send every prompt of PROMPTS as a streaming chat completion; resumable."""
     from .errors import LLMBatchError
+    from .shard import parse_shard
 
     flags = {
         "provider": provider,
@@ -185,20 +191,20 @@ def run(
     try:
         cfg = _load(config, flags)
         slo_obj = _parse_slo(slo)
-        output = _run_loop(cfg, prompts, slo_obj)
+        output = _run_loop(cfg, prompts, slo_obj, parse_shard(shard) if shard else None)
     except LLMBatchError as exc:
         raise _fail_for(exc) from None
     raise typer.Exit(_report_and_code(output))
 
 
-def _run_loop(cfg: RunConfig, prompts: Path, slo: SLO) -> RunOutput:
+def _run_loop(cfg: RunConfig, prompts: Path, slo: SLO, shard: Shard | None) -> RunOutput:
     import asyncio
 
     from .runner import execute_run
 
     loop_factory = _loop_factory()
     with asyncio.Runner(loop_factory=loop_factory) as runner:
-        return runner.run(execute_run(cfg, prompts, slo=slo))
+        return runner.run(execute_run(cfg, prompts, slo=slo, shard=shard))
 
 
 def _loop_factory() -> Any:
@@ -477,6 +483,31 @@ def compare(
     if any(r.stop_reason is not None for r in result.rows):
         raise typer.Exit(EXIT_ABORTED)
     raise typer.Exit(EXIT_FAILED_REQUESTS if any(r.status != "ok" for r in result.rows) else 0)
+
+
+@app.command()
+def merge(
+    dirs: Annotated[list[Path], typer.Argument(help="The run directories of every shard.")],
+    out: Annotated[
+        Path | None,
+        typer.Option("--out", "-o", help="Merged run dir (default: first name minus -shardIofN)."),
+    ] = None,
+    prompts: Annotated[
+        Path | None, typer.Option(help="The prompts file, if not at the path run.json names.")
+    ] = None,
+) -> None:
+    """Join the finished run directories of --shard I/N runs into one run directory."""
+    from .errors import LLMBatchError
+    from .merge import default_merge_dir, merge_shards
+
+    try:
+        result = merge_shards(dirs, out or default_merge_dir(dirs), prompts=prompts)
+    except LLMBatchError as exc:
+        raise _fail(str(exc), EXIT_USAGE) from None
+    typer.echo(
+        f"merged {len(result.shards)} shards into {result.out_dir}: {result.records} records "
+        f"({result.succeeded} succeeded, {result.failed} failed)"
+    )
 
 
 # -- export and providers (issue 8) ------------------------------------------------------

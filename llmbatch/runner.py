@@ -24,6 +24,7 @@ from .progress import make_progress
 from .providers import make_provider
 from .reader import iter_records
 from .records import PromptRecord
+from .shard import Shard, select_shard
 from .writer import RunDir
 
 __all__ = ["RunOutput", "default_run_dir", "execute_run", "open_prompts"]
@@ -38,13 +39,16 @@ class RunOutput:
     signal_received: int | None
 
 
-def default_run_dir(cfg: RunConfig, prompts: Path) -> Path:
-    """outputs/<prompts stem>-<provider>[-<model>]: the same command resumes the same run."""
+def default_run_dir(cfg: RunConfig, prompts: Path, shard: Shard | None = None) -> Path:
+    """outputs/<prompts stem>-<provider>[-<model>][-shardIofN]: the same command resumes
+    the same run."""
     if cfg.run_dir is not None:
         return cfg.run_dir
     parts = [prompts.stem, cfg.provider.name]
     if cfg.provider.model and not cfg.provider.embedded_mock:
         parts.append(cfg.provider.model.replace("/", "_"))
+    if shard is not None:
+        parts.append(shard.suffix)
     return cfg.out_dir / "-".join(parts)
 
 
@@ -85,16 +89,21 @@ async def execute_run(
     *,
     slo: SLO | None = None,
     install_signal_handlers: bool = True,
+    shard: Shard | None = None,
 ) -> RunOutput:
-    """Run every prompt of ``prompts``; resumable by calling again with the same config."""
+    """Run every prompt of ``prompts`` (of ``shard`` only, if given); resumable by calling
+    again with the same config."""
     api_key = resolve_api_key(cfg.provider)  # before anything is sent
     items = open_prompts(prompts)
-    run_dir = default_run_dir(cfg, prompts)
+    run_dir = default_run_dir(cfg, prompts, shard)
     meta = {
         "prompts": str(prompts.resolve()),
         "provider": cfg.provider.name,
         "model": cfg.provider.model,
     }
+    if shard is not None:
+        items = select_shard(items, shard)
+        meta["shard"] = shard.spec
     rundir, index = RunDir.open(
         run_dir, meta, retry_failed=cfg.retry_failed, text_files=cfg.text_files
     )

@@ -189,7 +189,7 @@ class RunDir:
             except (orjson.JSONDecodeError, OSError):
                 old = None
             if isinstance(old, dict):
-                for key in ("prompts", "provider", "model"):
+                for key in ("prompts", "provider", "model", "shard"):
                     if old.get(key) != meta.get(key):
                         raise RunDirError(
                             f"{self.path} holds a run of {key} {old.get(key)!r}, not "
