@@ -283,6 +283,28 @@ def mock_server(
         typer.Option(help="Fault rate KIND=FRACTION (repeatable), e.g. 429=0.1."),
     ] = None,
     fault_attempts: Annotated[int, typer.Option(help="Attempts of a prompt a fault hits.")] = 1,
+    retry_after_ms: Annotated[
+        float, typer.Option(help="Retry-After of an injected 429, ms.")
+    ] = 50.0,
+    fault_header: Annotated[
+        list[str] | None,
+        typer.Option(help="Header NAME=VALUE on injected 429s (repeatable)."),
+    ] = None,
+    rpm: Annotated[float | None, typer.Option(help="Requests per limit window.")] = None,
+    tpm: Annotated[float | None, typer.Option(help="Tokens per limit window.")] = None,
+    rpd: Annotated[
+        float | None,
+        typer.Option(help="Requests per day; the -requests headers then count per day."),
+    ] = None,
+    limit_window_s: Annotated[
+        float, typer.Option(help="Length of the rate-limit window, s (1, 10, 60...).")
+    ] = 60.0,
+    limit_mode: Annotated[
+        str, typer.Option(help="refill (continuous, OpenAI-style) or sliding (window log).")
+    ] = "refill",
+    limit_headers: Annotated[
+        str, typer.Option(help="Send rate-limit headers: always, on_429 or never.")
+    ] = "always",
 ) -> None:
     """Serve the mock (/v1/chat/completions, /v1/completions, /v1/messages, /v1/models)."""
     import asyncio
@@ -298,13 +320,30 @@ def mock_server(
             faults[kind] = float(rate)
         except ValueError:
             raise _fail(f"--fault: {kind} needs a fraction, got {rate!r}", 2) from None
-    cfg = MockConfig(
-        tokens=tokens,
-        ttft_s=ttft_ms / 1000,
-        itl_s=itl_ms / 1000,
-        faults=faults,
-        fault_attempts=fault_attempts,
-    )
+    headers: dict[str, str] = {}
+    for spec in fault_header or []:
+        name, sep, value = spec.partition("=")
+        if not sep or not name.strip():
+            raise _fail(f"--fault-header: expected NAME=VALUE, got {spec!r}", 2)
+        headers[name.strip().lower()] = value.strip()
+    try:
+        cfg = MockConfig(
+            tokens=tokens,
+            ttft_s=ttft_ms / 1000,
+            itl_s=itl_ms / 1000,
+            faults=faults,
+            fault_attempts=fault_attempts,
+            retry_after_s=retry_after_ms / 1000,
+            fault_headers=headers,
+            rpm=rpm,
+            tpm=tpm,
+            rpd=rpd,
+            limit_window_s=limit_window_s,
+            limit_mode=limit_mode,
+            limit_headers=limit_headers,
+        )
+    except ValueError as exc:
+        raise _fail(f"mock-server: {exc}", 2) from None
 
     async def serve() -> None:
         server = await start_mock_server(cfg, host=host, port=port)

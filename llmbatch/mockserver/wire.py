@@ -1,37 +1,13 @@
-"""Wire shapes of the mock's answers: OpenAI and Anthropic bodies, errors, headers, waiters."""
+"""Wire shapes of the mock's answers: OpenAI and Anthropic bodies, errors, headers."""
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
-import time
 from collections.abc import Mapping
-from dataclasses import dataclass
 from typing import Any
 
 import orjson
 from aiohttp import web
-
-
-def resolve(
-    waiters: list[tuple[int, asyncio.Future[None]]], value: int
-) -> list[tuple[int, asyncio.Future[None]]]:
-    """Wake the waiters whose target ``value`` has reached; return the others."""
-    keep = []
-    for target, fut in waiters:
-        if value >= target:
-            if not fut.done():
-                fut.set_result(None)
-        else:
-            keep.append((target, fut))
-    return keep
-
-
-async def wait_for(waiters: list[tuple[int, asyncio.Future[None]]], target: int) -> None:
-    """Wait until ``resolve`` is called with a value of at least ``target``."""
-    fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-    waiters.append((target, fut))
-    await fut
 
 
 def completion(model: str, text: str, finish: str, usage: dict[str, int]) -> dict[str, Any]:
@@ -61,17 +37,6 @@ def json_error(
     )
 
 
-@dataclass(frozen=True, slots=True)
-class Plan:
-    """How one answer is streamed: token count, whether max_tokens cut it, timing."""
-
-    n: int
-    capped: bool
-    ttft: float
-    itl: float
-    t0: float
-
-
 # Fault kind -> (status, Anthropic error type, message). Anthropic has no quota 429:
 # an empty credit balance is a 400 invalid_request_error.
 ANTHROPIC_HTTP_FAULTS: dict[str, tuple[int, str, str]] = {
@@ -84,22 +49,6 @@ ANTHROPIC_HTTP_FAULTS: dict[str, tuple[int, str, str]] = {
     "502": (502, "api_error", "mock fault 502"),
     "503": (503, "api_error", "mock fault 503"),
 }
-
-
-def anthropic_limit_headers(openai_headers: Mapping[str, str]) -> dict[str, str]:
-    """``_admit``'s x-ratelimit-* headers under Anthropic's names (reset as RFC 3339)."""
-    out: dict[str, str] = {}
-    now = time.time()
-    for name in ("requests", "tokens"):
-        prefix = f"anthropic-ratelimit-{name}"
-        limit = openai_headers.get(f"x-ratelimit-limit-{name}")
-        if limit is None:
-            continue
-        out[f"{prefix}-limit"] = limit
-        out[f"{prefix}-remaining"] = openai_headers.get(f"x-ratelimit-remaining-{name}", "0")
-        reset_s = float(openai_headers.get(f"x-ratelimit-reset-{name}", "0s").rstrip("s"))
-        out[f"{prefix}-reset"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(now + reset_s))
-    return out
 
 
 def sse(event: str, data: Any) -> bytes:
@@ -136,14 +85,3 @@ def anthropic_error(
         content_type="application/json",
         headers=dict(headers or {}),
     )
-
-
-def int_header(headers: Mapping[str, str], name: str, default: Any) -> Any:
-    """An integer request header, or ``default`` when absent or malformed."""
-    val = headers.get(name)
-    if val is None:
-        return default
-    try:
-        return int(val)
-    except ValueError:
-        return default

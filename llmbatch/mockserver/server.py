@@ -1,0 +1,84 @@
+"""Routing and start-up: the mock as an aiohttp.web application on a TCP port."""
+
+from __future__ import annotations
+
+import orjson
+from aiohttp import web
+
+from .anthropic import AnthropicRoutes
+from .config import MockConfig
+from .openai import OpenAIRoutes
+from .state import MockState, MockStats
+
+__all__ = ["MockServer", "build_app", "start_mock_server"]
+
+
+def build_app(state: MockState) -> web.Application:
+    """The aiohttp application serving ``state``'s endpoints."""
+    openai = OpenAIRoutes(state)
+    anthropic = AnthropicRoutes(state, openai)
+
+    async def models(request: web.Request) -> web.Response:
+        data = {"object": "list", "data": [{"id": state.cfg.model, "object": "model"}]}
+        return web.Response(body=orjson.dumps(data), content_type="application/json")
+
+    async def get_stats(request: web.Request) -> web.Response:
+        return web.Response(
+            body=orjson.dumps(state.stats.as_dict()), content_type="application/json"
+        )
+
+    async def reset(request: web.Request) -> web.Response:
+        state.reset()
+        return web.Response(text="ok")
+
+    app = web.Application(client_max_size=64 * 1024 * 1024)
+    app.router.add_post("/v1/chat/completions", openai.chat)
+    app.router.add_post("/v1/completions", openai.completions)
+    app.router.add_post("/v1/messages", anthropic.messages)
+    app.router.add_get("/v1/models", models)
+    app.router.add_get("/mock/stats", get_stats)
+    app.router.add_post("/mock/reset", reset)
+    return app
+
+
+class MockServer:
+    """A running mock server; ``url`` is its OpenAI-style base URL (ending in /v1)."""
+
+    def __init__(self, runner: web.AppRunner, state: MockState, host: str, port: int) -> None:
+        self._runner = runner
+        self._state = state
+        self.host = host
+        self.port = port
+        self.url = f"http://{host}:{port}/v1"
+
+    @property
+    def stats(self) -> MockStats:
+        """Live counters (requests, in-flight, max in-flight, faults injected)."""
+        return self._state.stats
+
+    async def wait_completed(self, count: int) -> None:
+        """Wait until ``count`` answers have been sent in full."""
+        await self._state.wait_completed(count)
+
+    async def wait_in_flight(self, count: int) -> None:
+        """Wait until ``count`` requests are in flight at once."""
+        await self._state.wait_in_flight(count)
+
+    async def close(self) -> None:
+        """Stop listening and close open connections."""
+        await self._runner.cleanup()
+
+
+async def start_mock_server(
+    cfg: MockConfig | None = None, *, host: str = "127.0.0.1", port: int = 0
+) -> MockServer:
+    """Start the mock on ``host:port`` (port 0 = an ephemeral port) in the running loop."""
+    state = MockState(cfg or MockConfig())
+    runner = web.AppRunner(
+        build_app(state), access_log=None, handle_signals=False, shutdown_timeout=0.1
+    )
+    await runner.setup()
+    site = web.TCPSite(runner, host, port, backlog=4096, reuse_address=True)
+    await site.start()
+    bound = runner.addresses[0]
+    return MockServer(runner, state, host, int(bound[1]))

@@ -1,0 +1,192 @@
+"""The mock's front-end-independent core: counters, waiters, plans, faults, rate limits.
+
+Everything a request handler decides before it writes bytes lives here, as plain
+classes over ``Mapping`` headers, so an aiohttp handler and an ASGI one can share it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from .config import MockConfig
+from .faults import FaultPicker, int_header
+from .ratelimits import Admission, MockRateLimits
+
+__all__ = ["MockState", "MockStats", "Plan"]
+
+Waiters = list[tuple[int, asyncio.Future[None]]]
+
+
+def _resolve(waiters: Waiters, value: int) -> Waiters:
+    """Wake the waiters whose target ``value`` has reached; return the others."""
+    keep = []
+    for target, fut in waiters:
+        if value >= target:
+            if not fut.done():
+                fut.set_result(None)
+        else:
+            keep.append((target, fut))
+    return keep
+
+
+async def _wait_for(waiters: Waiters, target: int) -> None:
+    fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+    waiters.append((target, fut))
+    await fut
+
+
+@dataclass(slots=True)
+class MockStats:
+    """Counters exposed at GET /mock/stats."""
+
+    requests: int = 0
+    in_flight: int = 0
+    max_in_flight: int = 0
+    completed: int = 0
+    rate_limited: int = 0  # 429s from the configured rate limits (not injected faults)
+    early_retries: int = 0  # retries of a prompt that came before its Retry-After
+    faults: dict[str, int] = field(default_factory=dict)
+    # (monotonic time, tokens) of every request admitted under a rate limit.
+    admitted: list[tuple[float, int]] = field(default_factory=list)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "requests": self.requests,
+            "in_flight": self.in_flight,
+            "max_in_flight": self.max_in_flight,
+            "completed": self.completed,
+            "rate_limited": self.rate_limited,
+            "early_retries": self.early_retries,
+            "faults": dict(self.faults),
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class Plan:
+    """How one answer is streamed: token count, whether max_tokens cut it, timing."""
+
+    n: int
+    capped: bool
+    ttft: float
+    itl: float
+    t0: float
+
+
+class MockState:
+    """Shared by every request of one mock server."""
+
+    def __init__(self, cfg: MockConfig) -> None:
+        self.cfg = cfg
+        self.stats = MockStats()
+        self.faults = FaultPicker(cfg)
+        self.limits = MockRateLimits(cfg)
+        self._not_before: dict[bytes, float] = {}  # prompt -> earliest allowed retry
+        self._waiters: Waiters = []
+        self._flight_waiters: Waiters = []
+
+    def reset(self) -> None:
+        """POST /mock/reset: fresh counters and attempt counts (limits keep their state)."""
+        self.stats = MockStats()
+        self.faults.clear()
+        self._not_before.clear()
+
+    # -- counting ----------------------------------------------------------------------
+    def begin(self) -> None:
+        """A request arrived (before its body is read)."""
+        st = self.stats
+        st.requests += 1
+        st.in_flight += 1
+        st.max_in_flight = max(st.max_in_flight, st.in_flight)
+        if self._flight_waiters:
+            self._flight_waiters = _resolve(self._flight_waiters, st.in_flight)
+
+    def end(self) -> None:
+        """The request's handler returned (answered, failed or cut)."""
+        self.stats.in_flight -= 1
+
+    def completed(self) -> None:
+        """An answer went out in full."""
+        self.stats.completed += 1
+        if self._waiters:
+            self._waiters = _resolve(self._waiters, self.stats.completed)
+
+    async def wait_completed(self, count: int) -> None:
+        """Return once ``count`` answers were sent in full (for tests: no polling)."""
+        if self.stats.completed < count:
+            await _wait_for(self._waiters, count)
+
+    async def wait_in_flight(self, count: int) -> None:
+        """Return once ``count`` requests are being answered at the same time."""
+        if self.stats.in_flight < count:
+            await _wait_for(self._flight_waiters, count)
+
+    # -- decisions ---------------------------------------------------------------------
+    def plan(self, headers: Mapping[str, str], cap: Any, t0: float) -> Plan:
+        """Token count and timing, from the config and ``x-mock-*`` request headers."""
+        cfg = self.cfg
+        n = int_header(headers, "x-mock-tokens", cfg.tokens) or cfg.tokens
+        capped = isinstance(cap, int) and not isinstance(cap, bool) and 0 < cap < n
+        ttft_ms = int_header(headers, "x-mock-ttft-ms", None)
+        itl_ms = int_header(headers, "x-mock-itl-ms", None)
+        return Plan(
+            n=cap if capped else n,
+            capped=capped,
+            ttft=cfg.ttft_s if ttft_ms is None else ttft_ms / 1000.0,
+            itl=cfg.itl_s if itl_ms is None else itl_ms / 1000.0,
+            t0=t0,
+        )
+
+    def arrived(self, key: bytes) -> None:
+        """Note a retry of ``key`` that came before the Retry-After it was given."""
+        not_before = self._not_before.pop(key, None)
+        # 1 ms of slack: Retry-After travels as whole milliseconds.
+        if not_before is not None and time.monotonic() < not_before - 0.001:
+            self.stats.early_retries += 1
+
+    def told_to_wait(self, key: bytes, seconds: float) -> None:
+        """A 429 told the client to retry ``key`` no earlier than ``seconds`` from now."""
+        self._not_before[key] = time.monotonic() + seconds
+
+    def fault_for(self, key: bytes, headers: Mapping[str, str]) -> str | None:
+        """The fault this attempt gets (counted in stats), or None."""
+        fault = self.faults.pick(key, headers)
+        if fault:
+            self.stats.faults[fault] = self.stats.faults.get(fault, 0) + 1
+        return fault
+
+    def admit(self, key: bytes, tokens: int, style: str = "openai") -> Admission:
+        """Rate-limit admission for one request of ``tokens``; refusals are counted.
+
+        A refusal's headers carry Retry-After (``retry-after-ms`` and ``retry-after``).
+        """
+        if not self.limits.active:
+            return Admission()
+        verdict = self.limits.admit(tokens, style)
+        if verdict.retry_after_s is None:
+            self.stats.admitted.append((time.monotonic(), tokens))
+        else:
+            self.stats.rate_limited += 1
+            self.told_to_wait(key, retry_after_headers(verdict.retry_after_s, verdict.headers))
+        return verdict
+
+    def fault_429_headers(self, key: bytes) -> dict[str, str]:
+        """Headers of an injected 429: Retry-After plus the configured ``fault_headers``."""
+        headers = dict(self.cfg.fault_headers)
+        self.told_to_wait(key, retry_after_headers(self.cfg.retry_after_s, headers))
+        return headers
+
+
+def retry_after_headers(seconds: float, headers: dict[str, str]) -> float:
+    """Add ``retry-after-ms`` and ``retry-after`` (whole seconds, rounded up) to ``headers``.
+
+    Returns the wait a client honouring the headers observes (the millisecond figure).
+    """
+    ms = max(1, math.ceil(seconds * 1000))
+    headers.setdefault("retry-after-ms", str(ms))
+    headers.setdefault("retry-after", str(max(1, math.ceil(seconds))))
+    return int(headers["retry-after-ms"]) / 1000.0

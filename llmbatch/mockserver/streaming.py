@@ -1,0 +1,100 @@
+"""Writing an answer over time: frames per token on an absolute schedule (aiohttp)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import orjson
+from aiohttp import web
+
+from .state import Plan
+from .wire import text_completion_chunk
+
+__all__ = ["MidFault", "chat_frames", "completion_frames", "json_body", "stream_tokens"]
+
+MidFault = Callable[[str, web.StreamResponse, web.Request], Awaitable[bool]]
+
+
+def chat_frames(model: Any, finish: str) -> tuple[Callable[[str | None], bytes], bytes]:
+    """(token frame, closing chunk) of a chat stream; frame(None) is the role chunk."""
+    head = (
+        b'data: {"id":"chatcmpl-mock","object":"chat.completion.chunk","created":0,"model":'
+        + orjson.dumps(model)
+        + b',"choices":[{"index":0,"delta":'
+    )
+
+    def frame(tok: str | None) -> bytes:
+        if tok is None:
+            return head + b'{"role":"assistant","content":""},"finish_reason":null}]}\n\n'
+        return head + b'{"content":' + orjson.dumps(tok) + b'},"finish_reason":null}]}\n\n'
+
+    return frame, head + b'{},"finish_reason":' + orjson.dumps(finish) + b"}]}\n\n"
+
+
+def completion_frames(model: Any, finish: str) -> tuple[Callable[[str | None], bytes], bytes]:
+    """(token frame, closing chunk) of a text_completion stream."""
+
+    def frame(tok: str | None) -> bytes:
+        return b"data: " + orjson.dumps(text_completion_chunk(model, tok or "", None)) + b"\n\n"
+
+    return frame, b"data: " + orjson.dumps(text_completion_chunk(model, "", finish)) + b"\n\n"
+
+
+async def json_body(request: web.Request) -> dict[str, Any] | None:
+    """The request's JSON object, or None when the body is not one."""
+    try:
+        body = orjson.loads(await request.read())
+    except orjson.JSONDecodeError:
+        return None
+    return body if isinstance(body, dict) else None
+
+
+async def until_done(plan: Plan) -> None:
+    """Sleep until a non-streamed answer would have finished streaming."""
+    done_at = plan.t0 + plan.ttft + plan.itl * (plan.n - 1)
+    await asyncio.sleep(max(0.0, done_at - time.monotonic()))
+
+
+async def stream_tokens(
+    request: web.Request,
+    resp: web.StreamResponse,
+    plan: Plan,
+    tokens: list[str],
+    frame: Callable[[str], bytes],
+    fault: str | None,
+    mid_fault: MidFault,
+    tail: bytes,
+) -> bool:
+    """Write one frame per token on schedule, then ``tail``; False when a fault ended it.
+
+    The schedule is absolute (token i due at t0 + ttft + i * itl): a timer that fires
+    late (epoll rounds up to whole ms; a busy loop) delays one token, not all after it.
+    """
+    due = plan.t0 + plan.ttft
+    delay = due - time.monotonic()
+    if delay > 0:
+        await asyncio.sleep(delay)
+    cut = plan.n // 2
+    pieces: list[bytes] = []
+    for i, tok in enumerate(tokens):
+        if fault and i == cut:
+            if pieces:  # what came before the fault reaches the client first
+                await resp.write(b"".join(pieces))
+                pieces = []
+            if await mid_fault(fault, resp, request):
+                return False
+            due = max(due, time.monotonic())  # a stall shifts the rest of the stream
+        pieces.append(frame(tok))
+        if plan.itl > 0:
+            await resp.write(pieces.pop())
+            if i < plan.n - 1:
+                due += plan.itl
+                delay = due - time.monotonic()
+                if delay > 0:
+                    await asyncio.sleep(delay)
+    pieces.append(tail)
+    await resp.write(b"".join(pieces))
+    return True
