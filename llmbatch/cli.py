@@ -39,6 +39,7 @@ app = typer.Typer(
     help="Run large sets of LLM prompts against streaming chat APIs, fast, losing nothing.",
     no_args_is_help=True,
     add_completion=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
     pretty_exceptions_enable=False,
 )
 
@@ -155,6 +156,13 @@ def run(
     retry_failed: Annotated[
         bool, typer.Option("--retry-failed", help="Run the failed records of this run again.")
     ] = False,
+    force_resume: Annotated[
+        bool,
+        typer.Option(
+            "--force-resume",
+            help="Continue a run directory made for another base URL, model or provider.",
+        ),
+    ] = False,
     insecure: Annotated[
         bool | None, typer.Option("--insecure", help="Do not verify TLS certificates.")
     ] = None,
@@ -185,6 +193,7 @@ def run(
         "text_files": text_files,
         "max_runtime_s": max_runtime,
         "retry_failed": retry_failed or None,
+        "force_resume": force_resume or None,
         "insecure": insecure,
         "progress": progress,
     }
@@ -403,7 +412,9 @@ def report(
 ) -> None:
     """Show a run's metrics (also while it runs): a table, JSON or CSV."""
     from .errors import ConfigError, RunDirError
+    from .notices import warn
     from .report import load_report, report_csv, report_json, report_tables
+    from .writer import damaged_lines_notice
 
     if as_json and as_csv:
         raise _fail("--json and --csv exclude each other", EXIT_USAGE)
@@ -412,6 +423,7 @@ def report(
         summary = load_report(run_dir, recompute=recompute, slo=slo_obj)
     except (ConfigError, RunDirError) as exc:
         raise _fail(str(exc), EXIT_USAGE) from None
+    warn(damaged_lines_notice(run_dir / "results.jsonl", summary["report"].get("damaged_lines")))
     if as_json:
         typer.echo(report_json(summary))
     elif as_csv:
@@ -566,16 +578,20 @@ def export(
     """Write a run's results as an OpenAI Batch or Anthropic batch file, or as CSV."""
     from .errors import LLMBatchError
     from .export import export_run
+    from .notices import warn
+    from .writer import RESULTS, damaged_lines_notice
 
+    damaged: list[int] = []
     try:
         if output is None:
             sys.stdout.flush()
-            n = export_run(run_dir, fmt, ordered=ordered, stdout=sys.stdout.buffer)
+            n = export_run(run_dir, fmt, ordered=ordered, stdout=sys.stdout.buffer, damaged=damaged)
             sys.stdout.buffer.flush()
         else:
-            n = export_run(run_dir, fmt, ordered=ordered, output=output)
+            n = export_run(run_dir, fmt, ordered=ordered, output=output, damaged=damaged)
     except LLMBatchError as exc:
         raise _fail(str(exc), EXIT_USAGE) from None
+    warn(damaged_lines_notice(run_dir / RESULTS, damaged))
     if output is not None:
         typer.echo(f"exported {n} records to {output}", err=True)
 

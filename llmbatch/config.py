@@ -11,6 +11,7 @@ import dataclasses
 import math
 import os
 import tomllib
+import urllib.parse
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -115,6 +116,8 @@ class RunConfig:
     text_files: bool = True  # text/<id>.txt per request; results.jsonl has the text anyway
     max_runtime_s: float | None = None
     retry_failed: bool = False
+    # Continue a run directory made for another target (base URL, model, ...).
+    force_resume: bool = False
     insecure: bool = False
     progress: bool | None = None
 
@@ -157,7 +160,21 @@ _RUN_KEYS = {
     "insecure",
 }
 _PROVIDER_OVERRIDES = {"base_url", "model", "api_key_env"}
+_LIMIT_KEYS = ("rpm", "input_tpm", "output_tpm", "tpm")
 _ENV_PREFIX = "LLMBATCH_"
+# The tables a config file may hold; anything else at the top level is a mistake.
+_SECTIONS = ("run", "timeouts", "retry", "mock", "providers")
+# Command-line spelling of the flags whose name is not just the key with dashes.
+_FLAG_NAMES = {
+    "run_dir": "--out",
+    "max_runtime_s": "--max-runtime",
+    "text_files": "--text/--no-text",
+    "progress": "--progress/--no-progress",
+}
+
+
+def _flag_name(key: str) -> str:
+    return _FLAG_NAMES.get(key, "--" + key.replace("_", "-"))
 
 
 def load_config(
@@ -169,56 +186,66 @@ def load_config(
     """Merge defaults, the config file, LLMBATCH_* variables and flags into a RunConfig.
 
     ``config_path`` None means ./config.toml if it exists. ``flags`` holds only the
-    options the user actually gave (None values are ignored).
+    options the user actually gave (None values are ignored). A bad value raises a
+    ConfigError naming where it came from: the flag, the variable or ``file: section.key``.
     """
     env = os.environ if environ is None else environ
     file_data, source = _read_file(config_path)
+    _check_top_level(file_data, source)
     flags = {k: v for k, v in (flags or {}).items() if v is not None}
 
-    run_sec = _section(file_data, "run", source)
+    # Every merged key remembers where its value came from, so errors blame that place.
     merged: dict[str, Any] = {}
-    merged.update(run_sec)
-    merged.update(_from_env(env))
-    merged.update(flags)
+    origin: dict[str, str] = {}
+    for key, val in _section(file_data, "run", source).items():
+        merged[key], origin[key] = val, f"{source}: run.{key}"
+    for key, val in _from_env(env).items():
+        merged[key], origin[key] = val, _ENV_PREFIX + key.upper()
+    for key, val in flags.items():
+        merged[key], origin[key] = val, _flag_name(key)
 
     profiles = _profiles_from(file_data, source)
-    pname = merged.pop("provider", "mock")
+    pname = _as_str(merged.pop("provider", "mock"), origin.get("provider", "provider"))
     if pname not in profiles:
         known = ", ".join(sorted(profiles))
-        raise ConfigError(f"unknown provider {pname!r} (known: {known})")
+        where = origin.get("provider", "provider")
+        raise ConfigError(f"{where}: unknown provider {pname!r} (known: {known})")
     provider = profiles[pname]
-    overrides = {k: merged.pop(k) for k in list(merged) if k in _PROVIDER_OVERRIDES}
+    overrides: dict[str, Any] = {
+        k: _as_str(merged.pop(k), origin[k]) for k in list(merged) if k in _PROVIDER_OVERRIDES
+    }
     if overrides:
         provider = dataclasses.replace(provider, **overrides)
-    limit_keys = ("rpm", "input_tpm", "output_tpm", "tpm")
-    limit_over = {k: merged.pop(k) for k in list(merged) if k in limit_keys}
+    limit_over = {k: _as_float(merged.pop(k), origin[k]) for k in list(merged) if k in _LIMIT_KEYS}
     if limit_over:
         provider = dataclasses.replace(
             provider, limits=dataclasses.replace(provider.limits, **limit_over)
         )
 
     run_dir = merged.pop("run_dir", None)
-    retry_failed = _as_bool(merged.pop("retry_failed", False), "retry_failed", source)
+    retry_failed = _as_bool(merged.pop("retry_failed", False), origin.get("retry_failed", ""))
+    force_resume = _as_bool(merged.pop("force_resume", False), origin.get("force_resume", ""))
     progress = merged.pop("progress", None)
     if progress is not None:
-        progress = _as_bool(progress, "progress", source)
+        progress = _as_bool(progress, origin["progress"])
     unknown = set(merged) - _RUN_KEYS
     if unknown:
         raise ConfigError(f"{source}: unknown key(s) in [run]: {', '.join(sorted(unknown))}")
     try:
         cfg = RunConfig(
             provider=provider,
-            timeouts=_typed(Timeouts, _section(file_data, "timeouts", source), source),
-            retry=_typed(RetryPolicy, _section(file_data, "retry", source), source),
-            mock=_typed(MockSettings, _section(file_data, "mock", source), source),
+            timeouts=_typed(Timeouts, _section(file_data, "timeouts", source), source, "timeouts"),
+            retry=_typed(RetryPolicy, _section(file_data, "retry", source), source, "retry"),
+            mock=_typed(MockSettings, _section(file_data, "mock", source), source, "mock"),
             run_dir=Path(run_dir) if run_dir else None,
             retry_failed=retry_failed,
+            force_resume=force_resume,
             progress=progress,
-            **_coerce_run(merged, source),
+            **_coerce_run(merged, origin),
         )
     except TypeError as exc:
         raise ConfigError(f"{source}: {exc}") from None
-    _validate(cfg, source)
+    _validate(cfg, source, origin)
     return cfg
 
 
@@ -250,10 +277,31 @@ def _read_file(config_path: str | Path | None) -> tuple[dict[str, Any], str]:
             return tomllib.load(fh), str(path)
     except FileNotFoundError:
         raise ConfigError(f"config file not found: {path}") from None
+    except IsADirectoryError:
+        raise ConfigError(f"{path}: is a directory, not a config file") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(
+            f"{path}: not UTF-8 text (byte 0x{exc.object[exc.start]:02x} at offset {exc.start}); "
+            "TOML files must be UTF-8"
+        ) from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path}: invalid TOML: {exc}") from None
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read: {exc.strerror}") from None
+
+
+def _check_top_level(data: Mapping[str, Any], source: str) -> None:
+    """Only known tables at the top: a stray key or a misspelt section is never ignored."""
+    known = ", ".join(f"[{s}]" for s in _SECTIONS)
+    for key, val in data.items():
+        if key in _SECTIONS:
+            continue
+        if isinstance(val, dict):
+            raise ConfigError(f"{source}: unknown section [{key}] (known: {known})")
+        hint = " (it belongs under [run])" if key in _RUN_KEYS or key in _LIMIT_KEYS else ""
+        raise ConfigError(
+            f"{source}: unknown top-level key {key!r}{hint}; settings go in a section: {known}"
+        )
 
 
 def _section(data: Mapping[str, Any], name: str, source: str) -> dict[str, Any]:
@@ -272,28 +320,27 @@ def _from_env(env: Mapping[str, str]) -> dict[str, Any]:
     return out
 
 
-def _coerce_run(raw: Mapping[str, Any], source: str) -> dict[str, Any]:
+def _coerce_run(raw: Mapping[str, Any], origin: Mapping[str, str]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for key, val in raw.items():
-        if key == "concurrency" and str(val).strip().lower() == "auto":
+        where = origin.get(key, key)
+        if key == "concurrency" and isinstance(val, str) and val.strip().lower() == "auto":
             out["adaptive"] = True
             out[key] = AUTO_INITIAL_CONCURRENCY
         elif key in ("concurrency", "max_concurrency"):
-            out[key] = _as_int(val, key, source)
-        elif key == "grace_s":
-            out[key] = _as_float(val, key, source)
+            out[key] = _as_int(val, where)
+        elif key in ("grace_s", "max_runtime_s"):
+            out[key] = _as_float(val, where)
         elif key in ("http2", "keep_partial", "insecure", "text_files"):
-            out[key] = _as_bool(val, key, source)
-        elif key == "max_runtime_s":
-            out[key] = _as_float(val, key, source)
+            out[key] = _as_bool(val, where)
         elif key == "out_dir":
-            out[key] = Path(str(val))
+            out[key] = Path(val if isinstance(val, os.PathLike) else _as_str(val, where))
         else:
-            out[key] = str(val)
+            out[key] = _as_str(val, where)
     return out
 
 
-def _typed(cls: Any, raw: Mapping[str, Any], source: str) -> Any:
+def _typed(cls: Any, raw: Mapping[str, Any], source: str, section: str) -> Any:
     """Build a frozen dataclass from a table, checking names and number types."""
     fields = {f.name: f for f in dataclasses.fields(cls)}
     kwargs: dict[str, Any] = {}
@@ -301,14 +348,14 @@ def _typed(cls: Any, raw: Mapping[str, Any], source: str) -> Any:
         f = fields.get(key)
         if f is None:
             raise ConfigError(
-                f"{source}: unknown key {key!r} for {cls.__name__} "
-                f"(known: {', '.join(sorted(fields))})"
+                f"{source}: unknown key {key!r} in [{section}] (known: {', '.join(sorted(fields))})"
             )
+        where = f"{source}: {section}.{key}"
         kind = str(f.type)
         if "int" in kind and "float" not in kind:
-            kwargs[key] = _as_int(val, key, source)
+            kwargs[key] = _as_int(val, where)
         elif "float" in kind:
-            kwargs[key] = None if val is None else _as_float(val, key, source)
+            kwargs[key] = None if val is None else _as_float(val, where)
         else:
             kwargs[key] = val
     return cls(**kwargs)
@@ -332,7 +379,7 @@ def _provider_from(
         if key in raw and not isinstance(raw[key], str):
             raise ConfigError(f"{where}.{key} must be a string, got {raw[key]!r}")
     if "embedded_mock" in raw:
-        raw["embedded_mock"] = _as_bool(raw["embedded_mock"], f"{where}.embedded_mock", "")
+        raw["embedded_mock"] = _as_bool(raw["embedded_mock"], f"{where}.embedded_mock")
     known = {f.name for f in dataclasses.fields(ProviderConfig)} - {"name", "limits"}
     unknown = set(raw) - known
     if unknown:
@@ -340,34 +387,53 @@ def _provider_from(
             f"{source}: unknown key(s) in [providers.{name}]: {', '.join(sorted(unknown))}"
         )
     prov = base or ProviderConfig(name=name)
-    limits = _typed(Limits, {**dataclasses.asdict(prov.limits), **limits_raw}, source)
+    limits = _typed(
+        Limits,
+        {**dataclasses.asdict(prov.limits), **limits_raw},
+        source,
+        f"providers.{name}.limits",
+    )
     return dataclasses.replace(prov, name=name, limits=limits, **raw)
 
 
-def _validate(cfg: RunConfig, source: str) -> None:
+def _validate(cfg: RunConfig, source: str, origin: Mapping[str, str]) -> None:
+    def where(key: str, default: str | None = None) -> str:
+        return origin.get(key) or default or key
+
     if cfg.concurrency < 1:
-        raise ConfigError(f"concurrency must be at least 1 (or auto), got {cfg.concurrency}")
+        raise ConfigError(
+            f"{where('concurrency')} must be at least 1 (or auto), got {cfg.concurrency}"
+        )
     if cfg.max_concurrency < 1:
-        raise ConfigError(f"max_concurrency must be at least 1, got {cfg.max_concurrency}")
+        raise ConfigError(
+            f"{where('max_concurrency')} must be at least 1, got {cfg.max_concurrency}"
+        )
     if cfg.grace_s < 0:
-        raise ConfigError(f"grace_s must be >= 0, got {cfg.grace_s}")
-    lim = cfg.provider.limits
-    for name in ("rpm", "input_tpm", "output_tpm", "tpm"):
+        raise ConfigError(f"{where('grace_s')} must be >= 0, got {cfg.grace_s:g}")
+    if cfg.max_runtime_s is not None and cfg.max_runtime_s <= 0:
+        raise ConfigError(
+            f"{where('max_runtime_s')} must be greater than 0 seconds, got {cfg.max_runtime_s:g}"
+        )
+    p = cfg.provider
+    lim = p.limits
+    for name in _LIMIT_KEYS:
         v = getattr(lim, name)
         if v is not None and v <= 0:
-            raise ConfigError(f"{source}: limits.{name} must be positive, got {v}")
+            label = where(name, f"{source}: providers.{p.name}.limits.{name}")
+            raise ConfigError(f"{label} must be positive, got {v:g}")
     if lim.window_s <= 0:
         raise ConfigError(f"{source}: limits.window_s must be positive")
     if cfg.client not in CLIENTS:
-        raise ConfigError(f"unknown client {cfg.client!r} (one of {', '.join(CLIENTS)})")
-    p = cfg.provider
+        raise ConfigError(
+            f"{where('client')}: unknown client {cfg.client!r} (one of {', '.join(CLIENTS)})"
+        )
     if p.kind not in PROVIDER_KINDS:
         raise ConfigError(
             f"{source}: provider {p.name!r} has unknown kind {p.kind!r} "
             f"(one of {', '.join(PROVIDER_KINDS)})"
         )
-    if not p.embedded_mock and not p.base_url.startswith(("http://", "https://")):
-        raise ConfigError(f"provider {p.name!r}: base_url must start with http:// or https://")
+    if not p.embedded_mock:
+        _check_base_url(p.base_url, where("base_url", f"provider {p.name!r}: base_url"))
     for name in ("connect_s", "first_byte_s", "idle_s", "total_s"):
         if getattr(cfg.timeouts, name) <= 0:
             raise ConfigError(f"{source}: timeouts.{name} must be positive")
@@ -379,8 +445,22 @@ def _validate(cfg: RunConfig, source: str) -> None:
         raise ConfigError(f"{source}: [mock] tokens must be >= 1 and delays >= 0")
 
 
-def _as_int(val: Any, key: str, source: str) -> int:
-    where = f"{source}: {key}" if source else key
+def _check_base_url(url: str, where: str) -> None:
+    """A URL that can never be connected to fails here, before anything is sent."""
+    try:
+        parts = urllib.parse.urlsplit(url)
+        port = parts.port  # raises on a port out of range or not a number
+    except ValueError as exc:
+        raise ConfigError(f"{where}: invalid URL {url!r}: {exc}") from None
+    if parts.scheme not in ("http", "https"):
+        raise ConfigError(f"{where} must start with http:// or https://, got {url!r}")
+    if not parts.hostname:
+        raise ConfigError(f"{where}: invalid URL {url!r}: no host")
+    if port == 0:
+        raise ConfigError(f"{where}: invalid URL {url!r}: port must be 1-65535")
+
+
+def _as_int(val: Any, where: str) -> int:
     if isinstance(val, bool) or isinstance(val, float) and not val.is_integer():
         raise ConfigError(f"{where} must be an integer, got {val!r}")
     try:
@@ -389,8 +469,7 @@ def _as_int(val: Any, key: str, source: str) -> int:
         raise ConfigError(f"{where} must be an integer, got {val!r}") from None
 
 
-def _as_float(val: Any, key: str, source: str) -> float:
-    where = f"{source}: {key}" if source else key
+def _as_float(val: Any, where: str) -> float:
     if isinstance(val, bool):
         raise ConfigError(f"{where} must be a number, got {val!r}")
     try:
@@ -402,7 +481,13 @@ def _as_float(val: Any, key: str, source: str) -> float:
     return out
 
 
-def _as_bool(val: Any, key: str, source: str) -> bool:
+def _as_str(val: Any, where: str) -> str:
+    if not isinstance(val, str):
+        raise ConfigError(f"{where} must be a string, got {val!r}")
+    return val
+
+
+def _as_bool(val: Any, where: str) -> bool:
     if isinstance(val, bool):
         return val
     if isinstance(val, str) and val.lower() in (
@@ -416,13 +501,14 @@ def _as_bool(val: Any, key: str, source: str) -> bool:
         "off",
     ):
         return val.lower() in ("1", "true", "yes", "on")
-    where = f"{source}: {key}" if source else key
-    raise ConfigError(f"{where} must be true or false, got {val!r}")
+    raise ConfigError(f"{where or 'value'} must be true or false, got {val!r}")
 
 
 def load_profiles(config_path: str | Path | None = None) -> dict[str, ProviderConfig]:
     """Every provider profile: the built-in ones, then the config file's ``[providers.*]``."""
-    return _profiles_from(*_read_file(config_path))
+    data, source = _read_file(config_path)
+    _check_top_level(data, source)
+    return _profiles_from(data, source)
 
 
 def _profiles_from(file_data: Mapping[str, Any], source: str) -> dict[str, ProviderConfig]:

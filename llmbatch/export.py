@@ -59,16 +59,19 @@ class ExportError(LLMBatchError):
 
 
 # -- reading -------------------------------------------------------------------------
-def iter_results(run_dir: Path, *, ordered: bool = False) -> Iterator[dict[str, Any]]:
+def iter_results(
+    run_dir: Path, *, ordered: bool = False, damaged: list[int] | None = None
+) -> Iterator[dict[str, Any]]:
     """The records of ``run_dir``'s results.jsonl, in file order or input order.
 
-    Damaged lines (a torn tail) are skipped. Raises RunDirError at once when there is
-    no results file (and on first use when it cannot be read).
+    Damaged lines are skipped, their line numbers put in ``damaged`` (a torn tail is
+    not counted). Raises RunDirError at once when there is no results file (and on
+    first use when it cannot be read).
     """
     path = run_dir / RESULTS
     if not path.is_file():
         raise RunDirError(f"{run_dir}: no {RESULTS} (not a run directory?)")
-    return _ordered(path) if ordered else _in_file_order(path)
+    return _ordered(path, damaged) if ordered else _in_file_order(path, damaged)
 
 
 def _open(path: Path) -> IO[bytes]:
@@ -78,17 +81,19 @@ def _open(path: Path) -> IO[bytes]:
         raise RunDirError(f"{path}: cannot read: {exc.strerror}") from None
 
 
-def _in_file_order(path: Path) -> Iterator[dict[str, Any]]:
-    for _, rec in iter_result_lines(path):
+def _in_file_order(path: Path, damaged: list[int] | None) -> Iterator[dict[str, Any]]:
+    for _, rec in iter_result_lines(path, damaged=damaged):
         yield rec
 
 
-def _ordered(path: Path) -> Iterator[dict[str, Any]]:
+def _ordered(path: Path, damaged: list[int] | None) -> Iterator[dict[str, Any]]:
     with _open(path) as fh:
         index: list[tuple[int, int]] = []  # (line number, offset), one per record
         offset = 0
-        for raw in fh:
+        for line_no, raw in enumerate(fh, start=1):
             rec = parse_result_line(raw)
+            if rec is None and damaged is not None and raw.endswith(b"\n") and raw.strip():
+                damaged.append(line_no)
             if rec is not None:
                 meta = rec.get("llmbatch")
                 line = meta.get("line") if isinstance(meta, dict) else None
@@ -260,11 +265,15 @@ def export_run(
     ordered: bool = False,
     output: Path | None = None,
     stdout: IO[bytes] | None = None,
+    damaged: list[int] | None = None,
 ) -> int:
-    """Export ``run_dir`` to ``output`` (written atomically) or to ``stdout``."""
+    """Export ``run_dir`` to ``output`` (written atomically) or to ``stdout``.
+
+    Line numbers of damaged results lines (skipped) go to ``damaged``.
+    """
     if fmt not in FORMATS:
         raise ExportError(f"unknown format {fmt!r} (one of {', '.join(FORMATS)})")
-    records = iter_results(run_dir, ordered=ordered)
+    records = iter_results(run_dir, ordered=ordered, damaged=damaged)
     if output is None:
         if stdout is None:
             raise ExportError("no output given")

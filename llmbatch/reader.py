@@ -9,7 +9,9 @@ Accepted shapes, detected per line:
   3. OpenAI Batch: {"custom_id": ..., "method": "POST", "url": "/v1/...", "body": {...}}
 
 A line that cannot become a request is yielded as an InputError (with the file and
-line number); the caller records it and goes on.
+line number); the caller records it and goes on. A line longer than MAX_LINE_BYTES is
+one of them: it is skipped without being held in memory, so memory stays bounded
+whatever the file holds.
 """
 
 from __future__ import annotations
@@ -25,9 +27,22 @@ from .errors import InputError
 from .idset import IdSet
 from .records import PromptRecord
 
-__all__ = ["MAX_ID_CHARS", "error_record_id", "iter_records", "parse_line"]
+__all__ = [
+    "MAX_ID_CHARS",
+    "MAX_LINE_BYTES",
+    "MESSAGE_ROLES",
+    "error_record_id",
+    "iter_records",
+    "parse_line",
+]
 
 MAX_ID_CHARS = 256
+# One prompt line at most (16 MiB: a long document, or a few images inline as base64).
+# Parsing a line costs ~20x its size in memory; a longer line becomes an error record.
+MAX_LINE_BYTES = 16 * 1024 * 1024
+_SKIP_BLOCK = 1 << 20
+# The chat roles the supported APIs know (OpenAI chat, Anthropic messages via system).
+MESSAGE_ROLES = ("system", "developer", "user", "assistant", "tool", "function")
 _BOM = b"\xef\xbb\xbf"
 _BATCH_URLS = {"/v1/chat/completions", "/v1/completions", "/v1/messages"}
 
@@ -54,7 +69,18 @@ def iter_records(path: str | Path) -> Iterator[PromptRecord | InputError]:
     seen = IdSet()
     auto_counts: dict[str, int] = {}
     try:
-        for line_no, raw in enumerate(fh, start=1):
+        line_no = 0
+        while raw := fh.readline(MAX_LINE_BYTES + 1):
+            line_no += 1
+            if len(raw) > MAX_LINE_BYTES and not raw.endswith(b"\n"):
+                raw = b""  # dropped before the rest of the line is read
+                _skip_rest_of_line(fh)
+                yield InputError(
+                    f"line longer than {MAX_LINE_BYTES >> 20} MiB (the limit for one prompt)",
+                    path=path_s,
+                    line_no=line_no,
+                )
+                continue
             if line_no == 1 and raw.startswith(_BOM):
                 raw = raw[len(_BOM) :]  # editors on Windows like to add one
             if not raw.strip():
@@ -70,6 +96,12 @@ def iter_records(path: str | Path) -> Iterator[PromptRecord | InputError]:
             yield rec
     finally:
         fh.close()
+
+
+def _skip_rest_of_line(fh: Any) -> None:
+    while block := fh.readline(_SKIP_BLOCK):
+        if block.endswith(b"\n"):
+            return
 
 
 def parse_line(
@@ -170,8 +202,13 @@ def _check_messages(messages: Any, bad: Any) -> None:
     for i, m in enumerate(messages):
         if not isinstance(m, dict):
             raise bad(f"messages[{i}] must be an object")
-        if not isinstance(m.get("role"), str):
+        role = m.get("role")
+        if not isinstance(role, str):
             raise bad(f'messages[{i}] needs a string "role"')
+        if role not in MESSAGE_ROLES:
+            raise bad(
+                f"messages[{i}] has unknown role {role!r} (one of {', '.join(MESSAGE_ROLES)})"
+            )
         content = m.get("content")
         if not isinstance(content, (str, list)):
             raise bad(f'messages[{i}] needs "content" (string or list of parts)')

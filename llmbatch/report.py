@@ -83,7 +83,9 @@ def load_report(
 ) -> dict[str, Any]:
     """The summary of ``run_dir`` plus a ``report`` object saying where it came from.
 
-    summary.json is used unless ``recompute`` or an ``slo`` is given or the file is missing.
+    summary.json is used unless ``recompute`` or an ``slo`` is given or the file is missing,
+    or it covers only the last session of a resumed run (then the whole run is rebuilt
+    from results.jsonl). ``report.damaged_lines`` lists results lines that were skipped.
     """
     if not run_dir.is_dir():
         raise RunDirError(f"{run_dir}: no such run directory")
@@ -94,36 +96,52 @@ def load_report(
             age_s = time.time() - summary_path.stat().st_mtime
         except (OSError, orjson.JSONDecodeError) as exc:
             raise RunDirError(f"{summary_path}: cannot read: {exc}") from None
-        if not isinstance(summary, dict) or "requests" not in summary:
+        if not isinstance(summary, dict) or not isinstance(summary.get("requests"), dict):
             raise RunDirError(f"{summary_path}: not an llmbatch summary")
-        summary["report"] = {"source": SUMMARY_FILE, "age_s": round(age_s, 1)}
-        return summary
-    if not (run_dir / RESULTS_FILE).is_file():
+        resumed = _last_session_only(summary["requests"])
+        if not resumed or not (run_dir / RESULTS_FILE).is_file():
+            summary["report"] = {"source": SUMMARY_FILE, "age_s": round(age_s, 1)}
+            return summary
+    elif not (run_dir / RESULTS_FILE).is_file():
         raise RunDirError(f"{run_dir}: not a run directory (no {SUMMARY_FILE} or {RESULTS_FILE})")
-    summary = summary_from_results(run_dir / RESULTS_FILE, slo=slo)
-    summary["report"] = {"source": RESULTS_FILE, "age_s": None}
+    else:
+        resumed = False
+    damaged: list[int] = []
+    summary = summary_from_results(run_dir / RESULTS_FILE, slo=slo, damaged=damaged)
+    summary["report"] = {"source": RESULTS_FILE, "age_s": None, "damaged_lines": damaged}
+    if resumed:
+        summary["report"]["note"] = "whole run after a resume"
     return summary
 
 
-def _iter_records(path: Path) -> Iterator[dict[str, Any]]:
+def _last_session_only(requests: dict[str, Any]) -> bool:
+    """True when summary.json counts fewer records than the whole run has (a resume)."""
+    whole = (requests.get("run_total_succeeded"), requests.get("run_total_failed"))
+    session = (requests.get("succeeded"), requests.get("failed"))
+    return all(isinstance(v, int) for v in (*whole, *session)) and whole != session
+
+
+def _iter_records(path: Path, damaged: list[int] | None) -> Iterator[dict[str, Any]]:
     """Complete, decodable records; a torn last line of a running run is left out."""
-    for _, rec in iter_result_lines(path):
+    for _, rec in iter_result_lines(path, damaged=damaged):
         yield rec
 
 
-def summary_from_results(path: Path, *, slo: SLO | None = None) -> dict[str, Any]:
+def summary_from_results(
+    path: Path, *, slo: SLO | None = None, damaged: list[int] | None = None
+) -> dict[str, Any]:
     """Recompute a run summary from results.jsonl in one streaming pass.
 
     Duration is the wall span from the start of the first record's request
     (finished_at − e2el − queue) to the last record; for a resumed run it includes the
-    pause between sessions.
+    pause between sessions. Line numbers of undecodable lines go to ``damaged``.
     """
     metrics = RunMetrics(slo=slo or SLO(), started_at=0.0)
     base: float | None = None  # run time 0 = the first record's request start
     last_end = -math.inf
     itl_total_s = 0.0
     itl_gaps = 0
-    for rec in _iter_records(path):
+    for rec in _iter_records(path, damaged):
         lb = rec.get("llmbatch") or {}
         err = rec.get("error")
         code = (err.get("code") or "unknown") if isinstance(err, dict) else None
@@ -188,6 +206,8 @@ def report_tables(summary: dict[str, Any], run_dir: Path | None = None) -> list[
     source = src.get("source", SUMMARY_FILE)
     if src.get("age_s") is not None:
         source += f" (written {src['age_s']:.0f} s ago)"
+    if src.get("note"):
+        source += f" ({src['note']})"
     rows = [
         ["requests succeeded", str(req["succeeded"])],
         ["requests failed", str(req["failed"])],

@@ -18,14 +18,16 @@ from .clients import make_client
 from .config import RunConfig, resolve_api_key
 from .dispatcher import Dispatcher, RunResult, StopReason
 from .errors import InputError
+from .identity import run_identity
 from .metrics import SLO, RunMetrics
 from .mockserver import MockConfig, start_mock_server
+from .notices import warn
 from .progress import make_progress
 from .providers import make_provider
 from .reader import iter_records
 from .records import PromptRecord
 from .shard import Shard, select_shard
-from .writer import RunDir
+from .writer import RESULTS, RunDir, damaged_lines_notice
 
 __all__ = ["RunOutput", "default_run_dir", "execute_run", "open_prompts"]
 
@@ -96,17 +98,18 @@ async def execute_run(
     api_key = resolve_api_key(cfg.provider)  # before anything is sent
     items = open_prompts(prompts)
     run_dir = default_run_dir(cfg, prompts, shard)
-    meta = {
-        "prompts": str(prompts.resolve()),
-        "provider": cfg.provider.name,
-        "model": cfg.provider.model,
-    }
+    meta = run_identity(cfg, prompts)
     if shard is not None:
         items = select_shard(items, shard)
         meta["shard"] = shard.spec
     rundir, index = RunDir.open(
-        run_dir, meta, retry_failed=cfg.retry_failed, text_files=cfg.text_files
+        run_dir,
+        meta,
+        retry_failed=cfg.retry_failed,
+        text_files=cfg.text_files,
+        force_resume=cfg.force_resume,
     )
+    warn(damaged_lines_notice(run_dir / RESULTS, index.damaged_lines))
     metrics = RunMetrics(
         slo=slo or SLO(), done_before_succeeded=index.succeeded, done_before_failed=index.failed
     )

@@ -37,12 +37,14 @@ from typing import Any
 import orjson
 
 from .errors import OutputError, RunDirError
+from .identity import describe_changes, merge_identity
 from .idset import IdSet
 
 __all__ = [
     "ResumeIndex",
     "RunDir",
     "TextSink",
+    "damaged_lines_notice",
     "iter_result_lines",
     "parse_result_line",
     "safe_name",
@@ -91,6 +93,8 @@ class ResumeIndex:
         self._done = IdSet()
         self.succeeded = 0
         self.failed = 0
+        # results.jsonl lines that could not be read (their requests run again).
+        self.damaged_lines: list[int] = []
 
     def add(self, record_id: str) -> None:
         """Mark ``record_id`` as done."""
@@ -134,18 +138,25 @@ class RunDir:
         *,
         retry_failed: bool = False,
         text_files: bool = True,
+        force_resume: bool = False,
     ) -> tuple[RunDir, ResumeIndex]:
         """Create or reopen ``path``: take the lock, check it belongs to this job,
-        repair a torn last line, and index the ids already done."""
+        repair a torn last line, and index the ids already done.
+
+        A directory that holds files but no run.json is not a run directory: it is
+        refused, never adopted or cleaned. ``meta`` is the run's identity (identity.py);
+        another run's directory is refused unless ``force_resume``.
+        """
         rd = cls(path, text_files=text_files)
+        _check_adoptable(path)
         try:
             path.mkdir(parents=True, exist_ok=True)
             (rd.text_dir / FAILED_DIR).mkdir(parents=True, exist_ok=True)
             rd._take_lock()
         except OSError as exc:
-            raise RunDirError(f"cannot use run directory {path}: {exc}") from None
+            raise RunDirError(f"cannot use run directory {path}: {_why(exc)}") from None
         try:
-            rd._check_meta(meta)
+            rd._check_meta(meta, force_resume)
             resuming = (path / RESULTS).exists()
             index = rd._load_index(retry_failed)
             if resuming:
@@ -155,7 +166,7 @@ class RunDir:
             rd._results_fd = os.open(path / RESULTS, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
         except OSError as exc:
             rd._release_lock()
-            raise RunDirError(f"cannot use run directory {path}: {exc}") from None
+            raise RunDirError(f"cannot use run directory {path}: {_why(exc)}") from None
         except BaseException:
             rd._release_lock()
             raise
@@ -181,22 +192,32 @@ class RunDir:
             os.close(self._lock_fd)  # closing the fd drops the flock
             self._lock_fd = -1
 
-    def _check_meta(self, meta: dict[str, Any]) -> None:
+    def _check_meta(self, meta: dict[str, Any], force_resume: bool) -> None:
         mpath = self.path / META
-        if mpath.exists():
-            try:
-                old = orjson.loads(mpath.read_bytes())
-            except (orjson.JSONDecodeError, OSError):
-                old = None
-            if isinstance(old, dict):
-                for key in ("prompts", "provider", "model", "shard"):
-                    if old.get(key) != meta.get(key):
-                        raise RunDirError(
-                            f"{self.path} holds a run of {key} {old.get(key)!r}, not "
-                            f"{meta.get(key)!r}; use another --out to start a new run"
-                        )
-                return
-        _atomic_write(mpath, orjson.dumps(meta, option=orjson.OPT_INDENT_2))
+        if not mpath.exists():
+            _atomic_write(mpath, orjson.dumps(meta, option=orjson.OPT_INDENT_2))
+            return
+        try:
+            old = orjson.loads(mpath.read_bytes())
+        except orjson.JSONDecodeError:
+            old = None
+        if not isinstance(old, dict):
+            if not force_resume:
+                raise RunDirError(
+                    f"{mpath} is damaged (not a JSON object), so this directory's run cannot "
+                    "be checked; use another --out, or --force-resume to adopt it"
+                )
+            old = {}
+        changes = describe_changes(old, meta)
+        if changes and not force_resume:
+            raise RunDirError(
+                f"{self.path} holds a run for another target: {'; '.join(changes)}. "
+                "Its answers would be mixed with this run's: use another --out for a new "
+                "run, or --force-resume to continue this one anyway"
+            )
+        merged = merge_identity(old, meta, forced=force_resume)
+        if merged is not None:
+            _atomic_write(mpath, orjson.dumps(merged, option=orjson.OPT_INDENT_2))
 
     def _remove_stale_partials(self, folder: Path) -> None:
         """A .partial left by a run that died belongs to no request now (we hold the lock)."""
@@ -214,7 +235,7 @@ class RunDir:
         _repair_torn_tail(rpath)
         if retry_failed:
             _drop_failed_records(rpath)
-        for _, rec in iter_result_lines(rpath):
+        for _, rec in iter_result_lines(rpath, damaged=index.damaged_lines):
             cid = rec.get("custom_id")
             if isinstance(cid, str):
                 index.add(cid)
@@ -261,7 +282,7 @@ class RunDir:
                 self._ops.append(lambda: _write_file(f"{base}.txt", data))
                 return f"{TEXT_DIR}/{sink.name}.txt"
             self._ops.append(lambda: _unlink(f"{base}.txt"))  # a stale answer, if any
-            if keep_partial:
+            if keep_partial and data:  # a request that never streamed leaves no file
                 dest = self.text_dir / FAILED_DIR / f"{sink.name}.partial"
                 self._ops.append(lambda: _write_file(str(dest), data))
                 return f"{TEXT_DIR}/{FAILED_DIR}/{sink.name}.partial"
@@ -270,7 +291,7 @@ class RunDir:
         if complete:
             self._ops.append(lambda: self._op_close(sink, f"{base}.txt"))
             return f"{TEXT_DIR}/{sink.name}.txt"
-        if keep_partial:
+        if keep_partial and sink.chars:  # a retry that streamed nothing leaves no file
             dest = self.text_dir / FAILED_DIR / f"{sink.name}.partial"
             self._ops.append(lambda: self._op_close(sink, str(dest)))
             return f"{TEXT_DIR}/{FAILED_DIR}/{sink.name}.partial"
@@ -404,11 +425,52 @@ def _fsync_close(fd: int) -> None:
 
 def _atomic_write(path: Path, data: bytes) -> None:
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "wb") as fh:
-        fh.write(data)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        _unlink(str(tmp))  # a full disk must not leave a half-written temp file behind
+        raise
+
+
+def _why(exc: OSError) -> str:
+    """An OSError as words (``Permission denied: 'x'``), not ``[Errno 13] ...``."""
+    if exc.strerror is None:
+        return str(exc)
+    return f"{exc.strerror}: {exc.filename!r}" if exc.filename else exc.strerror
+
+
+# What a run directory holds before its run.json is written (a run that died at once).
+_BEFORE_META = {LOCK, TEXT_DIR}
+
+
+def _check_adoptable(path: Path) -> None:
+    """Refuse a path that is a file, or a directory with files but no run.json."""
+    if path.exists() and not path.is_dir():
+        raise RunDirError(
+            f"cannot use run directory {path}: it is a file, not a directory "
+            "(--out names the run's directory)"
+        )
+    if not path.is_dir() or (path / META).exists():
+        return
+    try:
+        names = {e.name for e in os.scandir(path)}
+        foreign = sorted(names - _BEFORE_META)
+        if TEXT_DIR in names and not foreign:
+            foreign = [
+                str(f.relative_to(path)) for f in (path / TEXT_DIR).rglob("*") if not f.is_dir()
+            ][:3]
+    except OSError as exc:
+        raise RunDirError(f"cannot use run directory {path}: {_why(exc)}") from None
+    if foreign:
+        shown = ", ".join(foreign[:3]) + (", ..." if len(foreign) > 3 else "")
+        raise RunDirError(
+            f"{path} is not an llmbatch run directory (no {META}, but it holds {shown}); "
+            "llmbatch never adopts or cleans such a directory: choose another --out"
+        )
 
 
 def _repair_torn_tail(path: Path) -> None:
@@ -444,22 +506,36 @@ def parse_result_line(raw: bytes) -> dict[str, Any] | None:
     return rec if isinstance(rec, dict) else None
 
 
-def iter_result_lines(path: Path) -> Iterator[tuple[bytes, dict[str, Any]]]:
+def iter_result_lines(
+    path: Path, *, damaged: list[int] | None = None
+) -> Iterator[tuple[bytes, dict[str, Any]]]:
     """(raw line, record) for every complete, decodable line of a results file.
 
-    A last line without its newline (a run still writing, or a crash) is left out.
+    A last line without its newline (a run still writing, or a crash) is left out;
+    the line number of any other line that cannot be decoded goes to ``damaged``.
     Raises RunDirError when the file cannot be read.
     """
     try:
         with open(path, "rb") as fh:
-            for raw in fh:
+            for line_no, raw in enumerate(fh, start=1):
                 if not raw.endswith(b"\n"):
                     return
                 rec = parse_result_line(raw)
                 if rec is not None:
                     yield raw, rec
+                elif damaged is not None and raw.strip():
+                    damaged.append(line_no)
     except OSError as exc:
         raise RunDirError(f"{path}: cannot read: {exc.strerror}") from None
+
+
+def damaged_lines_notice(path: Path, lines: list[int] | None) -> str | None:
+    """One warning line naming the damaged lines of a results file, or None."""
+    if not lines:
+        return None
+    shown = ", ".join(str(n) for n in lines[:5]) + (", ..." if len(lines) > 5 else "")
+    noun = "line" if len(lines) == 1 else f"{len(lines)} lines"
+    return f"{path}: damaged {noun} skipped (not a JSON record): line {shown}"
 
 
 def _drop_failed_records(path: Path) -> None:

@@ -107,9 +107,10 @@ async def test_fatal_for_run_stops_fast_and_stays_resumable(
         assert server.stats.requests <= 8  # the probe first, then at most one wave
         assert read_results(out.run_dir) == []  # nothing recorded: all of it resumes
         # The cause is fixed (a healthy server now): the same command finishes the job.
+        # The fixed server listens on another port: the same target, so the run is forced on.
         fixed = await fault_server({})
         try:
-            cfg2 = tuned(config_for(fixed, tmp_path, concurrency=8))
+            cfg2 = tuned(config_for(fixed, tmp_path, concurrency=8, force_resume=True))
             again = await execute_run(cfg2, prompts, install_signal_handlers=False)
         finally:
             await fixed.close()
