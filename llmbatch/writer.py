@@ -208,6 +208,11 @@ class RunDir:
                     "be checked; use another --out, or --force-resume to adopt it"
                 )
             old = {}
+        if old and old.get("shard") != meta.get("shard"):  # another job: never forced
+            raise RunDirError(
+                f"{self.path} holds a run of shard {old.get('shard')!r}, not "
+                f"{meta.get('shard')!r}; use another --out to start a new run"
+            )
         changes = describe_changes(old, meta)
         if changes and not force_resume:
             raise RunDirError(
