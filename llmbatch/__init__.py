@@ -1,3 +1,124 @@
-"""llmbatch: streaming batch inference over chat APIs."""
+"""llmbatch: run large sets of LLM prompts against streaming chat APIs, fast, losing nothing.
+
+The public API is what ``__all__`` lists; every module is internal and may change::
+
+    import llmbatch
+
+    async with llmbatch.Client(provider="openai", model="gpt-4o-mini", concurrency=64) as llm:
+        result = await llm.complete("Explain TCP slow start")
+        async for text in llm.stream("Write a haiku"):
+            print(text, end="")
+        async for result in llm.batch("prompts.jsonl", out_dir="outputs/run1"):
+            print(result.id, result.ok)
+
+    results = llmbatch.run(["Hi", "Hello"], provider="mock")  # sync, input order
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
+
+# Names are loaded on first use (PEP 562), so ``import llmbatch`` and ``llmbatch
+# --version`` stay cheap; type checkers see the real imports below.
+_LAZY = {
+    "Batch": "api",
+    "BatchProgress": "api",
+    "Client": "api",
+    "Prompt": "api",
+    "Prompts": "api",
+    "run": "api",
+    "Limits": "config",
+    "MockSettings": "config",
+    "RetryPolicy": "config",
+    "Timeouts": "config",
+    "BatchEnd": "engine",
+    "StopReason": "engine",
+    "AuthError": "errors",
+    "ConfigError": "errors",
+    "HTTPStatusError": "errors",
+    "InputError": "errors",
+    "LLMBatchError": "errors",
+    "OutputError": "errors",
+    "ProviderError": "errors",
+    "QuotaExhausted": "errors",
+    "RateLimited": "errors",
+    "RequestError": "errors",
+    "RunDirError": "errors",
+    "TransportError": "errors",
+    "SLO": "metrics",
+    "ErrorInfo": "result",
+    "Result": "result",
+    "Timings": "result",
+    "Usage": "result",
+}
+
+if TYPE_CHECKING:
+    from .api import Batch, BatchProgress, Client, Prompt, Prompts, run
+    from .config import Limits, MockSettings, RetryPolicy, Timeouts
+    from .engine import BatchEnd, StopReason
+    from .errors import (
+        AuthError,
+        ConfigError,
+        HTTPStatusError,
+        InputError,
+        LLMBatchError,
+        OutputError,
+        ProviderError,
+        QuotaExhausted,
+        RateLimited,
+        RequestError,
+        RunDirError,
+        TransportError,
+    )
+    from .metrics import SLO
+    from .result import ErrorInfo, Result, Timings, Usage
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'llmbatch' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{module}", __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)
+
+
+__all__ = [
+    "AuthError",
+    "Batch",
+    "BatchEnd",
+    "BatchProgress",
+    "Client",
+    "ConfigError",
+    "ErrorInfo",
+    "HTTPStatusError",
+    "InputError",
+    "LLMBatchError",
+    "Limits",
+    "MockSettings",
+    "OutputError",
+    "Prompt",
+    "Prompts",
+    "ProviderError",
+    "QuotaExhausted",
+    "RateLimited",
+    "RequestError",
+    "Result",
+    "RetryPolicy",
+    "RunDirError",
+    "SLO",
+    "StopReason",
+    "Timeouts",
+    "Timings",
+    "TransportError",
+    "Usage",
+    "__version__",
+    "run",
+]

@@ -182,15 +182,21 @@ def load_config(
     *,
     flags: Mapping[str, Any] | None = None,
     environ: Mapping[str, str] | None = None,
+    data: Mapping[str, Any] | None = None,
 ) -> RunConfig:
     """Merge defaults, the config file, LLMBATCH_* variables and flags into a RunConfig.
 
     ``config_path`` None means ./config.toml if it exists. ``flags`` holds only the
     options the user actually gave (None values are ignored). A bad value raises a
     ConfigError naming where it came from: the flag, the variable or ``file: section.key``.
+    ``data`` replaces the file (the library's options, in the file's shape): then no
+    file is read.
     """
     env = os.environ if environ is None else environ
-    file_data, source = _read_file(config_path)
+    if data is not None:
+        file_data, source = dict(data), "options"
+    else:
+        file_data, source = _read_file(config_path)
     _check_top_level(file_data, source)
     flags = {k: v for k, v in (flags or {}).items() if v is not None}
 

@@ -25,7 +25,9 @@ CLI turns them into messages and exit codes.
             ├── ProviderOverloaded  provider said "overloaded" in the stream (transient)
             ├── TruncatedStream     the stream ended without its end marker (transient)
             ├── MalformedResponse   a chunk that is not valid JSON / not the expected shape
-            └── RejectedInStream    a 4xx-class error inside the stream (fatal for the request)
+            ├── RejectedInStream    a 4xx-class error inside the stream (fatal for the request)
+            └── UnexpectedContentType  a 2xx that is neither an event stream nor a JSON
+                                    answer, e.g. a proxy's HTML page (fatal for the request)
         UnexpectedError             anything else an attempt raised (fatal for the request)
 
 Whether a RequestError is retried is decided by its type alone (see retry.py).
@@ -58,6 +60,7 @@ __all__ = [
     "StreamInterrupted",
     "TransportError",
     "TruncatedStream",
+    "UnexpectedContentType",
     "UnexpectedError",
     "http_status_error",
 ]
@@ -207,6 +210,13 @@ class RejectedInStream(ProviderError):
     """The stream carried an error saying the request itself is invalid (a 4xx code)."""
 
     code = "rejected_in_stream"
+
+
+class UnexpectedContentType(ProviderError):
+    """A 2xx answer that is neither an event stream nor a JSON completion (an HTML page
+    from a proxy or captive portal, a wrong base URL): retrying cannot help."""
+
+    code = "unexpected_content_type"
 
 
 class UnexpectedError(RequestError):

@@ -12,12 +12,12 @@ __all__ = ["ProgressView", "make_progress"]
 
 
 class _Source(Protocol):
-    live_output_tokens: int
+    tokens: int
     in_flight: int
 
 
 class ProgressView:
-    """Periodically renders counts from a dispatcher and its run metrics."""
+    """Periodically renders counts from an engine's live counters and a batch's metrics."""
 
     def __init__(
         self,
@@ -74,7 +74,7 @@ class ProgressView:
 
     def _rate(self) -> float:
         now = time.monotonic()
-        tokens = self.source.live_output_tokens
+        tokens = self.source.tokens
         rate = (tokens - self._last_tokens) / max(now - self._last_t, 1e-9)
         self._last_tokens, self._last_t = tokens, now
         return rate

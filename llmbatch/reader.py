@@ -17,7 +17,7 @@ whatever the file holds.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterator
+from collections.abc import AsyncIterable, AsyncIterator, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -31,9 +31,13 @@ __all__ = [
     "MAX_ID_CHARS",
     "MAX_LINE_BYTES",
     "MESSAGE_ROLES",
+    "aiter_items",
     "error_record_id",
+    "iter_items",
     "iter_records",
+    "parse_item",
     "parse_line",
+    "parse_object",
 ]
 
 MAX_ID_CHARS = 256
@@ -66,8 +70,7 @@ def iter_records(path: str | Path) -> Iterator[PromptRecord | InputError]:
         raise InputError("is a directory, not a JSONL file", path=path_s) from None
     except OSError as exc:
         raise InputError(f"cannot open: {exc.strerror}", path=path_s) from None
-    seen = IdSet()
-    auto_counts: dict[str, int] = {}
+    ids = _IdChecker(path_s)
     try:
         line_no = 0
         while raw := fh.readline(MAX_LINE_BYTES + 1):
@@ -85,15 +88,7 @@ def iter_records(path: str | Path) -> Iterator[PromptRecord | InputError]:
                 raw = raw[len(_BOM) :]  # editors on Windows like to add one
             if not raw.strip():
                 continue
-            try:
-                rec = parse_line(raw, line_no=line_no, path=path_s, auto_counts=auto_counts)
-            except InputError as exc:
-                yield exc
-                continue
-            if not seen.add(rec.id):
-                yield InputError(f"duplicate id {rec.id!r}", path=path_s, line_no=line_no)
-                continue
-            yield rec
+            yield ids.check(raw, line_no)
     finally:
         fh.close()
 
@@ -102,6 +97,82 @@ def _skip_rest_of_line(fh: Any) -> None:
     while block := fh.readline(_SKIP_BLOCK):
         if block.endswith(b"\n"):
             return
+
+
+class _IdChecker:
+    """Parses items in input order and refuses an id seen before (64-bit hashes only)."""
+
+    __slots__ = ("path", "seen", "auto_counts")
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self.seen = IdSet()
+        self.auto_counts: dict[str, int] = {}
+
+    def check(self, item: Any, line_no: int) -> PromptRecord | InputError:
+        try:
+            if isinstance(item, bytes):
+                rec = parse_line(
+                    item, line_no=line_no, path=self.path, auto_counts=self.auto_counts
+                )
+            else:
+                rec = parse_item(
+                    item, line_no=line_no, path=self.path, auto_counts=self.auto_counts
+                )
+        except InputError as exc:
+            return exc
+        if not self.seen.add(rec.id):
+            return InputError(f"duplicate id {rec.id!r}", path=self.path, line_no=line_no)
+        return rec
+
+
+def iter_items(
+    items: Iterable[Any], source: str = "<prompts>"
+) -> Iterator[PromptRecord | InputError]:
+    """Yield a PromptRecord or an InputError for every item of ``items``, in order.
+
+    An item is a prompt string, an input-line dict (any of the three shapes) or the
+    encoded bytes of one JSONL line; "line" numbers count items from 1. Items that are
+    already a PromptRecord or an InputError (a file read by ``iter_records``) pass as is.
+    """
+    ids = _IdChecker(source)
+    for n, item in enumerate(items, start=1):
+        if isinstance(item, PromptRecord | InputError):
+            yield item
+        else:
+            yield ids.check(item, n)
+
+
+async def aiter_items(
+    items: AsyncIterable[Any], source: str = "<prompts>"
+) -> AsyncIterator[PromptRecord | InputError]:
+    """``iter_items`` for an async iterable."""
+    ids = _IdChecker(source)
+    n = 0
+    async for item in items:
+        n += 1
+        yield ids.check(item, n)
+
+
+def parse_item(
+    item: Any, *, line_no: int, path: str, auto_counts: dict[str, int] | None = None
+) -> PromptRecord:
+    """Turn a prompt string or an input-line dict into a PromptRecord (or InputError)."""
+    if isinstance(item, str):
+        obj: Any = {"prompt": item}
+    elif isinstance(item, dict):
+        obj = dict(item)  # parse_object takes keys out: never change the caller's dict
+    else:
+        raise InputError(
+            f"expected a prompt string or an input-line dict, got {type(item).__name__}",
+            path=path,
+            line_no=line_no,
+        )
+    try:
+        raw = orjson.dumps(obj, option=orjson.OPT_SORT_KEYS)
+    except TypeError as exc:
+        raise InputError(f"not JSON-serialisable: {exc}", path=path, line_no=line_no) from None
+    return parse_object(obj, raw, line_no=line_no, path=path, auto_counts=auto_counts)
 
 
 def parse_line(
@@ -118,6 +189,22 @@ def parse_line(
         if "utf-8" in str(exc).lower() or "surrogates" in str(exc).lower():
             raise bad("invalid UTF-8") from None
         raise bad(f"invalid JSON ({exc})") from None
+    return parse_object(obj, raw, line_no=line_no, path=path, auto_counts=auto_counts)
+
+
+def parse_object(
+    obj: Any,
+    raw: bytes,
+    *,
+    line_no: int,
+    path: str,
+    auto_counts: dict[str, int] | None = None,
+) -> PromptRecord:
+    """Validate one decoded line (``raw``, its bytes, seeds an automatic id)."""
+
+    def bad(msg: str) -> InputError:
+        return InputError(msg, path=path, line_no=line_no)
+
     if not isinstance(obj, dict):
         raise bad(f"expected a JSON object, got {type(obj).__name__}")
 

@@ -5,7 +5,8 @@ Decisions are made on exception *types* (errors.py), never on message strings:
 - transient (retried): TransportError, RateLimited, ServerError, ProviderError
   (overloaded, truncated or malformed streams, error payloads);
 - fatal for the request: BadRequest (400, 404, 413, 422, ...), RejectedInStream (a
-  4xx-class error inside the stream), UnexpectedError (anything unmapped);
+  4xx-class error inside the stream), UnexpectedContentType (a 2xx HTML page),
+  UnexpectedError (anything unmapped);
 - fatal for the run: AuthError (401/403), QuotaExhausted (429 insufficient_quota).
 
 Waits are exponential with full jitter, ``uniform(0, min(max, base * 2**n))``, and
@@ -39,6 +40,7 @@ from .errors import (
     RejectedInStream,
     ServerError,
     TransportError,
+    UnexpectedContentType,
 )
 
 __all__ = ["Verdict", "classify", "run_with_retries"]
@@ -58,7 +60,7 @@ def classify(exc: BaseException) -> Verdict:
     """Transient, fatal for this request, or fatal for the whole run."""
     if isinstance(exc, (AuthError, QuotaExhausted)):
         return Verdict.ABORT_RUN
-    if isinstance(exc, RejectedInStream):
+    if isinstance(exc, (RejectedInStream, UnexpectedContentType)):
         return Verdict.FAIL_REQUEST
     if isinstance(exc, (TransportError, RateLimited, ServerError, ProviderError)):
         return Verdict.RETRY
@@ -93,20 +95,26 @@ async def run_with_retries(
     policy: RetryPolicy,
     *,
     on_retry: Callable[[BaseException, float], None] | None = None,
+    may_retry: Callable[[BaseException], bool] | None = None,
     rng: random.Random | None = None,
 ) -> T:
     """Call ``attempt(n)`` for n = 1, 2, ... until it succeeds or may not be retried.
 
     ``on_retry(exc, wait_s)`` is called before each wait. The last exception is
-    re-raised as is once attempts or total time run out, or when it is not transient.
+    re-raised as is once attempts or total time run out, or when it is not transient
+    (or ``may_retry(exc)`` says no: a stream whose text already reached its caller).
     The first attempt runs without tenacity: most requests succeed at once, and
     building the retry machinery only on failure keeps the common path cheap.
     """
+
+    def retryable(exc: BaseException) -> bool:
+        return classify(exc) is Verdict.RETRY and (may_retry is None or may_retry(exc))
+
     started = time.monotonic()
     try:
         return await attempt(1)
     except Exception as exc:
-        if policy.max_attempts <= 1 or classify(exc) is not Verdict.RETRY:
+        if policy.max_attempts <= 1 or not retryable(exc):
             raise
         first_failure: Exception = exc
 
@@ -130,7 +138,7 @@ async def run_with_retries(
         # stop_before_delay: a wait (even a long Retry-After) never runs past the budget.
         stop=stop_after_attempt(policy.max_attempts) | stop_before_delay(remaining_s),
         wait=_JitteredBackoff(policy, rng),
-        retry=retry_if_exception(lambda e: classify(e) is Verdict.RETRY),
+        retry=retry_if_exception(retryable),
         before_sleep=before_sleep,
         reraise=True,
     )

@@ -1,4 +1,4 @@
-"""One run, end to end: config → prompts → client/provider → dispatcher → run directory.
+"""One CLI run, end to end: config → Client → Batch into the run directory.
 
 The CLI calls ``execute_run`` inside an event loop and maps its result to an exit code.
 """
@@ -6,28 +6,25 @@ The CLI calls ``execute_run`` inside an event loop and maps its result to an exi
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import itertools
 import signal
 import sys
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from .clients import make_client
-from .config import RunConfig, resolve_api_key
-from .dispatcher import Dispatcher, RunResult, StopReason
+from .api import Client
+from .config import RunConfig
+from .engine import BatchEnd, StopReason
 from .errors import InputError
 from .identity import run_identity
-from .metrics import SLO, RunMetrics
-from .mockserver import MockConfig, start_mock_server
+from .metrics import SLO
 from .notices import warn
-from .progress import make_progress
-from .providers import make_provider
+from .progress import ProgressView, make_progress
 from .reader import iter_records
 from .records import PromptRecord
 from .shard import Shard, select_shard
-from .writer import RESULTS, RunDir, damaged_lines_notice
+from .writer import RESULTS, damaged_lines_notice
 
 __all__ = ["RunOutput", "default_run_dir", "execute_run", "open_prompts"]
 
@@ -36,7 +33,7 @@ __all__ = ["RunOutput", "default_run_dir", "execute_run", "open_prompts"]
 class RunOutput:
     """What the CLI needs after a run: the result, where it went, which signal stopped it."""
 
-    result: RunResult
+    result: BatchEnd
     run_dir: Path
     signal_received: int | None
 
@@ -71,20 +68,6 @@ def _count_lines(path: Path) -> int:
     return n
 
 
-@contextlib.asynccontextmanager
-async def _base_url(cfg: RunConfig) -> AsyncIterator[str]:
-    """The provider's base URL; for the embedded mock, a server started for this run."""
-    if not cfg.provider.embedded_mock:
-        yield cfg.provider.base_url
-        return
-    m = cfg.mock
-    server = await start_mock_server(MockConfig(tokens=m.tokens, ttft_s=m.ttft_s, itl_s=m.itl_s))
-    try:
-        yield server.url
-    finally:
-        await server.close()
-
-
 async def execute_run(
     cfg: RunConfig,
     prompts: Path,
@@ -94,95 +77,77 @@ async def execute_run(
     shard: Shard | None = None,
 ) -> RunOutput:
     """Run every prompt of ``prompts`` (of ``shard`` only, if given); resumable by calling
-    again with the same config."""
-    api_key = resolve_api_key(cfg.provider)  # before anything is sent
-    items = open_prompts(prompts)
+    again with the same config.
+
+    The CLI's run on top of the library: a Client for ``cfg``, one Batch into the run
+    directory, SIGINT/SIGTERM turned into a graceful stop (a second signal: at once).
+    """
+    client = Client.from_run_config(cfg)  # resolves the API key before anything is sent
+    items: Iterator[PromptRecord | InputError] = open_prompts(prompts)
     run_dir = default_run_dir(cfg, prompts, shard)
     meta = run_identity(cfg, prompts)
     if shard is not None:
         items = select_shard(items, shard)
         meta["shard"] = shard.spec
-    rundir, index = RunDir.open(
-        run_dir,
-        meta,
-        retry_failed=cfg.retry_failed,
-        text_files=cfg.text_files,
-        force_resume=cfg.force_resume,
-    )
-    warn(damaged_lines_notice(run_dir / RESULTS, index.damaged_lines))
-    metrics = RunMetrics(
-        slo=slo or SLO(), done_before_succeeded=index.succeeded, done_before_failed=index.failed
-    )
     signal_received: int | None = None
-    try:
-        async with _base_url(cfg) as base_url:
-            provider = make_provider(cfg.provider, api_key, base_url)
-            client = make_client(
-                cfg.client,
-                max_connections=cfg.max_concurrency if cfg.adaptive else cfg.concurrency,
-                timeouts=cfg.timeouts,
-                verify_tls=not cfg.insecure,
-                http2=cfg.http2,
-            )
-            async with client:
-                dispatcher = Dispatcher(
-                    cfg,
-                    provider,
-                    client,
-                    rundir,
-                    index,
-                    metrics,
-                    secrets=(api_key,) if api_key else (),
+    async with client:
+        batch = client.batch(
+            items,  # type: ignore[arg-type]  # parsed records pass through unchanged
+            run_dir,
+            text_files=cfg.text_files,
+            keep_partial=cfg.keep_partial,
+            retry_failed=cfg.retry_failed,
+            max_runtime_s=cfg.max_runtime_s,
+            slo=slo,
+            meta=meta,
+            force_resume=cfg.force_resume,
+        )
+        live = client.engine.live
+        loop = asyncio.get_running_loop()
+
+        def on_signal(signum: int) -> None:
+            nonlocal signal_received
+            if signal_received is None:
+                signal_received = signum
+                batch.stop(reason=StopReason.INTERRUPTED)
+                print(
+                    f"llmbatch: {signal.Signals(signum).name}: finishing "
+                    f"{live.in_flight} requests in flight (up to {cfg.grace_s:g}s); "
+                    "signal again to stop now",
+                    file=sys.stderr,
+                    flush=True,
                 )
-                loop = asyncio.get_running_loop()
+            else:  # a second signal: stop now (files stay consistent)
+                batch.stop(reason=StopReason.INTERRUPTED, grace_s=0)
 
-                def on_signal(signum: int) -> None:
-                    nonlocal signal_received
-                    if signal_received is None:
-                        signal_received = signum
-                        dispatcher.stop(StopReason.INTERRUPTED)
-                        print(
-                            f"llmbatch: {signal.Signals(signum).name}: finishing "
-                            f"{dispatcher.in_flight} requests in flight (up to {cfg.grace_s:g}s); "
-                            "signal again to stop now",
-                            file=sys.stderr,
-                            flush=True,
-                        )
-                    else:  # a second signal: stop now (files stay consistent)
-                        dispatcher.stop(StopReason.INTERRUPTED, grace_s=0)
-
-                if install_signal_handlers:
-                    for sig in (signal.SIGINT, signal.SIGTERM):
-                        loop.add_signal_handler(sig, on_signal, sig)
-                deadline = None
-                if cfg.max_runtime_s is not None:
-                    deadline = loop.call_later(
-                        cfg.max_runtime_s, dispatcher.stop, StopReason.MAX_RUNTIME
-                    )
-                total = None
-                interactive = cfg.progress
-                if interactive is None:
-                    interactive = sys.stdout.isatty()
-                if interactive:
-                    total = _count_lines(prompts)
-                aimd = dispatcher.aimd
+        if install_signal_handlers:
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                loop.add_signal_handler(sig, on_signal, sig)
+        interactive = cfg.progress
+        if interactive is None:
+            interactive = sys.stdout.isatty()
+        total = _count_lines(prompts) if interactive else None
+        engine = client.engine
+        view: ProgressView | None = None
+        try:
+            async with batch:
+                await batch.start()
+                warn(damaged_lines_notice(run_dir / RESULTS, batch.damaged_lines))
+                metrics = batch.metrics
+                assert metrics is not None
                 view = make_progress(
                     total,
                     lambda: (metrics.succeeded + metrics.failed, metrics.failed, metrics.skipped),
-                    dispatcher,
+                    live,
                     interactive=interactive,
-                    extra=(lambda: f"limit {aimd.limit}") if aimd is not None else None,
+                    extra=(lambda: f"limit {engine.concurrency_limit}") if cfg.adaptive else None,
                 )
                 view.start()
-                try:
-                    result = await dispatcher.run(items)
-                finally:
-                    await view.stop()
-                    if deadline is not None:
-                        deadline.cancel()
-                    if install_signal_handlers:
-                        for sig in (signal.SIGINT, signal.SIGTERM):
-                            loop.remove_signal_handler(sig)
-    finally:
-        await rundir.aclose()
+                result = await batch.wait()
+        finally:
+            if view is not None:
+                await view.stop()
+            if install_signal_handlers:
+                for sig in (signal.SIGINT, signal.SIGTERM):
+                    loop.remove_signal_handler(sig)
     return RunOutput(result=result, run_dir=run_dir, signal_received=signal_received)

@@ -181,6 +181,24 @@ class MessagesAssembler(StreamAssembler):
             raise stream_error(obj.get("error"))
         return ""
 
+    def accept_body(self, obj: Any) -> str:
+        if not isinstance(obj, dict) or obj.get("type") != "message":
+            if isinstance(obj, dict) and obj.get("type") == "error":
+                raise stream_error(obj.get("error"))
+            raise MalformedResponse("JSON answer is not an Anthropic message")
+        content = obj.get("content")
+        if not isinstance(content, list):
+            raise MalformedResponse("JSON answer has no content list")
+        text = content_text(content)
+        self._id = str(obj.get("id") or "")
+        self._model = str(obj.get("model") or "")
+        self._stop = obj.get("stop_reason")
+        self._stop_seq = obj.get("stop_sequence")
+        self._take_usage(obj.get("usage"))
+        self._parts = [text] if text else []
+        self.finished = True
+        return text
+
     def _take_usage(self, usage: Any) -> None:
         if not isinstance(usage, dict):
             return

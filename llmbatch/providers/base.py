@@ -11,7 +11,7 @@ from typing import Any
 
 from ..clients.base import HTTPRequest
 from ..config import ProviderConfig
-from ..errors import ProviderError, ProviderOverloaded, RejectedInStream
+from ..errors import MalformedResponse, ProviderError, ProviderOverloaded, RejectedInStream
 from ..records import PromptRecord
 from ..sse import Event
 
@@ -32,6 +32,14 @@ class StreamAssembler(ABC):
         Raises ProviderError (or a subclass) for an error inside the stream or an
         event that cannot be parsed. Sets ``finished`` when the end marker arrives.
         """
+
+    def accept_body(self, obj: Any) -> str:
+        """Take a whole non-streamed answer (a server that ignored ``stream: true``).
+
+        Returns its text and sets ``finished``; raises ProviderError when ``obj`` is not
+        an answer in this provider's shape.
+        """
+        raise MalformedResponse("this provider cannot read a non-streamed JSON answer")
 
     @abstractmethod
     def body(self) -> dict[str, Any]:

@@ -54,6 +54,9 @@ class CompletionsAssembler(OpenAIStreamAssembler):
     def _on_choice(self, choice: dict[str, Any]) -> Any:
         return choice.get("text")
 
+    def _on_whole_choice(self, choice: dict[str, Any]) -> Any:
+        return choice.get("text")
+
     def body(self) -> dict[str, Any]:
         return {
             "id": self._id,

@@ -102,6 +102,37 @@ class OpenAIStreamAssembler(StreamAssembler):
     def _on_choice(self, choice: dict[str, Any]) -> Any:
         """The text a choice adds (anything else it carries is kept by the subclass)."""
 
+    @abstractmethod
+    def _on_whole_choice(self, choice: dict[str, Any]) -> Any:
+        """The text of a non-streamed choice (anything else it carries is kept)."""
+
+    def accept_body(self, obj: Any) -> str:
+        if not isinstance(obj, dict):
+            raise MalformedResponse("JSON answer is not an object")
+        err = obj.get("error")
+        if err is not None:
+            raise stream_error(err)
+        choices = obj.get("choices")
+        if not isinstance(choices, list) or not choices or not isinstance(choices[0], dict):
+            raise MalformedResponse("JSON answer has no choices")
+        self._id = obj.get("id") or ""
+        self._model = obj.get("model") or ""
+        self._created = obj.get("created") or 0
+        usage = obj.get("usage")
+        if isinstance(usage, dict):
+            self._usage = usage
+        choice = choices[0]
+        self._finish = choice.get("finish_reason")
+        try:
+            text = self._on_whole_choice(choice)
+        except (AttributeError, KeyError, TypeError, ValueError):
+            raise MalformedResponse("unexpected shape of the JSON answer") from None
+        if text is not None and not isinstance(text, str):
+            raise MalformedResponse("answer text is not a string")
+        self._parts = [text] if text else []
+        self.finished = True
+        return text or ""
+
     def _created_s(self) -> int:
         return self._created or int(time.time())
 
@@ -129,6 +160,12 @@ class ChatAssembler(OpenAIStreamAssembler):
         if tool_calls:
             self._add_tool_calls(tool_calls)
         return delta.get("content")
+
+    def _on_whole_choice(self, choice: dict[str, Any]) -> Any:
+        message = choice.get("message") or {}
+        for i, tc in enumerate(message.get("tool_calls") or []):
+            self._tools[i] = tc
+        return message.get("content")
 
     def _add_tool_calls(self, deltas: list[dict[str, Any]]) -> None:
         """Tool calls stream as fragments keyed by index: concatenate name and arguments."""

@@ -1,0 +1,14 @@
+"""The engine behind ``llmbatch.Client`` (internal: use the public API in ``llmbatch``).
+
+- ``core``: what one Client shares (pool, governor, retry policy, concurrency limiter)
+  and running one request (pacing, attempts, timing);
+- ``stream``: one attempt (SSE decoding, content types, keepalive);
+- ``gate``: the probe request and the systematic-failure check;
+- ``batch``: scheduling a batch, records, stop and grace.
+"""
+
+from .batch import BatchEnd, BatchRun, StopReason
+from .core import Engine, NullText, TextTarget
+from .stream import LiveCounts
+
+__all__ = ["BatchEnd", "BatchRun", "Engine", "LiveCounts", "NullText", "StopReason", "TextTarget"]

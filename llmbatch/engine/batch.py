@@ -1,0 +1,299 @@
+"""Scheduling one batch on an engine: admission, records, stop and grace.
+
+Prompts are taken one at a time, and only once the engine has a free slot: each runs
+as its own task holding that slot, so at most ``concurrency`` (+1 being read) prompts
+are in memory whatever the input size, and the engine's limiter alone bounds the
+requests in flight (with ``--concurrency auto`` its limit grows and shrinks).
+
+Stopping (a signal, --max-runtime, an error fatal for the run, the caller cancelling)
+stops taking new prompts; requests in flight get a grace period, then are cancelled. A
+request that did not finish gets no record, so the next run of the same batch does it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from typing import Any
+
+from ..errors import InputError, RequestError
+from ..metrics import INPUT_ERROR, RunMetrics
+from ..reader import error_record_id
+from ..records import Outcome, PromptRecord, RequestMetrics
+from ..resultline import result_line
+from ..writer import ResumeIndex, RunDir, TextSink
+from .core import NULL_TEXT, Engine, TextTarget, redact
+from .gate import FailureGate
+
+__all__ = ["BatchEnd", "BatchRun", "StopReason"]
+
+SUMMARY_EVERY_S = 2.0
+
+Item = PromptRecord | InputError
+OnRecord = Callable[[Outcome, dict[str, Any]], None]
+
+
+class StopReason:
+    """Why dispatching stopped early (values are shown to the user)."""
+
+    INTERRUPTED = "interrupted"
+    MAX_RUNTIME = "max_runtime"
+    ABORTED = "aborted"
+    CANCELLED = "cancelled"
+
+
+@dataclass
+class BatchEnd:
+    """How a batch ended."""
+
+    metrics: RunMetrics
+    stop_reason: str | None
+    abort_message: str | None
+    pending_left: bool
+
+
+class _FileText:
+    """A TextTarget writing into the run directory's text/<id> file."""
+
+    __slots__ = ("append", "_rundir", "_sink")
+
+    def __init__(self, rundir: RunDir, sink: TextSink) -> None:
+        self._rundir = rundir
+        self._sink = sink
+        append_text = rundir.append_text
+
+        def append(text: str) -> None:
+            append_text(sink, text)
+
+        self.append = append
+
+    def restart(self) -> None:
+        self._rundir.restart_text(self._sink)
+
+
+class BatchRun:
+    """Runs ``items`` on ``engine``; every finished request goes to ``on_record``.
+
+    With a ``rundir`` each record is also appended to results.jsonl (after its text),
+    text streams to text/<id>, and summary.json is rewritten every 2 s. ``index`` holds
+    ids already done (skipped). Create, then ``await run()``; ``stop()`` may be called
+    at any time from the same loop.
+    """
+
+    def __init__(
+        self,
+        engine: Engine,
+        items: AsyncIterator[Item],
+        metrics: RunMetrics,
+        *,
+        rundir: RunDir | None = None,
+        index: ResumeIndex | None = None,
+        keep_partial: bool = False,
+        grace_s: float = 30.0,
+        on_record: OnRecord | None = None,
+    ) -> None:
+        self.engine = engine
+        self.items = items
+        self.metrics = metrics
+        self.rundir = rundir
+        self.index = index if index is not None else ResumeIndex()
+        self.keep_partial = keep_partial
+        self.grace_s = grace_s
+        self.on_record = on_record
+        self.gate = FailureGate()
+        self.stop_reason: str | None = None
+        self.abort_message: str | None = None
+        self._stopping = False
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._admission: asyncio.Task[None] | None = None
+        self._cancel_timer: asyncio.TimerHandle | None = None
+        self._input_exhausted = False
+        self._cancelled = 0  # requests cut off by a stop: work left for the next run
+
+    # -- control ---------------------------------------------------------------------
+    @property
+    def stopping(self) -> bool:
+        """True once stop() was called."""
+        return self._stopping
+
+    def stop(
+        self, reason: str, *, message: str | None = None, grace_s: float | None = None
+    ) -> None:
+        """Stop taking new prompts; cancel requests still running after ``grace_s``."""
+        if self.stop_reason is None:
+            self.stop_reason = reason
+            self.abort_message = message
+        self._stopping = True
+        if self._admission is not None:
+            self._admission.cancel()
+        grace = self.grace_s if grace_s is None else grace_s
+        if grace <= 0:
+            self._cancel_requests()
+        elif self._cancel_timer is None:
+            self._cancel_timer = asyncio.get_running_loop().call_later(grace, self._cancel_requests)
+
+    def _cancel_requests(self) -> None:
+        for t in self._tasks:
+            t.cancel()
+
+    # -- run -------------------------------------------------------------------------
+    async def run(self) -> BatchEnd:
+        """Dispatch every item; return when all are done or the batch was stopped.
+
+        Cancelling the task that awaits this stops the batch at once: requests in
+        flight are cancelled (no records for them), records already made are kept.
+        """
+        rundir = self.rundir
+        ticker: asyncio.Task[None] | None = None
+        if rundir is not None:
+            rundir.on_error = lambda exc: self.stop(StopReason.ABORTED, message=str(exc), grace_s=0)
+            rundir.start()
+            ticker = asyncio.create_task(self._summary_ticker())
+        self._admission = asyncio.create_task(self._admit_all())
+        try:
+            # wait() (unlike await) does not raise when stop() cancels the admission.
+            await asyncio.wait({self._admission})
+            if not self._admission.cancelled():
+                self._admission.result()  # an unexpected error while reading prompts
+            while self._tasks:
+                await asyncio.wait(set(self._tasks))
+        except asyncio.CancelledError:
+            self.stop(StopReason.CANCELLED, grace_s=0)
+            await self._settle()
+            raise
+        finally:
+            if self._cancel_timer is not None:
+                self._cancel_timer.cancel()
+            if ticker is not None:
+                ticker.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await ticker
+        if self.stop_reason != StopReason.ABORTED:
+            for o in self.gate.release():
+                self._commit(o)
+        self.metrics.ended_at = time.monotonic()
+        self._note_limit()
+        if rundir is not None:
+            rundir.write_summary(self.metrics.summary())
+        return BatchEnd(
+            metrics=self.metrics,
+            stop_reason=self.stop_reason,
+            abort_message=self.abort_message,
+            pending_left=self.stop_reason is not None
+            and (not self._input_exhausted or self._cancelled > 0),
+        )
+
+    async def _settle(self) -> None:
+        """Wait for cancelled requests to unwind (they write nothing more)."""
+        admission = self._admission
+        if admission is not None and not admission.done():
+            admission.cancel()
+        pending = [t for t in (admission, *self._tasks) if t is not None]
+        if pending:
+            await asyncio.gather(*pending, return_exceptions=True)
+
+    def _note_limit(self) -> None:
+        if self.engine.aimd is not None:
+            self.metrics.concurrency_limit = self.engine.aimd.limit
+
+    async def _summary_ticker(self) -> None:
+        assert self.rundir is not None
+        while True:
+            await asyncio.sleep(SUMMARY_EVERY_S)
+            self._note_limit()
+            self.rundir.write_summary(self.metrics.summary())
+
+    async def _admit_all(self) -> None:
+        engine = self.engine
+        async for item in self.items:
+            if self._stopping:
+                return
+            if isinstance(item, InputError):
+                self._record_input_error(item)
+                continue
+            if item.id in self.index:
+                self.metrics.skipped += 1
+                continue
+            taken_at = time.perf_counter()
+            await engine.acquire_slot()
+            if self._stopping:
+                engine.release_slot()
+                return
+            task = asyncio.create_task(self._one(item, taken_at))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+        self._input_exhausted = True
+
+    # -- one request ------------------------------------------------------------------
+    async def _one(self, rec: PromptRecord, taken_at: float) -> None:
+        engine, rundir = self.engine, self.rundir
+        sink: TextSink | None = None
+        target: TextTarget = NULL_TEXT
+        if rundir is not None and rundir.text_files:
+            sink = rundir.begin_text(rec.id)
+            target = _FileText(rundir, sink)
+        try:
+            outcome = await engine.execute(rec, target, taken_at=taken_at)
+        except asyncio.CancelledError:
+            # Interrupted: no record, so the next run does this request again.
+            self._cancelled += 1
+            self._finish_text(sink, complete=False, keep=False)
+            raise
+        except RequestError as exc:  # fatal for the run (bad key, no quota)
+            self._finish_text(sink, complete=False, keep=False)
+            msg = redact(f"{type(exc).__name__}: {exc}", engine.secrets)
+            self.stop(StopReason.ABORTED, message=msg)
+            return
+        finally:
+            engine.release_slot()
+        text_file = self._finish_text(
+            sink, complete=outcome.ok, keep=not outcome.ok and self.keep_partial
+        )
+        outcome.text_file = text_file
+        outcome.partial_kept = text_file is not None and not outcome.ok
+        self._finish(outcome)
+
+    def _finish_text(self, sink: TextSink | None, *, complete: bool, keep: bool) -> str | None:
+        if sink is None or self.rundir is None:
+            return None
+        return self.rundir.finish_text(sink, complete=complete, keep_partial=keep)
+
+    # -- records -----------------------------------------------------------------------
+    def _finish(self, outcome: Outcome) -> None:
+        commit, abort = self.gate.admit(outcome, content_seen=self.engine.content_seen)
+        if abort is not None:
+            self.stop(StopReason.ABORTED, message=abort)
+            return
+        for o in commit:
+            self._commit(o)
+
+    def _commit(self, outcome: Outcome) -> None:
+        # No index.add: the reader already refuses an id twice within the input.
+        line = result_line(outcome)
+        if self.rundir is not None:
+            self.rundir.add_result(line)
+        self.metrics.add(outcome)
+        if self.on_record is not None:
+            self.on_record(outcome, line)
+
+    def _record_input_error(self, err: InputError) -> None:
+        rid = error_record_id(err.line_no or 0)
+        if rid in self.index:
+            self.metrics.skipped += 1
+            return
+        self._commit(
+            Outcome(
+                record_id=rid,
+                status_code=None,
+                request_id=None,
+                body=None,
+                error_code=INPUT_ERROR,
+                error_message=str(err),
+                attempts=[],
+                metrics=RequestMetrics(),
+                line_no=err.line_no,
+            )
+        )

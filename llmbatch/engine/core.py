@@ -1,0 +1,382 @@
+"""The engine: what one Client shares across every request, and running one request.
+
+One Engine per Client: one connection pool (the adapter), one rate governor, one retry
+policy and one concurrency limiter. ``slot()`` bounds every request in flight together,
+whoever sends it (a batch, ``complete``, ``stream``, many FastAPI handlers at once): it
+is the one owner of concurrency. With ``--concurrency auto`` its size is the adaptive
+controller's limit, so in-flight requests follow the controller as it grows and shrinks.
+
+``execute`` runs one request under the retry policy: wait for the probe and the governor,
+stream an attempt, learn from its headers and errors, build the Outcome. An error fatal
+for the whole run (a bad key, exhausted quota) is raised; every other failure becomes a
+failed Outcome.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import AsyncIterator, Callable
+from typing import Any, Protocol
+
+from ..clients.base import ClientAdapter
+from ..config import RunConfig
+from ..errors import HTTPStatusError, RateLimited, RequestError, UnexpectedError
+from ..governor import AdaptiveConcurrency, ConcurrencyLimiter, RateGovernor, estimate_input_tokens
+from ..providers.base import Provider, StreamAssembler
+from ..records import Attempt, Outcome, PromptRecord, RequestMetrics
+from ..retry import Verdict, classify, run_with_retries
+from .gate import Probe
+from .stream import LiveCounts, stream_attempt
+
+__all__ = ["Engine", "NullText", "TextTarget", "redact"]
+
+# Output tokens assumed for the rate governor when a request sets no max_tokens.
+DEFAULT_OUTPUT_ESTIMATE = 256
+
+
+class TextTarget(Protocol):
+    """Where a request's text goes while it streams (a file, a queue, nowhere)."""
+
+    def append(self, text: str) -> None:
+        """Add one delta."""
+
+    def restart(self) -> None:
+        """Forget what the failed attempt wrote: a retry starts the text over."""
+
+
+class NullText:
+    """A TextTarget that keeps nothing (the answer is in the Outcome's body anyway)."""
+
+    __slots__ = ()
+
+    def append(self, text: str) -> None:
+        pass
+
+    def restart(self) -> None:
+        pass
+
+
+NULL_TEXT = NullText()
+
+
+class Engine:
+    """Shared state of one Client; ``execute`` runs one request inside a ``slot()``."""
+
+    def __init__(
+        self,
+        cfg: RunConfig,
+        provider: Provider,
+        client: ClientAdapter,
+        *,
+        secrets: tuple[str, ...] = (),
+        governor: Any = None,
+    ) -> None:
+        self.cfg = cfg
+        self.provider = provider
+        self.client = client
+        self.secrets = tuple(x for x in secrets if x)
+        self.governor = governor if governor is not None else _make_governor(cfg)
+        self.aimd: AdaptiveConcurrency | None = None
+        limit_source: Callable[[], int]
+        if cfg.adaptive:
+            aimd = AdaptiveConcurrency(
+                initial=min(cfg.concurrency, cfg.max_concurrency), floor=1, cap=cfg.max_concurrency
+            )
+            self.aimd = aimd
+            limit_source = lambda: aimd.limit  # noqa: E731 - read on every acquire
+        else:
+            fixed = cfg.concurrency
+            limit_source = lambda: fixed  # noqa: E731
+        self.limiter = ConcurrencyLimiter(limit_source)
+        self.probe = Probe()
+        self.live = LiveCounts()
+        self.succeeded = 0  # requests of any caller that ended with an answer
+
+    @property
+    def concurrency_limit(self) -> int:
+        """How many requests may be in flight now."""
+        return self.limiter.limit
+
+    @property
+    def max_in_flight(self) -> int:
+        """The most requests that can ever be in flight (connection pool size)."""
+        return self.cfg.max_concurrency if self.cfg.adaptive else self.cfg.concurrency
+
+    async def acquire_slot(self) -> None:
+        """Wait for an in-flight slot and take it (pair with ``release_slot``)."""
+        await self.limiter.acquire()
+        self.live.in_flight += 1
+
+    def release_slot(self) -> None:
+        """Give a slot back."""
+        self.live.in_flight -= 1
+        self.limiter.release()
+
+    @contextlib.asynccontextmanager
+    async def slot(self) -> AsyncIterator[None]:
+        """Hold one of the engine's in-flight slots for the duration of the block."""
+        await self.acquire_slot()
+        try:
+            yield
+        finally:
+            self.release_slot()
+
+    @property
+    def content_seen(self) -> bool:
+        """True once any request streamed content (the job is not systematically wrong)."""
+        return self.succeeded > 0 or self.live.tokens > 0
+
+    async def execute(
+        self,
+        rec: PromptRecord,
+        text: TextTarget = NULL_TEXT,
+        *,
+        taken_at: float | None = None,
+        retry_after_text: bool = True,
+        raise_failure: bool = False,
+    ) -> Outcome:
+        """Run ``rec`` to an Outcome (call inside ``slot()``).
+
+        ``taken_at`` (perf_counter) starts its queue time. With ``retry_after_text``
+        False, a failure after some text reached ``text`` is not retried (the caller has
+        already shown that text). Raises the RequestError of an error fatal for the run,
+        and with ``raise_failure`` that of any final failure.
+        """
+        run = _Request(self, rec, text, taken_at or time.perf_counter(), retry_after_text)
+        return await run.run(raise_failure)
+
+    def on_attempt_error(self, exc: RequestError) -> None:
+        """Learn from a failed attempt: rate-limit headers, 429 pauses, the AIMD signal."""
+        live = self.live
+        live.failed_attempts += 1
+        if isinstance(exc, HTTPStatusError) and exc.headers:
+            self.governor.observe_headers(exc.headers)
+        if isinstance(exc, RateLimited):
+            # A huge Retry-After must not freeze every request: cap the shared pause.
+            pause_s = exc.retry_after_s
+            if pause_s is not None:
+                pause_s = min(pause_s, self.cfg.retry.backoff_max_s)
+            self.governor.on_rate_limited(pause_s)
+            if self.aimd is not None:
+                self.aimd.on_rate_limited()
+        elif self.aimd is not None and classify(exc) is Verdict.RETRY:
+            self.aimd.on_error()
+
+    def on_success(self, ttft_s: float | None) -> None:
+        """An answer arrived: feed the adaptive controller (which may open more slots)."""
+        self.succeeded += 1
+        if self.aimd is not None and ttft_s is not None:
+            self.aimd.on_success(ttft_s)
+            self.limiter.notify()
+
+
+class _Request:
+    """The state of one request across its attempts."""
+
+    __slots__ = (
+        "eng",
+        "rec",
+        "text",
+        "attempts",
+        "metrics",
+        "waiting_since",
+        "may_retry_text",
+        "backing_off",
+    )
+
+    def __init__(
+        self,
+        eng: Engine,
+        rec: PromptRecord,
+        text: TextTarget,
+        taken_at: float,
+        retry_after_text: bool,
+    ) -> None:
+        self.eng = eng
+        self.rec = rec
+        self.text = text
+        self.attempts: list[Attempt] = []
+        self.metrics = RequestMetrics()
+        # Queue time runs from here to the final attempt's send: the slot, the governor
+        # and (on a retry) the backoff since the last failure, never failed attempts.
+        self.waiting_since = taken_at
+        self.may_retry_text = retry_after_text
+        self.backing_off = False  # counted in live.retrying while waiting to retry
+
+    def _end_backoff(self) -> None:
+        if self.backing_off:
+            self.backing_off = False
+            self.eng.live.retrying -= 1
+
+    async def run(self, raise_failure: bool) -> Outcome:
+        try:
+            return await self._run(raise_failure)
+        finally:
+            self._end_backoff()
+
+    async def _run(self, raise_failure: bool) -> Outcome:
+        eng, rec = self.eng, self.rec
+        request = eng.provider.build_request(rec)
+        est_in, est_out = estimate_tokens(rec)
+
+        async def attempt(n: int) -> tuple[StreamAssembler, str | None]:
+            if n > 1:
+                self.text.restart()
+                self._end_backoff()
+            await eng.probe.wait_turn()
+            await _pace(eng.governor, est_in, est_out)
+            m = self.metrics = RequestMetrics(queue_s=time.perf_counter() - self.waiting_since)
+            asm = eng.provider.new_assembler(rec)
+            try:
+                try:
+                    rid = await stream_attempt(
+                        eng.client,
+                        request,
+                        asm,
+                        self.text.append,
+                        m,
+                        eng.cfg.timeouts,
+                        self._on_headers,
+                        eng.live,
+                    )
+                except RequestError:
+                    raise
+                except Exception as unexpected:
+                    # Never let one odd response kill a caller: record it and go on.
+                    name = type(unexpected).__name__
+                    raise UnexpectedError(f"{name}: {unexpected}") from unexpected
+            except RequestError as exc:
+                self.waiting_since = time.perf_counter()
+                eng.live.tokens -= m.chunks
+                self.attempts.append(_attempt_record(n, exc, eng.secrets))
+                eng.on_attempt_error(exc)
+                raise
+            finally:
+                eng.probe.release()  # whatever happened, never leave the others waiting
+            self.attempts.append(Attempt(n, 200, None, None, rid, 0.0))
+            return asm, rid
+
+        def on_retry(exc: BaseException, wait_s: float) -> None:
+            if not self.backing_off:
+                self.backing_off = True
+                eng.live.retrying += 1
+            if self.attempts:
+                self.attempts[-1].wait_s = wait_s
+
+        def may_retry(exc: BaseException) -> bool:
+            return self.may_retry_text or self.metrics.chunks == 0
+
+        try:
+            asm, rid = await run_with_retries(
+                attempt, eng.cfg.retry, on_retry=on_retry, may_retry=may_retry
+            )
+        except RequestError as exc:
+            if raise_failure or classify(exc) is Verdict.ABORT_RUN:
+                raise
+            return _failure(rec, exc, self.attempts, self.metrics, eng.secrets)
+        m = self.metrics
+        inp, out = asm.usage()
+        if out is not None:
+            m.output_tokens, m.output_tokens_estimated = out, False
+        else:
+            m.output_tokens, m.output_tokens_estimated = m.chunks, True
+        m.input_tokens = inp
+        eng.governor.settle(est_in, est_out, inp, out)
+        eng.on_success(m.ttft_s)
+        return Outcome(
+            record_id=rec.id,
+            status_code=200,
+            request_id=rid,
+            body=asm.body(),
+            error_code=None,
+            error_message=None,
+            attempts=self.attempts,
+            metrics=m,
+            line_no=rec.line_no,
+        )
+
+    def _on_headers(self, headers: Any) -> None:
+        self.eng.governor.observe_headers(headers)
+        self.eng.probe.release()  # the fast path: as soon as headers are in
+
+
+async def _pace(governor: Any, est_in: int, est_out: int) -> None:
+    """Wait for the rate governor (queue time, never TTFT)."""
+    wait_s = governor.reserve(est_in, est_out)
+    while wait_s > 0:
+        await asyncio.sleep(wait_s)
+        wait_s = governor.paused_for_s()  # a 429 may have come in meanwhile
+
+
+def _make_governor(cfg: RunConfig) -> RateGovernor:
+    lim = cfg.provider.limits
+    # Limits with a minute window get ~1 s of burst; scaled windows scale the burst too.
+    return RateGovernor(
+        rpm=lim.rpm,
+        input_tpm=lim.input_tpm,
+        output_tpm=lim.output_tpm,
+        total_tpm=lim.tpm,
+        window_s=lim.window_s,
+        burst_s=lim.window_s / 60.0,
+    )
+
+
+def estimate_tokens(rec: PromptRecord) -> tuple[int, int]:
+    """(input, output) token estimates for the governor; corrected later from usage."""
+    body = rec.body
+    chars = 0
+    messages = body.get("messages")
+    n_messages = 1
+    if isinstance(messages, list):
+        n_messages = len(messages)
+        for msg in messages:
+            content = msg.get("content") if isinstance(msg, dict) else None
+            chars += len(content) if isinstance(content, str) else len(str(content))
+    elif isinstance(body.get("prompt"), str):
+        chars = len(body["prompt"])
+    cap = body.get("max_tokens") or body.get("max_completion_tokens")
+    est_out = cap if isinstance(cap, int) and cap > 0 else DEFAULT_OUTPUT_ESTIMATE
+    return estimate_input_tokens(chars, n_messages), est_out
+
+
+def redact(text: str, secrets: tuple[str, ...]) -> str:
+    """``text`` with every secret (API key) replaced, for messages that get written."""
+    for secret in secrets:
+        if secret in text:
+            text = text.replace(secret, "[REDACTED]")
+    return text
+
+
+def _http_facts(exc: RequestError) -> tuple[int | None, str | None]:
+    """(status, provider request id) of an HTTP error; (None, None) otherwise."""
+    if isinstance(exc, HTTPStatusError):
+        return exc.status, exc.request_id
+    return None, None
+
+
+def _attempt_record(n: int, exc: RequestError, secrets: tuple[str, ...]) -> Attempt:
+    status, rid = _http_facts(exc)
+    return Attempt(n, status, exc.code, redact(str(exc)[:500], secrets), rid, 0.0)
+
+
+def _failure(
+    rec: PromptRecord,
+    exc: RequestError,
+    attempts: list[Attempt],
+    m: RequestMetrics,
+    secrets: tuple[str, ...],
+) -> Outcome:
+    status, rid = _http_facts(exc)
+    return Outcome(
+        record_id=rec.id,
+        status_code=status,
+        request_id=rid,
+        body=None,
+        error_code=exc.code,
+        error_message=redact(str(exc)[:1000], secrets),
+        attempts=attempts,
+        metrics=m,
+        line_no=rec.line_no,
+    )

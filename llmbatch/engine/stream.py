@@ -1,0 +1,161 @@
+"""One attempt of one request: send it, read the answer, time it.
+
+The answer is an SSE stream decoded event by event into the provider's assembler; each
+content delta goes to ``on_text`` as it arrives. Two other 2xx shapes are recognised by
+their content type: ``application/json`` (a server that ignored ``stream: true``) is read
+whole and accepted when it is a completion; anything else (an HTML page from a proxy or
+captive portal) fails the request with UnexpectedContentType, never retried.
+
+Keepalive is not progress: once content has started, SSE comments or empty events alone
+do not count as activity, so a stream that only pings fails after ``idle_s`` without
+content. Before the first token, queueing servers may ping for as long as they like
+(llama.cpp sends ``: ping`` while a request waits); ``total_s`` still bounds the attempt.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import AsyncIterator, Callable, Mapping
+
+import orjson
+
+from ..clients.base import ClientAdapter, HTTPRequest
+from ..config import Timeouts
+from ..errors import (
+    DeadlineExceeded,
+    MalformedResponse,
+    ReadTimeout,
+    RequestError,
+    TruncatedStream,
+    UnexpectedContentType,
+)
+from ..providers.base import StreamAssembler
+from ..records import RequestMetrics
+from ..sse import SSEDecoder
+
+__all__ = ["JSON_ANSWER_LIMIT", "LiveCounts", "stream_attempt"]
+
+# After the end marker, how long the rest of a response may take to arrive (for reuse).
+DRAIN_AFTER_END_S = 1.0
+# The largest non-streamed JSON answer read into memory.
+JSON_ANSWER_LIMIT = 16 * 1024 * 1024
+
+
+class LiveCounts:
+    """Counters a progress display reads while requests run (shared by one engine)."""
+
+    __slots__ = ("tokens", "in_flight", "retrying", "failed_attempts")
+
+    def __init__(self) -> None:
+        self.tokens = 0  # content events received, failed attempts subtracted
+        self.in_flight = 0  # requests holding a slot
+        self.retrying = 0  # requests waiting to retry after a failed attempt
+        self.failed_attempts = 0  # attempts that failed (retried or not)
+
+
+async def stream_attempt(
+    client: ClientAdapter,
+    request: HTTPRequest,
+    asm: StreamAssembler,
+    on_text: Callable[[str], None],
+    m: RequestMetrics,
+    timeouts: Timeouts,
+    on_headers: Callable[[Mapping[str, str]], None],
+    live: LiveCounts,
+) -> str | None:
+    """Run one attempt into ``asm`` and ``m``; return the provider's request id.
+
+    ``on_headers`` sees the response headers as soon as they arrive (rate limits, the
+    probe); ``live.tokens`` counts content events as they arrive (progress display).
+    """
+    perf = time.perf_counter
+    total_s = timeouts.total_s
+    idle_s = timeouts.idle_s
+    sent = perf()
+    first = last = 0.0
+    itl = m.itl_s
+    try:
+        async with asyncio.timeout(total_s), client.stream(request) as resp:
+            rid = resp.request_id
+            on_headers(resp.headers)
+            chunks = resp.chunks
+            ctype = resp.headers.get("content-type", "")
+            if ctype and not ctype.startswith("text/event-stream"):
+                text = await _whole_answer(ctype, chunks, asm)
+                first = last = perf()
+                if text:
+                    m.chunks = 1
+                    live.tokens += 1
+                    on_text(text)
+            else:
+                decoder = SSEDecoder()
+                async for chunk in chunks:
+                    got_text = False
+                    for event in decoder.feed(chunk):
+                        text = asm.on_event(event)
+                        if text:
+                            now = perf()
+                            if m.chunks:
+                                itl.append(now - last)
+                            else:
+                                first = now
+                            last = now
+                            m.chunks += 1
+                            got_text = True
+                            live.tokens += 1
+                            on_text(text)
+                    if asm.finished:
+                        break
+                    if not got_text and m.chunks and perf() - last > idle_s:
+                        raise ReadTimeout(
+                            f"no content for {idle_s:g}s (only keepalive pings) after "
+                            f"{m.chunks} tokens"
+                        )
+                if asm.finished:
+                    # The answer is complete: whatever happens to the connection now
+                    # (a drop, a stall) must not cost it. Drain briefly so it is reused.
+                    await _drain(chunks, DRAIN_AFTER_END_S)
+    except TimeoutError:
+        raise DeadlineExceeded(f"request took longer than {total_s:g}s") from None
+    if not asm.finished:
+        raise TruncatedStream("stream ended without its end marker ([DONE])")
+    if m.chunks:
+        m.ttft_s = first - sent
+        m.e2el_s = last - sent
+    return rid
+
+
+async def _whole_answer(ctype: str, chunks: AsyncIterator[bytes], asm: StreamAssembler) -> str:
+    """A 2xx that is not an event stream: a JSON completion is the answer, else an error."""
+    if not ctype.startswith(("application/json", "application/problem+json")):
+        raise UnexpectedContentType(
+            f"the server answered 200 with content type {ctype!r}, not an event stream "
+            "(a proxy or login page, or a wrong base URL?)"
+        )
+    parts: list[bytes] = []
+    size = 0
+    async for chunk in chunks:
+        parts.append(chunk)
+        size += len(chunk)
+        if size > JSON_ANSWER_LIMIT:
+            raise UnexpectedContentType(
+                f"non-streamed JSON answer larger than {JSON_ANSWER_LIMIT} bytes"
+            )
+    raw = b"".join(parts)
+    try:
+        return asm.accept_body(orjson.loads(raw))
+    except (orjson.JSONDecodeError, MalformedResponse):
+        # Not a completion (a JSON error page from a gateway, a wrong endpoint): fatal.
+        raise UnexpectedContentType(
+            f"the server answered 200 with {ctype!r} that is not a completion: {raw[:120]!r}"
+        ) from None
+
+
+async def _drain(chunks: AsyncIterator[bytes], limit_s: float) -> None:
+    """Read what is left of a finished response, at most ``limit_s``; errors do not matter."""
+    with contextlib.suppress(TimeoutError, RequestError):
+        async with asyncio.timeout(limit_s):
+            async for _ in chunks:
+                pass
