@@ -38,7 +38,8 @@ SHAPES = {
 
 def _first_attempt() -> None:
     """retry.run_with_retries: run attempt 1 directly; build tenacity only after a failure."""
-    from llmbatch import dispatcher, retry
+    from llmbatch import retry
+    from llmbatch.engine import core as dispatcher
     from llmbatch.errors import RequestError
 
     original = retry.run_with_retries
@@ -83,7 +84,8 @@ def _no_stale_unlink() -> None:
 
 def _no_itl() -> None:
     """Price the ITL bookkeeping: no per-request ITL histogram fold or summary sort."""
-    from llmbatch import dispatcher, metrics
+    from llmbatch import metrics
+    from llmbatch import resultline as dispatcher
 
     metrics.Histogram.add_many = lambda self, values: None  # type: ignore[method-assign]
     original = metrics.request_metrics_dict

@@ -25,22 +25,22 @@ from typing import Any
 def _install_hooks() -> None:
     stats_file = os.environ.get("BENCH_STATS_FILE")
     if stats_file:
-        from llmbatch import dispatcher
+        import llmbatch
 
-        original = dispatcher.Dispatcher.run
+        original = llmbatch.Batch.wait
 
-        async def timed_run(self: Any, items: Any) -> Any:
+        async def timed_run(self: Any) -> Any:
             ru0 = resource.getrusage(resource.RUSAGE_SELF)
             t0 = time.perf_counter()
             try:
-                return await original(self, items)
+                return await original(self)
             finally:
                 ru1 = resource.getrusage(resource.RUSAGE_SELF)
                 cpu = (ru1.ru_utime - ru0.ru_utime) + (ru1.ru_stime - ru0.ru_stime)
                 with open(stats_file, "w") as fh:
                     json.dump({"work_cpu_s": cpu, "work_wall_s": time.perf_counter() - t0}, fh)
 
-        dispatcher.Dispatcher.run = timed_run  # type: ignore[method-assign]
+        llmbatch.Batch.wait = timed_run  # type: ignore[method-assign]
     pool = os.environ.get("BENCH_HTTPX_POOL_SIZE")
     if pool is not None:
         from llmbatch.clients import httpx as httpx_adapter

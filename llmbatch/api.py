@@ -118,6 +118,7 @@ class Client:
         self._api_key = api_key if api_key is not None else resolve_api_key(self._cfg.provider)
         self._engine: Engine | None = None
         self._stack: contextlib.AsyncExitStack | None = None
+        self._batches: set[Batch] = set()
 
     @classmethod
     def from_config(
@@ -138,6 +139,7 @@ class Client:
         self._api_key = api_key if api_key is not None else resolve_api_key(cfg.provider)
         self._engine = None
         self._stack = None
+        self._batches = set()
         return self
 
     @property
@@ -182,7 +184,9 @@ class Client:
         return self
 
     async def aclose(self) -> None:
-        """Close the pool (and the embedded mock)."""
+        """Stop batches still running, then close the pool (and the embedded mock)."""
+        for batch in list(self._batches):
+            await batch.aclose()
         stack, self._stack, self._engine = self._stack, None, None
         if stack is not None:
             await stack.aclose()
@@ -344,6 +348,8 @@ class Batch:
         self._view: Any = None
         self._deadline: asyncio.TimerHandle | None = None
         self._closed = False
+        self._consumer: asyncio.Task[Any] | None = None
+        self._orphan_close: asyncio.Future[None] | None = None
         self.end: BatchEnd | None = None
         """How the batch ended (set once it has)."""
 
@@ -417,6 +423,19 @@ class Batch:
             self._view.start()
         self._task = asyncio.create_task(self._run.run())
         self._task.add_done_callback(lambda _: self._queue.put_nowait(None))
+        client._batches.add(self)
+        # Cancelling the task that iterates stops the batch, even when the cancellation
+        # lands in the caller's own code between two results.
+        self._consumer = asyncio.current_task()
+        if self._consumer is not None:
+            self._consumer.add_done_callback(self._consumer_gone)
+
+    def _consumer_gone(self, _task: object) -> None:
+        if self._closed:
+            return
+        if self._task is not None and not self._task.done():
+            self._task.cancel()
+        self._orphan_close = asyncio.ensure_future(self._cleanup())
 
     async def _has_room(self) -> None:
         # Backpressure: a consumer that reads slowly holds up admission, not memory.
@@ -486,8 +505,17 @@ class Batch:
 
     async def _cleanup(self) -> None:
         if self._closed:
+            if self._orphan_close is not None and self._orphan_close is not asyncio.current_task():
+                await asyncio.shield(self._orphan_close)
             return
         self._closed = True
+        self._client._batches.discard(self)
+        if self._consumer is not None:
+            self._consumer.remove_done_callback(self._consumer_gone)
+        task = self._task
+        if task is not None and not task.done():
+            task.cancel()
+            await asyncio.wait({task})
         if self._deadline is not None:
             self._deadline.cancel()
         if self._view is not None:
@@ -500,8 +528,7 @@ class Batch:
         task = self._task
         if task is not None and not task.done():
             task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await asyncio.wait({task})
+            await asyncio.wait({task})
         if task is not None and task.done() and not task.cancelled() and self.end is None:
             with contextlib.suppress(Exception):
                 self.end = task.result()
