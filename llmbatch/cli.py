@@ -230,7 +230,7 @@ def _loop_factory() -> Any:
 def _report_and_code(output: RunOutput) -> int:
     import signal
 
-    from .engine import StopReason
+    from . import StopReason
     from .report import format_summary
 
     result = output.result

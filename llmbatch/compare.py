@@ -21,7 +21,7 @@ from typing import Any
 import orjson
 
 from .config import RunConfig, load_config, resolve_api_key
-from .engine import StopReason
+from . import StopReason
 from .errors import RunDirError
 from .metrics import SLO
 from .tables import Table, fmt_ms, fmt_num

@@ -24,7 +24,7 @@ from typing import IO, Any
 import orjson
 
 from .errors import LLMBatchError, RunDirError
-from .providers.anthropic import content_text
+from .resultline import ResultLine, answer_text
 from .writer import RESULTS, iter_result_lines, parse_result_line
 
 __all__ = [
@@ -95,9 +95,9 @@ def _ordered(path: Path, damaged: list[int] | None) -> Iterator[dict[str, Any]]:
             if rec is None and damaged is not None and raw.endswith(b"\n") and raw.strip():
                 damaged.append(line_no)
             if rec is not None:
-                meta = rec.get("llmbatch")
-                line = meta.get("line") if isinstance(meta, dict) else None
-                key = line if isinstance(line, int) and not isinstance(line, bool) else _NO_LINE
+                parsed = ResultLine.parse(rec)
+                line = parsed.line_no if parsed is not None else None
+                key = line if line is not None else _NO_LINE
                 index.append((key, offset))
             offset += len(raw)
         index.sort()
@@ -116,18 +116,7 @@ def openai_batch_line(rec: dict[str, Any]) -> dict[str, Any]:
 
 def response_text(body: Any) -> str:
     """The answer text of a chat.completion, text_completion or Anthropic message body."""
-    if not isinstance(body, dict):
-        return ""
-    if body.get("type") == "message":
-        return content_text(body.get("content"))
-    choices = body.get("choices")
-    if not isinstance(choices, list) or not choices or not isinstance(choices[0], dict):
-        return ""
-    choice = choices[0]
-    if "text" in choice:
-        return str(choice.get("text") or "")
-    message = choice.get("message")
-    return content_text(message.get("content")) if isinstance(message, dict) else ""
+    return answer_text(body) or ""
 
 
 def to_anthropic_message(body: Any) -> dict[str, Any]:
@@ -191,21 +180,17 @@ def anthropic_batch_line(rec: dict[str, Any]) -> dict[str, Any]:
 
 def csv_row(rec: dict[str, Any], run_dir: Path) -> list[Any]:
     """One CSV row (CSV_COLUMNS); a failed request's kept partial text is included."""
-    meta = _obj(rec.get("llmbatch"))
-    metrics = _obj(meta.get("metrics"))
-    ok = rec.get("error") is None
-    if ok:
-        response = _obj(rec.get("response"))
-        text = response_text(response.get("body"))
-    else:
-        text = _kept_text(run_dir, meta.get("text_file"))
-    error = _obj(rec.get("error"))
+    line = ResultLine.parse(rec)
+    if line is None:
+        return [rec.get("custom_id"), "errored", "unknown", "", "", "", ""]
+    metrics = line.metrics
+    text = response_text(line.body) if line.ok else _kept_text(run_dir, line.text_file)
     return [
-        rec.get("custom_id"),
-        "succeeded" if ok else "errored",
-        error.get("code") or "",
+        line.custom_id,
+        "succeeded" if line.ok else "errored",
+        line.error_code or "",
         text,
-        metrics.get("output_tokens", "") if ok else "",
+        metrics.get("output_tokens", "") if line.ok else "",
         _blank_none(metrics.get("ttft_s")),
         _blank_none(metrics.get("e2el_s")),
     ]

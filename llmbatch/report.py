@@ -20,8 +20,8 @@ from typing import Any
 import orjson
 
 from .errors import RunDirError
-from .metrics import SLO, RunMetrics
-from .records import Attempt, Outcome, RequestMetrics
+from .metrics import INPUT_ERROR, SLO, RunMetrics
+from .resultline import ResultLine
 from .tables import Table, fmt_ms, fmt_num
 from .writer import RESULTS, SUMMARY, iter_result_lines
 
@@ -142,46 +142,25 @@ def summary_from_results(
     itl_total_s = 0.0
     itl_gaps = 0
     for rec in _iter_records(path, damaged):
-        lb = rec.get("llmbatch") or {}
-        err = rec.get("error")
-        code = (err.get("code") or "unknown") if isinstance(err, dict) else None
-        if code == "input_error":
+        line = ResultLine.parse(rec)
+        if line is None:
+            continue
+        if line.error_code == INPUT_ERROR:
             metrics.add_input_error()
             continue
-        m = lb.get("metrics") or {}
-        rm = RequestMetrics(
-            queue_s=m.get("queue_s") or 0.0,
-            ttft_s=m.get("ttft_s"),
-            e2el_s=m.get("e2el_s"),
-            output_tokens=m.get("output_tokens") or 0,
-            output_tokens_estimated=bool(m.get("output_tokens_estimated")),
-            input_tokens=m.get("input_tokens"),
-            chunks=m.get("chunks") or 0,
-        )
-        attempts = [
-            Attempt(a.get("n", 0), a.get("status"), a.get("error"), None, None, 0.0)
-            for a in lb.get("attempts") or []
-        ]
-        finished = lb.get("finished_at")
-        if not isinstance(finished, int | float):
+        outcome = line.outcome()
+        rm = outcome.metrics
+        finished = line.finished_at
+        if finished is None:
             finished = last_end if last_end > -math.inf else 0.0
         start = finished - rm.queue_s - (rm.e2el_s or 0.0)
         if base is None:
             base = start
         last_end = max(last_end, finished)
-        outcome = Outcome(
-            record_id=str(rec.get("custom_id")),
-            status_code=None,
-            request_id=None,
-            body=None,
-            error_code=code,
-            error_message=None,
-            attempts=attempts,
-            metrics=rm,
-        )
         metrics.add(outcome, finished_at=finished - base)
-        itl_mean = (m.get("itl_s") or {}).get("mean")
-        if code is None and itl_mean is not None and rm.chunks > 1:
+        itl = line.metrics.get("itl_s")
+        itl_mean = itl.get("mean") if isinstance(itl, dict) else None
+        if outcome.ok and isinstance(itl_mean, int | float) and rm.chunks > 1:
             itl_total_s += itl_mean * (rm.chunks - 1)
             itl_gaps += rm.chunks - 1
     metrics.ended_at = 0.0 if base is None else last_end - base
