@@ -60,6 +60,7 @@ _RUN_OPTIONS = {
     "grace_s",
     "http2",
     "insecure",
+    "ca_bundle",
     "rpm",
     "tpm",
     "input_tpm",
@@ -90,7 +91,8 @@ class Client:
     ``"auto"`` (adaptive, up to ``max_concurrency``). Other options, as in config.toml:
     ``rpm``, ``tpm``, ``input_tpm``, ``output_tpm``, ``limits`` (Limits or dict),
     ``timeouts`` (Timeouts or dict), ``retry`` (RetryPolicy or dict), ``mock``
-    (MockSettings or dict), ``http2``, ``insecure``, ``grace_s``, ``max_concurrency``.
+    (MockSettings or dict), ``http2``, ``insecure``, ``ca_bundle`` (a PEM file of CAs
+    to trust), ``grace_s``, ``max_concurrency``.
 
     Use as ``async with llmbatch.Client(...) as llm:``; the pool and (for
     ``provider="mock"``) the embedded mock server live until the block ends.
@@ -173,6 +175,7 @@ class Client:
                 timeouts=cfg.timeouts,
                 verify_tls=not cfg.insecure,
                 http2=cfg.http2,
+                ca_bundle=cfg.ca_bundle,
             )
             stack.push_async_callback(adapter.aclose)
         except BaseException:

@@ -164,7 +164,12 @@ def run(
         ),
     ] = False,
     insecure: Annotated[
-        bool | None, typer.Option("--insecure", help="Do not verify TLS certificates.")
+        bool | None,
+        typer.Option("--insecure", help="Do not verify TLS certificates (tests only)."),
+    ] = None,
+    ca_bundle: Annotated[
+        Path | None,
+        typer.Option(help="PEM file of the CAs to trust (default: $SSL_CERT_FILE, else system)."),
     ] = None,
     slo: SloOpt = None,
     progress: ProgressOpt = None,
@@ -195,10 +200,17 @@ def run(
         "retry_failed": retry_failed or None,
         "force_resume": force_resume or None,
         "insecure": insecure,
+        "ca_bundle": ca_bundle,
         "progress": progress,
     }
     try:
         cfg = _load(config, flags)
+        if cfg.insecure:
+            typer.echo(
+                "llmbatch: warning: insecure: TLS certificates are NOT verified (for tests "
+                "only); to trust a private CA use --ca-bundle PATH",
+                err=True,
+            )
         slo_obj = _parse_slo(slo)
         output = _run_loop(cfg, prompts, slo_obj, parse_shard(shard) if shard else None)
     except LLMBatchError as exc:

@@ -119,6 +119,9 @@ class RunConfig:
     # Continue a run directory made for another target (base URL, model, ...).
     force_resume: bool = False
     insecure: bool = False
+    # PEM file of the CAs to trust instead of the system store (a company proxy, a
+    # self-hosted server behind TLS); SSL_CERT_FILE when not set here.
+    ca_bundle: Path | None = None
     progress: bool | None = None
 
 
@@ -158,6 +161,7 @@ _RUN_KEYS = {
     "text_files",
     "max_runtime_s",
     "insecure",
+    "ca_bundle",
 }
 _PROVIDER_OVERRIDES = {"base_url", "model", "api_key_env"}
 _LIMIT_KEYS = ("rpm", "input_tpm", "output_tpm", "tpm")
@@ -234,6 +238,12 @@ def load_config(
     progress = merged.pop("progress", None)
     if progress is not None:
         progress = _as_bool(progress, origin["progress"])
+    cert_file = env.get("SSL_CERT_FILE")
+    if not merged.get("ca_bundle") and cert_file:
+        # The usual convention, below every llmbatch source.
+        if not Path(cert_file).is_file():
+            raise ConfigError(f"SSL_CERT_FILE names no file: {cert_file}")
+        merged["ca_bundle"], origin["ca_bundle"] = cert_file, "SSL_CERT_FILE"
     unknown = set(merged) - _RUN_KEYS
     if unknown:
         raise ConfigError(f"{source}: unknown key(s) in [run]: {', '.join(sorted(unknown))}")
@@ -339,7 +349,7 @@ def _coerce_run(raw: Mapping[str, Any], origin: Mapping[str, str]) -> dict[str, 
             out[key] = _as_float(val, where)
         elif key in ("http2", "keep_partial", "insecure", "text_files"):
             out[key] = _as_bool(val, where)
-        elif key == "out_dir":
+        elif key in ("out_dir", "ca_bundle"):
             out[key] = Path(val if isinstance(val, os.PathLike) else _as_str(val, where))
         else:
             out[key] = _as_str(val, where)
@@ -440,6 +450,8 @@ def _validate(cfg: RunConfig, source: str, origin: Mapping[str, str]) -> None:
         )
     if not p.embedded_mock:
         _check_base_url(p.base_url, where("base_url", f"provider {p.name!r}: base_url"))
+    if cfg.ca_bundle is not None and not cfg.ca_bundle.is_file():
+        raise ConfigError(f"{where('ca_bundle')}: CA bundle not found: {cfg.ca_bundle}")
     for name in ("connect_s", "first_byte_s", "idle_s", "total_s"):
         if getattr(cfg.timeouts, name) <= 0:
             raise ConfigError(f"{source}: timeouts.{name} must be positive")

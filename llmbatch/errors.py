@@ -12,6 +12,7 @@ CLI turns them into messages and exit codes.
     └── RequestError                one attempt of one request failed
         ├── TransportError
         │   ├── ConnectError        could not connect (refused, DNS, TLS handshake)
+        │   │   └── CertificateError  server's TLS certificate not trusted (fatal for the run)
         │   ├── ReadTimeout         no first byte / idle gap exceeded between chunks
         │   ├── DeadlineExceeded    the per-request total deadline passed
         │   └── StreamInterrupted   connection dropped mid-response
@@ -40,6 +41,7 @@ from collections.abc import Mapping
 __all__ = [
     "AuthError",
     "BadRequest",
+    "CertificateError",
     "ConfigError",
     "ConnectError",
     "DeadlineExceeded",
@@ -109,6 +111,16 @@ class ConnectError(TransportError):
     """The connection could not be opened."""
 
     code = "connect_error"
+
+
+class CertificateError(ConnectError):
+    """TLS certificate verification failed: untrusted CA, wrong host name, expired.
+
+    Systematic (every request to the host fails the same way), so the run stops
+    instead of retrying; the message names the certificate problem.
+    """
+
+    code = "certificate_error"
 
 
 class ReadTimeout(TransportError):

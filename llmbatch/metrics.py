@@ -133,6 +133,7 @@ def request_metrics_dict(m: RequestMetrics) -> dict[str, Any]:
         "output_tokens_estimated": m.output_tokens_estimated,
         "input_tokens": m.input_tokens,
         "chunks": m.chunks,
+        "http_version": m.http_version,
     }
 
 
@@ -157,6 +158,7 @@ class RunMetrics:
     estimated_token_requests: int = 0
     errors: Counter[str] = field(default_factory=Counter)
     attempt_errors: Counter[str] = field(default_factory=Counter)
+    http_versions: Counter[str] = field(default_factory=Counter)  # of succeeded requests
     ttft: Histogram = field(default_factory=Histogram)
     tpot: Histogram = field(default_factory=Histogram)
     itl: Histogram = field(default_factory=Histogram)
@@ -185,6 +187,8 @@ class RunMetrics:
             return
         self.succeeded += 1
         m = outcome.metrics
+        if m.http_version is not None:
+            self.http_versions[m.http_version] += 1
         self.output_tokens += m.output_tokens
         self.input_tokens += m.input_tokens or 0
         if m.output_tokens_estimated:
@@ -239,6 +243,7 @@ class RunMetrics:
             "rate_limited_429": self.rate_limited,
             "errors_by_class": dict(self.errors),
             "attempt_errors_by_class": dict(self.attempt_errors),
+            "http_versions": dict(self.http_versions),
             "throughput": {
                 "requests_per_s": _r(self.succeeded / dur),
                 "output_tokens_per_s": _r(self.output_tokens / dur),

@@ -61,6 +61,7 @@ class RequestMetrics:
     output_tokens_estimated: bool = True
     input_tokens: int | None = None
     chunks: int = 0
+    http_version: str | None = None  # protocol of the final attempt's response
 
     @property
     def tpot_s(self) -> float | None:

@@ -40,6 +40,7 @@ class Timings:
     itl_mean_s: float | None
     itl_p99_s: float | None
     chunks: int
+    http_version: str | None = None  # the protocol the answer came over ("HTTP/2", ...)
 
 
 def _f(v: Any) -> float | None:
@@ -101,6 +102,9 @@ class Result:
                 itl_mean_s=_f(itl.get("mean")),
                 itl_p99_s=_f(itl.get("p99")),
                 chunks=int(m.get("chunks") or 0),
+                http_version=m.get("http_version")
+                if isinstance(m.get("http_version"), str)
+                else None,
             ),
             attempts=len(rl.attempts),
             line=rl.line_no,

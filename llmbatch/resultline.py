@@ -173,6 +173,7 @@ class ResultLine:
             output_tokens_estimated=bool(m.get("output_tokens_estimated")),
             input_tokens=_int(m.get("input_tokens")),
             chunks=_int(m.get("chunks")) or 0,
+            http_version=v if isinstance(v := m.get("http_version"), str) else None,
         )
 
     def outcome(self) -> Outcome:

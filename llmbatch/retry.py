@@ -7,7 +7,8 @@ Decisions are made on exception *types* (errors.py), never on message strings:
 - fatal for the request: BadRequest (400, 404, 413, 422, ...), RejectedInStream (a
   4xx-class error inside the stream), UnexpectedContentType (a 2xx HTML page),
   UnexpectedError (anything unmapped);
-- fatal for the run: AuthError (401/403), QuotaExhausted (429 insufficient_quota).
+- fatal for the run: AuthError (401/403), QuotaExhausted (429 insufficient_quota),
+  CertificateError (the server's TLS certificate is not trusted: no retry can help).
 
 Waits are exponential with full jitter, ``uniform(0, min(max, base * 2**n))``, and
 never shorter than the server's ``Retry-After`` / ``retry-after-ms``.
@@ -33,6 +34,7 @@ from .config import RetryPolicy
 from .errors import (
     AuthError,
     BadRequest,
+    CertificateError,
     HTTPStatusError,
     ProviderError,
     QuotaExhausted,
@@ -58,7 +60,7 @@ class Verdict(Enum):
 
 def classify(exc: BaseException) -> Verdict:
     """Transient, fatal for this request, or fatal for the whole run."""
-    if isinstance(exc, (AuthError, QuotaExhausted)):
+    if isinstance(exc, (AuthError, QuotaExhausted, CertificateError)):
         return Verdict.ABORT_RUN
     if isinstance(exc, (RejectedInStream, UnexpectedContentType)):
         return Verdict.FAIL_REQUEST

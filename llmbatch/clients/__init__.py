@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from ..config import Timeouts
 from ..errors import ConfigError
 from .base import ClientAdapter, HTTPRequest, StreamingResponse
@@ -16,17 +18,26 @@ def make_client(
     timeouts: Timeouts,
     verify_tls: bool = True,
     http2: bool = False,
+    ca_bundle: Path | None = None,
 ) -> ClientAdapter:
-    """Build the adapter called ``name``; heavy libraries are imported only when chosen."""
+    """Build the adapter called ``name``; heavy libraries are imported only when chosen.
+
+    ``ca_bundle``: a PEM file of the CAs to trust instead of the system store.
+    """
     if name == "aiohttp":
         from .aiohttp import AiohttpAdapter
 
         if http2:
             raise ConfigError("--http2 needs --client httpx (aiohttp speaks HTTP/1.1 only)")
         return AiohttpAdapter(
-            max_connections=max_connections, timeouts=timeouts, verify_tls=verify_tls
+            max_connections=max_connections,
+            timeouts=timeouts,
+            verify_tls=verify_tls,
+            ca_bundle=ca_bundle,
         )
     if name in ("httpx", "httpx-aiohttp"):
+        if http2 and name == "httpx-aiohttp":
+            raise ConfigError("--http2 needs --client httpx (aiohttp's transport is HTTP/1.1 only)")
         try:
             from .httpx import HttpxAdapter
         except ImportError as exc:  # the adapter module is optional until it lands
@@ -35,6 +46,7 @@ def make_client(
             max_connections=max_connections,
             timeouts=timeouts,
             verify_tls=verify_tls,
+            ca_bundle=ca_bundle,
             http2=http2,
             aiohttp_transport=(name == "httpx-aiohttp"),
         )

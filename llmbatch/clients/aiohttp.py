@@ -3,15 +3,16 @@
 from __future__ import annotations
 
 import asyncio
-import ssl
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from pathlib import Path
 
 import aiohttp
 
 from ..config import Timeouts
 from ..errors import ConnectError, ReadTimeout, StreamInterrupted, http_status_error
 from .base import ERROR_BODY_LIMIT, ClientAdapter, HTTPRequest, StreamingResponse, request_id_from
+from .tls import certificate_error_from
 
 __all__ = ["AiohttpAdapter"]
 
@@ -24,19 +25,28 @@ class AiohttpAdapter(ClientAdapter):
     name = "aiohttp"
 
     def __init__(
-        self, *, max_connections: int, timeouts: Timeouts, verify_tls: bool = True
+        self,
+        *,
+        max_connections: int,
+        timeouts: Timeouts,
+        verify_tls: bool = True,
+        ca_bundle: Path | None = None,
     ) -> None:
-        super().__init__(max_connections=max_connections, timeouts=timeouts, verify_tls=verify_tls)
+        super().__init__(
+            max_connections=max_connections,
+            timeouts=timeouts,
+            verify_tls=verify_tls,
+            ca_bundle=ca_bundle,
+        )
         self._session: aiohttp.ClientSession | None = None
 
     def _get_session(self) -> aiohttp.ClientSession:
         # Created lazily so the adapter can be built outside a running loop.
         if self._session is None:
-            ssl_ctx: ssl.SSLContext | bool = True if self.verify_tls else False
             connector = aiohttp.TCPConnector(
                 limit=self.max_connections,
                 limit_per_host=0,
-                ssl=ssl_ctx,
+                ssl=self.ssl_context,
                 keepalive_timeout=4.0,  # below uvicorn's 5 s idle close
             )
             self._session = aiohttp.ClientSession(
@@ -60,6 +70,10 @@ class AiohttpAdapter(ClientAdapter):
                 resp = await session.post(request.url, data=request.body, headers=request.headers)
         except TimeoutError:
             raise ReadTimeout(f"no response headers within {t.first_byte_s:g}s") from None
+        except aiohttp.ClientConnectorCertificateError as exc:
+            raise certificate_error_from(exc, request.url) or ConnectError(
+                f"TLS handshake with {request.url} failed: {exc}"
+            ) from None
         except aiohttp.ClientConnectorError as exc:
             raise ConnectError(f"cannot connect to {request.url}: {exc.os_error}") from None
         except aiohttp.ServerTimeoutError as exc:
@@ -77,8 +91,13 @@ class AiohttpAdapter(ClientAdapter):
                 except (aiohttp.ClientError, TimeoutError):
                     body = b""
                 raise http_status_error(resp.status, headers, body, rid)
+            v = resp.version
             yield StreamingResponse(
-                status=resp.status, headers=headers, chunks=_chunks(resp), request_id=rid
+                status=resp.status,
+                headers=headers,
+                chunks=_chunks(resp),
+                request_id=rid,
+                http_version=f"HTTP/{v.major}.{v.minor}" if v is not None else "HTTP/1.1",
             )
         finally:
             resp.release()

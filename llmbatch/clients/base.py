@@ -8,12 +8,15 @@ as HTTPStatusError before any body chunk is yielded.
 
 from __future__ import annotations
 
+import ssl
 from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator, Mapping
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from ..config import Timeouts
+from .tls import make_ssl_context
 
 __all__ = ["ERROR_BODY_LIMIT", "ClientAdapter", "HTTPRequest", "StreamingResponse"]
 
@@ -32,12 +35,17 @@ class HTTPRequest:
 
 @dataclass(slots=True)
 class StreamingResponse:
-    """A 2xx response whose body is still arriving; ``headers`` has lower-case keys."""
+    """A 2xx response whose body is still arriving; ``headers`` has lower-case keys.
+
+    ``http_version`` is the protocol the response actually came over ("HTTP/1.1" or
+    "HTTP/2"), whatever was asked for.
+    """
 
     status: int
     headers: Mapping[str, str]
     chunks: AsyncIterator[bytes]
     request_id: str | None = field(default=None)
+    http_version: str = "HTTP/1.1"
 
 
 def request_id_from(headers: Mapping[str, str]) -> str | None:
@@ -46,16 +54,29 @@ def request_id_from(headers: Mapping[str, str]) -> str | None:
 
 
 class ClientAdapter(ABC):
-    """Base class of the HTTP client adapters. One instance per run, sized to it."""
+    """Base class of the HTTP client adapters. One instance per run, sized to it.
+
+    ``ssl_context`` (tls.py) is what every adapter verifies servers with: the CAs of
+    ``ca_bundle`` when given, else the system store; nothing when not ``verify_tls``.
+    """
 
     name: str = "base"
 
     def __init__(
-        self, *, max_connections: int, timeouts: Timeouts, verify_tls: bool = True
+        self,
+        *,
+        max_connections: int,
+        timeouts: Timeouts,
+        verify_tls: bool = True,
+        ca_bundle: Path | None = None,
+        http2: bool = False,
     ) -> None:
         self.max_connections = max_connections
         self.timeouts = timeouts
         self.verify_tls = verify_tls
+        self.ssl_context: ssl.SSLContext = make_ssl_context(
+            ca_bundle=ca_bundle, verify=verify_tls, http2=http2
+        )
 
     @abstractmethod
     def stream(self, request: HTTPRequest) -> AbstractAsyncContextManager[StreamingResponse]:

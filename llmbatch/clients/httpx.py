@@ -5,6 +5,15 @@ grows faster than linearly with the pool size (RESEARCH.md section 2). We theref
 split the connection budget over several smaller clients used in rotation, and set
 ``max_keepalive_connections = max_connections`` to avoid httpcore's keep-alive bug
 (connections closed on release when keep-alive < in use).
+
+HTTP/2: httpcore (1.0.9) keeps handing requests to an h2 connection whose streams are
+all in use (``is_available()`` ignores the stream count), where they queue on the
+connection's semaphore: a stall, never a second connection (fix in httpcore PR #1088,
+unreleased). So with ``--http2`` each client of the rotation is a *lane* that carries
+one h2 connection, we count the streams in flight per lane, and a request goes to the
+least busy lane with a free stream, or to a new lane when every lane is full. A lane's
+capacity is the server's SETTINGS_MAX_CONCURRENT_STREAMS as httpcore applies it (capped
+by httpcore's own 100), read from the connection once known.
 """
 
 from __future__ import annotations
@@ -14,12 +23,15 @@ import itertools
 import math
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
 
 import httpx
 
 from ..config import Timeouts
 from ..errors import ConnectError, ReadTimeout, StreamInterrupted, http_status_error
 from .base import ERROR_BODY_LIMIT, ClientAdapter, HTTPRequest, StreamingResponse, request_id_from
+from .tls import certificate_error_from
 
 __all__ = ["DEFAULT_POOL_SIZE", "HttpxAdapter"]
 
@@ -29,6 +41,19 @@ __all__ = ["DEFAULT_POOL_SIZE", "HttpxAdapter"]
 # 8 was no better than 16 at C=1000 and adds clients (memory).
 DEFAULT_POOL_SIZE = 16
 KEEPALIVE_EXPIRY_S = 4.0  # below common server idle timeouts (uvicorn: 5 s)
+# Streams per h2 connection until the server's SETTINGS say otherwise: httpcore's own
+# cap (it announces and never exceeds 100), also what api.anthropic.com allows.
+DEFAULT_H2_STREAMS = 100
+
+
+@dataclass(slots=True, eq=False)
+class _Lane:
+    """One client of the HTTP/2 rotation: its streams in flight and how many it may carry."""
+
+    client: httpx.AsyncClient
+    capacity: int
+    in_flight: int = 0
+    learned: bool = False
 
 
 class HttpxAdapter(ClientAdapter):
@@ -42,11 +67,18 @@ class HttpxAdapter(ClientAdapter):
         max_connections: int,
         timeouts: Timeouts,
         verify_tls: bool = True,
+        ca_bundle: Path | None = None,
         http2: bool = False,
         aiohttp_transport: bool = False,
         pool_size: int = DEFAULT_POOL_SIZE,
     ) -> None:
-        super().__init__(max_connections=max_connections, timeouts=timeouts, verify_tls=verify_tls)
+        super().__init__(
+            max_connections=max_connections,
+            timeouts=timeouts,
+            verify_tls=verify_tls,
+            ca_bundle=ca_bundle,
+            http2=http2,
+        )
         self.http2 = http2
         self.aiohttp_transport = aiohttp_transport
         if aiohttp_transport:
@@ -57,6 +89,10 @@ class HttpxAdapter(ClientAdapter):
         self._n_pools = pools
         self._clients: list[httpx.AsyncClient] = []
         self._rotation: itertools.cycle[httpx.AsyncClient] | None = None
+        # HTTP/2 only: lanes, and the streams a new lane is assumed to carry.
+        self._pool_size = max(1, pool_size)
+        self._lanes: list[_Lane] = []
+        self._lane_streams = DEFAULT_H2_STREAMS
 
     def _make_client(self, limit: int) -> httpx.AsyncClient:
         t = self.timeouts
@@ -73,7 +109,7 @@ class HttpxAdapter(ClientAdapter):
             def session() -> aiohttp.ClientSession:
                 return aiohttp.ClientSession(
                     connector=aiohttp.TCPConnector(
-                        limit=limit, ssl=self.verify_tls, keepalive_timeout=KEEPALIVE_EXPIRY_S
+                        limit=limit, ssl=self.ssl_context, keepalive_timeout=KEEPALIVE_EXPIRY_S
                     )
                 )
 
@@ -81,7 +117,7 @@ class HttpxAdapter(ClientAdapter):
         else:
             # Limits go on the transport: the client ignores its own when given one.
             transport = httpx.AsyncHTTPTransport(
-                limits=limits, http2=self.http2, verify=self.verify_tls, retries=0
+                limits=limits, http2=self.http2, verify=self.ssl_context, retries=0
             )
         return httpx.AsyncClient(
             transport=transport,
@@ -97,9 +133,48 @@ class HttpxAdapter(ClientAdapter):
             self._rotation = itertools.cycle(self._clients)
         return next(self._rotation)
 
+    def _take_lane(self) -> _Lane:
+        """The least busy lane with a free stream; a new lane when all are full."""
+        best: _Lane | None = None
+        for lane in self._lanes:
+            if lane.in_flight < lane.capacity and (best is None or lane.in_flight < best.in_flight):
+                best = lane
+        if best is None:
+            # Room for HTTP/1.1 too, should the server not agree to h2 in ALPN.
+            best = _Lane(self._make_client(self._pool_size), capacity=self._lane_streams)
+            self._lanes.append(best)
+        best.in_flight += 1
+        return best
+
+    def _learn_capacity(self, lane: _Lane, http_version: str) -> None:
+        """Size ``lane`` (and lanes to come) by what its connection turned out to be."""
+        lane.learned = True
+        if http_version != "HTTP/2":
+            lane.capacity = self._pool_size  # one request per HTTP/1.1 connection
+            return
+        streams = _h2_stream_limit(lane.client)
+        if streams is not None:
+            lane.capacity = self._lane_streams = streams
+
     @asynccontextmanager
     async def stream(self, request: HTTPRequest) -> AsyncIterator[StreamingResponse]:
-        client = self._next_client()
+        if not self.http2:
+            async with self._stream(self._next_client(), request) as resp:
+                yield resp
+            return
+        lane = self._take_lane()
+        try:
+            async with self._stream(lane.client, request) as resp:
+                if not lane.learned:
+                    self._learn_capacity(lane, resp.http_version)
+                yield resp
+        finally:
+            lane.in_flight -= 1
+
+    @asynccontextmanager
+    async def _stream(
+        self, client: httpx.AsyncClient, request: HTTPRequest
+    ) -> AsyncIterator[StreamingResponse]:
         t = self.timeouts
         req = client.build_request(
             "POST", request.url, content=request.body, headers=request.headers
@@ -110,6 +185,9 @@ class HttpxAdapter(ClientAdapter):
         except TimeoutError:
             raise ReadTimeout(f"no response headers within {t.first_byte_s:g}s") from None
         except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout) as exc:
+            cert_error = certificate_error_from(exc, request.url)
+            if cert_error is not None:
+                raise cert_error from None
             raise ConnectError(f"cannot connect to {request.url}: {exc}") from None
         except httpx.TimeoutException as exc:
             raise ReadTimeout(f"timed out waiting for response: {exc}") from None
@@ -129,15 +207,41 @@ class HttpxAdapter(ClientAdapter):
                     pass
                 raise http_status_error(resp.status_code, headers, body, rid)
             yield StreamingResponse(
-                status=resp.status_code, headers=headers, chunks=_chunks(resp), request_id=rid
+                status=resp.status_code,
+                headers=headers,
+                chunks=_chunks(resp),
+                request_id=rid,
+                http_version=resp.http_version,
             )
         finally:
             await resp.aclose()
 
     async def aclose(self) -> None:
         clients, self._clients, self._rotation = self._clients, [], None
+        clients += [lane.client for lane in self._lanes]
+        self._lanes = []
         for c in clients:
             await c.aclose()
+
+
+def _h2_stream_limit(client: httpx.AsyncClient) -> int | None:
+    """Streams httpcore lets the client's h2 connection carry: min(server's, its own).
+
+    httpcore exposes no public accessor, so this reads its objects defensively; None
+    (keep the assumed capacity) when the layout is not the expected one.
+    """
+    pool = getattr(getattr(client, "_transport", None), "_pool", None)
+    for conn in getattr(pool, "connections", ()):
+        state = getattr(getattr(conn, "_connection", None), "_h2_state", None)
+        if state is None:
+            continue
+        try:
+            remote = int(state.remote_settings.max_concurrent_streams)
+            local = int(state.local_settings.max_concurrent_streams)
+        except (AttributeError, KeyError, TypeError, ValueError):
+            continue
+        return max(1, min(remote, local))
+    return None
 
 
 async def _chunks(resp: httpx.Response) -> AsyncIterator[bytes]:

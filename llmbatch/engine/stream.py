@@ -79,6 +79,7 @@ async def stream_attempt(
     try:
         async with asyncio.timeout(total_s), client.stream(request) as resp:
             rid = resp.request_id
+            m.http_version = resp.http_version
             on_headers(resp.headers)
             chunks = resp.chunks
             ctype = resp.headers.get("content-type", "")

@@ -9,6 +9,7 @@ from .anthropic import AnthropicRoutes
 from .config import MockConfig
 from .openai import OpenAIRoutes
 from .state import MockState, MockStats
+from .tls import MockTLS, server_ssl_context
 
 __all__ = ["MockServer", "build_app", "start_mock_server"]
 
@@ -44,12 +45,20 @@ def build_app(state: MockState) -> web.Application:
 class MockServer:
     """A running mock server; ``url`` is its OpenAI-style base URL (ending in /v1)."""
 
-    def __init__(self, runner: web.AppRunner, state: MockState, host: str, port: int) -> None:
+    def __init__(
+        self,
+        runner: web.AppRunner,
+        state: MockState,
+        host: str,
+        port: int,
+        tls: MockTLS | None = None,
+    ) -> None:
         self._runner = runner
         self._state = state
         self.host = host
         self.port = port
-        self.url = f"http://{host}:{port}/v1"
+        self.tls = tls  # the certificates when serving HTTPS (tls.ca_file: the CA to trust)
+        self.url = f"{'https' if tls else 'http'}://{host}:{port}/v1"
 
     @property
     def stats(self) -> MockStats:
@@ -70,15 +79,41 @@ class MockServer:
 
 
 async def start_mock_server(
-    cfg: MockConfig | None = None, *, host: str = "127.0.0.1", port: int = 0
+    cfg: MockConfig | None = None,
+    *,
+    host: str = "127.0.0.1",
+    port: int = 0,
+    tls: MockTLS | None = None,
+    http2: bool = False,
+    max_streams: int = 100,
 ) -> MockServer:
-    """Start the mock on ``host:port`` (port 0 = an ephemeral port) in the running loop."""
+    """Start the mock on ``host:port`` (port 0 = an ephemeral port) in the running loop.
+
+    With ``tls`` (tls.make_mock_tls) it serves HTTPS: HTTP/1.1 from aiohttp, or with
+    ``http2`` h2 and HTTP/1.1 (by ALPN) from hypercorn, allowing ``max_streams``
+    concurrent streams per connection (h2front.py).
+    """
     state = MockState(cfg or MockConfig())
+    if http2:
+        from .h2front import serve_h2
+
+        if tls is None:
+            raise ValueError("the mock serves HTTP/2 over TLS only: pass tls=make_mock_tls()")
+        return await serve_h2(
+            state, build_app(state), tls, host=host, port=port, max_streams=max_streams
+        )
     runner = web.AppRunner(
         build_app(state), access_log=None, handle_signals=False, shutdown_timeout=0.1
     )
     await runner.setup()
-    site = web.TCPSite(runner, host, port, backlog=4096, reuse_address=True)
+    ssl_ctx = None
+    if tls is not None:
+
+        def on_handshake() -> None:
+            state.stats.connections += 1
+
+        ssl_ctx = server_ssl_context(tls, alpn=["http/1.1"], on_handshake=on_handshake)
+    site = web.TCPSite(runner, host, port, backlog=4096, reuse_address=True, ssl_context=ssl_ctx)
     await site.start()
     bound = runner.addresses[0]
-    return MockServer(runner, state, host, int(bound[1]))
+    return MockServer(runner, state, host, int(bound[1]), tls)

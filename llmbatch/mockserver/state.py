@@ -50,6 +50,7 @@ class MockStats:
     completed: int = 0
     rate_limited: int = 0  # 429s from the configured rate limits (not injected faults)
     early_retries: int = 0  # retries of a prompt that came before its Retry-After
+    connections: int = 0  # TLS connections opened (handshakes); 0 over cleartext
     faults: dict[str, int] = field(default_factory=dict)
     # (monotonic time, tokens) of every request admitted under a rate limit.
     admitted: list[tuple[float, int]] = field(default_factory=list)
@@ -62,6 +63,7 @@ class MockStats:
             "completed": self.completed,
             "rate_limited": self.rate_limited,
             "early_retries": self.early_retries,
+            "connections": self.connections,
             "faults": dict(self.faults),
         }
 
