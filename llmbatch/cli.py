@@ -326,11 +326,24 @@ def mock_server(
     limit_headers: Annotated[
         str, typer.Option(help="Send rate-limit headers: always, on_429 or never.")
     ] = "always",
+    tls: Annotated[
+        bool, typer.Option("--tls", help="HTTPS, with a CA and certificate made now.")
+    ] = False,
+    http2: Annotated[
+        bool, typer.Option("--http2", help="HTTP/2 (and HTTP/1.1) over TLS, via hypercorn.")
+    ] = False,
+    max_streams: Annotated[
+        int, typer.Option(min=1, help="HTTP/2: SETTINGS_MAX_CONCURRENT_STREAMS per connection.")
+    ] = 100,
+    tls_dir: Annotated[
+        Path | None, typer.Option(help="Where to write the certificates (default: a temp dir).")
+    ] = None,
 ) -> None:
     """Serve the mock (/v1/chat/completions, /v1/completions, /v1/messages, /v1/models)."""
     import asyncio
 
     from .mockserver import FAULT_KINDS, MockConfig, start_mock_server
+    from .mockserver.tls import make_mock_tls
 
     faults: dict[str, float] = {}
     for spec in fault or []:
@@ -366,9 +379,23 @@ def mock_server(
     except ValueError as exc:
         raise _fail(f"mock-server: {exc}", 2) from None
 
+    if http2 and not tls:
+        raise _fail("--http2 needs --tls (clients negotiate h2 through TLS ALPN)", EXIT_USAGE)
+    try:
+        certs = make_mock_tls(tls_dir) if tls else None
+    except (RuntimeError, OSError) as exc:
+        raise _fail(str(exc), EXIT_USAGE) from None
+
     async def serve() -> None:
-        server = await start_mock_server(cfg, host=host, port=port)
+        server = await start_mock_server(
+            cfg, host=host, port=port, tls=certs, http2=http2, max_streams=max_streams
+        )
         typer.echo(f"mock server listening on {server.url}", err=True)
+        if certs is not None:
+            proto = f"HTTP/2 (max {max_streams} streams per connection)" if http2 else "HTTP/1.1"
+            typer.echo(
+                f"serving {proto} over TLS; trust its CA: --ca-bundle {certs.ca_file}", err=True
+            )
         try:
             await asyncio.Event().wait()
         finally:

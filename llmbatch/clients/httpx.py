@@ -93,6 +93,9 @@ class HttpxAdapter(ClientAdapter):
         self._pool_size = max(1, pool_size)
         self._lanes: list[_Lane] = []
         self._lane_streams = DEFAULT_H2_STREAMS
+        # Set once the first response (or failure) told us what the server allows.
+        self._lanes_sized = asyncio.Event()
+        self._probing = False
 
     def _make_client(self, limit: int) -> httpx.AsyncClient:
         t = self.timeouts
@@ -162,14 +165,25 @@ class HttpxAdapter(ClientAdapter):
             async with self._stream(self._next_client(), request) as resp:
                 yield resp
             return
+        probe = False
+        if not self._lanes_sized.is_set():
+            # The first request goes alone, so the rest are spread by the server's own
+            # stream limit rather than piled onto lanes sized by a guess.
+            if self._probing:
+                await self._lanes_sized.wait()
+            else:
+                self._probing = probe = True
         lane = self._take_lane()
         try:
             async with self._stream(lane.client, request) as resp:
                 if not lane.learned:
                     self._learn_capacity(lane, resp.http_version)
+                self._lanes_sized.set()
                 yield resp
         finally:
             lane.in_flight -= 1
+            if probe:
+                self._lanes_sized.set()  # also when it failed: the others try for themselves
 
     @asynccontextmanager
     async def _stream(
