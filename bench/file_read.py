@@ -54,8 +54,12 @@ async def _measure(name: str, fn: object, path: Path) -> dict[str, float | str]:
     wall = time.perf_counter() - t0
     stop.set()
     await tick
-    return {"way": name, "lines": n, "us_per_line": round(wall / n * 1e6, 2),
-            "max_loop_gap_ms": round(max(gaps) * 1000, 2) if gaps else 0.0}
+    return {
+        "way": name,
+        "lines": n,
+        "us_per_line": round(wall / n * 1e6, 2),
+        "max_loop_gap_ms": round(max(gaps) * 1000, 2) if gaps else 0.0,
+    }
 
 
 async def main(lines: int) -> None:

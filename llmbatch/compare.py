@@ -20,8 +20,8 @@ from typing import Any
 
 import orjson
 
-from .config import RunConfig, load_config, resolve_api_key
 from . import StopReason
+from .config import RunConfig, load_config, resolve_api_key
 from .errors import RunDirError
 from .metrics import SLO
 from .tables import Table, fmt_ms, fmt_num
