@@ -1,6 +1,9 @@
 """Client adapters against a bare aiohttp loop, one command, one invocation.
 
     python -m bench.adapters --shape both --concurrency 30 300 1000 --requests 2000 --repeat 3
+    python -m bench.adapters --transport tls ...   # HTTPS, HTTP/1.1 (aiohttp's server)
+    python -m bench.adapters --transport h2 ...    # HTTPS, hypercorn: httpx --http2 (h2) and
+                                                   # the bare loop / httpx on HTTP/1.1 by ALPN
 
 Starts ``llmbatch mock-server`` as its own process (64 tokens; fast: no delays,
 realistic: 20 ms between tokens), then for each concurrency runs, each as its own
@@ -24,6 +27,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 from .harness import (
+    TRANSPORTS,
     Measure,
     fmt_errors,
     machine_line,
@@ -44,7 +48,28 @@ SHAPES = {
 CLIENTS = ("aiohttp", "httpx", "httpx-aiohttp")
 
 
-def table(results: list[Measure], bare: dict[int, Measure]) -> str:
+def variants(clients: list[str], transport: str) -> list[tuple[str, str, tuple[str, ...]]]:
+    """(label, --client, extra llmbatch args) of each llmbatch row for ``transport``."""
+    if transport == "h2":
+        rows = [("llmbatch --client httpx --http2", "httpx", ("--http2",))]
+        return rows + [(f"llmbatch --client {c}", c, ()) for c in clients if c == "httpx"]
+    rows = [(f"llmbatch --client {c}", c, ()) for c in clients]
+    if transport == "plain":
+        # Without per-request text files (results.jsonl only): the file system's share of
+        # the cost, which varies a lot on this VM's ext4.
+        rows.append(("llmbatch --client aiohttp --no-text", "aiohttp", ("--no-text",)))
+    return rows
+
+
+def _label(m: Measure) -> str:
+    """The row's name, with the protocols its records came over when not all HTTP/1.1."""
+    out = m.label + (f" ({m.note})" if m.note else "")
+    if m.http_versions and set(m.http_versions) != {"HTTP/1.1"}:
+        out += " [" + ", ".join(f"{k}: {v}" for k, v in sorted(m.http_versions.items())) + "]"
+    return out
+
+
+def table(results: list[Measure], bare: dict[int, Measure], transport: str = "plain") -> str:
     headers = [
         "C",
         "client",
@@ -58,13 +83,15 @@ def table(results: list[Measure], bare: dict[int, Measure]) -> str:
         "peak RSS MB",
         "ratio",
     ]
+    if transport != "plain":
+        headers.append("TLS conns")
     rows = []
     for m in results:
         b = bare[m.concurrency]
         rows.append(
             [
                 str(m.concurrency),
-                m.label + (f" ({m.note})" if m.note else ""),
+                _label(m),
                 fmt_errors(m),
                 f"{m.wall_s:.2f}",
                 ratio(m.wall_s, b.wall_s),
@@ -75,6 +102,7 @@ def table(results: list[Measure], bare: dict[int, Measure]) -> str:
                 f"{m.maxrss_mb:.0f}",
                 ratio(m.maxrss_mb, b.maxrss_mb),
             ]
+            + ([str(m.connections)] if transport != "plain" else [])
         )
     return markdown_table(headers, rows)
 
@@ -87,11 +115,12 @@ def run_shape(
     clients: list[str],
     loop: str,
     prompts: Path,
+    transport: str = "plain",
 ) -> tuple[list[Measure], dict[int, Measure]]:
-    with_sdk = importlib.util.find_spec("openai") is not None
+    with_sdk = importlib.util.find_spec("openai") is not None and transport == "plain"
     out: list[Measure] = []
     bare: dict[int, Measure] = {}
-    with mock_server(**SHAPES[shape]) as server:
+    with mock_server(**SHAPES[shape], transport=transport) as server:
         for c in concurrencies:
             runs: dict[str, list[Measure]] = {}
             for rep in range(repeat):
@@ -99,24 +128,19 @@ def run_shape(
                 m = run_bare(server, c, requests, loop=loop)
                 runs.setdefault("bare", []).append(m)
                 _progress(shape, rep, m)
-                for client in clients:
-                    m = run_llmbatch(server, c, prompts, requests, client=client, loop=loop)
-                    runs.setdefault(client, []).append(m)
+                for label, client, extra in variants(clients, transport):
+                    m = run_llmbatch(
+                        server,
+                        c,
+                        prompts,
+                        requests,
+                        client=client,
+                        loop=loop,
+                        extra_args=extra,
+                        label=label,
+                    )
+                    runs.setdefault(label, []).append(m)
                     _progress(shape, rep, m)
-                # The same without per-request text files (results.jsonl only): the file
-                # system's share of the cost, which varies a lot on this VM's ext4.
-                m = run_llmbatch(
-                    server,
-                    c,
-                    prompts,
-                    requests,
-                    client="aiohttp",
-                    loop=loop,
-                    extra_args=("--no-text",),
-                    label="llmbatch --client aiohttp --no-text",
-                )
-                runs.setdefault("no-text", []).append(m)
-                _progress(shape, rep, m)
                 if with_sdk:
                     sdk = "bench.openai_sdk"
                     m = run_bare(server, c, requests, loop=loop, module=sdk, label="OpenAI SDK")
@@ -148,11 +172,20 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--repeat", type=int, default=1, help="runs per figure; the median is kept")
     ap.add_argument("--clients", nargs="+", default=list(CLIENTS), choices=CLIENTS)
     ap.add_argument("--loop", choices=("uvloop", "asyncio"), default="uvloop")
+    ap.add_argument(
+        "--transport",
+        choices=TRANSPORTS,
+        default="plain",
+        help="plain: cleartext HTTP/1.1; tls: HTTPS HTTP/1.1; h2: HTTPS via hypercorn (h2)",
+    )
     ap.add_argument("--json", type=Path, help="also write every median figure here")
     args = ap.parse_args(argv)
     shapes = ["fast", "realistic"] if args.shape == "both" else [args.shape]
     print(f"# bench.adapters — {machine_line()}")
-    print(f"requests {args.requests}, repeat {args.repeat} (median), loop {args.loop}\n")
+    print(
+        f"requests {args.requests}, repeat {args.repeat} (median), loop {args.loop}, "
+        f"transport {args.transport}\n"
+    )
     dump: dict[str, list[dict[str, object]]] = {}
     with work_tmpdir() as tmp:
         prompts = write_prompts(Path(tmp) / "prompts.jsonl", args.requests)
@@ -165,13 +198,14 @@ def main(argv: list[str] | None = None) -> None:
                 args.clients,
                 args.loop,
                 prompts,
+                args.transport,
             )
             s = SHAPES[shape]
             print(
                 f"## {shape}: {s['tokens']:g} tokens, ttft {s['ttft_ms']:g} ms, "
                 f"itl {s['itl_ms']:g} ms\n"
             )
-            print(table(results, bare))
+            print(table(results, bare, args.transport))
             print(flush=True)
             dump[shape] = [asdict(m) for m in results]
     if args.json:

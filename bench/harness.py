@@ -81,19 +81,48 @@ def wait_listening(port: int, deadline_s: float) -> None:
 
 @dataclass
 class MockServer:
-    """A running ``llmbatch mock-server`` process."""
+    """A running ``llmbatch mock-server`` process (HTTPS when ``ca_file`` is set)."""
 
     port: int
     proc: subprocess.Popen[bytes]
     shape: dict[str, float]
+    ca_file: Path | None = None
 
     @property
     def base_url(self) -> str:
-        return f"http://{HOST}:{self.port}/v1"
+        return f"{'https' if self.ca_file else 'http'}://{HOST}:{self.port}/v1"
+
+    def connections(self) -> int:
+        """TLS connections the server has seen so far (its /mock/stats), 0 in cleartext."""
+        import ssl
+        import urllib.request
+
+        ctx = ssl.create_default_context(cafile=str(self.ca_file)) if self.ca_file else None
+        with urllib.request.urlopen(f"{self.base_url[:-3]}/mock/stats", context=ctx) as r:
+            return int(json.loads(r.read()).get("connections", 0))
+
+    def connections_since(self, before: int) -> int:
+        """TLS connections opened since ``connections()`` said ``before`` (not counting
+        the stats request's own connection)."""
+        if self.ca_file is None:
+            return 0
+        return self.connections() - before - 1
+
+    def env(self) -> dict[str, str]:
+        """What a client child needs to trust this server: SSL_CERT_FILE, which aiohttp,
+        httpx, the OpenAI SDK and llmbatch (below --ca-bundle) all honour."""
+        return {"SSL_CERT_FILE": str(self.ca_file)} if self.ca_file else {}
+
+
+# How the mock serves: cleartext HTTP/1.1 (aiohttp), HTTPS HTTP/1.1 (aiohttp), or HTTPS
+# with h2 and HTTP/1.1 by ALPN (hypercorn, 100 streams per connection).
+TRANSPORTS = ("plain", "tls", "h2")
 
 
 @contextlib.contextmanager
-def mock_server(*, tokens: int, ttft_ms: float, itl_ms: float) -> Iterator[MockServer]:
+def mock_server(
+    *, tokens: int, ttft_ms: float, itl_ms: float, transport: str = "plain"
+) -> Iterator[MockServer]:
     """Start the mock as a separate process; kill it (by pid) on exit."""
     port = free_port()
     argv = [
@@ -110,11 +139,20 @@ def mock_server(*, tokens: int, ttft_ms: float, itl_ms: float) -> Iterator[MockS
         "--itl-ms",
         f"{itl_ms:g}",
     ]
+    tls_dir = Path(tempfile.mkdtemp(prefix="llmbatch-bench-tls-"))
+    atexit.register(shutil.rmtree, tls_dir, True)
+    ca_file = None
+    if transport in ("tls", "h2"):
+        argv += ["--tls", "--tls-dir", str(tls_dir)]
+        ca_file = tls_dir / "mock-ca.pem"
+    if transport == "h2":
+        argv += ["--http2", "--max-streams", "100"]
     log = tempfile.TemporaryFile()
     proc = subprocess.Popen(argv, env=child_env(), stdout=log, stderr=log, cwd=ROOT)
     try:
         wait_listening(port, 20.0)
-        yield MockServer(port, proc, {"tokens": tokens, "ttft_ms": ttft_ms, "itl_ms": itl_ms})
+        shape = {"tokens": tokens, "ttft_ms": ttft_ms, "itl_ms": itl_ms}
+        yield MockServer(port, proc, shape, ca_file)
     finally:
         _terminate(proc)
         log.close()
@@ -251,6 +289,8 @@ class Measure:
     retries: int = 0
     repeats: int = 1
     note: str = ""
+    http_versions: dict[str, int] = field(default_factory=dict)  # llmbatch's summary.json
+    connections: int = 0  # TLS connections the server saw during this measurement
 
     @property
     def us_per_token(self) -> float:
@@ -282,6 +322,8 @@ def median_measure(runs: list[Measure]) -> Measure:
         maxrss_mb=statistics.median(r.maxrss_mb for r in runs),
         retries=sum(r.retries for r in runs),
         repeats=len(runs),
+        http_versions=first.http_versions,
+        connections=int(statistics.median(r.connections for r in runs)),
         note="; ".join(sorted({r.note for r in runs if r.note})),
     )
 
@@ -340,7 +382,10 @@ def run_bare(
     """The bare aiohttp loop (or another bench.* client with its CLI) as a child process."""
     argv = [PY, "-m", module, "--url", server.base_url]
     argv += ["--concurrency", str(concurrency), "--requests", str(requests), "--loop", loop]
-    res = run_child(argv, timeout_s=child_timeout_s(server, concurrency, requests))
+    limit = child_timeout_s(server, concurrency, requests)
+    conns0 = server.connections()
+    res = run_child(argv, timeout_s=limit, env=child_env(**server.env()))
+    conns = server.connections_since(conns0)
     try:
         out = json.loads(res.stdout.strip().splitlines()[-1])
     except (ValueError, IndexError):
@@ -362,6 +407,7 @@ def run_bare(
         work_cpu_s=float(out.get("work_cpu_s", res.cpu_s)),
         maxrss_mb=res.maxrss_mb,
         note="timed out" if res.timed_out else "",
+        connections=conns,
     )
 
 
@@ -387,13 +433,16 @@ def run_llmbatch(
         argv += ["--provider", "vllm", "--base-url", server.base_url, "--model", "mock-model"]
         argv += ["--concurrency", str(concurrency), "--client", client, "--no-progress"]
         argv += ["--out", str(run_dir), *extra_args]
-        env = child_env(BENCH_STATS_FILE=str(stats), **(extra_env or {}))
+        env = child_env(BENCH_STATS_FILE=str(stats), **server.env(), **(extra_env or {}))
         if loop == "asyncio":
             env["LLMBATCH_LOOP"] = "asyncio"
         limit = timeout_s or child_timeout_s(server, concurrency, requests)
+        conns0 = server.connections()
         res = run_child(argv, timeout_s=limit, env=env, cwd=Path(tmp))
+        conns = server.connections_since(conns0)
         errors, kinds, retries = count_result_errors(run_dir, requests)
         st = read_stats(stats)
+        versions = read_stats(run_dir / "summary.json").get("http_versions") or {}
     per_req = int(tokens_per_request or server.shape["tokens"])
     note = []
     if res.timed_out:
@@ -414,4 +463,6 @@ def run_llmbatch(
         maxrss_mb=res.maxrss_mb,
         retries=retries,
         note="; ".join(note),
+        http_versions=dict(versions),
+        connections=conns,
     )

@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import orjson
+import pytest
 
 from bench.bare import _run as bare_run
 from bench.harness import count_result_errors, markdown_table, run_child, write_prompts
@@ -34,3 +35,17 @@ def test_result_errors_count_failures_missing_and_retries(tmp_path: Path) -> Non
     assert (errors, kinds, retries) == (2, {"timeout": 1, "no_record": 1}, 1)
     assert write_prompts(tmp_path / "p.jsonl", 3).read_bytes().count(b"\n") == 3
     assert markdown_table(["a", "b"], [["1", "2"]]).splitlines()[1] == "|---|---|"
+
+
+@pytest.mark.timeout(120)
+def test_tls_and_h2_transports(tmp_path: Path) -> None:
+    from bench.harness import mock_server, run_bare, run_llmbatch
+
+    prompts = write_prompts(tmp_path / "p.jsonl", 20)
+    with mock_server(tokens=4, ttft_ms=0, itl_ms=0, transport="h2") as server:
+        assert server.base_url.startswith("https://") and server.ca_file is not None
+        bare = run_bare(server, 4, 20)
+        h2 = run_llmbatch(server, 4, prompts, 20, client="httpx", extra_args=("--http2",))
+    assert bare.errors == 0 and bare.tokens == 20 * 4 and bare.connections >= 1
+    assert h2.errors == 0 and h2.http_versions == {"HTTP/2": 20}
+    assert h2.connections == 1  # four streams in flight fit one connection
