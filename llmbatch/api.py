@@ -37,12 +37,13 @@ from .engine import BatchEnd, BatchRun, Engine, StopReason
 from .errors import ConfigError, InputError, RequestError
 from .identity import run_identity
 from .metrics import INPUT_ERROR, SLO, RunMetrics
+from .notices import warn
 from .providers import make_provider
 from .reader import aiter_items, iter_items, iter_records, parse_item
 from .records import Outcome, PromptRecord
 from .result import Result
 from .resultline import result_line
-from .writer import RESULTS, ResumeIndex, RunDir, iter_result_lines
+from .writer import RESULTS, ResumeIndex, RunDir, forget_unsaved, iter_result_lines
 
 __all__ = ["Batch", "BatchProgress", "Client", "Prompt", "Prompts", "run"]
 
@@ -525,6 +526,7 @@ class Batch:
             await self._view.stop()
         if self._rundir is not None:
             await self._rundir.aclose()
+            warn(forget_unsaved(self._rundir, self.metrics))  # counts = what was saved
 
     async def aclose(self) -> None:
         """Stop now (requests in flight are cancelled, get no record) and close files."""
@@ -630,14 +632,16 @@ def _as_table(value: Any, cls: type, name: str) -> dict[str, Any]:
 async def _embedded_mock(settings: MockSettings) -> AsyncIterator[str]:
     """The built-in mock on an ephemeral loopback port, for ``provider="mock"``."""
     from .mockserver import MockConfig, start_mock_server
+    from .notices import quiet_embedded_server
 
-    server = await start_mock_server(
-        MockConfig(tokens=settings.tokens, ttft_s=settings.ttft_s, itl_s=settings.itl_s)
-    )
-    try:
-        yield server.url
-    finally:
-        await server.close()
+    with quiet_embedded_server():  # its close too: that is when cut-off writes fail
+        server = await start_mock_server(
+            MockConfig(tokens=settings.tokens, ttft_s=settings.ttft_s, itl_s=settings.itl_s)
+        )
+        try:
+            yield server.url
+        finally:
+            await server.close()
 
 
 def _one_record(prompt: Prompt, rid: str | None) -> PromptRecord | InputError:

@@ -180,6 +180,7 @@ def run(
 ) -> None:
     """Send every prompt of PROMPTS as a streaming chat completion; resumable."""
     from .errors import LLMBatchError
+    from .notices import one_line_per_cause
     from .shard import parse_shard
 
     flags = {
@@ -212,7 +213,8 @@ def run(
                 err=True,
             )
         slo_obj = _parse_slo(slo)
-        output = _run_loop(cfg, prompts, slo_obj, parse_shard(shard) if shard else None)
+        with one_line_per_cause():
+            output = _run_loop(cfg, prompts, slo_obj, parse_shard(shard) if shard else None)
     except LLMBatchError as exc:
         raise _fail_for(exc) from None
     raise typer.Exit(_report_and_code(output))

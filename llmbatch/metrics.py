@@ -208,6 +208,12 @@ class RunMetrics:
         stream_s = (m.e2el_s - m.ttft_s) if m.e2el_s is not None and m.ttft_s is not None else 0.0
         spread_tokens(self.tokens_per_second_bucket, end - stream_s, end, m.output_tokens)
 
+    def forget(self, succeeded: int, failed: int) -> None:
+        """Uncount finished requests whose records could not be saved (they run again)."""
+        self.succeeded -= succeeded
+        self.failed -= failed
+        self.total -= succeeded + failed
+
     def add_input_error(self) -> None:
         """Count a prompt line that could not become a request (no record at hand)."""
         self.total += 1

@@ -14,6 +14,11 @@ __all__ = ["ProgressView", "make_progress"]
 class _Source(Protocol):
     tokens: int
     in_flight: int
+    # A request's record (and the ``errors`` count) comes only after its last attempt,
+    # minutes away at worst: these show that attempts are failing meanwhile.
+    failed_attempts: int
+    retrying: int
+    last_error: str | None
 
 
 class ProgressView:
@@ -85,6 +90,12 @@ class ProgressView:
         info = f"{self._rate():,.0f} tok/s  in flight {self.source.in_flight}  errors {failed}" + (
             f"  skipped {skipped}" if skipped else ""
         )
+        src = self.source
+        if src.failed_attempts:
+            info += (
+                f"  failed attempts {src.failed_attempts} (last {src.last_error}), "
+                f"retrying {src.retrying}"
+            )
         if self.extra is not None:
             info += "  " + self.extra()
         if self._progress is not None:
@@ -92,8 +103,10 @@ class ProgressView:
         else:
             total = f"/{self.total}" if self.total else ""
             elapsed = time.monotonic() - self._t0
+            # Wall-clock time too: cron logs are read later, next to other programs' lines.
+            now = time.strftime("%Y-%m-%dT%H:%M:%S%z")
             print(
-                f"[llmbatch] {elapsed:7.1f}s done {done + skipped}{total}  {info}",
+                f"[llmbatch] {now} {elapsed:7.1f}s done {done + skipped}{total}  {info}",
                 file=sys.stderr,
                 flush=True,
             )

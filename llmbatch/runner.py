@@ -17,6 +17,7 @@ from .api import Client
 from .config import RunConfig
 from .engine import BatchEnd, StopReason
 from .errors import InputError
+from .fdlimit import fit_run_config
 from .identity import run_identity
 from .metrics import SLO
 from .notices import warn
@@ -82,6 +83,7 @@ async def execute_run(
     The CLI's run on top of the library: a Client for ``cfg``, one Batch into the run
     directory, SIGINT/SIGTERM turned into a graceful stop (a second signal: at once).
     """
+    cfg = fit_run_config(cfg)  # within the open-file limit (raised, or concurrency capped)
     client = Client.from_run_config(cfg)  # resolves the API key before anything is sent
     items: Iterator[PromptRecord | InputError] = open_prompts(prompts)
     run_dir = default_run_dir(cfg, prompts, shard)

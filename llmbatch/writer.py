@@ -32,7 +32,7 @@ import re
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 
@@ -40,12 +40,17 @@ from .errors import OutputError, RunDirError
 from .identity import describe_changes, merge_identity
 from .idset import IdSet
 
+if TYPE_CHECKING:
+    from .metrics import RunMetrics
+
 __all__ = [
     "ResumeIndex",
     "RunDir",
     "TextSink",
     "damaged_lines_notice",
+    "forget_unsaved",
     "iter_result_lines",
+    "unsaved_notice",
     "parse_result_line",
     "safe_name",
 ]
@@ -123,6 +128,11 @@ class RunDir:
         self._ops: list[Op] = []
         self._dirty: list[TextSink] = []
         self._results_buf: list[bytes] = []
+        self._results_ok: list[bool] = []  # per queued line: the request succeeded
+        # Finished requests whose line could not be written (the disk filled up): they are
+        # not in results.jsonl, so they run again on resume and must not be counted as done.
+        self.unsaved_succeeded = 0
+        self.unsaved_failed = 0
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="llmbatch-summary")
         self._flusher: asyncio.Task[None] | None = None
         self.error: OutputError | None = None
@@ -306,6 +316,7 @@ class RunDir:
     def add_result(self, line: dict[str, Any]) -> None:
         """Queue one results.jsonl line; written after any text op queued before it."""
         self._results_buf.append(orjson.dumps(line) + b"\n")
+        self._results_ok.append(line.get("error") is None)
 
     def write_summary(self, summary: dict[str, Any]) -> None:
         """Rewrite summary.json atomically, in the background (it is fsynced)."""
@@ -328,21 +339,46 @@ class RunDir:
                 return
 
     async def flush(self) -> None:
-        """Write everything queued so far, in order."""
+        """Write everything queued so far, in order.
+
+        After a write failed (OutputError) nothing more is written: what is queued is
+        dropped and counted in ``unsaved_*``, and results.jsonl ends at its last whole line.
+        """
         for sink in self._dirty:
             self._collect(sink)
         self._dirty = []
-        if self._results_buf:
-            data = b"".join(self._results_buf)
-            self._results_buf = []
-            self._ops.append(lambda: _write_all(self._results_fd, data))
+        oks, self._results_ok = self._results_ok, []
+        data = b"".join(self._results_buf)
+        self._results_buf = []
         ops, self._ops = self._ops, []
+        if self.error is not None:
+            self._count_unsaved(oks)
+            return
+        if data:
+            ops.append(lambda: self._append_results(data))
         try:
             for op in ops:
                 op()
         except OSError as exc:
-            self.error = OutputError(f"writing to {self.path} failed: {exc}")
+            self._count_unsaved(oks)  # the results write is the last op: none of them is in
+            self.error = OutputError(f"writing to {self.path} failed: {_why(exc)}")
             raise self.error from None
+
+    def _count_unsaved(self, oks: list[bool]) -> None:
+        n_ok = sum(oks)
+        self.unsaved_succeeded += n_ok
+        self.unsaved_failed += len(oks) - n_ok
+
+    def _append_results(self, data: bytes) -> None:
+        before = os.fstat(self._results_fd).st_size
+        try:
+            _write_all(self._results_fd, data)
+        except OSError:
+            # A partial write would leave a torn line that a later write could glue onto:
+            # cut back to the last whole line written before.
+            with contextlib.suppress(OSError):
+                os.ftruncate(self._results_fd, before)
+            raise
 
     def _take(self, sink: TextSink) -> bytes:
         data = "".join(sink.buf).encode("utf-8", "surrogatepass")
@@ -532,6 +568,24 @@ def iter_result_lines(
                     damaged.append(line_no)
     except OSError as exc:
         raise RunDirError(f"{path}: cannot read: {exc.strerror}") from None
+
+
+def forget_unsaved(rundir: RunDir, metrics: RunMetrics | None) -> str | None:
+    """Uncount from ``metrics`` the requests whose records could not be saved; the notice."""
+    if metrics is not None:
+        metrics.forget(rundir.unsaved_succeeded, rundir.unsaved_failed)
+    return unsaved_notice(rundir)
+
+
+def unsaved_notice(rundir: RunDir) -> str | None:
+    """One line saying how many finished requests could not be saved, or None."""
+    n = rundir.unsaved_succeeded + rundir.unsaved_failed
+    if not n:
+        return None
+    return (
+        f"{n} finished request{'s' if n > 1 else ''} could not be saved to "
+        f"{rundir.path / RESULTS} (not counted above); the same command runs them again"
+    )
 
 
 def damaged_lines_notice(path: Path, lines: list[int] | None) -> str | None:

@@ -315,3 +315,202 @@ def test_report_after_a_no_op_resume_describes_the_whole_run(
     assert "results.jsonl (whole run after a resume)" in res.output
     as_json = orjson.loads(runner.invoke(app, ["report", "outputs/example-mock", "--json"]).output)
     assert as_json["requests"]["succeeded"] == 59
+
+
+# -- hostile conditions ------------------------------------------------------------------
+def child_env() -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LLMBATCH_")}
+    env["LLMBATCH_LOOP"] = "asyncio"
+    return env
+
+
+def run_child(
+    args: list[str], cwd: Path, preexec: Any = None, timeout_s: float = 120
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "llmbatch", "run", *args, "--no-progress"],
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        env=child_env(),
+        preexec_fn=preexec,
+        timeout=timeout_s,
+    )
+
+
+def summary_counts(stdout: str) -> tuple[int, int]:
+    first = stdout.splitlines()[0]  # "requests: 32 succeeded, 0 failed ..."
+    words = first.replace(",", "").split()
+    return int(words[1]), int(words[3])
+
+
+def test_full_disk_one_line_counts_match_what_was_saved(tmp_path: Path) -> None:
+    import resource
+
+    # RLIMIT_FSIZE stands in for a full disk: every write past 60 kB fails (EFBIG), the
+    # same OSError path as ENOSPC, without needing a small file system.
+    def limit_file_size() -> None:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (60_000, 60_000))
+
+    p = prompts(tmp_path, 400)
+    proc = run_child([str(p), "-o", "run"], tmp_path, preexec=limit_file_size)
+    assert proc.returncode == 3, proc.stderr
+    assert "Traceback" not in proc.stderr
+    errors = [line for line in proc.stderr.splitlines() if "run aborted" in line]
+    assert errors == ["llmbatch: run aborted: writing to run failed: File too large"]
+    saved = read_results(tmp_path / "run")  # every line whole: nothing torn
+    succeeded, failed = summary_counts(proc.stdout)
+    assert (succeeded, failed) == (len(saved), 0) and 0 < succeeded < 400
+    assert "could not be saved to run/results.jsonl (not counted above)" in proc.stderr
+    assert not [f.name for f in (tmp_path / "run").iterdir() if f.name.endswith(".tmp")]
+    again = run_child([str(p), "-o", "run"], tmp_path)
+    assert again.returncode == 0, again.stderr
+    assert f"{400 - succeeded} succeeded, 0 failed, {succeeded} already done" in again.stdout
+
+
+@pytest.mark.parametrize(("soft", "hard", "capped"), [(256, 256, 64), (256, 4096, None)])
+def test_open_file_limit_caps_or_raises_at_start(
+    tmp_path: Path, soft: int, hard: int, capped: int | None
+) -> None:
+    import resource
+
+    def limit_files() -> None:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+
+    p = prompts(tmp_path, 600)
+    proc = run_child([str(p), "-j", "1000", "-o", "run"], tmp_path, preexec=limit_files)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "Too many open files" not in proc.stderr and "Traceback" not in proc.stderr
+    notes = [line for line in proc.stderr.splitlines() if "open-file limit" in line]
+    if capped is None:  # the soft limit was raised towards the hard one: nothing to say
+        assert notes == []
+    else:
+        assert notes == [
+            f"llmbatch: warning: the open-file limit (256, hard limit 256) allows about "
+            f"{capped} requests in flight, not 1000: concurrency capped at {capped} "
+            "(raise it with ulimit -n to go higher)"
+        ]
+    assert summary_counts(proc.stdout) == (600, 0)
+
+
+@pytest.mark.timeout(60)
+async def test_second_ctrl_c_prints_no_tracebacks_from_the_embedded_mock(tmp_path: Path) -> None:
+    import signal
+
+    # Long answers from the embedded mock: the second Ctrl-C cuts them mid-stream.
+    (tmp_path / "slow.toml").write_text("[mock]\ntokens = 3000\nttft_s = 0.0\nitl_s = 0.01\n")
+    p = prompts(tmp_path, 20)
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "llmbatch", "run", str(p), "-c", "slow.toml", "-j", "8",
+        "-o", "run", "--no-progress",
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        cwd=tmp_path, env=child_env(),
+    )  # fmt: skip
+    text = tmp_path / "run" / "text"
+    async with asyncio.timeout(30):  # until 8 answers are streaming into their files
+        while len([f for f in text.glob("*.partial") if f.stat().st_size]) < 8:
+            await asyncio.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    assert proc.stderr is not None
+    line = await asyncio.wait_for(proc.stderr.readline(), 10)
+    assert b"SIGINT: finishing 8 requests in flight" in line
+    proc.send_signal(signal.SIGINT)
+    _, err = await asyncio.wait_for(proc.communicate(), 20)
+    assert proc.returncode == 130, err.decode()
+    assert err.decode().splitlines() == ["llmbatch: interrupted; run the same command to resume"]
+
+
+class SilentServer:
+    """Accepts connections, reads requests, never answers; counts what it was sent."""
+
+    def __init__(self) -> None:
+        self.connections = 0
+        self.writers: list[asyncio.StreamWriter] = []
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self.thread.start()
+        fut = asyncio.run_coroutine_threadsafe(
+            asyncio.start_server(self._handle, "127.0.0.1", 0), self.loop
+        )
+        self.server = fut.result(10)
+        self.url = f"http://127.0.0.1:{self.server.sockets[0].getsockname()[1]}/v1"
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.connections += 1
+        self.writers.append(writer)
+        while await reader.read(65536):
+            pass
+        writer.close()
+
+    def close(self) -> None:
+        async def stop() -> None:
+            self.server.close()
+            for w in self.writers:
+                w.close()
+            await self.server.wait_closed()
+
+        asyncio.run_coroutine_threadsafe(stop(), self.loop).result(10)
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(10)
+        self.loop.close()
+
+
+@pytest.fixture
+def silent_server() -> Iterator[SilentServer]:
+    server = SilentServer()
+    yield server
+    server.close()
+
+
+def test_server_that_never_answers_stops_the_run_on_first_attempts(
+    runner: CliRunner, tmp_path: Path, silent_server: SilentServer
+) -> None:
+    (tmp_path / "t.toml").write_text("[timeouts]\nconnect_s = 0.5\nfirst_byte_s = 0.5\n")
+    p = prompts(tmp_path, 40)
+    res = run_cli(
+        runner, str(p), "-p", "vllm", "--base-url", silent_server.url, "-c", "t.toml", "-j", "4"
+    )
+    assert res.exit_code == 3, res.output
+    assert (
+        "llmbatch: run aborted: the first 3 attempts all failed the same way and nothing has "
+        "answered: no response headers within 0.5s"
+    ) in res.output
+    # The probe, the wave it let go, maybe the probe's own retry: never 6 attempts of each.
+    assert silent_server.connections <= 6, silent_server.connections
+    assert read_results(tmp_path / "outputs" / "p-vllm") == []  # all of it resumes
+
+
+def test_busy_server_is_not_a_wrong_job(
+    runner: CliRunner, tmp_path: Path, mocks: list[ThreadedMock]
+) -> None:
+    # Every prompt's first two attempts get 503: load, not a wrong target: no abort.
+    server = start_mock(mocks, faults={"503": 1.0}, fault_attempts=2, retry_after_s=0.0)
+    (tmp_path / "fast.toml").write_text("[retry]\nbackoff_base_s = 0.001\n")
+    p = prompts(tmp_path, 10)
+    res = run_cli(runner, str(p), "-p", "vllm", "--base-url", server.url, "-c", "fast.toml")
+    assert res.exit_code == 0, res.output
+    assert "10 succeeded, 0 failed" in res.output and "retries 20" in res.output
+
+
+def test_progress_line_shows_failing_attempts_and_wall_clock(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    import re
+
+    from llmbatch.engine.stream import LiveCounts
+    from llmbatch.progress import ProgressView
+
+    live = LiveCounts()
+    live.in_flight = 4
+    view = ProgressView(40, lambda: (0, 0, 0), live, interactive=False, every_s=10.0)
+    view.render()
+    live.failed_attempts, live.retrying, live.last_error = 12, 4, "read_timeout"
+    view.render()
+    quiet, busy = capsys.readouterr().err.splitlines()
+    stamp = r"\[llmbatch\] \d{4}-\d\d-\d\dT\d\d:\d\d:\d\d[+-]\d{4} +\d+\.\ds done 0/40"
+    assert re.match(stamp + r"  0 tok/s  in flight 4  errors 0$", quiet), quiet
+    assert re.match(
+        stamp + r"  0 tok/s  in flight 4  errors 0  failed attempts 12 \(last read_timeout\), "
+        r"retrying 4$",
+        busy,
+    ), busy

@@ -24,6 +24,7 @@ from ..metrics import INPUT_ERROR, RunMetrics
 from ..reader import error_record_id
 from ..records import Outcome, PromptRecord, RequestMetrics
 from ..resultline import result_line
+from ..systematic import EarlyFailureCheck
 from ..writer import ResumeIndex, RunDir, TextSink
 from .core import NULL_TEXT, Engine, TextTarget, redact
 from .gate import FailureGate
@@ -104,6 +105,7 @@ class BatchRun:
         self.grace_s = grace_s
         self.on_record = on_record
         self.gate = FailureGate()
+        self.early_check = EarlyFailureCheck(lambda: engine.content_seen)
         self.stop_reason: str | None = None
         self.abort_message: str | None = None
         self._stopping = False
@@ -135,6 +137,10 @@ class BatchRun:
         elif self._cancel_timer is None:
             self._cancel_timer = asyncio.get_running_loop().call_later(grace, self._cancel_requests)
 
+    def _on_attempt_error(self, exc: RequestError) -> None:
+        if (why := self.early_check.on_failed_attempt(exc)) is not None:
+            self.stop(StopReason.ABORTED, message=redact(why, self.engine.secrets), grace_s=0)
+
     def _cancel_requests(self) -> None:
         for t in self._tasks:
             t.cancel()
@@ -153,6 +159,7 @@ class BatchRun:
             rundir.start()
             ticker = asyncio.create_task(self._summary_ticker())
         self._admission = asyncio.create_task(self._admit_all())
+        self.engine.attempt_listeners.append(self._on_attempt_error)
         try:
             # wait() (unlike await) does not raise when stop() cancels the admission.
             await asyncio.wait({self._admission})
@@ -165,6 +172,7 @@ class BatchRun:
             await self._settle()
             raise
         finally:
+            self.engine.attempt_listeners.remove(self._on_attempt_error)
             if self._cancel_timer is not None:
                 self._cancel_timer.cancel()
             if ticker is not None:

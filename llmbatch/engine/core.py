@@ -92,6 +92,7 @@ class Engine:
         self.limiter = ConcurrencyLimiter(limit_source)
         self.probe = Probe()
         self.live = LiveCounts()
+        self.attempt_listeners: list[Callable[[RequestError], None]] = []
         self.succeeded = 0  # requests of any caller that ended with an answer
 
     @property
@@ -151,6 +152,9 @@ class Engine:
         """Learn from a failed attempt: rate-limit headers, 429 pauses, the AIMD signal."""
         live = self.live
         live.failed_attempts += 1
+        live.last_error = exc.code
+        for listener in self.attempt_listeners:  # e.g. a batch's first-attempts check
+            listener(exc)
         if isinstance(exc, HTTPStatusError) and exc.headers:
             self.governor.observe_headers(exc.headers)
         if isinstance(exc, RateLimited):

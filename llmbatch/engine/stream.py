@@ -46,13 +46,14 @@ JSON_ANSWER_LIMIT = 16 * 1024 * 1024
 class LiveCounts:
     """Counters a progress display reads while requests run (shared by one engine)."""
 
-    __slots__ = ("tokens", "in_flight", "retrying", "failed_attempts")
+    __slots__ = ("tokens", "in_flight", "retrying", "failed_attempts", "last_error")
 
     def __init__(self) -> None:
         self.tokens = 0  # content events received, failed attempts subtracted
         self.in_flight = 0  # requests holding a slot
         self.retrying = 0  # requests waiting to retry after a failed attempt
         self.failed_attempts = 0  # attempts that failed (retried or not)
+        self.last_error: str | None = None  # error class of the last failed attempt
 
 
 async def stream_attempt(
