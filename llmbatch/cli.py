@@ -532,6 +532,7 @@ def compare(
         run_compare,
     )
     from .errors import InputError, LLMBatchError
+    from .notices import one_line_per_cause
 
     def on_start(i: int, combo: Combination) -> None:
         typer.echo(f"llmbatch: [{i + 1}/{len(plan)}] {combo.name}", err=True)
@@ -547,7 +548,7 @@ def compare(
         cdir = make_compare_dir(plan[0][1].out_dir, prompts, out)
         source = limit_prompts(prompts, limit, cdir / PROMPTS_FILE) if limit else prompts
         label = prompts.name + (f" (first {limit})" if limit else "")
-        with asyncio.Runner(loop_factory=_loop_factory()) as runner:
+        with one_line_per_cause(), asyncio.Runner(loop_factory=_loop_factory()) as runner:
             result = runner.run(
                 run_compare(plan, source, cdir, slo=slo_obj, label=label, on_start=on_start)
             )

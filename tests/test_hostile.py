@@ -514,3 +514,24 @@ def test_progress_line_shows_failing_attempts_and_wall_clock(
         r"retrying 4$",
         busy,
     ), busy
+
+
+def test_library_logs_are_one_line_per_cause(capsys: pytest.CaptureFixture[str]) -> None:
+    import logging
+
+    from llmbatch.notices import one_line_per_cause
+
+    with one_line_per_cause():
+        for _ in range(1000):
+            try:
+                raise OSError(24, "Too many open files")
+            except OSError:
+                logging.getLogger("asyncio").exception("socket.accept() out of system resource")
+        logging.getLogger("aiohttp.server").error("Error handling request")
+    assert capsys.readouterr().err.splitlines() == [
+        "llmbatch: warning: asyncio: socket.accept() out of system resource: OSError: "
+        "[Errno 24] Too many open files (repeats not shown)",
+        "llmbatch: warning: aiohttp.server: Error handling request (repeats not shown)",
+        "llmbatch: warning: 999 more library messages like the above were not shown",
+    ]
+    assert logging.getLogger("asyncio").propagate  # restored afterwards
