@@ -108,6 +108,7 @@ class Client:
         api_key: str | None = None,
         concurrency: int | str = 32,
         client: str = "aiohttp",
+        pacer: Any = None,
         **options: Any,
     ) -> None:
         self._cfg = _options_config(
@@ -122,6 +123,7 @@ class Client:
         self._engine: Engine | None = None
         self._stack: contextlib.AsyncExitStack | None = None
         self._batches: set[Batch] = set()
+        self._pacer = pacer
 
     @classmethod
     def from_config(
@@ -135,7 +137,9 @@ class Client:
         return cls.from_run_config(cfg)
 
     @classmethod
-    def from_run_config(cls, cfg: RunConfig, *, api_key: str | None = None) -> Client:
+    def from_run_config(
+        cls, cfg: RunConfig, *, api_key: str | None = None, pacer: Any = None
+    ) -> Client:
         """A Client for an already merged RunConfig (what the CLI uses)."""
         self = cls.__new__(cls)
         self._cfg = cfg
@@ -143,6 +147,7 @@ class Client:
         self._engine = None
         self._stack = None
         self._batches = set()
+        self._pacer = pacer
         return self
 
     @property
@@ -184,7 +189,7 @@ class Client:
             raise
         self._stack = stack
         secrets = (self._api_key,) if self._api_key else ()
-        self._engine = Engine(cfg, provider, adapter, secrets=secrets)
+        self._engine = Engine(cfg, provider, adapter, secrets=secrets, governor=self._pacer)
         return self
 
     async def aclose(self) -> None:
@@ -474,6 +479,8 @@ class Batch:
     async def __anext__(self) -> Result:
         if self._task is None:
             await self.start()
+        elif self._closed and self._queue.empty():
+            raise StopAsyncIteration
         try:
             item = await self._queue.get()
         except asyncio.CancelledError:

@@ -245,3 +245,11 @@ async def test_progress_callback_sees_every_record(mock_server: MockServer) -> N
     async with client_for(mock_server) as llm:
         n = len([r async for r in llm.batch([f"x{i}" for i in range(7)], progress=snaps.append)])
     assert n == 7 and [s.done for s in snaps] == list(range(1, 8))
+
+
+async def test_a_finished_batch_stays_finished(mock_server: MockServer) -> None:
+    async with client_for(mock_server) as llm:
+        batch = llm.batch(["a", "b"])
+        assert len([r async for r in batch]) == 2
+        assert [r async for r in batch] == []  # iterating again ends at once
+        assert batch.end is not None and batch.end.metrics.succeeded == 2
