@@ -624,7 +624,7 @@ def _options_config(provider: str, **options: Any) -> RunConfig:
     flags = {"provider": provider, **options}
     if isinstance(flags.get("concurrency"), int):
         flags["concurrency"] = str(flags["concurrency"])
-    return load_config(data=data, flags=flags, environ={})
+    return load_config(data=data, flags=flags, environ={}, flag_label=lambda k: f"option {k!r}")
 
 
 def _as_table(value: Any, cls: type, name: str) -> dict[str, Any]:

@@ -12,7 +12,7 @@ import math
 import os
 import tomllib
 import urllib.parse
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -187,6 +187,7 @@ def load_config(
     flags: Mapping[str, Any] | None = None,
     environ: Mapping[str, str] | None = None,
     data: Mapping[str, Any] | None = None,
+    flag_label: Callable[[str], str] | None = None,
 ) -> RunConfig:
     """Merge defaults, the config file, LLMBATCH_* variables and flags into a RunConfig.
 
@@ -194,7 +195,7 @@ def load_config(
     options the user actually gave (None values are ignored). A bad value raises a
     ConfigError naming where it came from: the flag, the variable or ``file: section.key``.
     ``data`` replaces the file (the library's options, in the file's shape): then no
-    file is read.
+    file is read. ``flag_label`` names a flag in messages (default: its ``--flag``).
     """
     env = os.environ if environ is None else environ
     if data is not None:
@@ -212,7 +213,7 @@ def load_config(
     for key, val in _from_env(env).items():
         merged[key], origin[key] = val, _ENV_PREFIX + key.upper()
     for key, val in flags.items():
-        merged[key], origin[key] = val, _flag_name(key)
+        merged[key], origin[key] = val, (flag_label or _flag_name)(key)
 
     profiles = _profiles_from(file_data, source)
     pname = _as_str(merged.pop("provider", "mock"), origin.get("provider", "provider"))

@@ -535,3 +535,16 @@ def test_library_logs_are_one_line_per_cause(capsys: pytest.CaptureFixture[str])
         "llmbatch: warning: 999 more library messages like the above were not shown",
     ]
     assert logging.getLogger("asyncio").propagate  # restored afterwards
+
+
+def test_library_options_blame_the_option() -> None:
+    import llmbatch
+    from llmbatch.errors import ConfigError
+
+    for options, message in (
+        ({"concurrency": "abc"}, "option 'concurrency' must be an integer, got 'abc'"),
+        ({"base_url": "http://[::1/v1"}, "option 'base_url': invalid URL 'http://[::1/v1'"),
+    ):
+        with pytest.raises(ConfigError) as info:
+            llmbatch.Client(provider="vllm", **options)
+        assert message in str(info.value)
