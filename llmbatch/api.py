@@ -70,6 +70,21 @@ _RUN_OPTIONS = {
 
 
 @dataclass(frozen=True, slots=True)
+class _BatchOptions:
+    """How one batch runs (``Client.batch``'s keyword options)."""
+
+    text_files: bool
+    keep_partial: bool
+    retry_failed: bool
+    include_done: bool
+    max_runtime_s: float | None
+    slo: SLO
+    progress: bool | Callable[[BatchProgress], None]
+    meta: dict[str, Any] | None
+    force_resume: bool
+
+
+@dataclass(frozen=True, slots=True)
 class BatchProgress:
     """A snapshot handed to a ``progress`` callback after each record."""
 
@@ -292,20 +307,18 @@ class Client:
         callable gets a BatchProgress after each record. ``meta`` replaces the identity
         kept in run.json (the CLI's).
         """
-        return Batch(
-            self,
-            prompts,
-            Path(out_dir) if out_dir is not None else None,
+        opts = _BatchOptions(
             text_files=text_files,
             keep_partial=keep_partial,
             retry_failed=retry_failed,
             include_done=include_done,
             max_runtime_s=max_runtime_s,
-            slo=slo,
+            slo=slo or SLO(),
             progress=progress,
             meta=meta,
             force_resume=force_resume,
         )
+        return Batch(self, prompts, Path(out_dir) if out_dir is not None else None, opts)
 
 
 class Batch:
@@ -319,33 +332,13 @@ class Batch:
     """
 
     def __init__(
-        self,
-        client: Client,
-        prompts: Prompts,
-        out_dir: Path | None,
-        *,
-        text_files: bool,
-        keep_partial: bool,
-        retry_failed: bool,
-        include_done: bool,
-        max_runtime_s: float | None,
-        slo: SLO | None,
-        progress: bool | Callable[[BatchProgress], None],
-        meta: dict[str, Any] | None,
-        force_resume: bool = False,
+        self, client: Client, prompts: Prompts, out_dir: Path | None, opts: _BatchOptions
     ) -> None:
         self._client = client
         self._prompts = prompts
         self.out_dir = out_dir
-        self._text_files = text_files
-        self._keep_partial = keep_partial
-        self._retry_failed = retry_failed
-        self._include_done = include_done
-        self._max_runtime_s = max_runtime_s
-        self._slo = slo or SLO()
-        self._progress = progress
-        self._meta = meta
-        self._force_resume = force_resume
+        self._opts = opts
+        self._progress = opts.progress
         self.damaged_lines: list[int] = []
         """Line numbers of results.jsonl lines that could not be read (their requests rerun)."""
         self._queue: asyncio.Queue[Result | None] = asyncio.Queue()
@@ -389,21 +382,23 @@ class Batch:
         cfg = client.config
         index = ResumeIndex()
         if self.out_dir is not None:
-            meta = self._meta or _default_meta(cfg, self._prompts)
+            opts = self._opts
             self._rundir, index = RunDir.open(
                 self.out_dir,
-                meta,
-                retry_failed=self._retry_failed,
-                text_files=self._text_files,
-                force_resume=self._force_resume,
+                opts.meta or _default_meta(cfg, self._prompts),
+                retry_failed=opts.retry_failed,
+                text_files=opts.text_files,
+                force_resume=opts.force_resume,
             )
             self.damaged_lines = index.damaged_lines
-            if self._include_done and (self.out_dir / RESULTS).exists():
+            if opts.include_done and (self.out_dir / RESULTS).exists():
                 for _, line in iter_result_lines(self.out_dir / RESULTS):
                     with contextlib.suppress(ValueError):
                         self._queue.put_nowait(Result.from_line(line))
         metrics = RunMetrics(
-            slo=self._slo, done_before_succeeded=index.succeeded, done_before_failed=index.failed
+            slo=self._opts.slo,
+            done_before_succeeded=index.succeeded,
+            done_before_failed=index.failed,
         )
         self._run = BatchRun(
             eng,
@@ -411,14 +406,14 @@ class Batch:
             metrics,
             rundir=self._rundir,
             index=index,
-            keep_partial=self._keep_partial,
+            keep_partial=self._opts.keep_partial,
             grace_s=cfg.grace_s,
             on_record=self._on_record,
         )
         loop = asyncio.get_running_loop()
-        if self._max_runtime_s is not None:
+        if self._opts.max_runtime_s is not None:
             self._deadline = loop.call_later(
-                self._max_runtime_s, self._run.stop, StopReason.MAX_RUNTIME
+                self._opts.max_runtime_s, self._run.stop, StopReason.MAX_RUNTIME
             )
         if self._progress is True:
             from .progress import make_progress
