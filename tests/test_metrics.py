@@ -132,10 +132,12 @@ async def test_measured_timing_matches_the_mock(
     assert s["requests"]["succeeded"] == 8
     assert s["retries"] == 8 and s["rate_limited_429"] == 8
     lat = s["latency_s"]
-    assert 0.200 <= lat["ttft"]["p50"] <= 0.260, lat["ttft"]
+    # Upper bounds leave room for a loaded 2-core machine but stay below what a leak of
+    # the 429'd attempt and its 150 ms Retry-After into TTFT would give (>= 0.35 s).
+    assert 0.200 <= lat["ttft"]["p50"] <= 0.330, lat["ttft"]
     assert 0.018 <= lat["itl"]["p50"] <= 0.030, lat["itl"]
     assert 0.018 <= lat["tpot"]["p50"] <= 0.030, lat["tpot"]
-    assert 0.200 + 7 * 0.018 <= lat["e2el"]["p50"] <= 0.260 + 7 * 0.030
+    assert 0.200 + 7 * 0.018 <= lat["e2el"]["p50"] <= 0.330 + 7 * 0.030
     assert s["tokens"]["output"] == 8 * TOKENS
     assert s["tokens"]["requests_with_estimated_output_tokens"] == 0
     records = read_results(out.run_dir)
@@ -146,7 +148,7 @@ async def test_measured_timing_matches_the_mock(
         # the mock's prompt_tokens: words + 1 per message
         assert m["input_tokens"] == len(f"prompt number {r['custom_id'][1:]}".split()) + 1
         assert m["queue_s"] >= 0.15  # the 429'd attempt and the Retry-After wait ...
-        assert m["ttft_s"] < 0.3  # ... are not in the TTFT (it would be >= 0.35)
+        assert m["ttft_s"] < 0.34  # ... are not in the TTFT (it would be >= 0.35)
 
 
 async def _packed_no_usage(request: web.Request) -> web.StreamResponse:
