@@ -600,10 +600,14 @@ def damaged_lines_notice(path: Path, lines: list[int] | None) -> str | None:
 def _drop_failed_records(path: Path) -> None:
     """Rewrite results.jsonl without failed records (atomically), so they run again."""
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "wb") as dst:
-        for raw, rec in iter_result_lines(path):
-            if rec.get("error") is None:
-                dst.write(raw)
-        dst.flush()
-        os.fsync(dst.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "wb") as dst:
+            for raw, rec in iter_result_lines(path):
+                if rec.get("error") is None:
+                    dst.write(raw)
+            dst.flush()
+            os.fsync(dst.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        _unlink(str(tmp))  # a full disk must not leave a half-written copy behind
+        raise
