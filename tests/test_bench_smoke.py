@@ -44,7 +44,7 @@ def test_tls_and_h2_transports(tmp_path: Path) -> None:
     prompts = write_prompts(tmp_path / "p.jsonl", 20)
     with mock_server(tokens=4, ttft_ms=0, itl_ms=0, transport="h2") as server:
         assert server.base_url.startswith("https://") and server.ca_file is not None
-        bare = run_bare(server, 4, 20)
+        bare = run_bare(server, 4, 20, loop="asyncio")  # uvloop is not in .[dev]
         h2 = run_llmbatch(server, 4, prompts, 20, client="httpx", extra_args=("--http2",))
     assert bare.errors == 0 and bare.tokens == 20 * 4 and bare.connections >= 1
     assert h2.errors == 0 and h2.http_versions == {"HTTP/2": 20}
