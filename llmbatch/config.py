@@ -38,6 +38,18 @@ DEFAULT_CONFIG_FILE = "config.toml"
 AUTO_INITIAL_CONCURRENCY = 8
 CLIENTS = ("aiohttp", "httpx", "httpx-aiohttp")
 PROVIDER_KINDS = ("openai", "openai-completions", "anthropic")
+# Rate-limit header families (llmbatch/pacing/headers.py; a test keeps the two in step).
+RATE_HEADER_FAMILIES = (
+    "openai",
+    "anthropic",
+    "groq",
+    "together",
+    "azure",
+    "cerebras",
+    "openrouter",
+    "generic",
+    "none",
+)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -70,6 +82,10 @@ class Limits:
     tpm: float | None = None  # input + output together (OpenAI's TPM)
     # The limits' time unit. Providers count per minute; tests scale time down with it.
     window_s: float = 60.0
+    # How the server's rate-limit headers are read ("" = by the provider profile).
+    headers: str = ""
+    # The window the server's figures count over where its headers do not say (Azure: 1 or 10).
+    header_window_s: float | None = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -142,6 +158,30 @@ BUILTIN_PROVIDERS: dict[str, ProviderConfig] = {
         model="claude-3-5-haiku-latest",
         headers={"anthropic-version": "2023-06-01"},
         params={"max_tokens": 1024},
+    ),
+    "groq": ProviderConfig(
+        name="groq",
+        base_url="https://api.groq.com/openai/v1",
+        api_key_env="GROQ_API_KEY",
+        model="llama-3.1-8b-instant",
+    ),
+    "together": ProviderConfig(
+        name="together",
+        base_url="https://api.together.xyz/v1",
+        api_key_env="TOGETHER_API_KEY",
+        model="meta-llama/Llama-3.3-70B-Instruct-Turbo",
+    ),
+    "cerebras": ProviderConfig(
+        name="cerebras",
+        base_url="https://api.cerebras.ai/v1",
+        api_key_env="CEREBRAS_API_KEY",
+        model="llama3.1-8b",
+    ),
+    "openrouter": ProviderConfig(
+        name="openrouter",
+        base_url="https://openrouter.ai/api/v1",
+        api_key_env="OPENROUTER_API_KEY",
+        model="openai/gpt-4o-mini",
     ),
     "vllm": ProviderConfig(name="vllm", base_url="http://127.0.0.1:8000/v1"),
     "llamacpp": ProviderConfig(name="llamacpp", base_url="http://127.0.0.1:8080/v1"),
@@ -227,7 +267,9 @@ def load_config(
     }
     if overrides:
         provider = dataclasses.replace(provider, **overrides)
-    limit_over = {k: _as_float(merged.pop(k), origin[k]) for k in list(merged) if k in _LIMIT_KEYS}
+    limit_over: dict[str, Any] = {
+        k: _as_float(merged.pop(k), origin[k]) for k in list(merged) if k in _LIMIT_KEYS
+    }
     if limit_over:
         provider = dataclasses.replace(
             provider, limits=dataclasses.replace(provider.limits, **limit_over)
@@ -440,6 +482,13 @@ def _validate(cfg: RunConfig, source: str, origin: Mapping[str, str]) -> None:
             raise ConfigError(f"{label} must be positive, got {v:g}")
     if lim.window_s <= 0:
         raise ConfigError(f"{source}: limits.window_s must be positive")
+    if lim.header_window_s is not None and lim.header_window_s <= 0:
+        raise ConfigError(f"{source}: limits.header_window_s must be positive")
+    if lim.headers and lim.headers not in RATE_HEADER_FAMILIES:
+        raise ConfigError(
+            f"{source}: limits.headers must be one of {', '.join(RATE_HEADER_FAMILIES)}, "
+            f"got {lim.headers!r}"
+        )
     if cfg.client not in CLIENTS:
         raise ConfigError(
             f"{where('client')}: unknown client {cfg.client!r} (one of {', '.join(CLIENTS)})"

@@ -23,7 +23,13 @@ from typing import Any, Protocol
 from ..clients.base import ClientAdapter
 from ..config import RunConfig
 from ..errors import HTTPStatusError, RateLimited, RequestError, UnexpectedError
-from ..governor import AdaptiveConcurrency, ConcurrencyLimiter, RateGovernor, estimate_input_tokens
+from ..pacing import (
+    AdaptiveConcurrency,
+    ConcurrencyLimiter,
+    Pacer,
+    estimate_input_tokens,
+    governor_for,
+)
 from ..providers.base import Provider, StreamAssembler
 from ..records import Attempt, Outcome, PromptRecord, RequestMetrics
 from ..retry import Verdict, classify, run_with_retries
@@ -71,13 +77,13 @@ class Engine:
         client: ClientAdapter,
         *,
         secrets: tuple[str, ...] = (),
-        governor: Any = None,
+        governor: Pacer | None = None,
     ) -> None:
         self.cfg = cfg
         self.provider = provider
         self.client = client
         self.secrets = tuple(x for x in secrets if x)
-        self.governor = governor if governor is not None else _make_governor(cfg)
+        self.governor: Pacer = governor if governor is not None else governor_for(cfg)
         self.aimd: AdaptiveConcurrency | None = None
         limit_source: Callable[[], int]
         if cfg.adaptive:
@@ -180,6 +186,7 @@ class _Request:
     """The state of one request across its attempts."""
 
     __slots__ = (
+        "sent_at",
         "eng",
         "rec",
         "text",
@@ -208,6 +215,7 @@ class _Request:
         self.waiting_since = taken_at
         self.may_retry_text = retry_after_text
         self.backing_off = False  # counted in live.retrying while waiting to retry
+        self.sent_at = taken_at  # when the current attempt was sent (perf_counter)
 
     def _end_backoff(self) -> None:
         if self.backing_off:
@@ -231,7 +239,8 @@ class _Request:
                 self._end_backoff()
             await eng.probe.wait_turn()
             await _pace(eng.governor, est_in, est_out)
-            m = self.metrics = RequestMetrics(queue_s=time.perf_counter() - self.waiting_since)
+            self.sent_at = time.perf_counter()
+            m = self.metrics = RequestMetrics(queue_s=self.sent_at - self.waiting_since)
             asm = eng.provider.new_assembler(rec)
             try:
                 try:
@@ -302,29 +311,17 @@ class _Request:
         )
 
     def _on_headers(self, headers: Any) -> None:
-        self.eng.governor.observe_headers(headers)
+        # age_s: which of our sends the server's rate-limit figures can include.
+        self.eng.governor.observe_headers(headers, age_s=time.perf_counter() - self.sent_at)
         self.eng.probe.release()  # the fast path: as soon as headers are in
 
 
-async def _pace(governor: Any, est_in: int, est_out: int) -> None:
+async def _pace(governor: Pacer, est_in: int, est_out: int) -> None:
     """Wait for the rate governor (queue time, never TTFT)."""
     wait_s = governor.reserve(est_in, est_out)
     while wait_s > 0:
         await asyncio.sleep(wait_s)
         wait_s = governor.paused_for_s()  # a 429 may have come in meanwhile
-
-
-def _make_governor(cfg: RunConfig) -> RateGovernor:
-    lim = cfg.provider.limits
-    # Limits with a minute window get ~1 s of burst; scaled windows scale the burst too.
-    return RateGovernor(
-        rpm=lim.rpm,
-        input_tpm=lim.input_tpm,
-        output_tpm=lim.output_tpm,
-        total_tpm=lim.tpm,
-        window_s=lim.window_s,
-        burst_s=lim.window_s / 60.0,
-    )
 
 
 def estimate_tokens(rec: PromptRecord) -> tuple[int, int]:

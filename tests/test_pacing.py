@@ -1,21 +1,22 @@
-"""Tests for llmbatch.governor: deterministic fake clocks, no real sleeps."""
+"""llmbatch.pacing: token buckets, configured caps, 429 pauses, AIMD, the limiter.
+
+Deterministic fake clocks, no real sleeps. Header interpretation: test_pacing_headers.py.
+"""
 
 from __future__ import annotations
 
 import asyncio
-from datetime import UTC, datetime
 
 import pytest
 
-from llmbatch.governor import (
+from llmbatch.pacing import (
     TOKENS_PER_MESSAGE,
     AdaptiveConcurrency,
     ConcurrencyLimiter,
+    Pacer,
     RateGovernor,
     TokenBucket,
     estimate_input_tokens,
-    parse_duration_s,
-    parse_reset_s,
 )
 
 # Nothing here waits on the wall clock; a hang means a limiter bug, so fail fast.
@@ -40,7 +41,7 @@ def clock() -> FakeClock:
     return FakeClock()
 
 
-WALL_NOW = datetime(2024, 7, 17, 18, 9, 0, tzinfo=UTC).timestamp()
+WALL_NOW = 1_721_239_740.0  # 2024-07-17T18:09:00Z
 
 
 def make_governor(
@@ -78,7 +79,6 @@ def test_bucket_debt_wait_math(clock: FakeClock) -> None:
     # Each later caller queues behind the debt: waits spread at exactly the refill rate.
     assert bucket.reserve(5) == pytest.approx(1.0)
     assert bucket.reserve(5) == pytest.approx(2.0)
-    assert bucket.wait_s() == pytest.approx(2.0)
 
 
 def test_bucket_debt_is_repaid_over_time(clock: FakeClock) -> None:
@@ -116,19 +116,6 @@ def test_bucket_refund_and_charge(clock: FakeClock) -> None:
     assert bucket.reserve(1) == pytest.approx(5.0)
 
 
-def test_bucket_set_rate_accrues_at_old_rate_first(clock: FakeClock) -> None:
-    bucket = TokenBucket(rate_per_s=1, capacity=10, clock=clock)
-    bucket.reserve(10)
-    clock.advance(2)
-    bucket.set_rate(10)
-    assert bucket.available == 2
-    clock.advance(0.5)
-    assert bucket.available == 7
-    bucket.set_rate(10, capacity=3)
-    assert bucket.capacity == 3
-    assert bucket.available == 3
-
-
 def test_bucket_set_available_only_lowers(clock: FakeClock) -> None:
     bucket = TokenBucket(rate_per_s=1, capacity=10, clock=clock)
     bucket.reserve(5)
@@ -137,7 +124,7 @@ def test_bucket_set_available_only_lowers(clock: FakeClock) -> None:
     bucket.set_available(2)
     assert bucket.available == 2
     bucket.set_available(-3)
-    assert bucket.wait_s() == pytest.approx(3)
+    assert bucket.reserve(0) == pytest.approx(3)
 
 
 def test_bucket_clock_going_backwards_mints_nothing(clock: FakeClock) -> None:
@@ -163,6 +150,10 @@ def test_bucket_rejects_negative_amounts(clock: FakeClock) -> None:
 
 
 # --------------------------------------------------------------------------- RateGovernor
+
+
+def test_governor_is_a_pacer(clock: FakeClock) -> None:
+    assert isinstance(make_governor(clock), Pacer)
 
 
 def test_governor_unlimited_never_waits(clock: FakeClock) -> None:
@@ -238,183 +229,7 @@ def test_governor_rejects_bad_configuration() -> None:
         make_governor(FakeClock()).reserve(-1, 0)
 
 
-# --------------------------------------------------------------------------- headers
-
-
-@pytest.mark.parametrize(
-    ("text", "seconds"),
-    [
-        ("1s", 1.0),
-        ("6m0s", 360.0),
-        ("20ms", 0.02),
-        ("1m30.5s", 90.5),
-        ("0.5s", 0.5),
-        ("1h2m3s", 3723.0),
-        ("2m", 120.0),
-        ("0s", 0.0),
-        ("1.5\u00b5s", 1.5e-6),
-        ("7", 7.0),
-        (" 3s ", 3.0),
-    ],
-)
-def test_parse_duration_forms(text: str, seconds: float) -> None:
-    assert parse_duration_s(text) == pytest.approx(seconds)
-
-
-@pytest.mark.parametrize(
-    "text", ["", "s", "abc", "1x", "-1s", "1m-3s", "1 s", "1.2.3s", "nan", "inf", "1e3s", "ms"]
-)
-def test_parse_duration_malformed(text: str) -> None:
-    assert parse_duration_s(text) is None
-
-
-def test_parse_reset_rfc3339() -> None:
-    assert parse_reset_s("2024-07-17T18:09:30Z", WALL_NOW) == pytest.approx(30)
-    assert parse_reset_s("2024-07-17t18:09:30.5z", WALL_NOW) == pytest.approx(30.5)
-    assert parse_reset_s("2024-07-17T20:09:30+02:00", WALL_NOW) == pytest.approx(30)
-    assert parse_reset_s("2024-07-17T18:08:00Z", WALL_NOW) == 0.0  # in the past
-    assert parse_reset_s("2024-13-17T18:09:30Z", WALL_NOW) is None
-    assert parse_reset_s("tomorrow", WALL_NOW) is None
-
-
-def openai_headers(
-    limit: str, remaining: str, reset: str, kind: str = "requests"
-) -> dict[str, str]:
-    return {
-        f"x-ratelimit-limit-{kind}": limit,
-        f"x-ratelimit-remaining-{kind}": remaining,
-        f"x-ratelimit-reset-{kind}": reset,
-    }
-
-
-def test_openai_headers_adopt_limit_when_none_configured(clock: FakeClock) -> None:
-    gov = make_governor(clock)
-    gov.observe_headers(openai_headers("600", "599", "100ms"))
-    snap = gov.snapshot()["limits"]["requests"]
-    assert snap["limit"] == 600
-    assert snap["source"] == "server"
-    assert snap["rate_per_s"] == pytest.approx(10)
-    assert snap["capacity"] == pytest.approx(10)
-    assert snap["server_remaining"] == 599
-    assert snap["server_reset_in_s"] == pytest.approx(0.1)
-    clock.advance(0.05)
-    assert gov.snapshot()["limits"]["requests"]["server_reset_in_s"] == pytest.approx(0.05)
-
-
-def test_openai_headers_low_remaining_paces_before_the_limit(clock: FakeClock) -> None:
-    gov = make_governor(clock, rpm=600)
-    gov.observe_headers(openai_headers("600", "2", "19.8s"))
-    waits = [gov.reserve(0, 0) for _ in range(4)]
-    assert waits == pytest.approx([0.0, 0.0, 0.1, 0.2])
-
-
-def test_openai_remaining_never_raises_the_balance(clock: FakeClock) -> None:
-    gov = make_governor(clock, rpm=600)
-    for _ in range(10):
-        gov.reserve(0, 0)
-    gov.observe_headers(openai_headers("600", "590", "1s"))
-    assert gov.reserve(0, 0) == pytest.approx(0.1)
-
-
-def test_openai_token_headers_map_to_total_tokens(clock: FakeClock) -> None:
-    gov = make_governor(clock)
-    gov.observe_headers(openai_headers("60000", "100", "6m0s", kind="tokens"))
-    snap = gov.snapshot()["limits"]["tokens"]
-    assert snap["rate_per_s"] == pytest.approx(1000)
-    assert snap["available"] == pytest.approx(100)
-    assert snap["server_reset_in_s"] == pytest.approx(360)
-    assert gov.reserve(100, 100) == pytest.approx(0.1)
-
-
-def test_headers_are_case_insensitive(clock: FakeClock) -> None:
-    gov = make_governor(clock)
-    gov.observe_headers(
-        {"X-RateLimit-Limit-Requests": "120", "X-RATELIMIT-REMAINING-REQUESTS": "1"}
-    )
-    snap = gov.snapshot()["limits"]["requests"]
-    assert snap["rate_per_s"] == pytest.approx(2)
-    assert snap["available"] == pytest.approx(1)
-
-
-@pytest.mark.parametrize(
-    "headers",
-    [
-        openai_headers("abc", "-", "soon"),
-        openai_headers("-5", "1e400", "1m-3s"),
-        openai_headers("nan", "inf", ""),
-        openai_headers("0", "", "\u0000"),
-        {"anthropic-ratelimit-requests-limit": "x", "anthropic-ratelimit-requests-reset": "2024"},
-        {"x-ratelimit-remaining-requests": "5"},  # remaining without any known limit
-    ],
-)
-def test_malformed_headers_are_ignored(clock: FakeClock, headers: dict[str, str]) -> None:
-    gov = make_governor(clock)
-    gov.observe_headers(headers)
-    assert gov.snapshot()["limits"] == {}
-    assert gov.reserve(10, 10) == 0.0
-
-
-def test_malformed_parts_do_not_discard_good_parts(clock: FakeClock) -> None:
-    gov = make_governor(clock)
-    gov.observe_headers(openai_headers("600", "lots", "whenever"))
-    snap = gov.snapshot()["limits"]["requests"]
-    assert snap["limit"] == 600
-    assert snap["server_remaining"] is None
-    assert snap["server_reset_in_s"] is None
-
-
-def test_configured_limit_lowered_by_server_never_raised(clock: FakeClock) -> None:
-    gov = make_governor(clock, rpm=600)
-    gov.observe_headers(openai_headers("6000", "5999", "1s"))
-    snap = gov.snapshot()["limits"]["requests"]
-    assert (snap["limit"], snap["source"]) == (600, "config")
-    gov.observe_headers(openai_headers("120", "119", "1s"))
-    snap = gov.snapshot()["limits"]["requests"]
-    assert (snap["limit"], snap["source"]) == (120, "server")
-    assert snap["rate_per_s"] == pytest.approx(2)
-    assert snap["capacity"] == pytest.approx(2)
-
-
-def test_server_limit_change_is_followed(clock: FakeClock) -> None:
-    gov = make_governor(clock)
-    gov.observe_headers(openai_headers("600", "600", "0s"))
-    gov.observe_headers(openai_headers("1200", "1200", "0s"))
-    assert gov.snapshot()["limits"]["requests"]["rate_per_s"] == pytest.approx(20)
-
-
-def anthropic_headers(kind: str, limit: str, remaining: str, reset: str) -> dict[str, str]:
-    prefix = f"anthropic-ratelimit-{kind}"
-    return {f"{prefix}-limit": limit, f"{prefix}-remaining": remaining, f"{prefix}-reset": reset}
-
-
-def test_anthropic_headers_with_rfc3339_reset(clock: FakeClock) -> None:
-    gov = make_governor(clock)
-    headers = {
-        **anthropic_headers("requests", "50", "3", "2024-07-17T18:09:30Z"),
-        **anthropic_headers("input-tokens", "40000", "39000", "2024-07-17T18:09:01Z"),
-        **anthropic_headers("output-tokens", "8000", "100", "2024-07-17T18:09:45Z"),
-        # The most restrictive limit, already covered by the two above: not a combined one.
-        **anthropic_headers("tokens", "8000", "100", "2024-07-17T18:09:45Z"),
-    }
-    gov.observe_headers(headers)
-    limits = gov.snapshot()["limits"]
-    assert set(limits) == {"requests", "input_tokens", "output_tokens"}
-    assert limits["requests"]["server_reset_in_s"] == pytest.approx(30)
-    assert limits["requests"]["available"] == pytest.approx(50 / 60)  # capacity < remaining
-    assert limits["input_tokens"]["rate_per_s"] == pytest.approx(40000 / 60)
-    assert limits["input_tokens"]["server_reset_in_s"] == pytest.approx(1)
-    assert limits["output_tokens"]["available"] == pytest.approx(100)
-    assert limits["output_tokens"]["server_reset_in_s"] == pytest.approx(45)
-    # 100 output tokens left at 8000/60 per second: an estimate of 300 waits 1.5 s.
-    assert gov.reserve(10, 300) == pytest.approx(200 / (8000 / 60))
-
-
-def test_anthropic_combined_tokens_used_when_alone(clock: FakeClock) -> None:
-    gov = make_governor(clock)
-    gov.observe_headers(anthropic_headers("tokens", "6000", "6000", "2024-07-17T18:10:00Z"))
-    snap = gov.snapshot()["limits"]["tokens"]
-    assert snap["rate_per_s"] == pytest.approx(100)
-    assert snap["server_reset_in_s"] == pytest.approx(60)
+# --------------------------------------------------------------------------- 429 pauses
 
 
 def test_on_rate_limited_pauses_all_reservations(clock: FakeClock) -> None:
@@ -533,13 +348,11 @@ def test_aimd_backs_off_when_latency_rises(clock: FakeClock) -> None:
     for _ in range(5):
         ac.on_success(0.1)
         clock.advance(0.01)
-    assert ac.baseline_ttft_s == pytest.approx(0.1)
     start = ac.limit
     # EWMA 0.1 -> 0.18 (1.8x: hold) -> 0.244 (2.4x: decrease) -> 0.295 (within cooldown).
     for _ in range(3):
         ac.on_success(0.5)
         clock.advance(0.01)
-    assert ac.smoothed_ttft_s is not None and ac.smoothed_ttft_s > 0.2
     assert ac.limit == start * 7 // 10
     # Still slow: no growth, and further decreases only once per cooldown window.
     for _ in range(20):
@@ -576,8 +389,10 @@ def test_aimd_baseline_forgets_old_samples(clock: FakeClock) -> None:
     ac.on_success(0.1)
     clock.advance(11)
     ac.on_success(1.0)  # baseline 0.1 expired: the new workload sets a new baseline
-    assert ac.baseline_ttft_s == pytest.approx(1.0)
-    assert ac.limit == 10
+    assert ac.limit == 10  # 10x the old baseline would have been a decrease
+    for _ in range(10):
+        ac.on_success(1.0)
+    assert ac.limit == 11  # at the new baseline: additive growth
 
 
 def test_aimd_rejects_bad_parameters() -> None:
@@ -769,9 +584,8 @@ def test_aimd_slow_start_doubles_per_round_trip_until_congestion(clock: FakeCloc
         for _ in range(ac.limit):  # one round trip: as many successes as in flight
             ac.on_success(0.1)
         assert ac.limit == expected
-    assert ac.in_slow_start
     ac.on_rate_limited()
-    assert not ac.in_slow_start and ac.limit == 179  # 256 * 0.7
+    assert ac.limit == 179  # 256 * 0.7
     clock.advance(2.0)
     for _ in range(179):
         ac.on_success(0.1)
@@ -783,4 +597,9 @@ def test_aimd_slow_start_ends_when_latency_rises(clock: FakeClock) -> None:
     ac.on_success(0.1)
     assert ac.limit == 5
     ac.on_success(0.17)  # in the hold band (1.5x-2x baseline): the server queues
-    assert not ac.in_slow_start and ac.limit == 5
+    assert ac.limit == 5
+    for _ in range(4):
+        ac.on_success(0.1)
+    assert ac.limit == 5  # slow start is over: +1 only after as many successes as the limit
+    ac.on_success(0.1)
+    assert ac.limit == 6

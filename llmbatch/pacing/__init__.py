@@ -1,0 +1,37 @@
+"""Client-side pacing: rate limits (configured and reported by the server) and concurrency.
+
+- ``bucket``: :class:`TokenBucket`, the hard cap for a configured limit.
+- ``headers``: rate-limit headers per provider family, read into reports.
+- ``learned``: :class:`LearnedLimit`, a limit the server reported (spend what remains,
+  whole again by reset; expires when nothing confirms it).
+- ``governor``: :class:`RateGovernor`, every gate together; :func:`governor_for` builds
+  it from a run's config. ``protocol``: :class:`Pacer`, the interface it fulfils.
+- ``concurrency``: :class:`AdaptiveConcurrency` (AIMD) and :class:`ConcurrencyLimiter`.
+- ``estimate``: :func:`estimate_input_tokens`, a tokenizer-free prompt size.
+"""
+
+from __future__ import annotations
+
+from .bucket import TokenBucket
+from .concurrency import AdaptiveConcurrency, ConcurrencyLimiter
+from .estimate import CHARS_PER_TOKEN, TOKENS_PER_MESSAGE, estimate_input_tokens
+from .factory import governor_for
+from .governor import RateGovernor
+from .headers import FAMILIES, family_for, parse_duration_s, parse_reset_s
+from .protocol import Pacer
+
+__all__ = [
+    "CHARS_PER_TOKEN",
+    "FAMILIES",
+    "TOKENS_PER_MESSAGE",
+    "AdaptiveConcurrency",
+    "ConcurrencyLimiter",
+    "Pacer",
+    "RateGovernor",
+    "TokenBucket",
+    "estimate_input_tokens",
+    "family_for",
+    "governor_for",
+    "parse_duration_s",
+    "parse_reset_s",
+]

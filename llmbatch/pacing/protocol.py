@@ -1,0 +1,49 @@
+"""The interface the engine paces through, so a cluster-wide governor can stand in."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any, Protocol, runtime_checkable
+
+__all__ = ["Pacer"]
+
+
+@runtime_checkable
+class Pacer(Protocol):
+    """What the engine needs from a rate governor (:class:`RateGovernor` is one).
+
+    Per request: ``wait = reserve(est_in, est_out)``; sleep ``wait``, then sleep
+    ``paused_for_s()`` until it is 0 (a 429 may have come meanwhile); send; feed
+    ``observe_headers`` with the response's headers (on any status) and
+    ``on_rate_limited`` on a 429; ``settle`` once usage is known.
+    """
+
+    def reserve(self, est_input_tokens: int, est_output_tokens: int) -> float:
+        """Charge one request's estimated budget; seconds to wait before sending it."""
+        ...
+
+    def paused_for_s(self) -> float:
+        """Seconds left of a pause set by a 429 (0.0 if none)."""
+        ...
+
+    def settle(
+        self,
+        est_input: int,
+        est_output: int,
+        actual_input: int | None,
+        actual_output: int | None,
+    ) -> None:
+        """Correct a reservation by the usage the server reported (None = unknown)."""
+        ...
+
+    def on_rate_limited(self, retry_after_s: float | None) -> None:
+        """A 429 arrived: pause sending for ``retry_after_s`` (None = a default backoff)."""
+        ...
+
+    def observe_headers(self, headers: Mapping[str, str], *, age_s: float | None = None) -> None:
+        """Learn from a response's rate-limit headers (``age_s``: since its request was sent)."""
+        ...
+
+    def snapshot(self) -> dict[str, Any]:
+        """Limits, rates and balances now, for display."""
+        ...

@@ -1,0 +1,161 @@
+"""Whole CLI runs against the mock's rate limits and 429s (issue 11's "done when" bullets).
+
+Each run is ``python -m llmbatch run`` in a child process against a mock in this loop,
+timed from start to exit (start-up included). Time is scaled where a provider's window
+would make a test slow; the mock counts what it saw (429s, retries before Retry-After).
+The strict whole-run ratios live in bench/pacing.py; the bounds here hold on a loaded
+machine.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from llmbatch.mockserver import MockConfig, MockServer, start_mock_server
+
+from .conftest import write_jsonl
+from .test_run import check_complete
+
+
+async def run_cli(
+    server: MockServer, prompts: Path, out: Path, *args: str, provider: str = "vllm"
+) -> float:
+    """Run the CLI to completion; its wall time in seconds (asserts exit code 0)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LLMBATCH_")}
+    env["OPENAI_API_KEY"] = "sk-test"  # the openai profile needs one; the mock ignores it
+    t0 = time.monotonic()
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "llmbatch",
+        "run",
+        str(prompts),
+        "--provider",
+        provider,
+        "--base-url",
+        server.url,
+        "--model",
+        "mock-model",
+        "--out",
+        str(out),
+        "--no-progress",
+        *args,
+        env=env,
+        cwd=out.parent,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+    )
+    output, _ = await proc.communicate()
+    elapsed = time.monotonic() - t0
+    assert proc.returncode == 0, output.decode(errors="replace")
+    return elapsed
+
+
+def prompts_file(tmp_path: Path, n: int) -> Path:
+    return write_jsonl(tmp_path / "p.jsonl", [{"id": i, "prompt": f"q{i}"} for i in range(n)])
+
+
+# (limit mode, limit, window, provider profile): each lets 300 prompts finish in about
+# 5 s at best and announces itself only in OpenAI-style headers (nothing is configured
+# on our side). A server of unknown kind (vllm profile) is read as windows; the openai
+# profile reads resets as OpenAI documents them: continuous refill.
+WINDOWS = {
+    "sliding-1s": ("sliding", 50, 1.0, "vllm"),  # 50 per sliding second: 300 in 5-6 s
+    "sliding-10s-scaled": ("sliding", 100, 2.5, "vllm"),  # 10 s at 1/4 time: 0, 2.5, 5 s
+    "refill-minute-scaled": ("refill", 170, 6.0, "openai"),  # a minute at 1/10: 170 + 28/s
+}
+
+
+@pytest.mark.timeout(90)
+@pytest.mark.parametrize("shape", list(WINDOWS))
+async def test_run_keeps_to_the_pace_the_headers_announce(tmp_path: Path, shape: str) -> None:
+    mode, limit, window_s, provider = WINDOWS[shape]
+    tokens = 8
+    server = await start_mock_server(
+        MockConfig(
+            tokens=tokens,
+            ttft_s=0.01,
+            itl_s=0.001,
+            rpm=limit,
+            limit_window_s=window_s,
+            limit_mode=mode,
+        )
+    )
+    try:
+        n = 300
+        prompts = prompts_file(tmp_path, n)
+        elapsed = await run_cli(
+            server, prompts, tmp_path / "run", "--concurrency", "auto", provider=provider
+        )
+        st = server.stats
+        admitted = [t for t, _ in server.stats.admitted]
+        span = admitted[-1] - admitted[0]
+        print(f"{shape}: {elapsed:.2f}s, at the server {span:.2f}s, 429s {st.rate_limited}")
+        # The issue's target is 1.15x of 6 s (300 prompts at 50 per second) for the whole
+        # run: bench/pacing.py holds it to that. Here, on a machine shared by many test
+        # runs, the pace the server saw must be far from 60x too slow (the old reading of
+        # these headers as per-minute figures: 6 minutes), and no faster than allowed.
+        assert span <= 2.0 * 6.0, f"{span:.2f}s"
+        assert elapsed <= 3.0 * 6.0, f"{elapsed:.2f}s"
+        assert st.rate_limited < 0.02 * n, st.rate_limited
+        assert st.early_retries == 0
+        check_complete(tmp_path / "run", prompts, tokens=tokens)
+    finally:
+        await server.close()
+
+
+RETRY_CONFIG = """
+[retry]
+max_attempts = 6
+backoff_base_s = 0.2
+backoff_max_s = 5.0
+"""
+
+
+@pytest.mark.timeout(120)
+async def test_occasional_429s_claiming_a_tiny_limit_do_not_pin_the_run(tmp_path: Path) -> None:
+    # 400 prompts at concurrency 64, answers taking ~1 s. Transient faults in both runs;
+    # in the second, 5% of prompts first get a 429 whose headers claim limit 60,
+    # remaining 0, reset 1s, with Retry-After 1 (and no rate-limit headers on 200s).
+    tokens = 25
+    transient = {"500": 0.02, "reset": 0.02, "disconnect": 0.02}
+    n = 400
+    prompts = prompts_file(tmp_path, n)
+    config = tmp_path / "config.toml"
+    config.write_text(RETRY_CONFIG)
+    times: dict[str, float] = {}
+    for label, faults in (("without", transient), ("with", {**transient, "429": 0.05})):
+        server = await start_mock_server(
+            MockConfig(
+                tokens=tokens,
+                ttft_s=0.5,
+                itl_s=0.02,
+                faults=faults,
+                retry_after_s=1.0,
+                fault_headers={
+                    "x-ratelimit-limit-requests": "60",
+                    "x-ratelimit-remaining-requests": "0",
+                    "x-ratelimit-reset-requests": "1s",
+                },
+            )
+        )
+        try:
+            out = tmp_path / f"run-{label}"
+            times[label] = await run_cli(
+                server, prompts, out, "--concurrency", "64", "--config", str(config)
+            )
+            st = server.stats
+            print(f"{label} 429s: {times[label]:.2f}s, faults {st.faults}")
+            if label == "with":
+                assert st.faults.get("429", 0) >= 0.03 * n, st.faults
+            assert st.early_retries == 0  # no retry before its Retry-After
+            check_complete(out, prompts, tokens=tokens)
+        finally:
+            await server.close()
+    assert times["with"] <= 2.0 * times["without"], times
