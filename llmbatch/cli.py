@@ -18,6 +18,9 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 
 from . import __version__
+from .typer_fast import install as _install_fast_params
+
+_install_fast_params()  # plain options without pydantic: ~100 ms off every command's start
 
 if TYPE_CHECKING:
     from .config import RunConfig

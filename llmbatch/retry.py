@@ -20,15 +20,7 @@ import random
 import time
 from collections.abc import Awaitable, Callable
 from enum import Enum
-from typing import TypeVar
-
-from tenacity import (
-    AsyncRetrying,
-    RetryCallState,
-    retry_if_exception,
-    stop_after_attempt,
-    stop_before_delay,
-)
+from typing import TYPE_CHECKING, TypeVar
 
 from .config import RetryPolicy
 from .errors import (
@@ -44,6 +36,9 @@ from .errors import (
     TransportError,
     UnexpectedContentType,
 )
+
+if TYPE_CHECKING:
+    from tenacity import RetryCallState
 
 __all__ = ["Verdict", "classify", "run_with_retries"]
 
@@ -119,6 +114,8 @@ async def run_with_retries(
         if policy.max_attempts <= 1 or not retryable(exc):
             raise
         first_failure: Exception = exc
+    # Imported on the first failure only: most runs never retry, and start-up counts.
+    from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt, stop_before_delay
 
     counter = 0
 
