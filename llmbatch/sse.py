@@ -34,7 +34,12 @@ class Event:
 
 
 class SSEDecoder:
-    """Feed raw body bytes in chunks of any size; get complete events back."""
+    """Feed raw body bytes in chunks of any size; get complete events back.
+
+    ``feed`` returns Event objects; ``feed_data`` only their data, for consumers that
+    read the event type from the data itself (OpenAI, Anthropic), and skips building an
+    object per event. Both follow the same rules and keep the same state.
+    """
 
     __slots__ = ("_pending", "_skip_lf", "_started", "_data", "_event", "_last_id", "_retry")
 
@@ -49,14 +54,64 @@ class SSEDecoder:
 
     def feed(self, chunk: bytes) -> list[Event]:
         """Decode ``chunk``; return the events completed by it (possibly none)."""
-        if not chunk:
+        split = self._split(chunk)
+        if split is None:
             return []
+        blocks, rest = split
+        events: list[Event] = []
+        # Only the first block can continue an event begun in an earlier chunk.
+        clean = not self._data and not self._event
+        for block in blocks:
+            # The hot path: a block that is one "data: ..." line, then the blank line.
+            if clean and block[:6] == b"data: " and b"\n" not in block:
+                events.append(Event(block[6:], "message", self._last_id, self._retry))
+            else:
+                self._block(block, events)
+                clean = True
+        if rest:
+            self._rest(rest, events)
+        return events
+
+    def feed_data(self, chunk: bytes) -> list[bytes]:
+        """Like ``feed``, but only the data of each event completed by ``chunk``."""
+        split = self._split(chunk)
+        if split is None:
+            return []
+        blocks, rest = split
+        out: list[bytes] = []
+        clean = not self._data and not self._event
+        for block in blocks:
+            if clean and block[:6] == b"data: " and b"\n" not in block:
+                out.append(block[6:])
+            else:
+                events: list[Event] = []
+                self._block(block, events)
+                out.extend([e.data for e in events])
+                clean = True
+        if rest:
+            events = []
+            self._rest(rest, events)
+            out.extend([e.data for e in events])
+        return out
+
+    def close(self) -> list[Event]:
+        """End of stream. An event without its terminating blank line is discarded."""
+        self._pending = []
+        self._data.clear()
+        self._event = ""
+        return []
+
+    def _split(self, chunk: bytes) -> tuple[list[bytes], bytes] | None:
+        """Normalise line endings and cut ``chunk`` (with what was pending) into the
+        blocks that a blank line ends, plus the rest; None when no line ended."""
+        if not chunk:
+            return None
         if not self._started:
             # Strip one leading BOM, which may itself arrive split over chunks.
             head = b"".join(self._pending) + chunk
             if len(head) < len(_BOM) and _BOM.startswith(head):
                 self._pending = [head] if head else []
-                return []
+                return None
             self._pending = []
             self._started = True
             chunk = head[len(_BOM) :] if head.startswith(_BOM) else head
@@ -73,45 +128,32 @@ class SSEDecoder:
         if b"\n" not in chunk:
             if chunk:
                 self._pending.append(chunk)
-            return []
+            return None
         if self._pending:
+            # Pending pieces are joined once, when their line ends: linear in the bytes.
             self._pending.append(chunk)
             chunk = b"".join(self._pending)
             self._pending = []
-        lines = chunk.split(b"\n")
-        tail = lines.pop()
-        if tail:
-            self._pending.append(tail)
-        events: list[Event] = []
-        data = self._data
-        for line in lines:
-            # The hot path: "data: ..." lines and the blank line that ends an event.
-            if line[:6] == b"data: ":
-                data.append(line[6:])
-            elif not line:
-                if data:
-                    events.append(
-                        Event(
-                            data[0] if len(data) == 1 else b"\n".join(data),
-                            self._event or "message",
-                            self._last_id,
-                            self._retry,
-                        )
-                    )
-                    data.clear()
-                self._event = ""
-            else:
-                self._process_line(line, events)
-        return events
+        blocks = chunk.split(b"\n\n")
+        return blocks, blocks.pop()
 
-    def close(self) -> list[Event]:
-        """End of stream. An event without its terminating blank line is discarded."""
-        self._pending = []
-        self._data.clear()
-        self._event = ""
-        return []
+    def _block(self, block: bytes, events: list[Event]) -> None:
+        """The lines of ``block``, then the blank line that ended it."""
+        for line in block.split(b"\n"):
+            self._line(line, events)
+        self._dispatch(events)
 
-    def _process_line(self, line: bytes, events: list[Event]) -> None:
+    def _rest(self, rest: bytes, events: list[Event]) -> None:
+        """What follows the last blank line: whole lines now, the partial one pending."""
+        end = rest.rfind(b"\n")
+        if end >= 0:
+            for line in rest[:end].split(b"\n"):
+                self._line(line, events)
+            rest = rest[end + 1 :]
+        if rest:
+            self._pending.append(rest)
+
+    def _line(self, line: bytes, events: list[Event]) -> None:
         if not line:
             self._dispatch(events)
             return
@@ -133,7 +175,7 @@ class SSEDecoder:
         # Unknown fields are ignored.
 
     def _dispatch(self, events: list[Event]) -> None:
-        data = self._data  # cleared in place: feed() holds an alias to this list
+        data = self._data
         event_type = self._event
         self._event = ""
         if not data:

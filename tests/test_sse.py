@@ -142,3 +142,31 @@ def test_whatwg_example_streams() -> None:
     ]
     s3 = b"data\n\ndata\ndata\n\ndata:"
     assert [e.data for e in decode_all([s3])] == [b"", b"\n"]
+
+
+def decode_data_all(chunks: list[bytes]) -> list[bytes]:
+    dec = SSEDecoder()
+    out: list[bytes] = []
+    for c in chunks:
+        out.extend(dec.feed_data(c))
+    return out
+
+
+def test_feed_data_is_the_data_of_feed_at_every_split() -> None:
+    openai_like = b"".join(b'data: {"n": %d}\n\n' % i for i in range(5)) + b"data: [DONE]\n\n"
+    for stream in (SAMPLE, openai_like, b"data: a\n\n\n\ndata: b\n\n\ndata: c\r\n\r\n"):
+        expected = [e.data for e in decode_all([stream])]
+        assert decode_data_all([stream]) == expected
+        for i in range(len(stream) + 1):
+            assert decode_data_all([stream[:i], stream[i:]]) == expected, f"split at {i}"
+        assert decode_data_all([stream[i : i + 1] for i in range(len(stream))]) == expected
+
+
+def test_event_begun_in_one_chunk_continues_in_the_next() -> None:
+    # The next chunk opens with a lone "data: " line: it belongs to the event in progress.
+    events = decode_all([b"event: delta\ndata: a\n", b"data: b\n\ndata: c\n\n"])
+    assert events == [Event(data=b"a\nb", event="delta"), Event(data=b"c")]
+    assert decode_data_all([b"event: delta\ndata: a\n", b"data: b\n\ndata: c\n\n"]) == [
+        b"a\nb",
+        b"c",
+    ]
