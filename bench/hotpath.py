@@ -69,7 +69,9 @@ def bare_parse(chunks: list[bytes]) -> int:
     return n
 
 
-def _best_us_per_token(fn: Callable[[list[bytes]], int], chunks: list[bytes], n: int, rep: int) -> float:
+def _best_us_per_token(
+    fn: Callable[[list[bytes]], int], chunks: list[bytes], n: int, rep: int
+) -> float:
     best = float("inf")
     for _ in range(rep):
         t0 = time.process_time()
@@ -85,8 +87,13 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--repeat", type=int, default=5)
     args = ap.parse_args(argv)
     events = _body()
-    shapes = {"fast (one chunk per request)": [b"".join(events)], "realistic (one per event)": events}
-    print("| shape | bare loop's parsing µs/token | llmbatch decoder + assembler µs/token | ratio |")
+    shapes = {
+        "fast (one chunk per request)": [b"".join(events)],
+        "realistic (one per event)": events,
+    }
+    print(
+        "| shape | bare loop's parsing µs/token | llmbatch decoder + assembler µs/token | ratio |"
+    )
     print("|---|---|---|---|")
     for name, chunks in shapes.items():
         bare = _best_us_per_token(bare_parse, chunks, args.requests, args.repeat)
