@@ -187,3 +187,22 @@ async def test_token_counts_without_usage_are_chunk_counts_flagged(tmp_path: Pat
     assert m["input_tokens"] is None
     s = out.result.metrics.summary()
     assert s["tokens"]["requests_with_estimated_output_tokens"] == 1
+
+
+def test_histogram_add_many_counts_like_add_one_by_one() -> None:
+    import random
+
+    rng = random.Random(7)
+    values = [0.0, 1e-9, 1e-6, 2e-6, 0.02, 0.02, 1.0, 1.01, 1.0201]
+    values += [rng.lognormvariate(-4, 2) for _ in range(3000)]
+    values += [math.exp(b * math.log(1.01)) for b in range(-1300, 400, 37)]  # bucket edges
+    one = Histogram()
+    for v in values:
+        one.add(v)
+    many = Histogram()
+    many.add_many(values[:1000])
+    many.add_many(values[1000:])
+    assert many._buckets == one._buckets
+    assert (many.count, many.min, many.max) == (one.count, one.min, one.max)
+    assert many.total == pytest.approx(one.total)
+    assert many.summary() == one.summary()
