@@ -41,9 +41,21 @@ class SSEDecoder:
     object per event. Both follow the same rules and keep the same state.
     """
 
-    __slots__ = ("_pending", "_skip_lf", "_started", "_data", "_event", "_last_id", "_retry")
+    __slots__ = (
+        "_pending",
+        "_skip_lf",
+        "_started",
+        "_data",
+        "_event",
+        "_last_id",
+        "_retry",
+        "_plain",
+    )
 
     def __init__(self) -> None:
+        # Between events, with nothing pending: a chunk that is exactly one
+        # "data: ...\n\n" event (each token its own read) can be taken whole.
+        self._plain = False
         self._pending: list[bytes] = []
         self._skip_lf = False
         self._started = False
@@ -54,6 +66,10 @@ class SSEDecoder:
 
     def feed(self, chunk: bytes) -> list[Event]:
         """Decode ``chunk``; return the events completed by it (possibly none)."""
+        if self._plain and chunk[-2:] == b"\n\n" and chunk[:6] == b"data: ":
+            data = chunk[6:-2]
+            if b"\n" not in data and b"\r" not in data:
+                return [Event(data, "message", self._last_id, self._retry)]
         split = self._split(chunk)
         if split is None:
             return []
@@ -70,10 +86,15 @@ class SSEDecoder:
                 clean = True
         if rest:
             self._rest(rest, events)
+        self._plain = not (self._pending or self._data or self._event or self._skip_lf)
         return events
 
     def feed_data(self, chunk: bytes) -> list[bytes]:
         """Like ``feed``, but only the data of each event completed by ``chunk``."""
+        if self._plain and chunk[-2:] == b"\n\n" and chunk[:6] == b"data: ":
+            data = chunk[6:-2]
+            if b"\n" not in data and b"\r" not in data:
+                return [data]
         split = self._split(chunk)
         if split is None:
             return []
@@ -92,6 +113,7 @@ class SSEDecoder:
             events = []
             self._rest(rest, events)
             out.extend([e.data for e in events])
+        self._plain = not (self._pending or self._data or self._event or self._skip_lf)
         return out
 
     def close(self) -> list[Event]:
@@ -99,6 +121,7 @@ class SSEDecoder:
         self._pending = []
         self._data.clear()
         self._event = ""
+        self._plain = False  # a stream fed after close() starts over (BOM rules)
         return []
 
     def _split(self, chunk: bytes) -> tuple[list[bytes], bytes] | None:
@@ -106,6 +129,7 @@ class SSEDecoder:
         blocks that a blank line ends, plus the rest; None when no line ended."""
         if not chunk:
             return None
+        self._plain = False  # until the caller has seen the state clean again
         if not self._started:
             # Strip one leading BOM, which may itself arrive split over chunks.
             head = b"".join(self._pending) + chunk

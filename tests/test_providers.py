@@ -544,3 +544,31 @@ def test_streamed_tool_calls_are_assembled() -> None:
         }
     ]
     assert asm.body()["choices"][0]["finish_reason"] == "tool_calls"
+
+
+@pytest.mark.parametrize(
+    ("make", "stream"),
+    [
+        (ChatAssembler, CHAT_STREAM),
+        (CompletionsAssembler, COMPLETIONS_STREAM),
+        (MessagesAssembler, ANTHROPIC_STREAM),
+    ],
+)
+@pytest.mark.parametrize("step", [1, 5, 64, 1 << 16])
+def test_assembler_feed_matches_event_by_event(
+    make: type[StreamAssembler], stream: bytes, step: int
+) -> None:
+    """feed(raw chunks) gives the texts, body and usage of the decode-then-on_event path,
+    and ignores whatever follows the end marker."""
+    reference = make()
+    expected = feed(reference, stream)
+    asm = make()
+    texts: list[str] = []
+    tail = b'data: {"not": "read"}\n\ndata: broken{\n\n'
+    whole = stream + tail
+    for i in range(0, len(whole), step):
+        texts += asm.feed(whole[i : i + step])
+    assert "".join(texts) == expected and all(texts)
+    assert asm.finished
+    assert asm.body() == reference.body()
+    assert asm.usage() == reference.usage()

@@ -170,3 +170,27 @@ def test_event_begun_in_one_chunk_continues_in_the_next() -> None:
         b"a\nb",
         b"c",
     ]
+
+
+def test_one_event_per_chunk_with_odd_chunks_between() -> None:
+    # Each token in its own read (the fast path), with pieces that must leave it:
+    # a partial line, a CR-ended chunk, an event type, a comment.
+    chunks = [
+        b"data: a\n\n",
+        b"data: b\n\n",
+        b"data: c",
+        b"\n\n",
+        b"data: d\n\n",
+        b"data: e\r",
+        b"\n\r\n",
+        b"data: f\n\n",
+        b"event: t\n",
+        b"data: g\n\n",
+        b": ping\n\n",
+        b"data: h\n\n",
+    ]
+    want = [b"a", b"b", b"c", b"d", b"e", b"f", b"g", b"h"]
+    assert [e.data for e in decode_all(chunks)] == want
+    assert decode_all(chunks)[6] == Event(data=b"g", event="t")
+    assert decode_all(chunks)[7] == Event(data=b"h")
+    assert decode_data_all(chunks) == want

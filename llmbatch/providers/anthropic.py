@@ -131,6 +131,7 @@ class MessagesAssembler(StreamAssembler):
     __slots__ = ("finished", "_parts", "_id", "_model", "_stop", "_stop_seq", "_in", "_out")
 
     def __init__(self) -> None:
+        super().__init__()
         self.finished = False
         self._parts: list[str] = []
         self._id = ""

@@ -13,7 +13,7 @@ from ..clients.base import HTTPRequest
 from ..config import ProviderConfig
 from ..errors import MalformedResponse, ProviderError, ProviderOverloaded, RejectedInStream
 from ..records import PromptRecord
-from ..sse import Event
+from ..sse import Event, SSEDecoder
 
 __all__ = ["Provider", "StreamAssembler", "Usage", "stream_error"]
 
@@ -21,9 +21,31 @@ Usage = tuple[int | None, int | None]  # (input_tokens, output_tokens) as the se
 
 
 class StreamAssembler(ABC):
-    """Consumes the events of one streamed answer and builds the final body."""
+    """Consumes the events of one streamed answer and builds the final body.
+
+    ``feed`` takes raw body chunks (it owns the attempt's SSE decoder); ``on_event``
+    takes events decoded elsewhere. Subclasses call ``super().__init__()``.
+    """
 
     finished: bool = False
+
+    def __init__(self) -> None:
+        self._decoder = SSEDecoder()
+
+    def feed(self, chunk: bytes) -> list[str]:
+        """Decode one body chunk; the content texts of the events it completes, in order
+        (events that add no text are left out). Events after the end marker are ignored.
+
+        Raises ProviderError (or a subclass) like ``on_event``.
+        """
+        texts: list[str] = []
+        for event in self._decoder.feed(chunk):
+            if self.finished:
+                break
+            text = self.on_event(event)
+            if text:
+                texts.append(text)
+        return texts
 
     @abstractmethod
     def on_event(self, event: Event) -> str:

@@ -50,7 +50,24 @@ class OpenAIStreamAssembler(StreamAssembler):
 
     __slots__ = ("finished", "_parts", "_finish", "_usage", "_id", "_model", "_created")
 
+    def feed(self, chunk: bytes) -> list[str]:
+        # The hot path: event data straight from the decoder, no Event objects (the
+        # OpenAI grammar does not use event types).
+        if self.finished:
+            return []
+        texts: list[str] = []
+        on_json = self._on_json
+        for data in self._decoder.feed_data(chunk):
+            if data == _DONE:
+                self.finished = True
+                break
+            text = on_json(data)
+            if text:
+                texts.append(text)
+        return texts
+
     def __init__(self) -> None:
+        super().__init__()
         self.finished = False
         self._parts: list[str] = []
         self._finish: str | None = None
@@ -64,6 +81,10 @@ class OpenAIStreamAssembler(StreamAssembler):
         if data == _DONE:
             self.finished = True
             return ""
+        return self._on_json(data)
+
+    def _on_json(self, data: bytes) -> str:
+        """One JSON chunk of the stream: its text ("" if none)."""
         try:
             chunk = orjson.loads(data)
         except orjson.JSONDecodeError:
