@@ -116,6 +116,7 @@ def run_shape(
     loop: str,
     prompts: Path,
     transport: str = "plain",
+    trees: dict[str, Path] | None = None,
 ) -> tuple[list[Measure], dict[int, Measure]]:
     with_sdk = importlib.util.find_spec("openai") is not None and transport == "plain"
     out: list[Measure] = []
@@ -140,6 +141,20 @@ def run_shape(
                         label=label,
                     )
                     runs.setdefault(label, []).append(m)
+                    _progress(shape, rep, m)
+                # The same client from other checkouts (before/after a change), same bare.
+                for name, tree in (trees or {}).items():
+                    m = run_llmbatch(
+                        server,
+                        c,
+                        prompts,
+                        requests,
+                        client="aiohttp",
+                        loop=loop,
+                        extra_env={"PYTHONPATH": str(tree)},
+                        label=f"llmbatch --client aiohttp [{name}]",
+                    )
+                    runs.setdefault(f"tree:{name}", []).append(m)
                     _progress(shape, rep, m)
                 if with_sdk:
                     sdk = "bench.openai_sdk"
@@ -179,8 +194,16 @@ def main(argv: list[str] | None = None) -> None:
         help="plain: cleartext HTTP/1.1; tls: HTTPS HTTP/1.1; h2: HTTPS via hypercorn (h2)",
     )
     ap.add_argument("--json", type=Path, help="also write every median figure here")
+    ap.add_argument(
+        "--tree",
+        action="append",
+        default=[],
+        metavar="LABEL=DIR",
+        help="also run --client aiohttp from another checkout (repeatable)",
+    )
     args = ap.parse_args(argv)
     shapes = ["fast", "realistic"] if args.shape == "both" else [args.shape]
+    trees = {k: Path(v).resolve() for k, _, v in (t.partition("=") for t in args.tree)}
     print(f"# bench.adapters — {machine_line()}")
     print(
         f"requests {args.requests}, repeat {args.repeat} (median), loop {args.loop}, "
@@ -199,6 +222,7 @@ def main(argv: list[str] | None = None) -> None:
                 args.loop,
                 prompts,
                 args.transport,
+                trees,
             )
             s = SHAPES[shape]
             print(
