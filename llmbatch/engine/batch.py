@@ -59,17 +59,17 @@ class BatchEnd:
 class _FileText:
     """A TextTarget writing into the run directory's text/<id> file."""
 
-    __slots__ = ("append", "_rundir", "_sink")
+    __slots__ = ("extend", "_rundir", "_sink")
 
     def __init__(self, rundir: RunDir, sink: TextSink) -> None:
         self._rundir = rundir
         self._sink = sink
         append_text = rundir.append_text
 
-        def append(text: str) -> None:
-            append_text(sink, text)
+        def extend(texts: list[str]) -> None:
+            append_text(sink, texts[0] if len(texts) == 1 else "".join(texts))
 
-        self.append = append
+        self.extend = extend
 
     def restart(self) -> None:
         self._rundir.restart_text(self._sink)

@@ -45,8 +45,8 @@ DEFAULT_OUTPUT_ESTIMATE = 256
 class TextTarget(Protocol):
     """Where a request's text goes while it streams (a file, a queue, nowhere)."""
 
-    def append(self, text: str) -> None:
-        """Add one delta."""
+    def extend(self, texts: list[str]) -> None:
+        """Add the deltas that one read of the stream brought, in order."""
 
     def restart(self) -> None:
         """Forget what the failed attempt wrote: a retry starts the text over."""
@@ -57,7 +57,7 @@ class NullText:
 
     __slots__ = ()
 
-    def append(self, text: str) -> None:
+    def extend(self, texts: list[str]) -> None:
         pass
 
     def restart(self) -> None:
@@ -248,7 +248,7 @@ class _Request:
                         eng.client,
                         request,
                         asm,
-                        self.text.append,
+                        self.text.extend,
                         m,
                         eng.cfg.timeouts,
                         self._on_headers,

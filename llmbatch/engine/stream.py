@@ -1,10 +1,11 @@
 """One attempt of one request: send it, read the answer, time it.
 
-The answer is an SSE stream decoded event by event into the provider's assembler; each
-content delta goes to ``on_text`` as it arrives. Two other 2xx shapes are recognised by
-their content type: ``application/json`` (a server that ignored ``stream: true``) is read
-whole and accepted when it is a completion; anything else (an HTML page from a proxy or
-captive portal) fails the request with UnexpectedContentType, never retried.
+The answer is an SSE stream fed chunk by chunk to the provider's assembler (which decodes
+it); the content deltas of each chunk go to ``on_text`` together, as they arrive. Two
+other 2xx shapes are recognised by their content type: ``application/json`` (a server
+that ignored ``stream: true``) is read whole and accepted when it is a completion;
+anything else (an HTML page from a proxy or captive portal) fails the request with
+UnexpectedContentType, never retried.
 
 Keepalive is not progress: once content has started, SSE comments or empty events alone
 do not count as activity, so a stream that only pings fails after ``idle_s`` without
@@ -33,12 +34,13 @@ from ..errors import (
 )
 from ..providers.base import StreamAssembler
 from ..records import RequestMetrics
-from ..sse import SSEDecoder
 
 __all__ = ["JSON_ANSWER_LIMIT", "LiveCounts", "stream_attempt"]
 
 # After the end marker, how long the rest of a response may take to arrive (for reuse).
 DRAIN_AFTER_END_S = 1.0
+# Gaps of the deltas that came in the same read as the one before them.
+_ZEROS = [0.0] * 256
 # The largest non-streamed JSON answer read into memory.
 JSON_ANSWER_LIMIT = 16 * 1024 * 1024
 
@@ -60,7 +62,7 @@ async def stream_attempt(
     client: ClientAdapter,
     request: HTTPRequest,
     asm: StreamAssembler,
-    on_text: Callable[[str], None],
+    on_text: Callable[[list[str]], None],
     m: RequestMetrics,
     timeouts: Timeouts,
     on_headers: Callable[[Mapping[str, str]], None],
@@ -68,8 +70,9 @@ async def stream_attempt(
 ) -> str | None:
     """Run one attempt into ``asm`` and ``m``; return the provider's request id.
 
-    ``on_headers`` sees the response headers as soon as they arrive (rate limits, the
-    probe); ``live.tokens`` counts content events as they arrive (progress display).
+    ``on_text`` gets the content deltas of each read, in order. ``on_headers`` sees the
+    response headers as soon as they arrive (rate limits, the probe); ``live.tokens``
+    counts content events as they arrive (progress display).
     """
     perf = time.perf_counter
     total_s = timeouts.total_s
@@ -90,31 +93,33 @@ async def stream_attempt(
                 if text:
                     m.chunks = 1
                     live.tokens += 1
-                    on_text(text)
+                    on_text([text])
             else:
-                decoder = SSEDecoder()
+                # Per chunk, not per token: one read's deltas arrived together, so they
+                # share one timestamp (the gaps between them are 0) and one write.
+                feed = asm.feed
                 async for chunk in chunks:
-                    got_text = False
-                    for event in decoder.feed(chunk):
-                        text = asm.on_event(event)
-                        if text:
-                            now = perf()
-                            if m.chunks:
-                                itl.append(now - last)
-                            else:
-                                first = now
-                            last = now
-                            m.chunks += 1
-                            got_text = True
-                            live.tokens += 1
-                            on_text(text)
-                    if asm.finished:
-                        break
-                    if not got_text and m.chunks and perf() - last > idle_s:
+                    texts = feed(chunk)
+                    if texts:
+                        now = perf()
+                        n = len(texts)
+                        if m.chunks:
+                            itl.append(now - last)
+                        else:
+                            first = now
+                        if n > 1:
+                            itl.extend(_ZEROS[: n - 1] if n <= len(_ZEROS) else [0.0] * (n - 1))
+                        last = now
+                        m.chunks += n
+                        live.tokens += n
+                        on_text(texts)
+                    elif m.chunks and perf() - last > idle_s:
                         raise ReadTimeout(
                             f"no content for {idle_s:g}s (only keepalive pings) after "
                             f"{m.chunks} tokens"
                         )
+                    if asm.finished:
+                        break
                 if asm.finished:
                     # The answer is complete: whatever happens to the connection now
                     # (a drop, a stall) must not cost it. Drain briefly so it is reused.
