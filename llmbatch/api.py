@@ -74,6 +74,7 @@ class _BatchOptions:
     """How one batch runs (``Client.batch``'s keyword options)."""
 
     text_files: bool
+    text_layout: str
     keep_partial: bool
     retry_failed: bool
     include_done: bool
@@ -286,6 +287,7 @@ class Client:
         out_dir: str | os.PathLike[str] | None = None,
         *,
         text_files: bool = True,
+        text_layout: str = "files",
         keep_partial: bool = False,
         retry_failed: bool = False,
         include_done: bool = False,
@@ -305,10 +307,12 @@ class Client:
         base URL, model, ...) is refused with RunDirError unless ``force_resume``.
         ``progress=True`` shows a bar (or log lines when stderr is not a terminal); a
         callable gets a BatchProgress after each record. ``meta`` replaces the identity
-        kept in run.json (the CLI's).
+        kept in run.json (the CLI's). ``text_layout="log"`` writes every answer into one
+        append-only text.log (offsets in each record) instead of a file per request.
         """
         opts = _BatchOptions(
             text_files=text_files,
+            text_layout=text_layout,
             keep_partial=keep_partial,
             retry_failed=retry_failed,
             include_done=include_done,
@@ -388,6 +392,7 @@ class Batch:
                 opts.meta or _default_meta(cfg, self._prompts),
                 retry_failed=opts.retry_failed,
                 text_files=opts.text_files,
+                text_layout=opts.text_layout,
                 force_resume=opts.force_resume,
             )
             self.damaged_lines = index.damaged_lines
@@ -588,14 +593,10 @@ def run(
 class _QueueText:
     """A TextTarget feeding ``Client.stream``'s queue."""
 
-    __slots__ = ("_put",)
+    __slots__ = ("append",)
 
     def __init__(self, queue: asyncio.Queue[str | None]) -> None:
-        self._put = queue.put_nowait
-
-    def extend(self, texts: list[str]) -> None:
-        for text in texts:  # one item per delta, as stream() promises
-            self._put(text)
+        self.append = queue.put_nowait
 
     def restart(self) -> None:
         pass  # only attempts that streamed no text are retried (retry_after_text=False)

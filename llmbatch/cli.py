@@ -149,6 +149,13 @@ def run(
             help="Write text/<id>.txt per request (default); results.jsonl has the text anyway.",
         ),
     ] = None,
+    text_layout: Annotated[
+        str | None,
+        typer.Option(
+            help="Text output: files (text/<id>.txt per request, the default) or log "
+            "(one append-only text.log, offsets in each record: no file per request)."
+        ),
+    ] = None,
     keep_partial: Annotated[
         bool | None, typer.Option("--keep-partial", help="Keep the text of requests that failed.")
     ] = None,
@@ -200,6 +207,7 @@ def run(
         "run_dir": out,
         "keep_partial": keep_partial,
         "text_files": text_files,
+        "text_layout": text_layout,
         "max_runtime_s": max_runtime,
         "retry_failed": retry_failed or None,
         "force_resume": force_resume or None,

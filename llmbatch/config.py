@@ -37,6 +37,8 @@ __all__ = [
 DEFAULT_CONFIG_FILE = "config.toml"
 AUTO_INITIAL_CONCURRENCY = 8
 CLIENTS = ("aiohttp", "httpx", "httpx-aiohttp")
+# files: text/<id>.partial, then text/<id>.txt per request; log: one text.log (textlog.py).
+TEXT_LAYOUTS = ("files", "log")
 PROVIDER_KINDS = ("openai", "openai-completions", "anthropic")
 # Rate-limit header families (llmbatch/pacing/headers.py; a test keeps the two in step).
 RATE_HEADER_FAMILIES = (
@@ -130,6 +132,7 @@ class RunConfig:
     mock: MockSettings = field(default_factory=MockSettings)
     keep_partial: bool = False
     text_files: bool = True  # text/<id>.txt per request; results.jsonl has the text anyway
+    text_layout: str = "files"  # files: text/<id>.txt; log: one append-only text.log
     max_runtime_s: float | None = None
     retry_failed: bool = False
     # Continue a run directory made for another target (base URL, model, ...).
@@ -199,6 +202,7 @@ _RUN_KEYS = {
     "out_dir",
     "keep_partial",
     "text_files",
+    "text_layout",
     "max_runtime_s",
     "insecure",
     "ca_bundle",
@@ -488,6 +492,11 @@ def _validate(cfg: RunConfig, source: str, origin: Mapping[str, str]) -> None:
         raise ConfigError(
             f"{source}: limits.headers must be one of {', '.join(RATE_HEADER_FAMILIES)}, "
             f"got {lim.headers!r}"
+        )
+    if cfg.text_layout not in TEXT_LAYOUTS:
+        raise ConfigError(
+            f"{where('text_layout')}: unknown text layout {cfg.text_layout!r} "
+            f"(one of {', '.join(TEXT_LAYOUTS)})"
         )
     if cfg.client not in CLIENTS:
         raise ConfigError(

@@ -25,6 +25,7 @@ import orjson
 
 from .errors import LLMBatchError, RunDirError
 from .resultline import ResultLine, answer_text
+from .textlog import read_span
 from .writer import RESULTS, iter_result_lines, parse_result_line
 
 __all__ = [
@@ -184,7 +185,9 @@ def csv_row(rec: dict[str, Any], run_dir: Path) -> list[Any]:
     if line is None:
         return [rec.get("custom_id"), "errored", "unknown", "", "", "", ""]
     metrics = line.metrics
-    text = response_text(line.body) if line.ok else _kept_text(run_dir, line.text_file)
+    text = (
+        response_text(line.body) if line.ok else _kept_text(run_dir, line.text_file, line.text_span)
+    )
     return [
         line.custom_id,
         "succeeded" if line.ok else "errored",
@@ -204,10 +207,12 @@ def _blank_none(value: Any) -> Any:
     return "" if value is None else value
 
 
-def _kept_text(run_dir: Path, text_file: Any) -> str:
+def _kept_text(run_dir: Path, text_file: Any, span: tuple[int, int] | None) -> str:
     if not isinstance(text_file, str) or not text_file:
         return ""
     try:
+        if span is not None:  # one answer inside text.log (--text-layout log)
+            return read_span(run_dir / text_file, *span).decode("utf-8", errors="replace")
         return (run_dir / text_file).read_text(encoding="utf-8", errors="replace")
     except OSError:
         return ""

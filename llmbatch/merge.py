@@ -31,6 +31,7 @@ from .idset import IdSet
 from .reader import iter_records
 from .report import summary_from_results
 from .shard import Shard, item_id, parse_shard, shard_of
+from .textlog import TEXT_LOG, copy_logged_answer
 from .writer import LOCK, META, RESULTS, SUMMARY, TEXT_DIR, iter_result_lines
 
 __all__ = ["MergeResult", "default_merge_dir", "link_or_copy", "merge_shards"]
@@ -227,17 +228,23 @@ def _write_merge(shards: list[_ShardDir], out_dir: Path) -> MergeResult:
     try:
         (tmp / TEXT_DIR / "failed").mkdir(parents=True)
         records = succeeded = 0
-        with open(tmp / RESULTS, "wb") as out:
+        with open(tmp / RESULTS, "wb") as out, open(tmp / TEXT_LOG, "wb") as text_log:
             for s in sorted(shards, key=lambda x: x.shard.index):
                 for raw, rec in iter_result_lines(s.path / RESULTS):
+                    rel = (rec.get("llmbatch") or {}).get("text_file")
+                    if rel == TEXT_LOG:  # --text-layout log: the answer moves into ours
+                        raw = orjson.dumps(copy_logged_answer(rec, s.path, text_log)) + b"\n"
+                    elif isinstance(rel, str) and (s.path / rel).is_file():
+                        link_or_copy(s.path / rel, tmp / rel)
                     out.write(raw)
                     records += 1
                     succeeded += rec.get("error") is None
-                    rel = (rec.get("llmbatch") or {}).get("text_file")
-                    if isinstance(rel, str) and (s.path / rel).is_file():
-                        link_or_copy(s.path / rel, tmp / rel)
+            text_log.flush()
+            os.fsync(text_log.fileno())
             out.flush()
             os.fsync(out.fileno())
+        if not (tmp / TEXT_LOG).stat().st_size:
+            (tmp / TEXT_LOG).unlink()
         first = shards[0].meta
         meta = {key: first.get(key) for key in JOB_KEYS}
         meta["merged_from"] = [str(s.path) for s in shards]

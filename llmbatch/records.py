@@ -86,6 +86,8 @@ class Outcome:
     partial_kept: bool = False
     line_no: int | None = None
     text_file: str | None = None
+    # --text-layout log: (offset, length) of the answer's bytes in text_file.
+    text_span: tuple[int, int] | None = None
 
     @property
     def ok(self) -> bool:

@@ -73,7 +73,8 @@ def format_summary(summary: dict[str, Any], run_dir: Path | None = None) -> str:
             f"goodput: {g['good_requests']} requests met the SLO ({g['requests_per_s']} req/s)"
         )
     if run_dir is not None:
-        lines.append(f"outputs: {run_dir}/results.jsonl, {run_dir}/text/")
+        text = f"{run_dir}/text.log" if (run_dir / "text.log").exists() else f"{run_dir}/text/"
+        lines.append(f"outputs: {run_dir}/results.jsonl, {text}")
     return "\n".join(lines)
 
 

@@ -37,12 +37,18 @@ def result_line(o: Outcome) -> dict[str, Any]:
         "llmbatch": {
             "line": o.line_no,
             "text_file": o.text_file,
+            **_span_fields(o.text_span),
             "partial_text_kept": o.partial_kept,
             "metrics": request_metrics_dict(o.metrics),
             "attempts": [a.as_dict() for a in o.attempts],
             "finished_at": round(time.time(), 3),
         },
     }
+
+
+def _span_fields(span: tuple[int, int] | None) -> dict[str, int]:
+    """Where the text is inside a shared text file (--text-layout log); none otherwise."""
+    return {} if span is None else {"text_offset": span[0], "text_bytes": span[1]}
 
 
 def answer_text(body: Any) -> str | None:
@@ -97,6 +103,11 @@ def _int(v: Any) -> int | None:
     return v if isinstance(v, int) and not isinstance(v, bool) else None
 
 
+def _span(lb: dict[str, Any]) -> tuple[int, int] | None:
+    offset, length = _int(lb.get("text_offset")), _int(lb.get("text_bytes"))
+    return None if offset is None or length is None else (offset, length)
+
+
 @dataclass(frozen=True, slots=True)
 class ResultLine:
     """A results.jsonl line read back, every field typed and defaulted when missing."""
@@ -109,6 +120,7 @@ class ResultLine:
     error_message: str | None
     line_no: int | None
     text_file: str | None
+    text_span: tuple[int, int] | None  # (offset, length) in text_file (--text-layout log)
     partial_text_kept: bool
     metrics: dict[str, Any]
     attempts: list[dict[str, Any]]
@@ -153,6 +165,7 @@ class ResultLine:
             error_message=message,
             line_no=_int(lb.get("line")),
             text_file=text_file if isinstance(text_file, str) else None,
+            text_span=_span(lb),
             partial_text_kept=bool(lb.get("partial_text_kept")),
             metrics=metrics if isinstance(metrics, dict) else {},
             attempts=[a for a in attempts if isinstance(a, dict)]
@@ -200,4 +213,5 @@ class ResultLine:
             partial_kept=self.partial_text_kept,
             line_no=self.line_no,
             text_file=self.text_file,
+            text_span=self.text_span,
         )

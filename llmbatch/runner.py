@@ -97,6 +97,7 @@ async def execute_run(
             items,  # type: ignore[arg-type]  # parsed records pass through unchanged
             run_dir,
             text_files=cfg.text_files,
+            text_layout=cfg.text_layout,
             keep_partial=cfg.keep_partial,
             retry_failed=cfg.retry_failed,
             max_runtime_s=cfg.max_runtime_s,

@@ -7,6 +7,7 @@ Layout of ``outputs/<run>/``::
     text/<id>.partial the answer while it streams (reset when a retry starts over)
     text/<id>.txt     the answer once complete
     text/failed/<id>.partial  the partial answer of a failed request (--keep-partial only)
+    text.log, text.partial.log  instead of text/, with --text-layout log (textlog.py)
     summary.json      run metrics, rewritten periodically and at the end
     .lock             held (flock) while a run writes here
 
@@ -36,9 +37,11 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
+from .config import TEXT_LAYOUTS
 from .errors import OutputError, RunDirError
 from .identity import describe_changes, merge_identity
 from .idset import IdSet
+from .textlog import TEXT_LOG, TextLog
 
 if TYPE_CHECKING:
     from .metrics import RunMetrics
@@ -80,15 +83,18 @@ def safe_name(record_id: str) -> str:
 class TextSink:
     """The growing text of one request's current attempt."""
 
-    __slots__ = ("name", "fd", "opened", "buf", "dirty", "chars")
+    __slots__ = ("name", "fd", "opened", "buf", "dirty", "chars", "kept", "span")
 
     def __init__(self, name: str) -> None:
-        self.name = name
+        self.name = name  # the file name (files layout) or the record id (log layout)
         self.fd = -1
-        self.opened = False  # an open of its .partial has been queued
+        self.opened = False  # visible while streaming: .partial opened / live frames sent
         self.buf: list[str] = []
         self.dirty = False
         self.chars = 0
+        self.kept: list[bytes] = []  # log layout: the attempt's text written so far
+        # log layout: (offset, length) of the answer in text.log once finished and kept.
+        self.span: tuple[int, int] | None = None
 
 
 class ResumeIndex:
@@ -100,6 +106,8 @@ class ResumeIndex:
         self.failed = 0
         # results.jsonl lines that could not be read (their requests run again).
         self.damaged_lines: list[int] = []
+        # Where the last answer that a record points to ends in text.log (log layout).
+        self.text_log_end = 0
 
     def add(self, record_id: str) -> None:
         """Mark ``record_id`` as done."""
@@ -118,9 +126,18 @@ Op = Callable[[], None]
 class RunDir:
     """An opened, locked run directory. Create with ``RunDir.open``; close with ``aclose``."""
 
-    def __init__(self, path: Path, tick_s: float = 0.1, *, text_files: bool = True) -> None:
+    def __init__(
+        self,
+        path: Path,
+        tick_s: float = 0.1,
+        *,
+        text_files: bool = True,
+        text_layout: str = "files",
+    ) -> None:
         self.path = path
         self.text_files = text_files
+        self.text_layout = text_layout
+        self.text_log = TextLog(path) if text_files and text_layout == "log" else None
         self.text_dir = path / TEXT_DIR
         self.tick_s = tick_s
         self._lock_fd = -1
@@ -148,6 +165,7 @@ class RunDir:
         *,
         retry_failed: bool = False,
         text_files: bool = True,
+        text_layout: str = "files",
         force_resume: bool = False,
     ) -> tuple[RunDir, ResumeIndex]:
         """Create or reopen ``path``: take the lock, check it belongs to this job,
@@ -157,11 +175,14 @@ class RunDir:
         refused, never adopted or cleaned. ``meta`` is the run's identity (identity.py);
         another run's directory is refused unless ``force_resume``.
         """
-        rd = cls(path, text_files=text_files)
+        if text_layout not in TEXT_LAYOUTS:
+            raise RunDirError(f"unknown text layout {text_layout!r} (files or log)")
+        rd = cls(path, text_files=text_files, text_layout=text_layout)
         _check_adoptable(path)
         try:
             path.mkdir(parents=True, exist_ok=True)
-            (rd.text_dir / FAILED_DIR).mkdir(parents=True, exist_ok=True)
+            if rd.text_log is None:
+                (rd.text_dir / FAILED_DIR).mkdir(parents=True, exist_ok=True)
             rd._take_lock()
         except OSError as exc:
             raise RunDirError(f"cannot use run directory {path}: {_why(exc)}") from None
@@ -173,6 +194,8 @@ class RunDir:
                 rd._remove_stale_partials(rd.text_dir)
             if retry_failed:  # the failed requests run again: their old partials go
                 rd._remove_stale_partials(rd.text_dir / FAILED_DIR)
+            if rd.text_log is not None:
+                rd.text_log.open(index.text_log_end)
             rd._results_fd = os.open(path / RESULTS, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
         except OSError as exc:
             rd._release_lock()
@@ -236,6 +259,8 @@ class RunDir:
 
     def _remove_stale_partials(self, folder: Path) -> None:
         """A .partial left by a run that died belongs to no request now (we hold the lock)."""
+        if not folder.is_dir():
+            return  # a run directory written with the log layout so far
         with os.scandir(folder) as entries:
             for entry in entries:
                 if entry.name.endswith(".partial"):
@@ -253,6 +278,7 @@ class RunDir:
         for _, rec in iter_result_lines(rpath, damaged=index.damaged_lines):
             cid = rec.get("custom_id")
             if isinstance(cid, str):
+                _note_text_log_end(index, rec)
                 index.add(cid)
                 if rec.get("error") is None:
                     index.succeeded += 1
@@ -263,13 +289,19 @@ class RunDir:
     # -- text ------------------------------------------------------------------------
     def begin_text(self, record_id: str) -> TextSink:
         """Start the text of ``record_id``; no file exists until text arrives."""
+        if self.text_log is not None:
+            return TextSink(record_id)
         return TextSink(safe_name(record_id))
 
     def restart_text(self, sink: TextSink) -> None:
         """Drop what an attempt wrote so a retry starts the text over."""
         sink.buf.clear()
         sink.chars = 0
-        if sink.opened:
+        if self.text_log is not None:
+            sink.kept.clear()
+            if sink.opened:
+                self.text_log.mark(sink.name, "restart")
+        elif sink.opened:
             self._ops.append(lambda: self._op_truncate(sink))
 
     def append_text(self, sink: TextSink, text: str) -> None:
@@ -289,6 +321,8 @@ class RunDir:
         """
         if not self.text_files:
             return None
+        if self.text_log is not None:
+            return self._finish_logged(sink, complete=complete, keep_partial=keep_partial)
         base = self.text_dir / sink.name
         if not sink.opened:
             # Began and ended within one tick: one write, no .partial, no rename.
@@ -312,6 +346,23 @@ class RunDir:
             return f"{TEXT_DIR}/{FAILED_DIR}/{sink.name}.partial"
         self._ops.append(lambda: self._op_close(sink, None))
         return None
+
+    def _finish_logged(self, sink: TextSink, *, complete: bool, keep_partial: bool) -> str | None:
+        log = self.text_log
+        assert log is not None
+        kept = sink.kept
+        if sink.buf:
+            kept.append(self._take(sink))
+            if sink.opened:  # the live view ends with the whole answer too
+                log.grew(sink.name, kept[-1])
+        if sink.opened:
+            log.mark(sink.name, "done")
+        data = kept[0] if len(kept) == 1 else b"".join(kept)
+        sink.kept = []
+        if not complete and not (keep_partial and data):
+            return None
+        sink.span = log.answer(sink.name, data, complete=complete)
+        return TEXT_LOG
 
     def add_result(self, line: dict[str, Any]) -> None:
         """Queue one results.jsonl line; written after any text op queued before it."""
@@ -354,6 +405,14 @@ class RunDir:
         if self.error is not None:
             self._count_unsaved(oks)
             return
+        log = self.text_log
+        if log is not None:
+            # Answers before the result lines that point at them.
+            log_data, partial_data = log.take()
+            if log_data:
+                ops.append(lambda: _write_all(log.log_fd, log_data))
+            if partial_data:
+                ops.append(lambda: _write_all(log.partial_fd, partial_data))
         if data:
             ops.append(lambda: self._append_results(data))
         try:
@@ -387,6 +446,14 @@ class RunDir:
         return data
 
     def _collect(self, sink: TextSink) -> None:
+        if sink.buf and self.text_log is not None:
+            if sink.dirty:  # still streaming after a tick: show it in the live view
+                data = self._take(sink)
+                sink.kept.append(data)
+                sink.opened = True
+                self.text_log.grew(sink.name, data)
+            sink.dirty = False
+            return
         if sink.buf:
             data = self._take(sink)
             if not sink.opened:
@@ -404,6 +471,14 @@ class RunDir:
             self._flusher = None
         try:
             await self.flush()
+            if self.text_log is not None:
+                log_fd, partial_fd = self.text_log.detach()
+                if partial_fd >= 0:
+                    os.close(partial_fd)
+                if log_fd >= 0:  # before results.jsonl: its records point in here
+                    await asyncio.get_running_loop().run_in_executor(
+                        self._pool, _fsync_close, log_fd
+                    )
             if self._results_fd >= 0:
                 fd = self._results_fd
                 self._results_fd = -1
@@ -435,6 +510,16 @@ class RunDir:
             os.replace(f"{base}.partial", rename_to)
         else:
             _unlink(f"{base}.partial")
+
+
+def _note_text_log_end(index: ResumeIndex, rec: dict[str, Any]) -> None:
+    """Track the end of the last text.log answer a record points to (for the cut-back)."""
+    lb = rec.get("llmbatch")
+    if not isinstance(lb, dict) or lb.get("text_file") != TEXT_LOG:
+        return
+    offset, length = lb.get("text_offset"), lb.get("text_bytes")
+    if isinstance(offset, int) and isinstance(length, int):
+        index.text_log_end = max(index.text_log_end, offset + length + 1)
 
 
 def _write_file(path: str, data: bytes) -> None:

@@ -26,7 +26,7 @@ TOKENS = 10
 
 
 async def start_child(
-    server: MockServer, prompts: Path, run_dir: Path
+    server: MockServer, prompts: Path, run_dir: Path, *extra: str
 ) -> asyncio.subprocess.Process:
     env = {k: v for k, v in os.environ.items() if not k.startswith("LLMBATCH_")}
     env["LLMBATCH_LOOP"] = "asyncio"
@@ -47,6 +47,7 @@ async def start_child(
         "--concurrency",
         "8",
         "--no-progress",
+        *extra,
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
         env=env,

@@ -261,6 +261,7 @@ class BatchRun:
             sink, complete=outcome.ok, keep=not outcome.ok and self.keep_partial
         )
         outcome.text_file = text_file
+        outcome.text_span = sink.span if sink is not None else None
         outcome.partial_kept = text_file is not None and not outcome.ok
         self._finish(outcome)
 

@@ -1,0 +1,131 @@
+"""The ``log`` text layout: every answer in one append-only file, no file per request.
+
+Creating a file costs 20 µs on a quiet ext4 and up to ~900 µs after mass deletions
+(bench/RESULTS.md); with one file per request that cost was the largest part of a run.
+This layout writes no file per request::
+
+    text.log          complete answers (and kept partial ones), each after a header line:
+                      {"custom_id":"q1","bytes":11,"complete":true}\\n<11 bytes>\\n
+                      The result record's llmbatch.text_offset / text_bytes point at the
+                      text itself, so ``text.log[offset:offset + bytes]`` is the answer.
+    text.partial.log  the live view of answers still streaming: each tick, a frame
+                      {"custom_id":"q1","bytes":n}\\n<n bytes>\\n per answer that grew;
+                      {"custom_id":"q1","restart":true} when a retry starts it over and
+                      {"custom_id":"q1","done":true} when it ended. Emptied when a run
+                      starts: it shows that run's requests only.
+
+Answers that begin and end within one tick never reach text.partial.log. Writes are
+queued and made once per tick by the run directory, text.log before results.jsonl, so
+every record points at bytes already written; a crash loses at most one tick, and the
+next run cuts text.log back to the end of the last answer a record points to.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, BinaryIO
+
+import orjson
+
+__all__ = ["PARTIAL_LOG", "TEXT_LOG", "TextLog", "copy_logged_answer", "read_span"]
+
+TEXT_LOG = "text.log"
+PARTIAL_LOG = "text.partial.log"
+
+
+class TextLog:
+    """The two files of the log layout and the bytes queued for them."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._log_fd = -1
+        self._partial_fd = -1
+        self._log_end = 0  # size of text.log once everything queued is written
+        self._log_buf: list[bytes] = []
+        self._partial_buf: list[bytes] = []
+
+    def open(self, committed_end: int) -> None:
+        """Open both files; cut text.log back to ``committed_end`` (what records use)."""
+        fd = os.open(self.path / TEXT_LOG, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+        try:
+            if os.fstat(fd).st_size > committed_end:
+                os.ftruncate(fd, committed_end)  # answers of requests that have no record
+            self._log_end = os.fstat(fd).st_size
+            self._partial_fd = os.open(
+                self.path / PARTIAL_LOG, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_APPEND, 0o644
+            )
+        except OSError:
+            os.close(fd)
+            raise
+        self._log_fd = fd
+
+    def grew(self, record_id: str, data: bytes) -> None:
+        """Queue a live frame: ``data`` was added to ``record_id``'s answer."""
+        head = orjson.dumps({"custom_id": record_id, "bytes": len(data)})
+        self._partial_buf += (head, b"\n", data, b"\n")
+
+    def mark(self, record_id: str, what: str) -> None:
+        """Queue a live marker frame: ``restart`` or ``done``."""
+        self._partial_buf += (orjson.dumps({"custom_id": record_id, what: True}), b"\n")
+
+    def answer(self, record_id: str, data: bytes, *, complete: bool) -> tuple[int, int]:
+        """Queue one answer for text.log; (offset, length) of its text in the file."""
+        head = orjson.dumps({"custom_id": record_id, "bytes": len(data), "complete": complete})
+        offset = self._log_end + len(head) + 1
+        self._log_buf += (head, b"\n", data, b"\n")
+        self._log_end = offset + len(data) + 1
+        return offset, len(data)
+
+    def take(self) -> tuple[bytes, bytes]:
+        """What to write now: (for text.log, for text.partial.log)."""
+        log, partial = b"".join(self._log_buf), b"".join(self._partial_buf)
+        self._log_buf = []
+        self._partial_buf = []
+        return log, partial
+
+    @property
+    def log_fd(self) -> int:
+        """The descriptor of text.log (-1 once closed)."""
+        return self._log_fd
+
+    @property
+    def partial_fd(self) -> int:
+        """The descriptor of text.partial.log (-1 once closed)."""
+        return self._partial_fd
+
+    def detach(self) -> tuple[int, int]:
+        """Hand both descriptors over for closing; (text.log, text.partial.log)."""
+        fds = (self._log_fd, self._partial_fd)
+        self._log_fd = self._partial_fd = -1
+        return fds
+
+
+def read_span(path: Path, offset: int, length: int) -> bytes:
+    """``length`` bytes of the file at ``path`` from ``offset`` (one answer of a text log)."""
+    with open(path, "rb") as fh:
+        fh.seek(offset)
+        return fh.read(length)
+
+
+def copy_logged_answer(rec: dict[str, Any], src_dir: Path, dst: BinaryIO) -> dict[str, Any]:
+    """``rec`` with its text.log answer copied from ``src_dir`` to the end of ``dst``
+    (an open text.log), offsets updated; any other record as it is (``llmbatch merge``)."""
+    lb = rec.get("llmbatch")
+    if not isinstance(lb, dict) or lb.get("text_file") != TEXT_LOG:
+        return rec
+    offset, length = lb.get("text_offset"), lb.get("text_bytes")
+    if not isinstance(offset, int) or not isinstance(length, int):
+        return rec
+    data = read_span(src_dir / TEXT_LOG, offset, length)
+    head = orjson.dumps(
+        {
+            "custom_id": rec.get("custom_id"),
+            "bytes": len(data),
+            "complete": rec.get("error") is None,
+        }
+    )
+    dst.write(head + b"\n")
+    new_offset = dst.tell()
+    dst.write(data + b"\n")
+    return {**rec, "llmbatch": {**lb, "text_offset": new_offset, "text_bytes": len(data)}}
