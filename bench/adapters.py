@@ -58,6 +58,10 @@ def variants(clients: list[str], transport: str) -> list[tuple[str, str, tuple[s
         # Without per-request text files (results.jsonl only): the file system's share of
         # the cost, which varies a lot on this VM's ext4.
         rows.append(("llmbatch --client aiohttp --no-text", "aiohttp", ("--no-text",)))
+        # One append-only text.log instead of a file per request (same outputs otherwise).
+        rows.append(
+            ("llmbatch --client aiohttp --text-layout log", "aiohttp", ("--text-layout", "log"))
+        )
     return rows
 
 
