@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import json
+import os
 import sys
 from dataclasses import asdict
 from pathlib import Path
@@ -29,6 +30,7 @@ from pathlib import Path
 from .harness import (
     TRANSPORTS,
     Measure,
+    file_create_cost_us,
     fmt_errors,
     machine_line,
     markdown_table,
@@ -199,6 +201,11 @@ def main(argv: list[str] | None = None) -> None:
     )
     ap.add_argument("--json", type=Path, help="also write every median figure here")
     ap.add_argument(
+        "--out-root",
+        type=Path,
+        help="where run directories go (default bench/out); e.g. a fast or a slow disk",
+    )
+    ap.add_argument(
         "--tree",
         action="append",
         default=[],
@@ -208,7 +215,11 @@ def main(argv: list[str] | None = None) -> None:
     args = ap.parse_args(argv)
     shapes = ["fast", "realistic"] if args.shape == "both" else [args.shape]
     trees = {k: Path(v).resolve() for k, _, v in (t.partition("=") for t in args.tree)}
+    if args.out_root:
+        os.environ["BENCH_OUT_DIR"] = str(args.out_root.resolve())
     print(f"# bench.adapters — {machine_line()}")
+    where = os.environ.get("BENCH_OUT_DIR") or "bench/out"
+    print(f"run directories in {where}: {file_create_cost_us():.0f} µs CPU per file created")
     print(
         f"requests {args.requests}, repeat {args.repeat} (median), loop {args.loop}, "
         f"transport {args.transport}\n"

@@ -11,6 +11,7 @@ import atexit
 import contextlib
 import json
 import os
+import resource
 import shutil
 import signal
 import socket
@@ -33,6 +34,19 @@ ROOT = Path(__file__).resolve().parent.parent
 WORK_DIR = ROOT / "bench" / "out"
 
 
+def file_create_cost_us(n: int = 500) -> float:
+    """CPU µs to create, write (300 B) and close one file where run directories go."""
+    with work_tmpdir() as tmp:
+        ru0 = resource.getrusage(resource.RUSAGE_SELF)
+        for i in range(n):
+            fd = os.open(f"{tmp}/f{i}.partial", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+            os.write(fd, b"x" * 300)
+            os.close(fd)
+        ru1 = resource.getrusage(resource.RUSAGE_SELF)
+        cpu = (ru1.ru_utime - ru0.ru_utime) + (ru1.ru_stime - ru0.ru_stime)
+    return cpu / n * 1e6
+
+
 @contextlib.contextmanager
 def work_tmpdir() -> Iterator[str]:
     """A directory under bench/out/ for one measurement's run directory.
@@ -40,8 +54,9 @@ def work_tmpdir() -> Iterator[str]:
     Deleted when the bench exits, not after each measurement: deleting thousands of files
     made the next measurement's file creation several times slower on this VM.
     """
-    WORK_DIR.mkdir(parents=True, exist_ok=True)
-    path = tempfile.mkdtemp(prefix="llmbatch-bench-", dir=WORK_DIR)
+    work = Path(os.environ.get("BENCH_OUT_DIR") or WORK_DIR)
+    work.mkdir(parents=True, exist_ok=True)
+    path = tempfile.mkdtemp(prefix="llmbatch-bench-", dir=work)
     atexit.register(shutil.rmtree, path, True)
     yield path
 
