@@ -46,7 +46,6 @@ class AiohttpAdapter(ClientAdapter):
             connector = aiohttp.TCPConnector(
                 limit=self.max_connections,
                 limit_per_host=0,
-                ssl=self.ssl_context,
                 keepalive_timeout=4.0,  # below uvicorn's 5 s idle close
             )
             self._session = aiohttp.ClientSession(
@@ -67,7 +66,11 @@ class AiohttpAdapter(ClientAdapter):
         t = self.timeouts
         try:
             async with asyncio.timeout(t.first_byte_s + t.connect_s):
-                resp = await session.post(request.url, data=request.body, headers=request.headers)
+                # The run's SSLContext per request, so plain-HTTP runs never build it.
+                ssl_ctx = self.ssl_context if request.url.startswith("https:") else True
+                resp = await session.post(
+                    request.url, data=request.body, headers=request.headers, ssl=ssl_ctx
+                )
         except TimeoutError:
             raise ReadTimeout(f"no response headers within {t.first_byte_s:g}s") from None
         except aiohttp.ClientConnectorCertificateError as exc:

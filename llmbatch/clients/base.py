@@ -74,9 +74,19 @@ class ClientAdapter(ABC):
         self.max_connections = max_connections
         self.timeouts = timeouts
         self.verify_tls = verify_tls
-        self.ssl_context: ssl.SSLContext = make_ssl_context(
-            ca_bundle=ca_bundle, verify=verify_tls, http2=http2
-        )
+        self._tls_args = (ca_bundle, verify_tls, http2)
+        self._ssl_context: ssl.SSLContext | None = None
+        if ca_bundle is not None:
+            self._ssl_context = self.ssl_context  # a bad bundle fails before anything is sent
+
+    @property
+    def ssl_context(self) -> ssl.SSLContext:
+        """The run's SSLContext, built on first use: loading the system's CAs costs
+        ~30 ms of CPU, which a run over plain HTTP never needs to pay."""
+        if self._ssl_context is None:
+            ca_bundle, verify, http2 = self._tls_args
+            self._ssl_context = make_ssl_context(ca_bundle=ca_bundle, verify=verify, http2=http2)
+        return self._ssl_context
 
     @abstractmethod
     def stream(self, request: HTTPRequest) -> AbstractAsyncContextManager[StreamingResponse]:
