@@ -593,10 +593,14 @@ def run(
 class _QueueText:
     """A TextTarget feeding ``Client.stream``'s queue."""
 
-    __slots__ = ("append",)
+    __slots__ = ("_put",)
 
     def __init__(self, queue: asyncio.Queue[str | None]) -> None:
-        self.append = queue.put_nowait
+        self._put = queue.put_nowait
+
+    def extend(self, texts: list[str]) -> None:
+        for text in texts:  # one item per delta, as stream() promises
+            self._put(text)
 
     def restart(self) -> None:
         pass  # only attempts that streamed no text are retried (retry_after_text=False)
