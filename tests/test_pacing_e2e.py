@@ -67,7 +67,7 @@ def prompts_file(tmp_path: Path, n: int) -> Path:
 # profile reads resets as OpenAI documents them: continuous refill.
 WINDOWS = {
     "sliding-1s": ("sliding", 50, 1.0, "vllm"),  # 50 per sliding second: 300 in 5-6 s
-    "sliding-10s-scaled": ("sliding", 100, 2.5, "vllm"),  # 10 s at 1/4 time: 0, 2.5, 5 s
+    "sliding-10s-scaled": ("sliding", 110, 2.5, "vllm"),  # 10 s at 1/4 time: 0, 2.5, 5 s
     "refill-minute-scaled": ("refill", 170, 6.0, "openai"),  # a minute at 1/10: 170 + 28/s
 }
 

@@ -213,7 +213,7 @@ class WindowLimit(_Learned):
         lo = bisect.bisect_right(self._sent_at, now - self._hold(), lo=self._first)
         # Requests sent moments apart can arrive in either order: a send shortly before
         # this one's is not taken as counted.
-        covered_by = now - age_s - (0.05 + 0.02 * self.window())
+        covered_by = now - age_s - 0.01
         covered_to = max(lo, bisect.bisect_left(self._sent_at, covered_by, lo=lo))
         covered = self._cum_before(covered_to) - self._cum_before(lo)
         self._base_in_use = max(0.0, self.limit - left - covered)
