@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import math
 import time
-from bisect import bisect_left
+from bisect import bisect_left, bisect_right
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
@@ -40,6 +40,9 @@ def _bucket(value_s: float) -> int:
     # floor, not int(): int() truncates toward zero, which merged the two buckets
     # around 1 s and put the midpoint of every sub-second bucket above its range.
     return math.floor(math.log(v) / _LOG_STEP)
+
+
+_FLOOR_BUCKET = _bucket(_MIN_S)
 
 
 class Histogram:
@@ -74,10 +77,15 @@ class Histogram:
         if not n:
             return
         s = sorted(values_s)
-        lo, hi = max(s[0], _MIN_S), max(s[-1], _MIN_S)
         buckets = self._buckets
-        if (math.log(hi / lo) / _LOG_STEP + 1) * 4 < n:
-            i = 0
+        # Gaps of deltas that came in one read are 0: all of them share the floor bucket.
+        i = bisect_right(s, _MIN_S)
+        if i:
+            buckets[_FLOOR_BUCKET] += i
+        lo, hi = max(s[i] if i < n else _MIN_S, _MIN_S), max(s[-1], _MIN_S)
+        if i == n:
+            pass
+        elif (math.log(hi / lo) / _LOG_STEP + 1) * 4 < n - i:
             while i < n:
                 b = _bucket(s[i])
                 j = bisect_left(s, math.exp((b + 1) * _LOG_STEP), i + 1)
@@ -90,8 +98,8 @@ class Histogram:
                 buckets[b] += j - i
                 i = j
         else:
-            for v in s:
-                buckets[math.floor(math.log(v if v > _MIN_S else _MIN_S) / _LOG_STEP)] += 1
+            for v in s[i:]:
+                buckets[math.floor(math.log(v) / _LOG_STEP)] += 1
         self.count += n
         self.total += sum(s)
         if s[0] < self.min:
