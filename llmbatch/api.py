@@ -198,6 +198,7 @@ class Client:
                 verify_tls=not cfg.insecure,
                 http2=cfg.http2,
                 ca_bundle=cfg.ca_bundle,
+                tls_up_front=base_url.startswith("https:"),
             )
             stack.push_async_callback(adapter.aclose)
         except BaseException:

@@ -31,12 +31,14 @@ class AiohttpAdapter(ClientAdapter):
         timeouts: Timeouts,
         verify_tls: bool = True,
         ca_bundle: Path | None = None,
+        tls_up_front: bool = True,
     ) -> None:
         super().__init__(
             max_connections=max_connections,
             timeouts=timeouts,
             verify_tls=verify_tls,
             ca_bundle=ca_bundle,
+            tls_up_front=tls_up_front,
         )
         self._session: aiohttp.ClientSession | None = None
 

@@ -70,13 +70,14 @@ class ClientAdapter(ABC):
         verify_tls: bool = True,
         ca_bundle: Path | None = None,
         http2: bool = False,
+        tls_up_front: bool = True,
     ) -> None:
         self.max_connections = max_connections
         self.timeouts = timeouts
         self.verify_tls = verify_tls
         self._tls_args = (ca_bundle, verify_tls, http2)
         self._ssl_context: ssl.SSLContext | None = None
-        if ca_bundle is not None:
+        if ca_bundle is not None and tls_up_front:
             self._ssl_context = self.ssl_context  # a bad bundle fails before anything is sent
 
     @property
