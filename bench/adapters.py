@@ -162,6 +162,14 @@ def run_shape(
                     )
                     runs.setdefault(f"tree:{name}", []).append(m)
                     _progress(shape, rep, m)
+                if transport == "h2":
+                    # httpcore alone, for its h2 stall: one AsyncClient(http2=True).
+                    label = "plain httpx.AsyncClient(http2=True)"
+                    m = run_bare(
+                        server, c, requests, loop=loop, module="bench.httpx_h2", label=label
+                    )
+                    runs.setdefault("plain-h2", []).append(m)
+                    _progress(shape, rep, m)
                 if with_sdk:
                     sdk = "bench.openai_sdk"
                     m = run_bare(server, c, requests, loop=loop, module=sdk, label="OpenAI SDK")
