@@ -8,11 +8,13 @@ from pathlib import Path
 import orjson
 import pytest
 
+import llmbatch
 from llmbatch.clients import ClientAdapter, HTTPRequest, make_client
 from llmbatch.config import Timeouts, load_config
 from llmbatch.errors import CertificateError, ConfigError
 from llmbatch.mockserver import MockConfig, MockServer, expected_text, start_mock_server
 from llmbatch.mockserver.tls import MockTLS, make_mock_tls
+from llmbatch.report import load_report
 from llmbatch.runner import execute_run
 from llmbatch.sse import SSEDecoder
 
@@ -129,7 +131,17 @@ async def test_run_over_tls_records_protocol(
     assert {r["llmbatch"]["metrics"]["http_version"] for r in records} == {"HTTP/1.1"}
     summary = orjson.loads((out.run_dir / "summary.json").read_bytes())
     assert summary["http_versions"] == {"HTTP/1.1": 20}
+    assert load_report(out.run_dir, recompute=True)["http_versions"] == {"HTTP/1.1": 20}
     assert tls_server.stats.connections <= 5
+
+
+async def test_library_client_trusts_ca_bundle(tls_server: MockServer, certs: MockTLS) -> None:
+    async with llmbatch.Client(
+        "vllm", base_url=tls_server.url, model="m", ca_bundle=str(certs.ca_file)
+    ) as llm:
+        result = await llm.complete("over tls")
+    assert result.ok and result.text == expected_text(MESSAGES, 12)
+    assert result.metrics.http_version == "HTTP/1.1"
 
 
 @pytest.mark.parametrize("client", ADAPTERS)
