@@ -50,20 +50,27 @@ SHAPES = {
 CLIENTS = ("aiohttp", "httpx", "httpx-aiohttp")
 
 
-def variants(clients: list[str], transport: str) -> list[tuple[str, str, tuple[str, ...]]]:
-    """(label, --client, extra llmbatch args) of each llmbatch row for ``transport``."""
+Variant = tuple[str, str, tuple[str, ...], dict[str, str]]
+
+
+def variants(clients: list[str], transport: str, h2_streams: list[int]) -> list[Variant]:
+    """(label, --client, extra llmbatch args, extra env) of each llmbatch row."""
     if transport == "h2":
-        rows = [("llmbatch --client httpx --http2", "httpx", ("--http2",))]
-        return rows + [(f"llmbatch --client {c}", c, ()) for c in clients if c == "httpx"]
-    rows = [(f"llmbatch --client {c}", c, ()) for c in clients]
+        rows: list[Variant] = [("llmbatch --client httpx --http2", "httpx", ("--http2",), {})]
+        for n in h2_streams:  # fewer streams per connection than the server allows
+            env = {"BENCH_H2_STREAMS": str(n)}
+            rows.append(
+                (f"llmbatch --client httpx --http2, ≤{n} streams/conn", "httpx", ("--http2",), env)
+            )
+        return rows + [(f"llmbatch --client {c}", c, (), {}) for c in clients if c == "httpx"]
+    rows = [(f"llmbatch --client {c}", c, (), {}) for c in clients]
     if transport == "plain":
         # Without per-request text files (results.jsonl only): the file system's share of
         # the cost, which varies a lot on this VM's ext4.
-        rows.append(("llmbatch --client aiohttp --no-text", "aiohttp", ("--no-text",)))
+        rows.append(("llmbatch --client aiohttp --no-text", "aiohttp", ("--no-text",), {}))
         # One append-only text.log instead of a file per request (same outputs otherwise).
-        rows.append(
-            ("llmbatch --client aiohttp --text-layout log", "aiohttp", ("--text-layout", "log"))
-        )
+        layout = ("--text-layout", "log")
+        rows.append(("llmbatch --client aiohttp --text-layout log", "aiohttp", layout, {}))
     return rows
 
 
@@ -123,6 +130,8 @@ def run_shape(
     prompts: Path,
     transport: str = "plain",
     trees: dict[str, Path] | None = None,
+    h2_streams: list[int] | None = None,
+    plain_h2: bool = True,
 ) -> tuple[list[Measure], dict[int, Measure]]:
     with_sdk = importlib.util.find_spec("openai") is not None and transport == "plain"
     out: list[Measure] = []
@@ -135,7 +144,7 @@ def run_shape(
                 m = run_bare(server, c, requests, loop=loop)
                 runs.setdefault("bare", []).append(m)
                 _progress(shape, rep, m)
-                for label, client, extra in variants(clients, transport):
+                for label, client, extra, env in variants(clients, transport, h2_streams or []):
                     m = run_llmbatch(
                         server,
                         c,
@@ -144,6 +153,7 @@ def run_shape(
                         client=client,
                         loop=loop,
                         extra_args=extra,
+                        extra_env=env,
                         label=label,
                     )
                     runs.setdefault(label, []).append(m)
@@ -162,7 +172,7 @@ def run_shape(
                     )
                     runs.setdefault(f"tree:{name}", []).append(m)
                     _progress(shape, rep, m)
-                if transport == "h2":
+                if transport == "h2" and plain_h2:
                     # httpcore alone, for its h2 stall: one AsyncClient(http2=True).
                     label = "plain httpx.AsyncClient(http2=True)"
                     m = run_bare(
@@ -207,6 +217,16 @@ def main(argv: list[str] | None = None) -> None:
         default="plain",
         help="plain: cleartext HTTP/1.1; tls: HTTPS HTTP/1.1; h2: HTTPS via hypercorn (h2)",
     )
+    ap.add_argument(
+        "--h2-streams",
+        type=int,
+        nargs="*",
+        default=[],
+        help="h2: also run --http2 with at most N streams per connection (BENCH_H2_STREAMS)",
+    )
+    ap.add_argument(
+        "--no-plain-h2", action="store_true", help="h2: skip the plain httpx.AsyncClient row"
+    )
     ap.add_argument("--json", type=Path, help="also write every median figure here")
     ap.add_argument(
         "--out-root",
@@ -246,6 +266,8 @@ def main(argv: list[str] | None = None) -> None:
                 prompts,
                 args.transport,
                 trees,
+                args.h2_streams,
+                not args.no_plain_h2,
             )
             s = SHAPES[shape]
             print(

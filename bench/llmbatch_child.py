@@ -7,6 +7,8 @@
   CPU is getrusage(RUSAGE_SELF), so the writer thread counts);
 - ``BENCH_HTTPX_POOL_SIZE``: connections per httpx client in the adapter's rotation
   (the adapter's ``pool_size`` default; ``0`` means a single pool of any size);
+- ``BENCH_H2_STREAMS``: at most this many streams per h2 connection in the httpx adapter
+  (below the server's SETTINGS_MAX_CONCURRENT_STREAMS; the default is httpcore's 100);
 - ``BENCH_PATCHES``: comma-separated hot-path experiments from bench.experiments.
 
 Nothing in llmbatch is changed on disk; the hooks are installed in memory.
@@ -49,6 +51,13 @@ def _install_hooks() -> None:
         defaults = httpx_adapter.HttpxAdapter.__init__.__kwdefaults__
         assert defaults is not None and "pool_size" in defaults
         defaults["pool_size"] = size
+    streams = os.environ.get("BENCH_H2_STREAMS")
+    if streams is not None:
+        from llmbatch.clients import httpx as httpx_adapter
+
+        defaults = httpx_adapter.HttpxAdapter.__init__.__kwdefaults__
+        assert defaults is not None and "h2_max_streams" in defaults
+        defaults["h2_max_streams"] = int(streams)
     patches = os.environ.get("BENCH_PATCHES")
     if patches:
         from .experiments import install

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import math
 import re
 import subprocess
@@ -141,6 +142,29 @@ async def test_full_connection_sends_requests_to_another(tmp_path: Path, certs: 
     assert summary["http_versions"] == {"HTTP/2": 200}
     assert server.stats.max_in_flight > 100
     assert math.ceil(200 / 25) <= server.stats.connections <= math.ceil(200 / 25 * 1.1)
+
+
+async def test_streams_per_connection_can_be_capped(h2_server: MockServer, certs: MockTLS) -> None:
+    from llmbatch.clients.httpx import HttpxAdapter
+
+    gate = asyncio.Event()
+    async with HttpxAdapter(
+        max_connections=40, timeouts=FAST, ca_bundle=certs.ca_file, http2=True, h2_max_streams=10
+    ) as client:
+        req = chat_request(h2_server.url)
+        held = type(req)(req.url, {**req.headers, "x-mock-ttft-ms": "60000"}, req.body)
+
+        async def one() -> None:
+            async with client.stream(held):
+                await gate.wait()
+
+        first = asyncio.create_task(one())  # the first request goes alone, sizing the lanes
+        await h2_server.wait_in_flight(1)
+        rest = [asyncio.create_task(one()) for _ in range(39)]
+        await h2_server.wait_in_flight(40)
+        gate.set()
+        await asyncio.gather(first, *rest)
+    assert h2_server.stats.connections == 4  # 40 streams, at most 10 per connection
 
 
 def test_cli_mock_server_tls_http2_prints_ca(tmp_path: Path) -> None:

@@ -13,7 +13,8 @@ unreleased). So with ``--http2`` each client of the rotation is a *lane* that ca
 one h2 connection, we count the streams in flight per lane, and a request goes to the
 least busy lane with a free stream, or to a new lane when every lane is full. A lane's
 capacity is the server's SETTINGS_MAX_CONCURRENT_STREAMS as httpcore applies it (capped
-by httpcore's own 100), read from the connection once known.
+by httpcore's own 100), read from the connection once known; ``h2_max_streams`` can cap
+it lower (measured: fewer streams per connection did not help, bench/RESULTS.md).
 """
 
 from __future__ import annotations
@@ -71,6 +72,7 @@ class HttpxAdapter(ClientAdapter):
         http2: bool = False,
         aiohttp_transport: bool = False,
         pool_size: int = DEFAULT_POOL_SIZE,
+        h2_max_streams: int = DEFAULT_H2_STREAMS,
     ) -> None:
         super().__init__(
             max_connections=max_connections,
@@ -92,7 +94,9 @@ class HttpxAdapter(ClientAdapter):
         # HTTP/2 only: lanes, and the streams a new lane is assumed to carry.
         self._pool_size = max(1, pool_size)
         self._lanes: list[_Lane] = []
-        self._lane_streams = DEFAULT_H2_STREAMS
+        # Streams per h2 connection at most, below the server's limit (bench hook).
+        self._h2_max_streams = max(1, h2_max_streams)
+        self._lane_streams = self._h2_max_streams
         # Set once the first response (or failure) told us what the server allows.
         self._lanes_sized = asyncio.Event()
         self._probing = False
@@ -157,7 +161,7 @@ class HttpxAdapter(ClientAdapter):
             return
         streams = _h2_stream_limit(lane.client)
         if streams is not None:
-            lane.capacity = self._lane_streams = streams
+            lane.capacity = self._lane_streams = min(streams, self._h2_max_streams)
 
     @asynccontextmanager
     async def stream(self, request: HTTPRequest) -> AsyncIterator[StreamingResponse]:
