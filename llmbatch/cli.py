@@ -349,7 +349,10 @@ def mock_server(
         int, typer.Option(min=1, help="HTTP/2: SETTINGS_MAX_CONCURRENT_STREAMS per connection.")
     ] = 100,
     tls_dir: Annotated[
-        Path | None, typer.Option(help="Where to write the certificates (default: a temp dir).")
+        Path | None,
+        typer.Option(
+            help="Where to write the certificates (default: a temp dir, removed on exit)."
+        ),
     ] = None,
 ) -> None:
     """Serve the mock (/v1/chat/completions, /v1/completions, /v1/messages, /v1/models)."""
@@ -394,6 +397,13 @@ def mock_server(
 
     if http2 and not tls:
         raise _fail("--http2 needs --tls (clients negotiate h2 through TLS ALPN)", EXIT_USAGE)
+    import shutil
+    import signal
+    import tempfile
+
+    own_dir = None
+    if tls and tls_dir is None:
+        own_dir = tls_dir = Path(tempfile.mkdtemp(prefix="llmbatch-mock-tls-"))
     try:
         certs = make_mock_tls(tls_dir) if tls else None
     except (RuntimeError, OSError) as exc:
@@ -409,8 +419,11 @@ def mock_server(
             typer.echo(
                 f"serving {proto} over TLS; trust its CA: --ca-bundle {certs.ca_file}", err=True
             )
+        stop = asyncio.Event()
+        # SIGTERM ends it like Ctrl-C, so the certificates it made are removed.
+        asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
         try:
-            await asyncio.Event().wait()
+            await stop.wait()
         finally:
             await server.close()
 
@@ -421,6 +434,9 @@ def mock_server(
         pass
     except OSError as exc:
         raise _fail(f"cannot listen on {host}:{port}: {exc.strerror}", EXIT_USAGE) from None
+    finally:
+        if own_dir is not None:
+            shutil.rmtree(own_dir, ignore_errors=True)
 
 
 def main() -> None:

@@ -15,7 +15,7 @@ import pytest
 
 from llmbatch.clients import make_client
 from llmbatch.config import Timeouts
-from llmbatch.errors import RateLimited, ServerError
+from llmbatch.errors import ConfigError, RateLimited, ServerError
 from llmbatch.mockserver import MockConfig, MockServer, expected_text, start_mock_server
 from llmbatch.mockserver.tls import MockTLS, make_mock_tls
 from llmbatch.runner import execute_run
@@ -129,11 +129,11 @@ async def test_thousand_streams_over_stream_limited_connections(
 
 @pytest.mark.timeout(120)
 async def test_full_connection_sends_requests_to_another(tmp_path: Path, certs: MockTLS) -> None:
-    # A server allowing 25 streams, 200 requests in flight, each held for 1 s: the
+    # A server allowing 25 streams, 200 requests in flight, each held for 2 s: the
     # server must see far more than 25 at once (no stall on one connection), over
     # about 200 / 25 connections.
     server = await start_mock_server(
-        MockConfig(tokens=2, ttft_s=1.0, itl_s=0.0), tls=certs, http2=True, max_streams=25
+        MockConfig(tokens=2, ttft_s=2.0, itl_s=0.0), tls=certs, http2=True, max_streams=25
     )
     try:
         records, summary = await _h2_run(tmp_path, server, certs, 200, 200)
@@ -165,6 +165,12 @@ async def test_streams_per_connection_can_be_capped(h2_server: MockServer, certs
         gate.set()
         await asyncio.gather(first, *rest)
     assert h2_server.stats.connections == 4  # 40 streams, at most 10 per connection
+
+
+@pytest.mark.parametrize("name", ["aiohttp", "httpx-aiohttp"])
+def test_http2_needs_httpx(name: str) -> None:
+    with pytest.raises(ConfigError, match="--http2 needs --client httpx"):
+        make_client(name, max_connections=1, timeouts=FAST, http2=True)
 
 
 def test_cli_mock_server_tls_http2_prints_ca(tmp_path: Path) -> None:
@@ -212,3 +218,5 @@ def test_cli_mock_server_tls_http2_prints_ca(tmp_path: Path) -> None:
         proc.wait(timeout=10)
         if proc.stderr is not None:
             proc.stderr.close()
+    assert proc.returncode == 0
+    assert not Path(ca.group(1)).parent.exists()  # its temporary certificates are removed
