@@ -136,9 +136,17 @@ TRANSPORTS = ("plain", "tls", "h2")
 
 @contextlib.contextmanager
 def mock_server(
-    *, tokens: int, ttft_ms: float, itl_ms: float, transport: str = "plain"
+    *,
+    tokens: int,
+    ttft_ms: float,
+    itl_ms: float,
+    transport: str = "plain",
+    extra: Sequence[str] = (),
 ) -> Iterator[MockServer]:
-    """Start the mock as a separate process; kill it (by pid) on exit."""
+    """Start the mock as a separate process; kill it (by pid) on exit.
+
+    ``extra``: more ``llmbatch mock-server`` flags (rate limits, faults).
+    """
     port = free_port()
     argv = [
         PY,
@@ -162,6 +170,7 @@ def mock_server(
         ca_file = tls_dir / "mock-ca.pem"
     if transport == "h2":
         argv += ["--http2", "--max-streams", "100"]
+    argv += list(extra)
     log = tempfile.TemporaryFile()
     proc = subprocess.Popen(argv, env=child_env(), stdout=log, stderr=log, cwd=ROOT)
     try:
