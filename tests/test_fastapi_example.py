@@ -33,8 +33,9 @@ def want(prompt: str, n: int) -> str:
 
 @pytest.fixture
 async def mock() -> AsyncIterator[MockServer]:
-    # Each answer takes ~1 s, so 300 concurrent callers really are in flight together.
-    server = await start_mock_server(MockConfig(tokens=8, ttft_s=0.8, itl_s=0.02))
+    # Each answer takes ~2 s, so 300 concurrent callers really are in flight together,
+    # even when a loaded machine is slow to get all of them sent.
+    server = await start_mock_server(MockConfig(tokens=8, ttft_s=2.0, itl_s=0.02))
     try:
         yield server
     finally:
