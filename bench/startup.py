@@ -50,13 +50,19 @@ def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--repeat", type=int, default=15)
     ap.add_argument("--baseline", type=Path, help="another checkout to measure alongside")
+    ap.add_argument(
+        "--out-root",
+        type=Path,
+        default=ROOT / "bench",
+        help="where the runs' directories go (file creation and fsync cost vary by disk)",
+    )
     args = ap.parse_args(argv)
     trees = {"this": ROOT} | ({"baseline": args.baseline.resolve()} if args.baseline else {})
     print(f"# bench.startup — {machine_line()}\n")
     rows = []
     with (
         mock_server(tokens=64, ttft_ms=0, itl_ms=0) as server,
-        tempfile.TemporaryDirectory(dir=ROOT / "bench") as tmp,
+        tempfile.TemporaryDirectory(dir=args.out_root) as tmp,
     ):
         prompts = Path(tmp) / "one.jsonl"
         prompts.write_text('{"id": "q1", "prompt": "hello"}\n')
