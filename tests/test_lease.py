@@ -1,0 +1,139 @@
+"""The cluster rate budget without Ray: N LeasedPacers sharing one LeaseGovernor."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import pytest
+
+from llmbatch.governor import RateGovernor
+from llmbatch.lease import LeasedPacer, LeaseGovernor, SyncReply, SyncRequest
+
+
+class Link:
+    """An in-process transport that behaves like a remote call: it yields, counts calls."""
+
+    def __init__(self, gov: LeaseGovernor, fail_first: int = 0) -> None:
+        self.gov = gov
+        self.calls = 0
+        self.fail_first = fail_first
+
+    async def __call__(self, req: SyncRequest) -> SyncReply:
+        self.calls += 1
+        await asyncio.sleep(0.001)
+        if self.calls <= self.fail_first:
+            raise ConnectionError("governor unreachable")
+        return self.gov.sync(req)
+
+
+async def pace(pacer: LeasedPacer) -> float:
+    """The engine's pacing loop (sleep the reservation, then until no pause is left)."""
+    wait_s = pacer.reserve(20, 10)
+    while wait_s > 0:
+        await asyncio.sleep(wait_s)
+        wait_s = pacer.paused_for_s()
+    return time.monotonic()
+
+
+def assert_conforms(sends: list[float], rate_per_s: float, burst: float) -> None:
+    """Token-bucket conformance: any k consecutive sends span >= (k - burst) / rate."""
+    sends = sorted(sends)
+    for i in range(len(sends)):
+        for j in range(i + 1, len(sends)):
+            allowed = burst + rate_per_s * (sends[j] - sends[i]) + 1.0  # +1: timer slack
+            assert j - i + 1 <= allowed, (i, j, sends[j] - sends[i])
+
+
+def _governor(rpm: float | None = 600, window_s: float = 6.0) -> LeaseGovernor:
+    # 600 per 6 s = 100 requests/s with a burst of 10, as the engine shapes a scaled limit.
+    return LeaseGovernor(
+        RateGovernor(
+            rpm=rpm, input_tpm=None, output_tpm=None, window_s=window_s, burst_s=window_s / 60
+        )
+    )
+
+
+@pytest.mark.timeout(30)
+async def test_three_workers_together_keep_one_limit() -> None:
+    gov = _governor()
+    link = Link(gov)
+    pacers = [LeasedPacer(link, worker=f"w{i}") for i in range(3)]
+    start = time.monotonic()
+    sends = await asyncio.gather(*(pace(pacers[i % 3]) for i in range(150)))
+    for p in pacers:
+        await p.aclose()
+    assert_conforms(list(sends), rate_per_s=100, burst=10)
+    assert max(sends) - start >= (150 - 10) / 100 - 0.05  # never faster than one process
+    assert gov.granted == 150 and sorted(gov.workers.values()) == [50, 50, 50]
+    assert link.calls < 150  # tickets waiting together go in one call
+
+
+@pytest.mark.timeout(30)
+async def test_unlimited_makes_no_call_per_request() -> None:
+    gov = _governor(rpm=None)
+    link = Link(gov)
+    pacer = LeasedPacer(link, worker="w0", limited=False)
+    sends = await asyncio.gather(*(pace(pacer) for _ in range(200)))
+    assert len(sends) == 200 and gov.granted == 0
+    assert link.calls <= 1
+    await pacer.aclose()
+
+
+@pytest.mark.timeout(30)
+async def test_a_limit_one_worker_reads_in_headers_binds_all() -> None:
+    gov = _governor(rpm=None)
+    link = Link(gov)
+    a = LeasedPacer(link, worker="a", limited=False)
+    b = LeasedPacer(link, worker="b", limited=False)
+    a.observe_headers({"X-RateLimit-Limit-Requests": "600", "content-type": "text/event-stream"})
+    await a.sync_now()
+    assert gov.snapshot()["limits"]["requests"]["limit"] == 600
+    await b.sync_now()
+    assert b.snapshot()["limited"]
+    sends = await asyncio.gather(*(pace(b) for _ in range(40)))
+    assert_conforms(list(sends), rate_per_s=100, burst=10)
+    assert gov.granted == 40
+    await a.aclose()
+    await b.aclose()
+
+
+@pytest.mark.timeout(30)
+async def test_a_429_on_one_worker_pauses_the_others() -> None:
+    gov = _governor()
+    link = Link(gov)
+    a, b = LeasedPacer(link, worker="a"), LeasedPacer(link, worker="b")
+    a.on_rate_limited(0.5)
+    assert a.paused_for_s() > 0.4
+    await a.sync_now()
+    await b.sync_now()
+    assert b.paused_for_s() > 0.3
+    t0 = time.monotonic()
+    await pace(b)
+    assert time.monotonic() - t0 > 0.3
+    await a.aclose()
+    await b.aclose()
+
+
+@pytest.mark.timeout(30)
+async def test_an_unreachable_governor_holds_requests_back_until_it_answers() -> None:
+    gov = _governor()
+    link = Link(gov, fail_first=2)
+    pacer = LeasedPacer(link, worker="w0")
+    sends = await asyncio.gather(*(pace(pacer) for _ in range(5)))
+    assert len(sends) == 5 and pacer.sync_errors == 2 and gov.granted == 5
+    await pacer.aclose()
+
+
+async def test_settlements_reach_the_governor() -> None:
+    gov = LeaseGovernor(
+        RateGovernor(rpm=None, input_tpm=None, output_tpm=None, total_tpm=6000, window_s=6.0)
+    )
+    pacer = LeasedPacer(Link(gov), worker="w0")
+    before = gov.snapshot()["limits"]["tokens"]["available"]
+    await pace(pacer)  # reserves 30 tokens
+    pacer.settle(20, 10, 20, 200)  # the answer was longer: 190 more
+    await pacer.sync_now()
+    after = gov.snapshot()["limits"]["tokens"]["available"]
+    assert after < before - 200 + 5  # 5: refill during the test
+    await pacer.aclose()
