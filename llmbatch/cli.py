@@ -187,6 +187,15 @@ def run(
         str | None,
         typer.Option(help="Run only shard I/N of the ids (stable hash), into its own run dir."),
     ] = None,
+    engine: Annotated[
+        str, typer.Option(help="local (one process) or ray (a Ray cluster; llmbatch[ray]).")
+    ] = "local",
+    ray_address: Annotated[
+        str | None, typer.Option(help="Ray cluster (default: RAY_ADDRESS, else a local Ray).")
+    ] = None,
+    ray_workers: Annotated[
+        int | None, typer.Option(min=1, help="Ray worker actors (default: one per node).")
+    ] = None,
 ) -> None:
     """Send every prompt of PROMPTS as a streaming chat completion; resumable."""
     from .errors import LLMBatchError
@@ -224,11 +233,45 @@ def run(
                 err=True,
             )
         slo_obj = _parse_slo(slo)
+        if engine not in ("local", "ray"):
+            raise _fail(f"--engine: expected local or ray, got {engine!r}", EXIT_USAGE)
         with one_line_per_cause():
+            if engine == "ray":
+                code = _run_ray(cfg, prompts, slo_obj, shard, ray_address, ray_workers)
+                raise typer.Exit(code)
             output = _run_loop(cfg, prompts, slo_obj, parse_shard(shard) if shard else None)
     except LLMBatchError as exc:
         raise _fail_for(exc) from None
     raise typer.Exit(_report_and_code(output))
+
+
+def _run_ray(
+    cfg: RunConfig,
+    prompts: Path,
+    slo: SLO,
+    shard: str | None,
+    address: str | None,
+    workers: int | None,
+) -> int:
+    import asyncio
+
+    from .ray_engine import execute_ray_run
+    from .report import format_summary
+    from .runner import default_run_dir
+
+    if shard:
+        raise _fail("--shard and --engine ray exclude each other (Ray spreads the ids)", 2)
+    run_dir = default_run_dir(cfg, prompts)
+    with asyncio.Runner(loop_factory=_loop_factory()) as runner:
+        out = runner.run(
+            execute_ray_run(cfg, prompts, run_dir, address=address, workers=workers, slo=slo)
+        )
+    typer.echo(format_summary(out.summary, out.run_dir))
+    per = out.summary["engine"]["records_per_worker"]
+    typer.echo("per worker: " + (", ".join(f"{w} {n}" for w, n in sorted(per.items())) or "-"))
+    return _exit_code(
+        out.stop_reason, out.abort_message, out.pending_left, out.failed, out.signal_received
+    )
 
 
 def _run_loop(cfg: RunConfig, prompts: Path, slo: SLO, shard: Shard | None) -> RunOutput:
@@ -253,25 +296,42 @@ def _loop_factory() -> Any:
 
 
 def _report_and_code(output: RunOutput) -> int:
-    import signal
-
-    from . import StopReason
     from .report import format_summary
 
     result = output.result
     summary = result.metrics.summary()
     typer.echo(format_summary(summary, output.run_dir))
-    if result.stop_reason == StopReason.ABORTED:
-        typer.echo(f"llmbatch: run aborted: {result.abort_message}", err=True)
+    return _exit_code(
+        result.stop_reason,
+        result.abort_message,
+        result.pending_left,
+        result.metrics.failed,
+        output.signal_received,
+    )
+
+
+def _exit_code(
+    stop_reason: str | None,
+    abort_message: str | None,
+    pending_left: bool,
+    failed: int,
+    signal_received: int | None,
+) -> int:
+    import signal
+
+    from . import StopReason
+
+    if stop_reason == StopReason.ABORTED:
+        typer.echo(f"llmbatch: run aborted: {abort_message}", err=True)
         typer.echo("llmbatch: fix the cause and run the same command to resume", err=True)
         return EXIT_ABORTED
-    if result.stop_reason == StopReason.INTERRUPTED:
+    if stop_reason == StopReason.INTERRUPTED:
         typer.echo("llmbatch: interrupted; run the same command to resume", err=True)
-        return EXIT_SIGTERM if output.signal_received == signal.SIGTERM else EXIT_SIGINT
-    if result.stop_reason == StopReason.MAX_RUNTIME and result.pending_left:
+        return EXIT_SIGTERM if signal_received == signal.SIGTERM else EXIT_SIGINT
+    if stop_reason == StopReason.MAX_RUNTIME and pending_left:
         typer.echo("llmbatch: --max-runtime reached; run the same command to resume", err=True)
         return EXIT_MAX_RUNTIME
-    if result.metrics.failed:
+    if failed:
         return EXIT_FAILED_REQUESTS
     return EXIT_OK
 

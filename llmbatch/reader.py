@@ -146,12 +146,15 @@ def iter_items(
 async def aiter_items(
     items: AsyncIterable[Any], source: str = "<prompts>"
 ) -> AsyncIterator[PromptRecord | InputError]:
-    """``iter_items`` for an async iterable."""
+    """``iter_items`` for an async iterable (parsed records pass as is here too)."""
     ids = _IdChecker(source)
     n = 0
     async for item in items:
         n += 1
-        yield ids.check(item, n)
+        if isinstance(item, PromptRecord | InputError):
+            yield item
+        else:
+            yield ids.check(item, n)
 
 
 def parse_item(

@@ -1,0 +1,181 @@
+"""Client CPU per streamed token: ``--engine ray`` (2 nodes) against one process.
+
+One invocation measures, against the same mock-server process and prompts file:
+
+1. the bare aiohttp loop (bench/bare.py), the reference of every bench;
+2. ``llmbatch run`` in one process (bench/llmbatch_child.py: work-phase CPU);
+3. ``llmbatch run --engine ray`` on a 2-node Ray cluster (tests/raycluster.py):
+   client CPU = the driver's work-phase CPU + each worker actor's CPU while its batch
+   ran + the governor actor's CPU, as the run's summary.json reports them. Ray's own
+   processes (raylet, GCS, ...) are shown on their own row (psutil, before/after).
+
+Ray must run in a loopback-only network namespace here, so the bench re-executes itself
+under ``unshare -n`` (everything it starts lives and dies inside). Usage::
+
+    .venv/bin/python -m bench.ray_overhead --requests 2000 --concurrency 300 --repeat 3
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from bench import harness
+from bench.harness import Measure, markdown_table, median_measure, ratio
+
+_IN_NS = "LLMBATCH_BENCH_NETNS"
+TOKENS = 64
+
+
+def _cluster_cpu_s(cluster: Any) -> dict[str, float]:
+    """CPU seconds so far of each Ray system process of ``cluster`` (by pid)."""
+    import psutil
+
+    out: dict[str, float] = {}
+    for proc in (cluster.head, cluster.worker):
+        if proc is None:
+            continue
+        try:
+            root = psutil.Process(proc.pid)
+            tree = [root, *root.children(recursive=True)]
+        except psutil.Error:
+            continue
+        for p in tree:
+            try:
+                name = p.name()
+                if name.startswith("ray::") and "Actor" in name:
+                    continue  # the actors report their own CPU
+                t = p.cpu_times()
+                out[f"{p.pid}:{name}"] = t.user + t.system
+            except psutil.Error:
+                pass
+    return out
+
+
+def run_ray(
+    cluster: Any, server: harness.MockServer, prompts: Path, n: int, c: int, label: str
+) -> tuple[Measure, Measure, float]:
+    """One Ray run: (client measure, Ray-system measure, Ray system CPU s)."""
+    with harness.work_tmpdir() as tmp:
+        run_dir = Path(tmp) / "run"
+        argv = [str(harness.ROOT / ".venv" / "bin" / "llmbatch")]
+        if not Path(argv[0]).exists():
+            argv = [harness.PY, "-m", "llmbatch"]
+        argv += ["run", str(prompts), "--engine", "ray", "--ray-address", cluster.address]
+        argv += ["--ray-workers", "2", "--provider", "vllm", "--base-url", server.base_url]
+        argv += ["--model", "mock-model", "--concurrency", str(c), "--no-progress"]
+        argv += ["--out", str(run_dir)]
+        before = _cluster_cpu_s(cluster)
+        env = {**cluster.env, **harness.child_env()}
+        env.pop("RAY_ADDRESS", None)
+        res = harness.run_child(argv, timeout_s=300, env=env, cwd=Path(tmp))
+        after = _cluster_cpu_s(cluster)
+        errors, kinds, retries = harness.count_result_errors(run_dir, n)
+        try:
+            summary = orjson.loads((run_dir / "summary.json").read_bytes())
+        except (OSError, ValueError):
+            summary = {}
+    eng = summary.get("engine") or {}
+    actors_s = sum(float(w.get("cpu_s") or 0.0) for w in eng.get("worker_stats") or [])
+    gov_s = float((eng.get("rate_budget") or {}).get("cpu_s") or 0.0)
+    driver_s = float(eng.get("driver_cpu_s") or 0.0)
+    system_s = sum(v - before.get(k, 0.0) for k, v in after.items())
+    note = "" if res.returncode in (0, 1) else f"exit {res.returncode}: {res.stderr[-300:]}"
+    tokens = (n - errors) * TOKENS
+    client = Measure(
+        label=label,
+        concurrency=c,
+        requests=n,
+        tokens=tokens,
+        errors=errors,
+        error_kinds=kinds,
+        wall_s=float(summary.get("duration_s") or res.wall_s),
+        proc_wall_s=res.wall_s,
+        cpu_s=res.cpu_s + actors_s + gov_s,
+        work_cpu_s=driver_s + actors_s + gov_s,
+        retries=retries,
+        note=note,
+    )
+    system = Measure(
+        label="  Ray's own processes (raylet, GCS, ...)",
+        concurrency=c,
+        requests=n,
+        tokens=tokens,
+        errors=0,
+        cpu_s=system_s,
+        work_cpu_s=system_s,
+    )
+    return client, system, driver_s
+
+
+def inside(args: argparse.Namespace) -> None:
+    from tests.raycluster import Cluster
+
+    subprocess.run(["ip", "link", "set", "lo", "up"], check=True)
+    n, c = args.requests, args.concurrency
+    print(harness.machine_line(), file=sys.stderr)
+    with harness.mock_server(tokens=TOKENS, ttft_ms=0, itl_ms=0) as server:
+        with harness.work_tmpdir() as tmp:
+            prompts = harness.write_prompts(Path(tmp) / "prompts.jsonl", n)
+            cluster = Cluster(Path(tmp))
+            cluster.start()
+            try:
+                bare, single, ray, system = [], [], [], []
+                for i in range(args.repeat):
+                    print(f"repeat {i + 1}/{args.repeat}", file=sys.stderr)
+                    bare.append(harness.run_bare(server, c, n))
+                    single.append(harness.run_llmbatch(server, c, prompts, n, client="aiohttp"))
+                    m, s, _ = run_ray(cluster, server, prompts, n, c, "llmbatch --engine ray")
+                    ray.append(m)
+                    system.append(s)
+            finally:
+                cluster.stop()
+    rows = [median_measure(x) for x in (bare, single, ray, system)]
+    b, one = rows[0], rows[1]
+    headers = ["client", "errors", "wall s", "CPU µs/token (work)", "vs bare", "vs one process"]
+    headers += ["CPU µs/token (process)", "vs bare", "vs one process"]
+    table = []
+    for m in rows:
+        table.append(
+            [
+                m.label,
+                harness.fmt_errors(m),
+                f"{m.wall_s:.2f}",
+                f"{m.work_us_per_token:.1f}",
+                ratio(m.work_us_per_token, b.work_us_per_token),
+                ratio(m.work_us_per_token, one.work_us_per_token),
+                f"{m.us_per_token:.1f}",
+                ratio(m.us_per_token, b.us_per_token),
+                ratio(m.us_per_token, one.us_per_token),
+            ]
+        )
+    print(
+        f"\n{n} requests, {TOKENS} tokens at once, --concurrency {c} (cluster-wide for Ray: "
+        f"2 workers of {c // 2}), median of {args.repeat}\n"
+    )
+    print(markdown_table(headers, table))
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--requests", type=int, default=2000)
+    ap.add_argument("--concurrency", type=int, default=300)
+    ap.add_argument("--repeat", type=int, default=1)
+    args = ap.parse_args(argv)
+    if os.environ.get(_IN_NS) != "1":
+        # Ray needs a loopback-only network: run this module again in a fresh namespace.
+        cmd = ["unshare", "-n", sys.executable, "-m", "bench.ray_overhead", *sys.argv[1:]]
+        env = {**os.environ, _IN_NS: "1"}
+        env.pop("RAY_ADDRESS", None)
+        sys.exit(subprocess.run(cmd, env=env, cwd=harness.ROOT).returncode)
+    inside(args)
+
+
+if __name__ == "__main__":
+    main()

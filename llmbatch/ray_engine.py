@@ -1,0 +1,685 @@
+"""``--engine ray``: one batch over a Ray cluster, with the results of one process.
+
+Layout of a run directory written by this engine (the driver's view)::
+
+    run.json, .lock, results.jsonl, text/, summary.json   as for one process
+    parts/<session>-w<k>/   one ordinary run directory per worker actor and session
+
+The pieces:
+
+- **Driver** (the ``llmbatch run`` process): holds the run directory's lock, reads the
+  prompts file once and in order (so ids, automatic ids and bad lines are exactly a
+  single-process run's), skips ids already done, and pushes the rest in small chunks to
+  the workers; a worker's bounded queue pushes back, so no process holds more than
+  O(concurrency) prompts. It folds the workers' records into the run directory as they
+  are committed (``_Consolidator``) and writes summary.json with cluster-wide figures
+  and per-worker counts.
+- **Workers** (``WorkerActor``, one per node by default, spread): each runs one
+  ``llmbatch.Client`` with its share of ``--concurrency`` and one ``Client.batch`` into
+  its own part directory, so text streams into ``text/<id>.partial`` there and every
+  record is committed by the library's own protocol (text renamed, then the line).
+- **Rate budget** (``GovernorActor``): one :class:`~llmbatch.lease.LeaseGovernor` for the
+  cluster; every worker's client paces through a :class:`~llmbatch.lease.LeasedPacer`.
+
+Crash safety follows from the commit protocol: a record exists once its line is in a
+part's results.jsonl; the driver links the text into ``text/`` before it appends the
+line to the top-level results.jsonl, and a part directory is removed only when all its
+records are in the top level. A re-run after the driver or a worker node was killed
+first folds every part left behind (each id once), then sends what has no record.
+
+Ray is imported only here, and only when this engine runs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import fcntl
+import os
+import shutil
+import signal
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from .config import RunConfig, resolve_api_key
+from .engine import StopReason
+from .errors import ConfigError, InputError, RunDirError
+from .governor import RateGovernor
+from .identity import run_identity
+from .lease import LeasedPacer, LeaseGovernor, SyncReply, SyncRequest
+from .merge import link_or_copy
+from .metrics import SLO
+from .records import PromptRecord
+from .report import summary_from_results
+from .runner import open_prompts
+from .writer import RESULTS, SUMMARY, ResumeIndex, RunDir
+
+__all__ = ["GovernorActor", "RayRunOutput", "WorkerActor", "execute_ray_run"]
+
+PARTS_DIR = "parts"
+CHUNK_MAX = 64
+_LOCK_WAIT_S = 60.0  # how long a re-run waits for a dead run's workers to let go
+
+
+@dataclass
+class RayRunOutput:
+    """What the CLI needs after a Ray run (the summary is cluster-wide)."""
+
+    summary: dict[str, Any]
+    run_dir: Path
+    stop_reason: str | None
+    abort_message: str | None
+    pending_left: bool
+    failed: int
+    signal_received: int | None = None
+
+
+# -- the rate budget actor --------------------------------------------------------------
+def make_rate_governor(cfg: RunConfig) -> RateGovernor:
+    """The cluster's one governor, shaped as a single process shapes its own."""
+    lim = cfg.provider.limits
+    return RateGovernor(
+        rpm=lim.rpm,
+        input_tpm=lim.input_tpm,
+        output_tpm=lim.output_tpm,
+        total_tpm=lim.tpm,
+        window_s=lim.window_s,
+        burst_s=lim.window_s / 60.0,
+    )
+
+
+def has_limits(cfg: RunConfig) -> bool:
+    """True when any rate limit is configured (then every request waits for a grant)."""
+    lim = cfg.provider.limits
+    return any(v is not None for v in (lim.rpm, lim.input_tpm, lim.output_tpm, lim.tpm))
+
+
+class GovernorActor:
+    """The Ray actor holding the cluster's LeaseGovernor (its calls run one at a time)."""
+
+    def __init__(self, cfg: RunConfig) -> None:
+        self._lease = LeaseGovernor(make_rate_governor(cfg))
+        self._cpu0_s = time.process_time()
+
+    def sync(self, req: SyncRequest) -> SyncReply:
+        """One worker's batch of tickets and news (see lease.py)."""
+        return self._lease.sync(req)
+
+    def snapshot(self) -> dict[str, Any]:
+        """Limits, balances and grants, and this actor's CPU time, for summary.json."""
+        return {**self._lease.snapshot(), "cpu_s": round(time.process_time() - self._cpu0_s, 4)}
+
+
+# -- the worker actor -----------------------------------------------------------------------
+# Items travel as PromptRecords; a bad line as this tuple (exceptions with keyword-only
+# arguments do not pickle), turned back into the InputError the batch records.
+_BadLine = tuple[str, str, str, int | None]
+
+
+def _encode(item: PromptRecord | InputError) -> PromptRecord | _BadLine:
+    if isinstance(item, InputError):
+        return ("input_error", item.reason, item.path, item.line_no)
+    return item
+
+
+def _decode(item: PromptRecord | _BadLine) -> PromptRecord | InputError:
+    if isinstance(item, PromptRecord):
+        return item
+    _, reason, path, line_no = item
+    return InputError(reason, path=path, line_no=line_no)
+
+
+@dataclass
+class _WorkerCounts:
+    done: int = 0
+    succeeded: int = 0
+    failed: int = 0
+    output_tokens: int = 0
+
+
+class WorkerActor:
+    """One Ray worker: an llmbatch Client with its share of the concurrency, one batch
+    into its own part directory, fed by the driver through ``push``."""
+
+    def __init__(
+        self,
+        cfg: RunConfig,
+        *,
+        api_key: str | None,
+        name: str,
+        part_dir: str,
+        meta: dict[str, Any],
+        governor: Any,
+    ) -> None:
+        self._cfg = cfg
+        self._api_key = api_key
+        self._name = name
+        self._part_dir = Path(part_dir)
+        self._meta = meta
+        self._governor = governor
+        self._queue: asyncio.Queue[PromptRecord | _BadLine | None] = asyncio.Queue(
+            maxsize=max(2, cfg.concurrency)
+        )
+        self._counts = _WorkerCounts()
+        self._batch: Any = None
+        self._live: Any = None  # the engine's live counts, once the batch runs
+
+    async def push(self, items: list[PromptRecord | _BadLine]) -> int:
+        """Queue ``items``; returns once all are queued (the driver's back-pressure)."""
+        for item in items:
+            await self._queue.put(item)
+        return len(items)
+
+    async def close_feed(self) -> None:
+        """No more prompts: the batch ends once the queued ones are done."""
+        await self._queue.put(None)
+
+    def stop(self, grace_s: float | None = None) -> None:
+        """Take no more prompts; let requests in flight finish within ``grace_s``."""
+        if self._batch is not None:
+            self._batch.stop(grace_s=grace_s)
+
+    def stats(self) -> dict[str, Any]:
+        """Counts so far, for the driver's progress line."""
+        c = self._counts
+        return {
+            "worker": self._name,
+            "pid": os.getpid(),
+            "done": c.done,
+            "succeeded": c.succeeded,
+            "failed": c.failed,
+            "output_tokens": c.output_tokens,
+            "in_flight": self._live.in_flight if self._live is not None else 0,
+        }
+
+    async def _feed(self) -> Any:
+        while (item := await self._queue.get()) is not None:
+            yield _decode(item)
+
+    async def run(self) -> dict[str, Any]:
+        """Run the batch until the feed closes or ``stop``; how it ended, and the counts."""
+        import llmbatch
+
+        token = self._part_dir.with_name(self._part_dir.name + ".token")
+        try:
+            seen = token.read_text()
+        except OSError:
+            seen = None
+        if seen != self._name:
+            raise RunDirError(
+                f"{self._part_dir.parent.parent}: not visible from worker {self._name} "
+                f"(pid {os.getpid()}); the run directory must be on a file system every "
+                "worker node shares, at the same path"
+            )
+        cfg = self._cfg
+        cpu0_s = time.process_time()
+        client = llmbatch.Client.from_run_config(cfg, api_key=self._api_key)
+        governor = self._governor
+
+        async def transport(req: SyncRequest) -> SyncReply:
+            reply: SyncReply = await governor.sync.remote(req)
+            return reply
+
+        pacer = LeasedPacer(transport, worker=self._name, limited=has_limits(cfg))
+        async with client:
+            # The engine's rate-governor seam: this client paces by the cluster budget.
+            client.engine.governor = pacer
+            self._live = client.engine.live
+            batch = client.batch(
+                self._feed(),
+                self._part_dir,
+                text_files=cfg.text_files,
+                keep_partial=cfg.keep_partial,
+                meta=self._meta,
+            )
+            self._batch = batch
+            c = self._counts
+            try:
+                async with batch:
+                    async for result in batch:
+                        c.done += 1
+                        if result.ok:
+                            c.succeeded += 1
+                        else:
+                            c.failed += 1
+                        c.output_tokens += result.usage.output_tokens
+            finally:
+                await pacer.aclose()
+            end = batch.end
+        return {
+            **self.stats(),
+            "stop_reason": end.stop_reason if end is not None else None,
+            "abort_message": end.abort_message if end is not None else None,
+            "cpu_s": round(time.process_time() - cpu0_s, 4),  # this actor's process
+        }
+
+
+# -- folding the workers' records into the run directory ---------------------------------------
+@dataclass
+class _Part:
+    path: Path
+    worker: str
+    offset: int = 0
+    records: int = 0
+
+
+@dataclass
+class _Consolidator:
+    """Appends each part's committed records to the top-level results.jsonl, once per id."""
+
+    run_dir: Path
+    rundir: RunDir
+    index: ResumeIndex
+    skip_failed: bool = False
+    parts: list[_Part] = field(default_factory=list)
+    added: int = 0
+    added_failed: int = 0
+    per_worker: dict[str, int] = field(default_factory=dict)
+
+    def absorb(self, part: _Part) -> int:
+        """Fold the complete lines ``part`` gained since the last call; returns how many."""
+        try:
+            fh = open(part.path / RESULTS, "rb")  # noqa: SIM115 - closed below
+        except FileNotFoundError:
+            return 0
+        with fh:
+            fh.seek(part.offset)
+            data = fh.read()
+        end = data.rfind(b"\n") + 1  # a line still being written waits for the next call
+        if end == 0:
+            return 0
+        part.offset += end
+        n = 0
+        for raw in data[:end].splitlines():
+            try:
+                rec = orjson.loads(raw)
+            except orjson.JSONDecodeError:
+                continue  # damaged: its request has no record and runs again
+            rid = rec.get("custom_id") if isinstance(rec, dict) else None
+            if not isinstance(rid, str) or rid in self.index:
+                continue
+            failed = rec.get("error") is not None
+            if failed and self.skip_failed:
+                continue
+            rel = (rec.get("llmbatch") or {}).get("text_file")
+            if isinstance(rel, str) and (part.path / rel).is_file():
+                link_or_copy(part.path / rel, self.run_dir / rel)  # text before its line
+            self.rundir.add_result(rec)
+            self.index.add(rid)
+            self.added += 1
+            self.added_failed += failed
+            part.records += 1
+            self.per_worker[part.worker] = self.per_worker.get(part.worker, 0) + 1
+            n += 1
+        return n
+
+    async def absorb_all(self) -> int:
+        """Fold every part's new lines and write them out."""
+        n = sum(self.absorb(p) for p in self.parts)
+        if n:
+            await self.rundir.flush()
+        return n
+
+    async def absorb_leftovers(self) -> int:
+        """Fold and remove the parts a killed run left (waiting for their locks)."""
+        root = self.run_dir / PARTS_DIR
+        if not root.is_dir():
+            return 0
+        n = 0
+        for token in root.glob("*.token"):
+            token.unlink(missing_ok=True)
+        for path in sorted(p for p in root.iterdir() if p.is_dir()):
+            fd = await _wait_for_lock(path)
+            try:
+                part = _Part(path, worker=f"earlier:{path.name}")
+                n += self.absorb(part)
+                await self.rundir.flush()
+            finally:
+                if fd >= 0:
+                    os.close(fd)
+            shutil.rmtree(path, ignore_errors=True)
+        return n
+
+    async def finish(self) -> None:
+        """Fold what is left, then remove the parts (every record is in the top level)."""
+        await self.absorb_all()
+        for p in self.parts:
+            shutil.rmtree(p.path, ignore_errors=True)
+            p.path.with_name(p.path.name + ".token").unlink(missing_ok=True)
+        with contextlib.suppress(OSError):
+            (self.run_dir / PARTS_DIR).rmdir()
+
+
+async def _wait_for_lock(path: Path) -> int:
+    """The part's lock, once no process holds it (-1 when it has no lock file)."""
+    try:
+        fd = os.open(path / ".lock", os.O_RDWR)
+    except FileNotFoundError:
+        return -1
+    deadline = time.monotonic() + _LOCK_WAIT_S
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return fd
+        except BlockingIOError:
+            if time.monotonic() > deadline:
+                os.close(fd)
+                raise RunDirError(
+                    f"{path}: a worker of an earlier run still writes it; wait, then run again"
+                ) from None
+            await asyncio.sleep(0.2)  # a killed driver's actors are being torn down
+
+
+# -- the driver -------------------------------------------------------------------------------
+def _import_ray() -> Any:
+    try:
+        import ray
+        import ray.util.scheduling_strategies
+    except ImportError:
+        raise ConfigError("--engine ray needs Ray: pip install 'llmbatch[ray]'") from None
+    return ray
+
+
+def _shares(total: int, n: int) -> list[int]:
+    """``total`` concurrency split over ``n`` workers (the first get the remainder)."""
+    base, extra = divmod(total, n)
+    return [base + (1 if i < extra else 0) for i in range(n)]
+
+
+def _chunks(items: Iterator[PromptRecord | InputError], size: int) -> Iterator[list[Any]]:
+    chunk: list[Any] = []
+    for item in items:
+        chunk.append(_encode(item))
+        if len(chunk) >= size:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk
+
+
+async def execute_ray_run(
+    cfg: RunConfig,
+    prompts: Path,
+    run_dir: Path,
+    *,
+    address: str | None = None,
+    workers: int | None = None,
+    slo: SLO | None = None,
+    install_signal_handlers: bool = True,
+    progress_every_s: float = 10.0,
+) -> RayRunOutput:
+    """Run every prompt of ``prompts`` on a Ray cluster into ``run_dir``; resumable.
+
+    ``address`` is the cluster (default ``RAY_ADDRESS``, else a local Ray started for
+    the run); ``workers`` the number of worker actors (default: one per alive node),
+    which share ``cfg.concurrency``. The run directory must be visible at the same path
+    on every node that runs a worker (the driver's disk for one machine, else a shared
+    file system).
+    """
+    ray = _import_ray()
+    api_key = resolve_api_key(cfg.provider)
+    items = open_prompts(prompts)
+    meta = run_identity(cfg, prompts)
+    meta["engine"] = "ray"
+    rundir, index = RunDir.open(
+        run_dir,
+        meta,
+        retry_failed=cfg.retry_failed,
+        text_files=cfg.text_files,
+        force_resume=cfg.force_resume,
+    )
+    cons = _Consolidator(run_dir, rundir, index, skip_failed=cfg.retry_failed)
+    signal_received: int | None = None
+    stop_reason: str | None = None
+    abort_message: str | None = None
+    pending_left = False
+    actors: list[Any] = []
+    ends: list[Any] = []
+    gov_snapshot: Any = None
+    driver_cpu_s = 0.0
+    started = time.monotonic()
+    loop = asyncio.get_running_loop()
+    try:
+        await cons.absorb_leftovers()
+        if not ray.is_initialized():
+            ray.init(address=address, log_to_driver=False, configure_logging=False)
+        driver_cpu0_s = time.process_time()  # the driver's own work, after connecting
+        nodes = [n for n in ray.nodes() if n.get("Alive")]
+        node_ids = [str(n["NodeID"]) for n in nodes] or [ray.get_runtime_context().get_node_id()]
+        n_workers = workers or max(1, len(nodes))
+        shares = [s for s in _shares(max(cfg.concurrency, n_workers), n_workers) if s > 0]
+        # The budget lives on the driver's node: it must outlive any worker node.
+        here = ray.util.scheduling_strategies.NodeAffinitySchedulingStrategy(
+            node_id=ray.get_runtime_context().get_node_id(), soft=True
+        )
+        governor = (
+            ray.remote(GovernorActor).options(num_cpus=0, scheduling_strategy=here).remote(cfg)
+        )
+        worker_cls = ray.remote(WorkerActor)
+        session = f"{time.strftime('%Y%m%dT%H%M%S')}-{os.getpid()}"
+        (run_dir / PARTS_DIR).mkdir(exist_ok=True)
+        for k, share in enumerate(shares):
+            name = f"w{k}"
+            part = run_dir / PARTS_DIR / f"{session}-{name}"
+            cons.parts.append(_Part(part, worker=name))
+            part.with_name(part.name + ".token").write_text(name)  # the worker checks it
+            actors.append(
+                worker_cls.options(
+                    num_cpus=0,
+                    # Round-robin over the nodes (soft: a node gone meanwhile is no error).
+                    scheduling_strategy=ray.util.scheduling_strategies.NodeAffinitySchedulingStrategy(
+                        node_id=node_ids[k % len(node_ids)], soft=True
+                    ),
+                    max_concurrency=1000,
+                ).remote(
+                    dataclasses.replace(cfg, concurrency=share, max_concurrency=max(share, 1)),
+                    api_key=api_key,
+                    name=name,
+                    part_dir=str(part.resolve()),
+                    meta={**meta, "part_of": str(run_dir.resolve()), "worker": name},
+                    governor=governor,
+                )
+            )
+        runs = [a.run.remote() for a in actors]
+        todo = (item for item in items if _item_id(item) not in index)
+        chunk_size = max(1, min(CHUNK_MAX, min(shares) // 2 or 1))
+        chunks = _chunks(todo, chunk_size)
+        lost: list[str] = []
+        stopping = asyncio.Event()
+
+        def on_signal(signum: int) -> None:
+            nonlocal signal_received, stop_reason
+            if signal_received is None:
+                signal_received = signum
+                stop_reason = StopReason.INTERRUPTED
+                print(
+                    f"llmbatch: {signal.Signals(signum).name}: stopping the workers "
+                    f"(up to {cfg.grace_s:g}s); signal again to stop now",
+                    file=sys.stderr,
+                    flush=True,
+                )
+                stopping.set()
+                for a in actors:
+                    a.stop.remote()
+            else:
+                for a in actors:
+                    a.stop.remote(0.0)
+
+        if install_signal_handlers:
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                loop.add_signal_handler(sig, on_signal, sig)
+
+        async def feed(k: int) -> None:
+            actor = actors[k]
+            try:
+                for chunk in chunks:
+                    if stopping.is_set():
+                        break
+                    await actor.push.remote(chunk)
+                await actor.close_feed.remote()
+            except ray.exceptions.RayError as exc:
+                lost.append(f"{actor_name(k)}: {_cause(exc)}")
+                stopping.set()
+                for a in actors:
+                    a.stop.remote()
+
+        def actor_name(k: int) -> str:
+            return f"w{k}"
+
+        deadline = None
+        if cfg.max_runtime_s is not None:
+
+            def at_deadline() -> None:
+                nonlocal stop_reason
+                stop_reason = stop_reason or StopReason.MAX_RUNTIME
+                stopping.set()
+                for a in actors:
+                    a.stop.remote()
+
+            deadline = loop.call_later(cfg.max_runtime_s, at_deadline)
+
+        feeders = [asyncio.ensure_future(feed(k)) for k in range(len(actors))]
+        ends = [None] * len(actors)
+
+        async def wait_run(k: int) -> None:
+            try:
+                ends[k] = await runs[k]
+            except ray.exceptions.RayError as exc:
+                lost.append(f"{actor_name(k)}: {_cause(exc)}")
+                stopping.set()
+                for a in actors:
+                    a.stop.remote()
+
+        waiters = [asyncio.ensure_future(wait_run(k)) for k in range(len(actors))]
+        last_summary = last_log = time.monotonic()
+        all_runs = asyncio.gather(*waiters)
+        while not all_runs.done():
+            await asyncio.wait({all_runs}, timeout=0.5)
+            await cons.absorb_all()
+            now = time.monotonic()
+            if now - last_summary >= 2.0:
+                last_summary = now
+                rundir.write_summary(_live_summary(cons, started))
+            if now - last_log >= progress_every_s:
+                last_log = now
+                print(_progress_line(cons, index, started), file=sys.stderr, flush=True)
+        for f in feeders:
+            f.cancel()
+        if deadline is not None:
+            deadline.cancel()
+        if install_signal_handlers:
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                loop.remove_signal_handler(sig)
+        await cons.finish()
+        for end in ends:
+            if end and end.get("stop_reason") == StopReason.ABORTED:
+                stop_reason = StopReason.ABORTED
+                abort_message = end.get("abort_message")
+        if lost:
+            stop_reason = StopReason.ABORTED
+            abort_message = (
+                "worker lost ("
+                + "; ".join(dict.fromkeys(lost))
+                + "); its prompts run again on re-run"
+            )
+        pending_left = stop_reason is not None
+        try:
+            gov_snapshot = await governor.snapshot.remote()
+        except ray.exceptions.RayError:
+            gov_snapshot = None
+        for a in [*actors, governor]:
+            with contextlib.suppress(Exception):
+                ray.kill(a)
+        driver_cpu_s = time.process_time() - driver_cpu0_s
+    finally:
+        await rundir.aclose()
+    summary = summary_from_results(run_dir / RESULTS, slo=slo)
+    summary["engine"] = {
+        "name": "ray",
+        "workers": len(actors),
+        "records_per_worker": dict(cons.per_worker),
+        "this_session_records": cons.added,
+        "worker_stats": [e for e in ends if e],
+        "rate_budget": gov_snapshot,
+        "driver_cpu_s": round(driver_cpu_s, 4),
+    }
+    (run_dir / SUMMARY).write_bytes(
+        orjson.dumps(summary, option=orjson.OPT_INDENT_2 | orjson.OPT_NON_STR_KEYS)
+    )
+    return RayRunOutput(
+        summary=summary,
+        run_dir=run_dir,
+        stop_reason=stop_reason,
+        abort_message=abort_message,
+        pending_left=pending_left,
+        failed=cons.added_failed,
+        signal_received=signal_received,
+    )
+
+
+def _cause(exc: BaseException) -> str:
+    """What ended a worker: its own error when it raised one, else how Ray saw it die."""
+    cause = getattr(exc, "cause", None)
+    if isinstance(cause, BaseException):
+        return f"{type(cause).__name__}: {cause}"
+    return type(exc).__name__
+
+
+def _item_id(item: PromptRecord | InputError) -> str:
+    from .shard import item_id
+
+    return item_id(item)
+
+
+def _live_summary(cons: _Consolidator, started: float) -> dict[str, Any]:
+    return {
+        "engine": "ray",
+        "running": True,
+        "duration_s": round(time.monotonic() - started, 3),
+        "requests": {"this_session_records": cons.added, "done_total": len(cons.index)},
+        "records_per_worker": dict(cons.per_worker),
+    }
+
+
+def _progress_line(cons: _Consolidator, index: ResumeIndex, started: float) -> str:
+    per = ", ".join(f"{w} {n}" for w, n in sorted(cons.per_worker.items()))
+    return (
+        f"llmbatch: ray: {cons.added} done this run ({cons.added_failed} failed), "
+        f"{len(index)} in all, {time.monotonic() - started:.0f}s; per worker: {per or '-'}"
+    )
+
+
+def run_on_ray(
+    prompts: str | os.PathLike[str],
+    out_dir: str | os.PathLike[str],
+    *,
+    address: str | None = None,
+    workers: int | None = None,
+    **flags: Any,
+) -> RayRunOutput:
+    """``llmbatch run PROMPTS --engine ray --out OUT_DIR`` from Python (sync).
+
+    ``flags`` are the CLI's option names (``provider``, ``base_url``, ``model``,
+    ``concurrency``, ``rpm``, ...), over ``./config.toml`` when present; no ``LLMBATCH_*``
+    variable is read. Raises the llmbatch error that stopped the run (LLMBatchError).
+    """
+    from .config import load_config
+
+    cfg = load_config(None, flags={**flags, "run_dir": os.fspath(out_dir)}, environ={})
+    return asyncio.run(
+        execute_ray_run(
+            cfg,
+            Path(os.fspath(prompts)),
+            Path(os.fspath(out_dir)),
+            address=address,
+            workers=workers,
+            install_signal_handlers=False,
+        )
+    )

@@ -1,0 +1,298 @@
+"""A 2-node Ray cluster on loopback only, for the Ray engine's tests and bench.
+
+Ray replaces 127.0.0.1 with the host's interface address, so the cluster runs inside
+a fresh network namespace that has nothing but loopback: the test runs
+
+    unshare -n python -m tests.raycluster SCENARIO WORK_DIR
+
+and this module, inside the namespace, brings up ``lo``, starts the mock server, a
+head node and a worker node (``ray start --block``, so each node is one process tree
+we own by pid), runs the scenario's ``llmbatch run --engine ray`` commands, and writes
+WORK_DIR/report.json (exit codes, what the mock saw). It then stops both nodes by
+their pids (never ``ray stop``, which would look for Ray processes by name).
+
+Scenarios: ``exact`` (WORK_DIR/prompts.jsonl through the cluster under a scaled rate
+limit, with transient faults), ``kill-worker`` (SIGKILL of the worker node's processes
+mid-run, then the same command again), ``kill-driver`` (SIGKILL of the driver mid-run,
+then again), ``bench`` (see bench/ray_overhead.py).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import psutil
+
+from llmbatch.mockserver import MockConfig, start_mock_server
+
+BIN = Path(sys.executable).parent
+# A node that stops answering is declared dead within ~2 s instead of ~30 s.
+RAY_ENV = {
+    "RAY_health_check_period_ms": "500",
+    "RAY_health_check_timeout_ms": "500",
+    "RAY_health_check_failure_threshold": "3",
+    "RAY_USAGE_STATS_ENABLED": "0",
+}
+
+# The mock of the scenarios: ~5% of prompts hit a transient fault on their first try.
+FAULTS = {"500": 0.02, "disconnect": 0.015, "reset": 0.015}
+RPM = 600.0  # per LIMIT_WINDOW_S: a 600 RPM limit with time scaled down 10x
+LIMIT_WINDOW_S = 6.0
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _wait_port(port: int, timeout_s: float) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.1)
+    raise TimeoutError(f"nothing listens on 127.0.0.1:{port}")
+
+
+class Cluster:
+    """A head and a worker node, each one ``ray start --block`` process tree."""
+
+    def __init__(self, work: Path) -> None:
+        self.work = work
+        self.port = _free_port()
+        self.address = f"127.0.0.1:{self.port}"
+        # Ray's unix sockets must stay under ~100 characters: a short private dir.
+        self.tmp = Path(tempfile.mkdtemp(prefix="lbray", dir="/tmp"))
+        self.env = {**os.environ, **RAY_ENV, "RAY_TMPDIR": str(self.tmp)}
+        self.env.pop("RAY_ADDRESS", None)
+        self.head: subprocess.Popen[bytes] | None = None
+        self.worker: subprocess.Popen[bytes] | None = None
+        self.known: dict[int, psutil.Process] = {}
+
+    def _start(self, args: list[str], log: str) -> subprocess.Popen[bytes]:
+        with open(self.work / log, "ab") as fh:
+            return subprocess.Popen(
+                [str(BIN / "ray"), "start", *args, "--block"],
+                env=self.env,
+                stdout=fh,
+                stderr=subprocess.STDOUT,
+            )
+
+    def start(self) -> None:
+        self.head = self._start(
+            [
+                "--head",
+                f"--port={self.port}",
+                "--num-cpus=1",
+                "--include-dashboard=false",
+                "--disable-usage-stats",
+            ],
+            "ray-head.log",
+        )
+        self._write_pids()
+        _wait_port(self.port, 60)
+        self.start_worker()
+
+    def start_worker(self) -> None:
+        self.worker = self._start([f"--address={self.address}", "--num-cpus=1"], "ray-worker.log")
+        self._write_pids()
+        code = (
+            "import ray,time\n"
+            f"ray.init(address='{self.address}', log_to_driver=False)\n"
+            "t=time.monotonic()\n"
+            "while sum(n['Alive'] for n in ray.nodes()) < 2 and time.monotonic()-t < 60:\n"
+            "    time.sleep(0.2)\n"
+            "assert sum(n['Alive'] for n in ray.nodes()) >= 2, 'the worker node did not join'\n"
+        )
+        subprocess.run([sys.executable, "-c", code], env=self.env, check=True, timeout=90)
+        self._remember()
+
+    def _remember(self) -> None:
+        self._write_pids()
+        for proc in (self.head, self.worker):
+            if proc is None:
+                continue
+            try:
+                root = psutil.Process(proc.pid)
+                with_children = [root, *root.children(recursive=True)]
+            except psutil.NoSuchProcess:
+                continue
+            for p in with_children:
+                self.known.setdefault(p.pid, p)
+
+    def _write_pids(self) -> None:
+        # For the test's own clean-up, should this process itself be killed.
+        pids = [p.pid for p in (self.head, self.worker) if p is not None]
+        (self.work / "ray-pids.json").write_text(json.dumps(pids))
+
+    def kill_worker_node(self) -> list[int]:
+        """SIGKILL every process of the worker node, by pid; returns the pids."""
+        assert self.worker is not None
+        root = psutil.Process(self.worker.pid)
+        procs = [root, *root.children(recursive=True)]
+        for p in procs:
+            try:
+                p.send_signal(signal.SIGKILL)
+            except psutil.NoSuchProcess:
+                pass
+        self.worker.wait(10)
+        return [p.pid for p in procs]
+
+    def stop(self) -> None:
+        try:
+            self._remember()
+        except (psutil.Error, OSError):
+            pass
+        for proc in (self.worker, self.head):
+            if proc is not None and proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)  # ray start --block stops its node
+        for proc in (self.worker, self.head):
+            if proc is not None:
+                try:
+                    proc.wait(20)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+        for p in self.known.values():  # anything that outlived its node: by pid
+            try:
+                if p.is_running():
+                    p.send_signal(signal.SIGKILL)
+            except psutil.NoSuchProcess:
+                pass
+
+
+def _llmbatch_run(cluster: Cluster, work: Path, prompts: Path, run_dir: Path) -> list[str]:
+    return [
+        str(BIN / "llmbatch"),
+        "run",
+        str(prompts),
+        "--engine",
+        "ray",
+        "--ray-address",
+        cluster.address,
+        "--ray-workers",
+        "2",
+        "-c",
+        str(work / "config.toml"),
+        "--out",
+        str(run_dir),
+        "--no-progress",
+    ]
+
+
+def _records(run_dir: Path) -> int:
+    n = 0
+    parts = run_dir / "parts"
+    for f in [run_dir / "results.jsonl", *parts.glob("*/results.jsonl")]:
+        try:
+            n += f.read_bytes().count(b"\n")
+        except FileNotFoundError:
+            pass
+    return n
+
+
+async def _run(cmd: list[str], env: dict[str, str], log: Path) -> int:
+    with open(log, "ab") as fh:
+        proc = await asyncio.create_subprocess_exec(*cmd, env=env, stdout=fh, stderr=fh)
+        return await asyncio.wait_for(proc.wait(), 240)
+
+
+async def _run_killing(
+    cmd: list[str], env: dict[str, str], log: Path, run_dir: Path, after: int, kill: Any
+) -> tuple[int, Any]:
+    """Run ``cmd``; once ``after`` records exist, call ``kill(proc)``; its exit code."""
+    with open(log, "ab") as fh:
+        proc = await asyncio.create_subprocess_exec(*cmd, env=env, stdout=fh, stderr=fh)
+        killed: Any = None
+        deadline = time.monotonic() + 240
+        while proc.returncode is None and time.monotonic() < deadline:
+            if killed is None and _records(run_dir) >= after:
+                killed = kill(proc)
+            try:
+                await asyncio.wait_for(proc.wait(), 0.05)
+            except TimeoutError:
+                pass
+        if proc.returncode is None:
+            proc.kill()
+        return await proc.wait(), killed
+
+
+async def scenario(name: str, work: Path) -> dict[str, Any]:
+    subprocess.run(["ip", "link", "set", "lo", "up"], check=True)
+    limited = name == "exact"
+    mock_cfg = MockConfig(
+        tokens=16,
+        ttft_s=0.01,
+        # The kill scenarios stream slowly (~0.2 s per answer) so that a kill lands mid-run.
+        itl_s=0.012 if name.startswith("kill") else 0.002,
+        faults=FAULTS if name != "bench" else {},
+        rpm=RPM if limited else None,
+        limit_window_s=LIMIT_WINDOW_S,
+    )
+    server = await start_mock_server(mock_cfg)
+    limits = f"rpm = {RPM}\nwindow_s = {LIMIT_WINDOW_S}\n" if limited else ""
+    (work / "config.toml").write_text(
+        f'[providers.target]\nkind = "openai"\nbase_url = "{server.url}"\nmodel = "mock-model"\n'
+        f"[providers.target.limits]\n{limits}\n"
+        '[run]\nprovider = "target"\nconcurrency = 32\n'
+        "[retry]\nbackoff_base_s = 0.05\nbackoff_max_s = 0.5\n"
+    )
+    cluster = Cluster(work)
+    report: dict[str, Any] = {"scenario": name, "mock_url": server.url}
+    env = {**cluster.env, "RAY_ADDRESS": ""}
+    env.pop("RAY_ADDRESS")
+    t0 = time.monotonic()
+    try:
+        cluster.start()
+        report["cluster_start_s"] = round(time.monotonic() - t0, 2)
+        prompts = work / "prompts.jsonl"
+        run_dir = work / "run"
+        cmd = _llmbatch_run(cluster, work, prompts, run_dir)
+        log = work / "llmbatch.log"
+        t1 = time.monotonic()
+        if name in ("exact", "bench"):
+            report["exit_codes"] = [await _run(cmd, env, log)]
+        elif name == "kill-driver":
+            code, _ = await _run_killing(
+                cmd, env, log, run_dir, 150, lambda p: p.send_signal(signal.SIGKILL)
+            )
+            report["records_at_kill"] = _records(run_dir)
+            report["exit_codes"] = [code, await _run(cmd, env, log)]
+        elif name == "kill-worker":
+            code, pids = await _run_killing(
+                cmd, env, log, run_dir, 150, lambda _p: cluster.kill_worker_node()
+            )
+            report["killed_pids"] = pids
+            report["records_at_kill"] = _records(run_dir)
+            report["exit_codes"] = [code, await _run(cmd, env, log)]
+        report["run_s"] = round(time.monotonic() - t1, 2)
+    finally:
+        cluster.stop()
+        stats = server.stats
+        report["mock"] = {
+            **stats.as_dict(),
+            "admitted_s": [round(t, 4) for t, _ in stats.admitted],
+        }
+        await server.close()
+    return report
+
+
+def main() -> None:
+    name, work = sys.argv[1], Path(sys.argv[2])
+    report = asyncio.run(scenario(name, work))
+    (work / "report.json").write_text(json.dumps(report))
+
+
+if __name__ == "__main__":
+    main()

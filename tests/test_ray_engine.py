@@ -1,0 +1,186 @@
+"""``--engine ray`` on a 2-node Ray cluster inside a loopback-only network namespace.
+
+Each test runs ``unshare -n python -m tests.raycluster SCENARIO DIR`` (see raycluster.py):
+the cluster, the mock and the ``llmbatch run --engine ray`` commands all live in the
+namespace; the test compares the run directory with a single-process run of the same
+prompts against the same kind of mock, here in the test process.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib.util
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+
+from llmbatch.config import load_config
+from llmbatch.mockserver import MockConfig, start_mock_server
+from llmbatch.runner import execute_run
+
+from .conftest import read_results, write_jsonl
+from .raycluster import FAULTS, LIMIT_WINDOW_S, RPM
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@functools.cache
+def _why_not() -> str | None:
+    if importlib.util.find_spec("ray") is None:
+        return "Ray is not installed (pip install 'llmbatch[ray]')"
+    if shutil.which("unshare") is None or shutil.which("ip") is None:
+        return "unshare/ip not available: cannot make a loopback-only network namespace"
+    probe = subprocess.run(["unshare", "-n", "true"], capture_output=True)
+    if probe.returncode != 0:
+        return f"unshare -n not permitted here: {probe.stderr.decode().strip()}"
+    return None
+
+
+pytestmark = pytest.mark.skipif(_why_not() is not None, reason=str(_why_not()))
+
+
+def _scenario(name: str, work: Path, n_prompts: int) -> dict[str, Any]:
+    write_jsonl(
+        work / "prompts.jsonl",
+        [{"id": f"q{i}", "prompt": f"question {i}: why?"} for i in range(n_prompts)],
+    )
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    try:
+        proc = subprocess.run(
+            ["unshare", "-n", sys.executable, "-m", "tests.raycluster", name, str(work)],
+            cwd=ROOT,
+            env=env,
+            capture_output=True,
+            timeout=420,
+        )
+    finally:
+        _stop_leftover_nodes(work)
+    assert proc.returncode == 0, proc.stderr.decode()[-3000:]
+    report: dict[str, Any] = json.loads((work / "report.json").read_text())
+    return report
+
+
+def _stop_leftover_nodes(work: Path) -> None:
+    """Should the scenario have died, stop the Ray nodes it started (by their pids)."""
+    import psutil
+
+    try:
+        pids = json.loads((work / "ray-pids.json").read_text())
+    except (OSError, ValueError):
+        return
+    for pid in pids:
+        try:
+            root = psutil.Process(pid)
+            if "ray" not in " ".join(root.cmdline()):
+                continue  # the pid was reused
+            tree = [root, *root.children(recursive=True)]
+        except psutil.Error:
+            continue
+        for p in tree:
+            try:
+                p.kill()
+            except psutil.Error:
+                pass
+
+
+async def _single_process(work: Path, *, limited: bool) -> Path:
+    """The reference: the same prompts, one process, the same kind of mock."""
+    server = await start_mock_server(
+        MockConfig(
+            tokens=16,
+            ttft_s=0.0,
+            itl_s=0.0,
+            faults=FAULTS,
+            rpm=RPM if limited else None,
+            limit_window_s=LIMIT_WINDOW_S,
+        )
+    )
+    try:
+        # The scenario's own config (limits, retry), pointed at this mock.
+        text = (work / "config.toml").read_text()
+        (work / "single.toml").write_text(
+            re.sub(r'base_url = "[^"]*"', f'base_url = "{server.url}"', text)
+        )
+        cfg = load_config(
+            work / "single.toml",
+            flags={"run_dir": work / "single", "progress": False},
+            environ={},
+        )
+        out = await execute_run(cfg, work / "prompts.jsonl", install_signal_handlers=False)
+        assert out.result.metrics.failed == 0
+    finally:
+        await server.close()
+    return work / "single"
+
+
+def _answers(run_dir: Path) -> dict[str, tuple[str, str]]:
+    records = read_results(run_dir)
+    ids = [r["custom_id"] for r in records]
+    assert len(ids) == len(set(ids)), "one record per id"
+    out = {}
+    for r in records:
+        assert r["error"] is None, r
+        content = r["response"]["body"]["choices"][0]["message"]["content"]
+        out[r["custom_id"]] = (content, (run_dir / r["llmbatch"]["text_file"]).read_text())
+    return out
+
+
+def _assert_paced(times_s: list[float], rate_per_s: float, burst: float) -> None:
+    """Every k consecutive admissions span >= (k - burst) / rate (2 of slack for jitter)."""
+    times_s = sorted(times_s)
+    j = 0
+    for i, t in enumerate(times_s):
+        # For each start i, the furthest j within any window: check the densest spans.
+        while j < len(times_s) and times_s[j] - t <= 1.0:
+            j += 1
+        assert j - i <= burst + rate_per_s * 1.0 + 2, f"{j - i} requests within 1 s of {t}"
+    window = [t for t in times_s if t - times_s[0] <= LIMIT_WINDOW_S]
+    assert len(window) <= RPM + burst + 2
+
+
+@pytest.mark.timeout(600)
+async def test_ray_run_equals_single_process_under_one_cluster_wide_limit(tmp_path: Path) -> None:
+    report = _scenario("exact", tmp_path, 2000)
+    assert report["exit_codes"] == [0], (tmp_path / "llmbatch.log").read_text()[-3000:]
+    ray_answers = _answers(tmp_path / "run")
+    single = await _single_process(tmp_path, limited=True)
+    assert ray_answers == _answers(single)  # same ids, same texts, one record each
+    assert len(ray_answers) == 2000
+
+    mock = report["mock"]
+    assert sum(mock["faults"].values()) >= 50  # ~5% of prompts hit a fault first
+    assert mock["rate_limited"] == 0  # the server never had to refuse the cluster
+    # 600 per 6 s = 100 requests/s, burst 10: what one process's governor allows.
+    _assert_paced(mock["admitted_s"], rate_per_s=RPM / LIMIT_WINDOW_S, burst=RPM / 60)
+
+    summary = orjson.loads((tmp_path / "run" / "summary.json").read_bytes())
+    assert summary["requests"]["succeeded"] == 2000
+    per_worker = summary["engine"]["records_per_worker"]
+    assert sorted(per_worker) == ["w0", "w1"] and all(n > 100 for n in per_worker.values())
+    assert summary["engine"]["rate_budget"]["granted"] >= 2000
+    assert not (tmp_path / "run" / "parts").exists()
+
+
+@pytest.mark.timeout(600)
+@pytest.mark.parametrize("scenario", ["kill-worker", "kill-driver"])
+async def test_ray_run_resumes_exactly_after_a_kill(tmp_path: Path, scenario: str) -> None:
+    report = _scenario(scenario, tmp_path, 800)
+    first, second = report["exit_codes"]
+    log = (tmp_path / "llmbatch.log").read_text()[-3000:]
+    assert first != 0 and report["records_at_kill"] < 800, (report, log)
+    assert second == 0, log
+    ray_answers = _answers(tmp_path / "run")
+    single = await _single_process(tmp_path, limited=False)
+    assert ray_answers == _answers(single)
+    assert len(ray_answers) == 800
+    if scenario == "kill-worker":
+        assert report["killed_pids"]
+        assert "worker lost" in log or first == -9
