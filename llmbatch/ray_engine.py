@@ -57,9 +57,9 @@ from .lease import LeasedPacer, LeaseGovernor, SyncReply, SyncRequest
 from .merge import link_or_copy
 from .metrics import SLO
 from .records import PromptRecord
-from .report import summary_from_results
+from .report import SummaryBuilder
 from .runner import open_prompts
-from .writer import RESULTS, SUMMARY, ResumeIndex, RunDir
+from .writer import RESULTS, SUMMARY, ResumeIndex, RunDir, iter_result_lines
 
 __all__ = ["GovernorActor", "RayRunOutput", "WorkerActor", "execute_ray_run"]
 
@@ -278,6 +278,7 @@ class _Consolidator:
     rundir: RunDir
     index: ResumeIndex
     skip_failed: bool = False
+    summary: SummaryBuilder = field(default_factory=SummaryBuilder)
     parts: list[_Part] = field(default_factory=list)
     added: int = 0
     added_failed: int = 0
@@ -312,6 +313,7 @@ class _Consolidator:
             if isinstance(rel, str) and (part.path / rel).is_file():
                 link_or_copy(part.path / rel, self.run_dir / rel)  # text before its line
             self.rundir.add_result(rec)
+            self.summary.add(rec)
             self.index.add(rid)
             self.added += 1
             self.added_failed += failed
@@ -435,7 +437,11 @@ async def execute_ray_run(
         text_files=cfg.text_files,
         force_resume=cfg.force_resume,
     )
-    cons = _Consolidator(run_dir, rundir, index, skip_failed=cfg.retry_failed)
+    cons = _Consolidator(
+        run_dir, rundir, index, skip_failed=cfg.retry_failed, summary=SummaryBuilder(slo=slo)
+    )
+    for _, rec in iter_result_lines(run_dir / RESULTS):  # the whole run's figures
+        cons.summary.add(rec)
     signal_received: int | None = None
     stop_reason: str | None = None
     abort_message: str | None = None
@@ -566,7 +572,9 @@ async def execute_ray_run(
             now = time.monotonic()
             if now - last_summary >= 2.0:
                 last_summary = now
-                rundir.write_summary(_live_summary(cons, started))
+                rundir.write_summary(
+                    {**cons.summary.summary(), "engine": _engine_section(cons, len(actors))}
+                )
             if now - last_log >= progress_every_s:
                 last_log = now
                 print(_progress_line(cons, index, started), file=sys.stderr, flush=True)
@@ -600,12 +608,9 @@ async def execute_ray_run(
         driver_cpu_s = time.process_time() - driver_cpu0_s
     finally:
         await rundir.aclose()
-    summary = summary_from_results(run_dir / RESULTS, slo=slo)
+    summary = cons.summary.summary()
     summary["engine"] = {
-        "name": "ray",
-        "workers": len(actors),
-        "records_per_worker": dict(cons.per_worker),
-        "this_session_records": cons.added,
+        **_engine_section(cons, len(actors)),
         "worker_stats": [e for e in ends if e],
         "rate_budget": gov_snapshot,
         "driver_cpu_s": round(driver_cpu_s, 4),
@@ -638,13 +643,13 @@ def _item_id(item: PromptRecord | InputError) -> str:
     return item_id(item)
 
 
-def _live_summary(cons: _Consolidator, started: float) -> dict[str, Any]:
+def _engine_section(cons: _Consolidator, workers: int) -> dict[str, Any]:
+    """summary.json's ``engine``: which engine, its workers, records per worker."""
     return {
-        "engine": "ray",
-        "running": True,
-        "duration_s": round(time.monotonic() - started, 3),
-        "requests": {"this_session_records": cons.added, "done_total": len(cons.index)},
+        "name": "ray",
+        "workers": workers,
         "records_per_worker": dict(cons.per_worker),
+        "this_session_records": cons.added,
     }
 
 

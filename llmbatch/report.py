@@ -26,6 +26,7 @@ from .tables import Table, fmt_ms, fmt_num
 from .writer import RESULTS, SUMMARY, iter_result_lines
 
 __all__ = [
+    "SummaryBuilder",
     "format_summary",
     "load_report",
     "report_csv",
@@ -137,42 +138,65 @@ def summary_from_results(
     (finished_at − e2el − queue) to the last record; for a resumed run it includes the
     pause between sessions. Line numbers of undecodable lines go to ``damaged``.
     """
-    metrics = RunMetrics(slo=slo or SLO(), started_at=0.0)
-    base: float | None = None  # run time 0 = the first record's request start
-    last_end = -math.inf
-    itl_total_s = 0.0
-    itl_gaps = 0
+    builder = SummaryBuilder(slo=slo)
     for rec in _iter_records(path, damaged):
+        builder.add(rec)
+    return builder.summary()
+
+
+class SummaryBuilder:
+    """A run summary built from results.jsonl records one at a time (constant memory).
+
+    ``summary_from_results`` feeds it a whole file; a process that learns of records as
+    they are written (the Ray driver) feeds them as they come and asks for the summary
+    as often as it likes.
+    """
+
+    def __init__(self, *, slo: SLO | None = None) -> None:
+        self._metrics = RunMetrics(slo=slo or SLO(), started_at=0.0)
+        self._base: float | None = None  # run time 0 = the first record's request start
+        self._last_end = -math.inf
+        self._itl_total_s = 0.0
+        self._itl_gaps = 0
+
+    def add(self, rec: dict[str, Any]) -> None:
+        """Count one record (a results.jsonl line, decoded); others are ignored."""
         line = ResultLine.parse(rec)
         if line is None:
-            continue
+            return
+        metrics = self._metrics
         if line.error_code == INPUT_ERROR:
             metrics.add_input_error()
-            continue
+            return
         outcome = line.outcome()
         rm = outcome.metrics
         finished = line.finished_at
         if finished is None:
-            finished = last_end if last_end > -math.inf else 0.0
+            finished = self._last_end if self._last_end > -math.inf else 0.0
         start = finished - rm.queue_s - (rm.e2el_s or 0.0)
-        if base is None:
-            base = start
-        last_end = max(last_end, finished)
-        metrics.add(outcome, finished_at=finished - base)
+        if self._base is None:
+            self._base = start
+        self._last_end = max(self._last_end, finished)
+        metrics.add(outcome, finished_at=finished - self._base)
         itl = line.metrics.get("itl_s")
         itl_mean = itl.get("mean") if isinstance(itl, dict) else None
         if outcome.ok and isinstance(itl_mean, int | float) and rm.chunks > 1:
-            itl_total_s += itl_mean * (rm.chunks - 1)
-            itl_gaps += rm.chunks - 1
-    metrics.ended_at = 0.0 if base is None else last_end - base
-    if base is not None:
-        metrics.started_wall = base
-    summary = metrics.summary()
-    summary["latency_s"]["itl"] = {
-        "mean": round(itl_total_s / itl_gaps, 6) if itl_gaps else None,
-        **{f"p{p}": None for p in (50, 90, 95, 99)},
-    }
-    return summary
+            self._itl_total_s += itl_mean * (rm.chunks - 1)
+            self._itl_gaps += rm.chunks - 1
+
+    def summary(self) -> dict[str, Any]:
+        """The summary of the records so far (the summary.json shape)."""
+        metrics, base = self._metrics, self._base
+        metrics.ended_at = 0.0 if base is None else self._last_end - base
+        if base is not None:
+            metrics.started_wall = base
+        summary = metrics.summary()
+        gaps = self._itl_gaps
+        summary["latency_s"]["itl"] = {
+            "mean": round(self._itl_total_s / gaps, 6) if gaps else None,
+            **{f"p{p}": None for p in (50, 90, 95, 99)},
+        }
+        return summary
 
 
 # -- rendering ----------------------------------------------------------------------------

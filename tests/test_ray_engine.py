@@ -133,17 +133,20 @@ def _answers(run_dir: Path) -> dict[str, tuple[str, str]]:
     return out
 
 
-def _assert_paced(times_s: list[float], rate_per_s: float, burst: float) -> None:
-    """Every k consecutive admissions span >= (k - burst) / rate (2 of slack for jitter)."""
+def _assert_paced(times_s: list[float], limit: float, window_s: float, burst: float) -> None:
+    """No window of ``window_s`` holds more than ``limit`` (+ the governor's burst and a
+    little slack: a CPU-starved worker may send two granted requests closer together),
+    and the whole run is no faster than the limit allows."""
     times_s = sorted(times_s)
     j = 0
+    worst = 0
     for i, t in enumerate(times_s):
-        # For each start i, the furthest j within any window: check the densest spans.
-        while j < len(times_s) and times_s[j] - t <= 1.0:
+        while j < len(times_s) and times_s[j] - t < window_s:
             j += 1
-        assert j - i <= burst + rate_per_s * 1.0 + 2, f"{j - i} requests within 1 s of {t}"
-    window = [t for t in times_s if t - times_s[0] <= LIMIT_WINDOW_S]
-    assert len(window) <= RPM + burst + 2
+        worst = max(worst, j - i)
+    assert worst <= limit + burst + 5, f"{worst} requests within {window_s} s"
+    rate_per_s = limit / window_s
+    assert times_s[-1] - times_s[0] >= (len(times_s) - burst) / rate_per_s - 0.5
 
 
 @pytest.mark.timeout(600)
@@ -159,7 +162,7 @@ async def test_ray_run_equals_single_process_under_one_cluster_wide_limit(tmp_pa
     assert sum(mock["faults"].values()) >= 50  # ~5% of prompts hit a fault first
     assert mock["rate_limited"] == 0  # the server never had to refuse the cluster
     # 600 per 6 s = 100 requests/s, burst 10: what one process's governor allows.
-    _assert_paced(mock["admitted_s"], rate_per_s=RPM / LIMIT_WINDOW_S, burst=RPM / 60)
+    _assert_paced(mock["admitted_s"], RPM, LIMIT_WINDOW_S, burst=RPM / 60)
 
     summary = orjson.loads((tmp_path / "run" / "summary.json").read_bytes())
     assert summary["requests"]["succeeded"] == 2000
