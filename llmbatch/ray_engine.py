@@ -220,17 +220,16 @@ class WorkerActor:
             )
         cfg = self._cfg
         cpu0_s = time.process_time()
-        client = llmbatch.Client.from_run_config(cfg, api_key=self._api_key)
         governor = self._governor
 
         async def transport(req: SyncRequest) -> SyncReply:
             reply: SyncReply = await governor.sync.remote(req)
             return reply
 
+        # The Client's pacer seam: this client paces by the cluster's one budget.
         pacer = LeasedPacer(transport, worker=self._name, limited=has_limits(cfg))
+        client = llmbatch.Client.from_run_config(cfg, api_key=self._api_key, pacer=pacer)
         async with client:
-            # The engine's rate-governor seam: this client paces by the cluster budget.
-            client.engine.governor = pacer
             self._live = client.engine.live
             batch = client.batch(
                 self._feed(),
