@@ -459,7 +459,9 @@ async def execute_ray_run(
         nodes = [n for n in ray.nodes() if n.get("Alive")]
         node_ids = [str(n["NodeID"]) for n in nodes] or [ray.get_runtime_context().get_node_id()]
         n_workers = workers or max(1, len(nodes))
-        shares = [s for s in _shares(max(cfg.concurrency, n_workers), n_workers) if s > 0]
+        shares = _shares(max(cfg.concurrency, n_workers), n_workers)
+        # --concurrency auto: each worker adapts on its share of the cluster's cap.
+        caps = _shares(max(cfg.max_concurrency, n_workers), n_workers) if cfg.adaptive else shares
         # The budget lives on the driver's node: it must outlive any worker node.
         here = ray.util.scheduling_strategies.NodeAffinitySchedulingStrategy(
             node_id=ray.get_runtime_context().get_node_id(), soft=True
@@ -484,7 +486,9 @@ async def execute_ray_run(
                     ),
                     max_concurrency=1000,
                 ).remote(
-                    dataclasses.replace(cfg, concurrency=share, max_concurrency=max(share, 1)),
+                    dataclasses.replace(
+                        cfg, concurrency=min(share, caps[k]), max_concurrency=caps[k]
+                    ),
                     api_key=api_key,
                     name=name,
                     part_dir=str(part.resolve()),
