@@ -169,6 +169,7 @@ class WorkerActor:
         )
         self._counts = _WorkerCounts()
         self._batch: Any = None
+        self._node = _node_id()
         self._live: Any = None  # the engine's live counts, once the batch runs
 
     async def push(self, items: list[PromptRecord | _BadLine]) -> int:
@@ -192,6 +193,7 @@ class WorkerActor:
         return {
             "worker": self._name,
             "pid": os.getpid(),
+            "node": self._node,
             "done": c.done,
             "succeeded": c.succeeded,
             "failed": c.failed,
@@ -282,6 +284,7 @@ class _Consolidator:
     added: int = 0
     added_failed: int = 0
     per_worker: dict[str, int] = field(default_factory=dict)
+    placement: dict[str, str] = field(default_factory=dict)  # worker -> Ray node id
 
     def absorb(self, part: _Part) -> int:
         """Fold the complete lines ``part`` gained since the last call; returns how many."""
@@ -476,13 +479,16 @@ async def execute_ray_run(
             name = f"w{k}"
             part = run_dir / PARTS_DIR / f"{session}-{name}"
             cons.parts.append(_Part(part, worker=name))
+            cons.placement[name] = node_ids[k % len(node_ids)]
             part.with_name(part.name + ".token").write_text(name)  # the worker checks it
             actors.append(
                 worker_cls.options(
                     num_cpus=0,
-                    # Round-robin over the nodes (soft: a node gone meanwhile is no error).
+                    # Round-robin over the nodes, strictly (a busy node must not push its
+                    # worker onto another: the share of each node is the point). A node
+                    # gone meanwhile fails its worker: the run stops, resumable.
                     scheduling_strategy=ray.util.scheduling_strategies.NodeAffinitySchedulingStrategy(
-                        node_id=node_ids[k % len(node_ids)], soft=True
+                        node_id=node_ids[k % len(node_ids)], soft=False
                     ),
                     max_concurrency=1000,
                 ).remote(
@@ -632,6 +638,16 @@ async def execute_ray_run(
     )
 
 
+def _node_id() -> str | None:
+    """The Ray node this process runs on (None outside Ray)."""
+    try:
+        import ray
+
+        return str(ray.get_runtime_context().get_node_id())
+    except Exception:
+        return None
+
+
 def _cause(exc: BaseException) -> str:
     """What ended a worker: its own error when it raised one, else how Ray saw it die."""
     cause = getattr(exc, "cause", None)
@@ -647,10 +663,12 @@ def _item_id(item: PromptRecord | InputError) -> str:
 
 
 def _engine_section(cons: _Consolidator, workers: int) -> dict[str, Any]:
-    """summary.json's ``engine``: which engine, its workers, records per worker."""
+    """summary.json's ``engine``: which engine, its workers and their nodes, records per
+    worker."""
     return {
         "name": "ray",
         "workers": workers,
+        "worker_nodes": dict(cons.placement),
         "records_per_worker": dict(cons.per_worker),
         "this_session_records": cons.added,
     }

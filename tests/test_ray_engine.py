@@ -177,7 +177,9 @@ async def test_ray_run_equals_single_process_under_one_cluster_wide_limit(tmp_pa
 async def test_ray_run_resumes_exactly_after_a_kill(tmp_path: Path, scenario: str) -> None:
     report = _scenario(scenario, tmp_path, 800)
     first, second = report["exit_codes"]
-    log = (tmp_path / "llmbatch.log").read_text()[-3000:]
+    lines = (tmp_path / "llmbatch.log").read_text().splitlines()
+    log = "\n".join(x for x in lines if x.startswith(("llmbatch", "per worker", "requests")))
+    report["mock"].pop("admitted_s")
     assert first != 0 and report["records_at_kill"] < 800, (report, log)
     assert second == 0, log
     ray_answers = _answers(tmp_path / "run")
