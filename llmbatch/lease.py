@@ -37,12 +37,11 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from .governor import RateGovernor
+from .pacing import RateGovernor
 
 __all__ = ["LeaseGovernor", "LeasedPacer", "SyncReply", "SyncRequest"]
 
 POLL_S = 0.005  # how often a request re-checks a ticket whose answer has not come yet
-_RATE_HEADER_PREFIXES = ("x-ratelimit-", "anthropic-ratelimit-")
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,6 +53,7 @@ class SyncRequest:
     settlements: tuple[tuple[int, int, int | None, int | None], ...] = ()
     rate_limited: tuple[float | None, ...] = ()  # one pause (Retry-After) per 429
     headers: dict[str, str] | None = None  # the latest rate-limit headers seen
+    headers_age_s: float | None = None  # since the request that got them was sent
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,7 +83,7 @@ class LeaseGovernor:
         for est_in, est_out, act_in, act_out in req.settlements:
             gov.settle(est_in, est_out, act_in, act_out)
         if req.headers:
-            gov.observe_headers(req.headers)
+            gov.observe_headers(req.headers, age_s=req.headers_age_s)
         for pause_s in req.rate_limited:
             gov.on_rate_limited(pause_s)
         waits = tuple(gov.reserve(est_in, est_out) for est_in, est_out in req.reservations)
@@ -114,6 +114,8 @@ class _Outbox:
     settlements: list[tuple[int, int, int | None, int | None]] = field(default_factory=list)
     rate_limited: list[float | None] = field(default_factory=list)
     headers: Any = None
+    headers_age_s: float | None = None
+    headers_seen_s: float = 0.0  # monotonic time they were observed
 
 
 Transport = Callable[[SyncRequest], Awaitable[SyncReply]]
@@ -203,9 +205,13 @@ class LeasedPacer:
         self._out.rate_limited.append(retry_after_s)
         self._poke()
 
-    def observe_headers(self, headers: Mapping[str, str]) -> None:
-        """Keep the latest response headers; their rate-limit part goes with the next call."""
-        self._out.headers = headers
+    def observe_headers(self, headers: Mapping[str, str], *, age_s: float | None = None) -> None:
+        """Keep the latest response headers; their rate-limit part goes with the next call
+        (``age_s``: since the request was sent; the time they wait here is added)."""
+        out = self._out
+        out.headers = headers
+        out.headers_age_s = age_s
+        out.headers_seen_s = self._clock()
 
     def snapshot(self) -> dict[str, Any]:
         """This worker's side: whether limits apply, tickets waiting, the pause."""
@@ -255,6 +261,11 @@ class LeasedPacer:
             settlements=tuple(out.settlements),
             rate_limited=tuple(out.rate_limited),
             headers=_rate_headers(out.headers),
+            headers_age_s=(
+                None
+                if out.headers_age_s is None
+                else out.headers_age_s + (self._clock() - out.headers_seen_s)
+            ),
         )
         try:
             reply = await self._transport(req)
@@ -265,6 +276,8 @@ class LeasedPacer:
             self._out.rate_limited[:0] = out.rate_limited
             if self._out.headers is None:
                 self._out.headers = out.headers
+                self._out.headers_age_s = out.headers_age_s
+                self._out.headers_seen_s = out.headers_seen_s
             raise
         arrived_s = self._clock()
         self.syncs += 1
@@ -294,6 +307,6 @@ def _rate_headers(headers: Any) -> dict[str, str] | None:
     found = {
         str(k).lower(): str(v)
         for k, v in headers.items()
-        if str(k).lower().startswith(_RATE_HEADER_PREFIXES)
+        if "ratelimit" in str(k).lower() or str(k).lower() == "retry-after"
     }
     return found or None

@@ -51,11 +51,11 @@ import orjson
 from .config import RunConfig, resolve_api_key
 from .engine import StopReason
 from .errors import ConfigError, InputError, RunDirError
-from .governor import RateGovernor
 from .identity import run_identity
 from .lease import LeasedPacer, LeaseGovernor, SyncReply, SyncRequest
 from .merge import link_or_copy
 from .metrics import SLO
+from .pacing import governor_for
 from .records import PromptRecord
 from .report import SummaryBuilder
 from .runner import open_prompts
@@ -82,19 +82,6 @@ class RayRunOutput:
 
 
 # -- the rate budget actor --------------------------------------------------------------
-def make_rate_governor(cfg: RunConfig) -> RateGovernor:
-    """The cluster's one governor, shaped as a single process shapes its own."""
-    lim = cfg.provider.limits
-    return RateGovernor(
-        rpm=lim.rpm,
-        input_tpm=lim.input_tpm,
-        output_tpm=lim.output_tpm,
-        total_tpm=lim.tpm,
-        window_s=lim.window_s,
-        burst_s=lim.window_s / 60.0,
-    )
-
-
 def has_limits(cfg: RunConfig) -> bool:
     """True when any rate limit is configured (then every request waits for a grant)."""
     lim = cfg.provider.limits
@@ -105,7 +92,7 @@ class GovernorActor:
     """The Ray actor holding the cluster's LeaseGovernor (its calls run one at a time)."""
 
     def __init__(self, cfg: RunConfig) -> None:
-        self._lease = LeaseGovernor(make_rate_governor(cfg))
+        self._lease = LeaseGovernor(governor_for(cfg))
         self._cpu0_s = time.process_time()
 
     def sync(self, req: SyncRequest) -> SyncReply:

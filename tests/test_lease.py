@@ -7,8 +7,8 @@ import time
 
 import pytest
 
-from llmbatch.governor import RateGovernor
 from llmbatch.lease import LeasedPacer, LeaseGovernor, SyncReply, SyncRequest
+from llmbatch.pacing import RateGovernor
 
 
 class Link:
@@ -86,13 +86,22 @@ async def test_a_limit_one_worker_reads_in_headers_binds_all() -> None:
     link = Link(gov)
     a = LeasedPacer(link, worker="a", limited=False)
     b = LeasedPacer(link, worker="b", limited=False)
-    a.observe_headers({"X-RateLimit-Limit-Requests": "600", "content-type": "text/event-stream"})
+    a.observe_headers(
+        {
+            "X-RateLimit-Limit-Requests": "600",
+            "X-RateLimit-Remaining-Requests": "5",
+            "content-type": "text/event-stream",
+        },
+        age_s=0.01,
+    )
     await a.sync_now()
-    assert gov.snapshot()["limits"]["requests"]["limit"] == 600
+    assert gov.snapshot()["limits"]["server:requests"]["limit"] == 600
     await b.sync_now()
     assert b.snapshot()["limited"]
     sends = await asyncio.gather(*(pace(b) for _ in range(40)))
-    assert_conforms(list(sends), rate_per_s=100, burst=10)
+    # 5 left when reported: b's 40 requests cannot all go at once (how the rest are
+    # released is the governor's reading of the header family, tested in its own tests).
+    assert max(sends) - min(sends) >= 0.1
     assert gov.granted == 40
     await a.aclose()
     await b.aclose()
