@@ -194,7 +194,7 @@ def run(
         str | None, typer.Option(help="Ray cluster (default: RAY_ADDRESS, else a local Ray).")
     ] = None,
     ray_workers: Annotated[
-        int | None, typer.Option(min=1, help="Ray worker actors (default: one per node).")
+        int | None, typer.Option(help="Ray worker actors (default: one per node).")
     ] = None,
 ) -> None:
     """Send every prompt of PROMPTS as a streaming chat completion; resumable."""
@@ -261,6 +261,8 @@ def _run_ray(
 
     if shard:
         raise _fail("--shard and --engine ray exclude each other (Ray spreads the ids)", 2)
+    if workers is not None and workers < 1:  # checked here: a typer min= costs start-up time
+        raise _fail(f"--ray-workers must be at least 1, got {workers}", 2)
     run_dir = default_run_dir(cfg, prompts)
     with asyncio.Runner(loop_factory=_loop_factory()) as runner:
         out = runner.run(
