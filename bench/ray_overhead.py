@@ -87,6 +87,11 @@ def run_ray(
     driver_s = float(eng.get("driver_cpu_s") or 0.0)
     system_s = sum(v - before.get(k, 0.0) for k, v in after.items())
     note = "" if res.returncode in (0, 1) else f"exit {res.returncode}: {res.stderr[-300:]}"
+    print(
+        f"ray run: driver {driver_s:.2f} s, worker actors {actors_s:.2f} s, "
+        f"governor {gov_s:.2f} s CPU (work), driver process {res.cpu_s:.2f} s",
+        file=sys.stderr,
+    )
     tokens = (n - errors) * TOKENS
     client = Measure(
         label=label,
