@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -170,6 +171,7 @@ class Cluster:
                     p.send_signal(signal.SIGKILL)
             except psutil.NoSuchProcess:
                 pass
+        shutil.rmtree(self.tmp, ignore_errors=True)  # the nodes' sessions and logs
 
 
 def _llmbatch_run(cluster: Cluster, work: Path, prompts: Path, run_dir: Path) -> list[str]:
