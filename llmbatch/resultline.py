@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .metrics import request_metrics_dict
+from .providers.anthropic import content_text
 from .records import Attempt, Outcome, RequestMetrics
 
 __all__ = ["ResultLine", "answer_text", "finish_reason", "result_line"]
@@ -56,29 +57,16 @@ def answer_text(body: Any) -> str | None:
     if not isinstance(body, dict):
         return None
     if body.get("type") == "message":  # Anthropic Messages
-        return _content_text(body.get("content"))
+        return content_text(body.get("content"))
     choices = body.get("choices")
     if not isinstance(choices, list) or not choices or not isinstance(choices[0], dict):
         return None
     choice = choices[0]
     message = choice.get("message")
     if isinstance(message, dict):  # chat.completion
-        return _content_text(message.get("content"))
+        return content_text(message.get("content"))
     text = choice.get("text")  # text_completion
     return text if isinstance(text, str) else None
-
-
-def _content_text(content: Any) -> str | None:
-    """A message content's text: a string, or the text parts of a list of blocks."""
-    if isinstance(content, str):
-        return content
-    if isinstance(content, list):
-        return "".join(
-            str(b.get("text") or "")
-            for b in content
-            if isinstance(b, dict) and b.get("type") in ("text", "output_text")
-        )
-    return None
 
 
 def finish_reason(body: Any) -> str | None:

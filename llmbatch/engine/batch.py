@@ -24,10 +24,9 @@ from ..metrics import INPUT_ERROR, RunMetrics
 from ..reader import error_record_id
 from ..records import Outcome, PromptRecord, RequestMetrics
 from ..resultline import result_line
-from ..systematic import EarlyFailureCheck
 from ..writer import ResumeIndex, RunDir, TextSink
 from .core import NULL_TEXT, Engine, TextTarget, redact
-from .gate import FailureGate
+from .gate import EarlyFailureCheck, FailureGate
 
 __all__ = ["BatchEnd", "BatchRun", "StopReason"]
 

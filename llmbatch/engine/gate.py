@@ -1,12 +1,34 @@
-"""Two gates at the start of work: the probe request, and the systematic-failure check."""
+"""Gates at the start of work: the probe request, and the checks that the job itself is
+wrong (systematic failures), so a broken job stops the run instead of failing every prompt.
+
+- ``FailureGate`` decides on final outcomes: until something succeeds, failures are held
+  back, and three identical ones with nothing streaming anywhere stop the run.
+- ``EarlyFailureCheck`` decides sooner, on the first failing attempts. A request's final
+  failure can be many minutes away (6 attempts, each up to its timeouts, with backoff
+  between), so a server that accepts and never answers would hold a run for minutes with
+  nothing recorded. Until anything has answered, if the first ``threshold`` failing
+  attempts all fail with the same error class, and that class says the target cannot work
+  (no connection, no answer in time), the run stops, resumable. Load signals (429, 5xx,
+  overloaded) never count: a busy server is not a wrong job, and the retry policy is made
+  for them. Request-fatal errors (400, 404, ...) are final on their first attempt;
+  FailureGate covers them.
+"""
 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 
+from ..errors import ConnectError, DeadlineExceeded, ReadTimeout, RequestError
 from ..records import Outcome
 
-__all__ = ["SYSTEMATIC_FAILURE_THRESHOLD", "FailureGate", "Probe"]
+__all__ = [
+    "FIRST_ATTEMPTS_THRESHOLD",
+    "SYSTEMATIC_FAILURE_THRESHOLD",
+    "EarlyFailureCheck",
+    "FailureGate",
+    "Probe",
+]
 
 # Identical failures with no success yet that mean the whole job is wrong (an unknown
 # model, an unreachable base URL, a malformed default parameter).
@@ -72,3 +94,39 @@ class FailureGate:
         self._holding = False
         held, self._held = self._held, []
         return held
+
+
+FIRST_ATTEMPTS_THRESHOLD = 3
+# Failing like this before anything answered means the base URL cannot serve the job.
+_TARGET_UNUSABLE = (ConnectError, ReadTimeout, DeadlineExceeded)
+
+
+class EarlyFailureCheck:
+    """Watches failing attempts until something answers; says when to stop the run."""
+
+    def __init__(
+        self, answered: Callable[[], bool], *, threshold: int = FIRST_ATTEMPTS_THRESHOLD
+    ) -> None:
+        self._answered = answered  # True once any request streamed content or succeeded
+        self._threshold = threshold
+        self._codes: list[str] = []
+        self._settled = False  # decided: the job works, or its failures differ
+
+    def on_failed_attempt(self, exc: RequestError) -> str | None:
+        """Record one failing attempt; the reason to stop the run, or None."""
+        if self._settled:
+            return None
+        if self._answered() or not isinstance(exc, _TARGET_UNUSABLE):
+            self._settled = True
+            return None
+        self._codes.append(exc.code)
+        if len(set(self._codes)) > 1:
+            self._settled = True
+            return None
+        if len(self._codes) < self._threshold:
+            return None
+        self._settled = True
+        return (
+            f"the first {len(self._codes)} attempts all failed the same way and nothing has "
+            f"answered: {exc}"
+        )

@@ -97,7 +97,7 @@ def content_text(content: Any) -> str:
         return "".join(
             str(p.get("text") or "")
             for p in content
-            if isinstance(p, dict) and p.get("type") in ("text", "input_text")
+            if isinstance(p, dict) and p.get("type") in ("text", "input_text", "output_text")
         )
     return ""
 
