@@ -27,6 +27,7 @@ from typing import Any
 import orjson
 
 from .errors import InputError, RunDirError
+from .identity import IDENTITY_KEYS
 from .idset import IdSet
 from .reader import iter_records
 from .report import summary_from_results
@@ -36,7 +37,8 @@ from .writer import LOCK, META, RESULTS, SUMMARY, TEXT_DIR, iter_result_lines
 
 __all__ = ["MergeResult", "default_merge_dir", "link_or_copy", "merge_shards"]
 
-JOB_KEYS = ("prompts", "provider", "model")
+# What makes shards one job: the whole run identity (target, model, params...) but the shard.
+JOB_KEYS = tuple(key for key in IDENTITY_KEYS if key != "shard")
 
 
 @dataclass(frozen=True)

@@ -150,6 +150,15 @@ def test_merge_refuses_missing_overlapping_foreign_and_unfinished_shards(
     res = runner.invoke(app, ["run", str(other), "--shard", "2/3", "--out", str(tmp_path / "o")])
     assert "belongs to another job (prompts" in merge(str(d0), str(d1), str(tmp_path / "o"))
 
+    # A shard run against another server (or model, or default params): another job.
+    meta_path = d2 / "run.json"
+    saved = meta_path.read_bytes()
+    meta = orjson.loads(saved)
+    meta["base_url"] = "http://other-server:8000/v1"
+    meta_path.write_bytes(orjson.dumps(meta))
+    assert "belongs to another job (base_url" in merge(str(d0), str(d1), str(d2))
+    meta_path.write_bytes(saved)
+
     # A record in the wrong shard (a copied line): overlap.
     line = (d0 / "results.jsonl").read_bytes().splitlines(keepends=True)[0]
     with open(d1 / "results.jsonl", "ab") as fh:
@@ -176,5 +185,11 @@ def test_merge_refuses_missing_overlapping_foreign_and_unfinished_shards(
     res = runner.invoke(app, ["merge", str(d0), str(d1), str(d2), "--out", str(tmp_path / "m")])
     assert res.exit_code == 0, res.output
     assert len(_by_id(tmp_path / "m")) == 62
+    # The merged directory carries the whole identity: the same job resumes it as is.
+    merged_meta = orjson.loads((tmp_path / "m" / "run.json").read_bytes())
+    shard_meta = orjson.loads((d0 / "run.json").read_bytes())
+    for key in ("prompts", "provider", "kind", "base_url", "model", "params"):
+        assert merged_meta[key] == shard_meta[key], key
+    assert "shard" not in merged_meta
     # An existing, non-empty target is refused.
     assert "exists and is not empty" in merge(str(d0), str(d1), str(d2))
