@@ -10,16 +10,13 @@ line: requests ok, errors by kind, content tokens, work-phase CPU and wall time.
 
 from __future__ import annotations
 
-import asyncio
 import itertools
-import resource
-import time
 from typing import Any
 
 import aiohttp
 import orjson
 
-from .client_main import client_main
+from .client_main import client_main, timed_workers
 
 
 async def _run(url: str, concurrency: int, n: int, model: str) -> dict[str, Any]:
@@ -72,19 +69,8 @@ async def _run(url: str, concurrency: int, n: int, model: str) -> dict[str, Any]
                 errors[name] = errors.get(name, 0) + 1
 
     async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
-        ru0 = resource.getrusage(resource.RUSAGE_SELF)
-        t0 = time.perf_counter()
-        await asyncio.gather(*(worker(session) for _ in range(concurrency)))
-        wall = time.perf_counter() - t0
-        ru1 = resource.getrusage(resource.RUSAGE_SELF)
-    cpu = (ru1.ru_utime - ru0.ru_utime) + (ru1.ru_stime - ru0.ru_stime)
-    return {
-        "ok": ok,
-        "errors": errors,
-        "tokens": tokens,
-        "work_cpu_s": cpu,
-        "work_wall_s": wall,
-    }
+        timing = await timed_workers(lambda: worker(session), concurrency)
+    return {"ok": ok, "errors": errors, "tokens": tokens, **timing}
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -1,16 +1,32 @@
-"""The command line shared by the reference client children (bench.bare, bench.openai_sdk)."""
+"""What the reference client children share (bench.bare, bench.openai_sdk, bench.httpx_h2):
+the command line, and timing the work phase."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import resource
 import sys
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 import orjson
 
 RunFn = Callable[[str, int, int, str], Awaitable[dict[str, Any]]]
+
+
+async def timed_workers(
+    worker: Callable[[], Awaitable[None]], concurrency: int
+) -> dict[str, float]:
+    """Run ``concurrency`` copies of ``worker`` to the end; their CPU and wall seconds."""
+    ru0 = resource.getrusage(resource.RUSAGE_SELF)
+    t0 = time.perf_counter()
+    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    wall = time.perf_counter() - t0
+    ru1 = resource.getrusage(resource.RUSAGE_SELF)
+    cpu = (ru1.ru_utime - ru0.ru_utime) + (ru1.ru_stime - ru0.ru_stime)
+    return {"work_cpu_s": cpu, "work_wall_s": wall}
 
 
 def client_main(run: RunFn, description: str | None, argv: list[str] | None = None) -> None:

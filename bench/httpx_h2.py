@@ -10,15 +10,12 @@ of opening another connection; compare its wall time and TLS connections with
 
 from __future__ import annotations
 
-import asyncio
 import itertools
-import resource
-import time
 from typing import Any
 
 import orjson
 
-from .client_main import client_main
+from .client_main import client_main, timed_workers
 
 
 async def _run(url: str, concurrency: int, n: int, model: str) -> dict[str, Any]:
@@ -69,14 +66,9 @@ async def _run(url: str, concurrency: int, n: int, model: str) -> dict[str, Any]
                 name = type(exc).__name__
                 errors[name] = errors.get(name, 0) + 1
 
-    ru0 = resource.getrusage(resource.RUSAGE_SELF)
-    t0 = time.perf_counter()
-    await asyncio.gather(*(worker() for _ in range(concurrency)))
-    wall = time.perf_counter() - t0
-    ru1 = resource.getrusage(resource.RUSAGE_SELF)
+    timing = await timed_workers(worker, concurrency)
     await client.aclose()
-    cpu = (ru1.ru_utime - ru0.ru_utime) + (ru1.ru_stime - ru0.ru_stime)
-    return {"ok": ok, "errors": errors, "tokens": tokens, "work_cpu_s": cpu, "work_wall_s": wall}
+    return {"ok": ok, "errors": errors, "tokens": tokens, **timing}
 
 
 def main(argv: list[str] | None = None) -> None:
