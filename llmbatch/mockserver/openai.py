@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable
 from typing import Any
 
 import orjson
@@ -25,35 +26,45 @@ class OpenAIRoutes:
 
     async def chat(self, request: web.Request) -> web.StreamResponse:
         """POST /v1/chat/completions."""
-        t0 = time.monotonic()
-        self.state.begin()
-        try:
-            body = await json_body(request)
-            if body is None:
-                return json_error(400, "invalid_request_error", "body is not valid JSON")
+
+        def parse(body: dict[str, Any]) -> tuple[list[Any], Any] | web.StreamResponse:
             messages = body.get("messages")
             if not isinstance(messages, list) or not messages:
                 return json_error(400, "invalid_request_error", "'messages' is required")
-            cap = body.get("max_completion_tokens") or body.get("max_tokens")
-            return await self._answer(request, body, messages, cap, t0, chat=True)
-        finally:
-            self.state.end()
+            return messages, body.get("max_completion_tokens") or body.get("max_tokens")
+
+        return await self._handle(request, parse, chat=True)
 
     async def completions(self, request: web.Request) -> web.StreamResponse:
         """POST /v1/completions: chat's text for ``[{"role": "user", "content": prompt}]``."""
+
+        def parse(body: dict[str, Any]) -> tuple[list[Any], Any] | web.StreamResponse:
+            prompt = body.get("prompt")
+            if not isinstance(prompt, str) or not prompt:
+                return json_error(400, "invalid_request_error", "'prompt' must be a string")
+            return [{"role": "user", "content": prompt}], body.get("max_tokens")
+
+        return await self._handle(request, parse, chat=False)
+
+    async def _handle(
+        self,
+        request: web.Request,
+        parse: Callable[[dict[str, Any]], tuple[list[Any], Any] | web.StreamResponse],
+        *,
+        chat: bool,
+    ) -> web.StreamResponse:
+        """Count the request in flight, read its body, answer (or refuse what ``parse`` did)."""
         t0 = time.monotonic()
         self.state.begin()
         try:
             body = await json_body(request)
             if body is None:
                 return json_error(400, "invalid_request_error", "body is not valid JSON")
-            prompt = body.get("prompt")
-            if not isinstance(prompt, str) or not prompt:
-                return json_error(400, "invalid_request_error", "'prompt' must be a string")
-            messages = [{"role": "user", "content": prompt}]
-            return await self._answer(
-                request, body, messages, body.get("max_tokens"), t0, chat=False
-            )
+            parsed = parse(body)
+            if isinstance(parsed, web.StreamResponse):
+                return parsed
+            messages, cap = parsed
+            return await self._answer(request, body, messages, cap, t0, chat=chat)
         finally:
             self.state.end()
 
