@@ -17,6 +17,7 @@ import dataclasses
 import os
 import sys
 import time
+import warnings
 from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,7 +35,14 @@ from .config import (
     resolve_api_key,
 )
 from .engine import BatchEnd, BatchRun, Engine, StopReason
-from .errors import ConfigError, InputError, RequestError
+from .errors import (
+    ConcurrencyCappedWarning,
+    ConfigError,
+    InputError,
+    InsecureTLSWarning,
+    RequestError,
+)
+from .fdlimit import fit_run_config
 from .identity import run_identity
 from .metrics import INPUT_ERROR, SLO, RunMetrics
 from .notices import warn
@@ -183,7 +191,18 @@ class Client:
         """Open the connection pool (and the embedded mock); ``async with`` calls this."""
         if self._engine is not None:
             return self
-        cfg = self._cfg
+        cfg, capped = fit_run_config(self._cfg)
+        if capped is not None:
+            warnings.warn(ConcurrencyCappedWarning(capped), stacklevel=2)
+            self._cfg = cfg
+        if cfg.insecure:
+            warnings.warn(
+                InsecureTLSWarning(
+                    "insecure=True: TLS certificates are NOT verified (for tests only); "
+                    "to trust a private CA pass ca_bundle=PATH"
+                ),
+                stacklevel=2,
+            )
         stack = contextlib.AsyncExitStack()
         try:
             base_url = cfg.provider.base_url

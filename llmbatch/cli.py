@@ -91,6 +91,30 @@ ProgressOpt = Annotated[
 ProviderOpt = Annotated[
     str | None, typer.Option("--provider", "-p", help="Provider profile (default: mock).")
 ]
+Http2Opt = Annotated[bool | None, typer.Option("--http2", help="HTTP/2 (httpx only).")]
+InsecureOpt = Annotated[
+    bool | None, typer.Option("--insecure", help="Do not verify TLS certificates (tests only).")
+]
+CaBundleOpt = Annotated[
+    Path | None,
+    typer.Option(help="PEM file of the CAs to trust (default: $SSL_CERT_FILE, else system)."),
+]
+
+
+def _warn_insecure(cfg: RunConfig) -> None:
+    """Say once that certificates are not verified (the library's own warning is muted)."""
+    if not cfg.insecure:
+        return
+    import warnings
+
+    from .errors import InsecureTLSWarning
+
+    typer.echo(
+        "llmbatch: warning: insecure: TLS certificates are NOT verified (for tests "
+        "only); to trust a private CA use --ca-bundle PATH",
+        err=True,
+    )
+    warnings.filterwarnings("ignore", category=InsecureTLSWarning)
 
 
 def _load(config: Path | None, flags: dict[str, Any]) -> RunConfig:
@@ -137,7 +161,7 @@ def run(
     client: Annotated[
         str | None, typer.Option(help="HTTP client adapter: aiohttp, httpx or httpx-aiohttp.")
     ] = None,
-    http2: Annotated[bool | None, typer.Option("--http2", help="HTTP/2 (httpx only).")] = None,
+    http2: Http2Opt = None,
     out: Annotated[
         Path | None, typer.Option("--out", "-o", help="Run directory (default outputs/<name>).")
     ] = None,
@@ -173,14 +197,8 @@ def run(
             help="Continue a run directory made for another base URL, model or provider.",
         ),
     ] = False,
-    insecure: Annotated[
-        bool | None,
-        typer.Option("--insecure", help="Do not verify TLS certificates (tests only)."),
-    ] = None,
-    ca_bundle: Annotated[
-        Path | None,
-        typer.Option(help="PEM file of the CAs to trust (default: $SSL_CERT_FILE, else system)."),
-    ] = None,
+    insecure: InsecureOpt = None,
+    ca_bundle: CaBundleOpt = None,
     slo: SloOpt = None,
     progress: ProgressOpt = None,
     shard: Annotated[
@@ -226,12 +244,7 @@ def run(
     }
     try:
         cfg = _load(config, flags)
-        if cfg.insecure:
-            typer.echo(
-                "llmbatch: warning: insecure: TLS certificates are NOT verified (for tests "
-                "only); to trust a private CA use --ca-bundle PATH",
-                err=True,
-            )
+        _warn_insecure(cfg)
         slo_obj = _parse_slo(slo)
         if engine not in ("local", "ray"):
             raise _fail(f"--engine: expected local or ray, got {engine!r}", EXIT_USAGE)
@@ -600,6 +613,9 @@ def compare(
         Path | None,
         typer.Option("--out", "-o", help="Compare directory (default outputs/compare-<...>)."),
     ] = None,
+    http2: Http2Opt = None,
+    insecure: InsecureOpt = None,
+    ca_bundle: CaBundleOpt = None,
     config: ConfigOpt = None,
     slo: SloOpt = None,
     progress: ProgressOpt = None,
@@ -629,9 +645,11 @@ def compare(
     try:
         concs = _parse_int_list(concurrency, "--concurrency")
         slo_obj = _parse_slo(slo)
+        flags = {"progress": progress, "http2": http2, "insecure": insecure}
         plan = plan_combinations(
-            config, provider or [], client or [], concs, flags={"progress": progress}
+            config, provider or [], client or [], concs, flags={**flags, "ca_bundle": ca_bundle}
         )
+        _warn_insecure(plan[0][1])
         if not prompts.is_file():
             raise InputError("no such file", path=str(prompts))
         cdir = make_compare_dir(plan[0][1].out_dir, prompts, out)

@@ -42,12 +42,15 @@ __all__ = [
     "AuthError",
     "BadRequest",
     "CertificateError",
+    "ConcurrencyCappedWarning",
     "ConfigError",
     "ConnectError",
     "DeadlineExceeded",
     "HTTPStatusError",
     "InputError",
+    "InsecureTLSWarning",
     "LLMBatchError",
+    "LLMBatchWarning",
     "MalformedResponse",
     "OutputError",
     "ProviderError",
@@ -70,6 +73,18 @@ __all__ = [
 
 class LLMBatchError(Exception):
     """Base of every error llmbatch raises on purpose."""
+
+
+class LLMBatchWarning(UserWarning):
+    """Base of the warnings the library gives where the CLI prints a warning line."""
+
+
+class InsecureTLSWarning(LLMBatchWarning):
+    """A Client was made with ``insecure=True``: TLS certificates are not verified."""
+
+
+class ConcurrencyCappedWarning(LLMBatchWarning):
+    """The open-file limit allows fewer requests in flight than asked: capped."""
 
 
 class ConfigError(LLMBatchError):

@@ -14,7 +14,6 @@ import dataclasses
 import resource
 
 from .config import RunConfig
-from .notices import warn
 
 __all__ = ["RESERVED_FDS", "fit_concurrency", "fit_run_config"]
 
@@ -49,16 +48,20 @@ def _show(limit: int) -> str:
     return "unlimited" if limit == resource.RLIM_INFINITY else str(limit)
 
 
-def fit_run_config(cfg: RunConfig) -> RunConfig:
-    """``cfg`` with its concurrency capped to the open-file limit (saying so on stderr)."""
+def fit_run_config(cfg: RunConfig) -> tuple[RunConfig, str | None]:
+    """(``cfg`` with its concurrency capped to the open-file limit, the notice saying so).
+
+    The CLI prints the notice as a warning line, a library Client warns with it.
+    """
     per_request = 1 + int(cfg.text_files) + int(cfg.provider.embedded_mock)
     wanted = cfg.max_concurrency if cfg.adaptive else cfg.concurrency
     fits, notice = fit_concurrency(wanted, fds_per_request=per_request)
     if notice is None:
-        return cfg
-    warn(notice)
+        return cfg, None
     if cfg.adaptive:
-        return dataclasses.replace(
+        capped = dataclasses.replace(
             cfg, max_concurrency=fits, concurrency=min(cfg.concurrency, fits)
         )
-    return dataclasses.replace(cfg, concurrency=fits)
+    else:
+        capped = dataclasses.replace(cfg, concurrency=fits)
+    return capped, notice

@@ -83,7 +83,8 @@ async def execute_run(
     The CLI's run on top of the library: a Client for ``cfg``, one Batch into the run
     directory, SIGINT/SIGTERM turned into a graceful stop (a second signal: at once).
     """
-    cfg = fit_run_config(cfg)  # within the open-file limit (raised, or concurrency capped)
+    cfg, capped = fit_run_config(cfg)  # within the open-file limit (raised, or capped)
+    warn(capped)
     client = Client.from_run_config(cfg)  # resolves the API key before anything is sent
     items: Iterator[PromptRecord | InputError] = open_prompts(prompts)
     run_dir = default_run_dir(cfg, prompts, shard)

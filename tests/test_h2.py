@@ -213,6 +213,21 @@ def test_cli_mock_server_tls_http2_prints_ca(tmp_path: Path) -> None:
         )
         assert insecure.returncode == 0, insecure.stderr
         assert "warning: insecure: TLS certificates are NOT verified" in insecure.stderr
+        assert "InsecureTLSWarning" not in insecure.stderr  # said once, by the CLI
+        # compare takes the same TLS and HTTP/2 flags as run
+        (tmp_path / "c.toml").write_text(f'[providers.vllm]\nbase_url = "{url.group(1)}"\n')
+        cmp = subprocess.run(
+            [sys.executable, "-m", "llmbatch", "compare", str(prompts), "-p", "vllm"]
+            + ["--client", "httpx", "--http2", "--ca-bundle", ca.group(1), "--no-progress"]
+            + ["-c", str(tmp_path / "c.toml"), "-o", str(tmp_path / "cmp")],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert cmp.returncode == 0, cmp.stderr
+        (row,) = orjson.loads((tmp_path / "cmp" / "compare.json").read_bytes())["runs"]
+        assert row["ok"] == 3 and row["failed"] == 0
+        assert row["summary"]["http_versions"] == {"HTTP/2": 3}
     finally:
         proc.terminate()
         proc.wait(timeout=10)

@@ -393,6 +393,49 @@ def test_open_file_limit_caps_or_raises_at_start(
     assert summary_counts(proc.stdout) == (600, 0)
 
 
+LIBRARY_UNDER_LOW_LIMIT = """
+import asyncio, sys, warnings
+import llmbatch
+
+async def main():
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        async with llmbatch.Client("mock", concurrency=1000, mock={"tokens": 4}) as llm:
+            results = [r async for r in llm.batch([f"q{i}" for i in range(600)])]
+    print(sum(r.ok for r in results), len(results), llm.config.concurrency)
+    for w in caught:
+        print(w.category.__name__, w.message, file=sys.stderr)
+
+asyncio.run(main())
+"""
+
+
+def test_library_client_fits_the_open_file_limit_and_warns(tmp_path: Path) -> None:
+    import resource
+
+    def limit_files() -> None:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (256, 256))
+
+    proc = subprocess.run(
+        [sys.executable, "-c", LIBRARY_UNDER_LOW_LIMIT],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env=child_env(),
+        preexec_fn=limit_files,
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "Too many open files" not in proc.stderr and "Traceback" not in proc.stderr
+    # counted per request: a socket, a text file, the embedded mock's end: 64 fit in 256 - 64
+    assert proc.stdout.split() == ["600", "600", "64"]
+    assert proc.stderr.splitlines() == [
+        "ConcurrencyCappedWarning the open-file limit (256, hard limit 256) allows about 64 "
+        "requests in flight, not 1000: concurrency capped at 64 (raise it with ulimit -n to "
+        "go higher)"
+    ]
+
+
 @pytest.mark.timeout(60)
 async def test_second_ctrl_c_prints_no_tracebacks_from_the_embedded_mock(tmp_path: Path) -> None:
     import signal

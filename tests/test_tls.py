@@ -144,6 +144,15 @@ async def test_library_client_trusts_ca_bundle(tls_server: MockServer, certs: Mo
     assert result.metrics.http_version == "HTTP/1.1"
 
 
+async def test_library_client_insecure_warns_and_passes(tls_server: MockServer) -> None:
+    with pytest.warns(llmbatch.InsecureTLSWarning, match="NOT verified"):
+        async with llmbatch.Client(
+            "vllm", base_url=tls_server.url, model="m", insecure=True
+        ) as llm:
+            result = await llm.complete("over tls")
+    assert result.ok and result.text == expected_text(MESSAGES, 12)
+
+
 @pytest.mark.parametrize("client", ADAPTERS)
 async def test_untrusted_server_stops_the_run_at_once(
     client: str, tmp_path: Path, tls_server: MockServer
