@@ -292,10 +292,11 @@ def _run_ray(
 def _run_loop(cfg: RunConfig, prompts: Path, slo: SLO, shard: Shard | None) -> RunOutput:
     import asyncio
 
+    from .gctune import batch_gc
     from .runner import execute_run
 
     loop_factory = _loop_factory()
-    with asyncio.Runner(loop_factory=loop_factory) as runner:
+    with batch_gc(), asyncio.Runner(loop_factory=loop_factory) as runner:
         return runner.run(execute_run(cfg, prompts, slo=slo, shard=shard))
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import AsyncIterator
 
 import orjson
@@ -14,6 +15,7 @@ from llmbatch.errors import (
     AuthError,
     BadRequest,
     ConnectError,
+    MalformedResponse,
     QuotaExhausted,
     RateLimited,
     ReadTimeout,
@@ -29,13 +31,19 @@ MESSAGES = [{"role": "user", "content": "contract"}]
 FAST = Timeouts(connect_s=2.0, first_byte_s=2.0, idle_s=2.0, total_s=10.0)
 
 
-@pytest.fixture(params=ADAPTERS)
+# How collect() reads each adapter's body: "chunks", or "push" where the adapter offers it.
+_READ_MODE: weakref.WeakKeyDictionary[ClientAdapter, str] = weakref.WeakKeyDictionary()
+
+
+@pytest.fixture(params=[*ADAPTERS, "aiohttp+push"])
 async def adapter(request: pytest.FixtureRequest) -> AsyncIterator[ClientAdapter]:
+    name, _, mode = request.param.partition("+")
     client = make_client(
-        request.param,
+        name,
         max_connections=8,
         timeouts=Timeouts(connect_s=2.0, first_byte_s=0.5, idle_s=0.5, total_s=10.0),
     )
+    _READ_MODE[client] = mode or "chunks"
     async with client:
         yield client
 
@@ -60,7 +68,17 @@ def chat_request(url: str, *, stream: bool = True, **headers: str) -> HTTPReques
 
 async def collect(client: ClientAdapter, req: HTTPRequest) -> tuple[bytes, dict[str, str]]:
     async with client.stream(req) as resp:
-        parts = [c async for c in resp.chunks]
+        if _READ_MODE.get(client) == "push":
+            assert resp.push is not None
+            parts: list[bytes] = []
+
+            def on_chunk(chunk: bytes) -> bool:
+                parts.append(chunk)
+                return False  # the whole body, as chunks would give it
+
+            await resp.push(on_chunk, 1.0)
+        else:
+            parts = [c async for c in resp.chunks]
         return b"".join(parts), dict(resp.headers)
 
 
@@ -200,3 +218,33 @@ async def test_one_mebibyte_sse_line(adapter: ClientAdapter, raw_url: str) -> No
     req = HTTPRequest(url=req.url + "?mode=big", headers=req.headers, body=req.body)
     raw, _ = await collect(adapter, req)
     assert stream_text(raw) == "x" * (1 << 20)
+
+
+async def test_push_raises_what_on_chunk_raises_and_stops_at_the_answer(
+    server: MockServer,
+) -> None:
+    # The aiohttp adapter's push path: a callback error ends the read with that error;
+    # a callback that says "complete" at [DONE] gets nothing more, and the next request
+    # on the same adapter still gets a whole answer.
+    client = make_client("aiohttp", max_connections=1, timeouts=FAST)
+    async with client:
+        async with client.stream(chat_request(server.url)) as resp:
+            assert resp.push is not None
+
+            def boom(chunk: bytes) -> bool:
+                raise MalformedResponse("bad chunk")
+
+            with pytest.raises(MalformedResponse, match="bad chunk"):
+                await resp.push(boom, 1.0)
+        parts: list[bytes] = []
+
+        def until_done(chunk: bytes) -> bool:
+            assert not parts or not parts[-1].endswith(b"data: [DONE]\n\n")
+            parts.append(chunk)
+            return b"data: [DONE]\n\n" in chunk
+
+        async with client.stream(chat_request(server.url)) as resp:
+            assert resp.push is not None
+            await resp.push(until_done, 1.0)
+        assert stream_text(b"".join(parts)) == expected_text(MESSAGES, 12)
+    assert server.stats.completed >= 1

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
 
@@ -11,6 +11,7 @@ import aiohttp
 
 from ..config import Timeouts
 from ..errors import ConnectError, ReadTimeout, StreamInterrupted, http_status_error
+from .aiohttp_push import map_body_error, push_body
 from .base import ERROR_BODY_LIMIT, ClientAdapter, HTTPRequest, StreamingResponse, request_id_from
 from .tls import certificate_error_from
 
@@ -97,12 +98,20 @@ class AiohttpAdapter(ClientAdapter):
                     body = b""
                 raise http_status_error(resp.status, headers, body, rid)
             v = resp.version
+            idle_s = t.idle_s
+
+            def push(on_chunk: Callable[[bytes], bool], drain_s: float) -> Awaitable[None]:
+                return push_body(
+                    resp, on_chunk, idle_s=idle_s, drain_s=drain_s, pull=lambda: _chunks(resp)
+                )
+
             yield StreamingResponse(
                 status=resp.status,
                 headers=headers,
                 chunks=_chunks(resp),
                 request_id=rid,
                 http_version=f"HTTP/{v.major}.{v.minor}" if v is not None else "HTTP/1.1",
+                push=push,
             )
         finally:
             resp.release()
@@ -121,9 +130,5 @@ async def _chunks(resp: aiohttp.ClientResponse) -> AsyncIterator[bytes]:
             if not chunk:
                 return
             yield chunk
-    except (aiohttp.ServerTimeoutError, TimeoutError) as exc:
-        raise ReadTimeout(f"no data for longer than the idle timeout ({exc})") from None
-    except (aiohttp.ClientPayloadError, aiohttp.ServerDisconnectedError) as exc:
-        raise StreamInterrupted(f"stream interrupted: {type(exc).__name__}") from None
-    except aiohttp.ClientError as exc:
-        raise StreamInterrupted(f"{type(exc).__name__}: {exc}") from None
+    except (aiohttp.ClientError, TimeoutError) as exc:
+        raise map_body_error(exc) from None

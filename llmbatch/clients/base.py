@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import ssl
 from abc import ABC, abstractmethod
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,7 +18,7 @@ from pathlib import Path
 from ..config import Timeouts
 from .tls import make_ssl_context
 
-__all__ = ["ERROR_BODY_LIMIT", "ClientAdapter", "HTTPRequest", "StreamingResponse"]
+__all__ = ["ERROR_BODY_LIMIT", "BodyPush", "ClientAdapter", "HTTPRequest", "StreamingResponse"]
 
 # How much of an error response body is kept (for messages and quota detection).
 ERROR_BODY_LIMIT = 64 * 1024
@@ -33,12 +33,24 @@ class HTTPRequest:
     body: bytes
 
 
+# push(on_chunk, drain_s): see StreamingResponse.
+BodyPush = Callable[[Callable[[bytes], bool], float], Awaitable[None]]
+
+
 @dataclass(slots=True)
 class StreamingResponse:
     """A 2xx response whose body is still arriving; ``headers`` has lower-case keys.
 
     ``http_version`` is the protocol the response actually came over ("HTTP/1.1" or
     "HTTP/2"), whatever was asked for.
+
+    The body is read either from ``chunks`` or, where the adapter offers it, through
+    ``push(on_chunk, drain_s)``: every chunk goes to ``on_chunk`` as it arrives, with no
+    await per read, and the call returns at the end of the body. ``on_chunk`` returning
+    True means the answer is complete: the rest is read undelivered for at most
+    ``drain_s`` (for reuse), and errors after that point are ignored. Exceptions from
+    ``on_chunk`` are raised from ``push``, and so are the body's errors (mapped as for
+    ``chunks``). Use one of the two, once.
     """
 
     status: int
@@ -46,6 +58,7 @@ class StreamingResponse:
     chunks: AsyncIterator[bytes]
     request_id: str | None = field(default=None)
     http_version: str = "HTTP/1.1"
+    push: BodyPush | None = None
 
 
 def request_id_from(headers: Mapping[str, str]) -> str | None:

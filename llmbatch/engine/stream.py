@@ -95,10 +95,12 @@ async def stream_attempt(
                     live.tokens += 1
                     on_text([text])
             else:
-                # Per chunk, not per token: one read's deltas arrived together, so they
-                # share one timestamp (the gaps between them are 0) and one write.
                 feed = asm.feed
-                async for chunk in chunks:
+
+                def on_chunk(chunk: bytes) -> bool:
+                    """One read: its deltas arrived together, so they share one timestamp
+                    (the gaps between them are 0) and one write. True once complete."""
+                    nonlocal first, last
                     texts = feed(chunk)
                     if texts:
                         now = perf()
@@ -118,12 +120,20 @@ async def stream_attempt(
                             f"no content for {idle_s:g}s (only keepalive pings) after "
                             f"{m.chunks} tokens"
                         )
+                    return asm.finished
+
+                if resp.push is not None:
+                    # Each chunk handled where it arrives, no await per read; the adapter
+                    # drains the rest after the end marker.
+                    await resp.push(on_chunk, DRAIN_AFTER_END_S)
+                else:
+                    async for chunk in chunks:
+                        if on_chunk(chunk):
+                            break
                     if asm.finished:
-                        break
-                if asm.finished:
-                    # The answer is complete: whatever happens to the connection now
-                    # (a drop, a stall) must not cost it. Drain briefly so it is reused.
-                    await _drain(chunks, DRAIN_AFTER_END_S)
+                        # The answer is complete: whatever happens to the connection now
+                        # (a drop, a stall) must not cost it. Drain briefly for reuse.
+                        await _drain(chunks, DRAIN_AFTER_END_S)
     except TimeoutError:
         raise DeadlineExceeded(f"request took longer than {total_s:g}s") from None
     if not asm.finished:
