@@ -45,13 +45,20 @@ def _bucket(value_s: float) -> int:
 _FLOOR_BUCKET = _bucket(_MIN_S)
 
 
+# Values of add_many() are bucketed in batches of about this many (sorted together, the
+# values of many requests share few buckets: one bisect per bucket instead of a log()
+# per value).
+_FOLD_AT = 8192
+
+
 class Histogram:
     """Constant-memory histogram of positive durations; percentiles within ~1%."""
 
-    __slots__ = ("_buckets", "count", "total", "min", "max")
+    __slots__ = ("_buckets", "_pending", "count", "total", "min", "max")
 
     def __init__(self) -> None:
         self._buckets: Counter[int] = Counter()
+        self._pending: list[float] = []  # values of add_many() not bucketed yet
         self.count = 0
         self.total = 0.0
         self.min = math.inf
@@ -70,13 +77,33 @@ class Histogram:
     def add_many(self, values_s: list[float]) -> None:
         """Record several values (the pooled ITL: one per streamed token).
 
-        Sorted once; when they span few buckets (steady streams), each bucket's share is
-        counted with one bisect instead of one log() per value.
+        Count, total, min and max are updated at once; the values are bucketed in
+        batches (``_FOLD_AT``), before any percentile is read.
         """
         n = len(values_s)
         if not n:
             return
-        s = sorted(values_s)
+        self.count += n
+        self.total += sum(values_s)
+        lo, hi = min(values_s), max(values_s)
+        if lo < self.min:
+            self.min = lo
+        if hi > self.max:
+            self.max = hi
+        pending = self._pending
+        pending += values_s
+        if len(pending) >= _FOLD_AT:
+            self._fold()
+
+    def _fold(self) -> None:
+        """Bucket the pending values: sorted once; where they span few buckets (steady
+        streams), each bucket's share is counted with one bisect."""
+        s = self._pending
+        if not s:
+            return
+        self._pending = []
+        s.sort()
+        n = len(s)
         buckets = self._buckets
         # Gaps of deltas that came in one read are 0: all of them share the floor bucket.
         i = bisect_right(s, _MIN_S)
@@ -100,17 +127,17 @@ class Histogram:
         else:
             for v in s[i:]:
                 buckets[math.floor(math.log(v) / _LOG_STEP)] += 1
-        self.count += n
-        self.total += sum(s)
-        if s[0] < self.min:
-            self.min = s[0]
-        if s[-1] > self.max:
-            self.max = s[-1]
+
+    def bucket_counts(self) -> dict[int, int]:
+        """How many values each log bucket holds (bucket k: [1.01^k, 1.01^(k+1)) s)."""
+        self._fold()
+        return dict(self._buckets)
 
     def percentile(self, p: float) -> float | None:
         """The p-th percentile (bucket midpoint, clamped to the observed range)."""
         if not self.count:
             return None
+        self._fold()
         rank = max(1, math.ceil(self.count * p / 100.0))
         seen = 0
         for b in sorted(self._buckets):

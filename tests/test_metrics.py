@@ -202,7 +202,27 @@ def test_histogram_add_many_counts_like_add_one_by_one() -> None:
     many = Histogram()
     many.add_many(values[:1000])
     many.add_many(values[1000:])
-    assert many._buckets == one._buckets
+    assert many.bucket_counts() == one.bucket_counts()
     assert (many.count, many.min, many.max) == (one.count, one.min, one.max)
     assert many.total == pytest.approx(one.total)
+    assert many.summary() == one.summary()
+
+
+def test_histogram_add_many_in_many_small_batches_counts_like_add() -> None:
+    # 20,000 gaps in 64-value requests (past the batch size), a summary read midway.
+    import random
+
+    rng = random.Random(11)
+    values = [rng.choice((0.0, rng.gauss(0.02, 0.004))) for _ in range(20_000)]
+    values = [abs(v) for v in values]
+    one, many = Histogram(), Histogram()
+    for i in range(0, len(values), 64):
+        part = values[i : i + 64]
+        for v in part:
+            one.add(v)
+        many.add_many(part)
+        if i == 64 * 100:
+            assert many.summary() == one.summary()
+    assert many.bucket_counts() == one.bucket_counts()
+    assert (many.count, many.min, many.max) == (one.count, one.min, one.max)
     assert many.summary() == one.summary()

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -11,6 +10,7 @@ import aiohttp
 
 from ..config import Timeouts
 from ..errors import ConnectError, ReadTimeout, StreamInterrupted, http_status_error
+from ..watchdog import within
 from .aiohttp_push import map_body_error, push_body
 from .base import ERROR_BODY_LIMIT, ClientAdapter, HTTPRequest, StreamingResponse, request_id_from
 from .tls import certificate_error_from
@@ -68,7 +68,7 @@ class AiohttpAdapter(ClientAdapter):
         session = self._get_session()
         t = self.timeouts
         try:
-            async with asyncio.timeout(t.first_byte_s + t.connect_s):
+            with within(t.first_byte_s + t.connect_s):  # a watchdog entry, no timer
                 # The run's SSLContext per request, so plain-HTTP runs never build it.
                 ssl_ctx = self.ssl_context if request.url.startswith("https:") else True
                 resp = await session.post(

@@ -9,7 +9,7 @@ whose ``feed_data`` hands each chunk to ``on_chunk`` at once, from the protocol'
 ``data_received``; the task awaits one future for the whole body. Whatever aiohttp signals
 on the reader (the end of the body, a dropped connection, a payload error) resolves that
 future, mapped to llmbatch's errors as ``_chunks`` maps them. The idle timeout is one
-timer per response that re-arms itself lazily from the time of the last chunk.
+watchdog entry per response (watchdog.py), moved lazily after the last chunk.
 
 Only a plain ``StreamReader`` is switched; anything else is read the usual way.
 """
@@ -17,6 +17,7 @@ Only a plain ``StreamReader`` is switched; anything else is read the usual way.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
@@ -24,6 +25,7 @@ import aiohttp
 from aiohttp.streams import StreamReader
 
 from ..errors import ReadTimeout, RequestError, StreamInterrupted
+from ..watchdog import watch, within
 
 __all__ = ["map_body_error", "push_body"]
 
@@ -76,36 +78,25 @@ class _PushReader(StreamReader):
 
 
 class _Push:
-    """The state of one pushed body: the callback, the future, the idle timer."""
+    """The state of one pushed body: the callback, the future, the idle deadline.
 
-    __slots__ = (
-        "on_chunk",
-        "fut",
-        "loop",
-        "last",
-        "idle_s",
-        "drain_s",
-        "done",
-        "finished",
-        "timer",
-    )
+    The idle deadline is a watchdog entry (watchdog.py) whose ``when`` is moved to
+    ``last + idle_s`` only when it comes due: no timer is touched per read.
+    """
+
+    __slots__ = ("on_chunk", "fut", "loop", "last", "idle_s", "when", "done", "finished")
 
     def __init__(
-        self,
-        loop: asyncio.AbstractEventLoop,
-        on_chunk: Callable[[bytes], bool],
-        idle_s: float,
-        drain_s: float,
+        self, loop: asyncio.AbstractEventLoop, on_chunk: Callable[[bytes], bool], idle_s: float
     ) -> None:
         self.on_chunk = on_chunk
         self.fut: asyncio.Future[None] = loop.create_future()
         self.loop = loop
         self.last = loop.time()
         self.idle_s = idle_s
-        self.drain_s = drain_s
+        self.when = self.last + idle_s
         self.done = False  # nothing more is delivered (the answer is complete, or failed)
         self.finished = False  # the callback said the answer is complete
-        self.timer = loop.call_at(self.last + idle_s, self._check_idle)
 
     def data(self, data: bytes) -> None:
         if self.done:
@@ -117,15 +108,13 @@ class _Push:
             self.end(exc)
             return
         if finished:
-            # The answer is complete: wait a little for the end of the body so the
-            # connection is reused; whatever happens to it now must not cost the answer.
-            self.done = self.finished = True
-            self.timer.cancel()
-            self.timer = self.loop.call_later(self.drain_s, self.end, None)
+            # The answer is complete; the task wakes now and waits for the end of the
+            # body only if it has not come with this same read (it nearly always has).
+            self.finished = True
+            self.end(None)
 
     def end(self, exc: BaseException | None) -> None:
         self.done = True
-        self.timer.cancel()
         fut = self.fut
         if fut.done():
             return
@@ -134,14 +123,16 @@ class _Push:
         else:
             fut.set_exception(map_body_error(exc))
 
-    def _check_idle(self) -> None:
+    def fire(self, now: float) -> bool:
+        """The idle deadline came due: time out, or move it after the last chunk."""
         if self.done:
-            return
+            return True
         due = self.last + self.idle_s
-        if self.loop.time() >= due - _SLACK_S:
+        if now >= due - _SLACK_S:
             self.end(ReadTimeout(_IDLE_TIMEOUT))
-        else:
-            self.timer = self.loop.call_at(due, self._check_idle)
+            return True
+        self.when = due
+        return False
 
 
 async def push_body(
@@ -168,25 +159,33 @@ async def push_body(
         raise map_body_error(exc) from None
     buffered = content.read_nowait(-1)  # what came with the headers
     if buffered and on_chunk(buffered):
-        if content.is_eof():
-            return
-        await _pull_body(pull(), lambda _: False, drain_s, draining=True)
+        if not content.is_eof():
+            await _pull_body(pull(), on_chunk, drain_s, draining=True)
         return
     if content.is_eof():
         return
     conn = resp.connection
     if conn is not None and conn.protocol is not None:
-        # From here on the idle timeout is ours (one lazy timer, not one per read).
+        # From here on the idle timeout is ours (one watchdog entry, not a timer per read).
         conn.protocol.read_timeout = None
-    push = _Push(asyncio.get_running_loop(), on_chunk, idle_s, drain_s)
+    loop = asyncio.get_running_loop()
+    push = _Push(loop, on_chunk, idle_s)
     key = id(content)
     _TARGETS[key] = push
     content.__class__ = _PushReader
+    dog = watch(push, loop)
     try:
         await push.fut
+        if push.finished and not content.is_eof() and content.exception() is None:
+            # The end of the body did not come with the end marker: wait a little for
+            # it so the connection is reused; whatever happens to it must not cost the
+            # answer now.
+            push.fut = loop.create_future()
+            with contextlib.suppress(TimeoutError, RequestError), within(drain_s):
+                await push.fut
     finally:
         push.done = True
-        push.timer.cancel()
+        dog.discard(push)
         content.__class__ = StreamReader
         del _TARGETS[key]
 
@@ -205,9 +204,6 @@ async def _pull_body(
                 draining = True
                 break
     if draining:
-        try:
-            async with asyncio.timeout(drain_s):
-                async for _ in chunks:
-                    pass
-        except (TimeoutError, RequestError):
-            pass
+        with contextlib.suppress(TimeoutError, RequestError), within(drain_s):
+            async for _ in chunks:
+                pass

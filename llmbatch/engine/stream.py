@@ -15,7 +15,6 @@ content. Before the first token, queueing servers may ping for as long as they l
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import time
 from collections.abc import AsyncIterator, Callable, Mapping
@@ -34,6 +33,7 @@ from ..errors import (
 )
 from ..providers.base import StreamAssembler
 from ..records import RequestMetrics
+from ..watchdog import within
 
 __all__ = ["JSON_ANSWER_LIMIT", "LiveCounts", "stream_attempt"]
 
@@ -81,59 +81,61 @@ async def stream_attempt(
     first = last = 0.0
     itl = m.itl_s
     try:
-        async with asyncio.timeout(total_s), client.stream(request) as resp:
-            rid = resp.request_id
-            m.http_version = resp.http_version
-            on_headers(resp.headers)
-            chunks = resp.chunks
-            ctype = resp.headers.get("content-type", "")
-            if ctype and not ctype.startswith("text/event-stream"):
-                text = await _whole_answer(ctype, chunks, asm)
-                first = last = perf()
-                if text:
-                    m.chunks = 1
-                    live.tokens += 1
-                    on_text([text])
-            else:
-                feed = asm.feed
-
-                def on_chunk(chunk: bytes) -> bool:
-                    """One read: its deltas arrived together, so they share one timestamp
-                    (the gaps between them are 0) and one write. True once complete."""
-                    nonlocal first, last
-                    texts = feed(chunk)
-                    if texts:
-                        now = perf()
-                        n = len(texts)
-                        if m.chunks:
-                            itl.append(now - last)
-                        else:
-                            first = now
-                        if n > 1:
-                            itl.extend(_ZEROS[: n - 1] if n <= len(_ZEROS) else [0.0] * (n - 1))
-                        last = now
-                        m.chunks += n
-                        live.tokens += n
-                        on_text(texts)
-                    elif m.chunks and perf() - last > idle_s:
-                        raise ReadTimeout(
-                            f"no content for {idle_s:g}s (only keepalive pings) after "
-                            f"{m.chunks} tokens"
-                        )
-                    return asm.finished
-
-                if resp.push is not None:
-                    # Each chunk handled where it arrives, no await per read; the adapter
-                    # drains the rest after the end marker.
-                    await resp.push(on_chunk, DRAIN_AFTER_END_S)
+        # One watchdog entry, not a timer per attempt (watchdog.py).
+        with within(total_s):
+            async with client.stream(request) as resp:
+                rid = resp.request_id
+                m.http_version = resp.http_version
+                on_headers(resp.headers)
+                chunks = resp.chunks
+                ctype = resp.headers.get("content-type", "")
+                if ctype and not ctype.startswith("text/event-stream"):
+                    text = await _whole_answer(ctype, chunks, asm)
+                    first = last = perf()
+                    if text:
+                        m.chunks = 1
+                        live.tokens += 1
+                        on_text([text])
                 else:
-                    async for chunk in chunks:
-                        if on_chunk(chunk):
-                            break
-                    if asm.finished:
-                        # The answer is complete: whatever happens to the connection now
-                        # (a drop, a stall) must not cost it. Drain briefly for reuse.
-                        await _drain(chunks, DRAIN_AFTER_END_S)
+                    feed = asm.feed
+
+                    def on_chunk(chunk: bytes) -> bool:
+                        """One read: its deltas arrived together, so they share one timestamp
+                        (the gaps between them are 0) and one write. True once complete."""
+                        nonlocal first, last
+                        texts = feed(chunk)
+                        if texts:
+                            now = perf()
+                            n = len(texts)
+                            if m.chunks:
+                                itl.append(now - last)
+                            else:
+                                first = now
+                            if n > 1:
+                                itl.extend(_ZEROS[: n - 1] if n <= len(_ZEROS) else [0.0] * (n - 1))
+                            last = now
+                            m.chunks += n
+                            live.tokens += n
+                            on_text(texts)
+                        elif m.chunks and perf() - last > idle_s:
+                            raise ReadTimeout(
+                                f"no content for {idle_s:g}s (only keepalive pings) after "
+                                f"{m.chunks} tokens"
+                            )
+                        return asm.finished
+
+                    if resp.push is not None:
+                        # Each chunk handled where it arrives, no await per read; the adapter
+                        # drains the rest after the end marker.
+                        await resp.push(on_chunk, DRAIN_AFTER_END_S)
+                    else:
+                        async for chunk in chunks:
+                            if on_chunk(chunk):
+                                break
+                        if asm.finished:
+                            # The answer is complete: whatever happens to the connection now
+                            # (a drop, a stall) must not cost it. Drain briefly for reuse.
+                            await _drain(chunks, DRAIN_AFTER_END_S)
     except TimeoutError:
         raise DeadlineExceeded(f"request took longer than {total_s:g}s") from None
     if not asm.finished:
@@ -172,7 +174,6 @@ async def _whole_answer(ctype: str, chunks: AsyncIterator[bytes], asm: StreamAss
 
 async def _drain(chunks: AsyncIterator[bytes], limit_s: float) -> None:
     """Read what is left of a finished response, at most ``limit_s``; errors do not matter."""
-    with contextlib.suppress(TimeoutError, RequestError):
-        async with asyncio.timeout(limit_s):
-            async for _ in chunks:
-                pass
+    with contextlib.suppress(TimeoutError, RequestError), within(limit_s):
+        async for _ in chunks:
+            pass

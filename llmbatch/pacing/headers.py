@@ -28,7 +28,7 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 __all__ = [
@@ -210,6 +210,12 @@ class HeaderFamily:
     groups: tuple[_Group, ...]
     continuous: bool = False
     default_window_s: float | None = None  # for groups whose window the names do not give
+    # Every header name the groups read (one set test tells a response without any).
+    _names: frozenset[str] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        names = {n for g in self.groups for n in (g.limit, g.remaining, g.reset) if n}
+        object.__setattr__(self, "_names", frozenset(names))
 
     def read(
         self, headers: Mapping[str, str], wall_now_s: float, window_s: float | None = None
@@ -219,6 +225,8 @@ class HeaderFamily:
         ``window_s`` (from the config) is the window of groups the family leaves open.
         """
         lowered = {str(k).lower(): v for k, v in headers.items()}
+        if lowered.keys().isdisjoint(self._names):
+            return []  # no rate-limit header at all (most responses of most servers)
         split_tokens = any(
             k in lowered
             for g in self.groups
