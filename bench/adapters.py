@@ -132,6 +132,8 @@ def run_shape(
     trees: dict[str, Path] | None = None,
     h2_streams: list[int] | None = None,
     plain_h2: bool = True,
+    tree_client: str = "aiohttp",
+    layout_rows: bool = True,
 ) -> tuple[list[Measure], dict[int, Measure]]:
     with_sdk = importlib.util.find_spec("openai") is not None and transport == "plain"
     out: list[Measure] = []
@@ -144,7 +146,10 @@ def run_shape(
                 m = run_bare(server, c, requests, loop=loop)
                 runs.setdefault("bare", []).append(m)
                 _progress(shape, rep, m)
-                for label, client, extra, env in variants(clients, transport, h2_streams or []):
+                rows = variants(clients, transport, h2_streams or [])
+                if not layout_rows:
+                    rows = [r for r in rows if not r[2] or transport == "h2"]
+                for label, client, extra, env in rows:
                     m = run_llmbatch(
                         server,
                         c,
@@ -165,10 +170,10 @@ def run_shape(
                         c,
                         prompts,
                         requests,
-                        client="aiohttp",
+                        client=tree_client,
                         loop=loop,
                         extra_env={"PYTHONPATH": str(tree)},
-                        label=f"llmbatch --client aiohttp [{name}]",
+                        label=f"llmbatch --client {tree_client} [{name}]",
                     )
                     runs.setdefault(f"tree:{name}", []).append(m)
                     _progress(shape, rep, m)
@@ -238,7 +243,18 @@ def main(argv: list[str] | None = None) -> None:
         action="append",
         default=[],
         metavar="LABEL=DIR",
-        help="also run --client aiohttp from another checkout (repeatable)",
+        help="also run --client aiohttp (see --tree-client) from another checkout (repeatable)",
+    )
+    ap.add_argument(
+        "--tree-client",
+        default="aiohttp",
+        choices=CLIENTS,
+        help="the --client of the --tree rows (default aiohttp)",
+    )
+    ap.add_argument(
+        "--no-layout-rows",
+        action="store_true",
+        help="plain: skip the aiohttp --no-text and --text-layout log rows",
     )
     args = ap.parse_args(argv)
     shapes = ["fast", "realistic"] if args.shape == "both" else [args.shape]
@@ -268,6 +284,8 @@ def main(argv: list[str] | None = None) -> None:
                 trees,
                 args.h2_streams,
                 not args.no_plain_h2,
+                args.tree_client,
+                not args.no_layout_rows,
             )
             s = SHAPES[shape]
             print(

@@ -22,16 +22,19 @@ from __future__ import annotations
 import asyncio
 import itertools
 import math
-from collections.abc import AsyncIterator
+import ssl
+from collections.abc import AsyncIterable, AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+import httpcore
 import httpx
 
 from ..config import Timeouts
 from ..errors import ConnectError, ReadTimeout, StreamInterrupted, http_status_error
 from .base import ERROR_BODY_LIMIT, ClientAdapter, HTTPRequest, StreamingResponse, request_id_from
+from .httpcore_asyncio import AsyncioBackend
 from .tls import certificate_error_from
 
 __all__ = ["DEFAULT_POOL_SIZE", "HttpxAdapter"]
@@ -45,6 +48,7 @@ KEEPALIVE_EXPIRY_S = 4.0  # below common server idle timeouts (uvicorn: 5 s)
 # Streams per h2 connection until the server's SETTINGS say otherwise: httpcore's own
 # cap (it announces and never exceeds 100), also what api.anthropic.com allows.
 DEFAULT_H2_STREAMS = 100
+_BACKEND = AsyncioBackend()  # stateless: one for every pool
 
 
 @dataclass(slots=True, eq=False)
@@ -123,9 +127,7 @@ class HttpxAdapter(ClientAdapter):
             transport = AiohttpTransport(limits=limits, client=session)
         else:
             # Limits go on the transport: the client ignores its own when given one.
-            transport = httpx.AsyncHTTPTransport(
-                limits=limits, http2=self.http2, verify=self.ssl_context, retries=0
-            )
+            transport = _transport(limits, self.http2, self.ssl_context)
         return httpx.AsyncClient(
             transport=transport,
             timeout=httpx.Timeout(
@@ -227,7 +229,7 @@ class HttpxAdapter(ClientAdapter):
             yield StreamingResponse(
                 status=resp.status_code,
                 headers=headers,
-                chunks=_chunks(resp),
+                chunks=_chunks(resp, headers.get("content-encoding", "")),
                 request_id=rid,
                 http_version=resp.http_version,
             )
@@ -240,6 +242,27 @@ class HttpxAdapter(ClientAdapter):
         self._lanes = []
         for c in clients:
             await c.aclose()
+
+
+def _transport(limits: httpx.Limits, http2: bool, ctx: ssl.SSLContext) -> httpx.AsyncHTTPTransport:
+    """httpx's own transport over a pool on our asyncio network backend.
+
+    httpx (0.28) has no ``network_backend`` argument, so the pool it builds is replaced
+    by one with the same arguments (those httpx passes without a proxy; the adapter
+    never uses one) plus the backend.
+    """
+    transport = httpx.AsyncHTTPTransport(limits=limits, http2=http2, verify=ctx, retries=0)
+    transport._pool = httpcore.AsyncConnectionPool(
+        ssl_context=ctx,
+        max_connections=limits.max_connections,
+        max_keepalive_connections=limits.max_keepalive_connections,
+        keepalive_expiry=limits.keepalive_expiry,
+        http1=True,
+        http2=http2,
+        retries=0,
+        network_backend=_BACKEND,
+    )
+    return transport
 
 
 def _h2_stream_limit(client: httpx.AsyncClient) -> int | None:
@@ -262,9 +285,19 @@ def _h2_stream_limit(client: httpx.AsyncClient) -> int | None:
     return None
 
 
-async def _chunks(resp: httpx.Response) -> AsyncIterator[bytes]:
+async def _chunks(resp: httpx.Response, content_encoding: str) -> AsyncIterator[bytes]:
+    """The body's bytes, decoded when the server compressed them.
+
+    Without a content-encoding the response's own stream is read: ``aiter_bytes`` would
+    add two generator layers, an identity decoder and a chunker to every read (one read
+    per token when tokens are 20 ms apart).
+    """
+    encoded = content_encoding.strip().lower() not in ("", "identity")
+    source: AsyncIterable[bytes] = resp.aiter_bytes()
+    if not encoded and isinstance(resp.stream, httpx.AsyncByteStream):
+        source = resp.stream
     try:
-        async for chunk in resp.aiter_bytes():
+        async for chunk in source:
             if chunk:
                 yield chunk
     except httpx.TimeoutException as exc:
