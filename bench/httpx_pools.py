@@ -6,8 +6,9 @@ httpcore rescans every connection of a pool on each request add/release
 (RESEARCH.md §2), so llmbatch's httpx adapter splits its connections over several
 clients used in rotation. This measures the split (``0`` = one pool of all C
 connections), plus ``--client httpx-aiohttp`` and ``--client httpx --http2``, on the
-fast shape, against the bare aiohttp loop of the same invocation. The pool size is
-set through ``BENCH_HTTPX_POOL_SIZE`` (see bench.llmbatch_child).
+fast shape (``--shape realistic``: 20 ms between tokens), against the bare aiohttp loop
+of the same invocation. The pool size is set through ``BENCH_HTTPX_POOL_SIZE``
+(see bench.llmbatch_child).
 """
 
 from __future__ import annotations
@@ -30,7 +31,10 @@ from .harness import (
     write_prompts,
 )
 
-SHAPE = {"tokens": 64, "ttft_ms": 0.0, "itl_ms": 0.0}
+SHAPES = {
+    "fast": {"tokens": 64, "ttft_ms": 0.0, "itl_ms": 0.0},
+    "realistic": {"tokens": 64, "ttft_ms": 0.0, "itl_ms": 20.0},
+}
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -39,10 +43,11 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--pools", type=int, nargs="+", default=[16, 32, 64, 128, 0])
     ap.add_argument("--requests", type=int, default=2000)
     ap.add_argument("--repeat", type=int, default=1)
+    ap.add_argument("--shape", choices=tuple(SHAPES), default="fast")
     ap.add_argument("--no-extras", action="store_true", help="skip httpx-aiohttp and --http2")
     args = ap.parse_args(argv)
     print(f"# bench.httpx_pools — {machine_line()}")
-    print(f"fast shape, requests {args.requests}, repeat {args.repeat} (median)\n")
+    print(f"{args.shape} shape, requests {args.requests}, repeat {args.repeat} (median)\n")
     variants: list[tuple[str, str, list[str], dict[str, str]]] = []
     for p in args.pools:
         label = f"httpx, {p} conns/client" if p else "httpx, single pool"
@@ -53,7 +58,7 @@ def main(argv: list[str] | None = None) -> None:
     rows: list[list[str]] = []
     with work_tmpdir() as tmp:
         prompts = write_prompts(Path(tmp) / "prompts.jsonl", args.requests)
-        with mock_server(**SHAPE) as server:
+        with mock_server(**SHAPES[args.shape]) as server:
             for c in args.concurrency:
                 runs: dict[str, list[Measure]] = {}
                 for _ in range(args.repeat):

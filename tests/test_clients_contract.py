@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 import weakref
 from collections.abc import AsyncIterator
 
@@ -179,9 +180,16 @@ SAMPLE = (
 
 async def _raw_app(request: web.Request) -> web.StreamResponse:
     mode = request.query.get("mode", "bytes")
-    resp = web.StreamResponse(headers={"content-type": "text/event-stream"})
+    headers = {"content-type": "text/event-stream"}
+    if mode == "gzip":
+        headers["content-encoding"] = "gzip"
+    resp = web.StreamResponse(headers=headers)
     await resp.prepare(request)
-    if mode == "bytes":
+    if mode == "gzip":  # compressed by the server, in two chunks
+        body = gzip.compress(SAMPLE)
+        await resp.write(body[:20])
+        await resp.write(body[20:])
+    elif mode == "bytes":
         for i in range(len(SAMPLE)):  # one chunked-encoding chunk per byte
             await resp.write(SAMPLE[i : i + 1])
     else:
@@ -248,3 +256,11 @@ async def test_push_raises_what_on_chunk_raises_and_stops_at_the_answer(
             await resp.push(until_done, 1.0)
         assert stream_text(b"".join(parts)) == expected_text(MESSAGES, 12)
     assert server.stats.completed >= 1
+
+
+async def test_gzip_body_is_decoded(adapter: ClientAdapter, raw_url: str) -> None:
+    req = chat_request(raw_url)
+    req = HTTPRequest(url=req.url + "?mode=gzip", headers=req.headers, body=req.body)
+    raw, headers = await collect(adapter, req)
+    assert headers.get("content-encoding") == "gzip"
+    assert raw == SAMPLE

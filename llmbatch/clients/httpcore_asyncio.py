@@ -44,6 +44,7 @@ class _Protocol(asyncio.Protocol):
 
     __slots__ = (
         "_buffer",
+        "_deadline",
         "_drain",
         "_eof",
         "_exc",
@@ -52,6 +53,7 @@ class _Protocol(asyncio.Protocol):
         "_paused_writing",
         "_reader",
         "_size",
+        "_timer",
         "transport",
     )
 
@@ -66,6 +68,9 @@ class _Protocol(asyncio.Protocol):
         self._drain: asyncio.Future[None] | None = None
         self._paused_reading = False
         self._paused_writing = False
+        # The pending read's deadline (loop time), and the one timer that checks it.
+        self._deadline: float | None = None
+        self._timer: asyncio.TimerHandle | None = None
 
     # asyncio callbacks
 
@@ -88,6 +93,9 @@ class _Protocol(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._eof = True
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
         if exc is not None:
             self._exc = exc
         self._wake_reader()
@@ -113,6 +121,27 @@ class _Protocol(asyncio.Protocol):
             reader.set_result(None)
 
     # what the stream uses
+
+    def arm(self, timeout: float) -> None:
+        """Fail the pending read if nothing arrives within ``timeout`` seconds.
+
+        One timer per connection, moved lazily: a read only sets the deadline, and
+        the timer, when it fires early, sleeps on to the current one. A timer per
+        read (one per token) would cost a schedule and a cancel each time.
+        """
+        self._deadline = deadline = self._loop.time() + timeout
+        if self._timer is None:
+            self._timer = self._loop.call_at(deadline, self._on_deadline)
+
+    def _on_deadline(self) -> None:
+        self._timer = None
+        reader, deadline = self._reader, self._deadline
+        if reader is None or reader.done() or deadline is None:
+            return  # no read waiting with a timeout; the next one re-arms
+        if self._loop.time() >= deadline:
+            reader.set_exception(TimeoutError())
+        else:
+            self._timer = self._loop.call_at(deadline, self._on_deadline)
 
     def take(self, max_bytes: int) -> bytes:
         """Up to ``max_bytes`` of what is buffered (there is some)."""
@@ -172,8 +201,12 @@ class AsyncioStream(AsyncNetworkStream):
                 raise ReadError("the connection is closed")
             fut = self._loop.create_future()
             proto._reader = fut
+            if timeout is None:
+                proto._deadline = None
+            else:
+                proto.arm(timeout)
             try:
-                await _wait(self._loop, fut, timeout)
+                await fut
             except TimeoutError as exc:
                 raise ReadTimeout("timed out") from exc
             finally:

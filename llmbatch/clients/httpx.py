@@ -39,11 +39,13 @@ from .tls import certificate_error_from
 
 __all__ = ["DEFAULT_POOL_SIZE", "HttpxAdapter"]
 
-# Connections per httpx client before we add another client to the rotation. Measured
-# (bench/RESULTS.md, fast shape): CPU per token at C=300 / C=1000 was 49 / 41 µs with 16,
-# 52 / 52 with 32, 72 / 69 with 64, 76 / 85 with 128 and 103 / 287 with a single pool;
-# 8 was no better than 16 at C=1000 and adds clients (memory).
-DEFAULT_POOL_SIZE = 16
+# Connections per httpx client before we add another client to the rotation. httpcore's
+# pool does O(n^2) work per request add/release (its keep-alive check counts every
+# connection for every idle one). Measured (bench/RESULTS.md): fast shape, anyio backend,
+# C=300 / C=1000: 49 / 41 µs per token with 16, 52 / 52 with 32, 72 / 69 with 64, 103 /
+# 287 with a single pool; realistic shape, C=300, on our asyncio backend: 1.80x / 1.74x /
+# 2.07x / 2.40x of the bare loop with 4 / 8 / 16 / 32.
+DEFAULT_POOL_SIZE = 8
 KEEPALIVE_EXPIRY_S = 4.0  # below common server idle timeouts (uvicorn: 5 s)
 # Streams per h2 connection until the server's SETTINGS say otherwise: httpcore's own
 # cap (it announces and never exceeds 100), also what api.anthropic.com allows.
