@@ -292,6 +292,10 @@ def _run_ray(
 def _run_loop(cfg: RunConfig, prompts: Path, slo: SLO, shard: Shard | None) -> RunOutput:
     import asyncio
 
+    if cfg.client != "httpx" or cfg.provider.embedded_mock:
+        from .deferred_ca import import_aiohttp
+
+        import_aiohttp()  # first, so its import-time CA loading waits for a use (~80 ms)
     from .gctune import batch_gc
     from .runner import execute_run
 
