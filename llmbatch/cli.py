@@ -19,6 +19,7 @@ import typer
 
 from . import __version__
 from .typer_fast import install as _install_fast_params
+from .typer_fast import only_invoked as _only_invoked
 
 _install_fast_params()  # plain options without pydantic: ~100 ms off every command's start
 
@@ -299,14 +300,34 @@ def _run_loop(cfg: RunConfig, prompts: Path, slo: SLO, shard: Shard | None) -> R
     from .gctune import batch_gc
     from .runner import execute_run
 
-    loop_factory = _loop_factory()
+    loop_factory = _loop_factory(prompts)
     with batch_gc(), asyncio.Runner(loop_factory=loop_factory) as runner:
         return runner.run(execute_run(cfg, prompts, slo=slo, shard=shard))
 
 
-def _loop_factory() -> Any:
-    """uvloop when installed (``pip install llmbatch[fast]``) unless LLMBATCH_LOOP=asyncio."""
-    if os.environ.get("LLMBATCH_LOOP", "auto") == "asyncio":
+# A run of fewer prompts than this stays on asyncio's own loop: importing uvloop costs
+# ~15 ms of CPU, more than it saves on a few requests (bench/RESULTS.md, start-up).
+UVLOOP_MIN_PROMPTS = 100
+
+
+def _few_prompts(prompts: Path) -> bool:
+    """Fewer than UVLOOP_MIN_PROMPTS lines, judged without reading a large file."""
+    import stat
+
+    try:
+        st = prompts.stat()
+        if not stat.S_ISREG(st.st_mode) or st.st_size > 256 * 1024:
+            return False  # a pipe must not be read here; a large file has many prompts
+        return prompts.read_bytes().count(b"\n") < UVLOOP_MIN_PROMPTS
+    except OSError:
+        return False  # the reader reports it, with its own message
+
+
+def _loop_factory(prompts: Path | None = None) -> Any:
+    """uvloop when installed (``pip install llmbatch[fast]``), except for a run of few
+    ``prompts``; LLMBATCH_LOOP=asyncio or uvloop chooses."""
+    choice = os.environ.get("LLMBATCH_LOOP", "auto")
+    if choice == "asyncio" or (choice != "uvloop" and prompts and _few_prompts(prompts)):
         return None
     try:
         import uvloop
@@ -522,7 +543,7 @@ def mock_server(
 def main() -> None:
     """Console-script entry point."""
     try:
-        app()
+        _only_invoked(app, sys.argv[1:])()
     except KeyboardInterrupt:
         sys.exit(EXIT_SIGINT)
 

@@ -25,12 +25,19 @@ NOT_FOR_A_RUN = (
     "h2",
     "aiohttp.web",  # the mock server only when the embedded mock is the provider
     "llmbatch.mockserver",
+    "uvloop",  # not for fewer than 100 prompts (cli.UVLOOP_MIN_PROMPTS)
 )
 
 _DUMP = """
 import atexit, sys
 out = sys.argv.pop(1)
-atexit.register(lambda: open(out, "w").write("\\n".join(sorted(sys.modules))))
+def dump():
+    names = sorted(sys.modules)
+    ca = sys.modules.get("llmbatch.deferred_ca")
+    if ca is not None:  # aiohttp's default contexts whose CAs are still not loaded
+        names.append(f"deferred-ca-pending={ca.pending_contexts()}")
+    open(out, "w").write("\\n".join(names))
+atexit.register(dump)
 sys.argv[0] = "llmbatch"
 from llmbatch.cli import main
 main()
@@ -74,6 +81,8 @@ async def test_one_prompt_run_imports_only_what_it_uses(
     assert "1 succeeded, 0 failed" in out
     assert (tmp_path / "run" / "text" / "q1.txt").read_text()
     assert [m for m in NOT_FOR_A_RUN if _loaded(modules, m)] == []
+    # aiohttp's two import-time contexts never loaded the CA bundle: plain HTTP
+    assert "deferred-ca-pending=2" in modules
 
 
 async def test_plain_option_values_keep_typers_rules(tmp_path: Path) -> None:
@@ -82,3 +91,18 @@ async def test_plain_option_values_keep_typers_rules(tmp_path: Path) -> None:
     code, _, out = await _modules_after(tmp_path, "run", str(prompts), "--rpm", "abc")
     assert code == 2
     assert "Invalid value for '--rpm'" in out
+
+
+def test_uvloop_only_for_runs_of_many_prompts(tmp_path: Path) -> None:
+    import os
+
+    from llmbatch.cli import UVLOOP_MIN_PROMPTS, _few_prompts
+
+    few = write_jsonl(tmp_path / "few.jsonl", [{"prompt": f"q{i}"} for i in range(99)])
+    many = write_jsonl(tmp_path / "many.jsonl", [{"prompt": f"q{i}"} for i in range(100)])
+    assert UVLOOP_MIN_PROMPTS == 100
+    assert _few_prompts(few) and not _few_prompts(many)
+    fifo = tmp_path / "pipe.jsonl"
+    os.mkfifo(fifo)
+    assert not _few_prompts(fifo)  # judged without opening it (a read would block here)
+    assert not _few_prompts(tmp_path / "missing.jsonl")
