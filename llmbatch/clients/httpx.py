@@ -106,6 +106,7 @@ class HttpxAdapter(ClientAdapter):
         # Set once the first response (or failure) told us what the server allows.
         self._lanes_sized = asyncio.Event()
         self._probing = False
+        self._parsed_urls: dict[str, httpx.URL] = {}
 
     def _make_client(self, limit: int) -> httpx.AsyncClient:
         t = self.timeouts
@@ -199,7 +200,7 @@ class HttpxAdapter(ClientAdapter):
     ) -> AsyncIterator[StreamingResponse]:
         t = self.timeouts
         req = client.build_request(
-            "POST", request.url, content=request.body, headers=request.headers
+            "POST", self._url(request.url), content=request.body, headers=request.headers
         )
         try:
             async with asyncio.timeout(t.first_byte_s + t.connect_s):
@@ -237,6 +238,16 @@ class HttpxAdapter(ClientAdapter):
             )
         finally:
             await resp.aclose()
+
+    def _url(self, url: str) -> httpx.URL:
+        """``url`` parsed once: a run sends every request to the same few URLs, and
+        httpx's parser costs ~1.5% of the CPU when tokens are 20 ms apart."""
+        parsed = self._parsed_urls.get(url)
+        if parsed is None:
+            if len(self._parsed_urls) >= 64:
+                self._parsed_urls.clear()
+            parsed = self._parsed_urls[url] = httpx.URL(url)
+        return parsed
 
     async def aclose(self) -> None:
         clients, self._clients, self._rotation = self._clients, [], None
