@@ -59,14 +59,27 @@ def _cluster_cpu_s(cluster: Any) -> dict[str, float]:
 
 
 def run_ray(
-    cluster: Any, server: harness.MockServer, prompts: Path, n: int, c: int, label: str
+    cluster: Any,
+    server: harness.MockServer,
+    prompts: Path,
+    n: int,
+    c: int,
+    label: str,
+    *,
+    py_spy: Path | None = None,
 ) -> tuple[Measure, Measure, float]:
-    """One Ray run: (client measure, Ray-system measure, Ray system CPU s)."""
+    """One Ray run: (client measure, Ray-system measure, Ray system CPU s).
+
+    ``py_spy``: profile the driver with py-spy into this file (collapsed stacks); its
+    CPU figures are then not comparable (py-spy samples it)."""
     with harness.work_tmpdir() as tmp:
         run_dir = Path(tmp) / "run"
         argv = [str(harness.ROOT / ".venv" / "bin" / "llmbatch")]
         if not Path(argv[0]).exists():
             argv = [harness.PY, "-m", "llmbatch"]
+        if py_spy is not None:
+            spy = [str(harness.ROOT / ".venv" / "bin" / "py-spy"), "record", "--format", "raw"]
+            argv = [*spy, "--rate", "250", "--output", str(py_spy), "--", *argv]
         argv += ["run", str(prompts), "--engine", "ray", "--ray-address", cluster.address]
         argv += ["--ray-workers", "2", "--provider", "vllm", "--base-url", server.base_url]
         argv += ["--model", "mock-model", "--concurrency", str(c), "--no-progress"]
@@ -136,7 +149,12 @@ def inside(args: argparse.Namespace) -> None:
                     print(f"repeat {i + 1}/{args.repeat}", file=sys.stderr)
                     bare.append(harness.run_bare(server, c, n))
                     single.append(harness.run_llmbatch(server, c, prompts, n, client="aiohttp"))
-                    m, s, _ = run_ray(cluster, server, prompts, n, c, "llmbatch --engine ray")
+                    spy = None
+                    if args.py_spy:
+                        spy = Path(args.py_spy).with_suffix(f".{i + 1}.txt").resolve()
+                    m, s, _ = run_ray(
+                        cluster, server, prompts, n, c, "llmbatch --engine ray", py_spy=spy
+                    )
                     ray.append(m)
                     system.append(s)
             finally:
@@ -172,6 +190,11 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--requests", type=int, default=2000)
     ap.add_argument("--concurrency", type=int, default=300)
     ap.add_argument("--repeat", type=int, default=1)
+    ap.add_argument(
+        "--py-spy",
+        metavar="FILE",
+        help="profile the Ray driver with py-spy (pip install py-spy) into FILE.N.txt",
+    )
     args = ap.parse_args(argv)
     if os.environ.get(_IN_NS) != "1":
         # Ray needs a loopback-only network: run this module again in a fresh namespace.

@@ -40,8 +40,9 @@ import os
 import shutil
 import signal
 import sys
+import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -56,10 +57,11 @@ from .lease import LeasedPacer, LeaseGovernor, SyncReply, SyncRequest
 from .merge import link_or_copy
 from .metrics import SLO
 from .pacing import governor_for
+from .ray_feed import Feed
 from .records import PromptRecord
 from .report import SummaryBuilder
 from .runner import open_prompts
-from .writer import RESULTS, SUMMARY, ResumeIndex, RunDir, iter_result_lines
+from .writer import META, RESULTS, SUMMARY, TEXT_DIR, ResumeIndex, RunDir, iter_result_lines
 
 __all__ = ["GovernorActor", "RayRunOutput", "WorkerActor", "execute_ray_run"]
 
@@ -123,6 +125,37 @@ def _decode(item: PromptRecord | _BadLine) -> PromptRecord | InputError:
     return InputError(reason, path=path, line_no=line_no)
 
 
+# A chunk travels as one JSON blob: Ray then pickles one bytes object instead of each
+# record (cloudpickle's per-object work was most of the driver's cost of sending).
+# What JSON cannot hold (it came from a JSON line, so hardly anything) goes pickled.
+Packed = bytes | list[PromptRecord | _BadLine]
+
+
+def _pack(items: list[PromptRecord | InputError]) -> Packed:
+    rows: list[list[Any]] = []
+    for item in items:
+        if isinstance(item, InputError):
+            rows.append([1, item.reason, item.path, item.line_no])
+        else:
+            rows.append([0, item.id, item.line_no, item.shape, item.body, item.endpoint])
+    try:
+        return orjson.dumps(rows)
+    except (TypeError, orjson.JSONEncodeError):
+        return [_encode(item) for item in items]
+
+
+def _unpack(packed: Packed) -> list[PromptRecord | _BadLine]:
+    if not isinstance(packed, bytes):
+        return packed
+    out: list[PromptRecord | _BadLine] = []
+    for row in orjson.loads(packed):
+        if row[0] == 1:
+            out.append(("input_error", row[1], row[2], row[3]))
+        else:
+            out.append(PromptRecord(row[1], row[2], row[3], row[4], row[5]))
+    return out
+
+
 @dataclass
 class _WorkerCounts:
     done: int = 0
@@ -131,9 +164,8 @@ class _WorkerCounts:
     output_tokens: int = 0
 
 
-class WorkerActor:
-    """One Ray worker: an llmbatch Client with its share of the concurrency, one batch
-    into its own part directory, fed by the driver through ``push``."""
+class _WorkerBatch:
+    """A worker's batch and its feed; everything here runs on the worker's own loop."""
 
     def __init__(
         self,
@@ -141,94 +173,75 @@ class WorkerActor:
         *,
         api_key: str | None,
         name: str,
-        part_dir: str,
+        part_dir: Path,
         meta: dict[str, Any],
         governor: Any,
     ) -> None:
-        self._cfg = cfg
-        self._api_key = api_key
-        self._name = name
-        self._part_dir = Path(part_dir)
-        self._meta = meta
-        self._governor = governor
-        self._queue: asyncio.Queue[PromptRecord | _BadLine | None] = asyncio.Queue(
+        self.cfg = cfg
+        self.api_key = api_key
+        self.name = name
+        self.part_dir = part_dir
+        self.meta = meta
+        self.governor = governor
+        self.counts = _WorkerCounts()
+        self.queue: asyncio.Queue[PromptRecord | _BadLine | None] = asyncio.Queue(
             maxsize=max(2, cfg.concurrency)
         )
-        self._counts = _WorkerCounts()
-        self._batch: Any = None
-        self._node = _node_id()
-        self._live: Any = None  # the engine's live counts, once the batch runs
+        self.received = 0
+        self.batch: Any = None
+        self.live: Any = None  # the engine's live counts, once the batch runs
 
-    async def push(self, items: list[PromptRecord | _BadLine]) -> int:
-        """Queue ``items``; returns once all are queued (the driver's back-pressure)."""
+    async def put(self, items: list[PromptRecord | _BadLine | None]) -> None:
+        """Queue ``items`` (None closes the feed), waiting for room."""
         for item in items:
-            await self._queue.put(item)
-        return len(items)
+            await self.queue.put(item)
+            self.received += item is not None
 
-    async def close_feed(self) -> None:
-        """No more prompts: the batch ends once the queued ones are done."""
-        await self._queue.put(None)
-
-    def stop(self, grace_s: float | None = None) -> None:
+    def stop(self, grace_s: float | None) -> None:
         """Take no more prompts; let requests in flight finish within ``grace_s``."""
-        if self._batch is not None:
-            self._batch.stop(grace_s=grace_s)
-
-    def stats(self) -> dict[str, Any]:
-        """Counts so far, for the driver's progress line."""
-        c = self._counts
-        return {
-            "worker": self._name,
-            "pid": os.getpid(),
-            "node": self._node,
-            "done": c.done,
-            "succeeded": c.succeeded,
-            "failed": c.failed,
-            "output_tokens": c.output_tokens,
-            "in_flight": self._live.in_flight if self._live is not None else 0,
-        }
+        if self.batch is not None:
+            self.batch.stop(grace_s=grace_s)
 
     async def _feed(self) -> Any:
-        while (item := await self._queue.get()) is not None:
+        while (item := await self.queue.get()) is not None:
             yield _decode(item)
 
-    async def run(self) -> dict[str, Any]:
-        """Run the batch until the feed closes or ``stop``; how it ended, and the counts."""
+    async def run(self) -> tuple[str | None, str | None]:
+        """Run the batch to its end; (stop reason, abort message)."""
         import llmbatch
 
-        token = self._part_dir.with_name(self._part_dir.name + ".token")
+        token = self.part_dir.with_name(self.part_dir.name + ".token")
         try:
             seen = token.read_text()
         except OSError:
             seen = None
-        if seen != self._name:
+        if seen != self.name:
             raise RunDirError(
-                f"{self._part_dir.parent.parent}: not visible from worker {self._name} "
+                f"{self.part_dir.parent.parent}: not visible from worker {self.name} "
                 f"(pid {os.getpid()}); the run directory must be on a file system every "
                 "worker node shares, at the same path"
             )
-        cfg = self._cfg
-        cpu0_s = time.process_time()
-        governor = self._governor
+        cfg = self.cfg
+        governor = self.governor
 
         async def transport(req: SyncRequest) -> SyncReply:
             reply: SyncReply = await governor.sync.remote(req)
             return reply
 
         # The Client's pacer seam: this client paces by the cluster's one budget.
-        pacer = LeasedPacer(transport, worker=self._name, limited=has_limits(cfg))
-        client = llmbatch.Client.from_run_config(cfg, api_key=self._api_key, pacer=pacer)
+        pacer = LeasedPacer(transport, worker=self.name, limited=has_limits(cfg))
+        client = llmbatch.Client.from_run_config(cfg, api_key=self.api_key, pacer=pacer)
         async with client:
-            self._live = client.engine.live
+            self.live = client.engine.live
             batch = client.batch(
                 self._feed(),
-                self._part_dir,
+                self.part_dir,
                 text_files=cfg.text_files,
                 keep_partial=cfg.keep_partial,
-                meta=self._meta,
+                meta=self.meta,
             )
-            self._batch = batch
-            c = self._counts
+            self.batch = batch
+            c = self.counts
             try:
                 async with batch:
                     async for result in batch:
@@ -241,12 +254,114 @@ class WorkerActor:
             finally:
                 await pacer.aclose()
             end = batch.end
+        if end is None:
+            return None, None
+        return end.stop_reason, end.abort_message
+
+
+class WorkerActor:
+    """One Ray worker: an llmbatch Client with its share of the concurrency, one batch
+    into its own part directory, fed by the driver through ``push``.
+
+    The batch runs on an event loop of this actor's own, in a thread of its own: uvloop
+    when the driver runs on it (``loop="uvloop"``, as ``llmbatch run`` picks it), which
+    Ray's loop for async actors cannot be. So this class has no ``async`` method (Ray
+    would make it an async actor): each Ray call runs in a thread of Ray's and hands
+    its work to that loop.
+    """
+
+    def __init__(
+        self,
+        cfg: RunConfig,
+        *,
+        api_key: str | None,
+        name: str,
+        part_dir: str,
+        meta: dict[str, Any],
+        governor: Any,
+        loop: str = "asyncio",
+    ) -> None:
+        self._node = _node_id()
+        self._work = _WorkerBatch(
+            cfg,
+            api_key=api_key,
+            name=name,
+            part_dir=Path(part_dir),
+            meta=meta,
+            governor=governor,
+        )
+        self._loop = _new_loop(loop)
+        threading.Thread(
+            target=self._loop.run_forever, name=f"llmbatch-{name}", daemon=True
+        ).start()
+
+    def _call(self, coro: Any) -> Any:
+        """Run ``coro`` on the batch's loop; its result (this Ray thread waits)."""
+        return asyncio.run_coroutine_threadsafe(coro, self._loop).result()
+
+    def push(self, packed: Packed) -> int:
+        """Queue a packed chunk; returns once all are queued (the driver's back-pressure)."""
+        items: list[PromptRecord | _BadLine | None] = list(_unpack(packed))
+        self._call(self._work.put(items))
+        return len(items)
+
+    def close_feed(self) -> None:
+        """No more prompts: the batch ends once the queued ones are done."""
+        self._call(self._work.put([None]))
+
+    def stop(self, grace_s: float | None = None) -> None:
+        """Take no more prompts; let requests in flight finish within ``grace_s``."""
+        self._loop.call_soon_threadsafe(self._work.stop, grace_s)
+
+    def stats(self) -> dict[str, Any]:
+        """Counts so far, for the driver's progress line (and its end-of-feed check)."""
+        w = self._work
+        c = w.counts
+        return {
+            "worker": w.name,
+            "pid": os.getpid(),
+            "node": self._node,
+            "done": c.done,
+            "succeeded": c.succeeded,
+            "failed": c.failed,
+            "output_tokens": c.output_tokens,
+            "in_flight": w.live.in_flight if w.live is not None else 0,
+            "queued": w.queue.qsize(),
+            "received": w.received,
+        }
+
+    def run(self) -> dict[str, Any]:
+        """Run the batch until the feed closes or ``stop``; how it ended, and the counts."""
+        cpu0_s = time.process_time()
+        stop_reason, abort_message = self._call(self._work.run())
         return {
             **self.stats(),
-            "stop_reason": end.stop_reason if end is not None else None,
-            "abort_message": end.abort_message if end is not None else None,
+            "stop_reason": stop_reason,
+            "abort_message": abort_message,
             "cpu_s": round(time.process_time() - cpu0_s, 4),  # this actor's process
         }
+
+
+def _new_loop(kind: str) -> asyncio.AbstractEventLoop:
+    """A new event loop of ``kind`` (uvloop when asked and installed, else asyncio's)."""
+    if kind == "uvloop":
+        try:
+            import uvloop
+
+            loop: asyncio.AbstractEventLoop = uvloop.new_event_loop()
+            return loop
+        except ImportError:
+            pass
+    return asyncio.new_event_loop()
+
+
+def loop_kind() -> str:
+    """The loop this process runs on (``uvloop`` or ``asyncio``): workers use the same."""
+    try:
+        running = asyncio.get_running_loop()
+    except RuntimeError:
+        return "asyncio"
+    return "uvloop" if type(running).__module__.startswith("uvloop") else "asyncio"
 
 
 # -- folding the workers' records into the run directory ---------------------------------------
@@ -256,6 +371,21 @@ class _Part:
     worker: str
     offset: int = 0
     records: int = 0
+    # Its text/ is the run's own text/ (a symlink): the text is in place already. Parts
+    # left by older llmbatch versions have their own text/, linked over when folded.
+    shared_text: bool = True
+
+
+def _make_part(path: Path, meta: dict[str, Any]) -> None:
+    """A part directory whose ``text/`` is the run directory's ``text/``.
+
+    The worker's batch writes its text straight into the run's text/ (through the
+    link), so folding a record costs no file operation per text file; its run.json is
+    written here so the batch adopts the directory (it refuses unknown ones).
+    """
+    path.mkdir(parents=True)
+    (path / TEXT_DIR).symlink_to(Path("..") / ".." / TEXT_DIR, target_is_directory=True)
+    (path / META).write_bytes(orjson.dumps(meta, option=orjson.OPT_INDENT_2))
 
 
 @dataclass
@@ -272,9 +402,15 @@ class _Consolidator:
     added_failed: int = 0
     per_worker: dict[str, int] = field(default_factory=dict)
     placement: dict[str, str] = field(default_factory=dict)  # worker -> Ray node id
+    # Told of every id a live part recorded (the driver's Feed forgets it then).
+    recorded: Callable[[str, str], None] | None = None
+    lost_workers: dict[str, str] = field(default_factory=dict)  # worker -> why
 
-    def absorb(self, part: _Part) -> int:
-        """Fold the complete lines ``part`` gained since the last call; returns how many."""
+    def absorb(self, part: _Part, *, leftover: bool = False) -> int:
+        """Fold the complete lines ``part`` gained since the last call; returns how many.
+
+        A failed record of a part left by an earlier run is dropped under
+        ``skip_failed`` (--retry-failed: its prompt runs again)."""
         try:
             fh = open(part.path / RESULTS, "rb")  # noqa: SIM115 - closed below
         except FileNotFoundError:
@@ -287,21 +423,31 @@ class _Consolidator:
             return 0
         part.offset += end
         n = 0
-        for raw in data[:end].splitlines():
+        pos = 0
+        while pos < end:
+            nl = data.index(b"\n", pos) + 1
+            raw = data[pos:nl]
+            pos = nl
             try:
                 rec = orjson.loads(raw)
             except orjson.JSONDecodeError:
                 continue  # damaged: its request has no record and runs again
             rid = rec.get("custom_id") if isinstance(rec, dict) else None
-            if not isinstance(rid, str) or rid in self.index:
+            if not isinstance(rid, str):
+                continue
+            if self.recorded is not None and not leftover:
+                self.recorded(part.worker, rid)
+            if rid in self.index:
                 continue
             failed = rec.get("error") is not None
-            if failed and self.skip_failed:
+            if failed and self.skip_failed and leftover:
                 continue
-            rel = (rec.get("llmbatch") or {}).get("text_file")
-            if isinstance(rel, str) and (part.path / rel).is_file():
-                link_or_copy(part.path / rel, self.run_dir / rel)  # text before its line
-            self.rundir.add_result(rec)
+            if not part.shared_text:
+                rel = (rec.get("llmbatch") or {}).get("text_file")
+                if isinstance(rel, str) and (part.path / rel).is_file():
+                    link_or_copy(part.path / rel, self.run_dir / rel)  # text before its line
+            # The worker wrote the line in the final schema: it goes in as it is.
+            self.rundir.add_result_line(raw, ok=not failed)
             self.summary.add(rec)
             self.index.add(rid)
             self.added += 1
@@ -329,8 +475,9 @@ class _Consolidator:
         for path in sorted(p for p in root.iterdir() if p.is_dir()):
             fd = await _wait_for_lock(path)
             try:
-                part = _Part(path, worker=f"earlier:{path.name}")
-                n += self.absorb(part)
+                shared = (path / TEXT_DIR).is_symlink()
+                part = _Part(path, worker=f"earlier:{path.name}", shared_text=shared)
+                n += self.absorb(part, leftover=True)
                 await self.rundir.flush()
             finally:
                 if fd >= 0:
@@ -384,17 +531,6 @@ def _shares(total: int, n: int) -> list[int]:
     return [base + (1 if i < extra else 0) for i in range(n)]
 
 
-def _chunks(items: Iterator[PromptRecord | InputError], size: int) -> Iterator[list[Any]]:
-    chunk: list[Any] = []
-    for item in items:
-        chunk.append(_encode(item))
-        if len(chunk) >= size:
-            yield chunk
-            chunk = []
-    if chunk:
-        yield chunk
-
-
 async def execute_ray_run(
     cfg: RunConfig,
     prompts: Path,
@@ -435,6 +571,7 @@ async def execute_ray_run(
     stop_reason: str | None = None
     abort_message: str | None = None
     pending_left = False
+    lost_workers: dict[str, str] = {}  # worker -> why, for workers whose prompts went on
     actors: list[Any] = []
     ends: list[Any] = []
     gov_snapshot: Any = None
@@ -465,6 +602,8 @@ async def execute_ray_run(
         for k, share in enumerate(shares):
             name = f"w{k}"
             part = run_dir / PARTS_DIR / f"{session}-{name}"
+            part_meta = {**meta, "part_of": str(run_dir.resolve()), "worker": name}
+            _make_part(part, part_meta)
             cons.parts.append(_Part(part, worker=name))
             cons.placement[name] = node_ids[k % len(node_ids)]
             part.with_name(part.name + ".token").write_text(name)  # the worker checks it
@@ -477,7 +616,8 @@ async def execute_ray_run(
                     scheduling_strategy=ray.util.scheduling_strategies.NodeAffinitySchedulingStrategy(
                         node_id=node_ids[k % len(node_ids)], soft=False
                     ),
-                    max_concurrency=1000,
+                    # run, push, close_feed, stop, stats: each waits in a thread of its own.
+                    max_concurrency=8,
                 ).remote(
                     dataclasses.replace(
                         cfg, concurrency=min(share, caps[k]), max_concurrency=caps[k]
@@ -485,16 +625,28 @@ async def execute_ray_run(
                     api_key=api_key,
                     name=name,
                     part_dir=str(part.resolve()),
-                    meta={**meta, "part_of": str(run_dir.resolve()), "worker": name},
+                    meta=part_meta,
                     governor=governor,
+                    loop=loop_kind(),
                 )
             )
         runs = [a.run.remote() for a in actors]
+        names = [f"w{k}" for k in range(len(actors))]
         todo = (item for item in items if _item_id(item) not in index)
-        chunk_size = max(1, min(CHUNK_MAX, min(shares) // 2 or 1))
-        chunks = _chunks(todo, chunk_size)
-        lost: list[str] = []
+        feed = Feed(todo, chunk_size=max(1, min(CHUNK_MAX, min(shares) // 2 or 1)), workers=names)
+        cons.recorded = feed.recorded
+        cons.lost_workers = lost_workers
+        fatal: list[str] = []  # why the run stopped for a worker (none survived, ...)
         stopping = asyncio.Event()
+
+        def stop_all(grace_s: float | None = None) -> None:
+            stopping.set()
+            feed.wake()
+            for k in feed_alive():
+                actors[k].stop.remote(grace_s)
+
+        def feed_alive() -> list[int]:
+            return [names.index(w) for w in feed.alive]
 
         def on_signal(signum: int) -> None:
             nonlocal signal_received, stop_reason
@@ -507,33 +659,58 @@ async def execute_ray_run(
                     file=sys.stderr,
                     flush=True,
                 )
-                stopping.set()
-                for a in actors:
-                    a.stop.remote()
+                stop_all()
             else:
-                for a in actors:
-                    a.stop.remote(0.0)
+                stop_all(0.0)
 
         if install_signal_handlers:
             for sig in (signal.SIGINT, signal.SIGTERM):
                 loop.add_signal_handler(sig, on_signal, sig)
 
-        async def feed(k: int) -> None:
-            actor = actors[k]
-            try:
-                for chunk in chunks:
-                    if stopping.is_set():
-                        break
-                    await actor.push.remote(chunk)
-                await actor.close_feed.remote()
-            except ray.exceptions.RayError as exc:
-                lost.append(f"{actor_name(k)}: {_cause(exc)}")
-                stopping.set()
-                for a in actors:
-                    a.stop.remote()
+        async def on_lost(k: int, exc: BaseException) -> None:
+            """Worker k failed: re-send what it held to the others, or stop the run."""
+            name = names[k]
+            if name not in feed.held:
+                return
+            cause = f"{name}: {_cause(exc)}"
+            # It writes nothing more: fold every whole line it wrote before it went.
+            cons.absorb(cons.parts[k])
+            await rundir.flush()
+            held = feed.lost(name)
+            died = isinstance(exc, ray.exceptions.ActorDiedError)
+            if held == 0 and died:
+                lost_workers[name] = _cause(exc)
+                return
+            if died and feed.alive and not feed.closed and not stopping.is_set():
+                lost_workers[name] = _cause(exc)
+                print(
+                    f"llmbatch: ray: worker lost ({cause}); its {held} unfinished prompts go "
+                    "to the other workers",
+                    file=sys.stderr,
+                    flush=True,
+                )
+                return
+            fatal.append(cause)
+            stop_all()
 
-        def actor_name(k: int) -> str:
-            return f"w{k}"
+        async def feed_worker(k: int) -> None:
+            actor, name = actors[k], names[k]
+            try:
+                while not stopping.is_set() and name in feed.held:
+                    chunk = feed.take(name)
+                    if chunk:
+                        feed.pushing += 1
+                        try:
+                            await actor.push.remote(_pack(chunk))
+                        finally:
+                            feed.pushing -= 1
+                    elif feed.closed:
+                        await actor.close_feed.remote()
+                        return
+                    else:
+                        await feed.wait()
+            except ray.exceptions.RayError as exc:
+                await on_lost(k, exc)
 
         deadline = None
         if cfg.max_runtime_s is not None:
@@ -541,30 +718,41 @@ async def execute_ray_run(
             def at_deadline() -> None:
                 nonlocal stop_reason
                 stop_reason = stop_reason or StopReason.MAX_RUNTIME
-                stopping.set()
-                for a in actors:
-                    a.stop.remote()
+                stop_all()
 
             deadline = loop.call_later(cfg.max_runtime_s, at_deadline)
 
-        feeders = [asyncio.ensure_future(feed(k)) for k in range(len(actors))]
+        feeders = [asyncio.ensure_future(feed_worker(k)) for k in range(len(actors))]
         ends = [None] * len(actors)
 
         async def wait_run(k: int) -> None:
             try:
-                ends[k] = await runs[k]
+                end = ends[k] = await runs[k]
             except ray.exceptions.RayError as exc:
-                lost.append(f"{actor_name(k)}: {_cause(exc)}")
-                stopping.set()
-                for a in actors:
-                    a.stop.remote()
+                await on_lost(k, exc)
+                return
+            if end.get("stop_reason") == StopReason.ABORTED and not stopping.is_set():
+                stop_all()  # fatal for the run (a bad key, no quota): as in one process
 
         waiters = [asyncio.ensure_future(wait_run(k)) for k in range(len(actors))]
         last_summary = last_log = time.monotonic()
         all_runs = asyncio.gather(*waiters)
+        idle_checks = 0
         while not all_runs.done():
             await asyncio.wait({all_runs}, timeout=0.5)
             await cons.absorb_all()
+            if feed.drained and not feed.closed and not stopping.is_set():
+                # Every prompt is out: close the feeds once every record is in, or once
+                # the workers sit idle twice in a row (a batch holds back its first
+                # failures until something succeeds; they come at its end).
+                if feed.held_count() == 0:
+                    feed.close()
+                elif feed.pushing == 0 and await _idle([actors[k] for k in feed_alive()]):
+                    idle_checks += 1
+                    if idle_checks >= 2:
+                        feed.close()
+                else:
+                    idle_checks = 0
             now = time.monotonic()
             if now - last_summary >= 2.0:
                 last_summary = now
@@ -586,11 +774,11 @@ async def execute_ray_run(
             if end and end.get("stop_reason") == StopReason.ABORTED:
                 stop_reason = StopReason.ABORTED
                 abort_message = end.get("abort_message")
-        if lost:
+        if fatal:
             stop_reason = StopReason.ABORTED
             abort_message = (
                 "worker lost ("
-                + "; ".join(dict.fromkeys(lost))
+                + "; ".join(dict.fromkeys(fatal))
                 + "); its prompts run again on re-run"
             )
         pending_left = stop_reason is not None
@@ -623,6 +811,17 @@ async def execute_ray_run(
         failed=cons.added_failed,
         signal_received=signal_received,
     )
+
+
+async def _idle(actors: list[Any]) -> bool:
+    """True when none of ``actors`` has a prompt queued or a request in flight."""
+    import ray
+
+    try:
+        stats = await asyncio.gather(*(a.stats.remote() for a in actors))
+    except ray.exceptions.RayError:
+        return False  # a worker is going: the loss is handled where its calls fail
+    return all(s["queued"] == 0 and s["in_flight"] == 0 for s in stats)
 
 
 def _node_id() -> str | None:
@@ -658,14 +857,16 @@ def _engine_section(cons: _Consolidator, workers: int) -> dict[str, Any]:
         "worker_nodes": dict(cons.placement),
         "records_per_worker": dict(cons.per_worker),
         "this_session_records": cons.added,
+        "workers_lost": dict(cons.lost_workers),
     }
 
 
 def _progress_line(cons: _Consolidator, index: ResumeIndex, started: float) -> str:
     per = ", ".join(f"{w} {n}" for w, n in sorted(cons.per_worker.items()))
+    lost = f"; lost: {', '.join(sorted(cons.lost_workers))}" if cons.lost_workers else ""
     return (
         f"llmbatch: ray: {cons.added} done this run ({cons.added_failed} failed), "
-        f"{len(index)} in all, {time.monotonic() - started:.0f}s; per worker: {per or '-'}"
+        f"{len(index)} in all, {time.monotonic() - started:.0f}s; per worker: {per or '-'}" + lost
     )
 
 

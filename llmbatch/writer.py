@@ -369,6 +369,11 @@ class RunDir:
         self._results_buf.append(orjson.dumps(line) + b"\n")
         self._results_ok.append(line.get("error") is None)
 
+    def add_result_line(self, raw: bytes, *, ok: bool) -> None:
+        """Queue one results.jsonl line already encoded (ending in a newline), as is."""
+        self._results_buf.append(raw)
+        self._results_ok.append(ok)
+
     def write_summary(self, summary: dict[str, Any]) -> None:
         """Rewrite summary.json atomically, in the background (it is fsynced)."""
         data = orjson.dumps(summary, option=orjson.OPT_INDENT_2 | orjson.OPT_NON_STR_KEYS)

@@ -3,18 +3,21 @@
 Ray replaces 127.0.0.1 with the host's interface address, so the cluster runs inside
 a fresh network namespace that has nothing but loopback: the test runs
 
-    unshare -n python -m tests.raycluster SCENARIO WORK_DIR
+    unshare -n python -m tests.raycluster ROOT SCENARIO...
 
-and this module, inside the namespace, brings up ``lo``, starts the mock server, a
-head node and a worker node (``ray start --block``, so each node is one process tree
-we own by pid), runs the scenario's ``llmbatch run --engine ray`` commands, and writes
-WORK_DIR/report.json (exit codes, what the mock saw). It then stops both nodes by
+and this module, inside the namespace, brings up ``lo``, a head node and a worker node
+(``ray start --block``, so each node is one process tree we own by pid), then runs each
+scenario in turn on that one cluster: it starts the scenario's mock server, runs its
+``llmbatch run --engine ray`` commands on ROOT/SCENARIO/prompts.jsonl, and writes
+ROOT/SCENARIO/report.json (exit codes, what the mock saw). It then stops both nodes by
 their pids (never ``ray stop``, which would look for Ray processes by name).
 
-Scenarios: ``exact`` (WORK_DIR/prompts.jsonl through the cluster under a scaled rate
-limit, with transient faults), ``kill-worker`` (SIGKILL of the worker node's processes
-mid-run, then the same command again), ``kill-driver`` (SIGKILL of the driver mid-run,
-then again), ``bench`` (see bench/ray_overhead.py).
+Scenarios: ``exact`` (the prompts through the cluster under a scaled rate limit, with
+transient faults), ``kill-worker`` (SIGKILL of the worker node's processes mid-run; the
+node is started again afterwards), ``kill-driver`` (SIGKILL of the driver mid-run, then
+the same command again), ``sigint`` (SIGINT to the driver mid-run, then again),
+``max-runtime`` (``--max-runtime 2``, then again without it), ``bench`` (see
+bench/ray_overhead.py).
 """
 
 from __future__ import annotations
@@ -194,14 +197,16 @@ def _llmbatch_run(cluster: Cluster, work: Path, prompts: Path, run_dir: Path) ->
 
 
 def _records(run_dir: Path) -> int:
-    n = 0
+    """Distinct ids with a record so far, in the run directory or in a worker's part."""
+    ids: set[str] = set()
     parts = run_dir / "parts"
     for f in [run_dir / "results.jsonl", *parts.glob("*/results.jsonl")]:
         try:
-            n += f.read_bytes().count(b"\n")
+            lines = f.read_bytes().split(b"\n")[:-1]  # whole lines only
         except FileNotFoundError:
-            pass
-    return n
+            continue
+        ids.update(json.loads(x)["custom_id"] for x in lines)
+    return len(ids)
 
 
 async def _run(cmd: list[str], env: dict[str, str], log: Path) -> int:
@@ -212,32 +217,38 @@ async def _run(cmd: list[str], env: dict[str, str], log: Path) -> int:
 
 async def _run_killing(
     cmd: list[str], env: dict[str, str], log: Path, run_dir: Path, after: int, kill: Any
-) -> tuple[int, Any]:
-    """Run ``cmd``; once ``after`` records exist, call ``kill(proc)``; its exit code."""
+) -> tuple[int, Any, int]:
+    """Run ``cmd``; once ``after`` records exist, call ``kill(proc)``; its exit code,
+    what ``kill`` returned, and the records there were at that moment."""
     with open(log, "ab") as fh:
         proc = await asyncio.create_subprocess_exec(*cmd, env=env, stdout=fh, stderr=fh)
         killed: Any = None
+        at_kill = 0
         deadline = time.monotonic() + 240
         while proc.returncode is None and time.monotonic() < deadline:
-            if killed is None and _records(run_dir) >= after:
-                killed = kill(proc)
+            if killed is None and (at_kill := _records(run_dir)) >= after:
+                killed = kill(proc) or True
             try:
                 await asyncio.wait_for(proc.wait(), 0.05)
             except TimeoutError:
                 pass
         if proc.returncode is None:
             proc.kill()
-        return await proc.wait(), killed
+        return await proc.wait(), killed, at_kill
 
 
-async def scenario(name: str, work: Path) -> dict[str, Any]:
-    subprocess.run(["ip", "link", "set", "lo", "up"], check=True)
+# How each scenario's mock streams: the kill and stop scenarios slowly (~0.2 s per
+# answer, 0.5 s for max-runtime) so that the kill or stop lands mid-run.
+SLOW = {"kill-worker", "kill-driver", "sigint", "max-runtime"}
+
+
+async def scenario(name: str, work: Path, cluster: Cluster) -> dict[str, Any]:
+    """Run scenario ``name`` on ``cluster`` in ``work`` (its prompts.jsonl is there)."""
     limited = name == "exact"
     mock_cfg = MockConfig(
         tokens=16,
         ttft_s=0.01,
-        # The kill scenarios stream slowly (~0.2 s per answer) so that a kill lands mid-run.
-        itl_s=0.012 if name.startswith("kill") else 0.002,
+        itl_s=0.03 if name == "max-runtime" else 0.012 if name in SLOW else 0.002,
         faults=FAULTS if name != "bench" else {},
         rpm=RPM if limited else None,
         limit_window_s=LIMIT_WINDOW_S,
@@ -250,14 +261,10 @@ async def scenario(name: str, work: Path) -> dict[str, Any]:
         '[run]\nprovider = "target"\nconcurrency = 32\n'
         "[retry]\nbackoff_base_s = 0.05\nbackoff_max_s = 0.5\n"
     )
-    cluster = Cluster(work)
     report: dict[str, Any] = {"scenario": name, "mock_url": server.url}
-    env = {**cluster.env, "RAY_ADDRESS": ""}
-    env.pop("RAY_ADDRESS")
-    t0 = time.monotonic()
+    env = {**cluster.env}
+    env.pop("RAY_ADDRESS", None)
     try:
-        cluster.start()
-        report["cluster_start_s"] = round(time.monotonic() - t0, 2)
         prompts = work / "prompts.jsonl"
         run_dir = work / "run"
         cmd = _llmbatch_run(cluster, work, prompts, run_dir)
@@ -266,21 +273,30 @@ async def scenario(name: str, work: Path) -> dict[str, Any]:
         if name in ("exact", "bench"):
             report["exit_codes"] = [await _run(cmd, env, log)]
         elif name == "kill-driver":
-            code, _ = await _run_killing(
+            code, _, report["records_at_kill"] = await _run_killing(
                 cmd, env, log, run_dir, 150, lambda p: p.send_signal(signal.SIGKILL)
             )
-            report["records_at_kill"] = _records(run_dir)
+            report["exit_codes"] = [code, await _run(cmd, env, log)]
+        elif name == "sigint":
+            code, _, report["records_at_signal"] = await _run_killing(
+                cmd, env, log, run_dir, 150, lambda p: p.send_signal(signal.SIGINT)
+            )
+            report["records_after_stop"] = _unique_records(run_dir)
+            report["exit_codes"] = [code, await _run(cmd, env, log)]
+        elif name == "max-runtime":
+            code = await _run([*cmd, "--max-runtime", "4"], env, log)
+            report["records_after_stop"] = _unique_records(run_dir)
             report["exit_codes"] = [code, await _run(cmd, env, log)]
         elif name == "kill-worker":
-            code, pids = await _run_killing(
+            code, pids, report["records_at_kill"] = await _run_killing(
                 cmd, env, log, run_dir, 150, lambda _p: cluster.kill_worker_node()
             )
             report["killed_pids"] = pids
-            report["records_at_kill"] = _records(run_dir)
+            report["records_after_first_run"] = _unique_records(run_dir)
             report["exit_codes"] = [code, await _run(cmd, env, log)]
+            cluster.start_worker()  # the next scenario has two nodes again
         report["run_s"] = round(time.monotonic() - t1, 2)
     finally:
-        cluster.stop()
         stats = server.stats
         report["mock"] = {
             **stats.as_dict(),
@@ -290,10 +306,40 @@ async def scenario(name: str, work: Path) -> dict[str, Any]:
     return report
 
 
+def _unique_records(run_dir: Path) -> dict[str, int]:
+    """Lines and distinct ids of the run directory's results.jsonl."""
+    try:
+        lines = (run_dir / "results.jsonl").read_bytes().splitlines()
+    except FileNotFoundError:
+        return {"lines": 0, "ids": 0}
+    ids = {json.loads(x)["custom_id"] for x in lines}
+    return {"lines": len(lines), "ids": len(ids)}
+
+
+async def run_all(names: list[str], root: Path) -> None:
+    """Every scenario in ``names`` on one cluster, each in ``root/NAME`` (which holds
+    its prompts.jsonl), writing ``root/NAME/report.json`` (with ``error`` if it broke)."""
+    subprocess.run(["ip", "link", "set", "lo", "up"], check=True)
+    cluster = Cluster(root)
+    t0 = time.monotonic()
+    try:
+        cluster.start()
+        started_s = round(time.monotonic() - t0, 2)
+        for name in names:
+            work = root / name
+            try:
+                report = await scenario(name, work, cluster)
+            except Exception as exc:  # reported to that scenario's test
+                report = {"scenario": name, "error": f"{type(exc).__name__}: {exc}"}
+            report["cluster_start_s"] = started_s
+            (work / "report.json").write_text(json.dumps(report))
+    finally:
+        cluster.stop()
+
+
 def main() -> None:
-    name, work = sys.argv[1], Path(sys.argv[2])
-    report = asyncio.run(scenario(name, work))
-    (work / "report.json").write_text(json.dumps(report))
+    root, names = Path(sys.argv[1]), sys.argv[2:]
+    asyncio.run(run_all(names, root))
 
 
 if __name__ == "__main__":

@@ -47,25 +47,46 @@ def _why_not() -> str | None:
 pytestmark = pytest.mark.skipif(_why_not() is not None, reason=str(_why_not()))
 
 
-def _scenario(name: str, work: Path, n_prompts: int) -> dict[str, Any]:
-    write_jsonl(
-        work / "prompts.jsonl",
-        [{"id": f"q{i}", "prompt": f"question {i}: why?"} for i in range(n_prompts)],
-    )
+# Every scenario runs once, in this order, on one cluster (one `unshare -n` process):
+# each test reads its scenario's report.
+SCENARIOS = {"exact": 2000, "kill-worker": 800, "kill-driver": 800, "sigint": 800}
+SCENARIOS["max-runtime"] = 800
+
+
+@pytest.fixture(scope="module")
+def ray_reports(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """Run every scenario on one 2-node cluster; the directory of each, by name."""
+    root = tmp_path_factory.mktemp("raycluster")
+    for name, n_prompts in SCENARIOS.items():
+        (root / name).mkdir()
+        write_jsonl(
+            root / name / "prompts.jsonl",
+            [{"id": f"q{i}", "prompt": f"question {i}: why?"} for i in range(n_prompts)],
+        )
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
     try:
         proc = subprocess.run(
-            ["unshare", "-n", sys.executable, "-m", "tests.raycluster", name, str(work)],
+            ["unshare", "-n", sys.executable, "-m", "tests.raycluster", str(root), *SCENARIOS],
             cwd=ROOT,
             env=env,
             capture_output=True,
-            timeout=420,
+            timeout=600,
         )
     finally:
-        _stop_leftover_nodes(work)
+        _stop_leftover_nodes(root)
     assert proc.returncode == 0, proc.stderr.decode()[-3000:]
+    return {name: root / name for name in SCENARIOS}
+
+
+def _report(work: Path) -> dict[str, Any]:
     report: dict[str, Any] = json.loads((work / "report.json").read_text())
+    assert "error" not in report, report["error"]
     return report
+
+
+def _log(work: Path) -> str:
+    lines = (work / "llmbatch.log").read_text().splitlines()
+    return "\n".join(x for x in lines if x.startswith(("llmbatch", "per worker", "requests")))
 
 
 def _stop_leftover_nodes(work: Path) -> None:
@@ -149,12 +170,15 @@ def _assert_paced(times_s: list[float], limit: float, window_s: float, burst: fl
     assert times_s[-1] - times_s[0] >= (len(times_s) - burst) / rate_per_s - 0.5
 
 
-@pytest.mark.timeout(600)
-async def test_ray_run_equals_single_process_under_one_cluster_wide_limit(tmp_path: Path) -> None:
-    report = _scenario("exact", tmp_path, 2000)
-    assert report["exit_codes"] == [0], (tmp_path / "llmbatch.log").read_text()[-3000:]
-    ray_answers = _answers(tmp_path / "run")
-    single = await _single_process(tmp_path, limited=True)
+@pytest.mark.timeout(900)  # the module's cluster fixture runs inside the first test's time
+async def test_ray_run_equals_single_process_under_one_cluster_wide_limit(
+    ray_reports: dict[str, Path],
+) -> None:
+    work = ray_reports["exact"]
+    report = _report(work)
+    assert report["exit_codes"] == [0], _log(work)
+    ray_answers = _answers(work / "run")
+    single = await _single_process(work, limited=True)
     assert ray_answers == _answers(single)  # same ids, same texts, one record each
     assert len(ray_answers) == 2000
 
@@ -164,28 +188,70 @@ async def test_ray_run_equals_single_process_under_one_cluster_wide_limit(tmp_pa
     # 600 per 6 s = 100 requests/s, burst 10: what one process's governor allows.
     _assert_paced(mock["admitted_s"], RPM, LIMIT_WINDOW_S, burst=RPM / 60)
 
-    summary = orjson.loads((tmp_path / "run" / "summary.json").read_bytes())
+    summary = orjson.loads((work / "run" / "summary.json").read_bytes())
     assert summary["requests"]["succeeded"] == 2000
     per_worker = summary["engine"]["records_per_worker"]
     assert sorted(per_worker) == ["w0", "w1"] and all(n > 100 for n in per_worker.values())
     assert summary["engine"]["rate_budget"]["granted"] >= 2000
-    assert not (tmp_path / "run" / "parts").exists()
+    assert not (work / "run" / "parts").exists()
 
 
-@pytest.mark.timeout(600)
-@pytest.mark.parametrize("scenario", ["kill-worker", "kill-driver"])
-async def test_ray_run_resumes_exactly_after_a_kill(tmp_path: Path, scenario: str) -> None:
-    report = _scenario(scenario, tmp_path, 800)
+async def _assert_same_as_one_process(work: Path, n: int) -> None:
+    ray_answers = _answers(work / "run")
+    single = await _single_process(work, limited=False)
+    assert ray_answers == _answers(single)  # same ids, same texts, one record each
+    assert len(ray_answers) == n
+
+
+@pytest.mark.timeout(900)
+async def test_ray_run_carries_on_when_a_worker_node_dies(ray_reports: dict[str, Path]) -> None:
+    """The dead worker's unfinished prompts go to the surviving worker: one invocation
+    finishes the job (exit 0), one record per id; running it again finds nothing to do."""
+    work = ray_reports["kill-worker"]
+    report = _report(work)
+    log = _log(work)
+    assert report["killed_pids"] and report["records_at_kill"] < 800, (report, log)
+    assert report["exit_codes"] == [0, 0], log
+    assert report["records_after_first_run"] == {"lines": 800, "ids": 800}, log
+    assert "worker lost" in log and "go to the other workers" in log
+    await _assert_same_as_one_process(work, 800)
+
+
+@pytest.mark.timeout(900)
+async def test_ray_run_resumes_exactly_after_the_driver_is_killed(
+    ray_reports: dict[str, Path],
+) -> None:
+    work = ray_reports["kill-driver"]
+    report = _report(work)
     first, second = report["exit_codes"]
-    lines = (tmp_path / "llmbatch.log").read_text().splitlines()
-    log = "\n".join(x for x in lines if x.startswith(("llmbatch", "per worker", "requests")))
-    report["mock"].pop("admitted_s")
-    assert first != 0 and report["records_at_kill"] < 800, (report, log)
-    assert second == 0, log
-    ray_answers = _answers(tmp_path / "run")
-    single = await _single_process(tmp_path, limited=False)
-    assert ray_answers == _answers(single)
-    assert len(ray_answers) == 800
-    if scenario == "kill-worker":
-        assert report["killed_pids"]
-        assert "worker lost" in log or first == -9
+    assert first == -9 and report["records_at_kill"] < 800, (report, _log(work))
+    assert second == 0, _log(work)
+    await _assert_same_as_one_process(work, 800)
+
+
+@pytest.mark.timeout(900)
+async def test_ray_run_stops_gracefully_on_sigint(ray_reports: dict[str, Path]) -> None:
+    """First Ctrl-C: the workers finish what they have in flight, the records made are
+    kept (one per id), exit 130; the same command then completes the job."""
+    work = ray_reports["sigint"]
+    report = _report(work)
+    log = _log(work)
+    assert report["exit_codes"] == [130, 0], log
+    kept = report["records_after_stop"]
+    assert report["records_at_signal"] >= 150
+    assert kept["lines"] == kept["ids"] and report["records_at_signal"] <= kept["ids"] < 800
+    assert "SIGINT: stopping the workers" in log and "interrupted" in log
+    await _assert_same_as_one_process(work, 800)
+
+
+@pytest.mark.timeout(900)
+async def test_ray_run_stops_at_max_runtime(ray_reports: dict[str, Path]) -> None:
+    """--max-runtime: exit 75 with the records made kept; the same command completes."""
+    work = ray_reports["max-runtime"]
+    report = _report(work)
+    log = _log(work)
+    assert report["exit_codes"] == [75, 0], log
+    kept = report["records_after_stop"]
+    assert kept["lines"] == kept["ids"] and 0 < kept["ids"] < 800, (kept, log)
+    assert "--max-runtime reached" in log
+    await _assert_same_as_one_process(work, 800)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 
 import orjson
@@ -73,3 +74,74 @@ async def test_live_parts_are_tailed_by_complete_lines(tmp_path: Path) -> None:
 
 def test_concurrency_shares() -> None:
     assert _shares(32, 2) == [16, 16] and _shares(33, 2) == [17, 16] and _shares(3, 3) == [1, 1, 1]
+
+
+async def test_a_part_writes_its_text_into_the_run_directory(tmp_path: Path) -> None:
+    """A part's text/ is the run's text/: a worker's batch writes the answers in place,
+    and folding (live or left over by a killed run) only appends the lines."""
+    import llmbatch
+    from llmbatch.ray_engine import _make_part
+
+    run = tmp_path / "run"
+    rundir, index = RunDir.open(run, {"prompts": "p"})
+    part = run / PARTS_DIR / "s3-w0"
+    meta = {"prompts": "p", "worker": "w0"}
+    _make_part(part, meta)
+    async with llmbatch.Client("mock", concurrency=4) as llm:
+        await llm.batch(
+            [{"id": f"k{i}", "prompt": f"hi {i}"} for i in range(5)], part, meta=meta
+        ).wait()
+    assert sorted(p.name for p in (run / "text").glob("*.txt")) == [f"k{i}.txt" for i in range(5)]
+    cons = _Consolidator(run, rundir, index)
+    assert await cons.absorb_leftovers() == 5
+    await rundir.aclose()
+    records = read_results(run)
+    assert sorted(r["custom_id"] for r in records) == [f"k{i}" for i in range(5)]
+    for r in records:  # the line as the worker wrote it, its text where it points
+        body = r["response"]["body"]["choices"][0]["message"]["content"]
+        assert (run / r["llmbatch"]["text_file"]).read_text() == body
+    assert not part.exists() and len(list((run / "text").glob("*.txt"))) == 5
+
+
+def test_chunks_travel_packed_and_come_back_equal() -> None:
+    from llmbatch.errors import InputError
+    from llmbatch.ray_engine import _decode, _pack, _unpack
+    from llmbatch.records import PromptRecord
+
+    items = [
+        PromptRecord("a", 1, "prompt", {"messages": [{"role": "user", "content": "é"}]}),
+        InputError("not JSON", path="p.jsonl", line_no=2),
+        PromptRecord("b", 3, "batch", {"messages": [], "n": 2}, "/v1/chat/completions"),
+    ]
+    packed = _pack(items)
+    assert isinstance(packed, bytes)
+    back = [_decode(x) for x in _unpack(packed)]
+    assert back[0] == items[0] and back[2] == items[2]
+    assert isinstance(back[1], InputError) and (back[1].reason, back[1].line_no) == ("not JSON", 2)
+    odd = [PromptRecord("c", 4, "prompt", {"x": {1, 2}})]  # not JSON: sent pickled
+    assert [_decode(x) for x in _unpack(_pack(odd))] == odd
+
+
+async def test_the_feed_gives_a_lost_workers_prompts_to_the_others_first() -> None:
+    from llmbatch.ray_feed import Feed
+    from llmbatch.records import PromptRecord
+
+    items = [PromptRecord(f"p{i}", i, "prompt", {}) for i in range(10)]
+    feed = Feed(items, chunk_size=3, workers=["w0", "w1"])
+    assert [r.id for r in feed.take("w0")] == ["p0", "p1", "p2"]
+    assert [r.id for r in feed.take("w1")] == ["p3", "p4", "p5"]
+    feed.recorded("w0", "p1")  # folded: w0 holds p0 and p2 now
+    woken = asyncio.ensure_future(feed.wait())
+    await asyncio.sleep(0)  # one turn of the loop: the feeder is waiting now
+    assert feed.lost("w0") == 2 and feed.alive == ["w1"]
+    await asyncio.wait_for(woken, 1)  # a waiting feeder learns of it
+    assert [r.id for r in feed.take("w1")] == ["p0", "p2", "p6"]  # the lost ones first
+    assert feed.take("w0") == []  # a lost worker gets nothing more
+    assert [r.id for r in feed.take("w1")] == ["p7", "p8", "p9"] and not feed.drained
+    assert feed.take("w1") == [] and feed.drained
+    assert feed.held_count() == 9 and feed.lost_workers == {"w0": 2}
+    for rid in ["p0", "p2", "p3", "p4", "p5", "p6", "p7", "p8", "p9"]:
+        feed.recorded("w1", rid)
+    assert feed.held_count() == 0
+    feed.close()
+    assert feed.closed and feed.take("w1") == []
