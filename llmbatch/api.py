@@ -148,6 +148,7 @@ class Client:
         self._stack: contextlib.AsyncExitStack | None = None
         self._batches: set[Batch] = set()
         self._pacer = pacer
+        self._concurrency: Any = None
 
     @classmethod
     def from_config(
@@ -162,9 +163,15 @@ class Client:
 
     @classmethod
     def from_run_config(
-        cls, cfg: RunConfig, *, api_key: str | None = None, pacer: Any = None
+        cls,
+        cfg: RunConfig,
+        *,
+        api_key: str | None = None,
+        pacer: Any = None,
+        concurrency: Any = None,
     ) -> Client:
-        """A Client for an already merged RunConfig (what the CLI uses)."""
+        """A Client for an already merged RunConfig (what the CLI uses); ``pacer`` and
+        ``concurrency`` replace its rate governor and its ``auto`` controller (Ray)."""
         self = cls.__new__(cls)
         self._cfg = cfg
         self._api_key = api_key if api_key is not None else resolve_api_key(cfg.provider)
@@ -172,6 +179,7 @@ class Client:
         self._stack = None
         self._batches = set()
         self._pacer = pacer
+        self._concurrency = concurrency
         return self
 
     @property
@@ -225,7 +233,14 @@ class Client:
             raise
         self._stack = stack
         secrets = (self._api_key,) if self._api_key else ()
-        self._engine = Engine(cfg, provider, adapter, secrets=secrets, governor=self._pacer)
+        self._engine = Engine(
+            cfg,
+            provider,
+            adapter,
+            secrets=secrets,
+            governor=self._pacer,
+            concurrency=self._concurrency,
+        )
         return self
 
     async def aclose(self) -> None:

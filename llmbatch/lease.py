@@ -22,6 +22,12 @@ interface (``reserve``, ``paused_for_s``, ``settle``, ``on_rate_limited``,
   limit one worker learns reaches every other within one interval.
 - While the governor has no limit at all (none configured, none reported by headers),
   it says so, and ``reserve`` answers 0 locally: no call per request.
+- ``--concurrency auto`` is decided for the cluster too: the lease governor may hold a
+  :class:`ClusterConcurrency`, one AIMD controller fed by every worker's signals (TTFT
+  of each success, 429s, transient errors), which a worker's :class:`LeasedConcurrency`
+  (the engine's controller) reports with each call; the reply carries that worker's
+  share of the cluster's limit. The workers together stay near what one process's
+  controller would settle at, not at workers x a per-worker limit.
 
 ``LeaseGovernor`` is plain Python (no Ray), so both halves are tested in one process.
 """
@@ -37,11 +43,28 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from .pacing import RateGovernor
+from .pacing import AdaptiveConcurrency, RateGovernor
 
-__all__ = ["LeaseGovernor", "LeasedPacer", "SyncReply", "SyncRequest"]
+__all__ = [
+    "ClusterConcurrency",
+    "ConcurrencyReport",
+    "LeaseGovernor",
+    "LeasedConcurrency",
+    "LeasedPacer",
+    "SyncReply",
+    "SyncRequest",
+]
 
 POLL_S = 0.005  # how often a request re-checks a ticket whose answer has not come yet
+
+
+@dataclass(frozen=True, slots=True)
+class ConcurrencyReport:
+    """A worker's ``--concurrency auto`` signals since its last call."""
+
+    ttfts_s: tuple[float, ...] = ()  # one per success
+    rate_limited: int = 0
+    errors: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,15 +77,61 @@ class SyncRequest:
     rate_limited: tuple[float | None, ...] = ()  # one pause (Retry-After) per 429
     headers: dict[str, str] | None = None  # the latest rate-limit headers seen
     headers_age_s: float | None = None  # since the request that got them was sent
+    concurrency: ConcurrencyReport | None = None  # with --concurrency auto
 
 
 @dataclass(frozen=True, slots=True)
 class SyncReply:
-    """The governor's answer: a wait per reservation, the pause, whether limits exist."""
+    """The governor's answer: a wait per reservation, the pause, whether limits exist,
+    and (with --concurrency auto) this worker's share of the cluster's limit."""
 
     waits_s: tuple[float, ...]
     paused_for_s: float
     limited: bool
+    concurrency_share: int | None = None
+
+
+class ClusterConcurrency:
+    """``--concurrency auto`` for a cluster: one AIMD controller, its limit split
+    evenly over the workers still running (each gets at least one slot)."""
+
+    def __init__(self, workers: list[str], *, initial: int, cap: int) -> None:
+        self._workers = list(workers)
+        floor = max(1, len(self._workers))
+        self.aimd = AdaptiveConcurrency(
+            initial=max(initial, floor), floor=floor, cap=max(cap, floor)
+        )
+
+    @property
+    def limit(self) -> int:
+        """The cluster's limit now."""
+        return self.aimd.limit
+
+    def report(self, rep: ConcurrencyReport) -> None:
+        """Feed one worker's signals to the controller."""
+        aimd = self.aimd
+        for _ in range(rep.rate_limited):
+            aimd.on_rate_limited()
+        for _ in range(rep.errors):
+            aimd.on_error()
+        for ttft_s in rep.ttfts_s:
+            aimd.on_success(ttft_s)
+
+    def share(self, worker: str) -> int:
+        """``worker``'s part of the limit (the first ones get the remainder)."""
+        if worker not in self._workers:
+            self._workers.append(worker)
+        base, extra = divmod(self.aimd.limit, len(self._workers))
+        return max(1, base + (1 if self._workers.index(worker) < extra else 0))
+
+    def forget(self, worker: str) -> None:
+        """``worker`` is gone: the others share the limit."""
+        if worker in self._workers:
+            self._workers.remove(worker)
+
+    def snapshot(self) -> dict[str, Any]:
+        """The limit and each worker's share, for summary.json."""
+        return {"limit": self.limit, "shares": {w: self.share(w) for w in self._workers}}
 
 
 class LeaseGovernor:
@@ -72,8 +141,11 @@ class LeaseGovernor:
     object is the state of one actor, whose calls run one at a time.
     """
 
-    def __init__(self, governor: RateGovernor) -> None:
+    def __init__(
+        self, governor: RateGovernor, *, concurrency: ClusterConcurrency | None = None
+    ) -> None:
         self._gov = governor
+        self.concurrency = concurrency
         self.granted = 0
         self.workers: dict[str, int] = {}  # grants per worker, for the summary
 
@@ -91,14 +163,76 @@ class LeaseGovernor:
             self.granted += len(waits)
             self.workers[req.worker] = self.workers.get(req.worker, 0) + len(waits)
         limited = bool(gov.snapshot()["limits"])
-        return SyncReply(waits_s=waits, paused_for_s=gov.paused_for_s(), limited=limited)
+        share = None
+        if self.concurrency is not None:
+            if req.concurrency is not None:
+                self.concurrency.report(req.concurrency)
+            share = self.concurrency.share(req.worker)
+        return SyncReply(
+            waits_s=waits,
+            paused_for_s=gov.paused_for_s(),
+            limited=limited,
+            concurrency_share=share,
+        )
+
+    def forget(self, worker: str) -> None:
+        """``worker`` is gone (its share goes to the others)."""
+        if self.concurrency is not None:
+            self.concurrency.forget(worker)
 
     def snapshot(self) -> dict[str, Any]:
         """The governor's limits and balances, plus grants in all and per worker."""
         snap = self._gov.snapshot()
         snap["granted"] = self.granted
         snap["granted_per_worker"] = dict(self.workers)
+        if self.concurrency is not None:
+            snap["concurrency"] = self.concurrency.snapshot()
         return snap
+
+
+class LeasedConcurrency:
+    """A worker's ``--concurrency auto`` controller: its limit is its share of the
+    cluster's, and its signals go to the cluster's controller with the next call."""
+
+    def __init__(self, initial: int) -> None:
+        self._limit = max(1, initial)
+        self._ttfts_s: list[float] = []
+        self._rate_limited = 0
+        self._errors = 0
+
+    @property
+    def limit(self) -> int:
+        """This worker's share now."""
+        return self._limit
+
+    def on_success(self, ttft_s: float) -> None:
+        """Report a success (its TTFT) to the cluster's controller."""
+        self._ttfts_s.append(ttft_s)
+
+    def on_rate_limited(self) -> None:
+        """Report a 429."""
+        self._rate_limited += 1
+
+    def on_error(self) -> None:
+        """Report a transient error."""
+        self._errors += 1
+
+    def take_report(self) -> ConcurrencyReport:
+        """The signals since the last call (then forgotten here)."""
+        rep = ConcurrencyReport(tuple(self._ttfts_s), self._rate_limited, self._errors)
+        self._ttfts_s = []
+        self._rate_limited = self._errors = 0
+        return rep
+
+    def put_back(self, rep: ConcurrencyReport) -> None:
+        """A call failed: its report goes with the next one."""
+        self._ttfts_s[:0] = rep.ttfts_s
+        self._rate_limited += rep.rate_limited
+        self._errors += rep.errors
+
+    def set_share(self, share: int) -> None:
+        """The governor's answer: this worker's share of the cluster's limit."""
+        self._limit = max(1, share)
 
 
 @dataclass(slots=True)
@@ -143,8 +277,10 @@ class LeasedPacer:
         limited: bool = True,
         sync_interval_s: float = 0.25,
         clock: Callable[[], float] = time.monotonic,
+        concurrency: LeasedConcurrency | None = None,
     ) -> None:
         self._transport = transport
+        self._concurrency = concurrency
         self._worker = worker
         self._limited = limited
         self._interval_s = sync_interval_s
@@ -255,6 +391,8 @@ class LeasedPacer:
 
     async def _sync_once(self) -> None:
         out, self._out = self._out, _Outbox()
+        conc = self._concurrency
+        report = conc.take_report() if conc is not None else None
         req = SyncRequest(
             worker=self._worker,
             reservations=tuple((t.est_in, t.est_out) for t in out.tickets),
@@ -266,10 +404,13 @@ class LeasedPacer:
                 if out.headers_age_s is None
                 else out.headers_age_s + (self._clock() - out.headers_seen_s)
             ),
+            concurrency=report,
         )
         try:
             reply = await self._transport(req)
         except BaseException:
+            if conc is not None and report is not None:
+                conc.put_back(report)
             # Put everything back, before anything queued since, for the next try.
             self._out.tickets[:0] = out.tickets
             self._out.settlements[:0] = out.settlements
@@ -286,6 +427,8 @@ class LeasedPacer:
         if reply.paused_for_s > 0:
             self._paused_until_s = max(self._paused_until_s, arrived_s + reply.paused_for_s)
         self._limited = reply.limited
+        if conc is not None and reply.concurrency_share is not None:
+            conc.set_share(reply.concurrency_share)
 
     async def sync_now(self) -> None:
         """One call to the governor now (at start, and in tests); raises if it fails."""

@@ -53,7 +53,14 @@ from .config import RunConfig, resolve_api_key
 from .engine import StopReason
 from .errors import ConfigError, InputError, RunDirError
 from .identity import run_identity
-from .lease import LeasedPacer, LeaseGovernor, SyncReply, SyncRequest
+from .lease import (
+    ClusterConcurrency,
+    LeasedConcurrency,
+    LeasedPacer,
+    LeaseGovernor,
+    SyncReply,
+    SyncRequest,
+)
 from .merge import link_or_copy
 from .metrics import SLO
 from .pacing import governor_for
@@ -93,9 +100,20 @@ def has_limits(cfg: RunConfig) -> bool:
 class GovernorActor:
     """The Ray actor holding the cluster's LeaseGovernor (its calls run one at a time)."""
 
-    def __init__(self, cfg: RunConfig) -> None:
-        self._lease = LeaseGovernor(governor_for(cfg))
+    def __init__(self, cfg: RunConfig, workers: list[str] | None = None) -> None:
+        concurrency = None
+        if cfg.adaptive:  # --concurrency auto: one controller for the cluster
+            concurrency = ClusterConcurrency(
+                workers or [],
+                initial=min(cfg.concurrency, cfg.max_concurrency),
+                cap=cfg.max_concurrency,
+            )
+        self._lease = LeaseGovernor(governor_for(cfg), concurrency=concurrency)
         self._cpu0_s = time.process_time()
+
+    def forget(self, worker: str) -> None:
+        """``worker`` is gone: the others share the cluster's concurrency."""
+        self._lease.forget(worker)
 
     def sync(self, req: SyncRequest) -> SyncReply:
         """One worker's batch of tickets and news (see lease.py)."""
@@ -185,11 +203,13 @@ class _WorkerBatch:
         self.governor = governor
         self.counts = _WorkerCounts()
         self.queue: asyncio.Queue[PromptRecord | _BadLine | None] = asyncio.Queue(
-            maxsize=max(2, cfg.concurrency)
+            maxsize=max(2, cfg.max_concurrency if cfg.adaptive else cfg.concurrency)
         )
         self.received = 0
         self.batch: Any = None
         self.live: Any = None  # the engine's live counts, once the batch runs
+        # A stop that came before the batch had started: applied once it has.
+        self.stop_requested: tuple[float | None] | None = None
 
     async def put(self, items: list[PromptRecord | _BadLine | None]) -> None:
         """Queue ``items`` (None closes the feed), waiting for room."""
@@ -199,6 +219,7 @@ class _WorkerBatch:
 
     def stop(self, grace_s: float | None) -> None:
         """Take no more prompts; let requests in flight finish within ``grace_s``."""
+        self.stop_requested = (grace_s,)
         if self.batch is not None:
             self.batch.stop(grace_s=grace_s)
 
@@ -223,14 +244,20 @@ class _WorkerBatch:
             )
         cfg = self.cfg
         governor = self.governor
+        if self.stop_requested is not None:
+            return None, None  # stopped before it began: its prompts have no record
 
         async def transport(req: SyncRequest) -> SyncReply:
             reply: SyncReply = await governor.sync.remote(req)
             return reply
 
-        # The Client's pacer seam: this client paces by the cluster's one budget.
-        pacer = LeasedPacer(transport, worker=self.name, limited=has_limits(cfg))
-        client = llmbatch.Client.from_run_config(cfg, api_key=self.api_key, pacer=pacer)
+        # The Client's pacer seam: this client paces by the cluster's one budget, and
+        # with --concurrency auto takes its share of the cluster's one limit.
+        conc = LeasedConcurrency(cfg.concurrency) if cfg.adaptive else None
+        pacer = LeasedPacer(transport, worker=self.name, limited=has_limits(cfg), concurrency=conc)
+        client = llmbatch.Client.from_run_config(
+            cfg, api_key=self.api_key, pacer=pacer, concurrency=conc
+        )
         async with client:
             self.live = client.engine.live
             batch = client.batch(
@@ -244,6 +271,9 @@ class _WorkerBatch:
             c = self.counts
             try:
                 async with batch:
+                    await batch.start()
+                    if self.stop_requested is not None:  # while the client was starting
+                        batch.stop(grace_s=self.stop_requested[0])
                     async for result in batch:
                         c.done += 1
                         if result.ok:
@@ -586,15 +616,24 @@ async def execute_ray_run(
         nodes = [n for n in ray.nodes() if n.get("Alive")]
         node_ids = [str(n["NodeID"]) for n in nodes] or [ray.get_runtime_context().get_node_id()]
         n_workers = workers or max(1, len(nodes))
-        shares = _shares(max(cfg.concurrency, n_workers), n_workers)
-        # --concurrency auto: each worker adapts on its share of the cluster's cap.
-        caps = _shares(max(cfg.max_concurrency, n_workers), n_workers) if cfg.adaptive else shares
+        names = [f"w{k}" for k in range(n_workers)]
+        if cfg.adaptive:
+            # --concurrency auto: the governor's one controller decides for the cluster;
+            # a worker starts at its share and may take up to the whole cap (the pool).
+            start = min(cfg.concurrency, cfg.max_concurrency)
+            shares = _shares(max(start, n_workers), n_workers)
+            caps = [max(cfg.max_concurrency, n_workers)] * n_workers
+        else:
+            shares = _shares(max(cfg.concurrency, n_workers), n_workers)
+            caps = shares
         # The budget lives on the driver's node: it must outlive any worker node.
         here = ray.util.scheduling_strategies.NodeAffinitySchedulingStrategy(
             node_id=ray.get_runtime_context().get_node_id(), soft=True
         )
         governor = (
-            ray.remote(GovernorActor).options(num_cpus=0, scheduling_strategy=here).remote(cfg)
+            ray.remote(GovernorActor)
+            .options(num_cpus=0, scheduling_strategy=here)
+            .remote(cfg, names)
         )
         worker_cls = ray.remote(WorkerActor)
         session = f"{time.strftime('%Y%m%dT%H%M%S')}-{os.getpid()}"
@@ -631,7 +670,6 @@ async def execute_ray_run(
                 )
             )
         runs = [a.run.remote() for a in actors]
-        names = [f"w{k}" for k in range(len(actors))]
         todo = (item for item in items if _item_id(item) not in index)
         feed = Feed(todo, chunk_size=max(1, min(CHUNK_MAX, min(shares) // 2 or 1)), workers=names)
         cons.recorded = feed.recorded
@@ -677,7 +715,14 @@ async def execute_ray_run(
             cons.absorb(cons.parts[k])
             await rundir.flush()
             held = feed.lost(name)
+            governor.forget.remote(name)
             died = isinstance(exc, ray.exceptions.ActorDiedError)
+            if isinstance(exc, ray.exceptions.ActorUnavailableError):
+                # Unreachable (its node is going, or the network): make it dead for sure
+                # before its prompts go to another worker.
+                with contextlib.suppress(Exception):
+                    ray.kill(actors[k], no_restart=True)
+                died = True
             if held == 0 and died:
                 lost_workers[name] = _cause(exc)
                 return
@@ -696,7 +741,12 @@ async def execute_ray_run(
         async def feed_worker(k: int) -> None:
             actor, name = actors[k], names[k]
             try:
-                while not stopping.is_set() and name in feed.held:
+                while name in feed.held:
+                    if stopping.is_set():
+                        # A worker that missed its stop (it had not started) then ends
+                        # once its queue is done.
+                        await actor.close_feed.remote()
+                        return
                     chunk = feed.take(name)
                     if chunk:
                         feed.pushing += 1
@@ -793,6 +843,9 @@ async def execute_ray_run(
     finally:
         await rundir.aclose()
     summary = cons.summary.summary()
+    conc = (gov_snapshot or {}).get("concurrency")
+    if conc:  # --concurrency auto: the cluster's limit at the end
+        summary["concurrency_limit"] = conc["limit"]
     summary["engine"] = {
         **_engine_section(cons, len(actors)),
         "worker_stats": [e for e in ends if e],

@@ -16,8 +16,9 @@ Scenarios: ``exact`` (the prompts through the cluster under a scaled rate limit,
 transient faults), ``kill-worker`` (SIGKILL of the worker node's processes mid-run; the
 node is started again afterwards), ``kill-driver`` (SIGKILL of the driver mid-run, then
 the same command again), ``sigint`` (SIGINT to the driver mid-run, then again),
-``max-runtime`` (``--max-runtime 2``, then again without it), ``bench`` (see
-bench/ray_overhead.py).
+``max-runtime`` (``--max-runtime 4``, then again without it), ``auto``
+(``--concurrency auto`` against a server serving 12 at once, 429 beyond; the server's
+requests in flight sampled), ``bench`` (see bench/ray_overhead.py).
 """
 
 from __future__ import annotations
@@ -52,6 +53,7 @@ RAY_ENV = {
 FAULTS = {"500": 0.02, "disconnect": 0.015, "reset": 0.015}
 RPM = 600.0  # per LIMIT_WINDOW_S: a 600 RPM limit with time scaled down 10x
 LIMIT_WINDOW_S = 6.0
+AUTO_LIMIT = 12  # the "auto" scenario's server serves this many at once (429 beyond)
 
 
 def _free_port() -> int:
@@ -212,7 +214,12 @@ def _records(run_dir: Path) -> int:
 async def _run(cmd: list[str], env: dict[str, str], log: Path) -> int:
     with open(log, "ab") as fh:
         proc = await asyncio.create_subprocess_exec(*cmd, env=env, stdout=fh, stderr=fh)
-        return await asyncio.wait_for(proc.wait(), 240)
+        try:
+            return await asyncio.wait_for(proc.wait(), 240)
+        except TimeoutError:
+            proc.kill()  # by its pid: a run that hangs must not outlive the scenario
+            await proc.wait()
+            raise
 
 
 async def _run_killing(
@@ -245,21 +252,27 @@ SLOW = {"kill-worker", "kill-driver", "sigint", "max-runtime"}
 async def scenario(name: str, work: Path, cluster: Cluster) -> dict[str, Any]:
     """Run scenario ``name`` on ``cluster`` in ``work`` (its prompts.jsonl is there)."""
     limited = name == "exact"
+    auto = name == "auto"
     mock_cfg = MockConfig(
         tokens=16,
-        ttft_s=0.01,
-        itl_s=0.03 if name == "max-runtime" else 0.012 if name in SLOW else 0.002,
-        faults=FAULTS if name != "bench" else {},
+        # auto: ~0.26 s per answer, so that the limit is probed at a pace a real server's
+        # round trips would give (the mock refuses at once, it never queues).
+        ttft_s=0.1 if auto else 0.01,
+        itl_s=0.03 if name == "max-runtime" else 0.01 if auto else 0.012 if name in SLOW else 0.002,
+        faults=FAULTS if name not in ("bench", "auto") else {},
         rpm=RPM if limited else None,
         limit_window_s=LIMIT_WINDOW_S,
+        max_in_flight=AUTO_LIMIT if auto else None,
     )
     server = await start_mock_server(mock_cfg)
     limits = f"rpm = {RPM}\nwindow_s = {LIMIT_WINDOW_S}\n" if limited else ""
     (work / "config.toml").write_text(
         f'[providers.target]\nkind = "openai"\nbase_url = "{server.url}"\nmodel = "mock-model"\n'
         f"[providers.target.limits]\n{limits}\n"
-        '[run]\nprovider = "target"\nconcurrency = 32\n'
-        "[retry]\nbackoff_base_s = 0.05\nbackoff_max_s = 0.5\n"
+        '[run]\nprovider = "target"\n'
+        + ('concurrency = "auto"\nmax_concurrency = 64\n' if auto else "concurrency = 32\n")
+        + "[retry]\nbackoff_base_s = 0.05\nbackoff_max_s = 0.5\n"
+        + ("max_attempts = 12\n" if auto else "")
     )
     report: dict[str, Any] = {"scenario": name, "mock_url": server.url}
     env = {**cluster.env}
@@ -272,6 +285,10 @@ async def scenario(name: str, work: Path, cluster: Cluster) -> dict[str, Any]:
         t1 = time.monotonic()
         if name in ("exact", "bench"):
             report["exit_codes"] = [await _run(cmd, env, log)]
+        elif name == "auto":
+            sampler = asyncio.ensure_future(_sample_in_flight(server, report))
+            report["exit_codes"] = [await _run(cmd, env, log)]
+            sampler.cancel()
         elif name == "kill-driver":
             code, _, report["records_at_kill"] = await _run_killing(
                 cmd, env, log, run_dir, 150, lambda p: p.send_signal(signal.SIGKILL)
@@ -304,6 +321,14 @@ async def scenario(name: str, work: Path, cluster: Cluster) -> dict[str, Any]:
         }
         await server.close()
     return report
+
+
+async def _sample_in_flight(server: Any, report: dict[str, Any]) -> None:
+    """The mock's requests in flight every 50 ms, into ``report["in_flight"]``."""
+    seen = report.setdefault("in_flight", [])
+    while True:
+        await asyncio.sleep(0.05)
+        seen.append(server.stats.in_flight)
 
 
 def _unique_records(run_dir: Path) -> dict[str, int]:

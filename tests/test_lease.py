@@ -146,3 +146,72 @@ async def test_settlements_reach_the_governor() -> None:
     after = gov.snapshot()["limits"]["tokens"]["available"]
     assert after < before - 200 + 5  # 5: refill during the test
     await pacer.aclose()
+
+
+@pytest.mark.timeout(60)
+async def test_concurrency_auto_is_decided_for_all_workers_together() -> None:
+    """Two clients (two workers) with --concurrency auto behind one lease governor,
+    against a server that serves 12 requests at once and answers 429 beyond: the
+    server counts the two together settling near 12, not each at its own limit."""
+    import llmbatch
+    from llmbatch.config import load_config
+    from llmbatch.lease import ClusterConcurrency, LeasedConcurrency
+    from llmbatch.mockserver import MockConfig, start_mock_server
+    from llmbatch.pacing import governor_for
+
+    limit = 12
+    server = await start_mock_server(
+        MockConfig(tokens=8, ttft_s=0.03, itl_s=0.005, max_in_flight=limit, retry_after_s=0.05)
+    )
+    try:
+        cfg = load_config(
+            None,
+            flags={
+                "provider": "vllm",
+                "base_url": server.url,
+                "model": "mock-model",
+                "concurrency": "auto",
+                "max_concurrency": 64,
+            },
+            environ={},
+        )
+        cluster = ClusterConcurrency(["w0", "w1"], initial=8, cap=64)
+        gov = LeaseGovernor(governor_for(cfg), concurrency=cluster)
+        seen: list[int] = []  # the server's requests in flight, sampled
+
+        async def worker(name: str, n: int) -> int:
+            conc = LeasedConcurrency(4)
+            pacer = LeasedPacer(
+                Link(gov), worker=name, limited=False, sync_interval_s=0.05, concurrency=conc
+            )
+            client = llmbatch.Client.from_run_config(
+                cfg, api_key="k", pacer=pacer, concurrency=conc
+            )
+            ok = 0
+            async with client:
+                async for r in client.batch([f"{name} {i}" for i in range(n)]):
+                    ok += r.ok
+            await pacer.aclose()
+            return ok
+
+        async def sample() -> None:
+            while True:
+                await asyncio.sleep(0.02)
+                seen.append(server.stats.in_flight)
+
+        sampler = asyncio.create_task(sample())
+        done = await asyncio.gather(worker("w0", 700), worker("w1", 700))
+        sampler.cancel()
+    finally:
+        await server.close()
+    assert done == [700, 700]
+    settled = sorted(seen[len(seen) // 2 :])  # the second half of the run
+    median = settled[len(settled) // 2]
+    assert limit * 0.5 <= median <= limit * 1.5, (median, settled[:: max(1, len(settled) // 20)])
+    stats = server.stats
+    print(
+        f"auto: median {median} in flight, {stats.rate_limited}/{stats.requests} 429s, "
+        f"cluster limit {cluster.limit}"
+    )
+    assert stats.rate_limited < 0.25 * stats.requests, (stats.rate_limited, stats.requests)
+    assert cluster.limit <= 2 * limit  # the cluster's one limit, not 2 x 64

@@ -25,6 +25,7 @@ from ..config import RunConfig
 from ..errors import HTTPStatusError, RateLimited, RequestError, UnexpectedError
 from ..pacing import (
     AdaptiveConcurrency,
+    ConcurrencyControl,
     ConcurrencyLimiter,
     Pacer,
     estimate_input_tokens,
@@ -78,16 +79,18 @@ class Engine:
         *,
         secrets: tuple[str, ...] = (),
         governor: Pacer | None = None,
+        concurrency: ConcurrencyControl | None = None,
     ) -> None:
         self.cfg = cfg
         self.provider = provider
         self.client = client
         self.secrets = tuple(x for x in secrets if x)
         self.governor: Pacer = governor if governor is not None else governor_for(cfg)
-        self.aimd: AdaptiveConcurrency | None = None
+        self.aimd: ConcurrencyControl | None = None
         limit_source: Callable[[], int]
         if cfg.adaptive:
-            aimd = AdaptiveConcurrency(
+            # ``concurrency``: a controller from outside (a Ray worker's cluster share).
+            aimd = concurrency or AdaptiveConcurrency(
                 initial=min(cfg.concurrency, cfg.max_concurrency), floor=1, cap=cfg.max_concurrency
             )
             self.aimd = aimd

@@ -50,6 +50,9 @@ class MockConfig:
     fault_headers: Mapping[str, str] = field(default_factory=dict)
     stall_s: float = 30.0
     slow_first_byte_s: float = 2.0
+    # A server that serves at most this many requests at once: one more gets a 429 with
+    # Retry-After ``retry_after_s`` (like a provider's concurrency limit). None = no limit.
+    max_in_flight: int | None = None
     # Rate limits like a real provider's, per limit_window_s (1, 10 or 60 s; scaled down
     # in tests), counted as limit_mode. ``rpd`` is a second request limit per
     # ``day_window_s``; when it is set the x-ratelimit-*-requests headers describe it

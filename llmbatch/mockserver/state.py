@@ -166,6 +166,12 @@ class MockState:
 
         A refusal's headers carry Retry-After (``retry-after-ms`` and ``retry-after``).
         """
+        cap = self.cfg.max_in_flight
+        if cap is not None and self.stats.in_flight > cap:  # this request is counted in
+            self.stats.rate_limited += 1
+            headers: dict[str, str] = {}
+            self.told_to_wait(key, retry_after_headers(self.cfg.retry_after_s, headers))
+            return Admission(headers=headers, retry_after_s=self.cfg.retry_after_s)
         if not self.limits.active:
             return Admission()
         verdict = self.limits.admit(tokens, style)

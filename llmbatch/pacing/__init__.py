@@ -5,7 +5,8 @@
 - ``learned``: :class:`LearnedLimit`, a limit the server reported (spend what remains,
   whole again by reset; expires when nothing confirms it).
 - ``governor``: :class:`RateGovernor`, every gate together; :func:`governor_for` builds
-  it from a run's config. ``protocol``: :class:`Pacer`, the interface it fulfils.
+  it from a run's config. ``protocol``: :class:`Pacer`, the interface it fulfils, and
+  :class:`ConcurrencyControl`, the adaptive controller's.
 - ``concurrency``: :class:`AdaptiveConcurrency` (AIMD) and :class:`ConcurrencyLimiter`.
 - ``estimate``: :func:`estimate_input_tokens`, a tokenizer-free prompt size.
 """
@@ -18,13 +19,14 @@ from .estimate import CHARS_PER_TOKEN, TOKENS_PER_MESSAGE, estimate_input_tokens
 from .factory import governor_for
 from .governor import RateGovernor
 from .headers import FAMILIES, family_for, parse_duration_s, parse_reset_s
-from .protocol import Pacer
+from .protocol import ConcurrencyControl, Pacer
 
 __all__ = [
     "CHARS_PER_TOKEN",
     "FAMILIES",
     "TOKENS_PER_MESSAGE",
     "AdaptiveConcurrency",
+    "ConcurrencyControl",
     "ConcurrencyLimiter",
     "Pacer",
     "RateGovernor",

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any, Protocol, runtime_checkable
 
-__all__ = ["Pacer"]
+__all__ = ["ConcurrencyControl", "Pacer"]
 
 
 @runtime_checkable
@@ -46,4 +46,26 @@ class Pacer(Protocol):
 
     def snapshot(self) -> dict[str, Any]:
         """Limits, rates and balances now, for display."""
+        ...
+
+
+class ConcurrencyControl(Protocol):
+    """What the engine needs from ``--concurrency auto``'s controller
+    (:class:`~llmbatch.pacing.AdaptiveConcurrency` is one; a cluster's share is another)."""
+
+    @property
+    def limit(self) -> int:
+        """How many requests may be in flight now."""
+        ...
+
+    def on_success(self, ttft_s: float) -> None:
+        """A request succeeded with this time to first token."""
+        ...
+
+    def on_rate_limited(self) -> None:
+        """A 429 arrived."""
+        ...
+
+    def on_error(self) -> None:
+        """A transient error (timeout, reset, 5xx)."""
         ...
