@@ -3,29 +3,34 @@
 Layout of a run directory written by this engine (the driver's view)::
 
     run.json, .lock, results.jsonl, text/, summary.json   as for one process
-    parts/<session>-w<k>/   one ordinary run directory per worker actor and session
+    parts/<session>-w<k>/   one run directory per worker actor and session, whose
+                            text/ is a link to the run's text/
 
 The pieces:
 
 - **Driver** (the ``llmbatch run`` process): holds the run directory's lock, reads the
   prompts file once and in order (so ids, automatic ids and bad lines are exactly a
   single-process run's), skips ids already done, and pushes the rest in small chunks to
-  the workers; a worker's bounded queue pushes back, so no process holds more than
-  O(concurrency) prompts. It folds the workers' records into the run directory as they
-  are committed (``_Consolidator``) and writes summary.json with cluster-wide figures
-  and per-worker counts.
+  the workers (``ray_feed.Feed``, which remembers what each worker holds, so a dead
+  worker's prompts go to the others); a worker's bounded queue pushes back, so no
+  process holds more than O(concurrency) prompts. It folds the workers' records into the
+  run directory as they are committed (``_Consolidator``: each line appended as the
+  worker wrote it) and writes summary.json with cluster-wide figures and per-worker
+  counts.
 - **Workers** (``WorkerActor``, one per node by default, spread): each runs one
   ``llmbatch.Client`` with its share of ``--concurrency`` and one ``Client.batch`` into
-  its own part directory, so text streams into ``text/<id>.partial`` there and every
-  record is committed by the library's own protocol (text renamed, then the line).
+  its own part directory, so text streams into the run's ``text/<id>.partial`` (through
+  the part's link) and every record is committed by the library's own protocol (text
+  renamed to ``.txt``, then the line in the part's results.jsonl).
 - **Rate budget** (``GovernorActor``): one :class:`~llmbatch.lease.LeaseGovernor` for the
-  cluster; every worker's client paces through a :class:`~llmbatch.lease.LeasedPacer`.
+  cluster; every worker's client paces through a :class:`~llmbatch.lease.LeasedPacer`,
+  and with ``--concurrency auto`` takes its share of the cluster's one AIMD limit.
 
 Crash safety follows from the commit protocol: a record exists once its line is in a
-part's results.jsonl; the driver links the text into ``text/`` before it appends the
-line to the top-level results.jsonl, and a part directory is removed only when all its
-records are in the top level. A re-run after the driver or a worker node was killed
-first folds every part left behind (each id once), then sends what has no record.
+part's results.jsonl, and its text is complete in ``text/`` before that; the driver
+appends the line to the top-level results.jsonl, and a part directory is removed only
+when all its records are in the top level. A re-run after the driver was killed first
+folds every part left behind (each id once), then sends what has no record.
 
 Ray is imported only here, and only when this engine runs.
 """
