@@ -215,6 +215,7 @@ class _WorkerBatch:
         self.live: Any = None  # the engine's live counts, once the batch runs
         # A stop that came before the batch had started: applied once it has.
         self.stop_requested: tuple[float | None] | None = None
+        self.batch_cpu_s = 0.0  # this process's CPU while the batch ran (client started)
 
     async def put(self, items: list[PromptRecord | _BadLine | None]) -> None:
         """Queue ``items`` (None closes the feed), waiting for room."""
@@ -277,6 +278,7 @@ class _WorkerBatch:
             try:
                 async with batch:
                     await batch.start()
+                    cpu0_s = time.process_time()
                     if self.stop_requested is not None:  # while the client was starting
                         batch.stop(grace_s=self.stop_requested[0])
                     async for result in batch:
@@ -286,6 +288,7 @@ class _WorkerBatch:
                         else:
                             c.failed += 1
                         c.output_tokens += result.usage.output_tokens
+                self.batch_cpu_s = time.process_time() - cpu0_s
             finally:
                 await pacer.aclose()
             end = batch.end
@@ -367,13 +370,19 @@ class WorkerActor:
 
     def run(self) -> dict[str, Any]:
         """Run the batch until the feed closes or ``stop``; how it ended, and the counts."""
+        from .gctune import batch_gc
+
         cpu0_s = time.process_time()
-        stop_reason, abort_message = self._call(self._work.run())
+        # This process is the worker's: the GC settings of the CLI's batch run (gctune).
+        with batch_gc():
+            stop_reason, abort_message = self._call(self._work.run())
         return {
             **self.stats(),
             "stop_reason": stop_reason,
             "abort_message": abort_message,
             "cpu_s": round(time.process_time() - cpu0_s, 4),  # this actor's process
+            # From its batch's start to its end: what one process's work phase counts.
+            "batch_cpu_s": round(self._work.batch_cpu_s, 4),
         }
 
 
