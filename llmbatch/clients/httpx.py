@@ -20,10 +20,11 @@ it lower (measured: fewer streams per connection did not help, bench/RESULTS.md)
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import math
 import ssl
-from collections.abc import AsyncIterable, AsyncIterator
+from collections.abc import AsyncIterable, AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -229,12 +230,14 @@ class HttpxAdapter(ClientAdapter):
                 except (httpx.HTTPError, TimeoutError):
                     pass
                 raise http_status_error(resp.status_code, headers, body, rid)
+            reader = _Body(resp, headers.get("content-encoding", ""))
             yield StreamingResponse(
                 status=resp.status_code,
                 headers=headers,
-                chunks=_chunks(resp, headers.get("content-encoding", "")),
+                chunks=reader.chunks(),
                 request_id=rid,
                 http_version=resp.http_version,
+                push=reader.push,
             )
         finally:
             await resp.aclose()
@@ -298,22 +301,50 @@ def _h2_stream_limit(client: httpx.AsyncClient) -> int | None:
     return None
 
 
-async def _chunks(resp: httpx.Response, content_encoding: str) -> AsyncIterator[bytes]:
-    """The body's bytes, decoded when the server compressed them.
+class _Body:
+    """A response body as ``chunks`` or ``push`` (base.StreamingResponse), errors mapped.
 
     Without a content-encoding the response's own stream is read: ``aiter_bytes`` would
     add two generator layers, an identity decoder and a chunker to every read (one read
-    per token when tokens are 20 ms apart).
+    per token when tokens are 20 ms apart). ``push`` saves one more generator layer and
+    the caller's ``async for`` per read.
     """
-    encoded = content_encoding.strip().lower() not in ("", "identity")
-    source: AsyncIterable[bytes] = resp.aiter_bytes()
-    if not encoded and isinstance(resp.stream, httpx.AsyncByteStream):
-        source = resp.stream
-    try:
-        async for chunk in source:
-            if chunk:
-                yield chunk
-    except httpx.TimeoutException as exc:
-        raise ReadTimeout(f"no data for longer than the idle timeout ({exc})") from None
-    except httpx.TransportError as exc:
-        raise StreamInterrupted(f"stream interrupted: {type(exc).__name__}: {exc}") from None
+
+    __slots__ = ("_source",)
+
+    def __init__(self, resp: httpx.Response, content_encoding: str) -> None:
+        encoded = content_encoding.strip().lower() not in ("", "identity")
+        self._source: AsyncIterable[bytes] = resp.aiter_bytes()
+        if not encoded and isinstance(resp.stream, httpx.AsyncByteStream):
+            self._source = resp.stream
+
+    async def chunks(self) -> AsyncIterator[bytes]:
+        try:
+            async for chunk in self._source:
+                if chunk:
+                    yield chunk
+        except (httpx.TimeoutException, httpx.TransportError) as exc:
+            raise _mapped(exc) from None
+
+    async def push(self, on_chunk: Callable[[bytes], bool], drain_s: float) -> None:
+        reads = aiter(self._source)
+        try:
+            async for chunk in reads:
+                if chunk and on_chunk(chunk):
+                    break
+            else:
+                return
+        except (httpx.TimeoutException, httpx.TransportError) as exc:
+            raise _mapped(exc) from None
+        # Complete: read the rest for reuse, briefly; nothing after the answer counts.
+        with contextlib.suppress(TimeoutError, httpx.HTTPError):
+            async with asyncio.timeout(drain_s):
+                async for _ in reads:
+                    pass
+
+
+def _mapped(exc: httpx.TimeoutException | httpx.TransportError) -> Exception:
+    """llmbatch's error for an httpx error while reading a body."""
+    if isinstance(exc, httpx.TimeoutException):
+        return ReadTimeout(f"no data for longer than the idle timeout ({exc})")
+    return StreamInterrupted(f"stream interrupted: {type(exc).__name__}: {exc}")
