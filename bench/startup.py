@@ -8,8 +8,10 @@ PYTHONDONTWRITEBYTECODE, which would otherwise compile llmbatch from source at e
 start: ~65 ms). The table shows the minimum and the median CPU; on a shared machine the
 minimum is the steadier figure, since contention only ever adds to it. References in
 the same invocation: an empty interpreter, and the imports the bare aiohttp loop needs
-(asyncio, uvloop, aiohttp, orjson). ``--baseline DIR`` runs every command from another
-checkout too (PYTHONPATH=DIR), interleaved with this one, for a before/after figure.
+(asyncio, uvloop, aiohttp, orjson), also with aiohttp's CA loading deferred as
+``llmbatch run`` imports it (llmbatch/deferred_ca.py; "-" for a checkout without it)
+and without uvloop. ``--baseline DIR`` runs every command from another checkout too
+(PYTHONPATH=DIR), interleaved with this one, for a before/after figure.
 """
 
 from __future__ import annotations
@@ -21,6 +23,8 @@ from pathlib import Path
 
 from .harness import PY, ROOT, child_env, machine_line, markdown_table, mock_server, run_child
 
+_DEFERRED = "from llmbatch.deferred_ca import import_aiohttp; import_aiohttp(); "
+
 
 def _commands(base_url: str, prompts: Path) -> list[tuple[str, list[str]]]:
     run = [PY, "-m", "llmbatch", "run", str(prompts), "--no-progress"]
@@ -29,6 +33,14 @@ def _commands(base_url: str, prompts: Path) -> list[tuple[str, list[str]]]:
         (
             "import asyncio, uvloop, aiohttp, orjson (the bare loop's imports)",
             [PY, "-c", "import asyncio, uvloop, aiohttp, orjson"],
+        ),
+        (
+            "the same, aiohttp's import-time CA loading deferred (what llmbatch run does)",
+            [PY, "-c", _DEFERRED + "import asyncio, uvloop, orjson"],
+        ),
+        (
+            "the same without uvloop (llmbatch run of fewer than 100 prompts)",
+            [PY, "-c", _DEFERRED + "import asyncio, orjson"],
         ),
         ("llmbatch --version", [PY, "-m", "llmbatch", "--version"]),
         ("llmbatch --help", [PY, "-m", "llmbatch", "--help"]),
@@ -70,6 +82,8 @@ def main(argv: list[str] | None = None) -> None:
             cpu: dict[str, list[float]] = {name: [] for name in trees}
             for i in range(args.repeat + 1):
                 for name, tree in trees.items():  # interleaved: noise hits both alike
+                    if _DEFERRED in cmd[-1] and not (tree / "llmbatch/deferred_ca.py").exists():
+                        continue
                     out = [str(Path(tmp) / f"run{n}-{name}-{i}")] if cmd[-1] == "--out" else []
                     # cwd too: `python -m` puts the working directory first on sys.path
                     res = run_child([*cmd, *out], timeout_s=60, env=_env(tree), cwd=tree)
@@ -79,6 +93,9 @@ def main(argv: list[str] | None = None) -> None:
                         cpu[name].append(res.cpu_s)
             row = [label]
             for name in trees:
+                if not cpu[name]:
+                    row += ["-", "-"]
+                    continue
                 row += [f"{min(cpu[name]):.3f}", f"{statistics.median(cpu[name]):.3f}"]
             rows.append(row)
     headers = ["command", "CPU s (min)", "CPU s (median)"]
