@@ -156,9 +156,11 @@ def _answers(run_dir: Path) -> dict[str, tuple[str, str]]:
 
 
 def _assert_paced(times_s: list[float], limit: float, window_s: float, burst: float) -> None:
-    """No window of ``window_s`` holds more than ``limit`` (+ the governor's burst and a
-    little slack: a CPU-starved worker may send two granted requests closer together),
-    and the whole run is no faster than the limit allows."""
+    """No window of ``window_s`` holds more than ``limit`` (+ the governor's burst and 4%:
+    the server counts arrivals, and a CPU-starved worker sends some granted requests late,
+    next to later grants; 617 and 624 of 600 + 10 were seen with two other test suites on
+    the 2 cores, while pacing per worker instead of per cluster would show ~1,200), and the
+    whole run is no faster than the limit allows."""
     times_s = sorted(times_s)
     j = 0
     worst = 0
@@ -166,7 +168,7 @@ def _assert_paced(times_s: list[float], limit: float, window_s: float, burst: fl
         while j < len(times_s) and times_s[j] - t < window_s:
             j += 1
         worst = max(worst, j - i)
-    assert worst <= limit + burst + 5, f"{worst} requests within {window_s} s"
+    assert worst <= limit * 1.04 + burst, f"{worst} requests within {window_s} s"
     rate_per_s = limit / window_s
     assert times_s[-1] - times_s[0] >= (len(times_s) - burst) / rate_per_s - 0.5
 
