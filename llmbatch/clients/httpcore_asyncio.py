@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import ssl
-from collections.abc import Iterable
+from collections.abc import Coroutine, Iterable
 from typing import Any, cast
 
 from httpcore import (
@@ -285,6 +285,24 @@ class AsyncioStream(AsyncNetworkStream):
         return None
 
 
+async def _connected(
+    connecting: Coroutine[Any, Any, tuple[asyncio.Transport, Any]],
+    proto: _Protocol,
+    timeout: float | None,
+    socket_options: Iterable[SocketOption] | None,
+) -> AsyncNetworkStream:
+    """The stream of a connection being made, with httpcore's errors for its failures."""
+    try:
+        async with asyncio.timeout(timeout):
+            transport, _ = await connecting
+    except TimeoutError as exc:
+        raise ConnectTimeout(str(exc) or "connect timed out") from exc
+    except OSError as exc:
+        raise ConnectError(str(exc)) from exc
+    _apply(transport, socket_options)
+    return AsyncioStream(transport, proto)
+
+
 class AsyncioBackend(AsyncNetworkBackend):
     """httpcore's ``network_backend`` on the running asyncio (or uvloop) loop."""
 
@@ -299,17 +317,8 @@ class AsyncioBackend(AsyncNetworkBackend):
         loop = asyncio.get_running_loop()
         proto = _Protocol(loop)
         local = (local_address, 0) if local_address else None
-        try:
-            async with asyncio.timeout(timeout):
-                transport, _ = await loop.create_connection(
-                    lambda: proto, host, port, local_addr=local
-                )
-        except TimeoutError as exc:
-            raise ConnectTimeout(str(exc) or "connect timed out") from exc
-        except OSError as exc:
-            raise ConnectError(str(exc)) from exc
-        _apply(transport, socket_options)
-        return AsyncioStream(transport, proto)
+        connecting = loop.create_connection(lambda: proto, host, port, local_addr=local)
+        return await _connected(connecting, proto, timeout, socket_options)
 
     async def connect_unix_socket(
         self,
@@ -319,15 +328,8 @@ class AsyncioBackend(AsyncNetworkBackend):
     ) -> AsyncNetworkStream:
         loop = asyncio.get_running_loop()
         proto = _Protocol(loop)
-        try:
-            async with asyncio.timeout(timeout):
-                transport, _ = await loop.create_unix_connection(lambda: proto, path)
-        except TimeoutError as exc:
-            raise ConnectTimeout(str(exc) or "connect timed out") from exc
-        except OSError as exc:
-            raise ConnectError(str(exc)) from exc
-        _apply(transport, socket_options)
-        return AsyncioStream(transport, proto)
+        connecting = loop.create_unix_connection(lambda: proto, path)
+        return await _connected(connecting, proto, timeout, socket_options)
 
     async def sleep(self, seconds: float) -> None:
         await asyncio.sleep(seconds)
