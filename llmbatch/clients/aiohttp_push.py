@@ -26,6 +26,7 @@ from aiohttp.streams import StreamReader
 
 from ..errors import ReadTimeout, RequestError, StreamInterrupted
 from ..watchdog import watch, within
+from .base import feed_chunks
 
 __all__ = ["map_body_error", "push_body"]
 
@@ -152,7 +153,7 @@ async def push_body(
     """
     content = resp.content
     if type(content) is not StreamReader:
-        await _pull_body(pull(), on_chunk, drain_s)
+        await feed_chunks(pull(), on_chunk, drain_s)
         return
     exc = content.exception()
     if exc is not None:
@@ -160,7 +161,7 @@ async def push_body(
     buffered = content.read_nowait(-1)  # what came with the headers
     if buffered and on_chunk(buffered):
         if not content.is_eof():
-            await _pull_body(pull(), on_chunk, drain_s, draining=True)
+            await feed_chunks(pull(), on_chunk, drain_s, draining=True)
         return
     if content.is_eof():
         return
@@ -188,22 +189,3 @@ async def push_body(
         dog.discard(push)
         content.__class__ = StreamReader
         del _TARGETS[key]
-
-
-async def _pull_body(
-    chunks: AsyncIterator[bytes],
-    on_chunk: Callable[[bytes], bool],
-    drain_s: float,
-    *,
-    draining: bool = False,
-) -> None:
-    """The same contract over an async iterator of chunks (errors already mapped)."""
-    if not draining:
-        async for chunk in chunks:
-            if on_chunk(chunk):
-                draining = True
-                break
-    if draining:
-        with contextlib.suppress(TimeoutError, RequestError), within(drain_s):
-            async for _ in chunks:
-                pass

@@ -8,6 +8,7 @@ as HTTPStatusError before any body chunk is yielded.
 
 from __future__ import annotations
 
+import contextlib
 import ssl
 from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
@@ -16,9 +17,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..config import Timeouts
+from ..errors import RequestError
+from ..watchdog import within
 from .tls import make_ssl_context
 
-__all__ = ["ERROR_BODY_LIMIT", "BodyPush", "ClientAdapter", "HTTPRequest", "StreamingResponse"]
+__all__ = [
+    "ERROR_BODY_LIMIT",
+    "BodyPush",
+    "ClientAdapter",
+    "HTTPRequest",
+    "StreamingResponse",
+    "feed_chunks",
+]
 
 # How much of an error response body is kept (for messages and quota detection).
 ERROR_BODY_LIMIT = 64 * 1024
@@ -119,3 +129,28 @@ class ClientAdapter(ABC):
 
     async def __aexit__(self, *exc_info: object) -> None:
         await self.aclose()
+
+
+async def feed_chunks(
+    chunks: AsyncIterator[bytes],
+    on_chunk: Callable[[bytes], bool],
+    drain_s: float,
+    *,
+    draining: bool = False,
+) -> None:
+    """The push contract over an async iterator of (already mapped) chunks.
+
+    Each chunk goes to ``on_chunk`` until it returns True (the answer is complete);
+    then the rest is read unread for at most ``drain_s`` so the connection can be
+    reused, and nothing that happens to it now (a drop, a stall) counts.
+    ``draining=True``: the answer is already complete, only drain.
+    """
+    if not draining:
+        async for chunk in chunks:
+            if on_chunk(chunk):
+                draining = True
+                break
+    if draining:
+        with contextlib.suppress(TimeoutError, RequestError), within(drain_s):
+            async for _ in chunks:
+                pass

@@ -34,6 +34,7 @@ import httpx
 
 from ..config import Timeouts
 from ..errors import ConnectError, ReadTimeout, StreamInterrupted, http_status_error
+from ..watchdog import within
 from .base import ERROR_BODY_LIMIT, ClientAdapter, HTTPRequest, StreamingResponse, request_id_from
 from .httpcore_asyncio import AsyncioBackend
 from .tls import certificate_error_from
@@ -337,10 +338,9 @@ class _Body:
         except (httpx.TimeoutException, httpx.TransportError) as exc:
             raise _mapped(exc) from None
         # Complete: read the rest for reuse, briefly; nothing after the answer counts.
-        with contextlib.suppress(TimeoutError, httpx.HTTPError):
-            async with asyncio.timeout(drain_s):
-                async for _ in reads:
-                    pass
+        with contextlib.suppress(TimeoutError, httpx.HTTPError), within(drain_s):
+            async for _ in reads:
+                pass
 
 
 def _mapped(exc: httpx.TimeoutException | httpx.TransportError) -> Exception:

@@ -15,19 +15,17 @@ content. Before the first token, queueing servers may ping for as long as they l
 
 from __future__ import annotations
 
-import contextlib
 import time
 from collections.abc import AsyncIterator, Callable, Mapping
 
 import orjson
 
-from ..clients.base import ClientAdapter, HTTPRequest
+from ..clients.base import ClientAdapter, HTTPRequest, feed_chunks
 from ..config import Timeouts
 from ..errors import (
     DeadlineExceeded,
     MalformedResponse,
     ReadTimeout,
-    RequestError,
     TruncatedStream,
     UnexpectedContentType,
 )
@@ -129,13 +127,7 @@ async def stream_attempt(
                         # drains the rest after the end marker.
                         await resp.push(on_chunk, DRAIN_AFTER_END_S)
                     else:
-                        async for chunk in chunks:
-                            if on_chunk(chunk):
-                                break
-                        if asm.finished:
-                            # The answer is complete: whatever happens to the connection now
-                            # (a drop, a stall) must not cost it. Drain briefly for reuse.
-                            await _drain(chunks, DRAIN_AFTER_END_S)
+                        await feed_chunks(chunks, on_chunk, DRAIN_AFTER_END_S)
     except TimeoutError:
         raise DeadlineExceeded(f"request took longer than {total_s:g}s") from None
     if not asm.finished:
@@ -170,10 +162,3 @@ async def _whole_answer(ctype: str, chunks: AsyncIterator[bytes], asm: StreamAss
         raise UnexpectedContentType(
             f"the server answered 200 with {ctype!r} that is not a completion: {raw[:120]!r}"
         ) from None
-
-
-async def _drain(chunks: AsyncIterator[bytes], limit_s: float) -> None:
-    """Read what is left of a finished response, at most ``limit_s``; errors do not matter."""
-    with contextlib.suppress(TimeoutError, RequestError), within(limit_s):
-        async for _ in chunks:
-            pass
