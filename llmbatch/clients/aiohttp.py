@@ -86,6 +86,10 @@ class AiohttpAdapter(ClientAdapter):
             raise ReadTimeout(f"timed out waiting for response: {exc}") from None
         except (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError) as exc:
             raise StreamInterrupted(f"connection closed before the response: {exc}") from None
+        except aiohttp.ClientResponseError as exc:
+            # aiohttp's parser errors carry a made-up status 400: say what they are.
+            why = " ".join(exc.message.split())
+            raise StreamInterrupted(f"not a valid HTTP response: {why}") from None
         except aiohttp.ClientError as exc:
             raise StreamInterrupted(f"{type(exc).__name__}: {exc}") from None
         try:

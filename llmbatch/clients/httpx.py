@@ -24,6 +24,7 @@ import contextlib
 import itertools
 import math
 import ssl
+import sys
 from collections.abc import AsyncIterable, AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -210,6 +211,9 @@ class HttpxAdapter(ClientAdapter):
         except TimeoutError:
             raise ReadTimeout(f"no response headers within {t.first_byte_s:g}s") from None
         except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout) as exc:
+            after_connect = _aiohttp_after_connect(exc)
+            if after_connect is not None:
+                raise after_connect from None
             cert_error = certificate_error_from(exc, request.url)
             if cert_error is not None:
                 raise cert_error from None
@@ -218,6 +222,11 @@ class HttpxAdapter(ClientAdapter):
             raise ReadTimeout(f"timed out waiting for response: {exc}") from None
         except httpx.TransportError as exc:
             raise StreamInterrupted(f"{type(exc).__name__}: {exc}") from None
+        except Exception as exc:
+            mapped = _aiohttp_after_connect(exc) if _is_aiohttp_error(exc) else None
+            if mapped is None:
+                raise
+            raise mapped from None
         try:
             headers = {k.lower(): v for k, v in resp.headers.items()}
             rid = request_id_from(headers)
@@ -326,6 +335,10 @@ class _Body:
                     yield chunk
         except (httpx.TimeoutException, httpx.TransportError) as exc:
             raise _mapped(exc) from None
+        except Exception as exc:
+            if not _is_aiohttp_error(exc):
+                raise
+            raise _mapped(exc) from None
 
     async def push(self, on_chunk: Callable[[bytes], bool], drain_s: float) -> None:
         reads = aiter(self._source)
@@ -337,14 +350,51 @@ class _Body:
                 return
         except (httpx.TimeoutException, httpx.TransportError) as exc:
             raise _mapped(exc) from None
+        except Exception as exc:
+            if not _is_aiohttp_error(exc):
+                raise
+            raise _mapped(exc) from None
         # Complete: read the rest for reuse, briefly; nothing after the answer counts.
         with contextlib.suppress(TimeoutError, httpx.HTTPError), within(drain_s):
             async for _ in reads:
                 pass
 
 
-def _mapped(exc: httpx.TimeoutException | httpx.TransportError) -> Exception:
-    """llmbatch's error for an httpx error while reading a body."""
+def _mapped(exc: Exception) -> Exception:
+    """llmbatch's error for an httpx (or unmapped aiohttp) error while reading a body."""
+    after_connect = _aiohttp_after_connect(exc)
+    if after_connect is not None:
+        return after_connect
     if isinstance(exc, httpx.TimeoutException):
         return ReadTimeout(f"no data for longer than the idle timeout ({exc})")
     return StreamInterrupted(f"stream interrupted: {type(exc).__name__}: {exc}")
+
+
+# httpx-aiohttp (0.2) maps aiohttp's errors coarsely: every ClientConnectionError becomes
+# httpx.ConnectTimeout (also a server that dropped an open connection, or a read
+# timeout), and errors outside its table (ClientResponseError: a bad status line, an
+# invalid chunk size, a header over aiohttp's limit) pass through as aiohttp's own.
+# Both are put right here from the aiohttp error itself (tests/test_wire_edges.py).
+
+
+def _is_aiohttp_error(exc: BaseException) -> bool:
+    """An aiohttp error that the httpx-aiohttp transport let through unmapped."""
+    aiohttp = sys.modules.get("aiohttp")  # loaded whenever its transport is in use
+    return aiohttp is not None and isinstance(exc, aiohttp.ClientError)
+
+
+def _aiohttp_after_connect(exc: BaseException) -> Exception | None:
+    """What an aiohttp error (the one raised, or the one httpx-aiohttp wrapped) means
+    when the connection was open: None for connect failures and httpx's own errors."""
+    aiohttp = sys.modules.get("aiohttp")
+    if aiohttp is None:
+        return None
+    cause = exc if isinstance(exc, aiohttp.ClientError) else exc.__cause__
+    connect_failures = (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError)
+    if not isinstance(cause, aiohttp.ClientError) or isinstance(cause, connect_failures):
+        return None
+    if isinstance(cause, aiohttp.ServerTimeoutError):
+        return ReadTimeout(f"timed out reading the response: {cause}")
+    if isinstance(cause, aiohttp.ClientResponseError):  # a parser error, "status" 400
+        return StreamInterrupted(f"not a valid HTTP response: {' '.join(cause.message.split())}")
+    return StreamInterrupted(f"stream interrupted: {type(cause).__name__}: {cause}")
