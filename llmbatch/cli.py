@@ -13,30 +13,32 @@ from __future__ import annotations
 import os
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from . import __version__
+from .run_command import (
+    EXIT_ABORTED,
+    EXIT_FAILED_REQUESTS,
+    EXIT_OK,
+    EXIT_SIGINT,
+    EXIT_SIGTERM,
+    EXIT_USAGE,
+    error_exit,
+    loop_factory,
+    parse_slo,
+    run_command,
+    warn_insecure,
+)
 from .typer_fast import install as _install_fast_params
 from .typer_fast import only_invoked as _only_invoked
 
 _install_fast_params()  # plain options without pydantic: ~100 ms off every command's start
 
 if TYPE_CHECKING:
-    from .config import RunConfig
-    from .metrics import SLO
-    from .runner import RunOutput
-    from .shard import Shard
     from .tables import Table
 
-EXIT_OK = 0
-EXIT_FAILED_REQUESTS = 1
-EXIT_USAGE = 2
-EXIT_ABORTED = 3
-EXIT_MAX_RUNTIME = 75
-EXIT_SIGINT = 130
-EXIT_SIGTERM = 143
 
 app = typer.Typer(
     name="llmbatch",
@@ -66,11 +68,7 @@ def _root(
 
 def _fail_for(exc: Exception) -> typer.Exit:
     """The message and exit code of an llmbatch error that ended a command."""
-    from .errors import ConfigError, InputError, RunDirError
-
-    # Before anything was sent (usage, config, input, run directory): 2; later: 3.
-    code = EXIT_USAGE if isinstance(exc, (ConfigError, InputError, RunDirError)) else EXIT_ABORTED
-    return _fail(str(exc), code)
+    return typer.Exit(error_exit(exc).code)
 
 
 def _fail(message: str, code: int) -> typer.Exit:
@@ -100,47 +98,6 @@ CaBundleOpt = Annotated[
     Path | None,
     typer.Option(help="PEM file of the CAs to trust (default: $SSL_CERT_FILE, else system)."),
 ]
-
-
-def _warn_insecure(cfg: RunConfig) -> None:
-    """Say once that certificates are not verified (the library's own warning is muted)."""
-    if not cfg.insecure:
-        return
-    import warnings
-
-    from .errors import InsecureTLSWarning
-
-    typer.echo(
-        "llmbatch: warning: insecure: TLS certificates are NOT verified (for tests "
-        "only); to trust a private CA use --ca-bundle PATH",
-        err=True,
-    )
-    warnings.filterwarnings("ignore", category=InsecureTLSWarning)
-
-
-def _load(config: Path | None, flags: dict[str, Any]) -> RunConfig:
-    from .config import load_config
-
-    return load_config(config, flags=flags)
-
-
-def _parse_slo(spec: str | None) -> SLO:
-    from .errors import ConfigError
-    from .metrics import SLO
-
-    if not spec:
-        return SLO()
-    values: dict[str, float] = {}
-    for part in spec.split(","):
-        name, _, val = part.partition("=")
-        name = name.strip()
-        if name not in ("ttft", "tpot", "e2el"):
-            raise ConfigError(f"--slo: unknown metric {name!r} (ttft, tpot, e2el)")
-        try:
-            values[f"{name}_s"] = float(val)
-        except ValueError:
-            raise ConfigError(f"--slo: {name} needs seconds, got {val!r}") from None
-    return SLO(**values)
 
 
 @app.command()
@@ -217,164 +174,38 @@ def run(
     ] = None,
 ) -> None:
     """Send every prompt of PROMPTS as a streaming chat completion; resumable."""
-    from .errors import LLMBatchError
-    from .notices import one_line_per_cause
-    from .shard import parse_shard
-
-    flags = {
-        "provider": provider,
-        "base_url": base_url,
-        "model": model,
-        "concurrency": concurrency,
-        "rpm": rpm,
-        "tpm": tpm,
-        "input_tpm": input_tpm,
-        "output_tpm": output_tpm,
-        "client": client,
-        "http2": http2,
-        "run_dir": out,
-        "keep_partial": keep_partial,
-        "text_files": text_files,
-        "text_layout": text_layout,
-        "max_runtime_s": max_runtime,
-        "retry_failed": retry_failed or None,
-        "force_resume": force_resume or None,
-        "insecure": insecure,
-        "ca_bundle": ca_bundle,
-        "progress": progress,
-    }
-    try:
-        cfg = _load(config, flags)
-        _warn_insecure(cfg)
-        slo_obj = _parse_slo(slo)
-        if engine not in ("local", "ray"):
-            raise _fail(f"--engine: expected local or ray, got {engine!r}", EXIT_USAGE)
-        with one_line_per_cause():
-            if engine == "ray":
-                code = _run_ray(cfg, prompts, slo_obj, shard, ray_address, ray_workers)
-                raise typer.Exit(code)
-            output = _run_loop(cfg, prompts, slo_obj, parse_shard(shard) if shard else None)
-    except LLMBatchError as exc:
-        raise _fail_for(exc) from None
-    raise typer.Exit(_report_and_code(output))
-
-
-def _run_ray(
-    cfg: RunConfig,
-    prompts: Path,
-    slo: SLO,
-    shard: str | None,
-    address: str | None,
-    workers: int | None,
-) -> int:
-    import asyncio
-
-    from .ray_engine import execute_ray_run
-    from .report import format_summary
-    from .runner import default_run_dir
-
-    if shard:
-        raise _fail("--shard and --engine ray exclude each other (Ray spreads the ids)", 2)
-    if workers is not None and workers < 1:  # checked here: a typer min= costs start-up time
-        raise _fail(f"--ray-workers must be at least 1, got {workers}", 2)
-    run_dir = default_run_dir(cfg, prompts)
-    with asyncio.Runner(loop_factory=_loop_factory()) as runner:
-        out = runner.run(
-            execute_ray_run(cfg, prompts, run_dir, address=address, workers=workers, slo=slo)
-        )
-    typer.echo(format_summary(out.summary, out.run_dir))
-    per = out.summary["engine"]["records_per_worker"]
-    typer.echo("per worker: " + (", ".join(f"{w} {n}" for w, n in sorted(per.items())) or "-"))
-    return _exit_code(
-        out.stop_reason, out.abort_message, out.pending_left, out.failed, out.signal_received
+    # The body is typer-free (run_command.py), so the console script can run it
+    # without typer when the arguments are plain (entry.py).
+    code = run_command(
+        prompts,
+        provider=provider,
+        base_url=base_url,
+        model=model,
+        concurrency=concurrency,
+        rpm=rpm,
+        tpm=tpm,
+        input_tpm=input_tpm,
+        output_tpm=output_tpm,
+        client=client,
+        http2=http2,
+        out=out,
+        config=config,
+        text_files=text_files,
+        text_layout=text_layout,
+        keep_partial=keep_partial,
+        max_runtime=max_runtime,
+        retry_failed=retry_failed,
+        force_resume=force_resume,
+        insecure=insecure,
+        ca_bundle=ca_bundle,
+        slo=slo,
+        progress=progress,
+        shard=shard,
+        engine=engine,
+        ray_address=ray_address,
+        ray_workers=ray_workers,
     )
-
-
-def _run_loop(cfg: RunConfig, prompts: Path, slo: SLO, shard: Shard | None) -> RunOutput:
-    import asyncio
-
-    if cfg.client != "httpx" or cfg.provider.embedded_mock:
-        from .deferred_ca import import_aiohttp
-
-        import_aiohttp()  # first, so its import-time CA loading waits for a use (~80 ms)
-    from .gctune import batch_gc
-    from .runner import execute_run
-
-    loop_factory = _loop_factory(prompts)
-    with batch_gc(), asyncio.Runner(loop_factory=loop_factory) as runner:
-        return runner.run(execute_run(cfg, prompts, slo=slo, shard=shard))
-
-
-# A run of fewer prompts than this stays on asyncio's own loop: importing uvloop costs
-# ~15 ms of CPU, more than it saves on a few requests (bench/RESULTS.md, start-up).
-UVLOOP_MIN_PROMPTS = 100
-
-
-def _few_prompts(prompts: Path) -> bool:
-    """Fewer than UVLOOP_MIN_PROMPTS lines, judged without reading a large file."""
-    import stat
-
-    try:
-        st = prompts.stat()
-        if not stat.S_ISREG(st.st_mode) or st.st_size > 256 * 1024:
-            return False  # a pipe must not be read here; a large file has many prompts
-        return prompts.read_bytes().count(b"\n") < UVLOOP_MIN_PROMPTS
-    except OSError:
-        return False  # the reader reports it, with its own message
-
-
-def _loop_factory(prompts: Path | None = None) -> Any:
-    """uvloop when installed (``pip install llmbatch[fast]``), except for a run of few
-    ``prompts``; LLMBATCH_LOOP=asyncio or uvloop chooses."""
-    choice = os.environ.get("LLMBATCH_LOOP", "auto")
-    if choice == "asyncio" or (choice != "uvloop" and prompts and _few_prompts(prompts)):
-        return None
-    try:
-        import uvloop
-    except ImportError:
-        return None
-    return uvloop.new_event_loop
-
-
-def _report_and_code(output: RunOutput) -> int:
-    from .report import format_summary
-
-    result = output.result
-    summary = result.metrics.summary()
-    typer.echo(format_summary(summary, output.run_dir))
-    return _exit_code(
-        result.stop_reason,
-        result.abort_message,
-        result.pending_left,
-        result.metrics.failed,
-        output.signal_received,
-    )
-
-
-def _exit_code(
-    stop_reason: str | None,
-    abort_message: str | None,
-    pending_left: bool,
-    failed: int,
-    signal_received: int | None,
-) -> int:
-    import signal
-
-    from . import StopReason
-
-    if stop_reason == StopReason.ABORTED:
-        typer.echo(f"llmbatch: run aborted: {abort_message}", err=True)
-        typer.echo("llmbatch: fix the cause and run the same command to resume", err=True)
-        return EXIT_ABORTED
-    if stop_reason == StopReason.INTERRUPTED:
-        typer.echo("llmbatch: interrupted; run the same command to resume", err=True)
-        return EXIT_SIGTERM if signal_received == signal.SIGTERM else EXIT_SIGINT
-    if stop_reason == StopReason.MAX_RUNTIME and pending_left:
-        typer.echo("llmbatch: --max-runtime reached; run the same command to resume", err=True)
-        return EXIT_MAX_RUNTIME
-    if failed:
-        return EXIT_FAILED_REQUESTS
-    return EXIT_OK
+    raise typer.Exit(code)
 
 
 @app.command()
@@ -529,7 +360,7 @@ def mock_server(
             await server.close()
 
     try:
-        with asyncio.Runner(loop_factory=_loop_factory()) as runner:
+        with asyncio.Runner(loop_factory=loop_factory()) as runner:
             runner.run(serve())
     except KeyboardInterrupt:
         pass
@@ -588,7 +419,7 @@ def report(
     if as_json and as_csv:
         raise _fail("--json and --csv exclude each other", EXIT_USAGE)
     try:
-        slo_obj = _parse_slo(slo) if slo else None
+        slo_obj = parse_slo(slo) if slo else None
         summary = load_report(run_dir, recompute=recompute, slo=slo_obj)
     except (ConfigError, RunDirError) as exc:
         raise _fail(str(exc), EXIT_USAGE) from None
@@ -670,18 +501,18 @@ def compare(
 
     try:
         concs = _parse_int_list(concurrency, "--concurrency")
-        slo_obj = _parse_slo(slo)
+        slo_obj = parse_slo(slo)
         flags = {"progress": progress, "http2": http2, "insecure": insecure}
         plan = plan_combinations(
             config, provider or [], client or [], concs, flags={**flags, "ca_bundle": ca_bundle}
         )
-        _warn_insecure(plan[0][1])
+        warn_insecure(plan[0][1])
         if not prompts.is_file():
             raise InputError("no such file", path=str(prompts))
         cdir = make_compare_dir(plan[0][1].out_dir, prompts, out)
         source = limit_prompts(prompts, limit, cdir / PROMPTS_FILE) if limit else prompts
         label = prompts.name + (f" (first {limit})" if limit else "")
-        with one_line_per_cause(), asyncio.Runner(loop_factory=_loop_factory()) as runner:
+        with one_line_per_cause(), asyncio.Runner(loop_factory=loop_factory()) as runner:
             result = runner.run(
                 run_compare(plan, source, cdir, slo=slo_obj, label=label, on_start=on_start)
             )

@@ -10,7 +10,6 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
-import tomllib
 import urllib.parse
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -334,6 +333,8 @@ def _read_file(config_path: str | Path | None) -> tuple[dict[str, Any], str]:
         if not default.is_file():
             return {}, "defaults"
         config_path = default
+    import tomllib  # only with a file: ~2 ms of a run's start-up without one
+
     path = Path(config_path)
     try:
         with path.open("rb") as fh:

@@ -9,21 +9,22 @@ per-request ITL summary, not every gap, so only the pooled ITL mean can be rebui
 
 from __future__ import annotations
 
-import csv
 import io
 import math
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 
 from .errors import RunDirError
 from .metrics import INPUT_ERROR, SLO, RunMetrics
 from .resultline import ResultLine
-from .tables import Table, fmt_ms, fmt_num
 from .writer import RESULTS, SUMMARY, iter_result_lines
+
+if TYPE_CHECKING:
+    from .tables import Table
 
 __all__ = [
     "SummaryBuilder",
@@ -202,6 +203,8 @@ class SummaryBuilder:
 # -- rendering ----------------------------------------------------------------------------
 def report_tables(summary: dict[str, Any], run_dir: Path | None = None) -> list[Table]:
     """Two tables: the run's counts and throughput, then latency percentiles in ms."""
+    from .tables import Table, fmt_ms, fmt_num  # not for a run's summary (format_summary)
+
     req = summary["requests"]
     thr = summary["throughput"]
     tok = summary["tokens"]
@@ -265,6 +268,8 @@ def _flatten(obj: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 
 def report_csv(summary: dict[str, Any]) -> str:
     """The summary as CSV: a header of dotted keys (``latency_s.ttft.p50``) and one row."""
+    import csv
+
     flat = _flatten(summary)
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")

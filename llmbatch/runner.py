@@ -12,6 +12,7 @@ import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from .api import Client
 from .config import RunConfig
@@ -24,8 +25,10 @@ from .notices import warn
 from .progress import ProgressView, make_progress
 from .reader import iter_records
 from .records import PromptRecord
-from .shard import Shard, select_shard
 from .writer import RESULTS, damaged_lines_notice
+
+if TYPE_CHECKING:
+    from .shard import Shard
 
 __all__ = ["RunOutput", "default_run_dir", "execute_run", "open_prompts"]
 
@@ -90,6 +93,8 @@ async def execute_run(
     run_dir = default_run_dir(cfg, prompts, shard)
     meta = run_identity(cfg, prompts)
     if shard is not None:
+        from .shard import select_shard
+
         items = select_shard(items, shard)
         meta["shard"] = shard.spec
     signal_received: int | None = None

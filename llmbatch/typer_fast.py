@@ -19,11 +19,11 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     import typer
 
-__all__ = ["install", "only_invoked"]
+__all__ = ["FLOAT_TEXT", "INT_TEXT", "install", "only_invoked"]
 
 # What a number on the command line looks like; anything else gets typer's own rules.
-_INT = re.compile(r"-?[0-9]+")
-_FLOAT = re.compile(r"-?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][-+]?[0-9]+)?")
+INT_TEXT = re.compile(r"-?[0-9]+")
+FLOAT_TEXT = re.compile(r"-?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][-+]?[0-9]+)?")
 _PLAIN = (str, int, float, bool, Path)
 _installed = False
 
@@ -54,9 +54,9 @@ def install() -> bool:
             if ann is bool and isinstance(value, bool):
                 return value
             if isinstance(value, str):
-                if ann is int and _INT.fullmatch(value):
+                if ann is int and INT_TEXT.fullmatch(value):
                     return int(value)
-                if ann is float and _FLOAT.fullmatch(value):
+                if ann is float and FLOAT_TEXT.fullmatch(value):
                     return float(value)
             if ann is Path and isinstance(value, (str, Path)):
                 info = self.parameter_info

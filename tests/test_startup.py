@@ -25,7 +25,14 @@ NOT_FOR_A_RUN = (
     "h2",
     "aiohttp.web",  # the mock server only when the embedded mock is the provider
     "llmbatch.mockserver",
-    "uvloop",  # not for fewer than 100 prompts (cli.UVLOOP_MIN_PROMPTS)
+    "uvloop",  # not for fewer than 100 prompts (run_command.UVLOOP_MIN_PROMPTS)
+    "typer",  # plain arguments are read without it (llmbatch/run_args.py, entry.py)
+    "llmbatch.cli",
+    "llmbatch.shard",  # only for --shard
+    "llmbatch.tables",  # only for `llmbatch report` and compare
+    "tomllib",  # only when there is a config file
+    "ray",
+    "llmbatch.ray_engine",
 )
 
 _DUMP = """
@@ -39,7 +46,7 @@ def dump():
     open(out, "w").write("\\n".join(names))
 atexit.register(dump)
 sys.argv[0] = "llmbatch"
-from llmbatch.cli import main
+from llmbatch.entry import main
 main()
 """
 
@@ -54,6 +61,7 @@ async def _modules_after(tmp_path: Path, *args: str) -> tuple[int, set[str], str
         *args,
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.STDOUT,
+        cwd=tmp_path,  # no ./config.toml
     )
     out, _ = await proc.communicate()
     return proc.returncode or 0, set(dump.read_text().split()), out.decode()
@@ -96,7 +104,8 @@ async def test_plain_option_values_keep_typers_rules(tmp_path: Path) -> None:
 def test_uvloop_only_for_runs_of_many_prompts(tmp_path: Path) -> None:
     import os
 
-    from llmbatch.cli import UVLOOP_MIN_PROMPTS, _few_prompts
+    from llmbatch.run_command import UVLOOP_MIN_PROMPTS
+    from llmbatch.run_command import few_prompts as _few_prompts
 
     few = write_jsonl(tmp_path / "few.jsonl", [{"prompt": f"q{i}"} for i in range(99)])
     many = write_jsonl(tmp_path / "many.jsonl", [{"prompt": f"q{i}"} for i in range(100)])
