@@ -36,6 +36,7 @@ Whether a RequestError is retried is decided by its type alone (see retry.py).
 
 from __future__ import annotations
 
+import time
 from collections.abc import Mapping
 
 __all__ = [
@@ -253,7 +254,7 @@ class UnexpectedError(RequestError):
 
 
 def _parse_retry_after(headers: Mapping[str, str]) -> float | None:
-    """Seconds from ``retry-after-ms`` or ``retry-after`` (delta-seconds only)."""
+    """Seconds from ``retry-after-ms`` or ``retry-after`` (delta-seconds or an HTTP-date)."""
     ms = headers.get("retry-after-ms")
     if ms is not None:
         try:
@@ -265,9 +266,23 @@ def _parse_retry_after(headers: Mapping[str, str]) -> float | None:
         try:
             return max(0.0, float(secs))
         except ValueError:
-            # An HTTP-date; rare from LLM APIs. Treat as unknown rather than guess.
-            return None
+            return _seconds_until_http_date(secs)
     return None
+
+
+def _seconds_until_http_date(value: str) -> float | None:
+    """Seconds from now to an HTTP-date (RFC 9110 10.2.3), None when it is not one."""
+    # Imported here: rare from LLM APIs, and email.utils is not free at start-up.
+    from datetime import UTC
+    from email.utils import parsedate_to_datetime
+
+    try:
+        when = parsedate_to_datetime(value.strip())
+    except (TypeError, ValueError, IndexError):
+        return None
+    if when.tzinfo is None:  # a date without a zone is in GMT, as HTTP-dates are
+        when = when.replace(tzinfo=UTC)
+    return max(0.0, when.timestamp() - time.time())
 
 
 def http_status_error(

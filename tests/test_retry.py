@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import random
+import time
+from email.utils import formatdate
 
 import pytest
 
@@ -71,7 +73,15 @@ def test_status_mapping(status: int, body: bytes, cls: type) -> None:
 def test_retry_after_headers() -> None:
     assert http_status_error(429, {"retry-after": "7"}, b"").retry_after_s == 7.0
     assert http_status_error(429, {"retry-after-ms": "250"}, b"").retry_after_s == 0.25
+    # Not a whole HTTP-date, or not a date at all: unknown.
     assert http_status_error(429, {"retry-after": "Wed, 21 Oct 2015"}, b"").retry_after_s is None
+    assert http_status_error(429, {"retry-after": "soon"}, b"").retry_after_s is None
+    # An HTTP-date (RFC 9110 10.2.3): the seconds until it; one in the past is now.
+    past = "Wed, 21 Oct 2015 07:28:00 GMT"
+    assert http_status_error(429, {"retry-after": past}, b"").retry_after_s == 0.0
+    ahead = formatdate(time.time() + 30, usegmt=True)
+    secs = http_status_error(503, {"retry-after": ahead}, b"").retry_after_s
+    assert secs is not None and 28 <= secs <= 30
 
 
 async def test_transient_errors_retried_until_success() -> None:

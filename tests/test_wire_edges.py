@@ -546,11 +546,6 @@ async def test_429_retry_after_then_200(serve: Serve, adapter: str) -> None:
     assert second.at - first.at >= 0.95, "the retry came before Retry-After"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="errors._parse_retry_after ignores Retry-After given as an HTTP-date (RFC 9110 "
-    "10.2.3 allows it): the retry comes after the 1 s default pause, before the date",
-)
 async def test_429_retry_after_http_date(serve: Serve, adapter: str) -> None:
     # Retry-After as an HTTP-date (RFC 9110 10.2.3): the retry must not come before it.
     body = b'{"error": {"message": "slow down", "type": "requests"}}'
@@ -634,12 +629,6 @@ async def test_content_type_with_parameters(serve: Serve, adapter: str) -> None:
     assert_exact(r)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug in engine/stream.py: the media type is compared case-sensitively "
-    "(RFC 9110 8.3.1: type and subtype are case-insensitive), so 'Text/Event-Stream' "
-    "fails the request as unexpected_content_type, not retried",
-)
 async def test_content_type_in_capitals(serve: Serve, adapter: str) -> None:
     hdrs = (("Content-Type", "Text/Event-Stream; charset=utf-8"),)
     server = await serve([Send(response_head(headers=hdrs, chunked=True) + chunked(EVENTS))])

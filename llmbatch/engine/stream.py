@@ -87,7 +87,7 @@ async def stream_attempt(
                 on_headers(resp.headers)
                 chunks = resp.chunks
                 ctype = resp.headers.get("content-type", "")
-                if ctype and not ctype.startswith("text/event-stream"):
+                if ctype and not _is_event_stream(ctype):
                     text = await _whole_answer(ctype, chunks, asm)
                     first = last = perf()
                     if text:
@@ -138,9 +138,20 @@ async def stream_attempt(
     return rid
 
 
+def media_type(ctype: str) -> str:
+    """The media type of a Content-Type value, lower-cased: type and subtype are
+    case-insensitive (RFC 9110 8.3.1), and parameters such as charset do not count."""
+    return ctype.partition(";")[0].strip().lower()
+
+
+def _is_event_stream(ctype: str) -> bool:
+    # The usual spelling first: one C call per response.
+    return ctype.startswith("text/event-stream") or media_type(ctype) == "text/event-stream"
+
+
 async def _whole_answer(ctype: str, chunks: AsyncIterator[bytes], asm: StreamAssembler) -> str:
     """A 2xx that is not an event stream: a JSON completion is the answer, else an error."""
-    if not ctype.startswith(("application/json", "application/problem+json")):
+    if media_type(ctype) not in ("application/json", "application/problem+json"):
         raise UnexpectedContentType(
             f"the server answered 200 with content type {ctype!r}, not an event stream "
             "(a proxy or login page, or a wrong base URL?)"
