@@ -28,6 +28,7 @@ __all__ = [
     "Action",
     "Answer",
     "Close",
+    "Drip",
     "Hold",
     "RawServer",
     "Reset",
@@ -55,6 +56,15 @@ class Send:
 
 
 @dataclass(frozen=True)
+class Drip:
+    """Write ``data`` every ``interval_s`` until the client closes the connection (a
+    server that trickles keep-alive bytes forever: the client's deadline must end it)."""
+
+    data: bytes
+    interval_s: float
+
+
+@dataclass(frozen=True)
 class Hold:
     """Send nothing more until the client closes the connection (it timed out)."""
 
@@ -69,7 +79,7 @@ class Reset:
     """Abort the connection with a TCP RST."""
 
 
-Action = Send | Hold | Close | Reset
+Action = Send | Drip | Hold | Close | Reset
 
 
 @dataclass
@@ -210,6 +220,18 @@ class RawServer:
                     if action.split is not None:
                         await asyncio.sleep(0)
                         await asyncio.sleep(0)
+            elif isinstance(action, Drip):
+                with contextlib.suppress(ConnectionError):
+                    while not writer.is_closing() and not reader.at_eof():
+                        writer.write(action.data)
+                        await writer.drain()
+                        await asyncio.sleep(action.interval_s)  # the server's pace
+                        # Notice the client's close (what it sends is not read otherwise).
+                        with contextlib.suppress(TimeoutError):
+                            async with asyncio.timeout(0):
+                                await reader.read(65536)
+                self.closed_by_client += 1
+                return False
             elif isinstance(action, Hold):
                 while await reader.read(65536):
                     pass  # anything the client sends now is not a request we answer
@@ -348,10 +370,12 @@ def _choice(delta: dict[str, str], finish: str | None = None) -> dict[str, objec
     return {"index": 0, "delta": delta, "finish_reason": finish}
 
 
-def gzip_stream(parts: Iterable[bytes]) -> list[bytes]:
-    """``parts`` gzip-compressed as one stream, flushed after each part (Z_SYNC_FLUSH),
-    as a compressing proxy does for SSE: each element decompresses to whole events."""
-    comp = zlib.compressobj(6, zlib.DEFLATED, 31)
+def gzip_stream(parts: Iterable[bytes], *, wbits: int = 31) -> list[bytes]:
+    """``parts`` compressed as one stream, flushed after each part (Z_SYNC_FLUSH), as a
+    compressing proxy does for SSE: each element decompresses to whole events.
+    ``wbits``: 31 gzip, 15 zlib (HTTP's ``deflate``), -15 raw deflate (what some servers
+    send as ``deflate``)."""
+    comp = zlib.compressobj(6, zlib.DEFLATED, wbits)
     out = [comp.compress(p) + comp.flush(zlib.Z_SYNC_FLUSH) for p in parts]
     out[-1] += comp.flush(zlib.Z_FINISH)
     return out

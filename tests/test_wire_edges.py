@@ -30,6 +30,7 @@ from .conftest import read_results, write_jsonl
 from .rawhttp import (
     Action,
     Close,
+    Drip,
     Hold,
     RawServer,
     Reset,
@@ -300,6 +301,22 @@ async def test_close_delimited_body_cut_mid_event(serve: Serve, adapter: str) ->
     assert attempt_errors(r)[0] == "truncated_stream"
 
 
+@pytest.mark.parametrize(
+    "empty",
+    [
+        response_head(headers=SSE, content_length=0),
+        response_head(headers=SSE, chunked=True) + b"0\r\n\r\n",
+        response_head(headers=SSE, version="HTTP/1.0"),
+    ],
+    ids=["content-length-0", "last-chunk-only", "close-delimited"],
+)
+async def test_empty_200_is_a_truncated_stream(serve: Serve, adapter: str, empty: bytes) -> None:
+    server = await serve([Send(empty), Close()], ok_chunked())
+    (r,) = await complete(server, adapter)
+    assert_exact(r, attempts=2)
+    assert attempt_errors(r)[0] == "truncated_stream"
+
+
 async def test_headers_then_nothing_times_out_and_retries(serve: Serve, adapter: str) -> None:
     head = response_head(headers=SSE, chunked=True)
     server = await serve([Send(head + chunk(EVENTS[0])), Hold()], ok_chunked())
@@ -314,6 +331,43 @@ async def test_no_response_at_all_times_out_and_retries(serve: Serve, adapter: s
     (r,) = await complete(server, adapter, timeouts=SHORT_IDLE)
     assert_exact(r, attempts=2)
     assert attempt_errors(r)[0] == "read_timeout"
+
+
+# -- servers that never finish: the client's deadlines end them ------------------------------
+
+ONE_ATTEMPT = {"max_attempts": 1}
+
+
+async def test_pings_forever_before_content_hit_total_deadline(serve: Serve, adapter: str) -> None:
+    # A queueing server may ping before the first token for as long as it likes; only
+    # total_s ends the attempt (deadline_exceeded), and the connection is closed.
+    head = response_head(headers=SSE, chunked=True)
+    server = await serve([Send(head + chunk(EVENTS[0])), Drip(chunk(b": ping\n\n"), 0.05)])
+    timeouts = {**FAST, "idle_s": 0.3, "total_s": 0.6}
+    (r,) = await complete(server, adapter, timeouts=timeouts, retry=ONE_ATTEMPT)
+    assert not r.ok and r.error is not None and r.error.code == "deadline_exceeded", r.error
+    await server.wait_for(lambda s: s.closed_by_client >= 1)
+
+
+async def test_pings_after_content_hit_idle_timeout(serve: Serve, adapter: str) -> None:
+    # Once content has started, keep-alive pings are not progress: read_timeout at idle_s.
+    head = response_head(headers=SSE, chunked=True)
+    started = b"".join(chunk(e) for e in EVENTS[:3])
+    server = await serve([Send(head + started), Drip(chunk(b": ping\n\n"), 0.05)])
+    timeouts = {**FAST, "idle_s": 0.4, "total_s": 10.0}
+    (r,) = await complete(server, adapter, timeouts=timeouts, retry=ONE_ATTEMPT)
+    assert not r.ok and r.error is not None and r.error.code == "read_timeout", r.error
+    await server.wait_for(lambda s: s.closed_by_client >= 1)
+
+
+async def test_head_trickled_forever_hits_first_byte_timeout(serve: Serve, adapter: str) -> None:
+    # Header lines keep coming, the head never ends: bounded by the time to the response
+    # headers (first_byte_s after connecting), whatever each read's idle timer says.
+    server = await serve([Send(b"HTTP/1.1 200 OK\r\n"), Drip(b"X-Slow: 1\r\n", 0.05)])
+    timeouts = {"connect_s": 0.3, "first_byte_s": 0.4, "idle_s": 0.3, "total_s": 10.0}
+    (r,) = await complete(server, adapter, timeouts=timeouts, retry=ONE_ATTEMPT)
+    assert not r.ok and r.error is not None and r.error.code == "read_timeout", r.error
+    await server.wait_for(lambda s: s.closed_by_client >= 1)
 
 
 # -- answers that are not what they should be -------------------------------------------------
@@ -473,9 +527,16 @@ async def test_chunk_extension_with_whitespace(serve: Serve, adapter: str) -> No
         assert_exact(r)
 
 
-async def test_gzip_encoded_sse(serve: Serve, adapter: str) -> None:
-    head = response_head(headers=(*SSE, ("Content-Encoding", "gzip")), chunked=True)
-    server = await serve([Send(head + chunked(gzip_stream(EVENTS)))])
+@pytest.mark.parametrize(
+    ("coding", "wbits"),
+    [("gzip", 31), ("deflate", 15), ("deflate", -15)],
+    ids=["gzip", "deflate-zlib", "deflate-raw"],
+)
+async def test_compressed_sse(serve: Serve, adapter: str, coding: str, wbits: int) -> None:
+    # RFC 9110 8.4.1.2: "deflate" is zlib-wrapped, but some servers send raw deflate;
+    # clients accept both.
+    head = response_head(headers=(*SSE, ("Content-Encoding", coding)), chunked=True)
+    server = await serve([Send(head + chunked(gzip_stream(EVENTS, wbits=wbits)))])
     (first, second) = await complete(server, adapter, prompts=2)
     assert_exact(first)
     assert_exact(second)
