@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import socket
+import ssl
 import struct
 import time
 import zlib
@@ -71,7 +72,11 @@ class Hold:
 
 @dataclass(frozen=True)
 class Close:
-    """Close the connection (a FIN) after what was written; no more requests on it."""
+    """Close the connection after what was written; no more requests on it. Over TLS a
+    close_notify alert goes first, unless ``close_notify=False`` (the socket is just
+    closed, as many servers do: an "incomplete close", RFC 9112 9.8)."""
+
+    close_notify: bool = True
 
 
 @dataclass(frozen=True)
@@ -119,6 +124,7 @@ class RawServer:
     _tasks: set[asyncio.Task[None]] = field(default_factory=set)
     _writers: set[asyncio.StreamWriter] = field(default_factory=set)
     _changed: asyncio.Condition | None = None
+    _tls: bool = False
 
     @classmethod
     def scripted(cls, *scripts: Sequence[Action]) -> RawServer:
@@ -129,9 +135,11 @@ class RawServer:
 
         return cls(answer)
 
-    async def start(self) -> RawServer:
+    async def start(self, tls: ssl.SSLContext | None = None) -> RawServer:
+        """Listen on an ephemeral port; over TLS with the server context ``tls``."""
         self._changed = asyncio.Condition()
-        self._server = await asyncio.start_server(self._on_connection, "127.0.0.1", 0)
+        self._tls = tls is not None
+        self._server = await asyncio.start_server(self._on_connection, "127.0.0.1", 0, ssl=tls)
         return self
 
     @property
@@ -142,7 +150,7 @@ class RawServer:
     @property
     def url(self) -> str:
         """Base URL of an OpenAI-compatible API on this server."""
-        return f"http://127.0.0.1:{self.port}/v1"
+        return f"{'https' if self._tls else 'http'}://127.0.0.1:{self.port}/v1"
 
     async def wait_for(self, predicate: Callable[[RawServer], bool]) -> None:
         """Wait until ``predicate(self)`` holds (checked whenever the server's state changes)."""
@@ -238,6 +246,9 @@ class RawServer:
                 self.closed_by_client += 1
                 return False
             elif isinstance(action, Close):
+                if not action.close_notify:
+                    await writer.drain()
+                    writer.transport.abort()  # the socket closed under TLS: a FIN only
                 return False
             elif isinstance(action, Reset):
                 sock = writer.get_extra_info("socket")

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import math
+import ssl
 import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
@@ -80,9 +81,11 @@ async def serve() -> AsyncIterator[Serve]:
     """Start raw servers: ``await serve(script0, script1, ...)`` or ``serve(answer=fn)``."""
     servers: list[RawServer] = []
 
-    async def start(*scripts: Sequence[Action], answer: Any = None) -> RawServer:
+    async def start(
+        *scripts: Sequence[Action], answer: Any = None, tls: ssl.SSLContext | None = None
+    ) -> RawServer:
         server = RawServer(answer) if answer is not None else RawServer.scripted(*scripts)
-        servers.append(await server.start())
+        servers.append(await server.start(tls))
         return server
 
     yield start
@@ -695,6 +698,76 @@ async def test_content_type_in_capitals(serve: Serve, adapter: str) -> None:
     server = await serve([Send(response_head(headers=hdrs, chunked=True) + chunked(EVENTS))])
     (r,) = await complete(server, adapter)
     assert_exact(r)
+
+
+# -- over TLS ---------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def tls_pair(tmp_path_factory: pytest.TempPathFactory) -> tuple[ssl.SSLContext, Path]:
+    """A server context for 127.0.0.1 and the PEM file of the CA that signed it."""
+    import trustme
+
+    ca = trustme.CA()
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert("127.0.0.1").configure_cert(ctx)
+    pem = tmp_path_factory.mktemp("wire-tls") / "ca.pem"
+    ca.cert_pem.write_to_path(str(pem))
+    return ctx, pem
+
+
+async def test_tls_one_byte_records(
+    serve: Serve, adapter: str, tls_pair: tuple[ssl.SSLContext, Path]
+) -> None:
+    # Every byte of the answer in its own TLS record.
+    ctx, pem = tls_pair
+    head = response_head(headers=SSE, chunked=True)
+    server = await serve([Send(head + chunked(EVENTS), split=1)], tls=ctx)
+    (r,) = await complete(server, adapter, ca_bundle=pem)
+    assert_exact(r)
+
+
+@pytest.mark.parametrize("close_notify", [True, False], ids=["close-notify", "no-close-notify"])
+async def test_tls_close_delimited_body(
+    serve: Serve, adapter: str, tls_pair: tuple[ssl.SSLContext, Path], close_notify: bool
+) -> None:
+    # A body ended by the close, with or without TLS close_notify. Without it, RFC 9112
+    # 9.8 calls the body incomplete; the SSE stream says otherwise ([DONE] came), and
+    # many servers close that way: the answer is kept.
+    ctx, pem = tls_pair
+    head = response_head(headers=SSE, version="HTTP/1.0")
+    server = await serve([Send(head + BODY), Close(close_notify)], tls=ctx)
+    (first, second) = await complete(server, adapter, prompts=2, ca_bundle=pem)
+    assert_exact(first)
+    assert_exact(second)
+    assert server.connections == 2
+
+
+async def test_tls_close_delimited_cut_without_close_notify(
+    serve: Serve, adapter: str, tls_pair: tuple[ssl.SSLContext, Path]
+) -> None:
+    # Cut mid-event with no close_notify: the stream is incomplete, retried, exact.
+    ctx, pem = tls_pair
+    head = response_head(headers=SSE, version="HTTP/1.0")
+    server = await serve([Send(head + BODY[:150]), Close(False)], ok_chunked(), tls=ctx)
+    (r,) = await complete(server, adapter, ca_bundle=pem)
+    assert_exact(r, attempts=2)
+    assert attempt_errors(r)[0] in ("truncated_stream", "stream_interrupted")
+
+
+async def test_tls_keepalive_closed_without_close_notify(
+    serve: Serve, adapter: str, tls_pair: tuple[ssl.SSLContext, Path]
+) -> None:
+    # Complete chunked answers; the server then drops the idle TLS connection abruptly.
+    ctx, pem = tls_pair
+    server = await serve([*ok_chunked(), Close(False)], ok_chunked(), tls=ctx)
+    async with client(server, adapter, ca_bundle=pem) as llm:
+        first = await llm.complete("a")
+        await server.wait_for(lambda s: s.connections == 1 and not s.open_connections)
+        second = await llm.complete("b")
+    assert_exact(first)
+    assert_exact(second, attempts=None)
+    assert second.attempts <= 2 and len(server.requests) == 2
 
 
 # -- streaming to a caller, and the CLI ------------------------------------------------------
