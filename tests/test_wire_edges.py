@@ -589,6 +589,73 @@ async def test_huge_header_line_fails_cleanly(serve: Serve, adapter: str) -> Non
     assert r.attempts <= RETRY["max_attempts"] and len(server.requests) == r.attempts
 
 
+def _head(*extra: tuple[str, str], **kw: Any) -> bytes:
+    return response_head(headers=(*SSE, *extra), **kw)
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [
+        _head(chunked=True) + b"FFFFFFFFFFFFFFFFFFFFFFFF\r\n" + BODY,
+        _head(("Content-Length", "-1")) + BODY,
+        _head(("Content-Length", "abc")) + BODY,
+        _head(("Content-Length", f"{len(BODY)}, 20")) + BODY,
+        _head(("X-Bad ", "space before the colon"), chunked=True) + chunked(EVENTS),
+        response_head("abc OK", SSE, chunked=True) + chunked(EVENTS),
+        b"\x00\x00\x12\x04\x00\x00\x00\x00\x00",  # an HTTP/2 SETTINGS frame
+        BODY,  # a body with no status line or head (HTTP/0.9 style)
+    ],
+    ids=[
+        "chunk-size-overflow",
+        "content-length-negative",
+        "content-length-not-a-number",
+        "content-length-conflicting",
+        "space-before-colon",
+        "status-not-a-number",
+        "http2-frame",
+        "no-head",
+    ],
+)
+async def test_malformed_answer_fails_cleanly(serve: Serve, adapter: str, answer: bytes) -> None:
+    # Refused by every client (RFC 9112 5.1, 6.3, 7.1): stream_interrupted, retried up to
+    # max_attempts and no further, nothing taken from it as text.
+    server = await serve([Send(answer), Close()])
+    (r,) = await complete(server, adapter)
+    assert not r.ok and r.error is not None and r.error.code == "stream_interrupted", r.error
+    assert r.text in ("", None)
+    assert r.attempts == RETRY["max_attempts"] == len(server.requests)
+
+
+# RFC 9110 8.6: a recipient may accept a repeated Content-Length with one value; llhttp
+# refuses it.
+REJECTS_REPEATED_CONTENT_LENGTH = AIOHTTP_PARSER
+
+
+async def test_repeated_identical_content_length(serve: Serve, adapter: str) -> None:
+    length = ("Content-Length", str(len(BODY)))
+    server = await serve([Send(_head(length, length) + BODY)])
+    (r,) = await complete(server, adapter)
+    if adapter in REJECTS_REPEATED_CONTENT_LENGTH:
+        assert not r.ok and r.error is not None and r.error.code == "stream_interrupted"
+        assert r.attempts == RETRY["max_attempts"]
+    else:
+        assert_exact(r)
+
+
+async def test_nul_in_a_header_value(serve: Serve, adapter: str) -> None:
+    # RFC 9110 5.5: a recipient must reject the message or replace the NUL with SP; a NUL
+    # must never reach results.jsonl (here in the request id).
+    rid = ("X-Request-Id", "req\x00abc")
+    server = await serve([Send(_head(rid, chunked=True) + chunked(EVENTS))])
+    (r,) = await complete(server, adapter)
+    if r.ok:
+        assert_exact(r)
+        assert "\x00" not in (r.output_line["response"]["request_id"] or "")
+    else:
+        assert r.error is not None and r.error.code == "stream_interrupted"
+        assert r.attempts == RETRY["max_attempts"]
+
+
 async def test_invalid_chunk_size_is_retried(serve: Serve, adapter: str) -> None:
     head = response_head(headers=SSE, chunked=True)
     bad = head + chunk(EVENTS[0]) + b"ZZ\r\n" + EVENTS[1] + b"\r\n"
@@ -836,6 +903,7 @@ async def _cli(
     args = ["run", str(path), "--provider", "openai", "--base-url", server.url, "--model", "m"]
     args += ["--client", adapter, "--out", str(out), "--concurrency", "2"]
     env = {"OPENAI_API_KEY": "sk-wire", "PATH": "/usr/bin:/bin", "LLMBATCH_LOOP": "asyncio"}
+    env["PYTHONPATH"] = str(Path(llmbatch.__file__).parents[1])  # the llmbatch under test
     # ./config.toml of the run's working directory: the tests' timeouts and retries.
     toml = "[timeouts]\n" + "".join(f"{k} = {v}\n" for k, v in FAST.items())
     toml += "[retry]\n" + "".join(f"{k} = {v}\n" for k, v in RETRY.items())
