@@ -21,6 +21,7 @@ import argparse
 import os
 import subprocess
 import sys
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -58,6 +59,48 @@ def _cluster_cpu_s(cluster: Any) -> dict[str, float]:
     return out
 
 
+def _spy_on_actors(cluster: Any, prefix: Path, done: threading.Event) -> list[Path]:
+    """Until ``done``: attach ``py-spy record --native`` to each worker actor process of
+    ``cluster`` as it appears (found by its process title, ``ray::WorkerActor``); each
+    recording ends with its actor. Returns the files (raw collapsed stacks, thread ids)."""
+    import psutil
+
+    spy = str(harness.ROOT / ".venv" / "bin" / "py-spy")
+    seen: set[int] = set()
+    files: list[Path] = []
+    procs: list[subprocess.Popen[bytes]] = []
+    while not done.wait(0.05):
+        for node in (cluster.head, cluster.worker):
+            if node is None:
+                continue
+            try:
+                tree = psutil.Process(node.pid).children(recursive=True)
+            except psutil.Error:
+                continue
+            for p in tree:
+                try:
+                    title = " ".join(p.cmdline())
+                except psutil.Error:
+                    continue
+                if p.pid in seen or not title.startswith("ray::WorkerActor"):
+                    continue
+                seen.add(p.pid)
+                out = prefix.with_suffix(f".actor{len(files)}.txt")
+                files.append(out)
+                cmd = [spy, "record", "--native", "--threads", "--format", "raw"]
+                cmd += ["--rate", "250", "--output", str(out), "--pid", str(p.pid)]
+                procs.append(
+                    subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                )
+    for proc in procs:  # each ends when its actor does (the driver kills them at the end)
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            proc.send_signal(2)
+            proc.wait(10)
+    return files
+
+
 def run_ray(
     cluster: Any,
     server: harness.MockServer,
@@ -70,15 +113,22 @@ def run_ray(
 ) -> tuple[Measure, Measure, float]:
     """One Ray run: (client measure, Ray-system measure, Ray system CPU s).
 
-    ``py_spy``: profile the driver with py-spy into this file (collapsed stacks); its
-    CPU figures are then not comparable (py-spy samples it)."""
+    ``py_spy``: profile the driver with py-spy into this file (collapsed stacks), and each
+    worker actor (``--native``) into FILE.actorK.txt; the CPU figures are then not
+    comparable (py-spy samples the processes)."""
     with harness.work_tmpdir() as tmp:
         run_dir = Path(tmp) / "run"
         argv = [str(harness.ROOT / ".venv" / "bin" / "llmbatch")]
         if not Path(argv[0]).exists():
             argv = [harness.PY, "-m", "llmbatch"]
         if py_spy is not None:
-            spy = [str(harness.ROOT / ".venv" / "bin" / "py-spy"), "record", "--format", "raw"]
+            spy = [
+                str(harness.ROOT / ".venv" / "bin" / "py-spy"),
+                "record",
+                "--gil",
+                "--format",
+                "raw",
+            ]
             argv = [*spy, "--rate", "250", "--output", str(py_spy), "--", *argv]
         argv += ["run", str(prompts), "--engine", "ray", "--ray-address", cluster.address]
         argv += ["--ray-workers", "2", "--provider", "vllm", "--base-url", server.base_url]
@@ -87,7 +137,19 @@ def run_ray(
         before = _cluster_cpu_s(cluster)
         env = {**cluster.env, **harness.child_env()}
         env.pop("RAY_ADDRESS", None)
+        spies: list[Path] = []
+        done = threading.Event()
+        watcher = None
+        if py_spy is not None:
+            watcher = threading.Thread(
+                target=lambda: spies.extend(_spy_on_actors(cluster, py_spy, done)), daemon=True
+            )
+            watcher.start()
         res = harness.run_child(argv, timeout_s=300, env=env, cwd=Path(tmp))
+        if watcher is not None:
+            done.set()
+            watcher.join(60)
+            print(f"worker actor profiles: {', '.join(map(str, spies))}", file=sys.stderr)
         after = _cluster_cpu_s(cluster)
         errors, kinds, retries = harness.count_result_errors(run_dir, n)
         try:
@@ -103,6 +165,14 @@ def run_ray(
     gov_s = float((eng.get("rate_budget") or {}).get("cpu_s") or 0.0)
     driver_s = float(eng.get("driver_cpu_s") or 0.0)
     system_s = sum(v - before.get(k, 0.0) for k, v in after.items())
+    threads = [{"worker": "driver", "batch_threads_cpu_s": eng.get("driver_threads_cpu_s")}]
+    for w in [*stats, *threads]:
+        top = sorted((w.get("batch_threads_cpu_s") or {}).items(), key=lambda kv: -kv[1])[:12]
+        print(
+            f"  {w.get('worker')}: CPU by thread in its batch "
+            + ", ".join(f"{k} {v:.2f}" for k, v in top),
+            file=sys.stderr,
+        )
     note = "" if res.returncode in (0, 1) else f"exit {res.returncode}: {res.stderr[-300:]}"
     print(
         f"ray run: driver {driver_s:.2f} s, worker actors {actors_s:.2f} s "
@@ -198,7 +268,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument(
         "--py-spy",
         metavar="FILE",
-        help="profile the Ray driver with py-spy (pip install py-spy) into FILE.N.txt",
+        help="profile the Ray driver with py-spy (pip install py-spy) into FILE.N.txt and "
+        "each worker actor (--native) into FILE.N.actorK.txt",
     )
     args = ap.parse_args(argv)
     if os.environ.get(_IN_NS) != "1":

@@ -73,6 +73,7 @@ from .ray_feed import Feed
 from .records import PromptRecord
 from .report import SummaryBuilder
 from .runner import open_prompts
+from .textlog import TEXT_LOG
 from .writer import META, RESULTS, SUMMARY, TEXT_DIR, ResumeIndex, RunDir, iter_result_lines
 
 __all__ = ["GovernorActor", "RayRunOutput", "WorkerActor", "execute_ray_run"]
@@ -179,14 +180,6 @@ def _unpack(packed: Packed) -> list[PromptRecord | _BadLine]:
     return out
 
 
-@dataclass
-class _WorkerCounts:
-    done: int = 0
-    succeeded: int = 0
-    failed: int = 0
-    output_tokens: int = 0
-
-
 class _WorkerBatch:
     """A worker's batch and its feed; everything here runs on the worker's own loop."""
 
@@ -206,7 +199,6 @@ class _WorkerBatch:
         self.part_dir = part_dir
         self.meta = meta
         self.governor = governor
-        self.counts = _WorkerCounts()
         self.queue: asyncio.Queue[PromptRecord | _BadLine | None] = asyncio.Queue(
             maxsize=max(2, cfg.max_concurrency if cfg.adaptive else cfg.concurrency)
         )
@@ -216,6 +208,7 @@ class _WorkerBatch:
         # A stop that came before the batch had started: applied once it has.
         self.stop_requested: tuple[float | None] | None = None
         self.batch_cpu_s = 0.0  # this process's CPU while the batch ran (client started)
+        self.batch_threads_cpu_s: dict[str, float] = {}  # the same by thread
 
     async def put(self, items: list[PromptRecord | _BadLine | None]) -> None:
         """Queue ``items`` (None closes the feed), waiting for room."""
@@ -270,25 +263,26 @@ class _WorkerBatch:
                 self._feed(),
                 self.part_dir,
                 text_files=cfg.text_files,
+                text_layout=cfg.text_layout,
                 keep_partial=cfg.keep_partial,
                 meta=self.meta,
             )
             self.batch = batch
-            c = self.counts
             try:
                 async with batch:
                     await batch.start()
                     cpu0_s = time.process_time()
+                    threads0 = _threads_cpu_s()
                     if self.stop_requested is not None:  # while the client was starting
                         batch.stop(grace_s=self.stop_requested[0])
-                    async for result in batch:
-                        c.done += 1
-                        if result.ok:
-                            c.succeeded += 1
-                        else:
-                            c.failed += 1
-                        c.output_tokens += result.usage.output_tokens
+                    # wait(), not iterating: the counts come from the batch's live metrics,
+                    # so no Result is built per record (as the CLI's one-process run).
+                    await batch.wait()
                 self.batch_cpu_s = time.process_time() - cpu0_s
+                threads1 = _threads_cpu_s()
+                self.batch_threads_cpu_s = {
+                    k: round(v - threads0.get(k, 0.0), 3) for k, v in threads1.items()
+                }
             finally:
                 await pacer.aclose()
             end = batch.end
@@ -354,15 +348,16 @@ class WorkerActor:
     def stats(self) -> dict[str, Any]:
         """Counts so far, for the driver's progress line (and its end-of-feed check)."""
         w = self._work
-        c = w.counts
+        m = w.batch.metrics if w.batch is not None else None
+        ok, failed = (m.succeeded, m.failed) if m is not None else (0, 0)
         return {
             "worker": w.name,
             "pid": os.getpid(),
             "node": self._node,
-            "done": c.done,
-            "succeeded": c.succeeded,
-            "failed": c.failed,
-            "output_tokens": c.output_tokens,
+            "done": ok + failed,
+            "succeeded": ok,
+            "failed": failed,
+            "output_tokens": m.output_tokens if m is not None else 0,
             "in_flight": w.live.in_flight if w.live is not None else 0,
             "queued": w.queue.qsize(),
             "received": w.received,
@@ -383,7 +378,31 @@ class WorkerActor:
             "cpu_s": round(time.process_time() - cpu0_s, 4),  # this actor's process
             # From its batch's start to its end: what one process's work phase counts.
             "batch_cpu_s": round(self._work.batch_cpu_s, 4),
+            "batch_threads_cpu_s": self._work.batch_threads_cpu_s,
         }
+
+
+def _threads_cpu_s() -> dict[str, float]:
+    """CPU seconds so far of this process's threads, by thread name (Linux; else {}):
+    where a worker's CPU goes besides its batch's loop (Ray's own threads)."""
+    out: dict[str, float] = {}
+    tick = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+    try:
+        tasks = os.listdir("/proc/self/task")
+    except OSError:
+        return out
+    python_names = {t.native_id: t.name for t in threading.enumerate()}
+    for tid in tasks:
+        try:
+            with open(f"/proc/self/task/{tid}/comm") as fh:
+                name = python_names.get(int(tid)) or fh.read().strip()
+            with open(f"/proc/self/task/{tid}/stat") as fh:
+                fields = fh.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue  # it ended meanwhile
+        cpu = (int(fields[11]) + int(fields[12])) / tick  # utime + stime
+        out[name] = round(out.get(name, 0.0) + cpu, 3)
+    return out
 
 
 def _new_loop(kind: str) -> asyncio.AbstractEventLoop:
@@ -417,19 +436,48 @@ class _Part:
     records: int = 0
     # Its text/ is the run's own text/ (a symlink): the text is in place already. Parts
     # left by older llmbatch versions have their own text/, linked over when folded.
+    # (With --text-layout log a part has its own text.log: answers are copied over.)
     shared_text: bool = True
+    _log_fd: int = -1  # its text.log, opened for the first answer copied from it
+
+    def read_logged(self, offset: int, length: int) -> bytes:
+        """``length`` bytes of this part's text.log from ``offset`` (one answer)."""
+        if self._log_fd < 0:
+            self._log_fd = os.open(self.path / TEXT_LOG, os.O_RDONLY)
+        return os.pread(self._log_fd, length, offset)
+
+    def close(self) -> None:
+        """Close its text.log (before the part is removed)."""
+        if self._log_fd >= 0:
+            os.close(self._log_fd)
+            self._log_fd = -1
 
 
-def _make_part(path: Path, meta: dict[str, Any]) -> None:
+def _make_part(path: Path, meta: dict[str, Any], *, text_layout: str = "files") -> None:
     """A part directory whose ``text/`` is the run directory's ``text/``.
 
     The worker's batch writes its text straight into the run's text/ (through the
     link), so folding a record costs no file operation per text file; its run.json is
-    written here so the batch adopts the directory (it refuses unknown ones).
+    written here so the batch adopts the directory (it refuses unknown ones). With the
+    log layout the part keeps its own text.log (one writer per file), and the driver
+    copies each answer into the run's text.log as it folds the record.
     """
     path.mkdir(parents=True)
-    (path / TEXT_DIR).symlink_to(Path("..") / ".." / TEXT_DIR, target_is_directory=True)
+    if text_layout == "files":
+        (path.parent.parent / TEXT_DIR).mkdir(exist_ok=True)
+        (path / TEXT_DIR).symlink_to(Path("..") / ".." / TEXT_DIR, target_is_directory=True)
     (path / META).write_bytes(orjson.dumps(meta, option=orjson.OPT_INDENT_2))
+
+
+def driver_text_layout(cfg: RunConfig, run_dir: Path) -> str:
+    """The run directory's text layout for the driver: the configured one, or ``log``
+    when a part left behind by an earlier run has a text.log whose answers need one."""
+    if cfg.text_layout == "log" or not cfg.text_files:
+        return cfg.text_layout
+    parts = run_dir / PARTS_DIR
+    if parts.is_dir() and any((p / TEXT_LOG).is_file() for p in parts.iterdir()):
+        return "log"
+    return cfg.text_layout
 
 
 @dataclass
@@ -486,8 +534,12 @@ class _Consolidator:
             failed = rec.get("error") is not None
             if failed and self.skip_failed and leftover:
                 continue
-            if not part.shared_text:
-                rel = (rec.get("llmbatch") or {}).get("text_file")
+            lb = rec.get("llmbatch")
+            rel = lb.get("text_file") if isinstance(lb, dict) else None
+            if rel == TEXT_LOG:
+                assert isinstance(lb, dict)
+                raw = self._move_logged(part, rid, rec, lb, raw, complete=not failed)
+            elif not part.shared_text:
                 if isinstance(rel, str) and (part.path / rel).is_file():
                     link_or_copy(part.path / rel, self.run_dir / rel)  # text before its line
             # The worker wrote the line in the final schema: it goes in as it is.
@@ -500,6 +552,30 @@ class _Consolidator:
             self.per_worker[part.worker] = self.per_worker.get(part.worker, 0) + 1
             n += 1
         return n
+
+    def _move_logged(
+        self,
+        part: _Part,
+        rid: str,
+        rec: dict[str, Any],
+        lb: dict[str, Any],
+        raw: bytes,
+        *,
+        complete: bool,
+    ) -> bytes:
+        """The line of a record whose answer is in ``part``'s text.log, that answer queued
+        for the run's text.log (written before the line, as in one process), its offset
+        pointing there."""
+        log = self.rundir.text_log
+        offset, length = lb.get("text_offset"), lb.get("text_bytes")
+        if log is None or not isinstance(offset, int) or not isinstance(length, int):
+            return raw
+        data = part.read_logged(offset, length)
+        new_offset, n = log.answer(rid, data, complete=complete)
+        return (
+            orjson.dumps({**rec, "llmbatch": {**lb, "text_offset": new_offset, "text_bytes": n}})
+            + b"\n"
+        )
 
     async def absorb_all(self) -> int:
         """Fold every part's new lines and write them out."""
@@ -523,6 +599,7 @@ class _Consolidator:
                 part = _Part(path, worker=f"earlier:{path.name}", shared_text=shared)
                 n += self.absorb(part, leftover=True)
                 await self.rundir.flush()
+                part.close()
             finally:
                 if fd >= 0:
                     os.close(fd)
@@ -533,6 +610,7 @@ class _Consolidator:
         """Fold what is left, then remove the parts (every record is in the top level)."""
         await self.absorb_all()
         for p in self.parts:
+            p.close()
             shutil.rmtree(p.path, ignore_errors=True)
             p.path.with_name(p.path.name + ".token").unlink(missing_ok=True)
         with contextlib.suppress(OSError):
@@ -604,6 +682,7 @@ async def execute_ray_run(
         meta,
         retry_failed=cfg.retry_failed,
         text_files=cfg.text_files,
+        text_layout=driver_text_layout(cfg, run_dir),
         force_resume=cfg.force_resume,
     )
     cons = _Consolidator(
@@ -620,6 +699,7 @@ async def execute_ray_run(
     ends: list[Any] = []
     gov_snapshot: Any = None
     driver_cpu_s = 0.0
+    driver_threads: dict[str, float] = {}
     started = time.monotonic()
     loop = asyncio.get_running_loop()
     try:
@@ -627,6 +707,7 @@ async def execute_ray_run(
         if not ray.is_initialized():
             ray.init(address=address, log_to_driver=False, configure_logging=False)
         driver_cpu0_s = time.process_time()  # the driver's own work, after connecting
+        driver_threads0 = _threads_cpu_s()
         nodes = [n for n in ray.nodes() if n.get("Alive")]
         node_ids = [str(n["NodeID"]) for n in nodes] or [ray.get_runtime_context().get_node_id()]
         n_workers = workers or max(1, len(nodes))
@@ -656,7 +737,7 @@ async def execute_ray_run(
             name = f"w{k}"
             part = run_dir / PARTS_DIR / f"{session}-{name}"
             part_meta = {**meta, "part_of": str(run_dir.resolve()), "worker": name}
-            _make_part(part, part_meta)
+            _make_part(part, part_meta, text_layout=cfg.text_layout)
             cons.parts.append(_Part(part, worker=name))
             cons.placement[name] = node_ids[k % len(node_ids)]
             part.with_name(part.name + ".token").write_text(name)  # the worker checks it
@@ -689,6 +770,7 @@ async def execute_ray_run(
         cons.recorded = feed.recorded
         cons.lost_workers = lost_workers
         fatal: list[str] = []  # why the run stopped for a worker (none survived, ...)
+        own_errors: list[str] = []  # of those, workers that failed with an error of theirs
         stopping = asyncio.Event()
 
         def stop_all(grace_s: float | None = None) -> None:
@@ -737,7 +819,9 @@ async def execute_ray_run(
                 with contextlib.suppress(Exception):
                     ray.kill(actors[k], no_restart=True)
                 died = True
-            if held == 0 and died:
+            # The last worker gone with prompts not yet sent: nobody can finish the job.
+            none_left = not feed.alive and not feed.drained and not stopping.is_set()
+            if held == 0 and died and not none_left:
                 lost_workers[name] = _cause(exc)
                 return
             if died and feed.alive and not feed.closed and not stopping.is_set():
@@ -750,6 +834,8 @@ async def execute_ray_run(
                 )
                 return
             fatal.append(cause)
+            if not died:
+                own_errors.append(cause)
             stop_all()
 
         async def feed_worker(k: int) -> None:
@@ -840,11 +926,18 @@ async def execute_ray_run(
                 abort_message = end.get("abort_message")
         if fatal:
             stop_reason = StopReason.ABORTED
-            abort_message = (
-                "worker lost ("
-                + "; ".join(dict.fromkeys(fatal))
-                + "); its prompts run again on re-run"
-            )
+            lost = [f"{w}: {why}" for w, why in lost_workers.items()]
+            causes = "; ".join(dict.fromkeys([*lost, *fatal]))
+            if own_errors:
+                abort_message = f"worker failed ({'; '.join(dict.fromkeys(own_errors))})"
+            elif not feed.alive:
+                abort_message = (
+                    f"no worker left: every worker was lost ({causes}); the records made "
+                    "are kept, and the same command run again (once the cluster has "
+                    "workers) runs the prompts that have none"
+                )
+            else:
+                abort_message = f"worker lost ({causes}); its prompts run again on re-run"
         pending_left = stop_reason is not None
         try:
             gov_snapshot = await governor.snapshot.remote()
@@ -854,6 +947,9 @@ async def execute_ray_run(
             with contextlib.suppress(Exception):
                 ray.kill(a)
         driver_cpu_s = time.process_time() - driver_cpu0_s
+        driver_threads = {
+            k: round(v - driver_threads0.get(k, 0.0), 3) for k, v in _threads_cpu_s().items()
+        }
     finally:
         await rundir.aclose()
     summary = cons.summary.summary()
@@ -865,6 +961,7 @@ async def execute_ray_run(
         "worker_stats": [e for e in ends if e],
         "rate_budget": gov_snapshot,
         "driver_cpu_s": round(driver_cpu_s, 4),
+        "driver_threads_cpu_s": driver_threads,
     }
     (run_dir / SUMMARY).write_bytes(
         orjson.dumps(summary, option=orjson.OPT_INDENT_2 | orjson.OPT_NON_STR_KEYS)

@@ -16,7 +16,10 @@ Scenarios: ``exact`` (the prompts through the cluster under a scaled rate limit,
 transient faults), ``kill-worker`` (SIGKILL of the worker node's processes mid-run; the
 node is started again afterwards), ``kill-driver`` (SIGKILL of the driver mid-run, then
 the same command again), ``sigint`` (SIGINT to the driver mid-run, then again),
-``max-runtime`` (``--max-runtime 4``, then again without it), ``auto``
+``max-runtime`` (``--max-runtime 4``, then again without it), ``no-survivor``
+(SIGKILL of every worker actor: the head node's by pid, and the whole worker node;
+the node is started again, then the same command), ``text-log`` (``--text-layout
+log``, SIGKILL of the driver mid-run, then the same command), ``auto``
 (``--concurrency auto`` against a server serving 12 at once, 429 beyond; the server's
 requests in flight sampled), ``bench`` (see bench/ray_overhead.py).
 """
@@ -143,6 +146,20 @@ class Cluster:
         pids = [p.pid for p in (self.head, self.worker) if p is not None]
         (self.work / "ray-pids.json").write_text(json.dumps(pids))
 
+    def kill_actors(self, node: subprocess.Popen[bytes] | None) -> list[int]:
+        """SIGKILL the worker actor processes of ``node`` (by pid, found by their Ray
+        process title); returns the pids."""
+        assert node is not None
+        killed = []
+        for p in psutil.Process(node.pid).children(recursive=True):
+            try:
+                if " ".join(p.cmdline()).startswith("ray::WorkerActor"):
+                    p.send_signal(signal.SIGKILL)
+                    killed.append(p.pid)
+            except psutil.NoSuchProcess:
+                pass
+        return killed
+
     def kill_worker_node(self) -> list[int]:
         """SIGKILL every process of the worker node, by pid; returns the pids."""
         assert self.worker is not None
@@ -200,6 +217,11 @@ def _llmbatch_run(cluster: Cluster, work: Path, prompts: Path, run_dir: Path) ->
 
 def _records(run_dir: Path) -> int:
     """Distinct ids with a record so far, in the run directory or in a worker's part."""
+    return len(_record_ids(run_dir))
+
+
+def _record_ids(run_dir: Path) -> set[str]:
+    """The ids with a record so far, in the run directory or in a worker's part."""
     ids: set[str] = set()
     parts = run_dir / "parts"
     for f in [run_dir / "results.jsonl", *parts.glob("*/results.jsonl")]:
@@ -208,7 +230,7 @@ def _records(run_dir: Path) -> int:
         except FileNotFoundError:
             continue
         ids.update(json.loads(x)["custom_id"] for x in lines)
-    return len(ids)
+    return ids
 
 
 async def _run(cmd: list[str], env: dict[str, str], log: Path) -> int:
@@ -246,7 +268,7 @@ async def _run_killing(
 
 # How each scenario's mock streams: the kill and stop scenarios slowly (~0.2 s per
 # answer, 0.5 s for max-runtime) so that the kill or stop lands mid-run.
-SLOW = {"kill-worker", "kill-driver", "sigint", "max-runtime"}
+SLOW = {"kill-worker", "kill-driver", "sigint", "max-runtime", "no-survivor", "text-log"}
 
 
 async def scenario(name: str, work: Path, cluster: Cluster) -> dict[str, Any]:
@@ -289,10 +311,31 @@ async def scenario(name: str, work: Path, cluster: Cluster) -> dict[str, Any]:
             sampler = asyncio.ensure_future(_sample_in_flight(server, report))
             report["exit_codes"] = [await _run(cmd, env, log)]
             sampler.cancel()
-        elif name == "kill-driver":
+        elif name in ("kill-driver", "text-log"):
+            if name == "text-log":
+                cmd += ["--text-layout", "log"]
             code, _, report["records_at_kill"] = await _run_killing(
                 cmd, env, log, run_dir, 150, lambda p: p.send_signal(signal.SIGKILL)
             )
+            report["exit_codes"] = [code, await _run(cmd, env, log)]
+        elif name == "no-survivor":
+
+            def kill_every_worker(_proc: Any) -> list[int]:
+                # Every record there is now must still be there after the run ends.
+                report["ids_at_kill"] = sorted(_record_ids(run_dir))
+                report["head_actor_pids"] = cluster.kill_actors(cluster.head)
+                return [*report["head_actor_pids"], *cluster.kill_worker_node()]
+
+            code, pids, report["records_at_kill"] = await _run_killing(
+                cmd, env, log, run_dir, 150, kill_every_worker
+            )
+            report["killed_pids"] = pids
+            report["records_after_first_run"] = _unique_records(run_dir)
+            lines = (run_dir / "results.jsonl").read_bytes().splitlines()
+            after = {json.loads(x)["custom_id"] for x in lines}  # the run directory's own
+            report["lost_at_kill"] = sorted(set(report["ids_at_kill"]) - after)
+            report["parts_left"] = (run_dir / "parts").is_dir()
+            cluster.start_worker()  # workers are there again: the same command finishes
             report["exit_codes"] = [code, await _run(cmd, env, log)]
         elif name == "sigint":
             code, _, report["records_at_signal"] = await _run_killing(

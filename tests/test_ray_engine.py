@@ -52,6 +52,8 @@ pytestmark = pytest.mark.skipif(_WHY_NOT is not None, reason=str(_WHY_NOT))
 # each test reads its scenario's report.
 SCENARIOS = {"exact": 2000, "kill-worker": 800, "kill-driver": 800, "sigint": 800}
 SCENARIOS["max-runtime"] = 800
+SCENARIOS["no-survivor"] = 600
+SCENARIOS["text-log"] = 600
 SCENARIOS["auto"] = 400
 
 
@@ -114,7 +116,7 @@ def _stop_leftover_nodes(work: Path) -> None:
                 pass
 
 
-async def _single_process(work: Path, *, limited: bool) -> Path:
+async def _single_process(work: Path, *, limited: bool, text_layout: str = "files") -> Path:
     """The reference: the same prompts, one process, the same kind of mock."""
     server = await start_mock_server(
         MockConfig(
@@ -134,7 +136,7 @@ async def _single_process(work: Path, *, limited: bool) -> Path:
         )
         cfg = load_config(
             work / "single.toml",
-            flags={"run_dir": work / "single", "progress": False},
+            flags={"run_dir": work / "single", "progress": False, "text_layout": text_layout},
             environ={},
         )
         out = await execute_run(cfg, work / "prompts.jsonl", install_signal_handlers=False)
@@ -152,8 +154,18 @@ def _answers(run_dir: Path) -> dict[str, tuple[str, str]]:
     for r in records:
         assert r["error"] is None, r
         content = r["response"]["body"]["choices"][0]["message"]["content"]
-        out[r["custom_id"]] = (content, (run_dir / r["llmbatch"]["text_file"]).read_text())
+        out[r["custom_id"]] = (content, _text(run_dir, r["llmbatch"]))
     return out
+
+
+def _text(run_dir: Path, lb: dict[str, Any]) -> str:
+    """A record's answer where its line points: its text file, or its span of text.log."""
+    path = run_dir / lb["text_file"]
+    if lb["text_file"] != "text.log":
+        return path.read_text()
+    with open(path, "rb") as fh:
+        fh.seek(lb["text_offset"])
+        return fh.read(lb["text_bytes"]).decode()
 
 
 def _assert_paced(times_s: list[float], limit: float, window_s: float, burst: float) -> None:
@@ -200,9 +212,9 @@ async def test_ray_run_equals_single_process_under_one_cluster_wide_limit(
     assert not (work / "run" / "parts").exists()
 
 
-async def _assert_same_as_one_process(work: Path, n: int) -> None:
+async def _assert_same_as_one_process(work: Path, n: int, *, text_layout: str = "files") -> None:
     ray_answers = _answers(work / "run")
-    single = await _single_process(work, limited=False)
+    single = await _single_process(work, limited=False, text_layout=text_layout)
     assert ray_answers == _answers(single)  # same ids, same texts, one record each
     assert len(ray_answers) == n
 
@@ -282,3 +294,58 @@ async def test_ray_concurrency_auto_is_decided_for_the_cluster(
     conc = summary["engine"]["rate_budget"]["concurrency"]
     assert sorted(conc["shares"]) == ["w0", "w1"]
     assert summary["concurrency_limit"] == conc["limit"] <= 2 * AUTO_LIMIT
+
+
+@pytest.mark.timeout(900)
+async def test_ray_run_with_no_worker_left_stops_and_keeps_every_record(
+    ray_reports: dict[str, Path],
+) -> None:
+    """Every worker lost mid-run (the worker node's processes and the head node's worker
+    actor, SIGKILL by pid): the run ends with exit 3 and says no worker is left; every
+    record written before is kept, one per id, no part is left; once the node is back,
+    the same command completes the job exactly."""
+    n = SCENARIOS["no-survivor"]
+    work = ray_reports["no-survivor"]
+    report = _report(work)
+    log = _log(work)
+    assert report["head_actor_pids"] and report["killed_pids"], (report, log)
+    assert report["records_at_kill"] < n, (report, log)
+    assert report["exit_codes"] == [3, 0], log
+    assert "run aborted: no worker left: every worker was lost" in log, log
+    assert "run the same command" in log
+    kept = report["records_after_first_run"]
+    assert report["lost_at_kill"] == [], report["lost_at_kill"]
+    assert kept["lines"] == kept["ids"] and len(report["ids_at_kill"]) <= kept["ids"] < n, kept
+    assert not report["parts_left"]
+    await _assert_same_as_one_process(work, n)
+
+
+def _log_ids(run_dir: Path) -> list[str]:
+    """The ids of text.log's answers in file order (header line, bytes, newline)."""
+    data, pos, ids = (run_dir / "text.log").read_bytes(), 0, []
+    while pos < len(data):
+        nl = data.index(b"\n", pos)
+        head = orjson.loads(data[pos:nl])
+        ids.append(head["custom_id"])
+        pos = nl + 1 + head["bytes"] + 1
+    return ids
+
+
+@pytest.mark.timeout(900)
+async def test_ray_text_layout_log_writes_one_text_log_and_resumes(
+    ray_reports: dict[str, Path],
+) -> None:
+    """--engine ray --text-layout log: the answers go into the run directory's one
+    text.log as in one process (no file per answer); after a SIGKILL of the driver the
+    same command completes it, with each answer in text.log once, where its record
+    points, equal to a one-process run's."""
+    n = SCENARIOS["text-log"]
+    work = ray_reports["text-log"]
+    report = _report(work)
+    first, second = report["exit_codes"]
+    assert first == -9 and report["records_at_kill"] < n, (report, _log(work))
+    assert second == 0, _log(work)
+    await _assert_same_as_one_process(work, n, text_layout="log")
+    run = work / "run"
+    assert sorted(_log_ids(run)) == sorted(r["custom_id"] for r in read_results(run))
+    assert not (run / "text").exists() and not (run / "parts").exists()

@@ -145,3 +145,64 @@ async def test_the_feed_gives_a_lost_workers_prompts_to_the_others_first() -> No
     assert feed.held_count() == 0
     feed.close()
     assert feed.closed and feed.take("w1") == []
+
+
+def _logged_answers(run: Path) -> dict[str, str]:
+    """Each record's answer, read where its line points (text.log offset and length)."""
+    out = {}
+    data = (run / "text.log").read_bytes()
+    for r in read_results(run):
+        lb = r["llmbatch"]
+        assert lb["text_file"] == "text.log"
+        out[r["custom_id"]] = data[
+            lb["text_offset"] : lb["text_offset"] + lb["text_bytes"]
+        ].decode()
+    return out
+
+
+def _log_headers(run: Path) -> list[str]:
+    """The ids of text.log's answers, in file order (header line, bytes, newline)."""
+    data, pos, ids = (run / "text.log").read_bytes(), 0, []
+    while pos < len(data):
+        nl = data.index(b"\n", pos)
+        head = orjson.loads(data[pos:nl])
+        ids.append(head["custom_id"])
+        pos = nl + 1 + head["bytes"] + 1
+    return ids
+
+
+async def test_text_layout_log_parts_fold_into_one_text_log(tmp_path: Path) -> None:
+    """--text-layout log: each worker's part has a text.log of its own; folding copies
+    each answer into the run's one text.log (before its line) and points the line at it;
+    a part left by a killed run folds the same way, each id once."""
+    import llmbatch
+    from llmbatch.ray_engine import _make_part, _Part
+
+    run = tmp_path / "run"
+    rundir, index = RunDir.open(run, {"prompts": "p"}, text_layout="log")
+    parts = []
+    for k in range(2):
+        part = run / PARTS_DIR / f"s4-w{k}"
+        meta = {"prompts": "p", "worker": f"w{k}"}
+        _make_part(part, meta, text_layout="log")
+        prompts = [{"id": f"k{i}", "prompt": f"hi {i}"} for i in range(k * 3, k * 3 + 4)]
+        async with llmbatch.Client("mock", concurrency=4) as llm:
+            await llm.batch(prompts, part, meta=meta, text_layout="log").wait()
+        assert not (part / "text").exists()
+        parts.append(part)
+    cons = _Consolidator(run, rundir, index)
+    cons.parts.append(_Part(parts[0], worker="w0", shared_text=False))
+    assert await cons.absorb_all() == 4  # live
+    assert await cons.absorb_leftovers() == 3  # w1's k3 is in already
+    await rundir.aclose()
+    answers = _logged_answers(run)
+    assert sorted(answers) == [f"k{i}" for i in range(7)]
+    for r in read_results(run):
+        assert answers[r["custom_id"]] == r["response"]["body"]["choices"][0]["message"]["content"]
+    assert sorted(_log_headers(run)) == sorted(answers)  # one answer per record, no other
+    assert not (run / PARTS_DIR / "s4-w1").exists() and not (run / "text").exists()
+
+    # A re-run opens the directory again: nothing is cut, nothing is added.
+    rundir, index = RunDir.open(run, {"prompts": "p"}, text_layout="log")
+    await rundir.aclose()
+    assert _logged_answers(run) == answers and len(index) == 7
