@@ -27,22 +27,32 @@ class Link:
         return self.gov.sync(req)
 
 
+# The most any of pace()'s sleeps woke up late (the event loop starved of CPU: on a
+# loaded machine several due sends then run together, through no fault of the budget).
+LATE_S = [0.0]
+
+
 async def pace(pacer: LeasedPacer) -> float:
     """The engine's pacing loop (sleep the reservation, then until no pause is left)."""
     wait_s = pacer.reserve(20, 10)
     while wait_s > 0:
+        due_s = time.monotonic() + wait_s
         await asyncio.sleep(wait_s)
+        LATE_S[0] = max(LATE_S[0], time.monotonic() - due_s)
         wait_s = pacer.paused_for_s()
     return time.monotonic()
 
 
 def assert_conforms(sends: list[float], rate_per_s: float, burst: float) -> None:
-    """Token-bucket conformance: any k consecutive sends span >= (k - burst) / rate."""
+    """Token-bucket conformance: any k consecutive sends span >= (k - burst) / rate,
+    allowing for the event loop's lateness measured meanwhile (LATE_S)."""
     sends = sorted(sends)
+    late_s = LATE_S[0]
     for i in range(len(sends)):
         for j in range(i + 1, len(sends)):
-            allowed = burst + rate_per_s * (sends[j] - sends[i]) + 1.0  # +1: timer slack
-            assert j - i + 1 <= allowed, (i, j, sends[j] - sends[i])
+            # +1: timer slack; late_s: sends due apart that a starved loop ran together.
+            allowed = burst + rate_per_s * (sends[j] - sends[i] + late_s) + 1.0
+            assert j - i + 1 <= allowed, (i, j, sends[j] - sends[i], late_s)
 
 
 def _governor(rpm: float | None = 600, window_s: float = 6.0) -> LeaseGovernor:
@@ -59,6 +69,7 @@ async def test_three_workers_together_keep_one_limit() -> None:
     gov = _governor()
     link = Link(gov)
     pacers = [LeasedPacer(link, worker=f"w{i}") for i in range(3)]
+    LATE_S[0] = 0.0
     start = time.monotonic()
     sends = await asyncio.gather(*(pace(pacers[i % 3]) for i in range(150)))
     for p in pacers:
