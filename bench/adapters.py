@@ -8,7 +8,7 @@
 Starts ``llmbatch mock-server`` as its own process (64 tokens; fast: no delays,
 realistic: 20 ms between tokens), then for each concurrency runs, each as its own
 child process: the bare aiohttp loop, ``llmbatch run`` with ``--client aiohttp``,
-``httpx`` and ``httpx-aiohttp`` (and the OpenAI SDK when importable). Prints one
+``httpx``, ``httpx-aiohttp`` and ``native`` (and the OpenAI SDK when importable). Prints one
 markdown table per shape with every figure and its ratio to the bare loop measured
 in the same invocation, at the same shape and concurrency.
 
@@ -47,7 +47,7 @@ SHAPES = {
     "fast": {"tokens": 64, "ttft_ms": 0.0, "itl_ms": 0.0},
     "realistic": {"tokens": 64, "ttft_ms": 0.0, "itl_ms": 20.0},
 }
-CLIENTS = ("aiohttp", "httpx", "httpx-aiohttp")
+CLIENTS = ("aiohttp", "httpx", "httpx-aiohttp", "native")
 
 
 Variant = tuple[str, str, tuple[str, ...], dict[str, str]]

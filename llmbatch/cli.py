@@ -117,7 +117,8 @@ def run(
     input_tpm: Annotated[float | None, typer.Option(help="Input tokens per minute.")] = None,
     output_tpm: Annotated[float | None, typer.Option(help="Output tokens per minute.")] = None,
     client: Annotated[
-        str | None, typer.Option(help="HTTP client adapter: aiohttp, httpx or httpx-aiohttp.")
+        str | None,
+        typer.Option(help="HTTP client adapter: aiohttp, httpx, httpx-aiohttp or native."),
     ] = None,
     http2: Http2Opt = None,
     out: Annotated[
@@ -458,7 +459,7 @@ def compare(
     ] = None,
     client: Annotated[
         list[str] | None,
-        typer.Option(help="Client adapter (repeatable): aiohttp, httpx, httpx-aiohttp."),
+        typer.Option(help="Client adapter (repeatable): aiohttp, httpx, httpx-aiohttp, native."),
     ] = None,
     concurrency: Annotated[
         str | None, typer.Option("--concurrency", "-j", help="Comma-separated, e.g. 30,300.")

@@ -35,7 +35,7 @@ __all__ = [
 
 DEFAULT_CONFIG_FILE = "config.toml"
 AUTO_INITIAL_CONCURRENCY = 8
-CLIENTS = ("aiohttp", "httpx", "httpx-aiohttp")
+CLIENTS = ("aiohttp", "httpx", "httpx-aiohttp", "native")
 # files: text/<id>.partial, then text/<id>.txt per request; log: one text.log (textlog.py).
 TEXT_LAYOUTS = ("files", "log")
 PROVIDER_KINDS = ("openai", "openai-completions", "anthropic")

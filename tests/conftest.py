@@ -12,7 +12,7 @@ import pytest
 from llmbatch.config import MockSettings, RunConfig, load_config
 from llmbatch.mockserver import MockConfig, MockServer, start_mock_server
 
-ADAPTERS = ["aiohttp", "httpx", "httpx-aiohttp"]
+ADAPTERS = ["aiohttp", "httpx", "httpx-aiohttp", "native"]
 
 
 @pytest.fixture

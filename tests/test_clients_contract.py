@@ -36,7 +36,7 @@ FAST = Timeouts(connect_s=2.0, first_byte_s=2.0, idle_s=2.0, total_s=10.0)
 _READ_MODE: weakref.WeakKeyDictionary[ClientAdapter, str] = weakref.WeakKeyDictionary()
 
 
-@pytest.fixture(params=[*ADAPTERS, "aiohttp+push"])
+@pytest.fixture(params=[*ADAPTERS, "aiohttp+push", "native+push"])
 async def adapter(request: pytest.FixtureRequest) -> AsyncIterator[ClientAdapter]:
     name, _, mode = request.param.partition("+")
     client = make_client(

@@ -167,7 +167,7 @@ async def test_streams_per_connection_can_be_capped(h2_server: MockServer, certs
     assert h2_server.stats.connections == 4  # 40 streams, at most 10 per connection
 
 
-@pytest.mark.parametrize("name", ["aiohttp", "httpx-aiohttp"])
+@pytest.mark.parametrize("name", ["aiohttp", "httpx-aiohttp", "native"])
 def test_http2_needs_httpx(name: str) -> None:
     with pytest.raises(ConfigError, match="--http2 needs --client httpx"):
         make_client(name, max_connections=1, timeouts=FAST, http2=True)

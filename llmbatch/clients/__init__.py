@@ -24,8 +24,9 @@ def make_client(
     """Build the adapter called ``name``; heavy libraries are imported only when chosen.
 
     ``ca_bundle``: a PEM file of the CAs to trust instead of the system store.
-    ``tls_up_front=False`` (the target is plain HTTP): the aiohttp adapter builds its
-    SSLContext only if an https request comes, saving the CA loading (~30 ms of CPU).
+    ``tls_up_front=False`` (the target is plain HTTP): the aiohttp and native adapters
+    build their SSLContext only if an https request comes, saving the CA loading (~30 ms
+    of CPU).
     """
     if name == "aiohttp":
         from .aiohttp import AiohttpAdapter
@@ -33,6 +34,18 @@ def make_client(
         if http2:
             raise ConfigError("--http2 needs --client httpx (aiohttp speaks HTTP/1.1 only)")
         return AiohttpAdapter(
+            max_connections=max_connections,
+            timeouts=timeouts,
+            verify_tls=verify_tls,
+            ca_bundle=ca_bundle,
+            tls_up_front=tls_up_front,
+        )
+    if name == "native":
+        from .native import NativeAdapter
+
+        if http2:
+            raise ConfigError("--http2 needs --client httpx (--client native speaks HTTP/1.1 only)")
+        return NativeAdapter(
             max_connections=max_connections,
             timeouts=timeouts,
             verify_tls=verify_tls,

@@ -1,0 +1,161 @@
+"""``--client native`` beyond the shared contract: imports, the pool, keep-alive reuse."""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+import sys
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import orjson
+import pytest
+
+from llmbatch.clients import HTTPRequest, make_client
+from llmbatch.clients import native as native_module
+from llmbatch.config import Timeouts
+from llmbatch.errors import ConfigError, StreamInterrupted
+from llmbatch.mockserver import MockConfig, MockServer, start_mock_server
+
+from .conftest import read_results, write_jsonl
+
+FAST = Timeouts(connect_s=5.0, first_byte_s=5.0, idle_s=5.0, total_s=20.0)
+SSE = b'data: {"choices":[{"delta":{"content":"hi"}}]}\n\ndata: [DONE]\n\n'
+
+
+async def test_native_run_imports_neither_aiohttp_nor_httpx(
+    tmp_path: Path, mock_server: MockServer
+) -> None:
+    prompts = write_jsonl(tmp_path / "p.jsonl", [{"id": i, "prompt": f"q{i}"} for i in range(3)])
+    run_dir = tmp_path / "run"
+    argv = ["llmbatch", "run", str(prompts), "-p", "vllm", "--base-url", mock_server.url]
+    argv += ["--model", "m", "--client", "native", "--no-progress", "-o", str(run_dir)]
+    code = (
+        "import sys\n"
+        f"sys.argv = {argv!r}\n"
+        "from llmbatch.cli import main\n"
+        "rc = 0\n"
+        "try:\n"
+        "    main()\n"
+        "except SystemExit as exc:\n"
+        "    rc = exc.code\n"
+        "print('loaded', sorted(m for m in ('aiohttp', 'httpx', 'httpcore') if m in sys.modules))\n"
+        "print('rc', rc)\n"
+    )
+    # The mock serves from this test's loop while the child runs.
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", code, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
+    out_b, err_b = await asyncio.wait_for(proc.communicate(), 60)
+    out, err = out_b.decode(), err_b.decode()
+    assert "loaded []" in out, out + err
+    assert "rc 0" in out, out + err
+    records = read_results(run_dir)
+    assert len(records) == 3 and all(r["error"] is None for r in records)
+    assert mock_server.stats.completed == 3
+
+
+def test_http2_is_a_config_error_naming_the_option() -> None:
+    with pytest.raises(ConfigError, match="--http2 needs --client httpx.*native.*HTTP/1.1"):
+        make_client("native", max_connections=1, timeouts=FAST, http2=True)
+
+
+def chat_request(url: str, **headers: str) -> HTTPRequest:
+    body = {"model": "m", "messages": [{"role": "user", "content": "n"}], "stream": True}
+    return HTTPRequest(
+        url=f"{url}/chat/completions",
+        headers={"content-type": "application/json", **headers},
+        body=orjson.dumps(body),
+    )
+
+
+async def read_all(client: object, req: HTTPRequest) -> bytes:
+    async with client.stream(req) as resp:  # type: ignore[attr-defined]
+        return b"".join([c async for c in resp.chunks])
+
+
+async def test_pool_never_opens_more_connections_than_its_size() -> None:
+    server = await start_mock_server(MockConfig(tokens=8, ttft_s=0.0, itl_s=0.005))
+    try:
+        async with make_client("native", max_connections=3, timeouts=FAST) as client:
+            bodies = await asyncio.gather(
+                *(read_all(client, chat_request(server.url)) for _ in range(12))
+            )
+        assert all(b.endswith(b"data: [DONE]\n\n") for b in bodies)
+        assert server.stats.completed == 12
+        assert server.stats.max_in_flight <= 3  # what the server saw in flight
+    finally:
+        await server.close()
+
+
+class _ClosingServer:
+    """Answers the first request on a connection, then closes it when the next request
+    arrives, without a byte of response (a server's keep-alive close racing a request)."""
+
+    def __init__(self) -> None:
+        self.connections = 0
+        self.requests = 0
+        self.server: asyncio.Server | None = None
+
+    async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.connections += 1
+        served = 0
+        try:
+            while True:
+                head = await reader.readuntil(b"\r\n\r\n")
+                length = 0
+                for line in head.split(b"\r\n"):
+                    if line.lower().startswith(b"content-length:"):
+                        length = int(line.split(b":")[1])
+                await reader.readexactly(length)
+                self.requests += 1
+                if served:
+                    break  # close without answering
+                served += 1
+                writer.write(
+                    b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\n"
+                    b"content-length: %d\r\n\r\n%s" % (len(SSE), SSE)
+                )
+                await writer.drain()
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        finally:
+            writer.close()
+
+    async def __aenter__(self) -> str:
+        self.server = await asyncio.start_server(self.handle, "127.0.0.1", 0)
+        port = self.server.sockets[0].getsockname()[1]
+        return f"http://127.0.0.1:{port}/v1"
+
+    async def __aexit__(self, *exc: object) -> None:
+        assert self.server is not None
+        self.server.close()
+
+
+@pytest.fixture
+def stale_after_0s(monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[None]:
+    monkeypatch.setattr(native_module, "_STALE_IDLE_S", 0.0)
+    yield None  # type: ignore[misc]
+
+
+async def test_stale_keep_alive_connection_is_retried_once(stale_after_0s: None) -> None:
+    closing = _ClosingServer()
+    async with closing as url, make_client("native", max_connections=1, timeouts=FAST) as client:
+        assert await read_all(client, chat_request(url)) == SSE
+        # The idle connection is closed by the server as our request arrives: sent
+        # again on a new connection, which answers.
+        assert await read_all(client, chat_request(url)) == SSE
+    assert closing.connections == 2
+    assert closing.requests == 3
+
+
+async def test_close_on_a_busy_connection_is_not_retried() -> None:
+    # Reused at once (not idle for long): the close after our request reached the
+    # server is the retry policy's business, raised as StreamInterrupted.
+    closing = _ClosingServer()
+    async with closing as url, make_client("native", max_connections=1, timeouts=FAST) as client:
+        assert await read_all(client, chat_request(url)) == SSE
+        with pytest.raises(StreamInterrupted, match="closed before the response"):
+            await read_all(client, chat_request(url))
+    assert closing.connections == 1
+    assert closing.requests == 2
