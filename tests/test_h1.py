@@ -177,12 +177,18 @@ def test_connection_close_and_http_1_0_keep_alive() -> None:
         (b"HTTP/2 200\r\n\r\n", "status line"),
         (b"HTTP/1.1 2000 OK\r\n\r\n", "status code"),
         (b"HTTP/1.1 200 OK\r\nno colon here\r\n\r\n", "header line"),
-        (b"HTTP/1.1 200 OK\r\nA: b\r\n folded\r\n\r\n", "folded"),
+        (b"HTTP/1.1 200 OK\r\n folded\r\n\r\n", "folded"),
     ],
 )
 def test_malformed_heads(raw: bytes, match: str) -> None:
     with pytest.raises(ProtocolError, match=match):
         HeadParser().feed(raw)
+
+
+def test_folded_header_value_is_joined_with_a_space() -> None:
+    head = HeadParser().feed(b"HTTP/1.1 200 OK\r\nX-Folded: a\r\n  b\r\n\tc\r\nY: 1\r\n\r\n")
+    assert head is not None
+    assert head.headers == {"x-folded": "a b c", "y": "1"}
 
 
 def test_endless_head_is_refused() -> None:

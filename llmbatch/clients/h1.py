@@ -128,13 +128,19 @@ def _parse_head(raw: bytes) -> ResponseHead:
     lengths: list[str] = []
     codings: list[str] = []
     connection: list[str] = []
+    fields: list[bytes] = []
     for line in lines[1:]:
         line = line.rstrip(b"\r")
         if not line:
             raise ProtocolError("empty line inside the response head")
         if line[0] in b" \t":
-            # obs-fold (RFC 9112 section 5.2): a client may reject it, as we do.
-            raise ProtocolError(f"folded header line {line[:80]!r}")
+            # obs-fold (RFC 9112 section 5.2): a user agent replaces it with a space.
+            if not fields:
+                raise ProtocolError(f"folded line before any header {line[:80]!r}")
+            fields[-1] = fields[-1].rstrip(b" \t") + b" " + line.lstrip(b" \t")
+        else:
+            fields.append(line)
+    for line in fields:
         name, colon, value = line.partition(b":")
         if not colon or not name or not _TOKEN.issuperset(name):
             raise ProtocolError(f"bad header line {line[:80]!r}")
