@@ -406,7 +406,9 @@ class _Conn(asyncio.Protocol):
             dog.discard(self)
 
     def fire(self, now: float) -> bool:
+        """The idle deadline came due: time out, or move it after the last read."""
         if self.state != _BODY or self.body_done or self.error is not None or self.finished:
+            self.dog = None  # the watchdog drops the entry
             return True
         due = self.last + self.idle_s
         if now >= due - _SLACK_S:
@@ -414,6 +416,7 @@ class _Conn(asyncio.Protocol):
                 # chunks mode and the reader is busy with what it has: not idle.
                 self.when = now + self.idle_s
                 return False
+            self.dog = None
             self._fail(ReadTimeout("no data for longer than the idle timeout"))
             return True
         self.when = due
