@@ -178,6 +178,8 @@ def test_connection_close_and_http_1_0_keep_alive() -> None:
         (b"HTTP/1.1 2000 OK\r\n\r\n", "status code"),
         (b"HTTP/1.1 200 OK\r\nno colon here\r\n\r\n", "header line"),
         (b"HTTP/1.1 200 OK\r\n folded\r\n\r\n", "folded"),
+        (b"HTTP/1.1 200 OK\r\nX-Id: a\x00b\r\n\r\n", "invalid character"),
+        (b"HTTP/1.1 200 OK\r\nX-Id : ab\r\n\r\n", "header line"),
     ],
 )
 def test_malformed_heads(raw: bytes, match: str) -> None:

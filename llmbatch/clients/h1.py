@@ -144,6 +144,9 @@ def _parse_head(raw: bytes) -> ResponseHead:
         name, colon, value = line.partition(b":")
         if not colon or not name or not _TOKEN.issuperset(name):
             raise ProtocolError(f"bad header line {line[:80]!r}")
+        if b"\x00" in value or b"\r" in value:
+            # RFC 9110 section 5.5: NUL and CR are never part of a field value.
+            raise ProtocolError(f"invalid character in header {name[:40]!r}")
         key = name.decode("ascii").lower()
         text = value.strip(b" \t").decode("utf-8", "replace")
         headers[key] = text
