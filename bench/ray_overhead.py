@@ -164,6 +164,7 @@ def run_ray(
     actors_all_s = sum(float(w.get("cpu_s") or 0.0) for w in stats)
     gov_s = float((eng.get("rate_budget") or {}).get("cpu_s") or 0.0)
     driver_s = float(eng.get("driver_cpu_s") or 0.0)
+    setup_s = float(eng.get("driver_setup_cpu_s") or 0.0)
     system_s = sum(v - before.get(k, 0.0) for k, v in after.items())
     threads = [{"worker": "driver", "batch_threads_cpu_s": eng.get("driver_threads_cpu_s")}]
     for w in [*stats, *threads]:
@@ -175,7 +176,8 @@ def run_ray(
         )
     note = "" if res.returncode in (0, 1) else f"exit {res.returncode}: {res.stderr[-300:]}"
     print(
-        f"ray run: driver {driver_s:.2f} s, worker actors {actors_s:.2f} s "
+        f"ray run: driver {driver_s:.2f} s (placing the workers {setup_s:.2f} s), "
+        f"worker actors {actors_s:.2f} s "
         f"(whole actor runs {actors_all_s:.2f} s), "
         f"governor {gov_s:.2f} s CPU (work), driver process {res.cpu_s:.2f} s",
         file=sys.stderr,

@@ -701,7 +701,7 @@ async def execute_ray_run(
     actors: list[Any] = []
     ends: list[Any] = []
     gov_snapshot: Any = None
-    driver_cpu_s = 0.0
+    driver_cpu_s = driver_setup_cpu_s = 0.0
     driver_threads: dict[str, float] = {}
     started = time.monotonic()
     loop = asyncio.get_running_loop()
@@ -768,6 +768,8 @@ async def execute_ray_run(
                 )
             )
         runs = [a.run.remote() for a in actors]
+        # Placing the workers (Ray's first calls, the actors' creation): a fixed cost.
+        driver_setup_cpu_s = time.process_time() - driver_cpu0_s
         todo = (item for item in items if _item_id(item) not in index)
         feed = Feed(todo, chunk_size=max(1, min(CHUNK_MAX, min(shares) // 2 or 1)), workers=names)
         cons.recorded = feed.recorded
@@ -964,6 +966,7 @@ async def execute_ray_run(
         "worker_stats": [e for e in ends if e],
         "rate_budget": gov_snapshot,
         "driver_cpu_s": round(driver_cpu_s, 4),
+        "driver_setup_cpu_s": round(driver_setup_cpu_s, 4),
         "driver_threads_cpu_s": driver_threads,
     }
     (run_dir / SUMMARY).write_bytes(

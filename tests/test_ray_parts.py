@@ -206,3 +206,20 @@ async def test_text_layout_log_parts_fold_into_one_text_log(tmp_path: Path) -> N
     rundir, index = RunDir.open(run, {"prompts": "p"}, text_layout="log")
     await rundir.aclose()
     assert _logged_answers(run) == answers and len(index) == 7
+
+
+def test_a_log_layout_part_left_behind_keeps_the_driver_on_the_log_layout(
+    tmp_path: Path,
+) -> None:
+    """Re-run with --text-layout files after a killed log-layout run: its parts' answers
+    are in their text.log, so the driver folds them into a text.log of the run's own."""
+    from llmbatch.config import load_config
+    from llmbatch.ray_engine import driver_text_layout
+
+    run = tmp_path / "run"
+    cfg = load_config(None, flags={"run_dir": run, "provider": "mock"}, environ={})
+    assert cfg.text_layout == "files" and driver_text_layout(cfg, run) == "files"
+    (run / PARTS_DIR / "s5-w0").mkdir(parents=True)
+    assert driver_text_layout(cfg, run) == "files"
+    (run / PARTS_DIR / "s5-w0" / "text.log").write_bytes(b"")
+    assert driver_text_layout(cfg, run) == "log"
