@@ -40,7 +40,6 @@ MAX_HEAD_BYTES = 64 * 1024
 # The longest chunk-size line (size, extensions); the size itself at most 16 hex digits.
 _MAX_CHUNK_LINE = 4096
 _MAX_CHUNK_HEX = 16
-_HEX = frozenset(b"0123456789abcdefABCDEF")
 _TOKEN = frozenset(b"!#$%&'*+-.^_`|~0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ")
 
 
@@ -250,13 +249,12 @@ class ChunkedReader(BodyReader):
             return b""
         # The common case, one whole chunk per read: "<hex>\r\n<data>\r\n".
         if self._state == _SIZE and not self._line:
-            nl = data.find(b"\n")
-            if 0 < nl <= _MAX_CHUNK_LINE:
-                size = _chunk_size(data[:nl])
-                start = nl + 1
-                end = start + size
-                if size and data[end : end + 2] == b"\r\n" and len(data) == end + 2:
-                    return data[start:end]
+            nl = data.find(b"\n", 0, 24)
+            if nl > 0:
+                size = _plain_hex(data[: nl - 1] if data[nl - 1] == 0x0D else data[:nl])
+                end = nl + 1 + size
+                if size > 0 and len(data) == end + 2 and data.endswith(b"\r\n"):
+                    return data[nl + 1 : end]
         out: list[bytes] = []
         pos = 0
         n = len(data)
@@ -311,12 +309,28 @@ class ChunkedReader(BodyReader):
         return out[0] if len(out) == 1 else b"".join(out)
 
 
+def _plain_hex(digits: bytes) -> int:
+    """The value of ``digits`` when they are 1-16 hex digits and nothing else, else -1.
+
+    ``int(x, 16)`` alone would also take a sign, spaces, underscores and a 0x prefix;
+    ``isalnum`` (ASCII only for bytes) leaves letters, which int refuses beyond f, and
+    the prefix, refused here.
+    """
+    if not digits.isalnum() or len(digits) > _MAX_CHUNK_HEX or digits[1:2] in (b"x", b"X"):
+        return -1
+    try:
+        return int(digits, 16)
+    except ValueError:
+        return -1
+
+
 def _chunk_size(line: bytes) -> int:
     """The size in a chunk-size line (``1a;name=value\\r``), extensions ignored."""
     hex_part = line.split(b";", 1)[0].rstrip(b"\r").rstrip(b" \t")
-    if not hex_part or len(hex_part) > _MAX_CHUNK_HEX or not _HEX.issuperset(hex_part):
+    size = _plain_hex(hex_part)
+    if size < 0:
         raise ProtocolError(f"bad chunk size {line[:40]!r}")
-    return int(hex_part, 16)
+    return size
 
 
 def body_reader(head: ResponseHead) -> BodyReader:
