@@ -110,6 +110,7 @@ def run_ray(
     label: str,
     *,
     py_spy: Path | None = None,
+    workers: int = 2,
 ) -> tuple[Measure, Measure, float]:
     """One Ray run: (client measure, Ray-system measure, Ray system CPU s).
 
@@ -131,7 +132,7 @@ def run_ray(
             ]
             argv = [*spy, "--rate", "250", "--output", str(py_spy), "--", *argv]
         argv += ["run", str(prompts), "--engine", "ray", "--ray-address", cluster.address]
-        argv += ["--ray-workers", "2", "--provider", "vllm", "--base-url", server.base_url]
+        argv += ["--ray-workers", str(workers), "--provider", "vllm", "--base-url", server.base_url]
         argv += ["--model", "mock-model", "--concurrency", str(c), "--no-progress"]
         argv += ["--out", str(run_dir)]
         before = _cluster_cpu_s(cluster)
@@ -230,7 +231,14 @@ def inside(args: argparse.Namespace) -> None:
                     if args.py_spy:
                         spy = Path(args.py_spy).with_suffix(f".{i + 1}.txt").resolve()
                     m, s, _ = run_ray(
-                        cluster, server, prompts, n, c, "llmbatch --engine ray", py_spy=spy
+                        cluster,
+                        server,
+                        prompts,
+                        n,
+                        c,
+                        "llmbatch --engine ray",
+                        py_spy=spy,
+                        workers=args.ray_workers,
                     )
                     ray.append(m)
                     system.append(s)
@@ -257,7 +265,7 @@ def inside(args: argparse.Namespace) -> None:
         )
     print(
         f"\n{n} requests, {TOKENS} tokens at once, --concurrency {c} (cluster-wide for Ray: "
-        f"2 workers of {c // 2}), median of {args.repeat}\n"
+        f"{args.ray_workers} workers of {c // args.ray_workers}), median of {args.repeat}\n"
     )
     print(markdown_table(headers, table))
 
@@ -267,6 +275,12 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--requests", type=int, default=2000)
     ap.add_argument("--concurrency", type=int, default=300)
     ap.add_argument("--repeat", type=int, default=1)
+    ap.add_argument(
+        "--ray-workers",
+        type=int,
+        default=2,
+        help="worker actors (over the 2 nodes); 1 runs the whole concurrency in one actor",
+    )
     ap.add_argument(
         "--py-spy",
         metavar="FILE",
