@@ -65,12 +65,14 @@ def variants(clients: list[str], transport: str, h2_streams: list[int]) -> list[
         return rows + [(f"llmbatch --client {c}", c, (), {}) for c in clients if c == "httpx"]
     rows = [(f"llmbatch --client {c}", c, (), {}) for c in clients]
     if transport == "plain":
-        # Without per-request text files (results.jsonl only): the file system's share of
-        # the cost, which varies a lot on this VM's ext4.
-        rows.append(("llmbatch --client aiohttp --no-text", "aiohttp", ("--no-text",), {}))
-        # One append-only text.log instead of a file per request (same outputs otherwise).
-        layout = ("--text-layout", "log")
-        rows.append(("llmbatch --client aiohttp --text-layout log", "aiohttp", layout, {}))
+        # For aiohttp (the default) and native (the leanest): without per-request text
+        # files (results.jsonl only), the file system's share of the cost, which varies a
+        # lot on this VM's ext4; and one append-only text.log instead of a file per
+        # request (same outputs otherwise).
+        for c in [c for c in clients if c in ("aiohttp", "native")] or ["aiohttp"]:
+            rows.append((f"llmbatch --client {c} --no-text", c, ("--no-text",), {}))
+            layout = ("--text-layout", "log")
+            rows.append((f"llmbatch --client {c} --text-layout log", c, layout, {}))
     return rows
 
 
@@ -254,7 +256,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument(
         "--no-layout-rows",
         action="store_true",
-        help="plain: skip the aiohttp --no-text and --text-layout log rows",
+        help="plain: skip the --no-text and --text-layout log rows (aiohttp, native)",
     )
     args = ap.parse_args(argv)
     shapes = ["fast", "realistic"] if args.shape == "both" else [args.shape]

@@ -264,15 +264,18 @@ class RunMetrics:
         self.input_tokens += m.input_tokens or 0
         if m.output_tokens_estimated:
             self.estimated_token_requests += 1
+        # Rounded as the record holds them (request_metrics_dict), so that `llmbatch
+        # report` recomputes the same percentiles from results.jsonl: a value within
+        # a microsecond of a bucket edge would otherwise land in the next bucket there.
         if m.ttft_s is not None:
-            self.ttft.add(m.ttft_s)
+            self.ttft.add(round(m.ttft_s, 6))
         if m.e2el_s is not None:
-            self.e2el.add(m.e2el_s)
+            self.e2el.add(round(m.e2el_s, 6))
         tpot = m.tpot_s
         if tpot is not None:
-            self.tpot.add(tpot)
+            self.tpot.add(round(tpot, 6))
         self.itl.add_many(m.itl_s)
-        self.queue.add(m.queue_s)
+        self.queue.add(round(m.queue_s, 6))
         if self.slo.met_by(m):
             self.good += 1
         end = (finished_at or time.monotonic()) - self.started_at
