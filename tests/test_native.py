@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import subprocess
 import sys
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import orjson
@@ -133,9 +132,8 @@ class _ClosingServer:
 
 
 @pytest.fixture
-def stale_after_0s(monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[None]:
+def stale_after_0s(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(native_module, "_STALE_IDLE_S", 0.0)
-    yield None  # type: ignore[misc]
 
 
 async def test_stale_keep_alive_connection_is_retried_once(stale_after_0s: None) -> None:

@@ -28,24 +28,16 @@ def make_client(
     build their SSLContext only if an https request comes, saving the CA loading (~30 ms
     of CPU).
     """
-    if name == "aiohttp":
-        from .aiohttp import AiohttpAdapter
-
+    if name in ("aiohttp", "native"):
         if http2:
-            raise ConfigError("--http2 needs --client httpx (aiohttp speaks HTTP/1.1 only)")
-        return AiohttpAdapter(
-            max_connections=max_connections,
-            timeouts=timeouts,
-            verify_tls=verify_tls,
-            ca_bundle=ca_bundle,
-            tls_up_front=tls_up_front,
-        )
-    if name == "native":
-        from .native import NativeAdapter
-
-        if http2:
-            raise ConfigError("--http2 needs --client httpx (--client native speaks HTTP/1.1 only)")
-        return NativeAdapter(
+            lib = "aiohttp" if name == "aiohttp" else "--client native"
+            raise ConfigError(f"--http2 needs --client httpx ({lib} speaks HTTP/1.1 only)")
+        cls: type[ClientAdapter]
+        if name == "aiohttp":
+            from .aiohttp import AiohttpAdapter as cls
+        else:
+            from .native import NativeAdapter as cls
+        return cls(
             max_connections=max_connections,
             timeouts=timeouts,
             verify_tls=verify_tls,
