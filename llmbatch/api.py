@@ -22,7 +22,7 @@ from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, I
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .clients import make_client
 from .config import (
@@ -49,9 +49,11 @@ from .notices import warn
 from .providers import make_provider
 from .reader import aiter_items, iter_items, iter_records, parse_item
 from .records import Outcome, PromptRecord
-from .result import Result
 from .resultline import result_line
 from .writer import RESULTS, ResumeIndex, RunDir, forget_unsaved, iter_result_lines
+
+if TYPE_CHECKING:
+    from .result import Result
 
 __all__ = ["Batch", "BatchProgress", "Client", "Prompt", "Prompts", "run"]
 
@@ -277,7 +279,7 @@ class Client:
         taken_at = time.perf_counter()
         async with eng.slot():
             outcome = await eng.execute(rec, taken_at=taken_at)
-        return Result.from_line(result_line(outcome))
+        return _result(result_line(outcome))
 
     async def stream(self, prompt: Prompt, *, id: str | None = None) -> AsyncIterator[str]:
         """Yield the answer's text deltas as they arrive.
@@ -434,7 +436,7 @@ class Batch:
             if opts.include_done and (self.out_dir / RESULTS).exists():
                 for _, line in iter_result_lines(self.out_dir / RESULTS):
                     with contextlib.suppress(ValueError):
-                        self._queue.put_nowait(Result.from_line(line))
+                        self._queue.put_nowait(_result(line))
         metrics = RunMetrics(
             slo=self._opts.slo,
             done_before_succeeded=index.succeeded,
@@ -490,7 +492,7 @@ class Batch:
 
     def _on_record(self, outcome: Outcome, line: dict[str, Any]) -> None:
         if self._collect:
-            self._queue.put_nowait(Result.from_line(line))
+            self._queue.put_nowait(_result(line))
         cb = self._progress
         if callable(cb) and self._run is not None:
             m = self._run.metrics
@@ -704,7 +706,7 @@ def _input_error_result(err: InputError) -> Result:
     from .metrics import request_metrics_dict
     from .records import RequestMetrics
 
-    return Result.from_line(
+    return _result(
         {
             "id": None,
             "custom_id": "#line-1",
@@ -750,3 +752,11 @@ def _default_meta(cfg: RunConfig, prompts: Prompts) -> dict[str, Any]:
         return run_identity(cfg, Path(os.fspath(prompts)))  # type: ignore[arg-type]
     # Prompts from code have no file: the directory belongs to the target alone.
     return {**run_identity(cfg, Path()), "prompts": "<iterable>"}
+
+
+def _result(line: dict[str, Any]) -> Result:
+    """The Result of a results line (result.py only once a caller asks for Results: a CLI
+    run never does, and its dataclasses cost ~3 ms of start-up)."""
+    from .result import Result
+
+    return Result.from_line(line)

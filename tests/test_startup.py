@@ -30,6 +30,7 @@ NOT_FOR_A_RUN = (
     "llmbatch.cli",
     "llmbatch.shard",  # only for --shard
     "llmbatch.tables",  # only for `llmbatch report` and compare
+    "llmbatch.result",  # Result objects only for library callers (api._result)
     "tomllib",  # only when there is a config file
     "ray",
     "llmbatch.ray_engine",
