@@ -1,45 +1,58 @@
 """The ``llmbatch`` console script (and ``python -m llmbatch``).
 
-``llmbatch run`` with plain arguments (run_args.py) runs at once, without importing
-typer: that import and building the command cost ~35 ms of a one-prompt run's CPU
-(bench/RESULTS.md). The end is handled as typer handles it: the command's exit code,
-130 for Ctrl-C, 1 and no traceback when stdout is a closed pipe, ``Aborted!`` on end
-of input. Everything else (other commands, ``--help``, arguments the fast reading
-does not take, shell completion) goes to cli.py's typer app, unchanged.
+``llmbatch run`` with plain arguments (run_args.py) runs at once, and ``llmbatch
+--version`` answers, without importing typer: that import and building the command
+cost ~35 ms of a one-prompt run's CPU (bench/RESULTS.md). The end is handled as typer
+handles it: the command's exit code, 130 for Ctrl-C, 1 and no traceback when stdout is
+a closed pipe, ``Aborted!`` on end of input. Everything else (other commands,
+``--help``, arguments the fast reading does not take, shell completion) goes to
+cli.py's typer app, unchanged.
 """
 
 from __future__ import annotations
 
 import os
 import sys
+from typing import Any
 
 __all__ = ["main"]
 
 
 def main() -> None:
     """Console-script entry point."""
-    from .run_args import parse_run_args
+    args = sys.argv[1:]
+    if not _completion_requested():
+        if args == ["--version"]:  # what typer's eager --version prints
+            from . import __version__
 
-    kwargs = None if _completion_requested() else parse_run_args(sys.argv[1:])
-    if kwargs is None:
-        from .cli import main as typer_main
+            sys.stdout.write(f"llmbatch {__version__}\n")
+            sys.stdout.flush()
+            sys.exit(0)
+        from .run_args import parse_run_args
 
-        typer_main()
-        return
+        kwargs = parse_run_args(args)
+        if kwargs is not None:
+            sys.exit(_run(kwargs))
+    from .cli import main as typer_main
+
+    typer_main()
+
+
+def _run(kwargs: dict[str, Any]) -> int:
+    """run_command's exit code, with typer's handling of how a command can end."""
     from .run_command import EXIT_SIGINT, echo, run_command
 
     try:
-        code = run_command(**kwargs)
+        return run_command(**kwargs)
     except KeyboardInterrupt:
-        code = EXIT_SIGINT
+        return EXIT_SIGINT
     except EOFError:
         echo("", err=True)
         echo("Aborted!", err=True)
-        code = 1
+        return 1
     except BrokenPipeError:
         _quiet_closed_pipes()
-        code = 1
-    sys.exit(code)
+        return 1
 
 
 def _completion_requested() -> bool:

@@ -16,7 +16,7 @@ from .conftest import write_jsonl
 pytestmark = pytest.mark.timeout(60)
 
 # Modules that a command must not pay for unless it uses them.
-NOT_FOR_VERSION = ("aiohttp", "httpx", "rich", "tenacity", "pydantic", "asyncio", "orjson")
+NOT_FOR_VERSION = ("aiohttp", "httpx", "rich", "tenacity", "pydantic", "asyncio", "orjson", "typer")
 NOT_FOR_A_RUN = (
     "pydantic",  # typer's coercion of plain options goes around it (llmbatch/typer_fast.py)
     "rich",  # the progress bar and tables only on a terminal
