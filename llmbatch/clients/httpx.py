@@ -333,10 +333,8 @@ class _Body:
             async for chunk in self._source:
                 if chunk:
                     yield chunk
-        except (httpx.TimeoutException, httpx.TransportError) as exc:
-            raise _mapped(exc) from None
         except Exception as exc:
-            if not _is_aiohttp_error(exc):
+            if not _is_body_error(exc):
                 raise
             raise _mapped(exc) from None
 
@@ -348,10 +346,8 @@ class _Body:
                     break
             else:
                 return
-        except (httpx.TimeoutException, httpx.TransportError) as exc:
-            raise _mapped(exc) from None
         except Exception as exc:
-            if not _is_aiohttp_error(exc):
+            if not _is_body_error(exc):
                 raise
             raise _mapped(exc) from None
         # Complete: read the rest for reuse, briefly; nothing after the answer counts.
@@ -375,6 +371,11 @@ def _mapped(exc: Exception) -> Exception:
 # timeout), and errors outside its table (ClientResponseError: a bad status line, an
 # invalid chunk size, a header over aiohttp's limit) pass through as aiohttp's own.
 # Both are put right here from the aiohttp error itself (tests/test_wire_edges.py).
+
+
+def _is_body_error(exc: BaseException) -> bool:
+    """An error of the body's read that ``_mapped`` turns into llmbatch's own."""
+    return isinstance(exc, (httpx.TimeoutException, httpx.TransportError)) or _is_aiohttp_error(exc)
 
 
 def _is_aiohttp_error(exc: BaseException) -> bool:
