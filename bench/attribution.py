@@ -29,7 +29,8 @@ TOKENS = 64
 
 
 def _stub(variant: str) -> None:
-    from llmbatch import metrics, writer
+    from llmbatch import metrics
+    from llmbatch.rundir import writer
 
     if variant in ("notext", "nothing"):
         writer.RunDir.append_text = lambda self, sink, text: None  # type: ignore[method-assign]
@@ -43,8 +44,8 @@ def _stub(variant: str) -> None:
 
 
 async def _run(port: int, requests: int, concurrency: int) -> Any:
-    from llmbatch.config import load_config
-    from llmbatch.runner import execute_run
+    from llmbatch.cli.job import execute_run
+    from llmbatch.config.load import load_config
 
     WORK_DIR.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix="attribution-", dir=WORK_DIR))

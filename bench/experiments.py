@@ -38,8 +38,8 @@ SHAPES = {
 
 def _first_attempt() -> None:
     """retry.run_with_retries: run attempt 1 directly; build tenacity only after a failure."""
-    from llmbatch import retry
     from llmbatch.engine import core as dispatcher
+    from llmbatch.engine import retry
     from llmbatch.errors import RequestError
 
     original = retry.run_with_retries
@@ -62,7 +62,7 @@ def _first_attempt() -> None:
 
 def _no_text() -> None:
     """Price the per-request text files: no .partial/.txt file operations at all."""
-    from llmbatch import writer
+    from llmbatch.rundir import writer
 
     writer.RunDir._op_open = lambda self, sink: None  # type: ignore[method-assign]
     writer.RunDir._op_close = lambda self, sink, keep: None  # type: ignore[method-assign]
@@ -73,7 +73,7 @@ def _no_stale_unlink() -> None:
     """writer.RunDir._op_open without the unlink of a stale .txt (fresh run dir)."""
     import os
 
-    from llmbatch import writer
+    from llmbatch.rundir import writer
 
     def op_open(self: Any, sink: Any) -> None:
         base = self.text_dir / sink.name
@@ -85,7 +85,7 @@ def _no_stale_unlink() -> None:
 def _no_itl() -> None:
     """Price the ITL bookkeeping: no per-request ITL histogram fold or summary sort."""
     from llmbatch import metrics
-    from llmbatch import resultline as dispatcher
+    from llmbatch.rundir import resultline as dispatcher
 
     metrics.Histogram.add_many = lambda self, values: None  # type: ignore[method-assign]
     original = metrics.request_metrics_dict
@@ -102,7 +102,7 @@ def _no_itl() -> None:
 
 def _tick_500ms() -> None:
     """writer.RunDir tick 0.5 s instead of 0.1 s (fewer text writes per stream)."""
-    from llmbatch import writer
+    from llmbatch.rundir import writer
 
     original = writer.RunDir.__init__
 
@@ -114,7 +114,7 @@ def _tick_500ms() -> None:
 
 def _sse_fast() -> None:
     """sse.SSEDecoder.feed: fast path for the common case (LF-only lines, no pending)."""
-    from llmbatch import sse
+    from llmbatch.providers import sse
 
     original = sse.SSEDecoder.feed
     event_cls = sse.Event
@@ -152,7 +152,7 @@ def _inline_writes() -> None:
     """
     import orjson
 
-    from llmbatch import writer
+    from llmbatch.rundir import writer
 
     async def flush(self: Any) -> None:
         for sink in self._dirty:
@@ -189,7 +189,7 @@ def _gc_freeze() -> None:
     """Start-up objects frozen out of the cyclic GC, gen-0 threshold 700 -> 20,000."""
     import gc
 
-    import llmbatch.cli  # noqa: F401 - what start-up imports, before freezing
+    import llmbatch.cli.app  # noqa: F401 - what start-up imports, before freezing
 
     gc.freeze()
     gc.set_threshold(20_000, 10, 10)
@@ -199,7 +199,7 @@ def _gc_freeze_only() -> None:
     """Start-up objects frozen out of the cyclic GC (thresholds unchanged)."""
     import gc
 
-    import llmbatch.cli  # noqa: F401
+    import llmbatch.cli.app  # noqa: F401
 
     gc.freeze()
 

@@ -19,7 +19,7 @@ from collections.abc import Callable
 import orjson
 
 from llmbatch.providers.openai import ChatAssembler
-from llmbatch.sse import SSEDecoder
+from llmbatch.providers.sse import SSEDecoder
 
 TOKENS = 64
 

@@ -45,7 +45,7 @@ def _install_hooks() -> None:
         llmbatch.Batch.wait = timed_run  # type: ignore[method-assign]
     pool = os.environ.get("BENCH_HTTPX_POOL_SIZE")
     if pool is not None:
-        from llmbatch.clients import httpx as httpx_adapter
+        from llmbatch.http import httpx as httpx_adapter
 
         size = int(pool) or 10**9
         defaults = httpx_adapter.HttpxAdapter.__init__.__kwdefaults__
@@ -53,7 +53,7 @@ def _install_hooks() -> None:
         defaults["pool_size"] = size
     streams = os.environ.get("BENCH_H2_STREAMS")
     if streams is not None:
-        from llmbatch.clients import httpx as httpx_adapter
+        from llmbatch.http import httpx as httpx_adapter
 
         defaults = httpx_adapter.HttpxAdapter.__init__.__kwdefaults__
         assert defaults is not None and "h2_max_streams" in defaults
@@ -67,7 +67,7 @@ def _install_hooks() -> None:
 
 def main() -> None:
     _install_hooks()
-    from llmbatch.cli import main as cli_main
+    from llmbatch.cli.app import main as cli_main
 
     sys.argv = ["llmbatch", *sys.argv[1:]]
     cli_main()

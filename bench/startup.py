@@ -9,7 +9,7 @@ start: ~65 ms). The table shows the minimum and the median CPU; on a shared mach
 minimum is the steadier figure, since contention only ever adds to it. References in
 the same invocation: an empty interpreter, and the imports the bare aiohttp loop needs
 (asyncio, uvloop, aiohttp, orjson), also with aiohttp's CA loading deferred as
-``llmbatch run`` imports it (llmbatch/deferred_ca.py; "-" for a checkout without it),
+``llmbatch run`` imports it (llmbatch/cli/deferred_ca.py; "-" for a checkout without it),
 without uvloop, and asyncio with orjson alone (all a ``--client native`` run needs of
 them). ``--baseline DIR`` runs every command from another checkout too (PYTHONPATH=DIR),
 interleaved with this one, for a before/after figure.
@@ -29,7 +29,7 @@ from pathlib import Path
 
 from .harness import PY, ROOT, child_env, machine_line, markdown_table, mock_server, run_child
 
-_DEFERRED = "from llmbatch.deferred_ca import import_aiohttp; import_aiohttp(); "
+_DEFERRED = "from llmbatch.cli.deferred_ca import import_aiohttp; import_aiohttp(); "
 _NATIVE = "--client native"
 
 
@@ -80,9 +80,9 @@ def _env(tree: Path | None) -> dict[str, str]:
 def _supported(tree: Path | None, cmd: list[str]) -> bool:
     """Whether the checkout (None: this one, as installed) has what the row measures."""
     root = tree or ROOT
-    if _DEFERRED in cmd[-1] and not (root / "llmbatch/deferred_ca.py").exists():
+    if _DEFERRED in cmd[-1] and not (root / "llmbatch/cli/deferred_ca.py").exists():
         return False
-    return not (_NATIVE in " ".join(cmd) and not (root / "llmbatch/clients/native.py").exists())
+    return not (_NATIVE in " ".join(cmd) and not (root / "llmbatch/http/native.py").exists())
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -24,16 +24,16 @@ __version__ = "0.1.0"
 # Names are loaded on first use (PEP 562), so ``import llmbatch`` and ``llmbatch
 # --version`` stay cheap; type checkers see the real imports below.
 _LAZY = {
-    "Batch": "api",
-    "BatchProgress": "api",
-    "Client": "api",
-    "Prompt": "api",
-    "Prompts": "api",
-    "run": "api",
-    "Limits": "config",
-    "MockSettings": "config",
-    "RetryPolicy": "config",
-    "Timeouts": "config",
+    "Batch": "client",
+    "BatchProgress": "client",
+    "Client": "client",
+    "Prompt": "client",
+    "Prompts": "client",
+    "run": "client",
+    "Limits": "config.load",
+    "MockSettings": "config.load",
+    "RetryPolicy": "config.load",
+    "Timeouts": "config.load",
     "BatchEnd": "engine",
     "StopReason": "engine",
     "AuthError": "errors",
@@ -59,10 +59,10 @@ _LAZY = {
 }
 
 if TYPE_CHECKING:
-    from .api import Batch, BatchProgress, Client, Prompt, Prompts, run
-    from .config import Limits, MockSettings, RetryPolicy, Timeouts
-    from .engine import BatchEnd, StopReason
-    from .errors import (
+    from llmbatch.client import Batch, BatchProgress, Client, Prompt, Prompts, run
+    from llmbatch.config.load import Limits, MockSettings, RetryPolicy, Timeouts
+    from llmbatch.engine import BatchEnd, StopReason
+    from llmbatch.errors import (
         AuthError,
         ConcurrencyCappedWarning,
         ConfigError,
@@ -79,8 +79,8 @@ if TYPE_CHECKING:
         RunDirError,
         TransportError,
     )
-    from .metrics import SLO
-    from .result import ErrorInfo, Result, Timings, Usage
+    from llmbatch.metrics import SLO
+    from llmbatch.result import ErrorInfo, Result, Timings, Usage
 
 
 def __getattr__(name: str) -> Any:

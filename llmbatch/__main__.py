@@ -1,5 +1,5 @@
 """``python -m llmbatch``."""
 
-from .entry import main
+from llmbatch.cli.entry import main
 
 main()

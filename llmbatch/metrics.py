@@ -24,7 +24,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
-from .records import Outcome, RequestMetrics
+from llmbatch.records import Outcome, RequestMetrics
 
 __all__ = ["Histogram", "RunMetrics", "SLO", "itl_summary", "request_metrics_dict", "spread_tokens"]
 

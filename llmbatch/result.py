@@ -6,7 +6,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from .resultline import ResultLine, answer_text, finish_reason
+from llmbatch.rundir.resultline import ResultLine, answer_text, finish_reason
 
 __all__ = ["ErrorInfo", "Result", "Timings", "Usage"]
 

@@ -9,7 +9,7 @@ from typing import Any
 import orjson
 import pytest
 
-from llmbatch.config import MockSettings, RunConfig, load_config
+from llmbatch.config.load import MockSettings, RunConfig, load_config
 from llmbatch.mockserver import MockConfig, MockServer, start_mock_server
 
 ADAPTERS = ["aiohttp", "httpx", "httpx-aiohttp", "native"]

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from llmbatch.cli import app
+from llmbatch.cli.app import app
 
 from .conftest import write_jsonl
 
@@ -73,7 +73,7 @@ def test_bad_config_file(runner: CliRunner, tmp_path: Path) -> None:
 
 
 def test_shipped_config_matches_defaults(runner: CliRunner) -> None:
-    from llmbatch.config import load_config
+    from llmbatch.config.load import load_config
 
     assert load_config(ROOT / "config.toml", environ={}) == load_config(None, environ={})
 

@@ -10,8 +10,7 @@ import orjson
 import pytest
 from aiohttp import web
 
-from llmbatch.clients import ClientAdapter, HTTPRequest, make_client
-from llmbatch.config import Timeouts
+from llmbatch.config.load import Timeouts
 from llmbatch.errors import (
     AuthError,
     BadRequest,
@@ -23,8 +22,9 @@ from llmbatch.errors import (
     ServerError,
     StreamInterrupted,
 )
+from llmbatch.http import ClientAdapter, HTTPRequest, make_client
 from llmbatch.mockserver import MockConfig, MockServer, expected_text, start_mock_server
-from llmbatch.sse import SSEDecoder
+from llmbatch.providers.sse import SSEDecoder
 
 from .conftest import ADAPTERS
 

@@ -13,11 +13,11 @@ import orjson
 import pytest
 from typer.testing import CliRunner
 
-from llmbatch.cli import app
-from llmbatch.compare import plan_combinations
+from llmbatch.cli.app import app
+from llmbatch.cli.compare import plan_combinations
+from llmbatch.cli.job import execute_run
 from llmbatch.errors import ConfigError
 from llmbatch.mockserver import MockServer
-from llmbatch.runner import execute_run
 
 from .conftest import config_for, write_jsonl
 

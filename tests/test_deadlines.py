@@ -10,9 +10,9 @@ import pytest
 from aiohttp import web
 
 import llmbatch
-from llmbatch import watchdog
+from llmbatch.http import watchdog
+from llmbatch.http.watchdog import within
 from llmbatch.mockserver import MockConfig, start_mock_server
-from llmbatch.watchdog import within
 
 from .conftest import ADAPTERS
 

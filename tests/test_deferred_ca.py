@@ -21,7 +21,7 @@ pytestmark = pytest.mark.timeout(120)
 
 SCRIPT = r"""
 import asyncio, ssl, sys
-from llmbatch.deferred_ca import import_aiohttp, pending_contexts
+from llmbatch.cli.deferred_ca import import_aiohttp, pending_contexts
 
 import_aiohttp()
 assert pending_contexts() == 2, pending_contexts()  # nothing loaded at import

@@ -11,10 +11,10 @@ import orjson
 import pytest
 from typer.testing import CliRunner
 
-from llmbatch.cli import app
-from llmbatch.export import iter_results
+from llmbatch.cli.app import app
+from llmbatch.cli.export import iter_results
+from llmbatch.cli.job import execute_run
 from llmbatch.mockserver import MockServer, expected_text
-from llmbatch.runner import execute_run
 
 from .conftest import config_for, read_results, write_jsonl
 

@@ -8,9 +8,9 @@ from pathlib import Path
 import orjson
 import pytest
 
-from llmbatch.config import RetryPolicy, RunConfig, Timeouts
+from llmbatch.cli.job import execute_run
+from llmbatch.config.load import RetryPolicy, RunConfig, Timeouts
 from llmbatch.mockserver import MockConfig, MockServer, start_mock_server
-from llmbatch.runner import execute_run
 
 from .conftest import ADAPTERS, config_for, read_results, write_jsonl
 from .test_run import check_complete
@@ -219,8 +219,8 @@ async def test_disk_full_mid_run_stops_and_resumes_cleanly(
 ) -> None:
     import errno
 
-    from llmbatch import writer
     from llmbatch.errors import OutputError
+    from llmbatch.rundir import writer
 
     server = await start_mock_server(MockConfig(tokens=8, ttft_s=0.0, itl_s=0.005))
     try:
@@ -274,7 +274,7 @@ async def test_answer_complete_before_connection_drops_is_kept(tmp_path: Path) -
     port = runner.addresses[0][1]
     try:
         prompts = write_jsonl(tmp_path / "p.jsonl", [{"id": "a", "prompt": "x"}])
-        from llmbatch.config import load_config
+        from llmbatch.config.load import load_config
 
         cfg = load_config(
             None,

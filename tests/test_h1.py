@@ -1,10 +1,10 @@
-"""The pure HTTP/1.1 response parser (llmbatch/clients/h1.py), fed split reads."""
+"""The pure HTTP/1.1 response parser (llmbatch/http/h1.py), fed split reads."""
 
 from __future__ import annotations
 
 import pytest
 
-from llmbatch.clients.h1 import (
+from llmbatch.http.h1 import (
     ChunkedReader,
     CloseDelimitedReader,
     HeadParser,

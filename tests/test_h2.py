@@ -13,12 +13,12 @@ from pathlib import Path
 import orjson
 import pytest
 
-from llmbatch.clients import make_client
-from llmbatch.config import Timeouts
+from llmbatch.cli.job import execute_run
+from llmbatch.config.load import Timeouts
 from llmbatch.errors import ConfigError, RateLimited, ServerError
+from llmbatch.http import make_client
 from llmbatch.mockserver import MockConfig, MockServer, expected_text, start_mock_server
 from llmbatch.mockserver.tls import MockTLS, make_mock_tls
-from llmbatch.runner import execute_run
 
 from .conftest import ADAPTERS, config_for, read_results, write_jsonl
 from .test_tls import MESSAGES, chat_request, streamed_text
@@ -145,7 +145,7 @@ async def test_full_connection_sends_requests_to_another(tmp_path: Path, certs: 
 
 
 async def test_streams_per_connection_can_be_capped(h2_server: MockServer, certs: MockTLS) -> None:
-    from llmbatch.clients.httpx import HttpxAdapter
+    from llmbatch.http.httpx import HttpxAdapter
 
     gate = asyncio.Event()
     async with HttpxAdapter(

@@ -16,7 +16,7 @@ import orjson
 import pytest
 from typer.testing import CliRunner
 
-from llmbatch.cli import app
+from llmbatch.cli.app import app
 from llmbatch.mockserver import MockConfig, MockServer, start_mock_server
 
 from .conftest import read_results, write_jsonl
@@ -234,7 +234,7 @@ def test_a_50_mb_line_is_refused_in_bounded_memory(tmp_path: Path) -> None:
         fh.write(b'"}\n{"id": "after", "prompt": "hi"}\n')
     code = (
         "import resource, sys\n"
-        "from llmbatch.cli import main\n"
+        "from llmbatch.cli.app import main\n"
         "sys.argv = ['llmbatch', 'run', sys.argv[1], '--no-progress', '-o', 'run']\n"
         "try:\n    main()\n"
         "finally:\n"
@@ -540,8 +540,8 @@ def test_progress_line_shows_failing_attempts_and_wall_clock(
 ) -> None:
     import re
 
+    from llmbatch.cli.progress import ProgressView
     from llmbatch.engine.stream import LiveCounts
-    from llmbatch.progress import ProgressView
 
     live = LiveCounts()
     live.in_flight = 4

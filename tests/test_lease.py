@@ -7,8 +7,8 @@ import time
 
 import pytest
 
-from llmbatch.lease import LeasedPacer, LeaseGovernor, SyncReply, SyncRequest
 from llmbatch.pacing import RateGovernor
+from llmbatch.ray.lease import LeasedPacer, LeaseGovernor, SyncReply, SyncRequest
 
 
 class Link:
@@ -165,10 +165,10 @@ async def test_concurrency_auto_is_decided_for_all_workers_together() -> None:
     against a server that serves 12 requests at once and answers 429 beyond: the
     server counts the two together settling near 12, not each at its own limit."""
     import llmbatch
-    from llmbatch.config import load_config
-    from llmbatch.lease import ClusterConcurrency, LeasedConcurrency
+    from llmbatch.config.load import load_config
     from llmbatch.mockserver import MockConfig, start_mock_server
     from llmbatch.pacing import governor_for
+    from llmbatch.ray.lease import ClusterConcurrency, LeasedConcurrency
 
     limit = 12
     server = await start_mock_server(

@@ -11,10 +11,10 @@ import orjson
 import pytest
 from aiohttp import web
 
+from llmbatch.cli.job import execute_run
 from llmbatch.metrics import SLO, Histogram, RunMetrics, spread_tokens
 from llmbatch.mockserver import MockConfig, MockServer, start_mock_server
 from llmbatch.records import Attempt, Outcome, RequestMetrics
-from llmbatch.runner import execute_run
 
 from .conftest import ADAPTERS, config_for, read_results, write_jsonl
 

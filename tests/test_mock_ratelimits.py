@@ -137,7 +137,7 @@ async def test_mock_server_cli_flags_set_a_sliding_limit_with_headers_on_429_onl
 def test_mock_server_cli_rejects_an_unknown_limit_mode() -> None:
     from typer.testing import CliRunner
 
-    from llmbatch.cli import app
+    from llmbatch.cli.app import app
 
     res = CliRunner().invoke(app, ["mock-server", "--limit-mode", "fixed"])
     assert res.exit_code == 2

@@ -10,10 +10,10 @@ from pathlib import Path
 import orjson
 import pytest
 
-from llmbatch.clients import HTTPRequest, make_client
-from llmbatch.clients import native as native_module
-from llmbatch.config import Timeouts
+from llmbatch.config.load import Timeouts
 from llmbatch.errors import ConfigError, StreamInterrupted
+from llmbatch.http import HTTPRequest, make_client
+from llmbatch.http import native as native_module
 from llmbatch.mockserver import MockConfig, MockServer, start_mock_server
 
 from .conftest import read_results, write_jsonl
@@ -32,7 +32,7 @@ async def test_native_run_imports_neither_aiohttp_nor_httpx(
     code = (
         "import sys\n"
         f"sys.argv = {argv!r}\n"
-        "from llmbatch.cli import main\n"
+        "from llmbatch.cli.app import main\n"
         "rc = 0\n"
         "try:\n"
         "    main()\n"

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import pytest
 
-from llmbatch.config import RATE_HEADER_FAMILIES
+from llmbatch.config.load import RATE_HEADER_FAMILIES
 from llmbatch.pacing import FAMILIES, RateGovernor, family_for, parse_duration_s, parse_reset_s
 
 pytestmark = pytest.mark.timeout(5)

@@ -14,8 +14,9 @@ import orjson
 import pytest
 from typer.testing import CliRunner
 
-from llmbatch.cli import app
-from llmbatch.config import ProviderConfig, RetryPolicy, RunConfig
+from llmbatch.cli.app import app
+from llmbatch.cli.job import execute_run
+from llmbatch.config.load import ProviderConfig, RetryPolicy, RunConfig
 from llmbatch.errors import MalformedResponse, ProviderError, ProviderOverloaded
 from llmbatch.mockserver import MockConfig, MockServer, expected_text, start_mock_server
 from llmbatch.providers import make_provider
@@ -23,9 +24,8 @@ from llmbatch.providers.anthropic import AnthropicProvider, MessagesAssembler
 from llmbatch.providers.base import StreamAssembler
 from llmbatch.providers.completions import CompletionsAssembler, CompletionsProvider
 from llmbatch.providers.openai import ChatAssembler
+from llmbatch.providers.sse import SSEDecoder
 from llmbatch.records import PromptRecord
-from llmbatch.runner import execute_run
-from llmbatch.sse import SSEDecoder
 
 from .conftest import config_for, read_results, write_jsonl
 

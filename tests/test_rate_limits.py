@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from llmbatch.config import RunConfig
+from llmbatch.cli.job import execute_run
+from llmbatch.config.load import RunConfig
 from llmbatch.mockserver import MockConfig, start_mock_server
-from llmbatch.runner import execute_run
 
 from .conftest import config_for, read_results, write_jsonl
 from .test_run import check_complete

@@ -22,9 +22,9 @@ from typing import Any
 import orjson
 import pytest
 
-from llmbatch.config import load_config
+from llmbatch.cli.job import execute_run
+from llmbatch.config.load import load_config
 from llmbatch.mockserver import MockConfig, start_mock_server
-from llmbatch.runner import execute_run
 
 from .conftest import read_results, write_jsonl
 from .raycluster import AUTO_LIMIT, FAULTS, LIMIT_WINDOW_S, RPM

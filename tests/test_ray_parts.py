@@ -7,8 +7,8 @@ from pathlib import Path
 
 import orjson
 
-from llmbatch.ray_engine import PARTS_DIR, _Consolidator, _shares
-from llmbatch.writer import RunDir
+from llmbatch.ray.engine import PARTS_DIR, _Consolidator, _shares
+from llmbatch.rundir.writer import RunDir
 
 from .conftest import read_results
 
@@ -57,7 +57,7 @@ async def test_live_parts_are_tailed_by_complete_lines(tmp_path: Path) -> None:
     rundir, index = RunDir.open(run, {"prompts": "p"})
     part = _part(run, "s2-w0", ["x"], tail=b'{"custom_id": "y"')
     cons = _Consolidator(run, rundir, index)
-    from llmbatch.ray_engine import _Part
+    from llmbatch.ray.engine import _Part
 
     cons.parts.append(_Part(part, worker="w0"))
     assert await cons.absorb_all() == 1
@@ -80,7 +80,7 @@ async def test_a_part_writes_its_text_into_the_run_directory(tmp_path: Path) -> 
     """A part's text/ is the run's text/: a worker's batch writes the answers in place,
     and folding (live or left over by a killed run) only appends the lines."""
     import llmbatch
-    from llmbatch.ray_engine import _make_part
+    from llmbatch.ray.engine import _make_part
 
     run = tmp_path / "run"
     rundir, index = RunDir.open(run, {"prompts": "p"})
@@ -105,7 +105,7 @@ async def test_a_part_writes_its_text_into_the_run_directory(tmp_path: Path) -> 
 
 def test_chunks_travel_packed_and_come_back_equal() -> None:
     from llmbatch.errors import InputError
-    from llmbatch.ray_engine import _decode, _pack, _unpack
+    from llmbatch.ray.engine import _decode, _pack, _unpack
     from llmbatch.records import PromptRecord
 
     items = [
@@ -123,7 +123,7 @@ def test_chunks_travel_packed_and_come_back_equal() -> None:
 
 
 async def test_the_feed_gives_a_lost_workers_prompts_to_the_others_first() -> None:
-    from llmbatch.ray_feed import Feed
+    from llmbatch.ray.feed import Feed
     from llmbatch.records import PromptRecord
 
     items = [PromptRecord(f"p{i}", i, "prompt", {}) for i in range(10)]
@@ -176,7 +176,7 @@ async def test_text_layout_log_parts_fold_into_one_text_log(tmp_path: Path) -> N
     each answer into the run's one text.log (before its line) and points the line at it;
     a part left by a killed run folds the same way, each id once."""
     import llmbatch
-    from llmbatch.ray_engine import _make_part, _Part
+    from llmbatch.ray.engine import _make_part, _Part
 
     run = tmp_path / "run"
     rundir, index = RunDir.open(run, {"prompts": "p"}, text_layout="log")
@@ -213,8 +213,8 @@ def test_a_log_layout_part_left_behind_keeps_the_driver_on_the_log_layout(
 ) -> None:
     """Re-run with --text-layout files after a killed log-layout run: its parts' answers
     are in their text.log, so the driver folds them into a text.log of the run's own."""
-    from llmbatch.config import load_config
-    from llmbatch.ray_engine import driver_text_layout
+    from llmbatch.config.load import load_config
+    from llmbatch.ray.engine import driver_text_layout
 
     run = tmp_path / "run"
     cfg = load_config(None, flags={"run_dir": run, "provider": "mock"}, environ={})

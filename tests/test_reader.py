@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 
 from llmbatch.errors import InputError
-from llmbatch.reader import iter_records
 from llmbatch.records import PromptRecord
+from llmbatch.rundir.reader import iter_records
 
 from .conftest import write_jsonl
 
@@ -126,7 +126,7 @@ def test_streams_in_constant_memory(tmp_path: Path) -> None:
 def test_idset_behaves_like_a_set() -> None:
     import random
 
-    from llmbatch.idset import IdSet
+    from llmbatch.rundir.idset import IdSet
 
     ids = [f"id-{random.random()}" for _ in range(5000)]
     s = IdSet(capacity=4)  # grows many times

@@ -8,7 +8,8 @@ from email.utils import formatdate
 
 import pytest
 
-from llmbatch.config import RetryPolicy
+from llmbatch.config.load import RetryPolicy
+from llmbatch.engine.retry import Verdict, classify, run_with_retries
 from llmbatch.errors import (
     AuthError,
     BadRequest,
@@ -23,7 +24,6 @@ from llmbatch.errors import (
     TruncatedStream,
     http_status_error,
 )
-from llmbatch.retry import Verdict, classify, run_with_retries
 
 FAST = RetryPolicy(max_attempts=4, max_total_s=10.0, backoff_base_s=0.001, backoff_max_s=0.004)
 

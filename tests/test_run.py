@@ -8,10 +8,10 @@ from typing import Any
 import orjson
 import pytest
 
+from llmbatch.cli.job import execute_run
 from llmbatch.mockserver import MockConfig, MockServer, expected_text, start_mock_server
-from llmbatch.reader import iter_records
 from llmbatch.records import PromptRecord
-from llmbatch.runner import execute_run
+from llmbatch.rundir.reader import iter_records
 
 from .conftest import ADAPTERS, config_for, read_results, write_jsonl
 
@@ -168,7 +168,7 @@ async def test_text_is_visible_while_it_streams(
 ) -> None:
     import asyncio
 
-    from llmbatch.writer import RunDir
+    from llmbatch.rundir.writer import RunDir
 
     flushed: asyncio.Queue[None] = asyncio.Queue()
     real_flush = RunDir.flush

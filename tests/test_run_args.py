@@ -1,4 +1,4 @@
-"""``llmbatch run`` read without typer (llmbatch/run_args.py) means what typer reads.
+"""``llmbatch run`` read without typer (llmbatch/cli/run_args.py) means what typer reads.
 
 The fast reading must give run_command exactly the keywords typer's command gives it
 for the same arguments, and leave to typer everything it does not take plainly.
@@ -17,9 +17,9 @@ import pytest
 import typer.main
 from typer.testing import CliRunner
 
-from llmbatch import cli
-from llmbatch.run_args import RUN_OPTIONS, parse_run_args
-from llmbatch.run_command import run_command
+from llmbatch.cli import app as cli
+from llmbatch.cli.run import run_command
+from llmbatch.cli.run_args import RUN_OPTIONS, parse_run_args
 
 from .conftest import write_jsonl
 
@@ -170,7 +170,7 @@ def test_console_script_ends_as_typers_command(tmp_path: Path, args: list[str]) 
     """The same message and exit code whether typer or the fast path read the arguments."""
     write_jsonl(tmp_path / "p.jsonl", [{"prompt": "hi"}])
     assert parse_run_args(args) is not None
-    fast, typer_run = _cli(tmp_path, "entry", *args), _cli(tmp_path, "cli", *args)
+    fast, typer_run = _cli(tmp_path, "cli.entry", *args), _cli(tmp_path, "cli.app", *args)
     assert fast.returncode == typer_run.returncode == 2
     assert fast.stderr == typer_run.stderr and fast.stderr.startswith("llmbatch: error: ")
     assert fast.stdout == typer_run.stdout == ""

@@ -13,8 +13,8 @@ import orjson
 import pytest
 from typer.testing import CliRunner
 
-from llmbatch.cli import app
-from llmbatch.shard import parse_shard, shard_of
+from llmbatch.cli.app import app
+from llmbatch.rundir.shard import parse_shard, shard_of
 
 from .conftest import read_results, write_jsonl
 
@@ -62,7 +62,10 @@ def _run_shards(runner: CliRunner, p: Path, n: int) -> list[Path]:
 
 def test_stable_hash_is_not_pythons_hash() -> None:
     # The same shard in every process: a fixed digest, whatever PYTHONHASHSEED is.
-    code = "from llmbatch.shard import shard_of; print([shard_of(f'q{i}', 7) for i in range(20)])"
+    code = (
+        "from llmbatch.rundir.shard import shard_of; "
+        "print([shard_of(f'q{i}', 7) for i in range(20)])"
+    )
     outs = {
         subprocess.run(
             [sys.executable, "-c", code],

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from llmbatch.sse import Event, SSEDecoder
+from llmbatch.providers.sse import Event, SSEDecoder
 
 SAMPLE = (
     b": keep-alive\n"

@@ -18,7 +18,7 @@ pytestmark = pytest.mark.timeout(60)
 # Modules that a command must not pay for unless it uses them.
 NOT_FOR_VERSION = ("aiohttp", "httpx", "rich", "tenacity", "pydantic", "asyncio", "orjson", "typer")
 NOT_FOR_A_RUN = (
-    "pydantic",  # typer's coercion of plain options goes around it (llmbatch/typer_fast.py)
+    "pydantic",  # typer's coercion of plain options goes around it (llmbatch/cli/typer_fast.py)
     "rich",  # the progress bar and tables only on a terminal
     "tenacity",  # only once a request needs a retry
     "httpx",  # only for --client httpx / httpx-aiohttp
@@ -26,14 +26,14 @@ NOT_FOR_A_RUN = (
     "aiohttp.web",  # the mock server only when the embedded mock is the provider
     "llmbatch.mockserver",
     "uvloop",  # not for fewer than 100 prompts (run_command.UVLOOP_MIN_PROMPTS)
-    "typer",  # plain arguments are read without it (llmbatch/run_args.py, entry.py)
-    "llmbatch.cli",
-    "llmbatch.shard",  # only for --shard
-    "llmbatch.tables",  # only for `llmbatch report` and compare
+    "typer",  # plain arguments are read without it (llmbatch/cli/run_args.py, entry.py)
+    "llmbatch.cli.app",
+    "llmbatch.rundir.shard",  # only for --shard
+    "llmbatch.cli.tables",  # only for `llmbatch report` and compare
     "llmbatch.result",  # Result objects only for library callers (api._result)
     "tomllib",  # only when there is a config file
     "ray",
-    "llmbatch.ray_engine",
+    "llmbatch.ray.engine",
 )
 
 _DUMP = """
@@ -41,13 +41,13 @@ import atexit, sys
 out = sys.argv.pop(1)
 def dump():
     names = sorted(sys.modules)
-    ca = sys.modules.get("llmbatch.deferred_ca")
+    ca = sys.modules.get("llmbatch.cli.deferred_ca")
     if ca is not None:  # aiohttp's default contexts whose CAs are still not loaded
         names.append(f"deferred-ca-pending={ca.pending_contexts()}")
     open(out, "w").write("\\n".join(names))
 atexit.register(dump)
 sys.argv[0] = "llmbatch"
-from llmbatch.entry import main
+from llmbatch.cli.entry import main
 main()
 """
 
@@ -105,8 +105,8 @@ async def test_plain_option_values_keep_typers_rules(tmp_path: Path) -> None:
 def test_uvloop_only_for_runs_of_many_prompts(tmp_path: Path) -> None:
     import os
 
-    from llmbatch.run_command import UVLOOP_MIN_PROMPTS
-    from llmbatch.run_command import few_prompts as _few_prompts
+    from llmbatch.cli.run import UVLOOP_MIN_PROMPTS
+    from llmbatch.cli.run import few_prompts as _few_prompts
 
     few = write_jsonl(tmp_path / "few.jsonl", [{"prompt": f"q{i}"} for i in range(99)])
     many = write_jsonl(tmp_path / "many.jsonl", [{"prompt": f"q{i}"} for i in range(100)])

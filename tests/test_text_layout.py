@@ -17,11 +17,11 @@ import orjson
 import pytest
 from typer.testing import CliRunner
 
-from llmbatch.cli import app
+from llmbatch.cli.app import app
+from llmbatch.cli.job import execute_run
 from llmbatch.mockserver import MockConfig, MockServer, expected_text, start_mock_server
 from llmbatch.mockserver.answers import prompt_key
 from llmbatch.mockserver.faults import FaultPicker
-from llmbatch.runner import execute_run
 
 from .conftest import config_for, read_results, write_jsonl
 from .test_crash import assert_consistent, start_child
@@ -75,7 +75,7 @@ async def test_both_layouts_exact_texts(
 async def test_log_layout_live_view_grows_then_is_done(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from llmbatch.writer import RunDir
+    from llmbatch.rundir.writer import RunDir
 
     flushed: asyncio.Queue[None] = asyncio.Queue()
     real_flush = RunDir.flush

@@ -9,14 +9,14 @@ import orjson
 import pytest
 
 import llmbatch
-from llmbatch.clients import ClientAdapter, HTTPRequest, make_client
-from llmbatch.config import Timeouts, load_config
+from llmbatch.cli.job import execute_run
+from llmbatch.cli.report import load_report
+from llmbatch.config.load import Timeouts, load_config
 from llmbatch.errors import CertificateError, ConfigError
+from llmbatch.http import ClientAdapter, HTTPRequest, make_client
 from llmbatch.mockserver import MockConfig, MockServer, expected_text, start_mock_server
 from llmbatch.mockserver.tls import MockTLS, make_mock_tls
-from llmbatch.report import load_report
-from llmbatch.runner import execute_run
-from llmbatch.sse import SSEDecoder
+from llmbatch.providers.sse import SSEDecoder
 
 from .conftest import ADAPTERS, config_for, read_results, write_jsonl
 

@@ -7,8 +7,8 @@
 - ``batch``: scheduling a batch, records, stop and grace.
 """
 
-from .batch import BatchEnd, BatchRun, StopReason
-from .core import Engine, NullText, TextTarget
-from .stream import LiveCounts
+from llmbatch.engine.batch import BatchEnd, BatchRun, StopReason
+from llmbatch.engine.core import Engine, NullText, TextTarget
+from llmbatch.engine.stream import LiveCounts
 
 __all__ = ["BatchEnd", "BatchRun", "Engine", "LiveCounts", "NullText", "StopReason", "TextTarget"]

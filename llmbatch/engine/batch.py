@@ -19,14 +19,14 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any
 
-from ..errors import InputError, RequestError
-from ..metrics import INPUT_ERROR, RunMetrics
-from ..reader import error_record_id
-from ..records import Outcome, PromptRecord, RequestMetrics
-from ..resultline import result_line
-from ..writer import ResumeIndex, RunDir, TextSink
-from .core import NULL_TEXT, Engine, TextTarget, redact
-from .gate import EarlyFailureCheck, FailureGate
+from llmbatch.engine.core import NULL_TEXT, Engine, TextTarget, redact
+from llmbatch.engine.gate import EarlyFailureCheck, FailureGate
+from llmbatch.errors import InputError, RequestError
+from llmbatch.metrics import INPUT_ERROR, RunMetrics
+from llmbatch.records import Outcome, PromptRecord, RequestMetrics
+from llmbatch.rundir.reader import error_record_id
+from llmbatch.rundir.resultline import result_line
+from llmbatch.rundir.writer import ResumeIndex, RunDir, TextSink
 
 __all__ = ["BatchEnd", "BatchRun", "StopReason"]
 

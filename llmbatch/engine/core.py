@@ -20,10 +20,13 @@ import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any, Protocol
 
-from ..clients.base import ClientAdapter
-from ..config import RunConfig
-from ..errors import HTTPStatusError, RateLimited, RequestError, UnexpectedError
-from ..pacing import (
+from llmbatch.config.load import RunConfig
+from llmbatch.engine.gate import Probe
+from llmbatch.engine.retry import Verdict, classify, run_with_retries
+from llmbatch.engine.stream import LiveCounts, stream_attempt
+from llmbatch.errors import HTTPStatusError, RateLimited, RequestError, UnexpectedError
+from llmbatch.http.base import ClientAdapter
+from llmbatch.pacing import (
     AdaptiveConcurrency,
     ConcurrencyControl,
     ConcurrencyLimiter,
@@ -31,11 +34,8 @@ from ..pacing import (
     estimate_input_tokens,
     governor_for,
 )
-from ..providers.base import Provider, StreamAssembler
-from ..records import Attempt, Outcome, PromptRecord, RequestMetrics
-from ..retry import Verdict, classify, run_with_retries
-from .gate import Probe
-from .stream import LiveCounts, stream_attempt
+from llmbatch.providers.base import Provider, StreamAssembler
+from llmbatch.records import Attempt, Outcome, PromptRecord, RequestMetrics
 
 __all__ = ["Engine", "NullText", "TextTarget", "redact"]
 

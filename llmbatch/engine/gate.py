@@ -19,8 +19,8 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable
 
-from ..errors import ConnectError, DeadlineExceeded, ReadTimeout, RequestError
-from ..records import Outcome
+from llmbatch.errors import ConnectError, DeadlineExceeded, ReadTimeout, RequestError
+from llmbatch.records import Outcome
 
 __all__ = [
     "FIRST_ATTEMPTS_THRESHOLD",

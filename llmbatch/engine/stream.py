@@ -20,18 +20,18 @@ from collections.abc import AsyncIterator, Callable, Mapping
 
 import orjson
 
-from ..clients.base import ClientAdapter, HTTPRequest, feed_chunks
-from ..config import Timeouts
-from ..errors import (
+from llmbatch.config.load import Timeouts
+from llmbatch.errors import (
     DeadlineExceeded,
     MalformedResponse,
     ReadTimeout,
     TruncatedStream,
     UnexpectedContentType,
 )
-from ..providers.base import StreamAssembler
-from ..records import RequestMetrics
-from ..watchdog import within
+from llmbatch.http.base import ClientAdapter, HTTPRequest, feed_chunks
+from llmbatch.http.watchdog import within
+from llmbatch.providers.base import StreamAssembler
+from llmbatch.records import RequestMetrics
 
 __all__ = ["JSON_ANSWER_LIMIT", "LiveCounts", "stream_attempt"]
 

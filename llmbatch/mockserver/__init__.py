@@ -28,10 +28,10 @@ handlers) and ``server`` (routing, start-up).
 
 from __future__ import annotations
 
-from .answers import expected_text, expected_tokens
-from .config import FAULT_KINDS, HEADER_MODES, LIMIT_MODES, MockConfig
-from .server import MockServer, start_mock_server
-from .state import MockStats
+from llmbatch.mockserver.answers import expected_text, expected_tokens
+from llmbatch.mockserver.config import FAULT_KINDS, HEADER_MODES, LIMIT_MODES, MockConfig
+from llmbatch.mockserver.server import MockServer, start_mock_server
+from llmbatch.mockserver.state import MockStats
 
 __all__ = [
     "FAULT_KINDS",

@@ -9,11 +9,11 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-from .answers import count_prompt_tokens, expected_tokens, prompt_key
-from .openai import OpenAIRoutes
-from .state import MockState
-from .streaming import json_body, stream_tokens, until_done
-from .wire import ANTHROPIC_HTTP_FAULTS, anthropic_error, sse, stream_headers
+from llmbatch.mockserver.answers import count_prompt_tokens, expected_tokens, prompt_key
+from llmbatch.mockserver.openai import OpenAIRoutes
+from llmbatch.mockserver.state import MockState
+from llmbatch.mockserver.streaming import json_body, stream_tokens, until_done
+from llmbatch.mockserver.wire import ANTHROPIC_HTTP_FAULTS, anthropic_error, sse, stream_headers
 
 __all__ = ["AnthropicRoutes"]
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Mapping
 
-from .config import MockConfig
+from llmbatch.mockserver.config import MockConfig
 
 __all__ = ["FaultPicker"]
 

@@ -30,9 +30,9 @@ from aiohttp.http import HttpVersion11, RawRequestMessage
 from multidict import CIMultiDict, CIMultiDictProxy
 from yarl import URL
 
-from .server import MockServer
-from .state import MockState, MockStats
-from .tls import MockTLS, server_ssl_context
+from llmbatch.mockserver.server import MockServer
+from llmbatch.mockserver.state import MockState, MockStats
+from llmbatch.mockserver.tls import MockTLS, server_ssl_context
 
 __all__ = ["DEFAULT_MAX_STREAMS", "H2MockServer", "serve_h2"]
 

@@ -10,10 +10,16 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-from .answers import count_prompt_tokens, expected_tokens, prompt_key
-from .state import MockState
-from .streaming import chat_frames, completion_frames, json_body, stream_tokens, until_done
-from .wire import completion, json_error, stream_headers, text_completion_chunk
+from llmbatch.mockserver.answers import count_prompt_tokens, expected_tokens, prompt_key
+from llmbatch.mockserver.state import MockState
+from llmbatch.mockserver.streaming import (
+    chat_frames,
+    completion_frames,
+    json_body,
+    stream_tokens,
+    until_done,
+)
+from llmbatch.mockserver.wire import completion, json_error, stream_headers, text_completion_chunk
 
 __all__ = ["OpenAIRoutes"]
 

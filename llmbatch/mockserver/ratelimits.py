@@ -13,7 +13,7 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from .config import MockConfig
+from llmbatch.mockserver.config import MockConfig
 
 __all__ = ["Admission", "MockRateLimits", "RefillCounter", "SlidingCounter"]
 

@@ -5,11 +5,11 @@ from __future__ import annotations
 import orjson
 from aiohttp import web
 
-from .anthropic import AnthropicRoutes
-from .config import MockConfig
-from .openai import OpenAIRoutes
-from .state import MockState, MockStats
-from .tls import MockTLS, server_ssl_context
+from llmbatch.mockserver.anthropic import AnthropicRoutes
+from llmbatch.mockserver.config import MockConfig
+from llmbatch.mockserver.openai import OpenAIRoutes
+from llmbatch.mockserver.state import MockState, MockStats
+from llmbatch.mockserver.tls import MockTLS, server_ssl_context
 
 __all__ = ["MockServer", "build_app", "start_mock_server"]
 
@@ -95,7 +95,7 @@ async def start_mock_server(
     """
     state = MockState(cfg or MockConfig())
     if http2:
-        from .h2front import serve_h2
+        from llmbatch.mockserver.h2front import serve_h2
 
         if tls is None:
             raise ValueError("the mock serves HTTP/2 over TLS only: pass tls=make_mock_tls()")

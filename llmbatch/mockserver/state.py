@@ -13,9 +13,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from .config import MockConfig
-from .faults import FaultPicker, int_header
-from .ratelimits import Admission, MockRateLimits
+from llmbatch.mockserver.config import MockConfig
+from llmbatch.mockserver.faults import FaultPicker, int_header
+from llmbatch.mockserver.ratelimits import Admission, MockRateLimits
 
 __all__ = ["MockState", "MockStats", "Plan"]
 

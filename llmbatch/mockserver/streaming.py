@@ -10,8 +10,8 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-from .state import Plan
-from .wire import text_completion_chunk
+from llmbatch.mockserver.state import Plan
+from llmbatch.mockserver.wire import text_completion_chunk
 
 __all__ = ["MidFault", "chat_frames", "completion_frames", "json_body", "stream_tokens"]
 

@@ -13,13 +13,13 @@
 
 from __future__ import annotations
 
-from .bucket import TokenBucket
-from .concurrency import AdaptiveConcurrency, ConcurrencyLimiter
-from .estimate import CHARS_PER_TOKEN, TOKENS_PER_MESSAGE, estimate_input_tokens
-from .factory import governor_for
-from .governor import RateGovernor
-from .headers import FAMILIES, family_for, parse_duration_s, parse_reset_s
-from .protocol import ConcurrencyControl, Pacer
+from llmbatch.pacing.bucket import TokenBucket
+from llmbatch.pacing.concurrency import AdaptiveConcurrency, ConcurrencyLimiter
+from llmbatch.pacing.estimate import CHARS_PER_TOKEN, TOKENS_PER_MESSAGE, estimate_input_tokens
+from llmbatch.pacing.factory import governor_for
+from llmbatch.pacing.governor import RateGovernor
+from llmbatch.pacing.headers import FAMILIES, family_for, parse_duration_s, parse_reset_s
+from llmbatch.pacing.protocol import ConcurrencyControl, Pacer
 
 __all__ = [
     "CHARS_PER_TOKEN",

@@ -9,7 +9,7 @@ import time
 from collections import deque
 from collections.abc import AsyncIterator, Callable
 
-from .bucket import Clock, finite_nonneg
+from llmbatch.pacing.bucket import Clock, finite_nonneg
 
 __all__ = ["AdaptiveConcurrency", "ConcurrencyLimiter"]
 

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from ..config import RunConfig
-from .governor import RateGovernor
-from .headers import family_for
+from llmbatch.config.load import RunConfig
+from llmbatch.pacing.governor import RateGovernor
+from llmbatch.pacing.headers import family_for
 
 __all__ = ["governor_for"]
 

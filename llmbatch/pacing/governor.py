@@ -11,9 +11,9 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
-from .bucket import Clock, TokenBucket, finite_nonneg
-from .headers import FAMILIES, HeaderFamily
-from .learned import LearnedLimit, learned_limit
+from llmbatch.pacing.bucket import Clock, TokenBucket, finite_nonneg
+from llmbatch.pacing.headers import FAMILIES, HeaderFamily
+from llmbatch.pacing.learned import LearnedLimit, learned_limit
 
 __all__ = ["LIMIT_NAMES", "RateGovernor"]
 

@@ -24,8 +24,8 @@ import bisect
 import math
 from collections import deque
 
-from .bucket import Clock
-from .headers import Report
+from llmbatch.pacing.bucket import Clock
+from llmbatch.pacing.headers import Report
 
 __all__ = ["LearnedLimit", "RefillLimit", "WindowLimit", "learned_limit"]
 

@@ -7,13 +7,13 @@ format per record at the same base URL.
 
 from __future__ import annotations
 
-from ..config import ProviderConfig
-from ..errors import ConfigError
-from .anthropic import AnthropicProvider
-from .base import Provider, StreamAssembler
-from .completions import CompletionsProvider
-from .openai import OpenAIChatProvider
-from .routing import RoutingProvider
+from llmbatch.config.load import ProviderConfig
+from llmbatch.errors import ConfigError
+from llmbatch.providers.anthropic import AnthropicProvider
+from llmbatch.providers.base import Provider, StreamAssembler
+from llmbatch.providers.completions import CompletionsProvider
+from llmbatch.providers.openai import OpenAIChatProvider
+from llmbatch.providers.routing import RoutingProvider
 
 __all__ = ["PROVIDER_CLASSES", "Provider", "StreamAssembler", "make_provider"]
 

@@ -9,11 +9,11 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from typing import Any
 
-from ..clients.base import HTTPRequest
-from ..config import ProviderConfig
-from ..errors import MalformedResponse, ProviderError, ProviderOverloaded, RejectedInStream
-from ..records import PromptRecord
-from ..sse import Event, SSEDecoder
+from llmbatch.config.load import ProviderConfig
+from llmbatch.errors import MalformedResponse, ProviderError, ProviderOverloaded, RejectedInStream
+from llmbatch.http.base import HTTPRequest
+from llmbatch.providers.sse import Event, SSEDecoder
+from llmbatch.records import PromptRecord
 
 __all__ = ["Provider", "StreamAssembler", "Usage", "stream_error"]
 

@@ -10,11 +10,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..clients.base import HTTPRequest
-from ..records import PromptRecord
-from .anthropic import content_text
-from .base import Provider, StreamAssembler
-from .openai import OpenAIStreamAssembler, openai_stream_request
+from llmbatch.http.base import HTTPRequest
+from llmbatch.providers.anthropic import content_text
+from llmbatch.providers.base import Provider, StreamAssembler
+from llmbatch.providers.openai import OpenAIStreamAssembler, openai_stream_request
+from llmbatch.records import PromptRecord
 
 __all__ = ["CompletionsAssembler", "CompletionsProvider", "prompt_of"]
 

@@ -8,11 +8,11 @@ from typing import Any
 
 import orjson
 
-from ..clients.base import HTTPRequest
-from ..errors import MalformedResponse
-from ..records import PromptRecord
-from ..sse import Event
-from .base import Provider, StreamAssembler, Usage, stream_error
+from llmbatch.errors import MalformedResponse
+from llmbatch.http.base import HTTPRequest
+from llmbatch.providers.base import Provider, StreamAssembler, Usage, stream_error
+from llmbatch.providers.sse import Event
+from llmbatch.records import PromptRecord
 
 __all__ = ["ChatAssembler", "OpenAIChatProvider", "OpenAIStreamAssembler", "openai_stream_request"]
 

@@ -7,12 +7,12 @@ Records without a url (or with the profile's own) use the profile's kind.
 
 from __future__ import annotations
 
-from ..clients.base import HTTPRequest
-from ..records import PromptRecord
-from .anthropic import AnthropicProvider
-from .base import Provider, StreamAssembler
-from .completions import CompletionsProvider
-from .openai import OpenAIChatProvider
+from llmbatch.http.base import HTTPRequest
+from llmbatch.providers.anthropic import AnthropicProvider
+from llmbatch.providers.base import Provider, StreamAssembler
+from llmbatch.providers.completions import CompletionsProvider
+from llmbatch.providers.openai import OpenAIChatProvider
+from llmbatch.records import PromptRecord
 
 __all__ = ["ENDPOINT_KINDS", "RoutingProvider"]
 

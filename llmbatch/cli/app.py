@@ -1,0 +1,627 @@
+"""The command line. The only place that turns errors into messages and exit codes.
+
+Exit codes: 0 all requests succeeded · 1 some requests failed (records written) ·
+2 usage, config or input error, nothing sent · 3 run aborted (fatal provider error) ·
+75 stopped at --max-runtime (resumable) · 130 / 143 interrupted by SIGINT / SIGTERM
+(resumable).
+
+Heavy modules are imported inside the commands so ``--help`` and ``--version`` stay fast.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated
+
+import typer
+
+from llmbatch import __version__
+from llmbatch.cli.run import (
+    EXIT_ABORTED,
+    EXIT_FAILED_REQUESTS,
+    EXIT_OK,
+    EXIT_SIGINT,
+    EXIT_SIGTERM,
+    EXIT_USAGE,
+    error_exit,
+    loop_factory,
+    parse_slo,
+    run_command,
+    warn_insecure,
+)
+from llmbatch.cli.typer_fast import install as _install_fast_params
+from llmbatch.cli.typer_fast import only_invoked as _only_invoked
+
+_install_fast_params()  # plain options without pydantic: ~100 ms off every command's start
+
+if TYPE_CHECKING:
+    from llmbatch.cli.tables import Table
+
+
+app = typer.Typer(
+    name="llmbatch",
+    help="Run large sets of LLM prompts against streaming chat APIs, fast, losing nothing.",
+    no_args_is_help=True,
+    add_completion=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+    pretty_exceptions_enable=False,
+)
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"llmbatch {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: Annotated[
+        bool,
+        typer.Option("--version", callback=_version, is_eager=True, help="Show the version."),
+    ] = False,
+) -> None:
+    """llmbatch: streaming batch inference over chat APIs."""
+
+
+def _fail_for(exc: Exception) -> typer.Exit:
+    """The message and exit code of an llmbatch error that ended a command."""
+    return typer.Exit(error_exit(exc).code)
+
+
+def _fail(message: str, code: int) -> typer.Exit:
+    typer.echo(f"llmbatch: error: {message}", err=True)
+    return typer.Exit(code)
+
+
+ConfigOpt = Annotated[
+    Path | None,
+    typer.Option("--config", "-c", help="Config file (default: ./config.toml if present)."),
+]
+SloOpt = Annotated[
+    str | None, typer.Option(help="Goodput objectives, e.g. ttft=0.5,tpot=0.05 (seconds).")
+]
+ProgressOpt = Annotated[
+    bool | None,
+    typer.Option("--progress/--no-progress", help="Progress bar (default: when a terminal)."),
+]
+ProviderOpt = Annotated[
+    str | None, typer.Option("--provider", "-p", help="Provider profile (default: mock).")
+]
+Http2Opt = Annotated[bool | None, typer.Option("--http2", help="HTTP/2 (httpx only).")]
+InsecureOpt = Annotated[
+    bool | None, typer.Option("--insecure", help="Do not verify TLS certificates (tests only).")
+]
+CaBundleOpt = Annotated[
+    Path | None,
+    typer.Option(help="PEM file of the CAs to trust (default: $SSL_CERT_FILE, else system)."),
+]
+
+
+@app.command()
+def run(
+    prompts: Annotated[Path, typer.Argument(help="JSONL file of prompts.")],
+    provider: ProviderOpt = None,
+    base_url: Annotated[str | None, typer.Option(help="Override the provider's base URL.")] = None,
+    model: Annotated[str | None, typer.Option(help="Override the provider's model.")] = None,
+    concurrency: Annotated[
+        str | None,
+        typer.Option(
+            "--concurrency", "-j", help="Requests in flight (default 32), or auto (adaptive)."
+        ),
+    ] = None,
+    rpm: Annotated[float | None, typer.Option(help="Requests per minute limit.")] = None,
+    tpm: Annotated[float | None, typer.Option(help="Tokens (in + out) per minute limit.")] = None,
+    input_tpm: Annotated[float | None, typer.Option(help="Input tokens per minute.")] = None,
+    output_tpm: Annotated[float | None, typer.Option(help="Output tokens per minute.")] = None,
+    client: Annotated[
+        str | None,
+        typer.Option(help="HTTP client adapter: aiohttp, httpx, httpx-aiohttp or native."),
+    ] = None,
+    http2: Http2Opt = None,
+    out: Annotated[
+        Path | None, typer.Option("--out", "-o", help="Run directory (default outputs/<name>).")
+    ] = None,
+    config: ConfigOpt = None,
+    text_files: Annotated[
+        bool | None,
+        typer.Option(
+            "--text/--no-text",
+            help="Write text/<id>.txt per request (default); results.jsonl has the text anyway.",
+        ),
+    ] = None,
+    text_layout: Annotated[
+        str | None,
+        typer.Option(
+            help="Text output: files (text/<id>.txt per request, the default) or log "
+            "(one append-only text.log, offsets in each record: no file per request)."
+        ),
+    ] = None,
+    keep_partial: Annotated[
+        bool | None, typer.Option("--keep-partial", help="Keep the text of requests that failed.")
+    ] = None,
+    max_runtime: Annotated[
+        float | None,
+        typer.Option(help="Stop dispatching after this many seconds (exit 75, resumable)."),
+    ] = None,
+    retry_failed: Annotated[
+        bool, typer.Option("--retry-failed", help="Run the failed records of this run again.")
+    ] = False,
+    force_resume: Annotated[
+        bool,
+        typer.Option(
+            "--force-resume",
+            help="Continue a run directory made for another base URL, model or provider.",
+        ),
+    ] = False,
+    insecure: InsecureOpt = None,
+    ca_bundle: CaBundleOpt = None,
+    slo: SloOpt = None,
+    progress: ProgressOpt = None,
+    shard: Annotated[
+        str | None,
+        typer.Option(help="Run only shard I/N of the ids (stable hash), into its own run dir."),
+    ] = None,
+    engine: Annotated[
+        str, typer.Option(help="local (one process) or ray (a Ray cluster; llmbatch[ray]).")
+    ] = "local",
+    ray_address: Annotated[
+        str | None, typer.Option(help="Ray cluster (default: RAY_ADDRESS, else a local Ray).")
+    ] = None,
+    ray_workers: Annotated[
+        int | None, typer.Option(help="Ray worker actors (default: one per node).")
+    ] = None,
+) -> None:
+    """Send every prompt of PROMPTS as a streaming chat completion; resumable."""
+    # The body is typer-free (run_command.py), so the console script can run it
+    # without typer when the arguments are plain (entry.py).
+    code = run_command(
+        prompts,
+        provider=provider,
+        base_url=base_url,
+        model=model,
+        concurrency=concurrency,
+        rpm=rpm,
+        tpm=tpm,
+        input_tpm=input_tpm,
+        output_tpm=output_tpm,
+        client=client,
+        http2=http2,
+        out=out,
+        config=config,
+        text_files=text_files,
+        text_layout=text_layout,
+        keep_partial=keep_partial,
+        max_runtime=max_runtime,
+        retry_failed=retry_failed,
+        force_resume=force_resume,
+        insecure=insecure,
+        ca_bundle=ca_bundle,
+        slo=slo,
+        progress=progress,
+        shard=shard,
+        engine=engine,
+        ray_address=ray_address,
+        ray_workers=ray_workers,
+    )
+    raise typer.Exit(code)
+
+
+@app.command()
+def validate(
+    prompts: Annotated[Path, typer.Argument(help="JSONL file of prompts.")],
+) -> None:
+    """Check PROMPTS without sending anything; list every bad line."""
+    from collections import Counter
+
+    from llmbatch.errors import InputError
+    from llmbatch.rundir.reader import iter_records
+
+    shapes: Counter[str] = Counter()
+    bad = 0
+    try:
+        for item in iter_records(prompts):
+            if isinstance(item, InputError):
+                bad += 1
+                typer.echo(f"{item}", err=True)
+            else:
+                shapes[item.shape] += 1
+    except InputError as exc:
+        raise _fail(str(exc), EXIT_USAGE) from None
+    total = bad + sum(shapes.values())
+    if total == 0:
+        raise _fail(f"{prompts}: contains no prompts", EXIT_USAGE)
+    detail = ", ".join(f"{n} {s}" for s, n in sorted(shapes.items()))
+    typer.echo(f"{prompts}: {total} lines, {total - bad} valid ({detail or 'none'}), {bad} invalid")
+    raise typer.Exit(EXIT_FAILED_REQUESTS if bad else EXIT_OK)
+
+
+@app.command("mock-server")
+def mock_server(
+    host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port (0 = any free port).")] = 8000,
+    tokens: Annotated[int, typer.Option(help="Tokens per answer.")] = 32,
+    ttft_ms: Annotated[float, typer.Option(help="Time to first token, ms.")] = 20.0,
+    itl_ms: Annotated[float, typer.Option(help="Delay between tokens, ms.")] = 2.0,
+    fault: Annotated[
+        list[str] | None,
+        typer.Option(help="Fault rate KIND=FRACTION (repeatable), e.g. 429=0.1."),
+    ] = None,
+    fault_attempts: Annotated[int, typer.Option(help="Attempts of a prompt a fault hits.")] = 1,
+    retry_after_ms: Annotated[
+        float, typer.Option(help="Retry-After of an injected 429, ms.")
+    ] = 50.0,
+    fault_header: Annotated[
+        list[str] | None,
+        typer.Option(help="Header NAME=VALUE on injected 429s (repeatable)."),
+    ] = None,
+    rpm: Annotated[float | None, typer.Option(help="Requests per limit window.")] = None,
+    tpm: Annotated[float | None, typer.Option(help="Tokens per limit window.")] = None,
+    rpd: Annotated[
+        float | None,
+        typer.Option(help="Requests per day; the -requests headers then count per day."),
+    ] = None,
+    limit_window_s: Annotated[
+        float, typer.Option(help="Length of the rate-limit window, s (1, 10, 60...).")
+    ] = 60.0,
+    limit_mode: Annotated[
+        str, typer.Option(help="refill (continuous, OpenAI-style) or sliding (window log).")
+    ] = "refill",
+    limit_headers: Annotated[
+        str, typer.Option(help="Send rate-limit headers: always, on_429 or never.")
+    ] = "always",
+    tls: Annotated[
+        bool, typer.Option("--tls", help="HTTPS, with a CA and certificate made now.")
+    ] = False,
+    http2: Annotated[
+        bool, typer.Option("--http2", help="HTTP/2 (and HTTP/1.1) over TLS, via hypercorn.")
+    ] = False,
+    max_streams: Annotated[
+        int, typer.Option(min=1, help="HTTP/2: SETTINGS_MAX_CONCURRENT_STREAMS per connection.")
+    ] = 100,
+    tls_dir: Annotated[
+        Path | None,
+        typer.Option(
+            help="Where to write the certificates (default: a temp dir, removed on exit)."
+        ),
+    ] = None,
+) -> None:
+    """Serve the mock (/v1/chat/completions, /v1/completions, /v1/messages, /v1/models)."""
+    import asyncio
+
+    from llmbatch.mockserver import FAULT_KINDS, MockConfig, start_mock_server
+    from llmbatch.mockserver.tls import make_mock_tls
+
+    faults: dict[str, float] = {}
+    for spec in fault or []:
+        kind, _, rate = spec.partition("=")
+        if kind not in FAULT_KINDS:
+            raise _fail(f"--fault: unknown kind {kind!r} (one of {', '.join(FAULT_KINDS)})", 2)
+        try:
+            faults[kind] = float(rate)
+        except ValueError:
+            raise _fail(f"--fault: {kind} needs a fraction, got {rate!r}", 2) from None
+    headers: dict[str, str] = {}
+    for spec in fault_header or []:
+        name, sep, value = spec.partition("=")
+        if not sep or not name.strip():
+            raise _fail(f"--fault-header: expected NAME=VALUE, got {spec!r}", 2)
+        headers[name.strip().lower()] = value.strip()
+    try:
+        cfg = MockConfig(
+            tokens=tokens,
+            ttft_s=ttft_ms / 1000,
+            itl_s=itl_ms / 1000,
+            faults=faults,
+            fault_attempts=fault_attempts,
+            retry_after_s=retry_after_ms / 1000,
+            fault_headers=headers,
+            rpm=rpm,
+            tpm=tpm,
+            rpd=rpd,
+            limit_window_s=limit_window_s,
+            limit_mode=limit_mode,
+            limit_headers=limit_headers,
+        )
+    except ValueError as exc:
+        raise _fail(f"mock-server: {exc}", 2) from None
+
+    if http2 and not tls:
+        raise _fail("--http2 needs --tls (clients negotiate h2 through TLS ALPN)", EXIT_USAGE)
+    import shutil
+    import signal
+    import tempfile
+
+    own_dir = None
+    if tls and tls_dir is None:
+        own_dir = tls_dir = Path(tempfile.mkdtemp(prefix="llmbatch-mock-tls-"))
+    try:
+        certs = make_mock_tls(tls_dir) if tls else None
+    except (RuntimeError, OSError) as exc:
+        raise _fail(str(exc), EXIT_USAGE) from None
+
+    async def serve() -> None:
+        server = await start_mock_server(
+            cfg, host=host, port=port, tls=certs, http2=http2, max_streams=max_streams
+        )
+        typer.echo(f"mock server listening on {server.url}", err=True)
+        if certs is not None:
+            proto = f"HTTP/2 (max {max_streams} streams per connection)" if http2 else "HTTP/1.1"
+            typer.echo(
+                f"serving {proto} over TLS; trust its CA: --ca-bundle {certs.ca_file}", err=True
+            )
+        stop = asyncio.Event()
+        # SIGTERM ends it like Ctrl-C, so the certificates it made are removed.
+        asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
+        try:
+            await stop.wait()
+        finally:
+            await server.close()
+
+    try:
+        with asyncio.Runner(loop_factory=loop_factory()) as runner:
+            runner.run(serve())
+    except KeyboardInterrupt:
+        pass
+    except OSError as exc:
+        raise _fail(f"cannot listen on {host}:{port}: {exc.strerror}", EXIT_USAGE) from None
+    finally:
+        if own_dir is not None:
+            shutil.rmtree(own_dir, ignore_errors=True)
+
+
+def main() -> None:
+    """Console-script entry point."""
+    try:
+        _only_invoked(app, sys.argv[1:])()
+    except KeyboardInterrupt:
+        sys.exit(EXIT_SIGINT)
+
+
+# -- report and compare ---------------------------------------------------------------------
+def _print_tables(tables: list[Table]) -> None:
+    """A rich table on a terminal, aligned plain text otherwise."""
+    from llmbatch.cli.tables import render_plain, to_rich
+
+    if sys.stdout.isatty():
+        from rich.console import Console
+
+        console = Console()
+        for t in tables:
+            console.print(to_rich(t))
+    else:
+        typer.echo("\n\n".join(render_plain(t) for t in tables))
+
+
+@app.command()
+def report(
+    run_dir: Annotated[Path, typer.Argument(help="Run directory, e.g. outputs/example-mock.")],
+    as_json: Annotated[bool, typer.Option("--json", help="Print the summary as JSON.")] = False,
+    as_csv: Annotated[
+        bool, typer.Option("--csv", help="Print the summary as CSV (dotted keys, one row).")
+    ] = False,
+    recompute: Annotated[
+        bool,
+        typer.Option("--recompute", help="Recompute from results.jsonl, not summary.json."),
+    ] = False,
+    slo: Annotated[
+        str | None,
+        typer.Option(help="Goodput objectives, e.g. ttft=0.5,tpot=0.05 (implies --recompute)."),
+    ] = None,
+) -> None:
+    """Show a run's metrics (also while it runs): a table, JSON or CSV."""
+    from llmbatch.cli.report import load_report, report_csv, report_json, report_tables
+    from llmbatch.errors import ConfigError, RunDirError
+    from llmbatch.notices import warn
+    from llmbatch.rundir.writer import damaged_lines_notice
+
+    if as_json and as_csv:
+        raise _fail("--json and --csv exclude each other", EXIT_USAGE)
+    try:
+        slo_obj = parse_slo(slo) if slo else None
+        summary = load_report(run_dir, recompute=recompute, slo=slo_obj)
+    except (ConfigError, RunDirError) as exc:
+        raise _fail(str(exc), EXIT_USAGE) from None
+    warn(damaged_lines_notice(run_dir / "results.jsonl", summary["report"].get("damaged_lines")))
+    if as_json:
+        typer.echo(report_json(summary))
+    elif as_csv:
+        typer.echo(report_csv(summary), nl=False)
+    else:
+        _print_tables(report_tables(summary, run_dir))
+
+
+def _parse_int_list(spec: str | None, flag: str) -> list[int]:
+    from llmbatch.errors import ConfigError
+
+    if not spec:
+        return []
+    out: list[int] = []
+    for part in spec.split(","):
+        try:
+            n = int(part)
+        except ValueError:
+            raise ConfigError(f"{flag}: expected comma-separated integers, got {part!r}") from None
+        if n < 1:
+            raise ConfigError(f"{flag}: must be >= 1, got {n}")
+        out.append(n)
+    return out
+
+
+@app.command()
+def compare(
+    prompts: Annotated[Path, typer.Argument(help="JSONL file of prompts.")],
+    provider: Annotated[
+        list[str] | None,
+        typer.Option("--provider", "-p", help="Provider profile (repeatable; default: mock)."),
+    ] = None,
+    client: Annotated[
+        list[str] | None,
+        typer.Option(help="Client adapter (repeatable): aiohttp, httpx, httpx-aiohttp, native."),
+    ] = None,
+    concurrency: Annotated[
+        str | None, typer.Option("--concurrency", "-j", help="Comma-separated, e.g. 30,300.")
+    ] = None,
+    limit: Annotated[
+        int | None, typer.Option(min=1, help="Send only the first N prompts of the file.")
+    ] = None,
+    out: Annotated[
+        Path | None,
+        typer.Option("--out", "-o", help="Compare directory (default outputs/compare-<...>)."),
+    ] = None,
+    http2: Http2Opt = None,
+    insecure: InsecureOpt = None,
+    ca_bundle: CaBundleOpt = None,
+    config: ConfigOpt = None,
+    slo: SloOpt = None,
+    progress: ProgressOpt = None,
+) -> None:
+    """Run PROMPTS against every provider × client × concurrency, one after another,
+    then print one comparison table and write compare.json, compare.csv (and compare.png).
+    """
+    import asyncio
+    import signal
+
+    from llmbatch.cli.compare import (
+        PROMPTS_FILE,
+        Combination,
+        compare_table,
+        limit_prompts,
+        make_compare_dir,
+        plan_combinations,
+        plot_compare,
+        run_compare,
+    )
+    from llmbatch.errors import InputError, LLMBatchError
+    from llmbatch.notices import one_line_per_cause
+
+    def on_start(i: int, combo: Combination) -> None:
+        typer.echo(f"llmbatch: [{i + 1}/{len(plan)}] {combo.name}", err=True)
+
+    try:
+        concs = _parse_int_list(concurrency, "--concurrency")
+        slo_obj = parse_slo(slo)
+        flags = {"progress": progress, "http2": http2, "insecure": insecure}
+        plan = plan_combinations(
+            config, provider or [], client or [], concs, flags={**flags, "ca_bundle": ca_bundle}
+        )
+        warn_insecure(plan[0][1])
+        if not prompts.is_file():
+            raise InputError("no such file", path=str(prompts))
+        cdir = make_compare_dir(plan[0][1].out_dir, prompts, out)
+        source = limit_prompts(prompts, limit, cdir / PROMPTS_FILE) if limit else prompts
+        label = prompts.name + (f" (first {limit})" if limit else "")
+        with one_line_per_cause(), asyncio.Runner(loop_factory=loop_factory()) as runner:
+            result = runner.run(
+                run_compare(plan, source, cdir, slo=slo_obj, label=label, on_start=on_start)
+            )
+    except LLMBatchError as exc:
+        raise _fail_for(exc) from None
+    _print_tables([compare_table(result)])
+    typer.echo(f"written: {cdir}/compare.json, {cdir}/compare.csv")
+    if result.rows:
+        try:
+            png = plot_compare(result)
+        except ImportError:
+            typer.echo(
+                "llmbatch: matplotlib is not installed, no chart "
+                "(pip install 'llmbatch[plot]' for compare.png)",
+                err=True,
+            )
+        else:
+            typer.echo(f"chart: {png}")
+    for row in result.rows:
+        if row.abort_message:
+            typer.echo(f"llmbatch: {row.combo.name} aborted: {row.abort_message}", err=True)
+    if result.signal_received is not None:
+        typer.echo("llmbatch: interrupted; the remaining combinations did not run", err=True)
+        raise typer.Exit(EXIT_SIGTERM if result.signal_received == signal.SIGTERM else EXIT_SIGINT)
+    if any(r.stop_reason is not None for r in result.rows):
+        raise typer.Exit(EXIT_ABORTED)
+    raise typer.Exit(EXIT_FAILED_REQUESTS if any(r.status != "ok" for r in result.rows) else 0)
+
+
+@app.command()
+def merge(
+    dirs: Annotated[list[Path], typer.Argument(help="The run directories of every shard.")],
+    out: Annotated[
+        Path | None,
+        typer.Option("--out", "-o", help="Merged run dir (default: first name minus -shardIofN)."),
+    ] = None,
+    prompts: Annotated[
+        Path | None, typer.Option(help="The prompts file, if not at the path run.json names.")
+    ] = None,
+) -> None:
+    """Join the finished run directories of --shard I/N runs into one run directory."""
+    from llmbatch.cli.merge import default_merge_dir, merge_shards
+    from llmbatch.errors import LLMBatchError
+
+    try:
+        result = merge_shards(dirs, out or default_merge_dir(dirs), prompts=prompts)
+    except LLMBatchError as exc:
+        raise _fail(str(exc), EXIT_USAGE) from None
+    typer.echo(
+        f"merged {len(result.shards)} shards into {result.out_dir}: {result.records} records "
+        f"({result.succeeded} succeeded, {result.failed} failed)"
+    )
+
+
+# -- export and providers (issue 8) ------------------------------------------------------
+@app.command()
+def export(
+    run_dir: Annotated[Path, typer.Argument(help="A run directory (outputs/<run>).")],
+    fmt: Annotated[
+        str, typer.Option("--format", "-f", help="openai-batch, anthropic-batch or csv.")
+    ] = "openai-batch",
+    ordered: Annotated[
+        bool, typer.Option("--ordered", help="In input order (default: completion order).")
+    ] = False,
+    output: Annotated[
+        Path | None, typer.Option("--output", "-o", help="Write here (default: stdout).")
+    ] = None,
+) -> None:
+    """Write a run's results as an OpenAI Batch or Anthropic batch file, or as CSV."""
+    from llmbatch.cli.export import export_run
+    from llmbatch.errors import LLMBatchError
+    from llmbatch.notices import warn
+    from llmbatch.rundir.writer import RESULTS, damaged_lines_notice
+
+    damaged: list[int] = []
+    try:
+        if output is None:
+            sys.stdout.flush()
+            n = export_run(run_dir, fmt, ordered=ordered, stdout=sys.stdout.buffer, damaged=damaged)
+            sys.stdout.buffer.flush()
+        else:
+            n = export_run(run_dir, fmt, ordered=ordered, output=output, damaged=damaged)
+    except LLMBatchError as exc:
+        raise _fail(str(exc), EXIT_USAGE) from None
+    warn(damaged_lines_notice(run_dir / RESULTS, damaged))
+    if output is not None:
+        typer.echo(f"exported {n} records to {output}", err=True)
+
+
+@app.command()
+def providers(config: ConfigOpt = None) -> None:
+    """List provider profiles: kind, base URL, model, and whether the key variable is set."""
+    from llmbatch.config.load import load_profiles
+    from llmbatch.errors import ConfigError
+
+    try:
+        profiles = load_profiles(config)
+    except ConfigError as exc:
+        raise _fail(str(exc), EXIT_USAGE) from None
+    rows = [("NAME", "KIND", "BASE URL", "MODEL", "API KEY")]
+    for name, p in sorted(profiles.items()):
+        if p.api_key_env is None:
+            key = "-"
+        else:
+            state = "set" if os.environ.get(p.api_key_env, "").strip() else "not set"
+            key = f"${p.api_key_env} ({state})"
+        url = "(embedded mock)" if p.embedded_mock else p.base_url
+        rows.append((name, p.kind, url, p.model or "-", key))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]) - 1)]
+    for r in rows:
+        typer.echo("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=False)) + "  " + r[-1])

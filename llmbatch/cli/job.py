@@ -1,0 +1,162 @@
+"""One CLI run, end to end: config → Client → Batch into the run directory.
+
+The CLI calls ``execute_run`` inside an event loop and maps its result to an exit code.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import signal
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from llmbatch.cli.progress import ProgressView, make_progress
+from llmbatch.client import Client
+from llmbatch.config.load import RunConfig
+from llmbatch.engine import BatchEnd, StopReason
+from llmbatch.engine.fdlimit import fit_run_config
+from llmbatch.errors import InputError
+from llmbatch.metrics import SLO
+from llmbatch.notices import warn
+from llmbatch.records import PromptRecord
+from llmbatch.rundir.identity import run_identity
+from llmbatch.rundir.reader import iter_records
+from llmbatch.rundir.writer import RESULTS, damaged_lines_notice
+
+if TYPE_CHECKING:
+    from llmbatch.rundir.shard import Shard
+
+__all__ = ["RunOutput", "default_run_dir", "execute_run", "open_prompts"]
+
+
+@dataclass
+class RunOutput:
+    """What the CLI needs after a run: the result, where it went, which signal stopped it."""
+
+    result: BatchEnd
+    run_dir: Path
+    signal_received: int | None
+
+
+def default_run_dir(cfg: RunConfig, prompts: Path, shard: Shard | None = None) -> Path:
+    """outputs/<prompts stem>-<provider>[-<model>][-shardIofN]: the same command resumes
+    the same run."""
+    if cfg.run_dir is not None:
+        return cfg.run_dir
+    parts = [prompts.stem, cfg.provider.name]
+    if cfg.provider.model and not cfg.provider.embedded_mock:
+        parts.append(cfg.provider.model.replace("/", "_"))
+    if shard is not None:
+        parts.append(shard.suffix)
+    return cfg.out_dir / "-".join(parts)
+
+
+def open_prompts(prompts: Path) -> Iterator[PromptRecord | InputError]:
+    """The prompt iterator, with an empty or unreadable file reported before anything starts."""
+    items = iter_records(prompts)
+    first = next(items, None)
+    if first is None:
+        raise InputError("contains no prompts", path=str(prompts))
+    return itertools.chain([first], items)
+
+
+def _count_lines(path: Path) -> int:
+    n = 0
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            n += block.count(b"\n")
+    return n
+
+
+async def execute_run(
+    cfg: RunConfig,
+    prompts: Path,
+    *,
+    slo: SLO | None = None,
+    install_signal_handlers: bool = True,
+    shard: Shard | None = None,
+) -> RunOutput:
+    """Run every prompt of ``prompts`` (of ``shard`` only, if given); resumable by calling
+    again with the same config.
+
+    The CLI's run on top of the library: a Client for ``cfg``, one Batch into the run
+    directory, SIGINT/SIGTERM turned into a graceful stop (a second signal: at once).
+    """
+    cfg, capped = fit_run_config(cfg)  # within the open-file limit (raised, or capped)
+    warn(capped)
+    client = Client.from_run_config(cfg)  # resolves the API key before anything is sent
+    items: Iterator[PromptRecord | InputError] = open_prompts(prompts)
+    run_dir = default_run_dir(cfg, prompts, shard)
+    meta = run_identity(cfg, prompts)
+    if shard is not None:
+        from llmbatch.rundir.shard import select_shard
+
+        items = select_shard(items, shard)
+        meta["shard"] = shard.spec
+    signal_received: int | None = None
+    async with client:
+        batch = client.batch(
+            items,  # type: ignore[arg-type]  # parsed records pass through unchanged
+            run_dir,
+            text_files=cfg.text_files,
+            text_layout=cfg.text_layout,
+            keep_partial=cfg.keep_partial,
+            retry_failed=cfg.retry_failed,
+            max_runtime_s=cfg.max_runtime_s,
+            slo=slo,
+            meta=meta,
+            force_resume=cfg.force_resume,
+        )
+        live = client.engine.live
+        loop = asyncio.get_running_loop()
+
+        def on_signal(signum: int) -> None:
+            nonlocal signal_received
+            if signal_received is None:
+                signal_received = signum
+                batch.stop(reason=StopReason.INTERRUPTED)
+                print(
+                    f"llmbatch: {signal.Signals(signum).name}: finishing "
+                    f"{live.in_flight} requests in flight (up to {cfg.grace_s:g}s); "
+                    "signal again to stop now",
+                    file=sys.stderr,
+                    flush=True,
+                )
+            else:  # a second signal: stop now (files stay consistent)
+                batch.stop(reason=StopReason.INTERRUPTED, grace_s=0)
+
+        if install_signal_handlers:
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                loop.add_signal_handler(sig, on_signal, sig)
+        interactive = cfg.progress
+        if interactive is None:
+            interactive = sys.stdout.isatty()
+        total = _count_lines(prompts) if interactive else None
+        engine = client.engine
+        view: ProgressView | None = None
+        try:
+            async with batch:
+                await batch.start()
+                warn(damaged_lines_notice(run_dir / RESULTS, batch.damaged_lines))
+                metrics = batch.metrics
+                assert metrics is not None
+                view = make_progress(
+                    total,
+                    lambda: (metrics.succeeded + metrics.failed, metrics.failed, metrics.skipped),
+                    live,
+                    interactive=interactive,
+                    extra=(lambda: f"limit {engine.concurrency_limit}") if cfg.adaptive else None,
+                )
+                view.start()
+                result = await batch.wait()
+        finally:
+            if view is not None:
+                await view.stop()
+            if install_signal_handlers:
+                for sig in (signal.SIGINT, signal.SIGTERM):
+                    loop.remove_signal_handler(sig)
+    return RunOutput(result=result, run_dir=run_dir, signal_received=signal_received)

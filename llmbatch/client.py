@@ -1,0 +1,762 @@
+"""The public library API: ``Client`` (async), ``Batch`` and ``run`` (sync).
+
+One ``Client`` is one shared engine for an application's lifetime: one connection
+pool, one rate governor, one retry policy and one concurrency limit shared by every
+``complete``, ``stream`` and ``batch`` call from any number of tasks. Nothing is read
+from the working directory or the environment unless asked: ``Client.from_config``
+reads a config file (and ``LLMBATCH_*``); otherwise only the provider's API key
+variable is consulted, when no ``api_key`` is given.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import contextlib
+import dataclasses
+import os
+import sys
+import time
+import warnings
+from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+from typing import TYPE_CHECKING, Any
+
+from llmbatch.config.load import (
+    Limits,
+    MockSettings,
+    RetryPolicy,
+    RunConfig,
+    Timeouts,
+    load_config,
+    resolve_api_key,
+)
+from llmbatch.engine import BatchEnd, BatchRun, Engine, StopReason
+from llmbatch.engine.fdlimit import fit_run_config
+from llmbatch.errors import (
+    ConcurrencyCappedWarning,
+    ConfigError,
+    InputError,
+    InsecureTLSWarning,
+    RequestError,
+)
+from llmbatch.http import make_client
+from llmbatch.metrics import INPUT_ERROR, SLO, RunMetrics
+from llmbatch.notices import warn
+from llmbatch.providers import make_provider
+from llmbatch.records import Outcome, PromptRecord
+from llmbatch.rundir.identity import run_identity
+from llmbatch.rundir.reader import aiter_items, iter_items, iter_records, parse_item
+from llmbatch.rundir.resultline import result_line
+from llmbatch.rundir.writer import RESULTS, ResumeIndex, RunDir, forget_unsaved, iter_result_lines
+
+if TYPE_CHECKING:
+    from llmbatch.result import Result
+
+__all__ = ["Batch", "BatchProgress", "Client", "Prompt", "Prompts", "run"]
+
+Prompt = str | dict[str, Any]
+"""One prompt: a string (sent as the user message) or an input-line dict of any of the
+three shapes the reader accepts (``prompt``, ``messages``, OpenAI Batch)."""
+Prompts = str | os.PathLike[str] | Iterable[Prompt] | AsyncIterable[Prompt]
+"""A JSONL file (a path; a plain string is taken as a path too), or an iterable or async
+iterable of prompts."""
+
+_SECTIONS = {"timeouts": Timeouts, "retry": RetryPolicy, "mock": MockSettings}
+_PROFILE_KEYS = ("kind", "headers", "params", "api_key_env")
+_RUN_OPTIONS = {
+    "max_concurrency",
+    "grace_s",
+    "http2",
+    "insecure",
+    "ca_bundle",
+    "rpm",
+    "tpm",
+    "input_tpm",
+    "output_tpm",
+}
+
+
+@dataclass(frozen=True, slots=True)
+class _BatchOptions:
+    """How one batch runs (``Client.batch``'s keyword options)."""
+
+    text_files: bool
+    text_layout: str
+    keep_partial: bool
+    retry_failed: bool
+    include_done: bool
+    max_runtime_s: float | None
+    slo: SLO
+    progress: bool | Callable[[BatchProgress], None]
+    meta: dict[str, Any] | None
+    force_resume: bool
+
+
+@dataclass(frozen=True, slots=True)
+class BatchProgress:
+    """A snapshot handed to a ``progress`` callback after each record."""
+
+    done: int
+    succeeded: int
+    failed: int
+    skipped: int
+    in_flight: int
+    retrying: int
+    output_tokens: int
+    elapsed_s: float
+
+
+class Client:
+    """An LLM client that streams, retries, paces and bounds concurrency for you.
+
+    ``provider`` names a built-in profile (``mock``, ``openai``, ``anthropic``,
+    ``vllm``, ``llamacpp``, ``ollama``); ``base_url``, ``model``, ``api_key_env``,
+    ``kind``, ``headers`` and ``params`` override it. ``concurrency`` is an int or
+    ``"auto"`` (adaptive, up to ``max_concurrency``). Other options, as in config.toml:
+    ``rpm``, ``tpm``, ``input_tpm``, ``output_tpm``, ``limits`` (Limits or dict),
+    ``timeouts`` (Timeouts or dict), ``retry`` (RetryPolicy or dict), ``mock``
+    (MockSettings or dict), ``http2``, ``insecure``, ``ca_bundle`` (a PEM file of CAs
+    to trust), ``grace_s``, ``max_concurrency``.
+
+    Use as ``async with llmbatch.Client(...) as llm:``; the pool and (for
+    ``provider="mock"``) the embedded mock server live until the block ends.
+    """
+
+    def __init__(
+        self,
+        provider: str = "mock",
+        *,
+        base_url: str | None = None,
+        model: str | None = None,
+        api_key: str | None = None,
+        concurrency: int | str = 32,
+        client: str = "aiohttp",
+        pacer: Any = None,
+        **options: Any,
+    ) -> None:
+        self._cfg = _options_config(
+            provider,
+            base_url=base_url,
+            model=model,
+            concurrency=concurrency,
+            client=client,
+            **options,
+        )
+        self._api_key = api_key if api_key is not None else resolve_api_key(self._cfg.provider)
+        self._engine: Engine | None = None
+        self._stack: contextlib.AsyncExitStack | None = None
+        self._batches: set[Batch] = set()
+        self._pacer = pacer
+        self._concurrency: Any = None
+
+    @classmethod
+    def from_config(
+        cls, path: str | os.PathLike[str] | None = None, *, environ: bool = True, **flags: Any
+    ) -> Client:
+        """A Client configured like the CLI: ``path`` (or ./config.toml when it exists),
+        then ``LLMBATCH_*`` variables unless ``environ=False``, then ``flags``
+        (the CLI's option names: ``provider``, ``concurrency``, ``base_url``, ...)."""
+        where = None if path is None else Path(os.fspath(path))
+        cfg = load_config(where, flags=flags, environ=None if environ else {})
+        return cls.from_run_config(cfg)
+
+    @classmethod
+    def from_run_config(
+        cls,
+        cfg: RunConfig,
+        *,
+        api_key: str | None = None,
+        pacer: Any = None,
+        concurrency: Any = None,
+    ) -> Client:
+        """A Client for an already merged RunConfig (what the CLI uses); ``pacer`` and
+        ``concurrency`` replace its rate governor and its ``auto`` controller (Ray)."""
+        self = cls.__new__(cls)
+        self._cfg = cfg
+        self._api_key = api_key if api_key is not None else resolve_api_key(cfg.provider)
+        self._engine = None
+        self._stack = None
+        self._batches = set()
+        self._pacer = pacer
+        self._concurrency = concurrency
+        return self
+
+    @property
+    def config(self) -> RunConfig:
+        """The merged configuration (frozen)."""
+        return self._cfg
+
+    @property
+    def engine(self) -> Engine:
+        """The shared engine (internal; for llmbatch's own tools)."""
+        if self._engine is None:
+            raise RuntimeError("use the Client inside 'async with' (or await client.start())")
+        return self._engine
+
+    # -- lifetime --------------------------------------------------------------------
+    async def start(self) -> Client:
+        """Open the connection pool (and the embedded mock); ``async with`` calls this."""
+        if self._engine is not None:
+            return self
+        cfg, capped = fit_run_config(self._cfg)
+        if capped is not None:
+            warnings.warn(ConcurrencyCappedWarning(capped), stacklevel=2)
+            self._cfg = cfg
+        if cfg.insecure:
+            warnings.warn(
+                InsecureTLSWarning(
+                    "insecure=True: TLS certificates are NOT verified (for tests only); "
+                    "to trust a private CA pass ca_bundle=PATH"
+                ),
+                stacklevel=2,
+            )
+        stack = contextlib.AsyncExitStack()
+        try:
+            base_url = cfg.provider.base_url
+            if cfg.provider.embedded_mock:
+                base_url = await stack.enter_async_context(_embedded_mock(cfg.mock))
+            provider = make_provider(cfg.provider, self._api_key, base_url)
+            max_in_flight = cfg.max_concurrency if cfg.adaptive else cfg.concurrency
+            adapter = make_client(
+                cfg.client,
+                max_connections=max_in_flight,
+                timeouts=cfg.timeouts,
+                verify_tls=not cfg.insecure,
+                http2=cfg.http2,
+                ca_bundle=cfg.ca_bundle,
+                tls_up_front=base_url.startswith("https:"),
+            )
+            stack.push_async_callback(adapter.aclose)
+        except BaseException:
+            await stack.aclose()
+            raise
+        self._stack = stack
+        secrets = (self._api_key,) if self._api_key else ()
+        self._engine = Engine(
+            cfg,
+            provider,
+            adapter,
+            secrets=secrets,
+            governor=self._pacer,
+            concurrency=self._concurrency,
+        )
+        return self
+
+    async def aclose(self) -> None:
+        """Stop batches still running, then close the pool (and the embedded mock)."""
+        for batch in list(self._batches):
+            await batch.aclose()
+        stack, self._stack, self._engine = self._stack, None, None
+        if stack is not None:
+            await stack.aclose()
+
+    async def __aenter__(self) -> Client:
+        return await self.start()
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+    # -- single requests -------------------------------------------------------------
+    async def complete(self, prompt: Prompt, *, id: str | None = None) -> Result:
+        """Send one prompt and wait for the whole answer.
+
+        A request that fails (after retries) or a prompt that is not valid comes back
+        as a Result with ``ok=False``; errors fatal for every request (AuthError,
+        QuotaExhausted) are raised.
+        """
+        rec = _one_record(prompt, id)
+        if isinstance(rec, InputError):
+            return _input_error_result(rec)
+        eng = self.engine
+        taken_at = time.perf_counter()
+        async with eng.slot():
+            outcome = await eng.execute(rec, taken_at=taken_at)
+        return _result(result_line(outcome))
+
+    async def stream(self, prompt: Prompt, *, id: str | None = None) -> AsyncIterator[str]:
+        """Yield the answer's text deltas as they arrive.
+
+        Failures before the first delta are retried as usual. Once text has been
+        yielded, a failure is raised (a RequestError subclass) instead of retried,
+        because a retry would repeat text the caller already has. An invalid prompt
+        raises InputError.
+        """
+        rec = _one_record(prompt, id)
+        if isinstance(rec, InputError):
+            raise rec
+        eng = self.engine
+        queue: asyncio.Queue[str | None] = asyncio.Queue()
+        target = _QueueText(queue)
+        taken_at = time.perf_counter()
+
+        async def produce() -> Outcome:
+            try:
+                async with eng.slot():
+                    return await eng.execute(
+                        rec, target, taken_at=taken_at, retry_after_text=False, raise_failure=True
+                    )
+            finally:
+                queue.put_nowait(None)
+
+        task = asyncio.create_task(produce())
+        try:
+            while (delta := await queue.get()) is not None:
+                yield delta
+            await task  # raises the request's error, if any
+        finally:
+            if not task.done():
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError, RequestError):
+                    await task
+
+    # -- batches ---------------------------------------------------------------------
+    def batch(
+        self,
+        prompts: Prompts,
+        out_dir: str | os.PathLike[str] | None = None,
+        *,
+        text_files: bool = True,
+        text_layout: str = "files",
+        keep_partial: bool = False,
+        retry_failed: bool = False,
+        include_done: bool = False,
+        max_runtime_s: float | None = None,
+        slo: SLO | None = None,
+        progress: bool | Callable[[BatchProgress], None] = False,
+        meta: dict[str, Any] | None = None,
+        force_resume: bool = False,
+    ) -> Batch:
+        """Run many prompts; iterate the returned Batch for Results in completion order.
+
+        Memory stays O(concurrency) however many prompts there are. Without ``out_dir``
+        nothing touches the disk. With it, the batch writes a run directory exactly as
+        the CLI does (text/<id> streaming, results.jsonl, summary.json, the lock) and
+        resumes it: ids already there are skipped (``include_done=True`` yields their
+        stored Results first). A directory made by another job (other prompts file,
+        base URL, model, ...) is refused with RunDirError unless ``force_resume``.
+        ``progress=True`` shows a bar (or log lines when stderr is not a terminal); a
+        callable gets a BatchProgress after each record. ``meta`` replaces the identity
+        kept in run.json (the CLI's). ``text_layout="log"`` writes every answer into one
+        append-only text.log (offsets in each record) instead of a file per request.
+        """
+        opts = _BatchOptions(
+            text_files=text_files,
+            text_layout=text_layout,
+            keep_partial=keep_partial,
+            retry_failed=retry_failed,
+            include_done=include_done,
+            max_runtime_s=max_runtime_s,
+            slo=slo or SLO(),
+            progress=progress,
+            meta=meta,
+            force_resume=force_resume,
+        )
+        return Batch(self, prompts, Path(out_dir) if out_dir is not None else None, opts)
+
+
+class Batch:
+    """A running batch: an async iterator of Results in completion order.
+
+    Also an async context manager: leaving the block (or ``aclose()``, or cancelling
+    the task that iterates) stops the batch at once; records already made are kept,
+    requests cut off get none (a later run with the same ``out_dir`` redoes them).
+    ``stop()`` stops taking prompts and lets requests in flight finish within the
+    grace period. ``await batch.wait()`` runs it to the end without collecting Results.
+    """
+
+    def __init__(
+        self, client: Client, prompts: Prompts, out_dir: Path | None, opts: _BatchOptions
+    ) -> None:
+        self._client = client
+        self._prompts = prompts
+        self.out_dir = out_dir
+        self._opts = opts
+        self._progress = opts.progress
+        self.damaged_lines: list[int] = []
+        """Line numbers of results.jsonl lines that could not be read (their requests rerun)."""
+        self._queue: asyncio.Queue[Result | None] = asyncio.Queue()
+        self._collect = True
+        self._drained = asyncio.Event()
+        self._run: BatchRun | None = None
+        self._task: asyncio.Task[BatchEnd] | None = None
+        self._rundir: RunDir | None = None
+        self._view: Any = None
+        self._deadline: asyncio.TimerHandle | None = None
+        self._closed = False
+        self._consumer: asyncio.Task[Any] | None = None
+        self._orphan_close: asyncio.Future[None] | None = None
+        self.end: BatchEnd | None = None
+        """How the batch ended (set once it has)."""
+
+    # -- state -------------------------------------------------------------------------
+    @property
+    def metrics(self) -> RunMetrics | None:
+        """Live aggregates (None before the batch started)."""
+        return self._run.metrics if self._run is not None else None
+
+    def summary(self) -> dict[str, Any]:
+        """The run summary (the summary.json shape), so far or final."""
+        if self._run is None:
+            raise RuntimeError("the batch has not started")
+        return self._run.metrics.summary()
+
+    def stop(self, *, grace_s: float | None = None, reason: str = StopReason.INTERRUPTED) -> None:
+        """Take no more prompts; cancel requests still running after ``grace_s``."""
+        if self._run is not None:
+            self._run.stop(reason, grace_s=grace_s)
+
+    # -- running -------------------------------------------------------------------------
+    async def start(self) -> None:
+        """Open the run directory and start dispatching (iterating or ``wait()`` do it)."""
+        if self._task is not None:
+            return
+        client = self._client
+        eng = client.engine
+        cfg = client.config
+        index = ResumeIndex()
+        if self.out_dir is not None:
+            opts = self._opts
+            self._rundir, index = RunDir.open(
+                self.out_dir,
+                opts.meta or _default_meta(cfg, self._prompts),
+                retry_failed=opts.retry_failed,
+                text_files=opts.text_files,
+                text_layout=opts.text_layout,
+                force_resume=opts.force_resume,
+            )
+            self.damaged_lines = index.damaged_lines
+            if opts.include_done and (self.out_dir / RESULTS).exists():
+                for _, line in iter_result_lines(self.out_dir / RESULTS):
+                    with contextlib.suppress(ValueError):
+                        self._queue.put_nowait(_result(line))
+        metrics = RunMetrics(
+            slo=self._opts.slo,
+            done_before_succeeded=index.succeeded,
+            done_before_failed=index.failed,
+        )
+        self._run = BatchRun(
+            eng,
+            _admission_paced(_records(self._prompts), self._has_room),
+            metrics,
+            rundir=self._rundir,
+            index=index,
+            keep_partial=self._opts.keep_partial,
+            grace_s=cfg.grace_s,
+            on_record=self._on_record,
+        )
+        loop = asyncio.get_running_loop()
+        if self._opts.max_runtime_s is not None:
+            self._deadline = loop.call_later(
+                self._opts.max_runtime_s, self._run.stop, StopReason.MAX_RUNTIME
+            )
+        if self._progress is True:
+            from llmbatch.cli.progress import make_progress
+
+            self._view = make_progress(
+                None,
+                lambda: (metrics.succeeded + metrics.failed, metrics.failed, metrics.skipped),
+                eng.live,
+                interactive=sys.stderr.isatty(),
+            )
+            self._view.start()
+        self._task = asyncio.create_task(self._run.run())
+        self._task.add_done_callback(lambda _: self._queue.put_nowait(None))
+        client._batches.add(self)
+        # Cancelling the task that iterates stops the batch, even when the cancellation
+        # lands in the caller's own code between two results.
+        self._consumer = asyncio.current_task()
+        if self._consumer is not None:
+            self._consumer.add_done_callback(self._consumer_gone)
+
+    def _consumer_gone(self, _task: object) -> None:
+        if self._closed:
+            return
+        if self._task is not None and not self._task.done():
+            self._task.cancel()
+        self._orphan_close = asyncio.ensure_future(self._cleanup())
+
+    async def _has_room(self) -> None:
+        # Backpressure: a consumer that reads slowly holds up admission, not memory.
+        limit = 2 * self._client.engine.max_in_flight + 16
+        while self._collect and self._queue.qsize() >= limit:
+            self._drained.clear()
+            await self._drained.wait()
+
+    def _on_record(self, outcome: Outcome, line: dict[str, Any]) -> None:
+        if self._collect:
+            self._queue.put_nowait(_result(line))
+        cb = self._progress
+        if callable(cb) and self._run is not None:
+            m = self._run.metrics
+            live = self._client.engine.live
+            cb(
+                BatchProgress(
+                    done=m.succeeded + m.failed,
+                    succeeded=m.succeeded,
+                    failed=m.failed,
+                    skipped=m.skipped,
+                    in_flight=live.in_flight,
+                    retrying=live.retrying,
+                    output_tokens=m.output_tokens,
+                    elapsed_s=time.monotonic() - m.started_at,
+                )
+            )
+
+    def __aiter__(self) -> Batch:
+        return self
+
+    async def __anext__(self) -> Result:
+        if self._task is None:
+            await self.start()
+        elif self._closed and self._queue.empty():
+            raise StopAsyncIteration
+        try:
+            item = await self._queue.get()
+        except asyncio.CancelledError:
+            await self.aclose()
+            raise
+        self._drained.set()
+        if item is None:
+            await self._finish()
+            raise StopAsyncIteration
+        return item
+
+    async def wait(self) -> BatchEnd:
+        """Run to the end without collecting Results; return how it ended."""
+        self._collect = False
+        self._drained.set()
+        if self._task is None:
+            await self.start()
+        assert self._task is not None
+        try:
+            await asyncio.wait({self._task})
+        except asyncio.CancelledError:
+            await self.aclose()
+            raise
+        return await self._finish()
+
+    async def _finish(self) -> BatchEnd:
+        try:
+            assert self._task is not None
+            self.end = await self._task
+            return self.end
+        finally:
+            await self._cleanup()
+
+    async def _cleanup(self) -> None:
+        if self._closed:
+            if self._orphan_close is not None and self._orphan_close is not asyncio.current_task():
+                await asyncio.shield(self._orphan_close)
+            return
+        self._closed = True
+        self._client._batches.discard(self)
+        if self._consumer is not None:
+            self._consumer.remove_done_callback(self._consumer_gone)
+        task = self._task
+        if task is not None and not task.done():
+            task.cancel()
+            await asyncio.wait({task})
+        if self._deadline is not None:
+            self._deadline.cancel()
+        if self._view is not None:
+            await self._view.stop()
+        if self._rundir is not None:
+            await self._rundir.aclose()
+            warn(forget_unsaved(self._rundir, self.metrics))  # counts = what was saved
+
+    async def aclose(self) -> None:
+        """Stop now (requests in flight are cancelled, get no record) and close files."""
+        task = self._task
+        if task is not None and not task.done():
+            task.cancel()
+            await asyncio.wait({task})
+        if task is not None and task.done() and not task.cancelled() and self.end is None:
+            with contextlib.suppress(Exception):
+                self.end = task.result()
+        await self._cleanup()
+
+    async def __aenter__(self) -> Batch:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+
+def run(
+    prompts: Prompts, *, out_dir: str | os.PathLike[str] | None = None, **options: Any
+) -> list[Result]:
+    """Run ``prompts`` to the end and return their Results in input order (sync).
+
+    ``options`` are the Client's (``provider``, ``model``, ``concurrency``, ...) plus
+    ``progress``. Works from plain scripts and from inside a running event loop
+    (Jupyter): there it runs on a private loop in a worker thread. With ``out_dir`` a
+    re-run resumes, and the Results of ids already done are included.
+    """
+    progress = options.pop("progress", False)
+
+    async def main() -> list[Result]:
+        async with Client(**options) as llm:
+            results = [
+                r
+                async for r in llm.batch(
+                    prompts, out_dir=out_dir, include_done=True, progress=progress
+                )
+            ]
+        results.sort(key=lambda r: (r.line is None, r.line or 0))
+        return results
+
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return asyncio.run(main())
+    with concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="llmbatch-run") as pool:
+        return pool.submit(asyncio.run, main()).result()
+
+
+# -- helpers -----------------------------------------------------------------------------
+class _QueueText:
+    """A TextTarget feeding ``Client.stream``'s queue."""
+
+    __slots__ = ("_put",)
+
+    def __init__(self, queue: asyncio.Queue[str | None]) -> None:
+        self._put = queue.put_nowait
+
+    def extend(self, texts: list[str]) -> None:
+        for text in texts:  # one item per delta, as stream() promises
+            self._put(text)
+
+    def restart(self) -> None:
+        pass  # only attempts that streamed no text are retried (retry_after_text=False)
+
+
+def _options_config(provider: str, **options: Any) -> RunConfig:
+    """A RunConfig from keyword options, validated like config.toml (no file, no env)."""
+    data: dict[str, Any] = {}
+    for name, cls in _SECTIONS.items():
+        value = options.pop(name, None)
+        if value is not None:
+            data[name] = _as_table(value, cls, name)
+    profile: dict[str, Any] = {}
+    for key in _PROFILE_KEYS:
+        if options.get(key) is not None:
+            profile[key] = options.pop(key)
+    limits = options.pop("limits", None)
+    if limits is not None:
+        profile["limits"] = _as_table(limits, Limits, "limits")
+    if profile:
+        data["providers"] = {provider: profile}
+    unknown = set(options) - _RUN_OPTIONS - {"base_url", "model", "concurrency", "client"}
+    if unknown:
+        raise ConfigError(f"unknown Client option(s): {', '.join(sorted(unknown))}")
+    flags = {"provider": provider, **options}
+    if isinstance(flags.get("concurrency"), int):
+        flags["concurrency"] = str(flags["concurrency"])
+    return load_config(data=data, flags=flags, environ={}, flag_label=lambda k: f"option {k!r}")
+
+
+def _as_table(value: Any, cls: type, name: str) -> dict[str, Any]:
+    if isinstance(value, cls):
+        return dataclasses.asdict(value)  # type: ignore[call-overload, no-any-return]
+    if isinstance(value, dict):
+        return dict(value)
+    raise ConfigError(f"option {name!r} must be a {cls.__name__} or a dict")
+
+
+@contextlib.asynccontextmanager
+async def _embedded_mock(settings: MockSettings) -> AsyncIterator[str]:
+    """The built-in mock on an ephemeral loopback port, for ``provider="mock"``."""
+    from llmbatch.mockserver import MockConfig, start_mock_server
+    from llmbatch.notices import quiet_embedded_server
+
+    with quiet_embedded_server():  # its close too: that is when cut-off writes fail
+        server = await start_mock_server(
+            MockConfig(tokens=settings.tokens, ttft_s=settings.ttft_s, itl_s=settings.itl_s)
+        )
+        try:
+            yield server.url
+        finally:
+            await server.close()
+
+
+def _one_record(prompt: Prompt, rid: str | None) -> PromptRecord | InputError:
+    item: Any = prompt
+    if rid is not None:
+        item = {"prompt": prompt, "id": rid} if isinstance(prompt, str) else {**prompt, "id": rid}
+    try:
+        return parse_item(item, line_no=1, path="<prompt>")
+    except InputError as exc:
+        return exc
+
+
+def _input_error_result(err: InputError) -> Result:
+    from llmbatch.metrics import request_metrics_dict
+    from llmbatch.records import RequestMetrics
+
+    return _result(
+        {
+            "id": None,
+            "custom_id": "#line-1",
+            "response": None,
+            "error": {"code": INPUT_ERROR, "message": str(err)},
+            "llmbatch": {"line": err.line_no, "metrics": request_metrics_dict(RequestMetrics())},
+        }
+    )
+
+
+def _is_path(prompts: Any) -> bool:
+    return isinstance(prompts, str | os.PathLike)
+
+
+def _records(prompts: Prompts) -> AsyncIterator[PromptRecord | InputError]:
+    """Any accepted prompt source as one async iterator of records / input errors."""
+    if _is_path(prompts):
+        return _from_sync(iter_records(Path(os.fspath(prompts))))  # type: ignore[arg-type]
+    if isinstance(prompts, AsyncIterable):
+        return aiter_items(prompts)
+    assert not isinstance(prompts, os.PathLike)
+    return _from_sync(iter_items(prompts))
+
+
+async def _from_sync(
+    items: Iterable[PromptRecord | InputError],
+) -> AsyncIterator[PromptRecord | InputError]:
+    for item in items:
+        yield item
+
+
+async def _admission_paced(
+    items: AsyncIterator[PromptRecord | InputError], has_room: Callable[[], Awaitable[None]]
+) -> AsyncIterator[PromptRecord | InputError]:
+    async for item in items:
+        await has_room()
+        yield item
+
+
+def _default_meta(cfg: RunConfig, prompts: Prompts) -> dict[str, Any]:
+    """What a run directory belongs to (checked on resume): run.json's identity."""
+    if _is_path(prompts):
+        return run_identity(cfg, Path(os.fspath(prompts)))  # type: ignore[arg-type]
+    # Prompts from code have no file: the directory belongs to the target alone.
+    return {**run_identity(cfg, Path()), "prompts": "<iterable>"}
+
+
+def _result(line: dict[str, Any]) -> Result:
+    """The Result of a results line (result.py only once a caller asks for Results: a CLI
+    run never does, and its dataclasses cost ~3 ms of start-up)."""
+    from llmbatch.result import Result
+
+    return Result.from_line(line)

@@ -1,0 +1,598 @@
+"""Configuration as frozen value objects, merged in one place.
+
+Precedence: CLI flags > environment (LLMBATCH_*) > config file > built-in defaults.
+API keys are never stored here: a provider names the environment variable that
+holds its key, and the key is read only when a request is built.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+import urllib.parse
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from llmbatch.errors import ConfigError
+
+__all__ = [
+    "BUILTIN_PROVIDERS",
+    "CLIENTS",
+    "DEFAULT_CONFIG_FILE",
+    "Limits",
+    "MockSettings",
+    "ProviderConfig",
+    "RetryPolicy",
+    "RunConfig",
+    "Timeouts",
+    "load_config",
+    "load_profiles",
+    "resolve_api_key",
+]
+
+DEFAULT_CONFIG_FILE = "config.toml"
+AUTO_INITIAL_CONCURRENCY = 8
+CLIENTS = ("aiohttp", "httpx", "httpx-aiohttp", "native")
+# files: text/<id>.partial, then text/<id>.txt per request; log: one text.log (textlog.py).
+TEXT_LAYOUTS = ("files", "log")
+PROVIDER_KINDS = ("openai", "openai-completions", "anthropic")
+# Rate-limit header families (llmbatch/pacing/headers.py; a test keeps the two in step).
+RATE_HEADER_FAMILIES = (
+    "openai",
+    "anthropic",
+    "groq",
+    "together",
+    "azure",
+    "cerebras",
+    "openrouter",
+    "generic",
+    "none",
+)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Timeouts:
+    """Per-request time limits, in seconds."""
+
+    connect_s: float = 10.0
+    first_byte_s: float = 120.0
+    idle_s: float = 60.0
+    total_s: float = 900.0
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RetryPolicy:
+    """How transient failures are retried (exponential backoff with full jitter)."""
+
+    max_attempts: int = 6
+    max_total_s: float = 900.0
+    backoff_base_s: float = 0.5
+    backoff_max_s: float = 60.0
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Limits:
+    """Provider rate limits; None means not limited on our side."""
+
+    rpm: float | None = None
+    input_tpm: float | None = None
+    output_tpm: float | None = None
+    tpm: float | None = None  # input + output together (OpenAI's TPM)
+    # The limits' time unit. Providers count per minute; tests scale time down with it.
+    window_s: float = 60.0
+    # How the server's rate-limit headers are read ("" = by the provider profile).
+    headers: str = ""
+    # The window the server's figures count over where its headers do not say (Azure: 1 or 10).
+    header_window_s: float | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class MockSettings:
+    """What the built-in mock server streams."""
+
+    tokens: int = 32
+    ttft_s: float = 0.02
+    itl_s: float = 0.002
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ProviderConfig:
+    """A provider profile: where to send requests and how."""
+
+    name: str
+    kind: str = "openai"
+    base_url: str = ""
+    api_key_env: str | None = None
+    model: str = ""
+    headers: Mapping[str, str] = field(default_factory=dict)
+    params: Mapping[str, Any] = field(default_factory=dict)
+    limits: Limits = field(default_factory=Limits)
+    embedded_mock: bool = False
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RunConfig:
+    """Everything one run needs, after all sources were merged."""
+
+    provider: ProviderConfig
+    concurrency: int = 32
+    adaptive: bool = False  # --concurrency auto: AIMD between 1 and max_concurrency
+    max_concurrency: int = 256
+    grace_s: float = 30.0  # after SIGINT/SIGTERM/--max-runtime, before in-flight are cancelled
+    client: str = "aiohttp"
+    http2: bool = False
+    out_dir: Path = Path("outputs")
+    run_dir: Path | None = None
+    timeouts: Timeouts = field(default_factory=Timeouts)
+    retry: RetryPolicy = field(default_factory=RetryPolicy)
+    mock: MockSettings = field(default_factory=MockSettings)
+    keep_partial: bool = False
+    text_files: bool = True  # text/<id>.txt per request; results.jsonl has the text anyway
+    text_layout: str = "files"  # files: text/<id>.txt; log: one append-only text.log
+    max_runtime_s: float | None = None
+    retry_failed: bool = False
+    # Continue a run directory made for another target (base URL, model, ...).
+    force_resume: bool = False
+    insecure: bool = False
+    # PEM file of the CAs to trust instead of the system store (a company proxy, a
+    # self-hosted server behind TLS); SSL_CERT_FILE when not set here.
+    ca_bundle: Path | None = None
+    progress: bool | None = None
+
+
+BUILTIN_PROVIDERS: dict[str, ProviderConfig] = {
+    "mock": ProviderConfig(name="mock", kind="openai", model="mock-model", embedded_mock=True),
+    "openai": ProviderConfig(
+        name="openai",
+        kind="openai",
+        base_url="https://api.openai.com/v1",
+        api_key_env="OPENAI_API_KEY",
+        model="gpt-4o-mini",
+    ),
+    "anthropic": ProviderConfig(
+        name="anthropic",
+        kind="anthropic",
+        base_url="https://api.anthropic.com/v1",
+        api_key_env="ANTHROPIC_API_KEY",
+        model="claude-3-5-haiku-latest",
+        headers={"anthropic-version": "2023-06-01"},
+        params={"max_tokens": 1024},
+    ),
+    "groq": ProviderConfig(
+        name="groq",
+        base_url="https://api.groq.com/openai/v1",
+        api_key_env="GROQ_API_KEY",
+        model="llama-3.1-8b-instant",
+    ),
+    "together": ProviderConfig(
+        name="together",
+        base_url="https://api.together.xyz/v1",
+        api_key_env="TOGETHER_API_KEY",
+        model="meta-llama/Llama-3.3-70B-Instruct-Turbo",
+    ),
+    "cerebras": ProviderConfig(
+        name="cerebras",
+        base_url="https://api.cerebras.ai/v1",
+        api_key_env="CEREBRAS_API_KEY",
+        model="llama3.1-8b",
+    ),
+    "openrouter": ProviderConfig(
+        name="openrouter",
+        base_url="https://openrouter.ai/api/v1",
+        api_key_env="OPENROUTER_API_KEY",
+        model="openai/gpt-4o-mini",
+    ),
+    "vllm": ProviderConfig(name="vllm", base_url="http://127.0.0.1:8000/v1"),
+    "llamacpp": ProviderConfig(name="llamacpp", base_url="http://127.0.0.1:8080/v1"),
+    "ollama": ProviderConfig(name="ollama", base_url="http://127.0.0.1:11434/v1"),
+}
+
+# Flag/env names that map to a field of RunConfig, ProviderConfig or a sub-object.
+_RUN_KEYS = {
+    "provider",
+    "concurrency",
+    "max_concurrency",
+    "grace_s",
+    "client",
+    "http2",
+    "out_dir",
+    "keep_partial",
+    "text_files",
+    "text_layout",
+    "max_runtime_s",
+    "insecure",
+    "ca_bundle",
+}
+_PROVIDER_OVERRIDES = {"base_url", "model", "api_key_env"}
+_LIMIT_KEYS = ("rpm", "input_tpm", "output_tpm", "tpm")
+_ENV_PREFIX = "LLMBATCH_"
+# The tables a config file may hold; anything else at the top level is a mistake.
+_SECTIONS = ("run", "timeouts", "retry", "mock", "providers")
+# Command-line spelling of the flags whose name is not just the key with dashes.
+_FLAG_NAMES = {
+    "run_dir": "--out",
+    "max_runtime_s": "--max-runtime",
+    "text_files": "--text/--no-text",
+    "progress": "--progress/--no-progress",
+}
+
+
+def _flag_name(key: str) -> str:
+    return _FLAG_NAMES.get(key, "--" + key.replace("_", "-"))
+
+
+def load_config(
+    config_path: str | Path | None = None,
+    *,
+    flags: Mapping[str, Any] | None = None,
+    environ: Mapping[str, str] | None = None,
+    data: Mapping[str, Any] | None = None,
+    flag_label: Callable[[str], str] | None = None,
+) -> RunConfig:
+    """Merge defaults, the config file, LLMBATCH_* variables and flags into a RunConfig.
+
+    ``config_path`` None means ./config.toml if it exists. ``flags`` holds only the
+    options the user actually gave (None values are ignored). A bad value raises a
+    ConfigError naming where it came from: the flag, the variable or ``file: section.key``.
+    ``data`` replaces the file (the library's options, in the file's shape): then no
+    file is read. ``flag_label`` names a flag in messages (default: its ``--flag``).
+    """
+    env = os.environ if environ is None else environ
+    if data is not None:
+        file_data, source = dict(data), "options"
+    else:
+        file_data, source = _read_file(config_path)
+    _check_top_level(file_data, source)
+    flags = {k: v for k, v in (flags or {}).items() if v is not None}
+
+    # Every merged key remembers where its value came from, so errors blame that place.
+    merged: dict[str, Any] = {}
+    origin: dict[str, str] = {}
+    for key, val in _section(file_data, "run", source).items():
+        merged[key], origin[key] = val, f"{source}: run.{key}"
+    for key, val in _from_env(env).items():
+        merged[key], origin[key] = val, _ENV_PREFIX + key.upper()
+    for key, val in flags.items():
+        merged[key], origin[key] = val, (flag_label or _flag_name)(key)
+
+    profiles = _profiles_from(file_data, source)
+    pname = _as_str(merged.pop("provider", "mock"), origin.get("provider", "provider"))
+    if pname not in profiles:
+        known = ", ".join(sorted(profiles))
+        where = origin.get("provider", "provider")
+        raise ConfigError(f"{where}: unknown provider {pname!r} (known: {known})")
+    provider = profiles[pname]
+    overrides: dict[str, Any] = {
+        k: _as_str(merged.pop(k), origin[k]) for k in list(merged) if k in _PROVIDER_OVERRIDES
+    }
+    if overrides:
+        provider = dataclasses.replace(provider, **overrides)
+    limit_over: dict[str, Any] = {
+        k: _as_float(merged.pop(k), origin[k]) for k in list(merged) if k in _LIMIT_KEYS
+    }
+    if limit_over:
+        provider = dataclasses.replace(
+            provider, limits=dataclasses.replace(provider.limits, **limit_over)
+        )
+
+    run_dir = merged.pop("run_dir", None)
+    retry_failed = _as_bool(merged.pop("retry_failed", False), origin.get("retry_failed", ""))
+    force_resume = _as_bool(merged.pop("force_resume", False), origin.get("force_resume", ""))
+    progress = merged.pop("progress", None)
+    if progress is not None:
+        progress = _as_bool(progress, origin["progress"])
+    cert_file = env.get("SSL_CERT_FILE")
+    if not merged.get("ca_bundle") and cert_file:
+        # The usual convention, below every llmbatch source.
+        if not Path(cert_file).is_file():
+            raise ConfigError(f"SSL_CERT_FILE names no file: {cert_file}")
+        merged["ca_bundle"], origin["ca_bundle"] = cert_file, "SSL_CERT_FILE"
+    unknown = set(merged) - _RUN_KEYS
+    if unknown:
+        raise ConfigError(f"{source}: unknown key(s) in [run]: {', '.join(sorted(unknown))}")
+    try:
+        cfg = RunConfig(
+            provider=provider,
+            timeouts=_typed(Timeouts, _section(file_data, "timeouts", source), source, "timeouts"),
+            retry=_typed(RetryPolicy, _section(file_data, "retry", source), source, "retry"),
+            mock=_typed(MockSettings, _section(file_data, "mock", source), source, "mock"),
+            run_dir=Path(run_dir) if run_dir else None,
+            retry_failed=retry_failed,
+            force_resume=force_resume,
+            progress=progress,
+            **_coerce_run(merged, origin),
+        )
+    except TypeError as exc:
+        raise ConfigError(f"{source}: {exc}") from None
+    _validate(cfg, source, origin)
+    return cfg
+
+
+def resolve_api_key(
+    provider: ProviderConfig, environ: Mapping[str, str] | None = None
+) -> str | None:
+    """The provider's API key from its environment variable; ConfigError when missing."""
+    if not provider.api_key_env:
+        return None
+    env = os.environ if environ is None else environ
+    key = env.get(provider.api_key_env, "").strip()
+    if not key:
+        raise ConfigError(
+            f"provider {provider.name!r} needs an API key: set the environment variable "
+            f"{provider.api_key_env}"
+        )
+    return key
+
+
+def _read_file(config_path: str | Path | None) -> tuple[dict[str, Any], str]:
+    if config_path is None:
+        default = Path(DEFAULT_CONFIG_FILE)
+        if not default.is_file():
+            return {}, "defaults"
+        config_path = default
+    import tomllib  # only with a file: ~2 ms of a run's start-up without one
+
+    path = Path(config_path)
+    try:
+        with path.open("rb") as fh:
+            return tomllib.load(fh), str(path)
+    except FileNotFoundError:
+        raise ConfigError(f"config file not found: {path}") from None
+    except IsADirectoryError:
+        raise ConfigError(f"{path}: is a directory, not a config file") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(
+            f"{path}: not UTF-8 text (byte 0x{exc.object[exc.start]:02x} at offset {exc.start}); "
+            "TOML files must be UTF-8"
+        ) from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: invalid TOML: {exc}") from None
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read: {exc.strerror}") from None
+
+
+def _check_top_level(data: Mapping[str, Any], source: str) -> None:
+    """Only known tables at the top: a stray key or a misspelt section is never ignored."""
+    known = ", ".join(f"[{s}]" for s in _SECTIONS)
+    for key, val in data.items():
+        if key in _SECTIONS:
+            continue
+        if isinstance(val, dict):
+            raise ConfigError(f"{source}: unknown section [{key}] (known: {known})")
+        hint = " (it belongs under [run])" if key in _RUN_KEYS or key in _LIMIT_KEYS else ""
+        raise ConfigError(
+            f"{source}: unknown top-level key {key!r}{hint}; settings go in a section: {known}"
+        )
+
+
+def _section(data: Mapping[str, Any], name: str, source: str) -> dict[str, Any]:
+    sec = data.get(name, {})
+    if not isinstance(sec, dict):
+        raise ConfigError(f"{source}: [{name}] must be a table")
+    return dict(sec)
+
+
+def _from_env(env: Mapping[str, str]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key in (*_RUN_KEYS, *_PROVIDER_OVERRIDES):
+        val = env.get(_ENV_PREFIX + key.upper())
+        if val is not None and val != "":
+            out[key] = val
+    return out
+
+
+def _coerce_run(raw: Mapping[str, Any], origin: Mapping[str, str]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, val in raw.items():
+        where = origin.get(key, key)
+        if key == "concurrency" and isinstance(val, str) and val.strip().lower() == "auto":
+            out["adaptive"] = True
+            out[key] = AUTO_INITIAL_CONCURRENCY
+        elif key in ("concurrency", "max_concurrency"):
+            out[key] = _as_int(val, where)
+        elif key in ("grace_s", "max_runtime_s"):
+            out[key] = _as_float(val, where)
+        elif key in ("http2", "keep_partial", "insecure", "text_files"):
+            out[key] = _as_bool(val, where)
+        elif key in ("out_dir", "ca_bundle"):
+            out[key] = Path(val if isinstance(val, os.PathLike) else _as_str(val, where))
+        else:
+            out[key] = _as_str(val, where)
+    return out
+
+
+def _typed(cls: Any, raw: Mapping[str, Any], source: str, section: str) -> Any:
+    """Build a frozen dataclass from a table, checking names and number types."""
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    kwargs: dict[str, Any] = {}
+    for key, val in raw.items():
+        f = fields.get(key)
+        if f is None:
+            raise ConfigError(
+                f"{source}: unknown key {key!r} in [{section}] (known: {', '.join(sorted(fields))})"
+            )
+        where = f"{source}: {section}.{key}"
+        kind = str(f.type)
+        if "int" in kind and "float" not in kind:
+            kwargs[key] = _as_int(val, where)
+        elif "float" in kind:
+            kwargs[key] = None if val is None else _as_float(val, where)
+        else:
+            kwargs[key] = val
+    return cls(**kwargs)
+
+
+def _provider_from(
+    name: str, raw: Mapping[str, Any], base: ProviderConfig | None, source: str
+) -> ProviderConfig:
+    raw = dict(raw)
+    limits_raw = raw.pop("limits", {})
+    if not isinstance(limits_raw, dict):
+        raise ConfigError(f"{source}: [providers.{name}.limits] must be a table")
+    where = f"{source}: providers.{name}"
+    for key in ("headers", "params"):
+        if key in raw and not isinstance(raw[key], dict):
+            raise ConfigError(f"{where}.{key} must be a table")
+    for hk, hv in raw.get("headers", {}).items():
+        if not isinstance(hv, str):
+            raise ConfigError(f"{where}.headers.{hk} must be a string, got {hv!r}")
+    for key in ("kind", "base_url", "model", "api_key_env"):
+        if key in raw and not isinstance(raw[key], str):
+            raise ConfigError(f"{where}.{key} must be a string, got {raw[key]!r}")
+    if "embedded_mock" in raw:
+        raw["embedded_mock"] = _as_bool(raw["embedded_mock"], f"{where}.embedded_mock")
+    known = {f.name for f in dataclasses.fields(ProviderConfig)} - {"name", "limits"}
+    unknown = set(raw) - known
+    if unknown:
+        raise ConfigError(
+            f"{source}: unknown key(s) in [providers.{name}]: {', '.join(sorted(unknown))}"
+        )
+    prov = base or ProviderConfig(name=name)
+    limits = _typed(
+        Limits,
+        {**dataclasses.asdict(prov.limits), **limits_raw},
+        source,
+        f"providers.{name}.limits",
+    )
+    return dataclasses.replace(prov, name=name, limits=limits, **raw)
+
+
+def _validate(cfg: RunConfig, source: str, origin: Mapping[str, str]) -> None:
+    def where(key: str, default: str | None = None) -> str:
+        return origin.get(key) or default or key
+
+    if cfg.concurrency < 1:
+        raise ConfigError(
+            f"{where('concurrency')} must be at least 1 (or auto), got {cfg.concurrency}"
+        )
+    if cfg.max_concurrency < 1:
+        raise ConfigError(
+            f"{where('max_concurrency')} must be at least 1, got {cfg.max_concurrency}"
+        )
+    if cfg.grace_s < 0:
+        raise ConfigError(f"{where('grace_s')} must be >= 0, got {cfg.grace_s:g}")
+    if cfg.max_runtime_s is not None and cfg.max_runtime_s <= 0:
+        raise ConfigError(
+            f"{where('max_runtime_s')} must be greater than 0 seconds, got {cfg.max_runtime_s:g}"
+        )
+    p = cfg.provider
+    lim = p.limits
+    for name in _LIMIT_KEYS:
+        v = getattr(lim, name)
+        if v is not None and v <= 0:
+            label = where(name, f"{source}: providers.{p.name}.limits.{name}")
+            raise ConfigError(f"{label} must be positive, got {v:g}")
+    if lim.window_s <= 0:
+        raise ConfigError(f"{source}: limits.window_s must be positive")
+    if lim.header_window_s is not None and lim.header_window_s <= 0:
+        raise ConfigError(f"{source}: limits.header_window_s must be positive")
+    if lim.headers and lim.headers not in RATE_HEADER_FAMILIES:
+        raise ConfigError(
+            f"{source}: limits.headers must be one of {', '.join(RATE_HEADER_FAMILIES)}, "
+            f"got {lim.headers!r}"
+        )
+    if cfg.text_layout not in TEXT_LAYOUTS:
+        raise ConfigError(
+            f"{where('text_layout')}: unknown text layout {cfg.text_layout!r} "
+            f"(one of {', '.join(TEXT_LAYOUTS)})"
+        )
+    if cfg.client not in CLIENTS:
+        raise ConfigError(
+            f"{where('client')}: unknown client {cfg.client!r} (one of {', '.join(CLIENTS)})"
+        )
+    if p.kind not in PROVIDER_KINDS:
+        raise ConfigError(
+            f"{source}: provider {p.name!r} has unknown kind {p.kind!r} "
+            f"(one of {', '.join(PROVIDER_KINDS)})"
+        )
+    if not p.embedded_mock:
+        _check_base_url(p.base_url, where("base_url", f"provider {p.name!r}: base_url"))
+    if cfg.ca_bundle is not None and not cfg.ca_bundle.is_file():
+        raise ConfigError(f"{where('ca_bundle')}: CA bundle not found: {cfg.ca_bundle}")
+    for name in ("connect_s", "first_byte_s", "idle_s", "total_s"):
+        if getattr(cfg.timeouts, name) <= 0:
+            raise ConfigError(f"{source}: timeouts.{name} must be positive")
+    if cfg.retry.max_total_s <= 0 or cfg.retry.backoff_base_s < 0 or cfg.retry.backoff_max_s < 0:
+        raise ConfigError(f"{source}: [retry] times must be positive")
+    if cfg.retry.max_attempts < 1:
+        raise ConfigError(f"{source}: retry.max_attempts must be at least 1")
+    if cfg.mock.tokens < 1 or cfg.mock.ttft_s < 0 or cfg.mock.itl_s < 0:
+        raise ConfigError(f"{source}: [mock] tokens must be >= 1 and delays >= 0")
+
+
+def _check_base_url(url: str, where: str) -> None:
+    """A URL that can never be connected to fails here, before anything is sent."""
+    try:
+        parts = urllib.parse.urlsplit(url)
+        port = parts.port  # raises on a port out of range or not a number
+    except ValueError as exc:
+        raise ConfigError(f"{where}: invalid URL {url!r}: {exc}") from None
+    if parts.scheme not in ("http", "https"):
+        raise ConfigError(f"{where} must start with http:// or https://, got {url!r}")
+    if not parts.hostname:
+        raise ConfigError(f"{where}: invalid URL {url!r}: no host")
+    if port == 0:
+        raise ConfigError(f"{where}: invalid URL {url!r}: port must be 1-65535")
+
+
+def _as_int(val: Any, where: str) -> int:
+    if isinstance(val, bool) or isinstance(val, float) and not val.is_integer():
+        raise ConfigError(f"{where} must be an integer, got {val!r}")
+    try:
+        return int(val)
+    except (TypeError, ValueError, OverflowError):
+        raise ConfigError(f"{where} must be an integer, got {val!r}") from None
+
+
+def _as_float(val: Any, where: str) -> float:
+    if isinstance(val, bool):
+        raise ConfigError(f"{where} must be a number, got {val!r}")
+    try:
+        out = float(val)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{where} must be a number, got {val!r}") from None
+    if not math.isfinite(out):
+        raise ConfigError(f"{where} must be a finite number, got {val!r}")
+    return out
+
+
+def _as_str(val: Any, where: str) -> str:
+    if not isinstance(val, str):
+        raise ConfigError(f"{where} must be a string, got {val!r}")
+    return val
+
+
+def _as_bool(val: Any, where: str) -> bool:
+    if isinstance(val, bool):
+        return val
+    if isinstance(val, str) and val.lower() in (
+        "1",
+        "true",
+        "yes",
+        "on",
+        "0",
+        "false",
+        "no",
+        "off",
+    ):
+        return val.lower() in ("1", "true", "yes", "on")
+    raise ConfigError(f"{where or 'value'} must be true or false, got {val!r}")
+
+
+def load_profiles(config_path: str | Path | None = None) -> dict[str, ProviderConfig]:
+    """Every provider profile: the built-in ones, then the config file's ``[providers.*]``."""
+    data, source = _read_file(config_path)
+    _check_top_level(data, source)
+    return _profiles_from(data, source)
+
+
+def _profiles_from(file_data: Mapping[str, Any], source: str) -> dict[str, ProviderConfig]:
+    profiles = dict(BUILTIN_PROVIDERS)
+    for name, raw in _section(file_data, "providers", source).items():
+        if not isinstance(raw, dict):
+            raise ConfigError(f"{source}: [providers.{name}] must be a table")
+        profiles[name] = _provider_from(name, raw, profiles.get(name), source)
+    return profiles

@@ -1,0 +1,205 @@
+"""The one owner of the results.jsonl line schema: written from an Outcome, read back typed.
+
+A line is the OpenAI Batch output shape plus an ``llmbatch`` object::
+
+    {"id", "custom_id", "response": {"status_code", "request_id", "body"} | null,
+     "error": {"code", "message"} | null,
+     "llmbatch": {"line", "text_file", "partial_text_kept", "metrics", "attempts",
+                  "finished_at"}}
+
+``result_line`` builds it (the engine), ``ResultLine.parse`` reads it (resume, report,
+export, compare, the public ``Result``), so no other module walks dict paths of it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from llmbatch.metrics import request_metrics_dict
+from llmbatch.providers.anthropic import content_text
+from llmbatch.records import Attempt, Outcome, RequestMetrics
+
+__all__ = ["ResultLine", "answer_text", "finish_reason", "result_line"]
+
+
+def result_line(o: Outcome) -> dict[str, Any]:
+    """One results.jsonl line for ``o``."""
+    response: dict[str, Any] | None = None
+    if o.status_code is not None:
+        response = {"status_code": o.status_code, "request_id": o.request_id, "body": o.body}
+    return {
+        "id": "req_" + hashlib.blake2b(o.record_id.encode(), digest_size=8).hexdigest(),
+        "custom_id": o.record_id,
+        "response": response,
+        "error": None if o.ok else {"code": o.error_code, "message": o.error_message},
+        "llmbatch": {
+            "line": o.line_no,
+            "text_file": o.text_file,
+            **_span_fields(o.text_span),
+            "partial_text_kept": o.partial_kept,
+            "metrics": request_metrics_dict(o.metrics),
+            "attempts": [a.as_dict() for a in o.attempts],
+            "finished_at": round(time.time(), 3),
+        },
+    }
+
+
+def _span_fields(span: tuple[int, int] | None) -> dict[str, int]:
+    """Where the text is inside a shared text file (--text-layout log); none otherwise."""
+    return {} if span is None else {"text_offset": span[0], "text_bytes": span[1]}
+
+
+def answer_text(body: Any) -> str | None:
+    """The answer's text from an assembled body of any provider shape (None if none)."""
+    if not isinstance(body, dict):
+        return None
+    if body.get("type") == "message":  # Anthropic Messages
+        return content_text(body.get("content"))
+    choices = body.get("choices")
+    if not isinstance(choices, list) or not choices or not isinstance(choices[0], dict):
+        return None
+    choice = choices[0]
+    message = choice.get("message")
+    if isinstance(message, dict):  # chat.completion
+        return content_text(message.get("content"))
+    text = choice.get("text")  # text_completion
+    return text if isinstance(text, str) else None
+
+
+def finish_reason(body: Any) -> str | None:
+    """Why the answer ended (``stop``, ``length``, ``end_turn``, ...), from any body shape."""
+    if not isinstance(body, dict):
+        return None
+    if body.get("type") == "message":
+        reason = body.get("stop_reason")
+        return reason if isinstance(reason, str) else None
+    choices = body.get("choices")
+    if isinstance(choices, list) and choices and isinstance(choices[0], dict):
+        reason = choices[0].get("finish_reason")
+        return reason if isinstance(reason, str) else None
+    return None
+
+
+def _num(v: Any) -> float | None:
+    return float(v) if isinstance(v, int | float) and not isinstance(v, bool) else None
+
+
+def _int(v: Any) -> int | None:
+    return v if isinstance(v, int) and not isinstance(v, bool) else None
+
+
+def _span(lb: dict[str, Any]) -> tuple[int, int] | None:
+    offset, length = _int(lb.get("text_offset")), _int(lb.get("text_bytes"))
+    return None if offset is None or length is None else (offset, length)
+
+
+@dataclass(frozen=True, slots=True)
+class ResultLine:
+    """A results.jsonl line read back, every field typed and defaulted when missing."""
+
+    custom_id: str
+    status_code: int | None
+    request_id: str | None
+    body: dict[str, Any] | None
+    error_code: str | None
+    error_message: str | None
+    line_no: int | None
+    text_file: str | None
+    text_span: tuple[int, int] | None  # (offset, length) in text_file (--text-layout log)
+    partial_text_kept: bool
+    metrics: dict[str, Any]
+    attempts: list[dict[str, Any]]
+    finished_at: float | None
+    raw: dict[str, Any]
+
+    @property
+    def ok(self) -> bool:
+        """True when the request produced a complete answer."""
+        return self.error_code is None
+
+    @classmethod
+    def parse(cls, rec: dict[str, Any]) -> ResultLine | None:
+        """Read one decoded line; None when it is not a result record at all."""
+        cid = rec.get("custom_id")
+        if not isinstance(cid, str):
+            return None
+        resp = rec.get("response")
+        resp = resp if isinstance(resp, dict) else {}
+        err = rec.get("error")
+        lb = rec.get("llmbatch")
+        lb = lb if isinstance(lb, dict) else {}
+        body = resp.get("body")
+        metrics = lb.get("metrics")
+        attempts = lb.get("attempts")
+        code: str | None = None
+        message: str | None = None
+        if isinstance(err, dict):
+            code = str(err.get("code") or "unknown")
+            msg = err.get("message")
+            message = msg if isinstance(msg, str) else None
+        elif err is not None:
+            code, message = "unknown", str(err)
+        rid = resp.get("request_id")
+        text_file = lb.get("text_file")
+        return cls(
+            custom_id=cid,
+            status_code=_int(resp.get("status_code")),
+            request_id=rid if isinstance(rid, str) else None,
+            body=body if isinstance(body, dict) else None,
+            error_code=code,
+            error_message=message,
+            line_no=_int(lb.get("line")),
+            text_file=text_file if isinstance(text_file, str) else None,
+            text_span=_span(lb),
+            partial_text_kept=bool(lb.get("partial_text_kept")),
+            metrics=metrics if isinstance(metrics, dict) else {},
+            attempts=[a for a in attempts if isinstance(a, dict)]
+            if isinstance(attempts, list)
+            else [],
+            finished_at=_num(lb.get("finished_at")),
+            raw=rec,
+        )
+
+    def request_metrics(self) -> RequestMetrics:
+        """The record's timings as RequestMetrics (per-gap ITLs are not kept in the file)."""
+        m = self.metrics
+        return RequestMetrics(
+            queue_s=_num(m.get("queue_s")) or 0.0,
+            ttft_s=_num(m.get("ttft_s")),
+            e2el_s=_num(m.get("e2el_s")),
+            output_tokens=_int(m.get("output_tokens")) or 0,
+            output_tokens_estimated=bool(m.get("output_tokens_estimated")),
+            input_tokens=_int(m.get("input_tokens")),
+            chunks=_int(m.get("chunks")) or 0,
+            http_version=v if isinstance(v := m.get("http_version"), str) else None,
+        )
+
+    def outcome(self) -> Outcome:
+        """The record as an Outcome (for re-aggregating metrics)."""
+        return Outcome(
+            record_id=self.custom_id,
+            status_code=self.status_code,
+            request_id=self.request_id,
+            body=self.body,
+            error_code=self.error_code,
+            error_message=self.error_message,
+            attempts=[
+                Attempt(
+                    _int(a.get("n")) or 0,
+                    _int(a.get("status")),
+                    a.get("error") if isinstance(a.get("error"), str) else None,
+                    a.get("message") if isinstance(a.get("message"), str) else None,
+                    a.get("request_id") if isinstance(a.get("request_id"), str) else None,
+                    _num(a.get("wait_s")) or 0.0,
+                )
+                for a in self.attempts
+            ],
+            metrics=self.request_metrics(),
+            partial_kept=self.partial_text_kept,
+            line_no=self.line_no,
+            text_file=self.text_file,
+            text_span=self.text_span,
+        )
