@@ -177,13 +177,16 @@ def test_console_script_ends_as_typers_command(tmp_path: Path, args: list[str]) 
 
 
 def test_console_script_runs_other_commands_through_typer(tmp_path: Path) -> None:
-    res = _cli(tmp_path, "entry", "run", "p.jsonl", "--rpm", "abc")
+    res = _cli(tmp_path, "cli.entry", "run", "p.jsonl", "--rpm", "abc")
     assert res.returncode == 2 and "Invalid value for '--rpm'" in res.stderr
-    res = _cli(tmp_path, "entry", "validate", "missing.jsonl")
+    res = _cli(tmp_path, "cli.entry", "validate", "missing.jsonl")
     assert res.returncode == 2 and "missing.jsonl" in res.stderr
 
 
 def test_version_without_typer_prints_what_typer_prints(tmp_path: Path) -> None:
-    fast, typer_run = _cli(tmp_path, "entry", "--version"), _cli(tmp_path, "cli", "--version")
+    fast, typer_run = (
+        _cli(tmp_path, "cli.entry", "--version"),
+        _cli(tmp_path, "cli.app", "--version"),
+    )
     assert fast.returncode == typer_run.returncode == 0
     assert fast.stdout == typer_run.stdout and fast.stdout.startswith("llmbatch 0.")
