@@ -34,6 +34,7 @@ from llmbatch.config.load import (
     resolve_api_key,
 )
 from llmbatch.engine import BatchEnd, BatchRun, Engine, StopReason
+from llmbatch.engine.arrivals import ArrivalPacer, ArrivalProfile, arrival_offsets
 from llmbatch.engine.fdlimit import fit_run_config
 from llmbatch.errors import (
     ConcurrencyCappedWarning,
@@ -93,6 +94,8 @@ class _BatchOptions:
     progress: bool | Callable[[BatchProgress], None]
     meta: dict[str, Any] | None
     force_resume: bool
+    arrivals: ArrivalProfile | None = None
+    on_outcome: Callable[[Outcome], None] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -333,6 +336,8 @@ class Client:
         progress: bool | Callable[[BatchProgress], None] = False,
         meta: dict[str, Any] | None = None,
         force_resume: bool = False,
+        arrivals: ArrivalProfile | None = None,
+        on_outcome: Callable[[Outcome], None] | None = None,
     ) -> Batch:
         """Run many prompts; iterate the returned Batch for Results in completion order.
 
@@ -346,6 +351,11 @@ class Client:
         callable gets a BatchProgress after each record. ``meta`` replaces the identity
         kept in run.json (the CLI's). ``text_layout="log"`` writes every answer into one
         append-only text.log (offsets in each record) instead of a file per request.
+        ``arrivals`` sends open loop: each prompt when the profile says it is due (a
+        request rate, constant or Poisson/gamma, with a ramp), still at most
+        ``concurrency`` in flight; ``batch.pacer`` then holds how late each went.
+        ``on_outcome`` sees every finished request's Outcome (llmbatch compare's
+        measurements).
         """
         opts = _BatchOptions(
             text_files=text_files,
@@ -358,6 +368,8 @@ class Client:
             progress=progress,
             meta=meta,
             force_resume=force_resume,
+            arrivals=arrivals,
+            on_outcome=on_outcome,
         )
         return Batch(self, prompts, Path(out_dir) if out_dir is not None else None, opts)
 
@@ -395,6 +407,10 @@ class Batch:
         self._orphan_close: asyncio.Future[None] | None = None
         self.end: BatchEnd | None = None
         """How the batch ended (set once it has)."""
+        self.pacer: ArrivalPacer | None = (
+            ArrivalPacer(arrival_offsets(opts.arrivals)) if opts.arrivals is not None else None
+        )
+        """The open-loop pacer (with ``arrivals``): when each prompt was due, how late."""
 
     # -- state -------------------------------------------------------------------------
     @property
@@ -442,9 +458,12 @@ class Batch:
             done_before_succeeded=index.succeeded,
             done_before_failed=index.failed,
         )
+        items = _admission_paced(_records(self._prompts), self._has_room)
+        if self.pacer is not None:
+            items = self.pacer.pace(items)
         self._run = BatchRun(
             eng,
-            _admission_paced(_records(self._prompts), self._has_room),
+            items,
             metrics,
             rundir=self._rundir,
             index=index,
@@ -491,6 +510,8 @@ class Batch:
             await self._drained.wait()
 
     def _on_record(self, outcome: Outcome, line: dict[str, Any]) -> None:
+        if self._opts.on_outcome is not None:
+            self._opts.on_outcome(outcome)
         if self._collect:
             self._queue.put_nowait(_result(line))
         cb = self._progress

@@ -62,6 +62,7 @@ class RequestMetrics:
     input_tokens: int | None = None
     chunks: int = 0
     http_version: str | None = None  # protocol of the final attempt's response
+    sent_at: float | None = None  # perf_counter when the final attempt was sent
 
     @property
     def tpot_s(self) -> float | None:

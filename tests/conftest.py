@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import asyncio
+import threading
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -52,4 +54,40 @@ def config_for(server: MockServer, tmp_path: Path, **flags: Any) -> RunConfig:
     return load_config(tmp_path / "none.toml" if False else None, flags=base, environ={})
 
 
-__all__ = ["ADAPTERS", "MockSettings", "config_for", "read_results", "write_jsonl"]
+__all__ = [
+    "ADAPTERS",
+    "MockSettings",
+    "ThreadedMock",
+    "config_for",
+    "read_results",
+    "write_jsonl",
+]
+
+
+class ThreadedMock:
+    """The mock server on its own event loop in a thread, for synchronous CLI tests."""
+
+    def __init__(self, cfg: MockConfig) -> None:
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self.thread.start()
+        self.server: MockServer = self._call(start_mock_server(cfg))
+        self.url = self.server.url
+
+    def _call(self, coro: Any) -> Any:
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(30)
+
+    def close(self) -> None:
+        self._call(self.server.close())
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(10)
+        self.loop.close()
+
+
+@pytest.fixture
+def mocks() -> Iterator[list[ThreadedMock]]:
+    """Threaded mocks a test starts (append them); closed at the end."""
+    started: list[ThreadedMock] = []
+    yield started
+    for m in started:
+        m.close()

@@ -14,12 +14,16 @@ import pytest
 from typer.testing import CliRunner
 
 from llmbatch.cli.app import app
-from llmbatch.cli.compare import plan_combinations
+from llmbatch.cli.compare.measure import Sample, Window, percentile, step_figures
+from llmbatch.cli.compare.profiles import parse_profile
+from llmbatch.cli.compare.targets import parse_target, plan_series, public_url
 from llmbatch.cli.job import execute_run
 from llmbatch.errors import ConfigError
-from llmbatch.mockserver import MockServer
+from llmbatch.metrics import SLO
+from llmbatch.mockserver import MockConfig, MockServer
 
-from .conftest import config_for, write_jsonl
+from .chromium import CHROMIUM, open_page
+from .conftest import ThreadedMock, config_for, write_jsonl
 
 HAS_MATPLOTLIB = importlib.util.find_spec("matplotlib") is not None
 FAST_MOCK = "[mock]\ntokens = 8\nttft_s = 0.005\nitl_s = 0.001\n"
@@ -115,21 +119,24 @@ def test_compare_two_clients_two_concurrencies(runner: CliRunner, tmp_path: Path
     names = ["mock-aiohttp-c2", "mock-aiohttp-c8", "mock-httpx-c2", "mock-httpx-c8"]
     assert "llmbatch compare: p.jsonl (first 20)" in res.output
     assert "TTFT p50 ms" in res.output and "out tok/s" in res.output
+    assert "knee per series" in res.output
     for name in names:
-        assert name in res.output
         assert (out / name / "results.jsonl").is_file()
     assert len((out / "prompts.jsonl").read_text().splitlines()) == 20
 
     doc = orjson.loads((out / "compare.json").read_bytes())
-    assert [r["combination"] for r in doc["runs"]] == names
+    assert [Path(r["run_dir"]).name for r in doc["runs"]] == names
+    assert [s["name"] for s in doc["series"]] == ["mock-aiohttp", "mock-httpx"]
     for r in doc["runs"]:
-        assert r["ok"] == 20 and r["failed"] == 0 and r["status"] == "ok"
-        assert r["output_tokens_per_s"] > 0 and r["ttft_p50_s"] > 0
-        assert r["summary"]["tokens"]["output"] == 20 * 8
+        assert r["completed"] == 20 and r["failed"] == 0 and r["status"] == "ok"
+        assert r["output_throughput"] > 0 and r["median_ttft_ms"] > 0
+        assert r["total_output_tokens"] == 20 * 8 and r["request_rate"] == "inf"
+        assert r["base_url"] == "embedded-mock" and r["llmbatch_version"]
     rows = list(csv.DictReader(io.StringIO((out / "compare.csv").read_text())))
-    assert [r["combination"] for r in rows] == names
-    assert {r["concurrency"] for r in rows} == {"2", "8"}
+    assert [Path(r["run_dir"]).name for r in rows] == names
+    assert [r["max_concurrency"] for r in rows] == ["2", "8", "2", "8"]
     assert [r["client"] for r in rows] == ["aiohttp", "aiohttp", "httpx", "httpx"]
+    assert (out / "compare.html").read_text().startswith("<!DOCTYPE html>")
 
     png = out / "compare.png"
     if HAS_MATPLOTLIB:
@@ -149,6 +156,123 @@ def test_compare_without_matplotlib_skips_the_chart(
     assert res.exit_code == 0, res.output
     assert "matplotlib is not installed, no chart" in res.output
     assert (out / "compare.json").is_file() and not (out / "compare.png").exists()
+    assert (out / "compare.html").is_file()
+
+
+def test_sweep_finds_each_targets_knee_within_one_step(
+    runner: CliRunner, tmp_path: Path, mocks: list[ThreadedMock]
+) -> None:
+    """Two servers serving 4 and 16 streams at full speed: each knee within one ladder step,
+    and the small one stops climbing once its throughput stopped growing."""
+    ladder = [2, 4, 8, 16, 32]
+    urls = {}
+    for name, cap in (("small", 4), ("big", 16)):
+        m = ThreadedMock(MockConfig(tokens=10, ttft_s=0.005, itl_s=0.005, capacity=cap))
+        mocks.append(m)
+        urls[name] = m.url
+    out = tmp_path / "cmp"
+    args = ["compare", str(_prompts(tmp_path, 8)), "--out", str(out), "--requests", "32"]
+    for name, url in urls.items():
+        args += ["--target", f"{name}={url},model=m"]
+    res = runner.invoke(app, [*args, "-j", ",".join(map(str, ladder))])
+    assert res.exit_code == 0, res.output
+    doc = orjson.loads((out / "compare.json").read_bytes())
+    series = {s["target"]["name"]: s for s in doc["series"]}
+    for name, cap in (("small", 4), ("big", 16)):
+        knee = series[name]["knee"]
+        assert abs(ladder.index(int(knee)) - ladder.index(cap)) <= 1, (name, series[name])
+        assert series[name]["target"]["base_url"] == urls[name]
+        assert series[name]["server"]["server"].startswith("Python/")  # aiohttp's Server
+    small_levels = [st["level"] for st in series["small"]["steps"]]
+    assert series["small"]["stopped_early"] == "throughput stopped growing"
+    assert max(small_levels) <= 16 and len(small_levels) < len(ladder)
+    # What a user reads: every step's run directory, and the knee table.
+    for st in series["small"]["steps"]:
+        for run in st["runs"]:
+            assert (out / run / "results.jsonl").is_file()
+    assert "throughput stopped growing" in res.output
+
+
+@pytest.mark.timeout(120)
+def test_open_and_closed_loop_in_one_report_rendered_in_chromium(
+    tmp_path: Path, mocks: list[ThreadedMock], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A Poisson sweep and a concurrency sweep of one target, repeated twice: one report,
+    opened in headless Chromium: no console error, every chart drawn with its data."""
+    if CHROMIUM is None:
+        pytest.skip("chromium is not installed (.ci/run installs it with apt-get)")
+    import asyncio
+
+    m = ThreadedMock(MockConfig(tokens=8, ttft_s=0.002, itl_s=0.002, capacity=8))
+    mocks.append(m)
+    monkeypatch.chdir(tmp_path)
+    url_with_secret = m.url.replace("http://", "http://user:sk-secret-123@")
+    out = tmp_path / "cmp"
+    prompts = _prompts(tmp_path, 10)
+    args = [
+        "compare",
+        str(prompts),
+        "--target",
+        f"mock={url_with_secret},model=m",
+        "--profile",
+        "poisson:40,80",
+        "--profile",
+        "concurrent:2,4",
+        "--requests",
+        "24",
+        "--warmup",
+        "2",
+        "--cooldown",
+        "10%",
+        "--repeats",
+        "2",
+        "--out",
+        str(out),
+    ]
+    res = CliRunner().invoke(app, args)
+    assert res.exit_code == 0, res.output
+    doc = orjson.loads((out / "compare.json").read_bytes())
+    assert [s["profile"]["kind"] for s in doc["series"]] == ["poisson", "concurrent"]
+    runs = doc["runs"]
+    assert len(runs) == 8 and {r["repeat"] for r in runs} == {1, 2}
+    for r in runs:
+        assert r["warmup_excluded"] == 2 and r["cooldown_excluded"] == 2
+        assert r["completed"] == 20 and r["num_prompts"] == 24
+        assert r["base_url"] == m.url  # without the credentials
+    poisson = [r for r in runs if r["profile"] == "poisson"]
+    assert {r["request_rate"] for r in poisson} == {40.0, 80.0}
+    assert all(r["achieved_request_rate"] > 0 and "rate_kept" in r for r in poisson)
+    html = out / "compare.html"
+    for f in (html, out / "compare.json", out / "compare.csv"):
+        text = f.read_text()
+        assert "sk-secret-123" not in text and "user:" not in text
+    assert "http://" not in html.read_text().replace(m.url, "").replace(
+        "http://www.w3.org/2000/svg", ""
+    )  # nothing to fetch: the only URLs are the target's and SVG's namespace
+
+    script = """(() => Array.from(document.querySelectorAll('svg.chart')).map(svg => {
+        const r = svg.getBoundingClientRect();
+        const lines = Array.from(svg.querySelectorAll('polyline.series'));
+        return {id: svg.id, w: r.width, h: r.height, lines: lines.length,
+                drawn: lines.filter(l => l.getBBox().width > 0).length};
+    }))()"""
+    page = asyncio.run(open_page(html, script))
+    assert page.errors == []
+    charts = {c["id"]: c for c in page.value}
+    expected = {
+        "throughput-closed",
+        "ttft-closed",
+        "itl-closed",
+        "throughput-open",
+        "ttft-open",
+        "itl-open",
+        "ttft-cdf",
+        "itl-cdf",
+        "errors-time",
+    }
+    assert set(charts) == expected
+    for c in charts.values():
+        assert c["w"] > 100 and c["h"] > 100 and c["lines"] >= 1 and c["drawn"] >= 1, c
 
 
 @pytest.mark.parametrize(
@@ -158,13 +282,25 @@ def test_compare_without_matplotlib_skips_the_chart(
         (["--concurrency", "0"], "must be >= 1"),
         (["--client", "curl"], "unknown client 'curl'"),
         (["--provider", "openai"], "set the environment variable OPENAI_API_KEY"),
+        (["--profile", "weird:1"], "unknown kind 'weird'"),
+        (["--profile", "poisson"], "give the request rates"),
+        (["--profile", "concurrent:1.5"], "a concurrency is a whole number"),
+        (["--profile", "poisson:5", "--burstiness", "0"], "--burstiness must be > 0"),
+        (["-j", "2", "--max-concurrency", "4"], "only for request-rate profiles"),
+        (["--profile", "poisson:5", "--ramp-up", "linear"], "--ramp-up needs --ramp-up-s"),
+        (["--target", "x"], "expected NAME=URL"),
+        (["--target", "a=http://h/v1,colour=red"], "unknown or empty option"),
+        (["--target", "a=ftp://h/v1"], "must start with http:// or https://"),
+        (["--target", "a=http://h/v1,key-env=NOPE_KEY"], "set the environment variable NOPE_KEY"),
+        (["--warmup", "ten"], "--warmup: expected seconds"),
+        (["--duration", "0"], "--duration must be > 0"),
     ],
 )
 def test_compare_usage_errors_send_nothing(
     runner: CliRunner, tmp_path: Path, args: list[str], message: str
 ) -> None:
     res = runner.invoke(app, ["compare", str(_prompts(tmp_path, 2)), *args])
-    assert res.exit_code == 2 and message in res.output
+    assert res.exit_code == 2 and message in res.output, res.output
     assert not (tmp_path / "outputs").exists()
 
 
@@ -179,8 +315,42 @@ def test_compare_refuses_a_used_directory(runner: CliRunner, tmp_path: Path) -> 
 
 def test_plan_deduplicates_and_checks_keys(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("OPENAI_API_KEY", raising=False)
-    plan = plan_combinations(None, ["mock", "mock"], ["aiohttp"], [4, 4, 8])
-    assert [c.name for c, _ in plan] == ["mock-aiohttp-c4", "mock-aiohttp-c8"]
-    assert plan[1][1].concurrency == 8
+    plan = plan_series(None, ["mock"], [], ["aiohttp", "aiohttp", "httpx"])
+    assert [s.name for s in plan] == ["mock-aiohttp", "mock-httpx"]
     with pytest.raises(ConfigError):
-        plan_combinations(None, ["openai"], [], [], flags={})
+        plan_series(None, ["openai"], [], [])
+    with pytest.raises(ConfigError, match="given twice"):
+        plan_series(None, ["mock"], ["mock=http://127.0.0.1:1/v1"], [])
+
+
+def test_targets_and_public_urls() -> None:
+    t = parse_target("fast=https://u:p@api.example.test:8443/v1?key=abc,model=m1,key-env=K")
+    assert (t.name, t.model, t.api_key_env, t.kind) == ("fast", "m1", "K", "openai")
+    assert public_url(t.base_url) == "https://api.example.test:8443/v1"
+    assert public_url("http://[::1]:8000/v1#frag") == "http://[::1]:8000/v1"
+
+
+def test_windows_and_percentiles() -> None:
+    samples = [Sample(i * 0.1, True, None, 0, 0.01 * (i + 1), 0.2, 0.01) for i in range(20)]
+    kept, warm, cool = Window("0.5s", "3").select(samples)
+    assert (warm, cool, len(kept)) == (5, 3, 12) and kept[0].sent_s == pytest.approx(0.5)
+    kept, warm, cool = Window("10%", "0.35s").select(samples)
+    assert (warm, cool) == (2, 4)  # sent after 1.9 - 0.35 s: 1.6, 1.7, 1.8, 1.9
+    assert percentile([1.0, 2.0, 3.0, 4.0], 50) == 2.5  # numpy's linear interpolation
+    assert percentile([1.0, 2.0, 3.0, 4.0], 99) == pytest.approx(3.97)
+    fig = step_figures(samples[:4], SLO(ttft_s=0.025))
+    assert fig["completed"] == 4 and fig["request_goodput"] is not None
+    assert fig["mean_ttft_ms"] == 25.0 and fig["median_ttft_ms"] == 25.0
+    assert fig["p99_ttft_ms"] == pytest.approx(39.7)
+
+
+def test_profiles() -> None:
+    p = parse_profile("poisson:20,5,10", burstiness=0.5, max_concurrency=8, seed=3)
+    assert [s.level for s in p.steps()] == [5, 10, 20]
+    step = p.steps()[0]
+    assert step.concurrency == 8 and step.tag == "r5" and step.request_rate == 5
+    arrivals = step.arrivals(repeat=1)
+    assert arrivals is not None and arrivals.seed == 4 and arrivals.burstiness == 0.5
+    sync = parse_profile("synchronous")
+    assert sync.kind == "concurrent" and sync.levels == (1.0,)
+    assert sync.steps()[0].arrivals() is None and sync.steps()[0].tag == "c1"

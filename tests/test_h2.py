@@ -226,8 +226,8 @@ def test_cli_mock_server_tls_http2_prints_ca(tmp_path: Path) -> None:
         )
         assert cmp.returncode == 0, cmp.stderr
         (row,) = orjson.loads((tmp_path / "cmp" / "compare.json").read_bytes())["runs"]
-        assert row["ok"] == 3 and row["failed"] == 0
-        assert row["summary"]["http_versions"] == {"HTTP/2": 3}
+        assert row["completed"] == 3 and row["failed"] == 0
+        assert row["http_versions"] == {"HTTP/2": 3}
     finally:
         proc.terminate()
         proc.wait(timeout=10)

@@ -17,40 +17,12 @@ import pytest
 from typer.testing import CliRunner
 
 from llmbatch.cli.app import app
-from llmbatch.mockserver import MockConfig, MockServer, start_mock_server
+from llmbatch.mockserver import MockConfig
 
-from .conftest import read_results, write_jsonl
+from .conftest import ThreadedMock, read_results, write_jsonl
 
 ROOT = Path(__file__).resolve().parent.parent
 pytestmark = pytest.mark.timeout(120)
-
-
-class ThreadedMock:
-    """The mock server on its own event loop in a thread, for synchronous CLI tests."""
-
-    def __init__(self, cfg: MockConfig) -> None:
-        self.loop = asyncio.new_event_loop()
-        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
-        self.thread.start()
-        self.server: MockServer = self._call(start_mock_server(cfg))
-        self.url = self.server.url
-
-    def _call(self, coro: Any) -> Any:
-        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(30)
-
-    def close(self) -> None:
-        self._call(self.server.close())
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self.thread.join(10)
-        self.loop.close()
-
-
-@pytest.fixture
-def mocks() -> Iterator[list[ThreadedMock]]:
-    started: list[ThreadedMock] = []
-    yield started
-    for m in started:
-        m.close()
 
 
 def start_mock(mocks: list[ThreadedMock], **kw: Any) -> ThreadedMock:

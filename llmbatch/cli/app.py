@@ -19,17 +19,14 @@ import typer
 
 from llmbatch import __version__
 from llmbatch.cli.run import (
-    EXIT_ABORTED,
     EXIT_FAILED_REQUESTS,
     EXIT_OK,
     EXIT_SIGINT,
-    EXIT_SIGTERM,
     EXIT_USAGE,
     error_exit,
     loop_factory,
     parse_slo,
     run_command,
-    warn_insecure,
 )
 from llmbatch.cli.typer_fast import install as _install_fast_params
 from llmbatch.cli.typer_fast import only_invoked as _only_invoked
@@ -281,6 +278,12 @@ def mock_server(
     max_streams: Annotated[
         int, typer.Option(min=1, help="HTTP/2: SETTINGS_MAX_CONCURRENT_STREAMS per connection.")
     ] = 100,
+    capacity: Annotated[
+        int | None,
+        typer.Option(
+            min=1, help="Streams served at full speed; more in flight slow every stream down."
+        ),
+    ] = None,
     tls_dir: Annotated[
         Path | None,
         typer.Option(
@@ -324,6 +327,7 @@ def mock_server(
             limit_window_s=limit_window_s,
             limit_mode=limit_mode,
             limit_headers=limit_headers,
+            capacity=capacity,
         )
     except ValueError as exc:
         raise _fail(f"mock-server: {exc}", 2) from None
@@ -433,23 +437,6 @@ def report(
         _print_tables(report_tables(summary, run_dir))
 
 
-def _parse_int_list(spec: str | None, flag: str) -> list[int]:
-    from llmbatch.errors import ConfigError
-
-    if not spec:
-        return []
-    out: list[int] = []
-    for part in spec.split(","):
-        try:
-            n = int(part)
-        except ValueError:
-            raise ConfigError(f"{flag}: expected comma-separated integers, got {part!r}") from None
-        if n < 1:
-            raise ConfigError(f"{flag}: must be >= 1, got {n}")
-        out.append(n)
-    return out
-
-
 @app.command()
 def compare(
     prompts: Annotated[Path, typer.Argument(help="JSONL file of prompts.")],
@@ -457,13 +444,65 @@ def compare(
         list[str] | None,
         typer.Option("--provider", "-p", help="Provider profile (repeatable; default: mock)."),
     ] = None,
+    target: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="An endpoint to compare, NAME=URL[,model=M][,key-env=VAR][,kind=K] "
+            "(repeatable; no config file needed)."
+        ),
+    ] = None,
     client: Annotated[
         list[str] | None,
         typer.Option(help="Client adapter (repeatable): aiohttp, httpx, httpx-aiohttp, native."),
     ] = None,
     concurrency: Annotated[
-        str | None, typer.Option("--concurrency", "-j", help="Comma-separated, e.g. 30,300.")
+        str | None,
+        typer.Option(
+            "--concurrency",
+            "-j",
+            help="Closed-loop ladder, e.g. 1,2,4,8 (= --profile concurrent:...).",
+        ),
     ] = None,
+    profile: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="Load profile (repeatable): concurrent:1,2,4 | constant:5,10 | poisson:5,10 "
+            "(req/s) | synchronous."
+        ),
+    ] = None,
+    burstiness: Annotated[
+        float, typer.Option(help="Poisson profiles: gamma shape (1 = Poisson, <1 burstier).")
+    ] = 1.0,
+    max_concurrency: Annotated[
+        int | None, typer.Option(help="Request-rate profiles: cap on requests in flight.")
+    ] = None,
+    ramp_up: Annotated[
+        str | None, typer.Option(help="Request-rate profiles: linear or exponential ramp.")
+    ] = None,
+    ramp_up_s: Annotated[float, typer.Option(help="Length of the ramp, seconds.")] = 0.0,
+    seed: Annotated[int, typer.Option(help="Seed of the Poisson/gamma arrival times.")] = 0,
+    requests: Annotated[
+        int | None, typer.Option(min=1, help="Requests per step (the prompts cycle if fewer).")
+    ] = None,
+    duration: Annotated[
+        float | None, typer.Option(help="Seconds per step (then in-flight requests finish).")
+    ] = None,
+    max_errors: Annotated[
+        int | None, typer.Option(min=1, help="Stop a step after this many failed requests.")
+    ] = None,
+    warmup: Annotated[
+        str, typer.Option(help="Left out at each step's start: 5s, 20 (requests) or 10%.")
+    ] = "0",
+    cooldown: Annotated[
+        str, typer.Option(help="Left out at each step's end: 5s, 20 (requests) or 10%.")
+    ] = "0",
+    repeats: Annotated[int, typer.Option(min=1, help="Runs of each step (spread shown).")] = 1,
+    min_gain: Annotated[
+        float, typer.Option(help="Saturated when throughput grows less than this share.")
+    ] = 0.10,
+    max_error_rate: Annotated[
+        float, typer.Option(help="Saturated when more than this share of requests fail.")
+    ] = 0.10,
     limit: Annotated[
         int | None, typer.Option(min=1, help="Send only the first N prompts of the file.")
     ] = None,
@@ -478,69 +517,40 @@ def compare(
     slo: SloOpt = None,
     progress: ProgressOpt = None,
 ) -> None:
-    """Run PROMPTS against every provider × client × concurrency, one after another,
-    then print one comparison table and write compare.json, compare.csv (and compare.png).
+    """Sweep PROMPTS over every target × client under each load profile, one step after
+    another, to saturation; print the tables and write compare.json, compare.csv,
+    compare.html (and compare.png).
     """
-    import asyncio
-    import signal
+    from llmbatch.cli.compare.cli import compare_command
 
-    from llmbatch.cli.compare import (
-        PROMPTS_FILE,
-        Combination,
-        compare_table,
-        limit_prompts,
-        make_compare_dir,
-        plan_combinations,
-        plot_compare,
-        run_compare,
+    code = compare_command(
+        prompts,
+        providers=provider or [],
+        targets=target or [],
+        clients=client or [],
+        concurrency=concurrency,
+        profiles=profile or [],
+        burstiness=burstiness,
+        max_concurrency=max_concurrency,
+        ramp_up=ramp_up,
+        ramp_up_s=ramp_up_s,
+        seed=seed,
+        requests=requests,
+        duration=duration,
+        max_errors=max_errors,
+        warmup=warmup,
+        cooldown=cooldown,
+        repeats=repeats,
+        min_gain=min_gain,
+        max_error_rate=max_error_rate,
+        limit=limit,
+        out=out,
+        flags={"progress": progress, "http2": http2, "insecure": insecure, "ca_bundle": ca_bundle},
+        config=config,
+        slo=slo,
+        print_tables=_print_tables,
     )
-    from llmbatch.errors import InputError, LLMBatchError
-    from llmbatch.notices import one_line_per_cause
-
-    def on_start(i: int, combo: Combination) -> None:
-        typer.echo(f"llmbatch: [{i + 1}/{len(plan)}] {combo.name}", err=True)
-
-    try:
-        concs = _parse_int_list(concurrency, "--concurrency")
-        slo_obj = parse_slo(slo)
-        flags = {"progress": progress, "http2": http2, "insecure": insecure}
-        plan = plan_combinations(
-            config, provider or [], client or [], concs, flags={**flags, "ca_bundle": ca_bundle}
-        )
-        warn_insecure(plan[0][1])
-        if not prompts.is_file():
-            raise InputError("no such file", path=str(prompts))
-        cdir = make_compare_dir(plan[0][1].out_dir, prompts, out)
-        source = limit_prompts(prompts, limit, cdir / PROMPTS_FILE) if limit else prompts
-        label = prompts.name + (f" (first {limit})" if limit else "")
-        with one_line_per_cause(), asyncio.Runner(loop_factory=loop_factory()) as runner:
-            result = runner.run(
-                run_compare(plan, source, cdir, slo=slo_obj, label=label, on_start=on_start)
-            )
-    except LLMBatchError as exc:
-        raise _fail_for(exc) from None
-    _print_tables([compare_table(result)])
-    typer.echo(f"written: {cdir}/compare.json, {cdir}/compare.csv")
-    if result.rows:
-        try:
-            png = plot_compare(result)
-        except ImportError:
-            typer.echo(
-                "llmbatch: matplotlib is not installed, no chart "
-                "(pip install 'llmbatch[plot]' for compare.png)",
-                err=True,
-            )
-        else:
-            typer.echo(f"chart: {png}")
-    for row in result.rows:
-        if row.abort_message:
-            typer.echo(f"llmbatch: {row.combo.name} aborted: {row.abort_message}", err=True)
-    if result.signal_received is not None:
-        typer.echo("llmbatch: interrupted; the remaining combinations did not run", err=True)
-        raise typer.Exit(EXIT_SIGTERM if result.signal_received == signal.SIGTERM else EXIT_SIGINT)
-    if any(r.stop_reason is not None for r in result.rows):
-        raise typer.Exit(EXIT_ABORTED)
-    raise typer.Exit(EXIT_FAILED_REQUESTS if any(r.status != "ok" for r in result.rows) else 0)
+    raise typer.Exit(code)
 
 
 @app.command()

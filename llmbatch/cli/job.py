@@ -9,20 +9,21 @@ import asyncio
 import itertools
 import signal
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from llmbatch.cli.progress import ProgressView, make_progress
 from llmbatch.client import Client
 from llmbatch.config.load import RunConfig
 from llmbatch.engine import BatchEnd, StopReason
+from llmbatch.engine.arrivals import ArrivalPacer, ArrivalProfile
 from llmbatch.engine.fdlimit import fit_run_config
 from llmbatch.errors import InputError
 from llmbatch.metrics import SLO
 from llmbatch.notices import warn
-from llmbatch.records import PromptRecord
+from llmbatch.records import Outcome, PromptRecord
 from llmbatch.rundir.identity import run_identity
 from llmbatch.rundir.reader import iter_records
 from llmbatch.rundir.writer import RESULTS, damaged_lines_notice
@@ -30,7 +31,7 @@ from llmbatch.rundir.writer import RESULTS, damaged_lines_notice
 if TYPE_CHECKING:
     from llmbatch.rundir.shard import Shard
 
-__all__ = ["RunOutput", "default_run_dir", "execute_run", "open_prompts"]
+__all__ = ["RunHooks", "RunOutput", "default_run_dir", "execute_run", "open_prompts"]
 
 
 @dataclass
@@ -40,6 +41,19 @@ class RunOutput:
     result: BatchEnd
     run_dir: Path
     signal_received: int | None
+    pacer: ArrivalPacer | None = None  # the open-loop pacer, with RunHooks.arrivals
+
+
+@dataclass
+class RunHooks:
+    """What ``llmbatch compare`` changes in a run: the records, open-loop arrivals, and
+    callbacks that see each Outcome (a returned message stops the run: a stop
+    condition) and each response's headers."""
+
+    items: Iterator[PromptRecord | InputError] | None = None
+    arrivals: ArrivalProfile | None = None
+    on_outcome: Callable[[Outcome], str | None] | None = None
+    on_headers: Callable[[Any], None] | None = None
 
 
 def default_run_dir(cfg: RunConfig, prompts: Path, shard: Shard | None = None) -> Path:
@@ -79,6 +93,7 @@ async def execute_run(
     slo: SLO | None = None,
     install_signal_handlers: bool = True,
     shard: Shard | None = None,
+    hooks: RunHooks | None = None,
 ) -> RunOutput:
     """Run every prompt of ``prompts`` (of ``shard`` only, if given); resumable by calling
     again with the same config.
@@ -89,7 +104,8 @@ async def execute_run(
     cfg, capped = fit_run_config(cfg)  # within the open-file limit (raised, or capped)
     warn(capped)
     client = Client.from_run_config(cfg)  # resolves the API key before anything is sent
-    items: Iterator[PromptRecord | InputError] = open_prompts(prompts)
+    hooks = hooks or RunHooks()
+    items: Iterator[PromptRecord | InputError] = hooks.items or open_prompts(prompts)
     run_dir = default_run_dir(cfg, prompts, shard)
     meta = run_identity(cfg, prompts)
     if shard is not None:
@@ -98,7 +114,17 @@ async def execute_run(
         items = select_shard(items, shard)
         meta["shard"] = shard.spec
     signal_received: int | None = None
+    on_outcome = None
+    if hooks.on_outcome is not None:
+        check = hooks.on_outcome
+
+        def on_outcome(outcome: Outcome) -> None:
+            if (why := check(outcome)) is not None:
+                batch.stop(reason=why, grace_s=0)
+
     async with client:
+        if hooks.on_headers is not None:
+            client.engine.header_listeners.append(hooks.on_headers)
         batch = client.batch(
             items,  # type: ignore[arg-type]  # parsed records pass through unchanged
             run_dir,
@@ -110,6 +136,8 @@ async def execute_run(
             slo=slo,
             meta=meta,
             force_resume=cfg.force_resume,
+            arrivals=hooks.arrivals,
+            on_outcome=on_outcome,
         )
         live = client.engine.live
         loop = asyncio.get_running_loop()
@@ -159,4 +187,6 @@ async def execute_run(
             if install_signal_handlers:
                 for sig in (signal.SIGINT, signal.SIGTERM):
                     loop.remove_signal_handler(sig)
-    return RunOutput(result=result, run_dir=run_dir, signal_received=signal_received)
+    return RunOutput(
+        result=result, run_dir=run_dir, signal_received=signal_received, pacer=batch.pacer
+    )

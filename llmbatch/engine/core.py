@@ -102,6 +102,8 @@ class Engine:
         self.probe = Probe()
         self.live = LiveCounts()
         self.attempt_listeners: list[Callable[[RequestError], None]] = []
+        # Called with each response's headers (llmbatch compare notes the server's id).
+        self.header_listeners: list[Callable[[Any], None]] = []
         self.succeeded = 0  # requests of any caller that ended with an answer
 
     @property
@@ -243,7 +245,9 @@ class _Request:
             await eng.probe.wait_turn()
             await _pace(eng.governor, est_in, est_out)
             self.sent_at = time.perf_counter()
-            m = self.metrics = RequestMetrics(queue_s=self.sent_at - self.waiting_since)
+            m = self.metrics = RequestMetrics(
+                queue_s=self.sent_at - self.waiting_since, sent_at=self.sent_at
+            )
             asm = eng.provider.new_assembler(rec)
             try:
                 try:
@@ -316,6 +320,8 @@ class _Request:
     def _on_headers(self, headers: Any) -> None:
         # age_s: which of our sends the server's rate-limit figures can include.
         self.eng.governor.observe_headers(headers, age_s=time.perf_counter() - self.sent_at)
+        for listener in self.eng.header_listeners:
+            listener(headers)
         self.eng.probe.release()  # the fast path: as soon as headers are in
 
 

@@ -53,6 +53,11 @@ class MockConfig:
     # A server that serves at most this many requests at once: one more gets a 429 with
     # Retry-After ``retry_after_s`` (like a provider's concurrency limit). None = no limit.
     max_in_flight: int | None = None
+    # Streams served at full speed at once. With more in flight every stream slows down
+    # by in_flight / capacity (its time to first token and each gap between tokens), as
+    # a server with a fixed token budget shares it: output throughput stops growing at
+    # ``capacity`` (the knee a compare sweep finds). None = no such limit.
+    capacity: int | None = None
     # Rate limits like a real provider's, per limit_window_s (1, 10 or 60 s; scaled down
     # in tests), counted as limit_mode. ``rpd`` is a second request limit per
     # ``day_window_s``; when it is set the x-ratelimit-*-requests headers describe it
@@ -72,6 +77,8 @@ class MockConfig:
             raise ValueError(
                 f"limit_headers must be one of {HEADER_MODES}, got {self.limit_headers!r}"
             )
+        if self.capacity is not None and self.capacity < 1:
+            raise ValueError(f"capacity must be >= 1, got {self.capacity}")
         for name in ("limit_window_s", "day_window_s"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"{name} must be > 0")

@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import math
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -77,6 +77,8 @@ class Plan:
     ttft: float
     itl: float
     t0: float
+    # How much slower than planned the server runs now (>= 1; MockConfig.capacity).
+    slowdown: Callable[[], float] = lambda: 1.0
 
 
 class MockState:
@@ -141,7 +143,14 @@ class MockState:
             ttft=cfg.ttft_s if ttft_ms is None else ttft_ms / 1000.0,
             itl=cfg.itl_s if itl_ms is None else itl_ms / 1000.0,
             t0=t0,
+            slowdown=self.slowdown,
         )
+
+    def slowdown(self) -> float:
+        """in flight / capacity when more than ``capacity`` streams are served, else 1."""
+        cap = self.cfg.capacity
+        in_flight = self.stats.in_flight
+        return in_flight / cap if cap is not None and in_flight > cap else 1.0
 
     def arrived(self, key: bytes) -> None:
         """Note a retry of ``key`` that came before the Retry-After it was given."""

@@ -72,8 +72,9 @@ async def stream_tokens(
 
     The schedule is absolute (token i due at t0 + ttft + i * itl): a timer that fires
     late (epoll rounds up to whole ms; a busy loop) delays one token, not all after it.
+    Over the server's capacity each step is stretched by the slowdown at that moment.
     """
-    due = plan.t0 + plan.ttft
+    due = plan.t0 + plan.ttft * plan.slowdown()
     delay = due - time.monotonic()
     if delay > 0:
         await asyncio.sleep(delay)
@@ -91,7 +92,7 @@ async def stream_tokens(
         if plan.itl > 0:
             await resp.write(pieces.pop())
             if i < plan.n - 1:
-                due += plan.itl
+                due += plan.itl * plan.slowdown()
                 delay = due - time.monotonic()
                 if delay > 0:
                     await asyncio.sleep(delay)
