@@ -37,7 +37,8 @@ svg .label{font-size:12px;fill:#555}svg .frame{fill:none;stroke:#bbb}
 svg .grid{stroke:#e8e8e8}svg .axis{stroke:#999}svg .note{font-size:13px;fill:#888}
 svg .bar{stroke-width:1.5}svg .legend{font-size:11px}
 table{border-collapse:collapse;margin:8px 0;font-variant-numeric:tabular-nums}
-th,td{border:1px solid #ddd;padding:3px 8px;text-align:right}th{background:#f3f3f3;cursor:pointer}
+th,td{border:1px solid #ddd;padding:3px 8px;text-align:right;white-space:nowrap}
+th{background:#f3f3f3;cursor:pointer}
 td:first-child,th:first-child,td.text{text-align:left}
 .note-row{color:#666;font-size:12px}code{background:#f4f4f4;padding:0 3px}
 """
@@ -156,8 +157,8 @@ def _timeline_lines(indexed: list[tuple[int, SeriesResult]], result: SweepResult
                     t = r.started_at - origin + row["t_s"]
                     err.append((t, float(row["errors"])))
                     lim.append((t, float(row["429"])))
-        lines.append(Line(f"{sr.name} errors", _color(i), err))
-        lines.append(Line(f"{sr.name} 429s", _color(i), lim, dashed=True))
+        lines.append(Line(f"{sr.name} errors", _color(i), err, dots=False))
+        lines.append(Line(f"{sr.name} 429s", _color(i), lim, dashed=True, dots=False))
     return lines
 
 

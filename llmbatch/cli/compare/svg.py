@@ -29,6 +29,7 @@ class Line:
     dashed: bool = False
     marks: list[float] = field(default_factory=list)  # x values to ring (the knee)
     step: bool = False  # a staircase (an empirical CDF)
+    dots: bool = True  # a marker per point (off for dense time series)
 
 
 def _nice_ticks(lo: float, hi: float, n: int = 5) -> list[float]:
@@ -76,15 +77,18 @@ def line_chart(
     """An SVG line chart (y from 0); ``empty_note`` is written when there is nothing."""
     pts = [p for ln in lines for p in ln.points]
     bars = [b for ln in lines for b in ln.bars if b is not None]
+    legend = _legend_layout(lines)
+    height = max(H, int(max((y for _, y, _ in legend), default=0)) + 10)
     parts = [
-        f'<svg class="chart" id="{escape(chart_id)}" viewBox="0 0 {W} {H}" width="{W}" '
-        f'height="{H}" role="img" aria-label="{escape(title)}" '
+        f'<svg class="chart" id="{escape(chart_id)}" viewBox="0 0 {W} {height}" width="{W}" '
+        f'height="{height}" role="img" aria-label="{escape(title)}" '
         'xmlns="http://www.w3.org/2000/svg">',
         f'<text x="{W / 2}" y="18" text-anchor="middle" class="title">{escape(title)}</text>',
     ]
     x0, x1 = LEFT, W - RIGHT
     y0, y1 = H - BOTTOM, TOP
     if not pts:
+        legend = []
         parts.append(
             f'<rect x="{x0}" y="{y1}" width="{x1 - x0}" height="{y0 - y1}" class="frame"/>'
             f'<text x="{W / 2}" y="{(y0 + y1) / 2}" text-anchor="middle" class="note">'
@@ -147,7 +151,7 @@ def line_chart(
             f'<polyline class="series" data-series="{escape(ln.name)}" points="{" ".join(coords)}"'
             f' fill="none" stroke="{ln.color}" stroke-width="2"{dash}/>'
         )
-        if not ln.step:
+        if ln.dots and not ln.step:
             for (x, y), bar in zip(ln.points, ln.bars or [None] * len(ln.points), strict=False):
                 parts.append(
                     f'<circle cx="{sx(x):.1f}" cy="{sy(y):.1f}" r="3" fill="{ln.color}">'
@@ -166,19 +170,25 @@ def line_chart(
                     f'stroke="{ln.color}" stroke-width="2" class="knee"><title>knee of '
                     f"{escape(ln.name)}: {_fmt(x)}</title></circle>"
                 )
-    # Legend under the plot, wrapping into rows.
-    lx, ly = float(x0), float(y0 + 46)
-    for ln in lines:
-        label = ln.name
-        width = 28 + 6.5 * len(label)
-        if lx + width > x1 and lx > x0:
-            lx, ly = x0, ly + 14
+    for lx, ly, ln in legend:
         dash = ' stroke-dasharray="6 4"' if ln.dashed else ""
         parts.append(
             f'<line x1="{lx}" x2="{lx + 20}" y1="{ly - 4}" y2="{ly - 4}" stroke="{ln.color}" '
             f'stroke-width="2"{dash}/><text x="{lx + 24}" y="{ly}" class="legend">'
-            f"{escape(label)}</text>"
+            f"{escape(ln.name)}</text>"
         )
-        lx += width + 10
     parts.append("</svg>")
     return "".join(parts)
+
+
+def _legend_layout(lines: Sequence[Line]) -> list[tuple[float, float, Line]]:
+    """(x, y, line) of each legend entry under the plot, wrapping into rows."""
+    out = []
+    lx, ly = float(LEFT), float(H - BOTTOM + 46)
+    for ln in lines:
+        width = 28 + 6.5 * len(ln.name)
+        if lx + width > W - RIGHT and lx > LEFT:
+            lx, ly = float(LEFT), ly + 14
+        out.append((lx, ly, ln))
+        lx += width + 10
+    return out
