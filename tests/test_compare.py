@@ -23,7 +23,7 @@ from llmbatch.metrics import SLO
 from llmbatch.mockserver import MockConfig, MockServer
 
 from .chromium import CHROMIUM, open_page
-from .conftest import ThreadedMock, config_for, write_jsonl
+from .conftest import ThreadedMock, config_for, read_results, write_jsonl
 
 HAS_MATPLOTLIB = importlib.util.find_spec("matplotlib") is not None
 FAST_MOCK = "[mock]\ntokens = 8\nttft_s = 0.005\nitl_s = 0.001\n"
@@ -354,3 +354,63 @@ def test_profiles() -> None:
     sync = parse_profile("synchronous")
     assert sync.kind == "concurrent" and sync.levels == (1.0,)
     assert sync.steps()[0].arrivals() is None and sync.steps()[0].tag == "c1"
+
+
+def test_stop_conditions_duration_and_max_errors(
+    runner: CliRunner, tmp_path: Path, mocks: list[ThreadedMock]
+) -> None:
+    """--duration ends a step by time (the prompts cycle meanwhile); --max-errors ends it at
+    that many failed requests, and a failing step saturates the series."""
+    slow = ThreadedMock(MockConfig(tokens=4, ttft_s=0.02, itl_s=0.0))
+    # Half the distinct prompts get a 400 (a cycled prompt gets the same answer again).
+    failing = ThreadedMock(
+        MockConfig(tokens=4, ttft_s=0.0, itl_s=0.0, faults={"400": 0.5}, fault_attempts=10**6)
+    )
+    mocks += [slow, failing]
+    prompts = _prompts(tmp_path, 3)
+    out = tmp_path / "cmp"
+    res = runner.invoke(
+        app,
+        ["compare", str(prompts), "--target", f"slow={slow.url},model=m", "-j", "2"]
+        + ["--duration", "0.5", "--out", str(out)],
+    )
+    assert res.exit_code == 0, res.output
+    (run,) = orjson.loads((out / "compare.json").read_bytes())["runs"]
+    # More requests than the file has (cycled ids), and an end: the duration stopped it.
+    assert 3 < run["num_prompts"] == run["completed"] < 200
+    ids = [r["custom_id"] for r in read_results(out / "slow-aiohttp-c2")]
+    assert "q0#1" in ids and len(set(ids)) == len(ids)
+
+    out2 = tmp_path / "cmp2"
+    res = runner.invoke(
+        app,
+        ["compare", str(_prompts(tmp_path, 10)), "--target", f"bad={failing.url},model=m"]
+        + ["-j", "1,2"]
+        + ["--requests", "50", "--max-errors", "4", "--out", str(out2)],
+    )
+    assert res.exit_code == 1, res.output  # requests failed; nothing aborted
+    doc = orjson.loads((out2 / "compare.json").read_bytes())
+    (run,) = doc["runs"]
+    assert run["status"] == "max_errors" and 4 <= run["failed"] < 50
+    assert set(run["errors"]) == {"bad_request"} and run["completed"] > 0
+    assert doc["series"][0]["stopped_early"].startswith("errors: ")
+
+
+def test_repeats_mark_differences_within_the_spread() -> None:
+    from llmbatch.cli.compare.profiles import Step
+    from llmbatch.cli.compare.sweep import StepResult, spread_note
+
+    class Run:
+        def __init__(self, tp: float) -> None:
+            self.figures = {"output_throughput": tp}
+
+    step = Step(parse_profile("concurrent:4"), 4)
+
+    def result(*tps: float) -> StepResult:
+        return StepResult(step, [Run(tp) for tp in tps])  # type: ignore[misc]
+
+    a, b, c = result(100, 120), result(105, 109), result(140, 142)
+    assert a.mean("output_throughput") == 110 and a.spread("output_throughput")["max"] == 120
+    assert spread_note(a, b, "output_throughput")  # 3 apart, spread 20
+    assert not spread_note(a, c, "output_throughput")  # 31 apart
+    assert not spread_note(result(100), result(101), "output_throughput")  # no spread known
