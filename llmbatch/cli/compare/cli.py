@@ -14,7 +14,7 @@ from llmbatch.cli.compare.measure import Window
 from llmbatch.cli.compare.profiles import LoadProfile, parse_profile
 from llmbatch.cli.compare.report_html import write_report
 from llmbatch.cli.compare.results import JSON_FILE, tables, write_results
-from llmbatch.cli.compare.runner import StopConditions
+from llmbatch.cli.compare.runner import STOP_MAX_ERRORS, StopConditions
 from llmbatch.cli.compare.sweep import SaturationRule, SweepResult, run_sweep
 from llmbatch.cli.compare.targets import Series, plan_series
 from llmbatch.cli.run import (
@@ -185,7 +185,7 @@ def _finish(result: SweepResult, cdir: Path, print_tables: Callable[[list[Table]
             print(f"chart: {png}")
     aborted = False
     for run in result.runs():
-        if run.abort_message and run.stop_reason not in (None, "max_errors"):
+        if run.abort_message and run.stop_reason not in (None, STOP_MAX_ERRORS):
             aborted = True
             _say(f"{run.run_dir.name} aborted: {run.abort_message}")
         if run.rate.get("rate_kept") is False:

@@ -23,7 +23,7 @@ from typing import Any
 
 from llmbatch.cli.compare.measure import Window
 from llmbatch.cli.compare.profiles import LoadProfile, Step
-from llmbatch.cli.compare.runner import StepRun, StopConditions, run_step
+from llmbatch.cli.compare.runner import STOP_MAX_ERRORS, StepRun, StopConditions, run_step
 from llmbatch.cli.compare.targets import Series
 from llmbatch.metrics import SLO
 
@@ -212,7 +212,7 @@ async def run_sweep(
                     result.signal_received = run.signal_received
                     sr.stopped = "interrupted"
                     return result
-                if run.stop_reason is not None and run.stop_reason != "max_errors":
+                if run.stop_reason is not None and run.stop_reason != STOP_MAX_ERRORS:
                     sr.stopped = f"aborted: {run.abort_message or run.stop_reason}"
                     break
             if sr.stopped is not None:
