@@ -414,3 +414,27 @@ def test_repeats_mark_differences_within_the_spread() -> None:
     assert spread_note(a, b, "output_throughput")  # 3 apart, spread 20
     assert not spread_note(a, c, "output_throughput")  # 31 apart
     assert not spread_note(result(100), result(101), "output_throughput")  # no spread known
+
+
+def test_a_rate_the_cap_holds_back_is_reported_as_such(
+    runner: CliRunner, tmp_path: Path, mocks: list[ThreadedMock]
+) -> None:
+    """400 req/s asked, at most 2 in flight of ~20 ms requests: about 100 req/s go out,
+    and the step says the cap held it back (not the server)."""
+    m = ThreadedMock(MockConfig(tokens=4, ttft_s=0.02, itl_s=0.0))
+    mocks.append(m)
+    out = tmp_path / "cmp"
+    res = runner.invoke(
+        app,
+        ["compare", str(_prompts(tmp_path, 5)), "--target", f"s={m.url},model=m"]
+        + ["--profile", "constant:400", "--max-concurrency", "2", "--requests", "30"]
+        + ["--out", str(out)],
+    )
+    assert res.exit_code == 0, res.output
+    (run,) = orjson.loads((out / "compare.json").read_bytes())["runs"]
+    assert run["request_rate"] == 400 and run["max_concurrency"] == 2
+    assert run["rate_kept"] is False and run["rate_limited_by"] == "--max-concurrency 2"
+    assert run["achieved_request_rate"] < 0.95 * run["scheduled_request_rate"]
+    assert run["max_concurrent_requests"] <= 2
+    assert "held back by --max-concurrency 2: not the server's limit" in res.output
+    assert "(short)" in res.output
