@@ -95,18 +95,20 @@ class StepRun:
 
 def _cycled(prompts: Path, limit: int | None) -> Iterator[PromptRecord | InputError]:
     """The prompts file's records, again and again (ids ``id#1``, ``id#2``... from the
-    second pass), ``limit`` of them; endless without a limit (a duration ends the step)."""
-    first = list(itertools.islice(open_prompts(prompts), limit))
+    second pass), ``limit`` of them; endless without a limit (a duration ends the step).
+    The file is read again for each pass: nothing of it is held in memory."""
 
     def passes() -> Iterator[PromptRecord | InputError]:
-        yield from first
-        if not first:
-            return
-        for k in itertools.count(1):
-            for item in first:
+        for k in itertools.count():
+            records = 0
+            for item in open_prompts(prompts):
                 if isinstance(item, PromptRecord):
-                    yield dataclasses.replace(item, id=f"{item.id}#{k}")
-                # an input error is reported once, on the first pass
+                    records += 1
+                    yield item if k == 0 else dataclasses.replace(item, id=f"{item.id}#{k}")
+                elif k == 0:  # an input error is reported once, on the first pass
+                    yield item
+            if not records:
+                return
 
     return itertools.islice(passes(), limit)
 
