@@ -43,7 +43,7 @@ from llmbatch.errors import (
     InsecureTLSWarning,
     RequestError,
 )
-from llmbatch.http import make_client
+from llmbatch.http import ClientOptions, make_client
 from llmbatch.metrics import INPUT_ERROR, SLO, RunMetrics
 from llmbatch.notices import warn
 from llmbatch.providers import make_provider
@@ -225,12 +225,14 @@ class Client:
             max_in_flight = cfg.max_concurrency if cfg.adaptive else cfg.concurrency
             adapter = make_client(
                 cfg.client,
-                max_connections=max_in_flight,
-                timeouts=cfg.timeouts,
-                verify_tls=not cfg.insecure,
-                http2=cfg.http2,
-                ca_bundle=cfg.ca_bundle,
-                tls_up_front=base_url.startswith("https:"),
+                ClientOptions(
+                    max_connections=max_in_flight,
+                    timeouts=cfg.timeouts,
+                    verify_tls=not cfg.insecure,
+                    http2=cfg.http2,
+                    ca_bundle=cfg.ca_bundle,
+                    tls_up_front=base_url.startswith("https:"),
+                ),
             )
             stack.push_async_callback(adapter.aclose)
         except BaseException:

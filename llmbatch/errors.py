@@ -13,6 +13,7 @@ CLI turns them into messages and exit codes.
         ├── TransportError
         │   ├── ConnectError        could not connect (refused, DNS, TLS handshake)
         │   │   └── CertificateError  server's TLS certificate not trusted (fatal for the run)
+        │   ├── PoolTimeout         no connection of the client's pool came free in time
         │   ├── ReadTimeout         no first byte / idle gap exceeded between chunks
         │   ├── DeadlineExceeded    the per-request total deadline passed
         │   └── StreamInterrupted   connection dropped mid-response
@@ -54,6 +55,7 @@ __all__ = [
     "LLMBatchWarning",
     "MalformedResponse",
     "OutputError",
+    "PoolTimeout",
     "ProviderError",
     "ProviderOverloaded",
     "QuotaExhausted",
@@ -137,6 +139,12 @@ class CertificateError(ConnectError):
     """
 
     code = "certificate_error"
+
+
+class PoolTimeout(TransportError):
+    """Every connection of the client's pool stayed busy for the whole wait (connect_s)."""
+
+    code = "pool_timeout"
 
 
 class ReadTimeout(TransportError):

@@ -1,4 +1,11 @@
-"""One contract, every adapter: real loopback sockets, the same assertions."""
+"""One contract, every adapter: real loopback sockets, the same assertions.
+
+The first part runs against the mock server; the second feeds every adapter the same
+scripted bytes (tests/rawhttp.py) and asserts the same status, headers, body and error
+class from each: where the libraries underneath disagree (h11 reads Transfer-Encoding
+with Content-Length, aiohttp follows redirects, a repeated header is one value or
+several), llmbatch's adapters do not.
+"""
 
 from __future__ import annotations
 
@@ -22,11 +29,12 @@ from llmbatch.errors import (
     ServerError,
     StreamInterrupted,
 )
-from llmbatch.http import ClientAdapter, HTTPRequest, make_client
+from llmbatch.http import ClientAdapter, ClientOptions, HTTPRequest, make_client
 from llmbatch.mockserver import MockConfig, MockServer, expected_text, start_mock_server
 from llmbatch.providers.sse import SSEDecoder
 
 from .conftest import ADAPTERS
+from .rawhttp import Action, Close, RawServer, Reset, Send, chunk, chunked, response_head
 
 MESSAGES = [{"role": "user", "content": "contract"}]
 FAST = Timeouts(connect_s=2.0, first_byte_s=2.0, idle_s=2.0, total_s=10.0)
@@ -36,13 +44,19 @@ FAST = Timeouts(connect_s=2.0, first_byte_s=2.0, idle_s=2.0, total_s=10.0)
 _READ_MODE: weakref.WeakKeyDictionary[ClientAdapter, str] = weakref.WeakKeyDictionary()
 
 
-@pytest.fixture(params=[*ADAPTERS, "aiohttp+push", "native+push"])
+# The adapters whose StreamingResponse offers push (the others give chunks only).
+PUSHING = ["httpx", "native"]
+
+
+@pytest.fixture(params=[*ADAPTERS, *(f"{name}+push" for name in PUSHING)])
 async def adapter(request: pytest.FixtureRequest) -> AsyncIterator[ClientAdapter]:
     name, _, mode = request.param.partition("+")
     client = make_client(
         name,
-        max_connections=8,
-        timeouts=Timeouts(connect_s=2.0, first_byte_s=0.5, idle_s=0.5, total_s=10.0),
+        ClientOptions(
+            max_connections=8,
+            timeouts=Timeouts(connect_s=2.0, first_byte_s=0.5, idle_s=0.5, total_s=10.0),
+        ),
     )
     _READ_MODE[client] = mode or "chunks"
     async with client:
@@ -136,7 +150,7 @@ async def test_http_errors_carry_status_and_headers(
 
 
 async def test_reset_before_response(adapter: ClientAdapter, server: MockServer) -> None:
-    with pytest.raises((StreamInterrupted, ConnectError)):
+    with pytest.raises(StreamInterrupted):
         await collect(adapter, chat_request(server.url, **{"x-mock-fault": "reset"}))
 
 
@@ -228,13 +242,14 @@ async def test_one_mebibyte_sse_line(adapter: ClientAdapter, raw_url: str) -> No
     assert stream_text(raw) == "x" * (1 << 20)
 
 
+@pytest.mark.parametrize("name", PUSHING)
 async def test_push_raises_what_on_chunk_raises_and_stops_at_the_answer(
-    server: MockServer,
+    server: MockServer, name: str
 ) -> None:
-    # The aiohttp adapter's push path: a callback error ends the read with that error;
-    # a callback that says "complete" at [DONE] gets nothing more, and the next request
-    # on the same adapter still gets a whole answer.
-    client = make_client("aiohttp", max_connections=1, timeouts=FAST)
+    # A callback error ends the read with that error; a callback that says "complete" at
+    # [DONE] gets nothing more, and the next request on the same adapter still gets a
+    # whole answer.
+    client = make_client(name, ClientOptions(max_connections=1, timeouts=FAST))
     async with client:
         async with client.stream(chat_request(server.url)) as resp:
             assert resp.push is not None
@@ -264,3 +279,152 @@ async def test_gzip_body_is_decoded(adapter: ClientAdapter, raw_url: str) -> Non
     raw, headers = await collect(adapter, req)
     assert headers.get("content-encoding") == "gzip"
     assert raw == SAMPLE
+
+
+# -- the same bytes, the same answer from every adapter -------------------------------------
+
+SSE = (("Content-Type", "text/event-stream"),)
+EVENTS = [b'data: {"n": 1}\n\n', b'data: {"n": 2}\n\n', b"data: [DONE]\n\n"]
+BODY = b"".join(EVENTS)
+LENGTH = str(len(BODY))
+OK: list[Action] = [Send(response_head(headers=SSE, chunked=True) + chunked(EVENTS))]
+
+
+@pytest.fixture
+async def raw_servers() -> AsyncIterator[list[RawServer]]:
+    servers: list[RawServer] = []
+    yield servers
+    for s in servers:
+        await s.close()
+
+
+async def scripted(servers: list[RawServer], *scripts: list[Action]) -> RawServer:
+    """A raw server giving the n-th request ``scripts[n]`` (the last repeats)."""
+    server = RawServer.scripted(*scripts)
+    servers.append(await server.start())
+    return server
+
+
+async def test_repeated_header_reads_the_same(
+    adapter: ClientAdapter, raw_servers: list[RawServer]
+) -> None:
+    # RFC 9110 5.3: a field sent several times is its values joined by ", ", in order
+    # (aiohttp and h11 hand over each line; a dict built from them kept one or the other).
+    hdrs = (("X-Ratelimit-Remaining", "9"), ("x-ratelimit-remaining", "8"))
+    hdrs += (("Set-Cookie", "a=1"), ("Set-Cookie", "b=2"))
+    head = response_head(headers=(*SSE, *hdrs), content_length=len(BODY))
+    server = await scripted(raw_servers, [Send(head + BODY)])
+    raw, headers = await collect(adapter, chat_request(server.url))
+    assert raw == BODY
+    assert headers["x-ratelimit-remaining"] == "9, 8"
+    assert headers["set-cookie"] == "a=1, b=2"
+    assert headers["content-type"] == "text/event-stream"
+
+
+def _with(*extra: tuple[str, str], status: str = "200 OK") -> bytes:
+    return response_head(status, (*SSE, *extra))
+
+
+# Answers every adapter refuses (StreamInterrupted), whatever its library reads.
+REFUSED = {
+    # RFC 9112 6.3: "ought to be handled as an error" (h11 lets chunked win).
+    "te-with-content-length": _with(("Content-Length", "20"), ("Transfer-Encoding", "chunked"))
+    + chunked(EVENTS),
+    "transfer-coding-not-chunked": _with(("Transfer-Encoding", "gzip")) + BODY,
+    "gzip-then-chunked": _with(("Transfer-Encoding", "gzip, chunked")) + chunked(EVENTS),
+    "status-099": response_head("099 Early", SSE, content_length=len(BODY)) + BODY,
+    "101-not-asked-for": _with(("Upgrade", "h2c"), ("Connection", "Upgrade"), status="101 Go"),
+    # RFC 9110 5.5: never part of a field value (aiohttp reads it; NUL it refuses).
+    "control-byte-in-value": _with(("X-Request-Id", "a\x01b"), ("Content-Length", LENGTH)) + BODY,
+    "nul-in-value": _with(("X-Request-Id", "a\x00b"), ("Content-Length", LENGTH)) + BODY,
+}
+
+
+@pytest.mark.parametrize("answer", list(REFUSED.values()), ids=list(REFUSED))
+async def test_refused_by_every_adapter(
+    adapter: ClientAdapter, raw_servers: list[RawServer], answer: bytes
+) -> None:
+    server = await scripted(raw_servers, [Send(answer)], OK)
+    with pytest.raises(StreamInterrupted, match="invalid|not a valid|Protocol|refused"):
+        await collect(adapter, chat_request(server.url))
+    raw, _ = await collect(adapter, chat_request(server.url))  # and the next one is read
+    assert raw == BODY
+    if answer is REFUSED["te-with-content-length"]:
+        assert server.connections == 2  # never reused: where does that body end?
+
+
+async def test_redirect_is_an_error_not_followed(
+    adapter: ClientAdapter, raw_servers: list[RawServer]
+) -> None:
+    # Anything outside 2xx is an error (aiohttp would follow a 307 with the same POST).
+    moved = response_head(
+        "307 Temporary Redirect", (("Location", "/v1/elsewhere"),), content_length=5
+    )
+    server = await scripted(raw_servers, [Send(moved + b"moved")])
+    with pytest.raises(BadRequest) as info:
+        await collect(adapter, chat_request(server.url))
+    assert info.value.status == 307 and info.value.body == "moved"
+    assert [s.target for s in server.requests] == ["/v1/chat/completions"]
+
+
+async def test_error_status_body_and_headers(
+    adapter: ClientAdapter, raw_servers: list[RawServer]
+) -> None:
+    body = b'{"error": {"message": "no such model"}}'
+    hdrs = (("Content-Type", "application/json"), ("X-Request-Id", "req-1"), ("X-A", "1"))
+    page = response_head("404 Not Found", (*hdrs, ("X-A", "2")), chunked=True)
+    server = await scripted(raw_servers, [Send(page + chunked([body[:9], body[9:]]))])
+    with pytest.raises(BadRequest) as info:
+        await collect(adapter, chat_request(server.url))
+    err = info.value
+    assert (err.status, err.body, err.request_id) == (404, body.decode(), "req-1")
+    assert err.headers["x-a"] == "1, 2"
+
+
+# aiohttp ends a body that runs to the close at any close, a reset too (its protocol's
+# connection_lost feeds the parser EOF whatever the cause), and nothing public tells
+# them apart: there the SSE stream decides (no [DONE], truncated_stream).
+READS_RESET_AS_END = {"aiohttp", "httpx-aiohttp"}
+
+
+@pytest.mark.parametrize("cut", [Close(), Reset()], ids=["clean-close", "reset"])
+async def test_close_delimited_body(
+    adapter: ClientAdapter, raw_servers: list[RawServer], cut: Action
+) -> None:
+    # A body without length or chunking ends at the close (RFC 9112 6.3), a clean one:
+    # ended by a reset it is cut short, whatever arrived before.
+    head = response_head(headers=SSE, version="HTTP/1.0")
+    server = await scripted(raw_servers, [Send(head + BODY), cut])
+    if isinstance(cut, Close) or adapter.name in READS_RESET_AS_END:
+        raw, _ = await collect(adapter, chat_request(server.url))
+        assert raw == BODY
+    else:
+        with pytest.raises(StreamInterrupted, match="reset"):
+            await collect(adapter, chat_request(server.url))
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [
+        response_head(headers=SSE, chunked=True) + chunk(EVENTS[0]),
+        response_head(headers=SSE, content_length=len(BODY)) + BODY[:10],
+        b"HTTP/1.1 200 OK\r\nContent-Type: text/event",
+        b"",
+    ],
+    ids=["mid-chunked", "mid-content-length", "mid-head", "before-response"],
+)
+@pytest.mark.parametrize("cut", [Close(), Reset()], ids=["close", "reset"])
+async def test_cut_short(
+    adapter: ClientAdapter, raw_servers: list[RawServer], answer: bytes, cut: Action
+) -> None:
+    server = await scripted(raw_servers, [Send(answer), cut])
+    with pytest.raises(StreamInterrupted):
+        await collect(adapter, chat_request(server.url))
+
+
+async def test_no_body_statuses(adapter: ClientAdapter, raw_servers: list[RawServer]) -> None:
+    # 204 has no body whatever its headers say; the connection is reused after it.
+    server = await scripted(raw_servers, [Send(response_head("204 No Content", SSE))], OK)
+    assert (await collect(adapter, chat_request(server.url)))[0] == b""
+    assert (await collect(adapter, chat_request(server.url)))[0] == BODY
+    assert server.connections == 1

@@ -16,7 +16,7 @@ import pytest
 from llmbatch.cli.job import execute_run
 from llmbatch.config.load import Timeouts
 from llmbatch.errors import ConfigError, RateLimited, ServerError
-from llmbatch.http import make_client
+from llmbatch.http import ClientOptions, make_client
 from llmbatch.mockserver import MockConfig, MockServer, expected_text, start_mock_server
 from llmbatch.mockserver.tls import MockTLS, make_mock_tls
 
@@ -49,7 +49,7 @@ async def test_every_adapter_gets_exact_answers(
     # httpx with --http2 speaks h2; the aiohttp-based adapters get HTTP/1.1 through ALPN.
     h2 = name == "httpx"
     async with make_client(
-        name, max_connections=4, timeouts=FAST, ca_bundle=certs.ca_file, http2=h2
+        name, ClientOptions(max_connections=4, timeouts=FAST, ca_bundle=certs.ca_file, http2=h2)
     ) as client:
         text, version = await streamed_text(client, h2_server.url)
     assert text == expected_text(MESSAGES, 12)
@@ -58,7 +58,8 @@ async def test_every_adapter_gets_exact_answers(
 
 async def test_faults_through_the_asgi_front_end(h2_server: MockServer, certs: MockTLS) -> None:
     async with make_client(
-        "httpx", max_connections=4, timeouts=FAST, ca_bundle=certs.ca_file, http2=True
+        "httpx",
+        ClientOptions(max_connections=4, timeouts=FAST, ca_bundle=certs.ca_file, http2=True),
     ) as client:
         req = chat_request(h2_server.url)
         with pytest.raises(RateLimited) as info:
@@ -149,7 +150,8 @@ async def test_streams_per_connection_can_be_capped(h2_server: MockServer, certs
 
     gate = asyncio.Event()
     async with HttpxAdapter(
-        max_connections=40, timeouts=FAST, ca_bundle=certs.ca_file, http2=True, h2_max_streams=10
+        ClientOptions(max_connections=40, timeouts=FAST, ca_bundle=certs.ca_file, http2=True),
+        h2_max_streams=10,
     ) as client:
         req = chat_request(h2_server.url)
         held = type(req)(req.url, {**req.headers, "x-mock-ttft-ms": "60000"}, req.body)
@@ -170,7 +172,7 @@ async def test_streams_per_connection_can_be_capped(h2_server: MockServer, certs
 @pytest.mark.parametrize("name", ["aiohttp", "httpx-aiohttp", "native"])
 def test_http2_needs_httpx(name: str) -> None:
     with pytest.raises(ConfigError, match="--http2 needs --client httpx"):
-        make_client(name, max_connections=1, timeouts=FAST, http2=True)
+        make_client(name, ClientOptions(max_connections=1, timeouts=FAST, http2=True))
 
 
 def test_cli_mock_server_tls_http2_prints_ca(tmp_path: Path) -> None:

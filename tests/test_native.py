@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import subprocess
 import sys
 from pathlib import Path
@@ -11,9 +12,10 @@ import orjson
 import pytest
 
 from llmbatch.config.load import Timeouts
-from llmbatch.errors import ConfigError, StreamInterrupted
-from llmbatch.http import HTTPRequest, make_client
-from llmbatch.http import native as native_module
+from llmbatch.errors import ConfigError, PoolTimeout, StreamInterrupted
+from llmbatch.http import ClientOptions, HTTPRequest, make_client
+from llmbatch.http.native import adapter as native_adapter
+from llmbatch.http.native.exchange import MAX_HEAD_BYTES
 from llmbatch.mockserver import MockConfig, MockServer, start_mock_server
 
 from .conftest import read_results, write_jsonl
@@ -56,7 +58,7 @@ async def test_native_run_imports_neither_aiohttp_nor_httpx(
 
 def test_http2_is_a_config_error_naming_the_option() -> None:
     with pytest.raises(ConfigError, match="--http2 needs --client httpx.*native.*HTTP/1.1"):
-        make_client("native", max_connections=1, timeouts=FAST, http2=True)
+        make_client("native", ClientOptions(max_connections=1, timeouts=FAST, http2=True))
 
 
 def chat_request(url: str, **headers: str) -> HTTPRequest:
@@ -76,7 +78,7 @@ async def read_all(client: object, req: HTTPRequest) -> bytes:
 async def test_pool_never_opens_more_connections_than_its_size() -> None:
     server = await start_mock_server(MockConfig(tokens=8, ttft_s=0.0, itl_s=0.005))
     try:
-        async with make_client("native", max_connections=3, timeouts=FAST) as client:
+        async with make_client("native", ClientOptions(max_connections=3, timeouts=FAST)) as client:
             bodies = await asyncio.gather(
                 *(read_all(client, chat_request(server.url)) for _ in range(12))
             )
@@ -133,12 +135,15 @@ class _ClosingServer:
 
 @pytest.fixture
 def stale_after_0s(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(native_module, "_STALE_IDLE_S", 0.0)
+    monkeypatch.setattr(native_adapter, "STALE_IDLE_S", 0.0)
 
 
 async def test_stale_keep_alive_connection_is_retried_once(stale_after_0s: None) -> None:
     closing = _ClosingServer()
-    async with closing as url, make_client("native", max_connections=1, timeouts=FAST) as client:
+    async with (
+        closing as url,
+        make_client("native", ClientOptions(max_connections=1, timeouts=FAST)) as client,
+    ):
         assert await read_all(client, chat_request(url)) == SSE
         # The idle connection is closed by the server as our request arrives: sent
         # again on a new connection, which answers.
@@ -151,9 +156,79 @@ async def test_close_on_a_busy_connection_is_not_retried() -> None:
     # Reused at once (not idle for long): the close after our request reached the
     # server is the retry policy's business, raised as StreamInterrupted.
     closing = _ClosingServer()
-    async with closing as url, make_client("native", max_connections=1, timeouts=FAST) as client:
+    async with (
+        closing as url,
+        make_client("native", ClientOptions(max_connections=1, timeouts=FAST)) as client,
+    ):
         assert await read_all(client, chat_request(url)) == SSE
         with pytest.raises(StreamInterrupted, match="closed before the response"):
             await read_all(client, chat_request(url))
     assert closing.connections == 1
     assert closing.requests == 2
+
+
+async def test_waiting_for_a_pooled_connection_is_its_own_timeout() -> None:
+    # One connection, held by a slow answer: the second request waits for it no longer
+    # than connect_s, and says so (not "no response headers").
+    server = await start_mock_server(MockConfig(tokens=4, ttft_s=5.0, itl_s=0.0))
+    timeouts = Timeouts(connect_s=0.2, first_byte_s=10.0, idle_s=10.0, total_s=20.0)
+    try:
+        options = ClientOptions(max_connections=1, timeouts=timeouts)
+        async with make_client("native", options) as client:
+            slow = asyncio.create_task(read_all(client, chat_request(server.url)))
+            await asyncio.sleep(0)  # it takes the only connection first
+            with pytest.raises(PoolTimeout, match="no connection came free within 0.2s"):
+                await read_all(client, chat_request(server.url))
+            slow.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await slow
+        assert server.stats.max_in_flight == 1
+    finally:
+        await server.close()
+
+
+def _head_of(size: int) -> bytes:
+    """A 200 head of exactly ``size`` bytes (one long header), then a small body."""
+    start = b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\nx-f: "
+    end = b"\r\ncontent-length: %d\r\n\r\n" % len(SSE)
+    return start + b"v" * (size - len(start) - len(end)) + end + SSE
+
+
+class _OneAnswer:
+    """Answers every request with the same bytes, written ``step`` bytes at a time."""
+
+    def __init__(self, answer: bytes, step: int) -> None:
+        self.answer, self.step = answer, step
+        self.server: asyncio.Server | None = None
+
+    async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        with contextlib.suppress(ConnectionError, asyncio.IncompleteReadError):
+            head = await reader.readuntil(b"\r\n\r\n")
+            length = int(head.lower().split(b"content-length:")[1].split(b"\r\n")[0])
+            await reader.readexactly(length)
+            for i in range(0, len(self.answer), self.step):
+                writer.write(self.answer[i : i + self.step])
+                await writer.drain()
+        writer.close()
+
+    async def __aenter__(self) -> str:
+        self.server = await asyncio.start_server(self.handle, "127.0.0.1", 0)
+        return f"http://127.0.0.1:{self.server.sockets[0].getsockname()[1]}/v1"
+
+    async def __aexit__(self, *exc: object) -> None:
+        assert self.server is not None
+        self.server.close()
+
+
+@pytest.mark.parametrize("step", [1 << 20, 4096, 1000])
+async def test_response_head_limit(step: int) -> None:
+    # llhttp has no limit of its own: a head of MAX_HEAD_BYTES is read, one byte more is
+    # refused, whether it comes in one read or in many.
+    options = ClientOptions(max_connections=1, timeouts=FAST)
+    async with _OneAnswer(_head_of(MAX_HEAD_BYTES), step) as url:
+        async with make_client("native", options) as client:
+            assert await read_all(client, chat_request(url)) == SSE
+    async with _OneAnswer(_head_of(MAX_HEAD_BYTES + 1), step) as url:
+        async with make_client("native", options) as client:
+            with pytest.raises(StreamInterrupted, match="head longer than 65536 bytes"):
+                await read_all(client, chat_request(url))

@@ -13,7 +13,7 @@ from llmbatch.cli.job import execute_run
 from llmbatch.cli.report import load_report
 from llmbatch.config.load import Timeouts, load_config
 from llmbatch.errors import CertificateError, ConfigError
-from llmbatch.http import ClientAdapter, HTTPRequest, make_client
+from llmbatch.http import ClientAdapter, ClientOptions, HTTPRequest, make_client
 from llmbatch.mockserver import MockConfig, MockServer, expected_text, start_mock_server
 from llmbatch.mockserver.tls import MockTLS, make_mock_tls
 from llmbatch.providers.sse import SSEDecoder
@@ -67,7 +67,7 @@ async def test_trusted_ca_streams_exact_answer(
 ) -> None:
     assert tls_server.url.startswith("https://127.0.0.1:")
     async with make_client(
-        name, max_connections=4, timeouts=FAST, ca_bundle=certs.ca_file
+        name, ClientOptions(max_connections=4, timeouts=FAST, ca_bundle=certs.ca_file)
     ) as client:
         text, version = await streamed_text(client, tls_server.url)
     assert text == expected_text(MESSAGES, 12)
@@ -77,7 +77,7 @@ async def test_trusted_ca_streams_exact_answer(
 
 @pytest.mark.parametrize("name", ADAPTERS)
 async def test_untrusted_ca_is_a_certificate_error(name: str, tls_server: MockServer) -> None:
-    async with make_client(name, max_connections=4, timeouts=FAST) as client:
+    async with make_client(name, ClientOptions(max_connections=4, timeouts=FAST)) as client:
         with pytest.raises(CertificateError) as info:
             await streamed_text(client, tls_server.url)
     msg = str(info.value)
@@ -103,7 +103,7 @@ async def test_wrong_host_name_is_named(name: str, tmp_path: Path) -> None:
     server = await start_mock_server(MockConfig(tokens=3, ttft_s=0, itl_s=0), tls=wrong)
     try:
         async with make_client(
-            name, max_connections=2, timeouts=FAST, ca_bundle=wrong.ca_file
+            name, ClientOptions(max_connections=2, timeouts=FAST, ca_bundle=wrong.ca_file)
         ) as client:
             problem = "mismatch, certificate is not valid for '127.0.0.1'"
             with pytest.raises(CertificateError, match=problem):
@@ -114,7 +114,9 @@ async def test_wrong_host_name_is_named(name: str, tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("name", ADAPTERS)
 async def test_insecure_passes(name: str, tls_server: MockServer) -> None:
-    async with make_client(name, max_connections=2, timeouts=FAST, verify_tls=False) as client:
+    async with make_client(
+        name, ClientOptions(max_connections=2, timeouts=FAST, verify_tls=False)
+    ) as client:
         text, _ = await streamed_text(client, tls_server.url)
     assert text == expected_text(MESSAGES, 12)
 
@@ -208,4 +210,4 @@ def test_ca_bundle_that_is_not_pem(tmp_path: Path) -> None:
     junk = tmp_path / "junk.pem"
     junk.write_text("not a certificate\n")
     with pytest.raises(ConfigError, match="junk.pem: not a PEM certificate file"):
-        make_client("aiohttp", max_connections=1, timeouts=FAST, ca_bundle=junk)
+        make_client("aiohttp", ClientOptions(max_connections=1, timeouts=FAST, ca_bundle=junk))

@@ -7,7 +7,7 @@ the connections and requests the server saw. Every case runs for every name in
 ``llmbatch.config.load.CLIENTS``, so a new adapter is checked without touching this file.
 
 Where adapters legitimately differ (one library refuses what another accepts), the test
-names the adapter and says why; README ("Clients on the wire") lists the differences.
+names the adapter and says why; docs/clients.md lists the differences.
 """
 
 from __future__ import annotations
@@ -483,8 +483,8 @@ async def test_503_html_close_delimited_then_200(serve: Serve, adapter: str) -> 
 async def test_stray_crlf_after_body(serve: Serve, adapter: str) -> None:
     # An extra CRLF after a complete body (old servers do this). Nothing is lost; h11
     # (httpx) reads it as the start of the next answer on that connection, so the next
-    # request fails once there and is retried on a new connection (llhttp skips it,
-    # native drops the connection).
+    # request fails once there and is retried on a new connection (llhttp skips it, or
+    # native drops the connection when the CRLF comes in a read of its own).
     server = await serve(
         [Send(response_head(headers=SSE, content_length=len(BODY)) + BODY + b"\r\n")]
     )
@@ -519,39 +519,25 @@ async def test_bytes_after_complete_body_in_same_read(
     assert_exact(second, attempts=None)
 
 
-# RFC 9112 6.3: with both, Transfer-Encoding overrides Content-Length, and the message
-# "ought to be handled as an error". llhttp refuses it; h11 and native let chunked win.
-# An adapter in neither set may do either, cleanly.
-REJECTS_TE_WITH_CL = AIOHTTP_PARSER
-ACCEPTS_TE_WITH_CL = {"httpx", "native"}
-
-
 async def test_chunked_with_content_length(serve: Serve, adapter: str) -> None:
+    # RFC 9112 6.3: with both, Transfer-Encoding overrides Content-Length, and the message
+    # "ought to be handled as an error": every adapter refuses it (h11 would let chunked
+    # win; http/base.py refuses it for all).
     head = response_head(headers=(*SSE, ("Content-Length", "12")), chunked=True)
     server = await serve([Send(head + chunked(EVENTS))])
     (r,) = await complete(server, adapter)
-    if adapter in ACCEPTS_TE_WITH_CL or (adapter not in REJECTS_TE_WITH_CL and r.ok):
-        assert_exact(r)
-    else:
-        assert not r.ok and r.error is not None and r.error.code == "stream_interrupted"
-        assert r.attempts == RETRY["max_attempts"] == len(server.requests)
-
-
-# RFC 9112 7.1.1 allows whitespace around a chunk extension's ";" (BWS); neither llhttp
-# nor h11 does, native does. Rare in practice; an adapter in neither set may do either.
-REJECTS_CHUNK_EXT_BWS = {"aiohttp", "httpx", "httpx-aiohttp"}
-ACCEPTS_CHUNK_EXT_BWS = {"native"}
+    assert not r.ok and r.error is not None and r.error.code == "stream_interrupted"
+    assert r.attempts == RETRY["max_attempts"] == len(server.requests)
 
 
 async def test_chunk_extension_with_whitespace(serve: Serve, adapter: str) -> None:
+    # RFC 9112 7.1.1 allows whitespace around a chunk extension's ";" (BWS); neither
+    # llhttp nor h11 reads it, so no adapter does. Rare in practice.
     body = b"".join(f"{len(e):x} ; a=b\r\n".encode() + e + b"\r\n" for e in EVENTS)
     server = await serve([Send(response_head(headers=SSE, chunked=True) + body + b"0\r\n\r\n")])
     (r,) = await complete(server, adapter)
-    if adapter in REJECTS_CHUNK_EXT_BWS or (adapter not in ACCEPTS_CHUNK_EXT_BWS and not r.ok):
-        assert not r.ok and r.error is not None and r.error.code == "stream_interrupted"
-        assert r.attempts == RETRY["max_attempts"] == len(server.requests)
-    else:
-        assert_exact(r)
+    assert not r.ok and r.error is not None and r.error.code == "stream_interrupted"
+    assert r.attempts == RETRY["max_attempts"] == len(server.requests)
 
 
 @pytest.mark.parametrize(
@@ -586,8 +572,8 @@ async def test_long_header_line_accepted(serve: Serve, adapter: str) -> None:
 
 
 # Adapters built on aiohttp's parser refuse a header field over 8190 bytes (its
-# max_field_size); h11 allows a whole head of up to 16 KiB, native reads it too; curl, Go
-# and Python's http.client take 64 KiB or more. A legitimate difference, listed in README.
+# max_field_size); h11 allows a whole head of up to 16 KiB, native one of 64 KiB; curl, Go
+# and Python's http.client take 64 KiB or more. A legitimate difference (docs/clients.md).
 REFUSES_16K_HEADER = {"aiohttp", "httpx-aiohttp"}
 
 
@@ -651,8 +637,8 @@ async def test_malformed_answer_fails_cleanly(serve: Serve, adapter: str, answer
 
 
 # RFC 9110 8.6: a recipient may accept a repeated Content-Length with one value; llhttp
-# refuses it, h11 and native read it.
-REJECTS_REPEATED_CONTENT_LENGTH = AIOHTTP_PARSER
+# refuses it, h11 reads it (and folds the two into one before httpx sees them).
+REJECTS_REPEATED_CONTENT_LENGTH = {*AIOHTTP_PARSER, "native"}
 
 
 async def test_repeated_identical_content_length(serve: Serve, adapter: str) -> None:

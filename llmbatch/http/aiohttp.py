@@ -1,27 +1,31 @@
-"""aiohttp adapter: one ClientSession per run, connector sized to the concurrency."""
+"""aiohttp adapter: one ClientSession per run, connector sized to the concurrency.
+
+An ordinary use of aiohttp's public API (``session.post``, ``resp.content.iter_any()``),
+so its figures say what an aiohttp user gets; raw speed is ``--client native``'s job.
+"""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from pathlib import Path
 
 import aiohttp
 
-from llmbatch.config.load import Timeouts
-from llmbatch.errors import ConnectError, ReadTimeout, StreamInterrupted, http_status_error
-from llmbatch.http.aiohttp_push import map_body_error, push_body
+from llmbatch.errors import ConnectError, ReadTimeout, StreamInterrupted
 from llmbatch.http.base import (
-    ERROR_BODY_LIMIT,
     ClientAdapter,
+    ClientOptions,
     HTTPRequest,
     StreamingResponse,
-    request_id_from,
+    merge_headers,
 )
 from llmbatch.http.tls import certificate_error_from
 from llmbatch.http.watchdog import within
 
 __all__ = ["AiohttpAdapter"]
+
+# An idle connection is closed after this long: below uvicorn's 5 s idle close.
+KEEPALIVE_S = 4.0
 
 
 class AiohttpAdapter(ClientAdapter):
@@ -31,31 +35,15 @@ class AiohttpAdapter(ClientAdapter):
 
     name = "aiohttp"
 
-    def __init__(
-        self,
-        *,
-        max_connections: int,
-        timeouts: Timeouts,
-        verify_tls: bool = True,
-        ca_bundle: Path | None = None,
-        tls_up_front: bool = True,
-    ) -> None:
-        super().__init__(
-            max_connections=max_connections,
-            timeouts=timeouts,
-            verify_tls=verify_tls,
-            ca_bundle=ca_bundle,
-            tls_up_front=tls_up_front,
-        )
+    def __init__(self, options: ClientOptions) -> None:
+        super().__init__(options)
         self._session: aiohttp.ClientSession | None = None
 
     def _get_session(self) -> aiohttp.ClientSession:
         # Created lazily so the adapter can be built outside a running loop.
         if self._session is None:
             connector = aiohttp.TCPConnector(
-                limit=self.max_connections,
-                limit_per_host=0,
-                keepalive_timeout=4.0,  # below uvicorn's 5 s idle close
+                limit=self.max_connections, limit_per_host=0, keepalive_timeout=KEEPALIVE_S
             )
             self._session = aiohttp.ClientSession(
                 connector=connector,
@@ -70,7 +58,7 @@ class AiohttpAdapter(ClientAdapter):
         return self._session
 
     @asynccontextmanager
-    async def stream(self, request: HTTPRequest) -> AsyncIterator[StreamingResponse]:
+    async def open(self, request: HTTPRequest) -> AsyncIterator[StreamingResponse]:
         session = self._get_session()
         t = self.timeouts
         try:
@@ -78,7 +66,11 @@ class AiohttpAdapter(ClientAdapter):
                 # The run's SSLContext per request, so plain-HTTP runs never build it.
                 ssl_ctx = self.ssl_context if request.url.startswith("https:") else True
                 resp = await session.post(
-                    request.url, data=request.body, headers=request.headers, ssl=ssl_ctx
+                    request.url,
+                    data=request.body,
+                    headers=request.headers,
+                    ssl=ssl_ctx,
+                    allow_redirects=False,  # a redirect is an answer (an error), as elsewhere
                 )
         except TimeoutError:
             raise ReadTimeout(f"no response headers within {t.first_byte_s:g}s") from None
@@ -99,29 +91,13 @@ class AiohttpAdapter(ClientAdapter):
         except aiohttp.ClientError as exc:
             raise StreamInterrupted(f"{type(exc).__name__}: {exc}") from None
         try:
-            headers = {k.lower(): v for k, v in resp.headers.items()}
-            rid = request_id_from(headers)
-            if resp.status >= 300:
-                try:
-                    body = await resp.content.read(ERROR_BODY_LIMIT)
-                except (aiohttp.ClientError, TimeoutError):
-                    body = b""
-                raise http_status_error(resp.status, headers, body, rid)
             v = resp.version
-            idle_s = t.idle_s
-
-            def push(on_chunk: Callable[[bytes], bool], drain_s: float) -> Awaitable[None]:
-                return push_body(
-                    resp, on_chunk, idle_s=idle_s, drain_s=drain_s, pull=lambda: _chunks(resp)
-                )
-
             yield StreamingResponse(
                 status=resp.status,
-                headers=headers,
+                headers=merge_headers(resp.headers.items()),
                 chunks=_chunks(resp),
-                request_id=rid,
                 http_version=f"HTTP/{v.major}.{v.minor}" if v is not None else "HTTP/1.1",
-                push=push,
+                discard=resp.close,
             )
         finally:
             resp.release()
@@ -133,12 +109,11 @@ class AiohttpAdapter(ClientAdapter):
 
 
 async def _chunks(resp: aiohttp.ClientResponse) -> AsyncIterator[bytes]:
-    content = resp.content
+    """The body as it arrives (``iter_any``: whatever each read brought), errors mapped."""
     try:
-        while True:
-            chunk = await content.readany()
-            if not chunk:
-                return
+        async for chunk in resp.content.iter_any():
             yield chunk
-    except (aiohttp.ClientError, TimeoutError) as exc:
-        raise map_body_error(exc) from None
+    except TimeoutError as exc:  # aiohttp's ServerTimeoutError (sock_read) is one
+        raise ReadTimeout(f"no data for longer than the idle timeout ({exc})") from None
+    except aiohttp.ClientError as exc:
+        raise StreamInterrupted(f"stream interrupted: {type(exc).__name__}: {exc}") from None

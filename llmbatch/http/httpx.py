@@ -28,19 +28,17 @@ import sys
 from collections.abc import AsyncIterable, AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from pathlib import Path
 
 import httpcore
 import httpx
 
-from llmbatch.config.load import Timeouts
-from llmbatch.errors import ConnectError, ReadTimeout, StreamInterrupted, http_status_error
+from llmbatch.errors import ConnectError, PoolTimeout, ReadTimeout, StreamInterrupted
 from llmbatch.http.base import (
-    ERROR_BODY_LIMIT,
     ClientAdapter,
+    ClientOptions,
     HTTPRequest,
     StreamingResponse,
-    request_id_from,
+    merge_headers,
 )
 from llmbatch.http.httpcore_asyncio import AsyncioBackend
 from llmbatch.http.tls import certificate_error_from
@@ -79,30 +77,20 @@ class HttpxAdapter(ClientAdapter):
 
     def __init__(
         self,
+        options: ClientOptions,
         *,
-        max_connections: int,
-        timeouts: Timeouts,
-        verify_tls: bool = True,
-        ca_bundle: Path | None = None,
-        http2: bool = False,
         aiohttp_transport: bool = False,
         pool_size: int = DEFAULT_POOL_SIZE,
         h2_max_streams: int = DEFAULT_H2_STREAMS,
     ) -> None:
-        super().__init__(
-            max_connections=max_connections,
-            timeouts=timeouts,
-            verify_tls=verify_tls,
-            ca_bundle=ca_bundle,
-            http2=http2,
-        )
-        self.http2 = http2
+        super().__init__(options)
+        self.http2 = options.http2
         self.aiohttp_transport = aiohttp_transport
         if aiohttp_transport:
             self.name = "httpx-aiohttp"
             pools = 1  # aiohttp's connector has no rescanning pool to split
         else:
-            pools = max(1, math.ceil(max_connections / max(1, pool_size)))
+            pools = max(1, math.ceil(self.max_connections / max(1, pool_size)))
         self._n_pools = pools
         self._clients: list[httpx.AsyncClient] = []
         self._rotation: itertools.cycle[httpx.AsyncClient] | None = None
@@ -178,9 +166,9 @@ class HttpxAdapter(ClientAdapter):
             lane.capacity = self._lane_streams = min(streams, self._h2_max_streams)
 
     @asynccontextmanager
-    async def stream(self, request: HTTPRequest) -> AsyncIterator[StreamingResponse]:
+    async def open(self, request: HTTPRequest) -> AsyncIterator[StreamingResponse]:
         if not self.http2:
-            async with self._stream(self._next_client(), request) as resp:
+            async with self._send(self._next_client(), request) as resp:
                 yield resp
             return
         probe = False
@@ -193,7 +181,7 @@ class HttpxAdapter(ClientAdapter):
                 self._probing = probe = True
         lane = self._take_lane()
         try:
-            async with self._stream(lane.client, request) as resp:
+            async with self._send(lane.client, request) as resp:
                 if not lane.learned:
                     self._learn_capacity(lane, resp.http_version)
                 self._lanes_sized.set()
@@ -204,7 +192,7 @@ class HttpxAdapter(ClientAdapter):
                 self._lanes_sized.set()  # also when it failed: the others try for themselves
 
     @asynccontextmanager
-    async def _stream(
+    async def _send(
         self, client: httpx.AsyncClient, request: HTTPRequest
     ) -> AsyncIterator[StreamingResponse]:
         t = self.timeouts
@@ -216,7 +204,9 @@ class HttpxAdapter(ClientAdapter):
                 resp = await client.send(req, stream=True)
         except TimeoutError:
             raise ReadTimeout(f"no response headers within {t.first_byte_s:g}s") from None
-        except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout) as exc:
+        except httpx.PoolTimeout as exc:
+            raise PoolTimeout(f"no connection of the pool came free: {exc}") from None
+        except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
             after_connect = _aiohttp_after_connect(exc)
             if after_connect is not None:
                 raise after_connect from None
@@ -234,24 +224,12 @@ class HttpxAdapter(ClientAdapter):
                 raise
             raise mapped from None
         try:
-            headers = {k.lower(): v for k, v in resp.headers.items()}
-            rid = request_id_from(headers)
-            if resp.status_code >= 300:
-                body = b""
-                try:
-                    async for part in resp.aiter_bytes():
-                        body += part
-                        if len(body) >= ERROR_BODY_LIMIT:
-                            break
-                except (httpx.HTTPError, TimeoutError):
-                    pass
-                raise http_status_error(resp.status_code, headers, body, rid)
+            headers = merge_headers(resp.headers.multi_items())
             reader = _Body(resp, headers.get("content-encoding", ""))
             yield StreamingResponse(
                 status=resp.status_code,
                 headers=headers,
                 chunks=reader.chunks(),
-                request_id=rid,
                 http_version=resp.http_version,
                 push=reader.push,
             )
@@ -320,19 +298,16 @@ def _h2_stream_limit(client: httpx.AsyncClient) -> int | None:
 class _Body:
     """A response body as ``chunks`` or ``push`` (base.StreamingResponse), errors mapped.
 
-    Without a content-encoding the response's own stream is read: ``aiter_bytes`` would
-    add two generator layers, an identity decoder and a chunker to every read (one read
-    per token when tokens are 20 ms apart). ``push`` saves one more generator layer and
-    the caller's ``async for`` per read.
+    Without a content-encoding the body is read with ``aiter_raw`` (``aiter_bytes``
+    would add an identity decoder per read; one read per token when tokens are 20 ms
+    apart). ``push`` saves the caller's ``async for`` and one generator layer per read.
     """
 
     __slots__ = ("_source",)
 
     def __init__(self, resp: httpx.Response, content_encoding: str) -> None:
         encoded = content_encoding.strip().lower() not in ("", "identity")
-        self._source: AsyncIterable[bytes] = resp.aiter_bytes()
-        if not encoded and isinstance(resp.stream, httpx.AsyncByteStream):
-            self._source = resp.stream
+        self._source: AsyncIterable[bytes] = resp.aiter_bytes() if encoded else resp.aiter_raw()
 
     async def chunks(self) -> AsyncIterator[bytes]:
         try:
