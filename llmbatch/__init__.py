@@ -16,84 +16,30 @@ The public API is what ``__all__`` lists; every module is internal and may chang
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from llmbatch.client import Batch, BatchProgress, Client, Prompt, Prompts, run
+from llmbatch.config.load import Limits, MockSettings, RetryPolicy, Timeouts
+from llmbatch.engine import BatchEnd, StopReason
+from llmbatch.errors import (
+    AuthError,
+    ConcurrencyCappedWarning,
+    ConfigError,
+    HTTPStatusError,
+    InputError,
+    InsecureTLSWarning,
+    LLMBatchError,
+    LLMBatchWarning,
+    OutputError,
+    ProviderError,
+    QuotaExhausted,
+    RateLimited,
+    RequestError,
+    RunDirError,
+    TransportError,
+)
+from llmbatch.metrics import SLO
+from llmbatch.result import ErrorInfo, Result, Timings, Usage
 
 __version__ = "0.1.0"
-
-# Names are loaded on first use (PEP 562), so ``import llmbatch`` and ``llmbatch
-# --version`` stay cheap; type checkers see the real imports below.
-_LAZY = {
-    "Batch": "client",
-    "BatchProgress": "client",
-    "Client": "client",
-    "Prompt": "client",
-    "Prompts": "client",
-    "run": "client",
-    "Limits": "config.load",
-    "MockSettings": "config.load",
-    "RetryPolicy": "config.load",
-    "Timeouts": "config.load",
-    "BatchEnd": "engine",
-    "StopReason": "engine",
-    "AuthError": "errors",
-    "ConcurrencyCappedWarning": "errors",
-    "ConfigError": "errors",
-    "HTTPStatusError": "errors",
-    "InputError": "errors",
-    "InsecureTLSWarning": "errors",
-    "LLMBatchError": "errors",
-    "LLMBatchWarning": "errors",
-    "OutputError": "errors",
-    "ProviderError": "errors",
-    "QuotaExhausted": "errors",
-    "RateLimited": "errors",
-    "RequestError": "errors",
-    "RunDirError": "errors",
-    "TransportError": "errors",
-    "SLO": "metrics",
-    "ErrorInfo": "result",
-    "Result": "result",
-    "Timings": "result",
-    "Usage": "result",
-}
-
-if TYPE_CHECKING:
-    from llmbatch.client import Batch, BatchProgress, Client, Prompt, Prompts, run
-    from llmbatch.config.load import Limits, MockSettings, RetryPolicy, Timeouts
-    from llmbatch.engine import BatchEnd, StopReason
-    from llmbatch.errors import (
-        AuthError,
-        ConcurrencyCappedWarning,
-        ConfigError,
-        HTTPStatusError,
-        InputError,
-        InsecureTLSWarning,
-        LLMBatchError,
-        LLMBatchWarning,
-        OutputError,
-        ProviderError,
-        QuotaExhausted,
-        RateLimited,
-        RequestError,
-        RunDirError,
-        TransportError,
-    )
-    from llmbatch.metrics import SLO
-    from llmbatch.result import ErrorInfo, Result, Timings, Usage
-
-
-def __getattr__(name: str) -> Any:
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module 'llmbatch' has no attribute {name!r}")
-    value = getattr(importlib.import_module(f".{module}", __name__), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(__all__)
 
 
 __all__ = [

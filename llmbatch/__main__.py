@@ -1,5 +1,5 @@
 """``python -m llmbatch``."""
 
-from llmbatch.cli.entry import main
+from llmbatch.cli.app import main
 
 main()

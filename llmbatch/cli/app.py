@@ -28,10 +28,6 @@ from llmbatch.cli.run import (
     parse_slo,
     run_command,
 )
-from llmbatch.cli.typer_fast import install as _install_fast_params
-from llmbatch.cli.typer_fast import only_invoked as _only_invoked
-
-_install_fast_params()  # plain options without pydantic: ~100 ms off every command's start
 
 if TYPE_CHECKING:
     from llmbatch.cli.tables import Table
@@ -172,8 +168,6 @@ def run(
     ] = None,
 ) -> None:
     """Send every prompt of PROMPTS as a streaming chat completion; resumable."""
-    # The body is typer-free (run_command.py), so the console script can run it
-    # without typer when the arguments are plain (entry.py).
     code = run_command(
         prompts,
         provider=provider,
@@ -379,7 +373,7 @@ def mock_server(
 def main() -> None:
     """Console-script entry point."""
     try:
-        _only_invoked(app, sys.argv[1:])()
+        app()
     except KeyboardInterrupt:
         sys.exit(EXIT_SIGINT)
 

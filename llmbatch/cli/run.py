@@ -1,9 +1,8 @@
-"""The ``llmbatch run`` command's body, without typer: run a prompts file, return the exit code.
+"""The ``llmbatch run`` command's body: run a prompts file, return the exit code.
 
-cli.py's typer command and the console script's fast path (entry.py, for plain
-arguments) both call ``run_command``; so a run can start without importing typer at
-all (~35 ms of a one-prompt run's CPU). Messages go to stdout/stderr as typer's
-``echo`` writes them; cli.py turns the returned code into typer's exit.
+cli/app.py's typer command parses the arguments and calls ``run_command``, which
+turns llmbatch's errors into messages and exit codes; app.py turns the returned
+code into typer's exit.
 
 Exit codes: 0 all requests succeeded · 1 some requests failed (records written) ·
 2 usage, config or input error, nothing sent · 3 run aborted (fatal provider error) ·
@@ -271,10 +270,6 @@ def _run_ray(
 def _run_loop(cfg: RunConfig, prompts: Path, slo: SLO, shard: Shard | None) -> RunOutput:
     import asyncio
 
-    if cfg.client in ("aiohttp", "httpx-aiohttp") or cfg.provider.embedded_mock:
-        from llmbatch.cli.deferred_ca import import_aiohttp
-
-        import_aiohttp()  # first, so its import-time CA loading waits for a use (~80 ms)
     from llmbatch.cli.job import execute_run
     from llmbatch.engine.gctune import batch_gc
 
