@@ -479,7 +479,7 @@ class Batch:
                 self._opts.max_runtime_s, self._run.stop, StopReason.MAX_RUNTIME
             )
         if self._progress is True:
-            from llmbatch.cli.progress import make_progress
+            from llmbatch.progress import make_progress
 
             self._view = make_progress(
                 None,

@@ -512,8 +512,8 @@ def test_progress_line_shows_failing_attempts_and_wall_clock(
 ) -> None:
     import re
 
-    from llmbatch.cli.progress import ProgressView
     from llmbatch.engine.stream import LiveCounts
+    from llmbatch.progress import ProgressView
 
     live = LiveCounts()
     live.in_flight = 4

@@ -12,12 +12,12 @@ from __future__ import annotations
 
 import os
 import sys
+from importlib.metadata import version as _dist_version
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from llmbatch import __version__
 from llmbatch.cli.run import (
     EXIT_FAILED_REQUESTS,
     EXIT_OK,
@@ -45,7 +45,7 @@ app = typer.Typer(
 
 def _version(value: bool) -> None:
     if value:
-        typer.echo(f"llmbatch {__version__}")
+        typer.echo(f"llmbatch {_dist_version('llmbatch')}")
         raise typer.Exit()
 
 

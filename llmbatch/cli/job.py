@@ -6,7 +6,6 @@ The CLI calls ``execute_run`` inside an event loop and maps its result to an exi
 from __future__ import annotations
 
 import asyncio
-import itertools
 import signal
 import sys
 from collections.abc import Callable, Iterator
@@ -14,7 +13,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from llmbatch.cli.progress import ProgressView, make_progress
 from llmbatch.client import Client
 from llmbatch.config.load import RunConfig
 from llmbatch.engine import BatchEnd, StopReason
@@ -23,15 +21,16 @@ from llmbatch.engine.fdlimit import fit_run_config
 from llmbatch.errors import InputError
 from llmbatch.metrics import SLO
 from llmbatch.notices import warn
+from llmbatch.progress import ProgressView, make_progress
 from llmbatch.records import Outcome, PromptRecord
 from llmbatch.rundir.identity import run_identity
-from llmbatch.rundir.reader import iter_records
+from llmbatch.rundir.reader import open_prompts
 from llmbatch.rundir.writer import RESULTS, damaged_lines_notice
 
 if TYPE_CHECKING:
     from llmbatch.rundir.shard import Shard
 
-__all__ = ["RunHooks", "RunOutput", "default_run_dir", "execute_run", "open_prompts"]
+__all__ = ["RunHooks", "RunOutput", "default_run_dir", "execute_run"]
 
 
 @dataclass
@@ -67,15 +66,6 @@ def default_run_dir(cfg: RunConfig, prompts: Path, shard: Shard | None = None) -
     if shard is not None:
         parts.append(shard.suffix)
     return cfg.out_dir / "-".join(parts)
-
-
-def open_prompts(prompts: Path) -> Iterator[PromptRecord | InputError]:
-    """The prompt iterator, with an empty or unreadable file reported before anything starts."""
-    items = iter_records(prompts)
-    first = next(items, None)
-    if first is None:
-        raise InputError("contains no prompts", path=str(prompts))
-    return itertools.chain([first], items)
 
 
 def _count_lines(path: Path) -> int:

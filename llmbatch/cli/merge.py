@@ -26,16 +26,24 @@ from typing import Any
 
 import orjson
 
-from llmbatch.cli.report import summary_from_results
 from llmbatch.errors import InputError, RunDirError
 from llmbatch.rundir.identity import IDENTITY_KEYS
 from llmbatch.rundir.idset import IdSet
 from llmbatch.rundir.reader import iter_records
 from llmbatch.rundir.shard import Shard, item_id, parse_shard, shard_of
+from llmbatch.rundir.summary import summary_from_results
 from llmbatch.rundir.textlog import TEXT_LOG, copy_logged_answer
-from llmbatch.rundir.writer import LOCK, META, RESULTS, SUMMARY, TEXT_DIR, iter_result_lines
+from llmbatch.rundir.writer import (
+    LOCK,
+    META,
+    RESULTS,
+    SUMMARY,
+    TEXT_DIR,
+    iter_result_lines,
+    link_or_copy,
+)
 
-__all__ = ["MergeResult", "default_merge_dir", "link_or_copy", "merge_shards"]
+__all__ = ["MergeResult", "default_merge_dir", "merge_shards"]
 
 # What makes shards one job: the whole run identity (target, model, params...) but the shard.
 JOB_KEYS = tuple(key for key in IDENTITY_KEYS if key != "shard")
@@ -211,17 +219,6 @@ def _check_finished(shards: list[_ShardDir], prompts: Path, done: IdSet) -> None
 
 
 # -- writing ------------------------------------------------------------------------------
-def link_or_copy(src: Path, dst: Path) -> None:
-    """A hard link where the file system allows it (instant, no extra space), else a copy."""
-    try:
-        os.link(src, dst)
-    except FileExistsError:
-        os.unlink(dst)
-        os.link(src, dst)
-    except OSError:
-        shutil.copyfile(src, dst)
-
-
 def _write_merge(shards: list[_ShardDir], out_dir: Path) -> MergeResult:
     if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
         raise RunDirError(f"{out_dir}: exists and is not empty; give another --out")

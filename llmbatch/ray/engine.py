@@ -54,9 +54,6 @@ from typing import Any
 
 import orjson
 
-from llmbatch.cli.job import open_prompts
-from llmbatch.cli.merge import link_or_copy
-from llmbatch.cli.report import SummaryBuilder
 from llmbatch.config.load import RunConfig, resolve_api_key
 from llmbatch.engine import StopReason
 from llmbatch.errors import ConfigError, InputError, RunDirError
@@ -73,6 +70,8 @@ from llmbatch.ray.lease import (
 )
 from llmbatch.records import PromptRecord
 from llmbatch.rundir.identity import run_identity
+from llmbatch.rundir.reader import open_prompts
+from llmbatch.rundir.summary import SummaryBuilder
 from llmbatch.rundir.textlog import TEXT_LOG
 from llmbatch.rundir.writer import (
     META,
@@ -82,6 +81,7 @@ from llmbatch.rundir.writer import (
     ResumeIndex,
     RunDir,
     iter_result_lines,
+    link_or_copy,
 )
 
 __all__ = ["GovernorActor", "RayRunOutput", "WorkerActor", "execute_ray_run"]
@@ -236,7 +236,7 @@ class _WorkerBatch:
 
     async def run(self) -> tuple[str | None, str | None]:
         """Run the batch to its end; (stop reason, abort message)."""
-        import llmbatch
+        from llmbatch.client import Client
 
         token = self.part_dir.with_name(self.part_dir.name + ".token")
         try:
@@ -262,9 +262,7 @@ class _WorkerBatch:
         # with --concurrency auto takes its share of the cluster's one limit.
         conc = LeasedConcurrency(cfg.concurrency) if cfg.adaptive else None
         pacer = LeasedPacer(transport, worker=self.name, limited=has_limits(cfg), concurrency=conc)
-        client = llmbatch.Client.from_run_config(
-            cfg, api_key=self.api_key, pacer=pacer, concurrency=conc
-        )
+        client = Client.from_run_config(cfg, api_key=self.api_key, pacer=pacer, concurrency=conc)
         async with client:
             self.live = client.engine.live
             batch = client.batch(

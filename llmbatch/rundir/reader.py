@@ -17,6 +17,7 @@ whatever the file holds.
 from __future__ import annotations
 
 import hashlib
+import itertools
 from collections.abc import AsyncIterable, AsyncIterator, Iterable, Iterator
 from pathlib import Path
 from typing import Any
@@ -28,6 +29,7 @@ from llmbatch.records import PromptRecord
 from llmbatch.rundir.idset import IdSet
 
 __all__ = [
+    "open_prompts",
     "MAX_ID_CHARS",
     "MAX_LINE_BYTES",
     "MESSAGE_ROLES",
@@ -325,3 +327,12 @@ def _auto_id(raw: bytes, counts: dict[str, int] | None) -> str:
     n = counts.get(base, 0) + 1
     counts[base] = n
     return base if n == 1 else f"{base}-{n}"
+
+
+def open_prompts(prompts: Path) -> Iterator[PromptRecord | InputError]:
+    """The prompt iterator, with an empty or unreadable file reported before anything starts."""
+    items = iter_records(prompts)
+    first = next(items, None)
+    if first is None:
+        raise InputError("contains no prompts", path=str(prompts))
+    return itertools.chain([first], items)

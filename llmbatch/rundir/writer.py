@@ -30,6 +30,7 @@ import fcntl
 import hashlib
 import os
 import re
+import shutil
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -47,6 +48,7 @@ if TYPE_CHECKING:
     from llmbatch.metrics import RunMetrics
 
 __all__ = [
+    "link_or_copy",
     "ResumeIndex",
     "RunDir",
     "TextSink",
@@ -701,3 +703,14 @@ def _drop_failed_records(path: Path) -> None:
     except BaseException:
         _unlink(str(tmp))  # a full disk must not leave a half-written copy behind
         raise
+
+
+def link_or_copy(src: Path, dst: Path) -> None:
+    """A hard link where the file system allows it (instant, no extra space), else a copy."""
+    try:
+        os.link(src, dst)
+    except FileExistsError:
+        os.unlink(dst)
+        os.link(src, dst)
+    except OSError:
+        shutil.copyfile(src, dst)
