@@ -16,7 +16,8 @@ The public API is what ``__all__`` lists; every module is internal and may chang
 
 from __future__ import annotations
 
-from llmbatch.client import Batch, BatchProgress, Client, Prompt, Prompts, run
+from llmbatch.batch import Batch, BatchProgress
+from llmbatch.client import Client, Prompt, Prompts, run
 from llmbatch.config.load import Limits, MockSettings, RetryPolicy, Timeouts
 from llmbatch.engine import BatchEnd, StopReason
 from llmbatch.errors import (

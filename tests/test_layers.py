@@ -28,6 +28,7 @@ RANK = {
     "engine": 6,
     "result": 7,
     "progress": 7,
+    "batch": 8,
     "client": 8,
     "mockserver": 8,  # a program of its own, started by the client for the embedded mock
     "ray": 9,

@@ -28,11 +28,12 @@ from llmbatch.cli.compare.measure import (
 )
 from llmbatch.cli.compare.profiles import Step
 from llmbatch.cli.compare.targets import Series
-from llmbatch.cli.job import RunHooks, execute_run, open_prompts
+from llmbatch.cli.job import RunHooks, execute_run
 from llmbatch.engine import StopReason
 from llmbatch.errors import InputError
 from llmbatch.metrics import SLO
 from llmbatch.records import Outcome, PromptRecord
+from llmbatch.rundir.reader import open_prompts
 
 __all__ = ["SERVER_ID_HEADERS", "StepRun", "StopConditions", "run_step"]
 
