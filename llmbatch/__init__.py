@@ -17,7 +17,7 @@ The public API is what ``__all__`` lists; every module is internal and may chang
 from __future__ import annotations
 
 from llmbatch.batch import Batch, BatchProgress
-from llmbatch.client import Client, Prompt, Prompts, run
+from llmbatch.client import AnswerStream, Client, Prompt, Prompts, run
 from llmbatch.config.load import Limits, MockSettings, RetryPolicy, Timeouts
 from llmbatch.engine import BatchEnd, StopReason
 from llmbatch.errors import (
@@ -44,6 +44,7 @@ __version__ = "0.1.0"
 
 
 __all__ = [
+    "AnswerStream",
     "AuthError",
     "Batch",
     "BatchEnd",

@@ -17,7 +17,7 @@ import dataclasses
 import os
 import time
 import warnings
-from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable
+from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Iterable
 from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
@@ -32,7 +32,7 @@ from llmbatch.config.load import (
     load_config,
     resolve_api_key,
 )
-from llmbatch.engine import Engine
+from llmbatch.engine import Engine, TextTarget
 from llmbatch.engine.arrivals import ArrivalProfile
 from llmbatch.engine.fdlimit import fit_run_config
 from llmbatch.errors import (
@@ -45,7 +45,7 @@ from llmbatch.errors import (
 from llmbatch.http import ClientOptions, make_client
 from llmbatch.metrics import INPUT_ERROR, SLO
 from llmbatch.providers import make_provider
-from llmbatch.records import Outcome, PromptRecord
+from llmbatch.records import PromptRecord
 from llmbatch.result import Result
 from llmbatch.rundir.reader import parse_item
 from llmbatch.rundir.resultline import result_line
@@ -53,7 +53,7 @@ from llmbatch.rundir.resultline import result_line
 if TYPE_CHECKING:
     pass
 
-__all__ = ["Client", "Prompt", "Prompts", "run"]
+__all__ = ["AnswerStream", "Client", "Prompt", "Prompts", "run"]
 
 Prompt = str | dict[str, Any]
 """One prompt: a string (sent as the user message) or an input-line dict of any of the
@@ -251,41 +251,29 @@ class Client:
             outcome = await eng.execute(rec, taken_at=taken_at)
         return Result.from_line(result_line(outcome))
 
-    async def stream(self, prompt: Prompt, *, id: str | None = None) -> AsyncIterator[str]:
-        """Yield the answer's text deltas as they arrive.
+    def stream(self, prompt: Prompt, *, id: str | None = None) -> AnswerStream:
+        """The answer's text deltas as they arrive: ``async for delta in llm.stream(p)``.
 
         Failures before the first delta are retried as usual. Once text has been
         yielded, a failure is raised (a RequestError subclass) instead of retried,
         because a retry would repeat text the caller already has. An invalid prompt
-        raises InputError.
+        raises InputError. Use ``async with llm.stream(p) as s:`` (or ``await
+        s.aclose()``) to give the request's concurrency slot and connection back as soon
+        as you stop reading; a stream left by ``break`` is cancelled when it is dropped.
         """
         rec = _one_record(prompt, id)
         if isinstance(rec, InputError):
             raise rec
         eng = self.engine
-        queue: asyncio.Queue[str | None] = asyncio.Queue()
-        target = _QueueText(queue)
         taken_at = time.perf_counter()
 
-        async def produce() -> Outcome:
-            try:
-                async with eng.slot():
-                    return await eng.execute(
-                        rec, target, taken_at=taken_at, retry_after_text=False, raise_failure=True
-                    )
-            finally:
-                queue.put_nowait(None)
+        async def produce(target: TextTarget) -> None:
+            async with eng.slot():
+                await eng.execute(
+                    rec, target, taken_at=taken_at, retry_after_text=False, raise_failure=True
+                )
 
-        task = asyncio.create_task(produce())
-        try:
-            while (delta := await queue.get()) is not None:
-                yield delta
-            await task  # raises the request's error, if any
-        finally:
-            if not task.done():
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError, RequestError):
-                    await task
+        return AnswerStream(produce)
 
     # -- batches ---------------------------------------------------------------------
     def batch(
@@ -373,6 +361,83 @@ def run(
 
 
 # -- helpers -----------------------------------------------------------------------------
+
+
+class AnswerStream:
+    """One answer's text deltas, as ``Client.stream`` returns them.
+
+    An async iterator (``async for delta in stream``) and an async context manager, like
+    openai's ``AsyncStream`` and httpx's ``stream()``: leaving the block, ``aclose()``,
+    cancelling the reading task, or dropping the stream after ``break`` cancels the
+    request, which gives its concurrency slot and connection back at once.
+    """
+
+    def __init__(self, produce: Callable[[TextTarget], Awaitable[None]]) -> None:
+        self._produce = produce
+        self._queue: asyncio.Queue[str | None] = asyncio.Queue()
+        self._task: asyncio.Task[None] | None = None
+        self._finished = False
+
+    def __aiter__(self) -> AnswerStream:
+        return self
+
+    async def __anext__(self) -> str:
+        if self._finished:
+            raise StopAsyncIteration
+        task = self._task
+        if task is None:
+            # The task must not hold the stream (no cycle): dropping the stream after
+            # ``break`` then reaches __del__ at once, not at the next GC.
+            task = self._task = asyncio.create_task(_answer(self._produce, self._queue))
+        try:
+            delta = await self._queue.get()
+        except asyncio.CancelledError:
+            self._cancel()
+            raise
+        if delta is None:
+            self._finished = True
+            await task  # raises the request's error, if any
+            raise StopAsyncIteration
+        return delta
+
+    def _cancel(self) -> None:
+        self._finished = True
+        if self._task is not None and not self._task.done():
+            self._task.cancel()
+
+    async def aclose(self) -> None:
+        """Stop reading: cancel the request if it is still streaming."""
+        self._cancel()
+        task = self._task
+        if task is not None:
+            with contextlib.suppress(asyncio.CancelledError, RequestError):
+                await task
+
+    async def __aenter__(self) -> AnswerStream:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+    def __del__(self) -> None:
+        # A stream dropped mid-answer (``break`` out of ``async for``) must not keep its
+        # slot until the server finishes: cancelling is synchronous and safe here.
+        self._cancel()
+
+
+async def _answer(
+    produce: Callable[[TextTarget], Awaitable[None]], queue: asyncio.Queue[str | None]
+) -> None:
+    """Run one streamed request into ``queue``; None marks its end."""
+    try:
+        await produce(_QueueText(queue))
+    finally:
+        queue.put_nowait(None)
 
 
 class _QueueText:

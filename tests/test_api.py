@@ -253,3 +253,48 @@ async def test_a_finished_batch_stays_finished(mock_server: MockServer) -> None:
         assert len([r async for r in batch]) == 2
         assert [r async for r in batch] == []  # iterating again ends at once
         assert batch.end is not None and batch.end.metrics.succeeded == 2
+
+
+@pytest.fixture
+async def endless_server() -> AsyncIterator[MockServer]:
+    """Answers that take minutes unless max_tokens caps them."""
+    server = await start_mock_server(MockConfig(tokens=100_000, ttft_s=0.0, itl_s=0.01))
+    try:
+        yield server
+    finally:
+        await server.close()
+
+
+@pytest.mark.parametrize("how", ["break", "async_with", "aclose", "cancel"])
+async def test_a_stream_left_early_gives_its_slot_back(
+    endless_server: MockServer, how: str
+) -> None:
+    """Concurrency 1: after leaving a stream the next request runs at once, not after the
+    first answer's minutes (issue 21: the slot stayed taken after ``break``)."""
+    async with client_for(endless_server, concurrency=1) as llm:
+        if how == "break":
+            async for _ in llm.stream("a"):
+                break
+        elif how == "async_with":
+            async with llm.stream("a") as stream:
+                await anext(stream)
+        elif how == "aclose":
+            stream = llm.stream("a")
+            await anext(stream)
+            await stream.aclose()
+            with pytest.raises(StopAsyncIteration):
+                await anext(stream)
+        else:
+
+            async def read() -> None:
+                async for _ in llm.stream("a"):
+                    pass
+
+            task = asyncio.create_task(read())
+            await asyncio.wait_for(endless_server.wait_in_flight(1), 10)
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+        short = await asyncio.wait_for(llm.complete({"prompt": "b", "max_tokens": 2}), 10)
+    assert short.ok and short.usage.output_tokens == 2
+    assert endless_server.stats.requests == 2 and endless_server.stats.completed == 1
