@@ -45,7 +45,7 @@ from llmbatch.errors import (
 from llmbatch.http import ClientOptions, make_client
 from llmbatch.metrics import INPUT_ERROR, SLO
 from llmbatch.providers import make_provider
-from llmbatch.records import PromptRecord
+from llmbatch.records import Outcome, PromptRecord
 from llmbatch.result import Result
 from llmbatch.rundir.reader import parse_item
 from llmbatch.rundir.resultline import result_line

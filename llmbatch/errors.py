@@ -17,7 +17,8 @@ CLI turns them into messages and exit codes.
         │   ├── ReadTimeout         no first byte / idle gap exceeded between chunks
         │   ├── DeadlineExceeded    the per-request total deadline passed
         │   └── StreamInterrupted   connection dropped mid-response
-        ├── HTTPStatusError(status, retry_after_s, request_id, body)
+        ├── StatusError(status, retry_after_s, request_id, body)  (not httpx's HTTPStatusError:
+        │                           this one is a RequestError, retried by its subclass)
         │   ├── RateLimited         429 (transient)
         │   ├── QuotaExhausted      429 insufficient_quota (fatal for the run)
         │   ├── AuthError           401 / 403 (fatal for the run)
@@ -48,7 +49,7 @@ __all__ = [
     "ConfigError",
     "ConnectError",
     "DeadlineExceeded",
-    "HTTPStatusError",
+    "StatusError",
     "InputError",
     "InsecureTLSWarning",
     "LLMBatchError",
@@ -165,7 +166,7 @@ class StreamInterrupted(TransportError):
     code = "stream_interrupted"
 
 
-class HTTPStatusError(RequestError):
+class StatusError(RequestError):
     """The server answered with a non-2xx status."""
 
     code = "http_error"
@@ -188,31 +189,31 @@ class HTTPStatusError(RequestError):
         self.headers: Mapping[str, str] = headers or {}
 
 
-class RateLimited(HTTPStatusError):
+class RateLimited(StatusError):
     """429: slow down and try again."""
 
     code = "rate_limited"
 
 
-class QuotaExhausted(HTTPStatusError):
+class QuotaExhausted(StatusError):
     """429 with insufficient_quota: retrying cannot help."""
 
     code = "quota_exhausted"
 
 
-class AuthError(HTTPStatusError):
+class AuthError(StatusError):
     """401/403: the key is wrong or lacks permission."""
 
     code = "auth_error"
 
 
-class ServerError(HTTPStatusError):
+class ServerError(StatusError):
     """5xx, 408 or 409: the server may succeed on another try."""
 
     code = "server_error"
 
 
-class BadRequest(HTTPStatusError):
+class BadRequest(StatusError):
     """4xx other than the above: this request will never succeed as written."""
 
     code = "bad_request"
@@ -295,8 +296,8 @@ def _seconds_until_http_date(value: str) -> float | None:
 
 def http_status_error(
     status: int, headers: Mapping[str, str], body: bytes, request_id: str | None = None
-) -> HTTPStatusError:
-    """Build the right HTTPStatusError subclass for a non-2xx response.
+) -> StatusError:
+    """Build the right StatusError subclass for a non-2xx response.
 
     ``headers`` must have lower-case keys. The class is chosen from the status and,
     for 429, from the structured error code in the body (OpenAI's
@@ -304,7 +305,7 @@ def http_status_error(
     """
     text = body[:2000].decode("utf-8", errors="replace")
     retry_after_s = _parse_retry_after(headers)
-    cls: type[HTTPStatusError]
+    cls: type[StatusError]
     if status == 429:
         cls = QuotaExhausted if _is_quota_error(body) else RateLimited
     elif status in (401, 403):

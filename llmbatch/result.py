@@ -63,7 +63,7 @@ class Result:
     finish_reason: str | None
     error: ErrorInfo | None
     usage: Usage
-    metrics: Timings
+    timings: Timings
     attempts: int
     line: int | None
     text_file: str | None
@@ -94,7 +94,7 @@ class Result:
                 output_tokens=out_tokens if isinstance(out_tokens, int) else 0,
                 output_estimated=bool(m.get("output_tokens_estimated", True)),
             ),
-            metrics=Timings(
+            timings=Timings(
                 queue_s=_f(m.get("queue_s")) or 0.0,
                 ttft_s=_f(m.get("ttft_s")),
                 e2el_s=_f(m.get("e2el_s")),

@@ -46,7 +46,7 @@ async def test_complete_and_stream(mock_server: MockServer, adapter: str) -> Non
         assert r.ok and r.text == want("Explain TCP slow start")
         assert r.finish_reason == "stop" and r.error is None and r.attempts == 1
         assert r.usage.output_tokens == 16 and not r.usage.output_estimated
-        assert r.metrics.ttft_s is not None and r.output_line["custom_id"] == r.id
+        assert r.timings.ttft_s is not None and r.output_line["custom_id"] == r.id
         msgs = {"messages": [{"role": "user", "content": "Write a haiku"}]}
         deltas = [d async for d in llm.stream(msgs)]
         assert len(deltas) == 16 and "".join(deltas) == want("Write a haiku")

@@ -24,7 +24,7 @@ from llmbatch.config.load import RunConfig
 from llmbatch.engine.gate import Probe
 from llmbatch.engine.retry import Verdict, classify, run_with_retries
 from llmbatch.engine.stream import LiveCounts, stream_attempt
-from llmbatch.errors import HTTPStatusError, RateLimited, RequestError, UnexpectedError
+from llmbatch.errors import RateLimited, RequestError, StatusError, UnexpectedError
 from llmbatch.http.base import ClientAdapter
 from llmbatch.pacing import (
     AdaptiveConcurrency,
@@ -166,7 +166,7 @@ class Engine:
         live.last_error = exc.code
         for listener in self.attempt_listeners:  # e.g. a batch's first-attempts check
             listener(exc)
-        if isinstance(exc, HTTPStatusError) and exc.headers:
+        if isinstance(exc, StatusError) and exc.headers:
             self.governor.observe_headers(exc.headers)
         if isinstance(exc, RateLimited):
             # A huge Retry-After must not freeze every request: cap the shared pause.
@@ -361,7 +361,7 @@ def redact(text: str, secrets: tuple[str, ...]) -> str:
 
 def _http_facts(exc: RequestError) -> tuple[int | None, str | None]:
     """(status, provider request id) of an HTTP error; (None, None) otherwise."""
-    if isinstance(exc, HTTPStatusError):
+    if isinstance(exc, StatusError):
         return exc.status, exc.request_id
     return None, None
 

@@ -27,12 +27,12 @@ from llmbatch.errors import (
     AuthError,
     BadRequest,
     CertificateError,
-    HTTPStatusError,
     ProviderError,
     QuotaExhausted,
     RateLimited,
     RejectedInStream,
     ServerError,
+    StatusError,
     TransportError,
     UnexpectedContentType,
 )
@@ -82,7 +82,7 @@ class _JitteredBackoff:
         ceiling = min(p.backoff_max_s, p.backoff_base_s * 2 ** (state.attempt_number - 1))
         wait = self.rng.uniform(0.0, ceiling)
         exc = state.outcome.exception() if state.outcome else None
-        if isinstance(exc, HTTPStatusError) and exc.retry_after_s is not None:
+        if isinstance(exc, StatusError) and exc.retry_after_s is not None:
             wait = max(wait, exc.retry_after_s)
         return wait
 

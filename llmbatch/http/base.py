@@ -4,7 +4,7 @@ An adapter knows HTTP and its library, nothing of providers or SSE. It maps ever
 library exception to llmbatch's own (errors.py) at this edge, so retry decisions
 never depend on which adapter runs. What every adapter must agree on is decided here,
 once, for all of them (``ClientAdapter.stream``): a status outside 2xx is an error
-(HTTPStatusError, its body read up to ERROR_BODY_LIMIT, before any body chunk is
+(StatusError, its body read up to ERROR_BODY_LIMIT, before any body chunk is
 yielded); response headers have lower-case names and a repeated header reads as its
 values joined by ", " (RFC 9110 5.3); framing that RFC 9112 calls an error is refused
 whatever the library let through.
@@ -180,7 +180,7 @@ class ClientAdapter(ABC):
     async def stream(self, request: HTTPRequest) -> AsyncIterator[StreamingResponse]:
         """Send ``request``; yield a 2xx StreamingResponse whose chunks are raw body bytes.
 
-        Raises ConnectError, ReadTimeout, StreamInterrupted or HTTPStatusError.
+        Raises ConnectError, ReadTimeout, StreamInterrupted or StatusError.
         Leaving the context releases the connection (drained for reuse when possible).
         """
         async with self.open(request) as resp:
