@@ -7,7 +7,8 @@ from pathlib import Path
 
 import orjson
 
-from llmbatch.ray.engine import PARTS_DIR, _Consolidator, _shares
+from llmbatch.ray.engine import _shares
+from llmbatch.ray.parts import PARTS_DIR, Consolidator
 from llmbatch.rundir.writer import RunDir
 
 from .conftest import read_results
@@ -43,7 +44,7 @@ async def test_leftover_parts_fold_once_per_id_and_go(tmp_path: Path) -> None:
     index.add("a")  # already in the top level from an earlier fold
     _part(run, "s1-w0", ["a", "b", "c"], tail=b'{"custom_id": "torn')  # killed mid-write
     _part(run, "s1-w1", ["d", "b"])  # "b" twice: only the first fold counts
-    cons = _Consolidator(run, rundir, index)
+    cons = Consolidator(run, rundir, index)
     assert await cons.absorb_leftovers() == 3
     await rundir.aclose()
     records = read_results(run)
@@ -56,10 +57,10 @@ async def test_live_parts_are_tailed_by_complete_lines(tmp_path: Path) -> None:
     run = tmp_path / "run"
     rundir, index = RunDir.open(run, {"prompts": "p"})
     part = _part(run, "s2-w0", ["x"], tail=b'{"custom_id": "y"')
-    cons = _Consolidator(run, rundir, index)
-    from llmbatch.ray.engine import _Part
+    cons = Consolidator(run, rundir, index)
+    from llmbatch.ray.parts import Part
 
-    cons.parts.append(_Part(part, worker="w0"))
+    cons.parts.append(Part(part, worker="w0"))
     assert await cons.absorb_all() == 1
     with open(part / "results.jsonl", "ab") as fh:  # the worker finishes the line
         fh.write(b', "error": null, "llmbatch": {}}\n')
@@ -80,19 +81,19 @@ async def test_a_part_writes_its_text_into_the_run_directory(tmp_path: Path) -> 
     """A part's text/ is the run's text/: a worker's batch writes the answers in place,
     and folding (live or left over by a killed run) only appends the lines."""
     import llmbatch
-    from llmbatch.ray.engine import _make_part
+    from llmbatch.ray.parts import make_part
 
     run = tmp_path / "run"
     rundir, index = RunDir.open(run, {"prompts": "p"})
     part = run / PARTS_DIR / "s3-w0"
     meta = {"prompts": "p", "worker": "w0"}
-    _make_part(part, meta)
+    make_part(part, meta)
     async with llmbatch.Client("mock", concurrency=4) as llm:
         await llm.batch(
             [{"id": f"k{i}", "prompt": f"hi {i}"} for i in range(5)], part, meta=meta
         ).wait()
     assert sorted(p.name for p in (run / "text").glob("*.txt")) == [f"k{i}.txt" for i in range(5)]
-    cons = _Consolidator(run, rundir, index)
+    cons = Consolidator(run, rundir, index)
     assert await cons.absorb_leftovers() == 5
     await rundir.aclose()
     records = read_results(run)
@@ -105,7 +106,7 @@ async def test_a_part_writes_its_text_into_the_run_directory(tmp_path: Path) -> 
 
 def test_chunks_travel_packed_and_come_back_equal() -> None:
     from llmbatch.errors import InputError
-    from llmbatch.ray.engine import _decode, _pack, _unpack
+    from llmbatch.ray.wire import decode_item, pack, unpack
     from llmbatch.records import PromptRecord
 
     items = [
@@ -113,13 +114,13 @@ def test_chunks_travel_packed_and_come_back_equal() -> None:
         InputError("not JSON", path="p.jsonl", line_no=2),
         PromptRecord("b", 3, "batch", {"messages": [], "n": 2}, "/v1/chat/completions"),
     ]
-    packed = _pack(items)
+    packed = pack(items)
     assert isinstance(packed, bytes)
-    back = [_decode(x) for x in _unpack(packed)]
+    back = [decode_item(x) for x in unpack(packed)]
     assert back[0] == items[0] and back[2] == items[2]
     assert isinstance(back[1], InputError) and (back[1].reason, back[1].line_no) == ("not JSON", 2)
     odd = [PromptRecord("c", 4, "prompt", {"x": {1, 2}})]  # not JSON: sent pickled
-    assert [_decode(x) for x in _unpack(_pack(odd))] == odd
+    assert [decode_item(x) for x in unpack(pack(odd))] == odd
 
 
 async def test_the_feed_gives_a_lost_workers_prompts_to_the_others_first() -> None:
@@ -176,7 +177,7 @@ async def test_text_layout_log_parts_fold_into_one_text_log(tmp_path: Path) -> N
     each answer into the run's one text.log (before its line) and points the line at it;
     a part left by a killed run folds the same way, each id once."""
     import llmbatch
-    from llmbatch.ray.engine import _make_part, _Part
+    from llmbatch.ray.parts import Part, make_part
 
     run = tmp_path / "run"
     rundir, index = RunDir.open(run, {"prompts": "p"}, text_layout="log")
@@ -184,14 +185,14 @@ async def test_text_layout_log_parts_fold_into_one_text_log(tmp_path: Path) -> N
     for k in range(2):
         part = run / PARTS_DIR / f"s4-w{k}"
         meta = {"prompts": "p", "worker": f"w{k}"}
-        _make_part(part, meta, text_layout="log")
+        make_part(part, meta, text_layout="log")
         prompts = [{"id": f"k{i}", "prompt": f"hi {i}"} for i in range(k * 3, k * 3 + 4)]
         async with llmbatch.Client("mock", concurrency=4) as llm:
             await llm.batch(prompts, part, meta=meta, text_layout="log").wait()
         assert not (part / "text").exists()
         parts.append(part)
-    cons = _Consolidator(run, rundir, index)
-    cons.parts.append(_Part(parts[0], worker="w0", shared_text=False))
+    cons = Consolidator(run, rundir, index)
+    cons.parts.append(Part(parts[0], worker="w0", shared_text=False))
     assert await cons.absorb_all() == 4  # live
     assert await cons.absorb_leftovers() == 3  # w1's k3 is in already
     await rundir.aclose()
@@ -214,7 +215,7 @@ def test_a_log_layout_part_left_behind_keeps_the_driver_on_the_log_layout(
     """Re-run with --text-layout files after a killed log-layout run: its parts' answers
     are in their text.log, so the driver folds them into a text.log of the run's own."""
     from llmbatch.config.load import load_config
-    from llmbatch.ray.engine import driver_text_layout
+    from llmbatch.ray.parts import driver_text_layout
 
     run = tmp_path / "run"
     cfg = load_config(None, flags={"run_dir": run, "provider": "mock"}, environ={})
