@@ -456,7 +456,7 @@ def run_llmbatch(
         argv = [PY, "-m", "bench.llmbatch_child", "run", str(prompts)]
         argv += ["--provider", "vllm", "--base-url", server.base_url, "--model", "mock-model"]
         argv += ["--concurrency", str(concurrency), "--client", client, "--no-progress"]
-        argv += ["--out", str(run_dir), *extra_args]
+        argv += ["--run-dir", str(run_dir), *extra_args]
         env = child_env(BENCH_STATS_FILE=str(stats), **server.env(), **(extra_env or {}))
         if loop == "asyncio":
             env["LLMBATCH_LOOP"] = "asyncio"

@@ -7,7 +7,7 @@
    ``--client aiohttp``: peak RSS of the llmbatch process (target < 200 MB).
 2. 1,000,000 prompts, same server: peak RSS of reading + dispatching (target
    < 150 MB). The full run takes longer than the budget on 2 cores, so by default
-   it is stopped with ``--max-runtime 120`` (exit 75, resumable) and the number
+   it is stopped with ``--max-runtime-s 120`` (exit 75, resumable) and the number
    of records written is reported with the figure.
 3. The 1M file alone: peak RSS of iterating ``llmbatch.rundir.reader.iter_records`` over
    all of it, and of doing so while adding every id to a ``writer.ResumeIndex``
@@ -57,7 +57,7 @@ def run_full(
     label: str, n: int, prompts: Path, max_runtime_s: float | None, conc: int
 ) -> tuple[Measure, str]:
     with mock_server(**SHAPE) as server:
-        extra = ["--max-runtime", f"{max_runtime_s:g}"] if max_runtime_s else []
+        extra = ["--max-runtime-s", f"{max_runtime_s:g}"] if max_runtime_s else []
         m = run_llmbatch(
             server,
             conc,
@@ -73,7 +73,7 @@ def run_full(
     other = m.errors - m.error_kinds.get("no_record", 0)
     if max_runtime_s:
         errs = f"{other}" + (f" ({m.retries} retries)" if m.retries else "")
-        how = f"{done:,} of {n:,} done in --max-runtime {max_runtime_s:g} s; errors {errs}"
+        how = f"{done:,} of {n:,} done in --max-runtime-s {max_runtime_s:g} s; errors {errs}"
     else:
         how = f"{done:,} of {n:,} done; errors {fmt_errors(m)}"
     print(f"[{label}] RSS {m.maxrss_mb:.0f} MB, {how}", file=sys.stderr, flush=True)
@@ -88,7 +88,7 @@ def main(argv: list[str] | None = None) -> None:
         "--million-runtime",
         type=float,
         default=120.0,
-        help="--max-runtime of the big run, seconds (0: run it to the end)",
+        help="--max-runtime-s of the big run, seconds (0: run it to the end)",
     )
     ap.add_argument("--skip-runs", action="store_true", help="only the iteration figures")
     ap.add_argument("--iterate", nargs=2, metavar=("FILE", "MODE"), help=argparse.SUPPRESS)

@@ -77,7 +77,7 @@ def cli_run(server: MockServer, prompts: Path, provider: str, *args: str) -> flo
     with work_tmpdir() as tmp:
         argv = [PY, "-m", "llmbatch", "run", str(prompts), "--provider", provider]
         argv += ["--base-url", server.base_url, "--model", "mock-model", "--no-progress"]
-        argv += ["--out", str(Path(tmp) / "run"), *args]
+        argv += ["--run-dir", str(Path(tmp) / "run"), *args]
         res = run_child(argv, timeout_s=300, env=child_env(OPENAI_API_KEY="sk-bench"))
     if res.returncode != 0:
         raise RuntimeError(f"llmbatch run exited {res.returncode}: {res.stderr[-500:]}")

@@ -134,7 +134,7 @@ def run_ray(
         argv += ["run", str(prompts), "--engine", "ray", "--ray-address", cluster.address]
         argv += ["--ray-workers", str(workers), "--provider", "vllm", "--base-url", server.base_url]
         argv += ["--model", "mock-model", "--concurrency", str(c), "--no-progress"]
-        argv += ["--out", str(run_dir)]
+        argv += ["--run-dir", str(run_dir)]
         before = _cluster_cpu_s(cluster)
         env = {**cluster.env, **harness.child_env()}
         env.pop("RAY_ADDRESS", None)

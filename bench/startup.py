@@ -59,12 +59,12 @@ def _commands(
         ),
         ("llmbatch --version", [*llmbatch, "--version"]),
         ("llmbatch --help", [*llmbatch, "--help"]),
-        ("llmbatch run (1 prompt, external server)", [*run, *external, "--out"]),
+        ("llmbatch run (1 prompt, external server)", [*run, *external, "--run-dir"]),
         (
             "llmbatch run --client native (1 prompt, external server)",
-            [*run, *external, *_NATIVE.split(), "--out"],
+            [*run, *external, *_NATIVE.split(), "--run-dir"],
         ),
-        ("llmbatch run (1 prompt, embedded mock)", [*run, "--out"]),
+        ("llmbatch run (1 prompt, embedded mock)", [*run, "--run-dir"]),
     ]
 
 
@@ -128,7 +128,7 @@ def main(argv: list[str] | None = None) -> None:
                     cmd = tables[name][n][1]
                     if not _supported(tree if name != "wheel" else None, cmd):
                         continue
-                    out = [str(Path(tmp) / f"run{n}-{name}-{i}")] if cmd[-1] == "--out" else []
+                    out = [str(Path(tmp) / f"run{n}-{name}-{i}")] if cmd[-1] == "--run-dir" else []
                     # cwd too: `python -m` puts the working directory first on sys.path
                     res = run_child([*cmd, *out], timeout_s=60, env=_env(tree), cwd=tree or ROOT)
                     if res.returncode != 0:

@@ -74,7 +74,7 @@ def main(argv: list[str] | None = None) -> None:
                     row.append("-")
                     continue
                 outs = [[str(Path(tmp) / f"run{n}-{name}-{i}")] for i in range(2)]
-                extra = outs if cmd[-1] == "--out" else [[], []]
+                extra = outs if cmd[-1] == "--run-dir" else [[], []]
                 env = _env(tree)
                 subprocess.run([*cmd, *extra[0]], env=env, cwd=tree or ROOT, capture_output=True)
                 count = _instructions([*cmd, *extra[1]], env, tree or ROOT)

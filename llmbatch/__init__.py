@@ -8,7 +8,7 @@ The public API is what ``__all__`` lists; every module is internal and may chang
         result = await llm.complete("Explain TCP slow start")
         async for text in llm.stream("Write a haiku"):
             print(text, end="")
-        async for result in llm.batch("prompts.jsonl", out_dir="outputs/run1"):
+        async for result in llm.batch("prompts.jsonl", run_dir="outputs/run1"):
             print(result.id, result.ok)
 
     results = llmbatch.run(["Hi", "Hello"], provider="mock")  # sync, input order

@@ -76,17 +76,17 @@ class Batch:
 
     Also an async context manager: leaving the block (or ``aclose()``, or cancelling
     the task that iterates) stops the batch at once; records already made are kept,
-    requests cut off get none (a later run with the same ``out_dir`` redoes them).
+    requests cut off get none (a later run with the same ``run_dir`` redoes them).
     ``stop()`` stops taking prompts and lets requests in flight finish within the
     grace period. ``await batch.wait()`` runs it to the end without collecting Results.
     """
 
     def __init__(
-        self, client: Client, prompts: Prompts, out_dir: Path | None, opts: _BatchOptions
+        self, client: Client, prompts: Prompts, run_dir: Path | None, opts: _BatchOptions
     ) -> None:
         self._client = client
         self._prompts = prompts
-        self.out_dir = out_dir
+        self.run_dir = run_dir
         self._opts = opts
         self._progress = opts.progress
         self.damaged_lines: list[int] = []
@@ -135,10 +135,10 @@ class Batch:
         eng = client.engine
         cfg = client.config
         index = ResumeIndex()
-        if self.out_dir is not None:
+        if self.run_dir is not None:
             opts = self._opts
             self._rundir, index = RunDir.open(
-                self.out_dir,
+                self.run_dir,
                 opts.meta or _default_meta(cfg, self._prompts),
                 retry_failed=opts.retry_failed,
                 text_files=opts.text_files,
@@ -146,8 +146,8 @@ class Batch:
                 force_resume=opts.force_resume,
             )
             self.damaged_lines = index.damaged_lines
-            if opts.include_done and (self.out_dir / RESULTS).exists():
-                for _, line in iter_result_lines(self.out_dir / RESULTS):
+            if opts.include_done and (self.run_dir / RESULTS).exists():
+                for _, line in iter_result_lines(self.run_dir / RESULTS):
                     with contextlib.suppress(ValueError):
                         self._queue.put_nowait(Result.from_line(line))
         metrics = RunMetrics(

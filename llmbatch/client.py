@@ -17,10 +17,10 @@ import dataclasses
 import os
 import time
 import warnings
-from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Iterable
+from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Iterable, Mapping
 from pathlib import Path
 from types import TracebackType
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Unpack
 
 from llmbatch.batch import Batch, BatchProgress, _BatchOptions
 from llmbatch.config.load import (
@@ -32,6 +32,7 @@ from llmbatch.config.load import (
     load_config,
     resolve_api_key,
 )
+from llmbatch.config.options import ClientOptions, options_in
 from llmbatch.engine import Engine, TextTarget
 from llmbatch.engine.arrivals import ArrivalProfile
 from llmbatch.engine.fdlimit import fit_run_config
@@ -63,18 +64,7 @@ Prompts = str | os.PathLike[str] | Iterable[Prompt] | AsyncIterable[Prompt]
 iterable of prompts."""
 
 _SECTIONS = {"timeouts": Timeouts, "retry": RetryPolicy, "mock": MockSettings}
-_PROFILE_KEYS = ("kind", "headers", "params", "api_key_env")
-_RUN_OPTIONS = {
-    "max_concurrency",
-    "grace_s",
-    "http2",
-    "insecure",
-    "ca_bundle",
-    "rpm",
-    "tpm",
-    "input_tpm",
-    "output_tpm",
-}
+_CLIENT_OPTIONS = frozenset(o.name for o in options_in("client"))
 
 
 class Client:
@@ -97,27 +87,24 @@ class Client:
         self,
         provider: str = "mock",
         *,
-        base_url: str | None = None,
-        model: str | None = None,
         api_key: str | None = None,
-        concurrency: int | str = 32,
-        client: str = "aiohttp",
-        pacer: Any = None,
-        **options: Any,
+        kind: str | None = None,
+        headers: Mapping[str, str] | None = None,
+        params: Mapping[str, Any] | None = None,
+        limits: Limits | Mapping[str, Any] | None = None,
+        timeouts: Timeouts | Mapping[str, Any] | None = None,
+        retry: RetryPolicy | Mapping[str, Any] | None = None,
+        mock: MockSettings | Mapping[str, Any] | None = None,
+        **options: Unpack[ClientOptions],
     ) -> None:
-        self._cfg = _options_config(
-            provider,
-            base_url=base_url,
-            model=model,
-            concurrency=concurrency,
-            client=client,
-            **options,
-        )
+        tables = {"timeouts": timeouts, "retry": retry, "mock": mock}
+        profile = {"kind": kind, "headers": headers, "params": params, "limits": limits}
+        self._cfg = _options_config(provider, tables, profile, dict(options))
         self._api_key = api_key if api_key is not None else resolve_api_key(self._cfg.provider)
         self._engine: Engine | None = None
         self._stack: contextlib.AsyncExitStack | None = None
         self._batches: set[Batch] = set()
-        self._pacer = pacer
+        self._pacer: Any = None
         self._concurrency: Any = None
 
     @classmethod
@@ -129,10 +116,10 @@ class Client:
         (the CLI's option names: ``provider``, ``concurrency``, ``base_url``, ...)."""
         where = None if path is None else Path(os.fspath(path))
         cfg = load_config(where, flags=flags, environ=None if environ else {})
-        return cls.from_run_config(cfg)
+        return cls._for_run(cfg)
 
     @classmethod
-    def from_run_config(
+    def _for_run(
         cls,
         cfg: RunConfig,
         *,
@@ -140,8 +127,9 @@ class Client:
         pacer: Any = None,
         concurrency: Any = None,
     ) -> Client:
-        """A Client for an already merged RunConfig (what the CLI uses); ``pacer`` and
-        ``concurrency`` replace its rate governor and its ``auto`` controller (Ray)."""
+        """Internal: a Client for an already merged RunConfig (the CLI's and Ray's way in);
+        ``pacer`` and ``concurrency`` replace its rate governor and its ``auto`` controller
+        (Ray's workers share the cluster's)."""
         self = cls.__new__(cls)
         self._cfg = cfg
         self._api_key = api_key if api_key is not None else resolve_api_key(cfg.provider)
@@ -279,7 +267,7 @@ class Client:
     def batch(
         self,
         prompts: Prompts,
-        out_dir: str | os.PathLike[str] | None = None,
+        run_dir: str | os.PathLike[str] | None = None,
         *,
         text_files: bool = True,
         text_layout: str = "files",
@@ -296,7 +284,7 @@ class Client:
     ) -> Batch:
         """Run many prompts; iterate the returned Batch for Results in completion order.
 
-        Memory stays O(concurrency) however many prompts there are. Without ``out_dir``
+        Memory stays O(concurrency) however many prompts there are. Without ``run_dir``
         nothing touches the disk. With it, the batch writes a run directory exactly as
         the CLI does (text/<id> streaming, results.jsonl, summary.json, the lock) and
         resumes it: ids already there are skipped (``include_done=True`` yields their
@@ -326,17 +314,17 @@ class Client:
             arrivals=arrivals,
             on_outcome=on_outcome,
         )
-        return Batch(self, prompts, Path(out_dir) if out_dir is not None else None, opts)
+        return Batch(self, prompts, Path(run_dir) if run_dir is not None else None, opts)
 
 
 def run(
-    prompts: Prompts, *, out_dir: str | os.PathLike[str] | None = None, **options: Any
+    prompts: Prompts, *, run_dir: str | os.PathLike[str] | None = None, **options: Any
 ) -> list[Result]:
     """Run ``prompts`` to the end and return their Results in input order (sync).
 
     ``options`` are the Client's (``provider``, ``model``, ``concurrency``, ...) plus
     ``progress``. Works from plain scripts and from inside a running event loop
-    (Jupyter): there it runs on a private loop in a worker thread. With ``out_dir`` a
+    (Jupyter): there it runs on a private loop in a worker thread. With ``run_dir`` a
     re-run resumes, and the Results of ids already done are included.
     """
     progress = options.pop("progress", False)
@@ -346,7 +334,7 @@ def run(
             results = [
                 r
                 async for r in llm.batch(
-                    prompts, out_dir=out_dir, include_done=True, progress=progress
+                    prompts, run_dir=run_dir, include_done=True, progress=progress
                 )
             ]
         results.sort(key=lambda r: (r.line is None, r.line or 0))
@@ -456,28 +444,26 @@ class _QueueText:
         pass  # only attempts that streamed no text are retried (retry_after_text=False)
 
 
-def _options_config(provider: str, **options: Any) -> RunConfig:
-    """A RunConfig from keyword options, validated like config.toml (no file, no env)."""
-    data: dict[str, Any] = {}
-    for name, cls in _SECTIONS.items():
-        value = options.pop(name, None)
-        if value is not None:
-            data[name] = _as_table(value, cls, name)
-    profile: dict[str, Any] = {}
-    for key in _PROFILE_KEYS:
-        if options.get(key) is not None:
-            profile[key] = options.pop(key)
-    limits = options.pop("limits", None)
-    if limits is not None:
-        profile["limits"] = _as_table(limits, Limits, "limits")
-    if profile:
-        data["providers"] = {provider: profile}
-    unknown = set(options) - _RUN_OPTIONS - {"base_url", "model", "concurrency", "client"}
+def _options_config(
+    provider: str,
+    tables: Mapping[str, Any],
+    profile: Mapping[str, Any],
+    options: dict[str, Any],
+) -> RunConfig:
+    """A RunConfig from Client keywords, validated like config.toml (no file, no env)."""
+    unknown = set(options) - _CLIENT_OPTIONS
     if unknown:
         raise ConfigError(f"unknown Client option(s): {', '.join(sorted(unknown))}")
+    data: dict[str, Any] = {}
+    for name, value in tables.items():
+        if value is not None:
+            data[name] = _as_table(value, _SECTIONS[name], name)
+    prof = {k: v for k, v in profile.items() if v is not None and k != "limits"}
+    if profile.get("limits") is not None:
+        prof["limits"] = _as_table(profile["limits"], Limits, "limits")
+    if prof:
+        data["providers"] = {provider: prof}
     flags = {"provider": provider, **options}
-    if isinstance(flags.get("concurrency"), int):
-        flags["concurrency"] = str(flags["concurrency"])
     return load_config(data=data, flags=flags, environ={}, flag_label=lambda k: f"option {k!r}")
 
 

@@ -16,7 +16,7 @@ Scenarios: ``exact`` (the prompts through the cluster under a scaled rate limit,
 transient faults), ``kill-worker`` (SIGKILL of the worker node's processes mid-run; the
 node is started again afterwards), ``kill-driver`` (SIGKILL of the driver mid-run, then
 the same command again), ``sigint`` (SIGINT to the driver mid-run, then again),
-``max-runtime`` (``--max-runtime 4``, then again without it), ``no-survivor``
+``max-runtime`` (``--max-runtime-s 4``, then again without it), ``no-survivor``
 (SIGKILL of every worker actor: the head node's by pid, and the whole worker node;
 the node is started again, then the same command), ``text-log`` (``--text-layout
 log``, SIGKILL of the driver mid-run, then the same command), ``auto``
@@ -209,7 +209,7 @@ def _llmbatch_run(cluster: Cluster, work: Path, prompts: Path, run_dir: Path) ->
         "2",
         "-c",
         str(work / "config.toml"),
-        "--out",
+        "--run-dir",
         str(run_dir),
         "--no-progress",
     ]
@@ -344,7 +344,7 @@ async def scenario(name: str, work: Path, cluster: Cluster) -> dict[str, Any]:
             report["records_after_stop"] = _unique_records(run_dir)
             report["exit_codes"] = [code, await _run(cmd, env, log)]
         elif name == "max-runtime":
-            code = await _run([*cmd, "--max-runtime", "4"], env, log)
+            code = await _run([*cmd, "--max-runtime-s", "4"], env, log)
             report["records_after_stop"] = _unique_records(run_dir)
             report["exit_codes"] = [code, await _run(cmd, env, log)]
         elif name == "kill-worker":

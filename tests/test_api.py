@@ -217,8 +217,8 @@ def test_run_from_sync_code(tmp_path: Path) -> None:
     results = llmbatch.run([f"s{i}" for i in range(10)], provider="mock", mock={"tokens": 4})
     assert [r.text for r in results] == [want(f"s{i}", 4) for i in range(10)]
     out = tmp_path / "run"
-    first = llmbatch.run(["a", "b"], provider="mock", out_dir=out, mock={"tokens": 4})
-    again = llmbatch.run(["a", "b", "c"], provider="mock", out_dir=out, mock={"tokens": 4})
+    first = llmbatch.run(["a", "b"], provider="mock", run_dir=out, mock={"tokens": 4})
+    again = llmbatch.run(["a", "b", "c"], provider="mock", run_dir=out, mock={"tokens": 4})
     assert [r.text for r in first] == [want("a", 4), want("b", 4)]
     assert [r.text for r in again] == [want(x, 4) for x in "abc"]
 

@@ -112,7 +112,7 @@ def test_run_directory_lock(runner: CliRunner, tmp_path: Path) -> None:
         fcntl.flock(fh, fcntl.LOCK_EX)
         fh.write("4242")
         fh.flush()
-        res = runner.invoke(app, ["run", str(p), "--out", str(run_dir)])
+        res = runner.invoke(app, ["run", str(p), "--run-dir", str(run_dir)])
     assert res.exit_code == 2 and "in use by another llmbatch run (pid 4242)" in res.output
 
 
@@ -146,9 +146,11 @@ def test_unreachable_base_url_aborts_with_clear_message(runner: CliRunner, tmp_p
 def test_max_runtime_exits_75_and_resumes(runner: CliRunner, tmp_path: Path) -> None:
     (tmp_path / "slow.toml").write_text("[mock]\ntokens = 20\nitl_s = 0.02\n")
     example = str(ROOT / "prompts" / "example.jsonl")
-    res = runner.invoke(app, ["run", example, "-c", "slow.toml", "-j", "2", "--max-runtime", "0.3"])
+    res = runner.invoke(
+        app, ["run", example, "-c", "slow.toml", "-j", "2", "--max-runtime-s", "0.3"]
+    )
     assert res.exit_code == 75, res.output
-    assert "--max-runtime reached" in res.output
+    assert "--max-runtime-s reached" in res.output
     res = runner.invoke(app, ["run", example, "-c", "slow.toml", "-j", "32"])
     assert res.exit_code == 0, res.output
     assert "already done" in res.output
@@ -182,6 +184,6 @@ def test_config_types_are_checked(
 def test_unusable_run_directory_is_a_clear_error(runner: CliRunner, tmp_path: Path) -> None:
     p = write_jsonl(tmp_path / "p.jsonl", [{"id": 1, "prompt": "x"}])
     (tmp_path / "afile").write_text("not a directory")
-    res = runner.invoke(app, ["run", str(p), "--out", str(tmp_path / "afile")])
+    res = runner.invoke(app, ["run", str(p), "--run-dir", str(tmp_path / "afile")])
     assert res.exit_code == 2, res.output
     assert "cannot use run directory" in res.output and "Traceback" not in res.output

@@ -42,7 +42,7 @@ async def start_child(
         server.url,
         "--model",
         "mock-model",
-        "--out",
+        "--run-dir",
         str(run_dir),
         "--concurrency",
         "8",

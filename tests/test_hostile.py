@@ -105,7 +105,7 @@ def test_a_directory_that_is_not_a_run_directory_is_never_adopted(
     (user_dir / "text").mkdir(parents=True)
     (user_dir / "results.jsonl").write_text('{"custom_id": "0"}\n')
     (user_dir / "text" / "draft.partial").write_text("my draft")
-    res = run_cli(runner, str(prompts(tmp_path)), "--out", str(user_dir))
+    res = run_cli(runner, str(prompts(tmp_path)), "--run-dir", str(user_dir))
     assert res.exit_code == 2, res.output
     assert "is not an llmbatch run directory (no run.json, but it holds results.jsonl" in (
         first_error_line(res.output)
@@ -116,7 +116,7 @@ def test_a_directory_that_is_not_a_run_directory_is_never_adopted(
 
 def test_out_naming_a_file(runner: CliRunner, tmp_path: Path) -> None:
     (tmp_path / "afile").write_text("not a directory")
-    res = run_cli(runner, str(prompts(tmp_path)), "--out", str(tmp_path / "afile"))
+    res = run_cli(runner, str(prompts(tmp_path)), "--run-dir", str(tmp_path / "afile"))
     assert res.exit_code == 2
     assert "it is a file, not a directory" in first_error_line(res.output)
     assert "Errno" not in res.output
@@ -129,7 +129,7 @@ def test_out_naming_a_file(runner: CliRunner, tmp_path: Path) -> None:
         (b'[run]\nclient = "caf\xe9"\n', "bad.toml: not UTF-8 text (byte 0xe9 at offset 19)"),
         (b"[timeout]\nidle_s = 5\n", "bad.toml: unknown section [timeout] (known: [run],"),
         (b"concurrency = 4\n", "bad.toml: unknown top-level key 'concurrency' (it belongs under"),
-        (b"[run]\nout_dir = 5\n", "bad.toml: run.out_dir must be a string, got 5"),
+        (b"[run]\noutputs_dir = 5\n", "bad.toml: run.outputs_dir must be a string, got 5"),
         (b"[run]\nclient = 5\n", "bad.toml: run.client must be a string, got 5"),
         (b"[run]\nconcurrency = 'abc'\n", "bad.toml: run.concurrency must be an integer"),
         (b"[providers.vllm.limits]\nrpm = -5\n", "bad.toml: providers.vllm.limits.rpm must be"),
@@ -151,8 +151,8 @@ def test_config_file_errors_name_file_and_key(
         (["--rpm", "-5"], {}, "--rpm must be positive, got -5"),
         ([], {"LLMBATCH_CONCURRENCY": "abc"}, "LLMBATCH_CONCURRENCY must be an integer"),
         ([], {"LLMBATCH_BASE_URL": "ftp://x"}, "LLMBATCH_BASE_URL must start with http://"),
-        (["--max-runtime", "-1"], {}, "--max-runtime must be greater than 0 seconds, got -1"),
-        (["--max-runtime", "0"], {}, "--max-runtime must be greater than 0 seconds, got 0"),
+        (["--max-runtime-s", "-1"], {}, "--max-runtime-s must be greater than 0 seconds, got -1"),
+        (["--max-runtime-s", "0"], {}, "--max-runtime-s must be greater than 0 seconds, got 0"),
         (
             ["--base-url", "http://127.0.0.1:99999/v1"],
             {},

@@ -195,9 +195,7 @@ async def test_concurrency_auto_is_decided_for_all_workers_together() -> None:
             pacer = LeasedPacer(
                 Link(gov), worker=name, limited=False, sync_interval_s=0.05, concurrency=conc
             )
-            client = llmbatch.Client.from_run_config(
-                cfg, api_key="k", pacer=pacer, concurrency=conc
-            )
+            client = llmbatch.Client._for_run(cfg, api_key="k", pacer=pacer, concurrency=conc)
             ok = 0
             async with client:
                 async for r in client.batch([f"{name} {i}" for i in range(n)]):

@@ -42,7 +42,7 @@ async def run_cli(
         server.url,
         "--model",
         "mock-model",
-        "--out",
+        "--run-dir",
         str(out),
         "--no-progress",
         *args,

@@ -262,7 +262,7 @@ async def test_ray_run_stops_gracefully_on_sigint(ray_reports: dict[str, Path]) 
 
 @pytest.mark.timeout(900)
 async def test_ray_run_stops_at_max_runtime(ray_reports: dict[str, Path]) -> None:
-    """--max-runtime: exit 75 with the records made kept; the same command completes."""
+    """--max-runtime-s: exit 75 with the records made kept; the same command completes."""
     work = ray_reports["max-runtime"]
     report = _report(work)
     log = _log(work)
@@ -270,7 +270,7 @@ async def test_ray_run_stops_at_max_runtime(ray_reports: dict[str, Path]) -> Non
     kept = report["records_after_stop"]
     # (On a loaded machine the workers may not have made a record yet within 4 s.)
     assert kept["lines"] == kept["ids"] < 800, (kept, log)
-    assert "--max-runtime reached" in log
+    assert "--max-runtime-s reached" in log
     await _assert_same_as_one_process(work, 800)
 
 

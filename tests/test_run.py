@@ -128,7 +128,7 @@ async def test_resume_after_finished_run_sends_nothing(
 
 
 async def test_resume_after_interrupted_run(tmp_path: Path) -> None:
-    # Slow answers and a short --max-runtime stop the first run part-way.
+    # Slow answers and a short --max-runtime-s stop the first run part-way.
     server = await start_mock_server(MockConfig(tokens=20, ttft_s=0.05, itl_s=0.01))
     try:
         prompts = write_jsonl(

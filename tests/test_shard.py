@@ -103,7 +103,7 @@ def test_shards_then_merge_equal_one_unsharded_run(runner: CliRunner, tmp_path: 
     assert "merged 3 shards into outputs/p-mock: 62 records (61 succeeded, 1 failed)" in res.output
 
     single = tmp_path / "single"
-    res = runner.invoke(app, ["run", str(p), "--out", str(single)])
+    res = runner.invoke(app, ["run", str(p), "--run-dir", str(single)])
     assert res.exit_code == 1, res.output
     got, want = _by_id(merged), _by_id(single)
     assert set(got) == set(want) and len(got) == 62
@@ -114,7 +114,7 @@ def test_shards_then_merge_equal_one_unsharded_run(runner: CliRunner, tmp_path: 
     assert summary["requests"]["succeeded"] == 61 and summary["requests"]["failed"] == 1
 
     # The merged directory is the unsharded job's: running it again has nothing to do.
-    res = runner.invoke(app, ["run", str(p), "--out", str(merged)])
+    res = runner.invoke(app, ["run", str(p), "--run-dir", str(merged)])
     assert res.exit_code == 0 and "62 already done" in res.output, res.output
     assert len(read_results(merged)) == 62
 
@@ -124,7 +124,7 @@ def test_a_shard_resumes_in_its_own_directory(runner: CliRunner, tmp_path: Path)
     d = _run_shards(runner, p, 2)[0]
     res = runner.invoke(app, ["run", str(p), "--shard", "0/2"])
     assert f"{len(_by_id(d))} already done" in res.output
-    res = runner.invoke(app, ["run", str(p), "--shard", "1/3", "--out", str(d)])
+    res = runner.invoke(app, ["run", str(p), "--shard", "1/3", "--run-dir", str(d)])
     assert res.exit_code == 2 and "holds a run of shard '0/2'" in res.output
 
 
@@ -136,7 +136,7 @@ def test_merge_refuses_missing_overlapping_foreign_and_unfinished_shards(
 
     def merge(*args: str) -> str:
         existed = (tmp_path / "m").exists()
-        res = runner.invoke(app, ["merge", *args, "--out", str(tmp_path / "m")])
+        res = runner.invoke(app, ["merge", *args, "--run-dir", str(tmp_path / "m")])
         assert res.exit_code == 2, res.output
         assert (tmp_path / "m").exists() == existed  # a refused merge writes nothing
         return res.output
@@ -146,11 +146,13 @@ def test_merge_refuses_missing_overlapping_foreign_and_unfinished_shards(
     assert "no such run directory" in merge(str(d0), str(d1), "nope")
 
     single = tmp_path / "single"
-    runner.invoke(app, ["run", str(p), "--out", str(single)])
+    runner.invoke(app, ["run", str(p), "--run-dir", str(single)])
     assert "not a shard run" in merge(str(d0), str(d1), str(single))
 
     other = write_jsonl(tmp_path / "other.jsonl", [{"id": "z", "prompt": "z"}])
-    res = runner.invoke(app, ["run", str(other), "--shard", "2/3", "--out", str(tmp_path / "o")])
+    res = runner.invoke(
+        app, ["run", str(other), "--shard", "2/3", "--run-dir", str(tmp_path / "o")]
+    )
     assert "belongs to another job (prompts" in merge(str(d0), str(d1), str(tmp_path / "o"))
 
     # A shard run against another server (or model, or default params): another job.
@@ -185,7 +187,7 @@ def test_merge_refuses_missing_overlapping_foreign_and_unfinished_shards(
         fh.flush()
         assert f"{d2}: a run is still writing it (pid 4242)" in merge(str(d0), str(d1), str(d2))
 
-    res = runner.invoke(app, ["merge", str(d0), str(d1), str(d2), "--out", str(tmp_path / "m")])
+    res = runner.invoke(app, ["merge", str(d0), str(d1), str(d2), "--run-dir", str(tmp_path / "m")])
     assert res.exit_code == 0, res.output
     assert len(_by_id(tmp_path / "m")) == 62
     # The merged directory carries the whole identity: the same job resumes it as is.

@@ -224,7 +224,7 @@ def test_merge_of_log_layout_shards_moves_each_answer(
         res = runner.invoke(app, ["run", str(p), "--shard", f"{i}/3", "--text-layout", "log"])
         assert res.exit_code == 0, res.output
         dirs.append(tmp_path / "outputs" / f"p-mock-shard{i}of3")
-    res = runner.invoke(app, ["merge", *map(str, dirs), "--out", str(tmp_path / "merged")])
+    res = runner.invoke(app, ["merge", *map(str, dirs), "--run-dir", str(tmp_path / "merged")])
     assert res.exit_code == 0, res.output
     merged = tmp_path / "merged"
     records = read_results(merged)

@@ -287,7 +287,7 @@ def _cut_in_chunk(events: Sequence[bytes] = EVENTS) -> bytes:
 async def test_truncated_mid_chunk_is_retried(serve: Serve, adapter: str, tmp_path: Path) -> None:
     server = await serve([Send(_cut_in_chunk()), Close()], ok_chunked())
     async with client(server, adapter) as llm:
-        async with llm.batch(["cut"], out_dir=tmp_path / "run") as batch:
+        async with llm.batch(["cut"], run_dir=tmp_path / "run") as batch:
             (r,) = [x async for x in batch]
     assert_exact(r, attempts=2)
     assert attempt_errors(r)[0] == "stream_interrupted"
@@ -898,7 +898,7 @@ async def _cli(
     )
     out = tmp_path / "out"
     args = ["run", str(path), "--provider", "openai", "--base-url", server.url, "--model", "m"]
-    args += ["--client", adapter, "--out", str(out), "--concurrency", "2"]
+    args += ["--client", adapter, "--run-dir", str(out), "--concurrency", "2"]
     env = {"OPENAI_API_KEY": "sk-wire", "PATH": "/usr/bin:/bin", "LLMBATCH_LOOP": "asyncio"}
     env["PYTHONPATH"] = str(Path(llmbatch.__file__).parents[1])  # the llmbatch under test
     # ./config.toml of the run's working directory: the tests' timeouts and retries.

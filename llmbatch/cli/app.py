@@ -2,7 +2,7 @@
 
 Exit codes: 0 all requests succeeded · 1 some requests failed (records written) ·
 2 usage, config or input error, nothing sent · 3 run aborted (fatal provider error) ·
-75 stopped at --max-runtime (resumable) · 130 / 143 interrupted by SIGINT / SIGTERM
+75 stopped at --max-runtime-s (resumable) · 130 / 143 interrupted by SIGINT / SIGTERM
 (resumable).
 
 Heavy modules are imported inside the commands so ``--help`` and ``--version`` stay fast.
@@ -10,14 +10,16 @@ Heavy modules are imported inside the commands so ``--help`` and ``--version`` s
 
 from __future__ import annotations
 
+import inspect
 import os
 import sys
 from importlib.metadata import version as _dist_version
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
+from llmbatch.cli.options import typer_parameter
 from llmbatch.cli.run import (
     EXIT_FAILED_REQUESTS,
     EXIT_OK,
@@ -28,6 +30,7 @@ from llmbatch.cli.run import (
     parse_slo,
     run_command,
 )
+from llmbatch.config.options import options_in
 
 if TYPE_CHECKING:
     from llmbatch.cli.tables import Table
@@ -93,111 +96,23 @@ CaBundleOpt = Annotated[
 ]
 
 
-@app.command()
-def run(
-    prompts: Annotated[Path, typer.Argument(help="JSONL file of prompts.")],
-    provider: ProviderOpt = None,
-    base_url: Annotated[str | None, typer.Option(help="Override the provider's base URL.")] = None,
-    model: Annotated[str | None, typer.Option(help="Override the provider's model.")] = None,
-    concurrency: Annotated[
-        str | None,
-        typer.Option(
-            "--concurrency", "-j", help="Requests in flight (default 32), or auto (adaptive)."
-        ),
-    ] = None,
-    rpm: Annotated[float | None, typer.Option(help="Requests per minute limit.")] = None,
-    tpm: Annotated[float | None, typer.Option(help="Tokens (in + out) per minute limit.")] = None,
-    input_tpm: Annotated[float | None, typer.Option(help="Input tokens per minute.")] = None,
-    output_tpm: Annotated[float | None, typer.Option(help="Output tokens per minute.")] = None,
-    client: Annotated[
-        str | None,
-        typer.Option(help="HTTP client adapter: aiohttp, httpx, httpx-aiohttp or native."),
-    ] = None,
-    http2: Http2Opt = None,
-    out: Annotated[
-        Path | None, typer.Option("--out", "-o", help="Run directory (default outputs/<name>).")
-    ] = None,
-    config: ConfigOpt = None,
-    text_files: Annotated[
-        bool | None,
-        typer.Option(
-            "--text/--no-text",
-            help="Write text/<id>.txt per request (default); results.jsonl has the text anyway.",
-        ),
-    ] = None,
-    text_layout: Annotated[
-        str | None,
-        typer.Option(
-            help="Text output: files (text/<id>.txt per request, the default) or log "
-            "(one append-only text.log, offsets in each record: no file per request)."
-        ),
-    ] = None,
-    keep_partial: Annotated[
-        bool | None, typer.Option("--keep-partial", help="Keep the text of requests that failed.")
-    ] = None,
-    max_runtime: Annotated[
-        float | None,
-        typer.Option(help="Stop dispatching after this many seconds (exit 75, resumable)."),
-    ] = None,
-    retry_failed: Annotated[
-        bool, typer.Option("--retry-failed", help="Run the failed records of this run again.")
-    ] = False,
-    force_resume: Annotated[
-        bool,
-        typer.Option(
-            "--force-resume",
-            help="Continue a run directory made for another base URL, model or provider.",
-        ),
-    ] = False,
-    insecure: InsecureOpt = None,
-    ca_bundle: CaBundleOpt = None,
-    slo: SloOpt = None,
-    progress: ProgressOpt = None,
-    shard: Annotated[
-        str | None,
-        typer.Option(help="Run only shard I/N of the ids (stable hash), into its own run dir."),
-    ] = None,
-    engine: Annotated[
-        str, typer.Option(help="local (one process) or ray (a Ray cluster; llmbatch[ray]).")
-    ] = "local",
-    ray_address: Annotated[
-        str | None, typer.Option(help="Ray cluster (default: RAY_ADDRESS, else a local Ray).")
-    ] = None,
-    ray_workers: Annotated[
-        int | None, typer.Option(help="Ray worker actors (default: one per node).")
-    ] = None,
-) -> None:
+def run(prompts: Path, **options: Any) -> None:
     """Send every prompt of PROMPTS as a streaming chat completion; resumable."""
-    code = run_command(
-        prompts,
-        provider=provider,
-        base_url=base_url,
-        model=model,
-        concurrency=concurrency,
-        rpm=rpm,
-        tpm=tpm,
-        input_tpm=input_tpm,
-        output_tpm=output_tpm,
-        client=client,
-        http2=http2,
-        out=out,
-        config=config,
-        text_files=text_files,
-        text_layout=text_layout,
-        keep_partial=keep_partial,
-        max_runtime=max_runtime,
-        retry_failed=retry_failed,
-        force_resume=force_resume,
-        insecure=insecure,
-        ca_bundle=ca_bundle,
-        slo=slo,
-        progress=progress,
-        shard=shard,
-        engine=engine,
-        ray_address=ray_address,
-        ray_workers=ray_workers,
-    )
-    raise typer.Exit(code)
+    raise typer.Exit(run_command(prompts, **options))
+
+
+# The command's options come from config/options.py, where each is declared once.
+run.__signature__ = inspect.Signature(  # type: ignore[attr-defined]
+    [
+        inspect.Parameter(
+            "prompts",
+            inspect.Parameter.POSITIONAL_OR_KEYWORD,
+            annotation=Annotated[Path, typer.Argument(help="JSONL file of prompts.")],
+        ),
+        *(typer_parameter(o) for o in options_in("cli")),
+    ]
+)
+app.command()(run)
 
 
 @app.command()
@@ -552,7 +467,9 @@ def merge(
     dirs: Annotated[list[Path], typer.Argument(help="The run directories of every shard.")],
     out: Annotated[
         Path | None,
-        typer.Option("--out", "-o", help="Merged run dir (default: first name minus -shardIofN)."),
+        typer.Option(
+            "--run-dir", "-o", help="Merged run dir (default: first name minus -shardIofN)."
+        ),
     ] = None,
     prompts: Annotated[
         Path | None, typer.Option(help="The prompts file, if not at the path run.json names.")

@@ -65,7 +65,7 @@ def default_run_dir(cfg: RunConfig, prompts: Path, shard: Shard | None = None) -
         parts.append(cfg.provider.model.replace("/", "_"))
     if shard is not None:
         parts.append(shard.suffix)
-    return cfg.out_dir / "-".join(parts)
+    return cfg.outputs_dir / "-".join(parts)
 
 
 def _count_lines(path: Path) -> int:
@@ -93,7 +93,7 @@ async def execute_run(
     """
     cfg, capped = fit_run_config(cfg)  # within the open-file limit (raised, or capped)
     warn(capped)
-    client = Client.from_run_config(cfg)  # resolves the API key before anything is sent
+    client = Client._for_run(cfg)  # resolves the API key before anything is sent
     hooks = hooks or RunHooks()
     items: Iterator[PromptRecord | InputError] = hooks.items or open_prompts(prompts)
     run_dir = default_run_dir(cfg, prompts, shard)

@@ -221,7 +221,7 @@ def _check_finished(shards: list[_ShardDir], prompts: Path, done: IdSet) -> None
 # -- writing ------------------------------------------------------------------------------
 def _write_merge(shards: list[_ShardDir], out_dir: Path) -> MergeResult:
     if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
-        raise RunDirError(f"{out_dir}: exists and is not empty; give another --out")
+        raise RunDirError(f"{out_dir}: exists and is not empty; give another --run-dir")
     tmp = out_dir.with_name(f".{out_dir.name}.merging-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     try:

@@ -6,7 +6,7 @@ code into typer's exit.
 
 Exit codes: 0 all requests succeeded · 1 some requests failed (records written) ·
 2 usage, config or input error, nothing sent · 3 run aborted (fatal provider error) ·
-75 stopped at --max-runtime (resumable) · 130 / 143 interrupted by SIGINT / SIGTERM
+75 stopped at --max-runtime-s (resumable) · 130 / 143 interrupted by SIGINT / SIGTERM
 (resumable).
 """
 
@@ -16,6 +16,8 @@ import os
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+from llmbatch.config.options import options_in
 
 if TYPE_CHECKING:
     from llmbatch.cli.job import RunOutput
@@ -134,68 +136,20 @@ def parse_slo(spec: str | None) -> SLO:
     return SLO(**values)
 
 
-def run_command(
-    prompts: Path,
-    *,
-    provider: str | None = None,
-    base_url: str | None = None,
-    model: str | None = None,
-    concurrency: str | None = None,
-    rpm: float | None = None,
-    tpm: float | None = None,
-    input_tpm: float | None = None,
-    output_tpm: float | None = None,
-    client: str | None = None,
-    http2: bool | None = None,
-    out: Path | None = None,
-    config: Path | None = None,
-    text_files: bool | None = None,
-    text_layout: str | None = None,
-    keep_partial: bool | None = None,
-    max_runtime: float | None = None,
-    retry_failed: bool = False,
-    force_resume: bool = False,
-    insecure: bool | None = None,
-    ca_bundle: Path | None = None,
-    slo: str | None = None,
-    progress: bool | None = None,
-    shard: str | None = None,
-    engine: str = "local",
-    ray_address: str | None = None,
-    ray_workers: int | None = None,
-) -> int:
-    """``llmbatch run`` with its options as keywords (their typer names); the exit code."""
+def run_command(prompts: Path, **options: Any) -> int:
+    """``llmbatch run`` with its options as keywords (config/options.py names); the exit
+    code. Options left at None were not given."""
+    command = {o.name: options.pop(o.name, None) for o in options_in("cli", "command")}
     try:
         return _run(
             prompts,
-            {
-                "provider": provider,
-                "base_url": base_url,
-                "model": model,
-                "concurrency": concurrency,
-                "rpm": rpm,
-                "tpm": tpm,
-                "input_tpm": input_tpm,
-                "output_tpm": output_tpm,
-                "client": client,
-                "http2": http2,
-                "run_dir": out,
-                "keep_partial": keep_partial,
-                "text_files": text_files,
-                "text_layout": text_layout,
-                "max_runtime_s": max_runtime,
-                "retry_failed": retry_failed or None,
-                "force_resume": force_resume or None,
-                "insecure": insecure,
-                "ca_bundle": ca_bundle,
-                "progress": progress,
-            },
-            config=config,
-            slo=slo,
-            shard=shard,
-            engine=engine,
-            ray_address=ray_address,
-            ray_workers=ray_workers,
+            options,
+            config=command["config"],
+            slo=command["slo"],
+            shard=command["shard"],
+            engine=command["engine"] or "local",
+            ray_address=command["ray_address"],
+            ray_workers=command["ray_workers"],
         )
     except CommandExit as exc:
         return exc.code
@@ -337,7 +291,7 @@ def _exit_code(
         echo("llmbatch: interrupted; run the same command to resume", err=True)
         return EXIT_SIGTERM if signal_received == signal.SIGTERM else EXIT_SIGINT
     if stop_reason == StopReason.MAX_RUNTIME and pending_left:
-        echo("llmbatch: --max-runtime reached; run the same command to resume", err=True)
+        echo("llmbatch: --max-runtime-s reached; run the same command to resume", err=True)
         return EXIT_MAX_RUNTIME
     if failed:
         return EXIT_FAILED_REQUESTS

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from llmbatch.config.options import RUN_OPTIONS, Option, options_in
 from llmbatch.errors import ConfigError
 
 __all__ = [
@@ -121,10 +122,10 @@ class RunConfig:
     concurrency: int = 32
     adaptive: bool = False  # --concurrency auto: AIMD between 1 and max_concurrency
     max_concurrency: int = 256
-    grace_s: float = 30.0  # after SIGINT/SIGTERM/--max-runtime, before in-flight are cancelled
+    grace_s: float = 30.0  # after SIGINT/SIGTERM/--max-runtime-s, before in-flight are cancelled
     client: str = "aiohttp"
     http2: bool = False
-    out_dir: Path = Path("outputs")
+    outputs_dir: Path = Path("outputs")  # the parent of default run directories
     run_dir: Path | None = None
     timeouts: Timeouts = field(default_factory=Timeouts)
     retry: RetryPolicy = field(default_factory=RetryPolicy)
@@ -190,38 +191,18 @@ BUILTIN_PROVIDERS: dict[str, ProviderConfig] = {
     "ollama": ProviderConfig(name="ollama", base_url="http://127.0.0.1:11434/v1"),
 }
 
-# Flag/env names that map to a field of RunConfig, ProviderConfig or a sub-object.
-_RUN_KEYS = {
-    "provider",
-    "concurrency",
-    "max_concurrency",
-    "grace_s",
-    "client",
-    "http2",
-    "out_dir",
-    "keep_partial",
-    "text_files",
-    "text_layout",
-    "max_runtime_s",
-    "insecure",
-    "ca_bundle",
-}
-_PROVIDER_OVERRIDES = {"base_url", "model", "api_key_env"}
-_LIMIT_KEYS = ("rpm", "input_tpm", "output_tpm", "tpm")
 _ENV_PREFIX = "LLMBATCH_"
 # The tables a config file may hold; anything else at the top level is a mistake.
 _SECTIONS = ("run", "timeouts", "retry", "mock", "providers")
-# Command-line spelling of the flags whose name is not just the key with dashes.
-_FLAG_NAMES = {
-    "run_dir": "--out",
-    "max_runtime_s": "--max-runtime",
-    "text_files": "--text/--no-text",
-    "progress": "--progress/--no-progress",
-}
+# What a config file's [run] table and LLMBATCH_* variables may set (config/options.py).
+_CONFIG_OPTIONS = {o.name: o for o in options_in("config")}
+_OPTIONS = {o.name: o for o in RUN_OPTIONS}
+_LIMIT_KEYS = tuple(o.name for o in RUN_OPTIONS if o.scope == "limits")
 
 
 def _flag_name(key: str) -> str:
-    return _FLAG_NAMES.get(key, "--" + key.replace("_", "-"))
+    opt = _OPTIONS.get(key)
+    return opt.long_flag if opt is not None else "--" + key.replace("_", "-")
 
 
 def load_config(
@@ -252,61 +233,51 @@ def load_config(
     merged: dict[str, Any] = {}
     origin: dict[str, str] = {}
     for key, val in _section(file_data, "run", source).items():
+        if key not in _CONFIG_OPTIONS:
+            raise ConfigError(f"{source}: unknown key in [run]: {key}")
         merged[key], origin[key] = val, f"{source}: run.{key}"
     for key, val in _from_env(env).items():
         merged[key], origin[key] = val, _ENV_PREFIX + key.upper()
     for key, val in flags.items():
         merged[key], origin[key] = val, (flag_label or _flag_name)(key)
 
+    unknown = sorted(k for k in merged if k not in _OPTIONS or _OPTIONS[k].scope == "command")
+    if unknown:
+        raise ConfigError(f"{source}: unknown key(s) in [run]: {', '.join(unknown)}")
+    values = {k: _coerce(_OPTIONS[k], v, origin[k]) for k, v in merged.items()}
+
     profiles = _profiles_from(file_data, source)
-    pname = _as_str(merged.pop("provider", "mock"), origin.get("provider", "provider"))
+    pname = values.pop("provider", "mock")
     if pname not in profiles:
         known = ", ".join(sorted(profiles))
         where = origin.get("provider", "provider")
         raise ConfigError(f"{where}: unknown provider {pname!r} (known: {known})")
     provider = profiles[pname]
-    overrides: dict[str, Any] = {
-        k: _as_str(merged.pop(k), origin[k]) for k in list(merged) if k in _PROVIDER_OVERRIDES
-    }
+    overrides = {k: values.pop(k) for k in list(values) if _OPTIONS[k].scope == "provider"}
     if overrides:
         provider = dataclasses.replace(provider, **overrides)
-    limit_over: dict[str, Any] = {
-        k: _as_float(merged.pop(k), origin[k]) for k in list(merged) if k in _LIMIT_KEYS
-    }
+    limit_over = {k: values.pop(k) for k in list(values) if _OPTIONS[k].scope == "limits"}
     if limit_over:
         provider = dataclasses.replace(
             provider, limits=dataclasses.replace(provider.limits, **limit_over)
         )
-
-    run_dir = merged.pop("run_dir", None)
-    retry_failed = _as_bool(merged.pop("retry_failed", False), origin.get("retry_failed", ""))
-    force_resume = _as_bool(merged.pop("force_resume", False), origin.get("force_resume", ""))
-    progress = merged.pop("progress", None)
-    if progress is not None:
-        progress = _as_bool(progress, origin["progress"])
+    if values.get("concurrency") == "auto":
+        values["adaptive"], values["concurrency"] = True, AUTO_INITIAL_CONCURRENCY
+    elif "concurrency" in values:
+        values["concurrency"] = _as_int(values["concurrency"], origin["concurrency"])
     cert_file = env.get("SSL_CERT_FILE")
-    if not merged.get("ca_bundle") and cert_file:
+    if values.get("ca_bundle") is None and cert_file:
         # The usual convention, below every llmbatch source.
         if not Path(cert_file).is_file():
             raise ConfigError(f"SSL_CERT_FILE names no file: {cert_file}")
-        merged["ca_bundle"], origin["ca_bundle"] = cert_file, "SSL_CERT_FILE"
-    unknown = set(merged) - _RUN_KEYS
-    if unknown:
-        raise ConfigError(f"{source}: unknown key(s) in [run]: {', '.join(sorted(unknown))}")
-    try:
-        cfg = RunConfig(
-            provider=provider,
-            timeouts=_typed(Timeouts, _section(file_data, "timeouts", source), source, "timeouts"),
-            retry=_typed(RetryPolicy, _section(file_data, "retry", source), source, "retry"),
-            mock=_typed(MockSettings, _section(file_data, "mock", source), source, "mock"),
-            run_dir=Path(run_dir) if run_dir else None,
-            retry_failed=retry_failed,
-            force_resume=force_resume,
-            progress=progress,
-            **_coerce_run(merged, origin),
-        )
-    except TypeError as exc:
-        raise ConfigError(f"{source}: {exc}") from None
+        values["ca_bundle"], origin["ca_bundle"] = Path(cert_file), "SSL_CERT_FILE"
+    cfg = RunConfig(
+        provider=provider,
+        timeouts=_typed(Timeouts, _section(file_data, "timeouts", source), source, "timeouts"),
+        retry=_typed(RetryPolicy, _section(file_data, "retry", source), source, "retry"),
+        mock=_typed(MockSettings, _section(file_data, "mock", source), source, "mock"),
+        **values,
+    )
     _validate(cfg, source, origin)
     return cfg
 
@@ -362,7 +333,7 @@ def _check_top_level(data: Mapping[str, Any], source: str) -> None:
             continue
         if isinstance(val, dict):
             raise ConfigError(f"{source}: unknown section [{key}] (known: {known})")
-        hint = " (it belongs under [run])" if key in _RUN_KEYS or key in _LIMIT_KEYS else ""
+        hint = " (it belongs under [run])" if key in _CONFIG_OPTIONS else ""
         raise ConfigError(
             f"{source}: unknown top-level key {key!r}{hint}; settings go in a section: {known}"
         )
@@ -377,31 +348,28 @@ def _section(data: Mapping[str, Any], name: str, source: str) -> dict[str, Any]:
 
 def _from_env(env: Mapping[str, str]) -> dict[str, Any]:
     out: dict[str, Any] = {}
-    for key in (*_RUN_KEYS, *_PROVIDER_OVERRIDES):
-        val = env.get(_ENV_PREFIX + key.upper())
+    for key, opt in _CONFIG_OPTIONS.items():
+        val = env.get(opt.env)
         if val is not None and val != "":
             out[key] = val
     return out
 
 
-def _coerce_run(raw: Mapping[str, Any], origin: Mapping[str, str]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for key, val in raw.items():
-        where = origin.get(key, key)
-        if key == "concurrency" and isinstance(val, str) and val.strip().lower() == "auto":
-            out["adaptive"] = True
-            out[key] = AUTO_INITIAL_CONCURRENCY
-        elif key in ("concurrency", "max_concurrency"):
-            out[key] = _as_int(val, where)
-        elif key in ("grace_s", "max_runtime_s"):
-            out[key] = _as_float(val, where)
-        elif key in ("http2", "keep_partial", "insecure", "text_files"):
-            out[key] = _as_bool(val, where)
-        elif key in ("out_dir", "ca_bundle"):
-            out[key] = Path(val if isinstance(val, os.PathLike) else _as_str(val, where))
-        else:
-            out[key] = _as_str(val, where)
-    return out
+def _coerce(opt: Option, val: Any, where: str) -> Any:
+    """``val`` (from a file, a variable, a flag or a keyword) as the option's type."""
+    if opt.name == "concurrency":  # a number, or "auto"
+        if isinstance(val, str) and val.strip().lower() == "auto":
+            return "auto"
+        return _as_int(val, where)
+    if opt.type is bool:
+        return _as_bool(val, where)
+    if opt.type is int:
+        return _as_int(val, where)
+    if opt.type is float:
+        return _as_float(val, where)
+    if opt.type is Path:
+        return Path(val if isinstance(val, os.PathLike) else _as_str(val, where))
+    return _as_str(val, where)
 
 
 def _typed(cls: Any, raw: Mapping[str, Any], source: str, section: str) -> Any:

@@ -5,7 +5,7 @@ as its own task holding that slot, so at most ``concurrency`` (+1 being read) pr
 are in memory whatever the input size, and the engine's limiter alone bounds the
 requests in flight (with ``--concurrency auto`` its limit grows and shrinks).
 
-Stopping (a signal, --max-runtime, an error fatal for the run, the caller cancelling)
+Stopping (a signal, --max-runtime-s, an error fatal for the run, the caller cancelling)
 stops taking new prompts; requests in flight get a grace period, then are cancelled. A
 request that did not finish gets no record, so the next run of the same batch does it.
 """

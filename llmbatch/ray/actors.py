@@ -135,7 +135,7 @@ class _WorkerBatch:
         # with --concurrency auto takes its share of the cluster's one limit.
         conc = LeasedConcurrency(cfg.concurrency) if cfg.adaptive else None
         pacer = LeasedPacer(transport, worker=self.name, limited=has_limits(cfg), concurrency=conc)
-        client = Client.from_run_config(cfg, api_key=self.api_key, pacer=pacer, concurrency=conc)
+        client = Client._for_run(cfg, api_key=self.api_key, pacer=pacer, concurrency=conc)
         async with client:
             self.live = client.engine.live
             batch = client.batch(

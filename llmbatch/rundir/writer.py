@@ -216,7 +216,7 @@ class RunDir:
             os.close(fd)
             raise RunDirError(
                 f"{self.path} is in use by another llmbatch run (pid {other}); "
-                "wait for it to finish or choose another --out"
+                "wait for it to finish or choose another --run-dir"
             ) from None
         os.ftruncate(fd, 0)
         os.pwrite(fd, str(os.getpid()).encode(), 0)
@@ -246,13 +246,13 @@ class RunDir:
         if old and old.get("shard") != meta.get("shard"):  # another job: never forced
             raise RunDirError(
                 f"{self.path} holds a run of shard {old.get('shard')!r}, not "
-                f"{meta.get('shard')!r}; use another --out to start a new run"
+                f"{meta.get('shard')!r}; use another --run-dir to start a new run"
             )
         changes = describe_changes(old, meta)
         if changes and not force_resume:
             raise RunDirError(
                 f"{self.path} holds a run for another target: {'; '.join(changes)}. "
-                "Its answers would be mixed with this run's: use another --out for a new "
+                "Its answers would be mixed with this run's: use another --run-dir for a new "
                 "run, or --force-resume to continue this one anyway"
             )
         merged = merge_identity(old, meta, forced=force_resume)
@@ -585,7 +585,7 @@ def _check_adoptable(path: Path) -> None:
     if path.exists() and not path.is_dir():
         raise RunDirError(
             f"cannot use run directory {path}: it is a file, not a directory "
-            "(--out names the run's directory)"
+            "(--run-dir names the run's directory)"
         )
     if not path.is_dir() or (path / META).exists():
         return
@@ -602,7 +602,7 @@ def _check_adoptable(path: Path) -> None:
         shown = ", ".join(foreign[:3]) + (", ..." if len(foreign) > 3 else "")
         raise RunDirError(
             f"{path} is not an llmbatch run directory (no {META}, but it holds {shown}); "
-            "llmbatch never adopts or cleans such a directory: choose another --out"
+            "llmbatch never adopts or cleans such a directory: choose another --run-dir"
         )
 
 

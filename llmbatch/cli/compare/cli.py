@@ -105,7 +105,7 @@ def compare_command(
         window = Window(warmup, cooldown)
         if not prompts.is_file():
             raise InputError("no such file", path=str(prompts))
-        cdir = make_compare_dir(series[0].cfg.out_dir, prompts, out)
+        cdir = make_compare_dir(series[0].cfg.outputs_dir, prompts, out)
         source = limit_prompts(prompts, limit, cdir / PROMPTS_FILE) if limit else prompts
         label = prompts.name + (f" (first {limit})" if limit else "")
         result = SweepResult(
