@@ -143,7 +143,7 @@ async def test_library_client_trusts_ca_bundle(tls_server: MockServer, certs: Mo
     ) as llm:
         result = await llm.complete("over tls")
     assert result.ok and result.text == expected_text(MESSAGES, 12)
-    assert result.metrics.http_version == "HTTP/1.1"
+    assert result.timings.http_version == "HTTP/1.1"
 
 
 async def test_library_client_insecure_warns_and_passes(tls_server: MockServer) -> None:

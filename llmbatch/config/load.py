@@ -232,9 +232,11 @@ def load_config(
     # Every merged key remembers where its value came from, so errors blame that place.
     merged: dict[str, Any] = {}
     origin: dict[str, str] = {}
-    for key, val in _section(file_data, "run", source).items():
-        if key not in _CONFIG_OPTIONS:
-            raise ConfigError(f"{source}: unknown key in [run]: {key}")
+    run_table = _section(file_data, "run", source)
+    unknown = sorted(set(run_table) - _CONFIG_OPTIONS.keys())
+    if unknown:
+        raise ConfigError(f"{source}: unknown key(s) in [run]: {', '.join(unknown)}")
+    for key, val in run_table.items():
         merged[key], origin[key] = val, f"{source}: run.{key}"
     for key, val in _from_env(env).items():
         merged[key], origin[key] = val, _ENV_PREFIX + key.upper()
@@ -242,7 +244,7 @@ def load_config(
         merged[key], origin[key] = val, (flag_label or _flag_name)(key)
 
     unknown = sorted(k for k in merged if k not in _OPTIONS or _OPTIONS[k].scope == "command")
-    if unknown:
+    if unknown:  # a flag or keyword no option has (a caller's mistake)
         raise ConfigError(f"{source}: unknown key(s) in [run]: {', '.join(unknown)}")
     values = {k: _coerce(_OPTIONS[k], v, origin[k]) for k, v in merged.items()}
 

@@ -166,7 +166,7 @@ async def execute_ray_run(
         driver_cpu0_s = time.process_time()  # the driver's own work, after connecting
         driver_threads0 = threads_cpu_s()
         nodes = [n for n in ray.nodes() if n.get("Alive")]
-        node_ids = [str(n["NodeID"]) for n in nodes] or [ray.get_runtime_context().getnode_id()]
+        node_ids = [str(n["NodeID"]) for n in nodes] or [ray.get_runtime_context().get_node_id()]
         n_workers = workers or max(1, len(nodes))
         names = [f"w{k}" for k in range(n_workers)]
         if cfg.adaptive:
@@ -180,7 +180,7 @@ async def execute_ray_run(
             caps = shares
         # The budget lives on the driver's node: it must outlive any worker node.
         here = ray.util.scheduling_strategies.NodeAffinitySchedulingStrategy(
-            node_id=ray.get_runtime_context().getnode_id(), soft=True
+            node_id=ray.get_runtime_context().get_node_id(), soft=True
         )
         governor = (
             ray.remote(GovernorActor)
