@@ -80,15 +80,16 @@ async def test_fault_matrix(tmp_path: Path, client: str) -> None:
         assert out.result.metrics.failed == 0
         assert len(records) == n  # one record per id, none lost, none duplicated
         check_complete(out.run_dir, prompts, tokens=12)
-        # Every retry has an injected cause. A loaded machine may add timeouts of its own
-        # (0.4 s idle/first-byte limits), so timeouts are only bounded from below.
+        # Every injected fault fails one attempt, and every failed attempt has a cause: an
+        # injected fault or a timeout of a loaded machine's own (0.4 s idle/first-byte
+        # limits), which may also hit an attempt that carried an injected fault.
         timeouts = ("read_timeout", "deadline_exceeded")
         timed_out = sum(
             1 for r in records for a in r["llmbatch"]["attempts"] if a["error"] in timeouts
         )
         injected_timeouts = sum(server.stats.faults.get(k, 0) for k in ("stall", "slow_first_byte"))
-        assert retries - timed_out == injected - injected_timeouts
         assert timed_out >= injected_timeouts
+        assert injected <= retries <= injected + (timed_out - injected_timeouts)
         for r in records:
             attempts = r["llmbatch"]["attempts"]
             for a, nxt in zip(attempts, attempts[1:], strict=False):
