@@ -114,9 +114,7 @@ def test_compare_two_clients_two_concurrencies(runner: CliRunner, tmp_path: Path
     prompts = _prompts(tmp_path, 30)
     out = tmp_path / "cmp"
     args = ["compare", str(prompts), "--client", "aiohttp", "--client", "httpx"]
-    res = runner.invoke(
-        app, [*args, "--concurrency", "2,8", "--limit", "20", "--run-dir", str(out)]
-    )
+    res = runner.invoke(app, [*args, "--concurrency", "2,8", "--limit", "20", "--out", str(out)])
     assert res.exit_code == 0, res.output
     names = ["mock-aiohttp-c2", "mock-aiohttp-c8", "mock-httpx-c2", "mock-httpx-c8"]
     assert "llmbatch compare: p.jsonl (first 20)" in res.output

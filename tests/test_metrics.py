@@ -134,12 +134,12 @@ async def test_measured_timing_matches_the_mock(
     lat = s["latency_s"]
     # Upper bounds leave room for a loaded 2-core machine but stay below what a leak of
     # the 429'd attempt and its 150 ms Retry-After into TTFT would give (>= 0.35 s).
-    # The lower bounds only say the mock's delays were measured at all: chunks that a
-    # loaded machine delivers late arrive closer together than the mock sent them.
+    # No lower bounds on gaps: chunks a loaded machine delivers late arrive together (one
+    # read, a gap of ~0), so only the mock's first-byte delay bounds anything from below.
     assert 0.150 <= lat["ttft"]["p50"] <= 0.330, lat["ttft"]
-    assert 0.010 <= lat["itl"]["p50"] <= 0.030, lat["itl"]
-    assert 0.010 <= lat["tpot"]["p50"] <= 0.030, lat["tpot"]
-    assert 0.150 + 7 * 0.010 <= lat["e2el"]["p50"] <= 0.330 + 7 * 0.030
+    assert lat["itl"]["p50"] <= 0.030 and lat["itl"]["p99"] >= 0.015, lat["itl"]
+    assert lat["tpot"]["p50"] <= 0.030, lat["tpot"]
+    assert 0.150 + 7 * 0.015 <= lat["e2el"]["p50"] <= 0.330 + 7 * 0.030
     assert s["tokens"]["output"] == 8 * TOKENS
     assert s["tokens"]["requests_with_estimated_output_tokens"] == 0
     records = read_results(out.run_dir)
