@@ -89,7 +89,7 @@ class _WorkerBatch:
         # A stop that came before the batch had started: applied once it has.
         self.stop_requested: tuple[float | None] | None = None
         self.batch_cpu_s = 0.0  # this process's CPU while the batch ran (client started)
-        self.batchthreads_cpu_s: dict[str, float] = {}  # the same by thread
+        self.batch_threads_cpu_s: dict[str, float] = {}  # the same by thread
 
     async def put(self, items: list[PromptRecord | BadLine | None]) -> None:
         """Queue ``items`` (None closes the feed), waiting for room."""
@@ -159,7 +159,7 @@ class _WorkerBatch:
                     await batch.wait()
                 self.batch_cpu_s = time.process_time() - cpu0_s
                 threads1 = threads_cpu_s()
-                self.batchthreads_cpu_s = {
+                self.batch_threads_cpu_s = {
                     k: round(v - threads0.get(k, 0.0), 3) for k, v in threads1.items()
                 }
             finally:
@@ -181,7 +181,7 @@ class WorkerActor:
     an async actor): each Ray call runs in a thread of Ray's and hands its work to that
     loop. An async actor's calls cross threads the same way (Ray receives them on a
     thread of its own); measured, Ray's threads take ~1% of a worker's CPU during its
-    batch (``batchthreads_cpu_s``), so the thread costs nothing worth removing.
+    batch (``batch_threads_cpu_s``), so the thread costs nothing worth removing.
     """
 
     def __init__(
@@ -260,7 +260,7 @@ class WorkerActor:
             "cpu_s": round(time.process_time() - cpu0_s, 4),  # this actor's process
             # From its batch's start to its end: what one process's work phase counts.
             "batch_cpu_s": round(self._work.batch_cpu_s, 4),
-            "batchthreads_cpu_s": self._work.batchthreads_cpu_s,
+            "batch_threads_cpu_s": self._work.batch_threads_cpu_s,
         }
 
 

@@ -421,7 +421,7 @@ async def execute_ray_run(
         "rate_budget": gov_snapshot,
         "driver_cpu_s": round(driver_cpu_s, 4),
         "driver_setup_cpu_s": round(driver_setup_cpu_s, 4),
-        "driverthreads_cpu_s": driver_threads,
+        "driver_threads_cpu_s": driver_threads,
     }
     (run_dir / SUMMARY).write_bytes(
         orjson.dumps(summary, option=orjson.OPT_INDENT_2 | orjson.OPT_NON_STR_KEYS)
