@@ -94,7 +94,8 @@ def test_the_architecture_page_names_every_module() -> None:
         rel = path.relative_to(PACKAGE).as_posix()
         if rel.endswith("/__init__.py"):
             continue  # a folder's __init__ is described by its folder's row
-        folder = rel.split("/")[0] + "/"
-        if f"`{rel}`" not in page and f"`{folder}`" not in page:
+        parts = rel.split("/")
+        folders = ["/".join(parts[:i]) + "/" for i in range(1, len(parts))]
+        if f"`{rel}`" not in page and not any(f"`{f}`" in page for f in folders):
             missing.append(rel)
     assert missing == []

@@ -13,9 +13,9 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from html import escape
+from importlib.metadata import version as _dist_version
 from pathlib import Path
 
-from llmbatch import __version__
 from llmbatch.cli.compare.measure import Sample
 from llmbatch.cli.compare.results import tables
 from llmbatch.cli.compare.svg import PALETTE, Line, line_chart
@@ -311,7 +311,7 @@ def render_report(result: SweepResult) -> str:
         f'<meta name="viewport" content="width=device-width, initial-scale=1">'
         f"<style>{_CSS}</style></head><body>"
         f"<h1>llmbatch compare: {escape(result.label)}</h1>"
-        f'<p class="meta">llmbatch {escape(__version__)} · '
+        f'<p class="meta">llmbatch {escape(_dist_version("llmbatch"))} · '
         f"{escape(time.strftime('%Y-%m-%d %H:%M:%S %Z'))} · prompts "
         f"<code>{escape(str(result.prompts))}</code></p>"
         f"<h2>What was measured</h2>{_meta_html(result)}"

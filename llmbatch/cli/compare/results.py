@@ -15,11 +15,11 @@ from __future__ import annotations
 import csv
 import io
 import time
+from importlib.metadata import version as _dist_version
 from typing import Any
 
 import orjson
 
-from llmbatch import __version__
 from llmbatch.cli.compare.runner import StepRun
 from llmbatch.cli.compare.sweep import SweepResult, series_dict, spread_note
 from llmbatch.cli.tables import Table, fmt_num
@@ -44,7 +44,7 @@ def run_record(run: StepRun) -> dict[str, Any]:
         "base_url": target["base_url"],
         "target": run.series.target,
         "client": run.series.client,
-        "llmbatch_version": __version__,
+        "llmbatch_version": _dist_version("llmbatch"),
         "profile": prof.kind,
         "request_rate": run.step.request_rate if prof.open_loop else "inf",
         "burstiness": prof.burstiness if prof.kind == "poisson" else None,
@@ -64,7 +64,7 @@ def run_record(run: StepRun) -> dict[str, Any]:
 def compare_document(result: SweepResult) -> dict[str, Any]:
     """The whole of compare.json."""
     return {
-        "llmbatch_version": __version__,
+        "llmbatch_version": _dist_version("llmbatch"),
         "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "prompts": str(result.prompts),
         "label": result.label,
