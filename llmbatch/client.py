@@ -32,7 +32,7 @@ from llmbatch.config.load import (
     load_config,
     resolve_api_key,
 )
-from llmbatch.config.options import ClientOptions, options_in
+from llmbatch.config.options import ClientKeywords, options_in
 from llmbatch.engine import Engine, TextTarget
 from llmbatch.engine.arrivals import ArrivalProfile
 from llmbatch.engine.fdlimit import fit_run_config
@@ -95,7 +95,7 @@ class Client:
         timeouts: Timeouts | Mapping[str, Any] | None = None,
         retry: RetryPolicy | Mapping[str, Any] | None = None,
         mock: MockSettings | Mapping[str, Any] | None = None,
-        **options: Unpack[ClientOptions],
+        **options: Unpack[ClientKeywords],
     ) -> None:
         tables = {"timeouts": timeouts, "retry": retry, "mock": mock}
         profile = {"kind": kind, "headers": headers, "params": params, "limits": limits}

@@ -8,6 +8,7 @@ outside itself, so it never shares the code it checks.
 from __future__ import annotations
 
 import ast
+import re
 from pathlib import Path
 
 import llmbatch
@@ -99,3 +100,9 @@ def test_the_architecture_page_names_every_module() -> None:
         if f"`{rel}`" not in page and not any(f"`{f}`" in page for f in folders):
             missing.append(rel)
     assert missing == []
+
+
+def test_the_architecture_page_names_no_module_that_is_gone() -> None:
+    page = (PACKAGE.parent / "docs" / "architecture.md").read_text()
+    named = set(re.findall(r"`([\w/]+/[\w]+\.py)`", page)) - {"tests/test_layers.py"}
+    assert sorted(p for p in named if not (PACKAGE / p).is_file()) == []

@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 import llmbatch
 from llmbatch.cli.app import app
 from llmbatch.config.load import load_config
-from llmbatch.config.options import RUN_OPTIONS, ClientOptions, options_in
+from llmbatch.config.options import RUN_OPTIONS, ClientKeywords, options_in
 
 # A value of each type that is valid for every option of that type.
 _SAMPLES = {"concurrency": "7", "client": "httpx", "text_layout": "log", "engine": "local"}
@@ -39,7 +39,7 @@ def test_the_run_command_has_exactly_the_cli_options() -> None:
 
 
 def test_client_keywords_are_the_client_options() -> None:
-    hints = typing.get_type_hints(ClientOptions)
+    hints = typing.get_type_hints(ClientKeywords)
     assert set(hints) == {o.name for o in options_in("client")}
     for opt in options_in("client"):
         # The keyword takes at least the option's own type.

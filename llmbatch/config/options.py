@@ -6,7 +6,7 @@ An :class:`Option` names a setting once; everything else is derived from it:
   (cli/app.py builds the command's parameters from ``RUN_OPTIONS``);
 - the key in config.toml's ``[run]`` table and the ``LLMBATCH_<NAME>`` environment
   variable (config/load.py reads both through ``RUN_OPTIONS``);
-- the ``llmbatch.Client`` keyword (``ClientOptions`` below is the type checker's view of
+- the ``llmbatch.Client`` keyword (``ClientKeywords`` below is the type checker's view of
   the same names; tests/test_options.py keeps the two equal).
 
 ``scope`` says where a value lands: a ``RunConfig`` field (``run``), an override of the
@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, TypedDict
 
-__all__ = ["RUN_OPTIONS", "ClientOptions", "Option", "option", "options_in"]
+__all__ = ["RUN_OPTIONS", "ClientKeywords", "Option", "option", "options_in"]
 
 Scope = Literal["run", "provider", "limits", "command"]
 Source = Literal["cli", "config", "client"]
@@ -234,7 +234,7 @@ def options_in(source: Source, *scopes: Scope) -> tuple[Option, ...]:
     )
 
 
-class ClientOptions(TypedDict, total=False):
+class ClientKeywords(TypedDict, total=False):
     """``llmbatch.Client``'s run options, as keywords (``RUN_OPTIONS`` with source client).
 
     Spelled out for the type checker; tests/test_options.py checks it names exactly the
