@@ -184,6 +184,23 @@ def test_other_parts_and_candidate_metadata_are_kept() -> None:
     assert cand["finishReason"] == "STOP"
 
 
+def test_several_candidates_merge_apart_and_the_text_file_gets_the_first() -> None:
+    def two(a: str, b: str, finish: str | None = None) -> dict[str, Any]:
+        cands = [
+            {"content": {"role": "model", "parts": [{"text": t}]}, "index": i}
+            for i, t in enumerate((a, b))
+        ]
+        if finish:
+            for c in cands:
+                c["finishReason"] = finish
+        return {"candidates": cands}
+
+    asm, text = run(sse(two("A1", "B1"), two(" A2", " B2", "STOP")))
+    assert text == "A1 A2"
+    cands = asm.body()["candidates"]
+    assert [c["content"]["parts"] for c in cands] == [[{"text": "A1 A2"}], [{"text": "B1 B2"}]]
+
+
 def test_no_finish_reason_is_a_cut_stream_and_a_block_is_whole() -> None:
     asm = GeminiAssembler()
     asm.feed(sse(event([{"text": "Hi"}])))

@@ -339,6 +339,16 @@ def test_chat_shaped_body_becomes_input_items() -> None:
     }
 
 
+def test_chat_caps_in_an_input_body_become_max_output_tokens() -> None:
+    assert to_responses_body({"input": "Hi", "max_tokens": 7}) == {
+        "input": "Hi",
+        "max_output_tokens": 7,
+        "stream": True,
+    }
+    given = {"input": "Hi", "max_output_tokens": 3, "max_completion_tokens": 9}
+    assert to_responses_body(given)["max_output_tokens"] == 3
+
+
 def test_input_lines_route_to_responses_under_openai_profiles() -> None:
     prov = make_provider(ProviderConfig(name="v", model="m"), "sk-test", "http://h/v1")
     line = record({"input": "Hi", "instructions": "Be brief."})

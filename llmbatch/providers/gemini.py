@@ -261,6 +261,8 @@ class GeminiAssembler(StreamAssembler):
         return "".join(texts)
 
     def _merge_candidate(self, index: int, cand: dict[str, Any]) -> str:
+        """Merge one candidate's event; the answer text it adds to candidate 0 (the text
+        file holds one answer; other candidates are in the body only)."""
         merged = self._candidates.setdefault(index, {})
         text = ""
         for key, value in cand.items():
@@ -270,7 +272,9 @@ class GeminiAssembler(StreamAssembler):
                     if ckey == "parts":
                         parts = content.setdefault("parts", [])
                         for part in cvalue or []:
-                            text += self._merge_part(index, parts, part)
+                            added = self._merge_part(index, parts, part)
+                            if index == 0:
+                                text += added
                     else:
                         content[ckey] = cvalue
             elif isinstance(value, dict) and isinstance(merged.get(key), dict):
@@ -291,7 +295,7 @@ class GeminiAssembler(StreamAssembler):
             parts.append(part)
             return ""
         thought = bool(part.get("thought"))
-        if thought:
+        if thought and cand == 0:
             self._reasoning.append(text)
         last = parts[-1] if parts else None
         if (

@@ -74,6 +74,11 @@ def to_responses_body(body: dict[str, Any]) -> dict[str, Any]:
     """
     if "input" in body:
         out = dict(body)
+        # Chat's caps (a profile's params, say) mean max_output_tokens here.
+        cap = out.pop("max_completion_tokens", None) or out.pop("max_tokens", None)
+        out.pop("max_tokens", None)
+        if cap is not None:
+            out.setdefault("max_output_tokens", cap)
     else:
         out = {k: v for k, v in body.items() if k not in _CHAT_ONLY}
         out["input"] = _input_items(body.get("messages") or [])
