@@ -305,10 +305,14 @@ def http_status_error(
     """
     text = body[:2000].decode("utf-8", errors="replace")
     retry_after_s = _parse_retry_after(headers)
+    if retry_after_s is None and status in (429, 503):
+        retry_after_s = _retry_delay_in_body(body)
     cls: type[StatusError]
     if status == 429:
         cls = QuotaExhausted if _is_quota_error(body) else RateLimited
-    elif status in (401, 403):
+    elif status in (401, 403) or (status == 400 and b"API_KEY_INVALID" in body):
+        # Google APIs (Gemini) answer a wrong key with 400 INVALID_ARGUMENT, reason
+        # API_KEY_INVALID: a bad key all the same, so the run stops.
         cls = AuthError
     elif status >= 500 or status in (408, 409):
         cls = ServerError
@@ -323,6 +327,34 @@ def http_status_error(
         body=text,
         headers=headers,
     )
+
+
+def _retry_delay_in_body(body: bytes) -> float | None:
+    """Seconds from a Google API error's ``RetryInfo`` detail (Gemini's 429s carry no
+    Retry-After header): ``{"error": {"details": [{"@type": ".../google.rpc.RetryInfo",
+    "retryDelay": "23s"}]}}``, the delay a protobuf Duration ("1.5s")."""
+    if b"RetryInfo" not in body:
+        return None
+    import orjson
+
+    try:
+        payload = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return None
+    err = payload.get("error") if isinstance(payload, dict) else None
+    details = err.get("details") if isinstance(err, dict) else None
+    for detail in details if isinstance(details, list) else []:
+        if not isinstance(detail, dict) or not str(detail.get("@type", "")).endswith(
+            "google.rpc.RetryInfo"
+        ):
+            continue
+        delay = detail.get("retryDelay")
+        if isinstance(delay, str) and delay.endswith("s"):
+            try:
+                return max(0.0, float(delay[:-1]))
+            except ValueError:
+                return None
+    return None
 
 
 def _is_quota_error(body: bytes) -> bool:

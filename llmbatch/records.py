@@ -7,15 +7,16 @@ from typing import Any, Literal
 
 __all__ = ["Attempt", "InputShape", "Outcome", "PromptRecord", "RequestMetrics"]
 
-InputShape = Literal["prompt", "messages", "batch"]
+InputShape = Literal["prompt", "messages", "input", "contents", "batch"]
 
 
 @dataclass(frozen=True, slots=True)
 class PromptRecord:
     """One request to make, as read from a JSONL line.
 
-    ``body`` holds the request parameters in OpenAI chat shape (``messages`` plus any
-    extra parameters from the line); providers translate it to their own wire format.
+    ``body`` holds the request parameters as the line gave them: OpenAI chat shape
+    (``messages`` plus any extra parameters), a Responses API request (``input``) or a
+    Gemini request (``contents``); providers translate it to their own wire format.
     ``endpoint`` is the OpenAI Batch ``url`` when the line gave one.
     """
 

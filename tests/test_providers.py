@@ -388,7 +388,7 @@ async def test_completions_401_aborts_the_run(tmp_path: Path, mock_server: MockS
 
 @pytest.mark.timeout(60)
 @pytest.mark.usefixtures("anthropic_key")
-@pytest.mark.parametrize("kind", ["anthropic", "openai-completions"])
+@pytest.mark.parametrize("kind", ["anthropic", "openai-completions", "openai-responses"])
 async def test_rpm_limit_learned_from_headers(tmp_path: Path, kind: str) -> None:
     # A scaled minute (3 s): 600 RPM is 200 requests/s; the limit comes from the mock's
     # anthropic-ratelimit-* (or x-ratelimit-*) headers, nothing is configured.

@@ -57,7 +57,7 @@ BAD_LINES = [
     (b"{not json", "invalid JSON"),
     (b'{"id": "x", "prompt": "\xff\xfe"}', "invalid UTF-8"),
     (b"[1, 2]", "expected a JSON object"),
-    (b'{"id": "x"}', 'missing "prompt" or "messages"'),
+    (b'{"id": "x"}', 'missing "prompt", "messages", "input" or "contents"'),
     (b'{"id": "x", "prompt": 5}', '"prompt" must be a non-empty string'),
     (b'{"id": "x", "prompt": ""}', '"prompt" must be a non-empty string'),
     (b'{"id": ["x"], "prompt": "p"}', "id must be a string or integer"),

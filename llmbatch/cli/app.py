@@ -494,7 +494,8 @@ def merge(
 def export(
     run_dir: Annotated[Path, typer.Argument(help="A run directory (outputs/<run>).")],
     fmt: Annotated[
-        str, typer.Option("--format", "-f", help="openai-batch, anthropic-batch or csv.")
+        str,
+        typer.Option("--format", "-f", help="openai-batch, anthropic-batch, gemini-batch or csv."),
     ] = "openai-batch",
     ordered: Annotated[
         bool, typer.Option("--ordered", help="In input order (default: completion order).")

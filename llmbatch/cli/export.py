@@ -4,6 +4,9 @@ Formats:
   openai-batch     the results lines without the ``llmbatch`` key (OpenAI Batch output)
   anthropic-batch  ``{"custom_id", "result": {"type": "succeeded", "message"} |
                    {"type": "errored", "error": {"type": "error", "error": {...}}}}``
+  gemini-batch     Gemini batch mode's result lines: ``{"key", "response"}`` (the body as
+                   assembled; a Gemini run's is a GenerateContentResponse) or
+                   ``{"key", "error": {"code", "message"}}`` (a google.rpc.Status)
   csv              custom_id, status, error_code, text, output_tokens, ttft_s, e2el_s
 
 Records are streamed one at a time. ``ordered`` puts them in input order (by the
@@ -35,6 +38,7 @@ __all__ = [
     "anthropic_batch_line",
     "csv_row",
     "export_run",
+    "gemini_batch_line",
     "iter_results",
     "openai_batch_line",
     "response_text",
@@ -42,7 +46,7 @@ __all__ = [
     "write_export",
 ]
 
-FORMATS = ("openai-batch", "anthropic-batch", "csv")
+FORMATS = ("openai-batch", "anthropic-batch", "gemini-batch", "csv")
 CSV_COLUMNS = ("custom_id", "status", "error_code", "text", "output_tokens", "ttft_s", "e2el_s")
 
 _NO_LINE = 1 << 62  # records without a line number go last, in file order
@@ -179,6 +183,33 @@ def anthropic_batch_line(rec: dict[str, Any]) -> dict[str, Any]:
     return {"custom_id": rec.get("custom_id"), "result": result}
 
 
+# llmbatch error codes -> google.rpc.Code (the ``code`` of a Status).
+_GRPC_CODES = {
+    "input_error": 3,
+    "bad_request": 3,
+    "rejected_in_stream": 3,
+    "auth_error": 16,
+    "rate_limited": 8,
+    "quota_exhausted": 8,
+    "deadline_exceeded": 4,
+    "read_timeout": 4,
+    "provider_overloaded": 14,
+    "connect_error": 14,
+}
+
+
+def gemini_batch_line(rec: dict[str, Any]) -> dict[str, Any]:
+    """The Gemini batch mode result line for one record."""
+    key = rec.get("custom_id")
+    error = rec.get("error")
+    if error is None:
+        return {"key": key, "response": _obj(rec.get("response")).get("body")}
+    err = _obj(error)
+    code = err.get("code")
+    message = f"{code}: {err.get('message') or ''}" if code else str(err.get("message"))
+    return {"key": key, "error": {"code": _GRPC_CODES.get(str(code), 13), "message": message}}
+
+
 def csv_row(rec: dict[str, Any], run_dir: Path) -> list[Any]:
     """One CSV row (CSV_COLUMNS); a failed request's kept partial text is included."""
     line = ResultLine.parse(rec)
@@ -240,6 +271,8 @@ def write_export(records: Iterator[dict[str, Any]], fmt: str, out: IO[bytes], ru
         convert = openai_batch_line
     elif fmt == "anthropic-batch":
         convert = anthropic_batch_line
+    elif fmt == "gemini-batch":
+        convert = gemini_batch_line
     else:
         raise ExportError(f"unknown format {fmt!r} (one of {', '.join(FORMATS)})")
     for rec in records:

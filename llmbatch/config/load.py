@@ -39,7 +39,7 @@ AUTO_INITIAL_CONCURRENCY = 8
 CLIENTS = ("aiohttp", "httpx", "httpx-aiohttp", "native")
 # files: text/<id>.partial, then text/<id>.txt per request; log: one text.log (textlog.py).
 TEXT_LAYOUTS = ("files", "log")
-PROVIDER_KINDS = ("openai", "openai-completions", "anthropic")
+PROVIDER_KINDS = ("openai", "openai-completions", "openai-responses", "anthropic", "gemini")
 # Rate-limit header families (llmbatch/pacing/headers.py; a test keeps the two in step).
 RATE_HEADER_FAMILIES = (
     "openai",
@@ -161,6 +161,13 @@ BUILTIN_PROVIDERS: dict[str, ProviderConfig] = {
         model="claude-3-5-haiku-latest",
         headers={"anthropic-version": "2023-06-01"},
         params={"max_tokens": 1024},
+    ),
+    "gemini": ProviderConfig(
+        name="gemini",
+        kind="gemini",
+        base_url="https://generativelanguage.googleapis.com/v1beta",
+        api_key_env="GEMINI_API_KEY",
+        model="gemini-2.5-flash",
     ),
     "groq": ProviderConfig(
         name="groq",

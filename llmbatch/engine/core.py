@@ -337,16 +337,25 @@ def estimate_tokens(rec: PromptRecord) -> tuple[int, int]:
     """(input, output) token estimates for the governor; corrected later from usage."""
     body = rec.body
     chars = 0
-    messages = body.get("messages")
+    messages = body.get("messages") or body.get("contents") or body.get("input")
     n_messages = 1
-    if isinstance(messages, list):
+    if isinstance(messages, str):  # a Responses API input string
+        chars = len(messages)
+    elif isinstance(messages, list):
         n_messages = len(messages)
         for msg in messages:
-            content = msg.get("content") if isinstance(msg, dict) else None
+            # Chat and Responses messages hold "content", Gemini's contents "parts".
+            content = msg.get("content", msg.get("parts")) if isinstance(msg, dict) else None
             chars += len(content) if isinstance(content, str) else len(str(content))
     elif isinstance(body.get("prompt"), str):
         chars = len(body["prompt"])
-    cap = body.get("max_tokens") or body.get("max_completion_tokens")
+    gen = body.get("generationConfig")
+    cap = (
+        body.get("max_tokens")
+        or body.get("max_completion_tokens")
+        or body.get("max_output_tokens")
+        or (gen.get("maxOutputTokens") if isinstance(gen, dict) else None)
+    )
     est_out = cap if isinstance(cap, int) and cap > 0 else DEFAULT_OUTPUT_ESTIMATE
     return estimate_input_tokens(chars, n_messages), est_out
 

@@ -25,7 +25,6 @@ from llmbatch.errors import (
     DeadlineExceeded,
     MalformedResponse,
     ReadTimeout,
-    TruncatedStream,
     UnexpectedContentType,
 )
 from llmbatch.http.base import ClientAdapter, HTTPRequest, feed_chunks
@@ -131,7 +130,7 @@ async def stream_attempt(
     except TimeoutError:
         raise DeadlineExceeded(f"request took longer than {total_s:g}s") from None
     if not asm.finished:
-        raise TruncatedStream("stream ended without its end marker ([DONE])")
+        asm.end_of_body()
     if m.chunks:
         m.ttft_s = first - sent
         m.e2el_s = last - sent

@@ -1,4 +1,5 @@
-"""A built-in OpenAI-compatible mock server (aiohttp.web) for tests, demos and benchmarks.
+"""A built-in mock server (aiohttp.web) for tests, demos and benchmarks: OpenAI chat and
+completions, Anthropic Messages, the Responses API and Gemini.
 
 The answer is a deterministic function of the request (``expected_text``), so every
 output byte can be checked. Streaming timing, measured from ``t0`` = the moment the
@@ -22,13 +23,17 @@ first ``fault_attempts`` attempts, so a retrying client always gets through.
 
 Modules: ``config`` (MockConfig), ``state`` (counters, plans; front-end independent),
 ``faults`` (fault choice), ``ratelimits`` (admission and rate-limit headers), ``answers``
-(the text), ``wire`` (body shapes), ``streaming``, ``openai``, ``anthropic`` (aiohttp
-handlers) and ``server`` (routing, start-up).
+(the text), ``wire`` (body shapes), ``streaming``, ``openai``, ``anthropic``,
+``responses``, ``gemini`` (aiohttp handlers) and ``server`` (routing, start-up).
+
+The Responses and Gemini endpoints answer ``input: "Hi"`` and a one-turn ``contents``
+with the same text as ``prompt: "Hi"``; asked for reasoning or given tools, they stream
+``expected_reasoning`` first or answer with a tool call (their modules say how).
 """
 
 from __future__ import annotations
 
-from llmbatch.mockserver.answers import expected_text, expected_tokens
+from llmbatch.mockserver.answers import expected_reasoning, expected_text, expected_tokens
 from llmbatch.mockserver.config import FAULT_KINDS, HEADER_MODES, LIMIT_MODES, MockConfig
 from llmbatch.mockserver.server import MockServer, start_mock_server
 from llmbatch.mockserver.state import MockStats
@@ -40,6 +45,7 @@ __all__ = [
     "MockConfig",
     "MockServer",
     "MockStats",
+    "expected_reasoning",
     "expected_text",
     "expected_tokens",
     "start_mock_server",

@@ -7,7 +7,16 @@ from typing import Any
 
 import orjson
 
-__all__ = ["count_prompt_tokens", "expected_text", "expected_tokens", "prompt_key"]
+__all__ = [
+    "REASONING_TOKENS",
+    "count_prompt_tokens",
+    "expected_reasoning",
+    "expected_text",
+    "expected_tokens",
+    "prompt_key",
+]
+
+REASONING_TOKENS = 8  # the reasoning a request that asks for it streams first
 
 _WORDS = (
     "alpha bravo charlie delta echo foxtrot golf hotel india juliet kilo lima mike "
@@ -32,6 +41,11 @@ def expected_tokens(messages: Any, n_tokens: int) -> list[str]:
 def expected_text(messages: Any, n_tokens: int) -> str:
     """The full answer text the mock produces for ``messages`` and ``n_tokens``."""
     return "".join(expected_tokens(messages, n_tokens))
+
+
+def expected_reasoning(messages: Any, n_tokens: int = REASONING_TOKENS) -> list[str]:
+    """The reasoning tokens streamed before the answer to ``messages`` (when asked for)."""
+    return expected_tokens([{"role": "reasoning"}, *messages], n_tokens)
 
 
 def count_prompt_tokens(messages: Any) -> int:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import time
 from typing import Any
 
 import orjson
@@ -12,7 +11,7 @@ from aiohttp import web
 from llmbatch.mockserver.answers import count_prompt_tokens, expected_tokens, prompt_key
 from llmbatch.mockserver.openai import OpenAIRoutes
 from llmbatch.mockserver.state import MockState
-from llmbatch.mockserver.streaming import json_body, stream_tokens, until_done
+from llmbatch.mockserver.streaming import counted, json_body, stream_tokens, until_done
 from llmbatch.mockserver.wire import ANTHROPIC_HTTP_FAULTS, anthropic_error, sse, stream_headers
 
 __all__ = ["AnthropicRoutes"]
@@ -27,12 +26,7 @@ class AnthropicRoutes:
 
     async def messages(self, request: web.Request) -> web.StreamResponse:
         """POST /v1/messages: chat's text for the request's ``messages`` (not ``system``)."""
-        t0 = time.monotonic()
-        self.state.begin()
-        try:
-            return await self._messages(request, t0)
-        finally:
-            self.state.end()
+        return await counted(self.state, self._messages, request)
 
     async def _messages(self, request: web.Request, t0: float) -> web.StreamResponse:
         state = self.state

@@ -146,7 +146,8 @@ class MockRateLimits:
     def admit(self, tokens: int, style: str = "openai") -> Admission:
         """Charge one request of ``tokens`` (prompt + completion) if every limit allows it.
 
-        ``style`` names the header family: ``openai`` or ``anthropic``.
+        ``style`` names the header family: ``openai``, ``anthropic`` or ``gemini`` (none:
+        Gemini says when to retry in a 429's body only).
         """
         costs = {"requests": 1.0, "requests_day": 1.0, "tokens": float(tokens)}
         waits = [c.wait_s(costs[name]) for name, c in self._counters.items()]
@@ -156,6 +157,8 @@ class MockRateLimits:
             for name, c in self._counters.items():
                 c.take(costs[name])
         mode = self._cfg.limit_headers
+        if style == "gemini":
+            return verdict
         if mode == "always" or (mode == "on_429" and not verdict.admitted):
             verdict.headers = self.headers(style)
         return verdict

@@ -7,7 +7,9 @@ from aiohttp import web
 
 from llmbatch.mockserver.anthropic import AnthropicRoutes
 from llmbatch.mockserver.config import MockConfig
+from llmbatch.mockserver.gemini import GeminiRoutes
 from llmbatch.mockserver.openai import OpenAIRoutes
+from llmbatch.mockserver.responses import ResponsesRoutes
 from llmbatch.mockserver.state import MockState, MockStats
 from llmbatch.mockserver.tls import MockTLS, server_ssl_context
 
@@ -18,6 +20,8 @@ def build_app(state: MockState) -> web.Application:
     """The aiohttp application serving ``state``'s endpoints."""
     openai = OpenAIRoutes(state)
     anthropic = AnthropicRoutes(state, openai)
+    responses = ResponsesRoutes(state, openai)
+    gemini = GeminiRoutes(state, openai)
 
     async def models(request: web.Request) -> web.Response:
         data = {"object": "list", "data": [{"id": state.cfg.model, "object": "model"}]}
@@ -36,6 +40,10 @@ def build_app(state: MockState) -> web.Application:
     app.router.add_post("/v1/chat/completions", openai.chat)
     app.router.add_post("/v1/completions", openai.completions)
     app.router.add_post("/v1/messages", anthropic.messages)
+    app.router.add_post("/v1/responses", responses.responses)
+    # Gemini's API answers under both versions: the mock's /v1 base URL serves it too.
+    app.router.add_post("/v1/models/{target}", gemini.models)
+    app.router.add_post("/v1beta/models/{target}", gemini.models)
     app.router.add_get("/v1/models", models)
     app.router.add_get("/mock/stats", get_stats)
     app.router.add_post("/mock/reset", reset)

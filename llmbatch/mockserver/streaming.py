@@ -4,18 +4,26 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Callable
-from typing import Any
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, TypeVar
 
 import orjson
 from aiohttp import web
 
-from llmbatch.mockserver.state import Plan
+from llmbatch.mockserver.state import MockState, Plan
 from llmbatch.mockserver.wire import text_completion_chunk
 
-__all__ = ["MidFault", "chat_frames", "completion_frames", "json_body", "stream_tokens"]
+__all__ = [
+    "MidFault",
+    "chat_frames",
+    "completion_frames",
+    "counted",
+    "json_body",
+    "stream_tokens",
+]
 
 MidFault = Callable[[str, web.StreamResponse, web.Request], Awaitable[bool]]
+T = TypeVar("T")
 
 
 def chat_frames(model: Any, finish: str) -> tuple[Callable[[str | None], bytes], bytes]:
@@ -43,6 +51,20 @@ def completion_frames(model: Any, finish: str) -> tuple[Callable[[str | None], b
     return frame, b"data: " + orjson.dumps(text_completion_chunk(model, "", finish)) + b"\n\n"
 
 
+async def counted(
+    state: MockState,
+    respond: Callable[[web.Request, float], Awaitable[web.StreamResponse]],
+    request: web.Request,
+) -> web.StreamResponse:
+    """``respond(request, t0)`` counted in flight; ``t0`` is when the handler started."""
+    t0 = time.monotonic()
+    state.begin()
+    try:
+        return await respond(request, t0)
+    finally:
+        state.end()
+
+
 async def json_body(request: web.Request) -> dict[str, Any] | None:
     """The request's JSON object, or None when the body is not one."""
     try:
@@ -62,8 +84,8 @@ async def stream_tokens(
     request: web.Request,
     resp: web.StreamResponse,
     plan: Plan,
-    tokens: list[str],
-    frame: Callable[[str], bytes],
+    tokens: Sequence[T],
+    frame: Callable[[T], bytes],
     fault: str | None,
     mid_fault: MidFault,
     tail: bytes,

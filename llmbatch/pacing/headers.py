@@ -311,6 +311,8 @@ FAMILIES: dict[str, HeaderFamily] = {
 # Provider profile names and kinds whose family is known.
 _BY_PROFILE = {"openai": "openai", "anthropic": "anthropic", "groq": "groq", "together": "together"}
 _BY_PROFILE |= {"azure": "azure", "cerebras": "cerebras", "openrouter": "openrouter"}
+# Gemini sends no rate-limit headers; its 429s say when to retry in the body (errors.py).
+_BY_PROFILE |= {"gemini": "none"}
 
 
 def family_for(configured: str, profile: str, kind: str) -> HeaderFamily:

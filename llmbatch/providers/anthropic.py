@@ -20,7 +20,13 @@ import orjson
 
 from llmbatch.errors import MalformedResponse
 from llmbatch.http.base import HTTPRequest
-from llmbatch.providers.base import Provider, StreamAssembler, Usage, stream_error
+from llmbatch.providers.base import (
+    Provider,
+    StreamAssembler,
+    Usage,
+    json_event,
+    stream_error,
+)
 from llmbatch.providers.sse import Event
 from llmbatch.records import PromptRecord
 
@@ -128,6 +134,8 @@ class AnthropicProvider(Provider):
 class MessagesAssembler(StreamAssembler):
     """Accumulates Messages stream events into one Anthropic ``message`` body."""
 
+    end_marker = "message_stop"
+
     __slots__ = ("finished", "_parts", "_id", "_model", "_stop", "_stop_seq", "_in", "_out")
 
     def __init__(self) -> None:
@@ -143,12 +151,7 @@ class MessagesAssembler(StreamAssembler):
 
     def on_event(self, event: Event) -> str:
         data = event.data
-        try:
-            obj = orjson.loads(data)
-        except orjson.JSONDecodeError:
-            raise MalformedResponse(f"stream event is not valid JSON: {data[:120]!r}") from None
-        if not isinstance(obj, dict):
-            raise MalformedResponse(f"stream event is not a JSON object: {data[:120]!r}")
+        obj = json_event(data)
         etype = obj.get("type") or event.event
         try:
             return self._handle(etype, obj)

@@ -9,13 +9,21 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from typing import Any
 
+import orjson
+
 from llmbatch.config.load import ProviderConfig
-from llmbatch.errors import MalformedResponse, ProviderError, ProviderOverloaded, RejectedInStream
+from llmbatch.errors import (
+    MalformedResponse,
+    ProviderError,
+    ProviderOverloaded,
+    RejectedInStream,
+    TruncatedStream,
+)
 from llmbatch.http.base import HTTPRequest
 from llmbatch.providers.sse import Event, SSEDecoder
 from llmbatch.records import PromptRecord
 
-__all__ = ["Provider", "StreamAssembler", "Usage", "stream_error"]
+__all__ = ["Provider", "StreamAssembler", "Usage", "json_event", "stream_error"]
 
 Usage = tuple[int | None, int | None]  # (input_tokens, output_tokens) as the server reported
 
@@ -28,6 +36,8 @@ class StreamAssembler(ABC):
     """
 
     finished: bool = False
+    # What ends a whole answer in this format, named when a stream is cut before it.
+    end_marker: str = "[DONE]"
 
     def __init__(self) -> None:
         self._decoder = SSEDecoder()
@@ -54,6 +64,23 @@ class StreamAssembler(ABC):
         Raises ProviderError (or a subclass) for an error inside the stream or an
         event that cannot be parsed. Sets ``finished`` when the end marker arrives.
         """
+
+    def end_of_body(self) -> None:
+        """The body ended before ``finished`` was set.
+
+        Formats with an end marker raise TruncatedStream naming it; a format without
+        one (Gemini) decides here whether what arrived is a whole answer, and sets
+        ``finished`` when it is.
+        """
+        raise TruncatedStream(f"stream ended without its end marker ({self.end_marker})")
+
+    def take_reasoning(self) -> list[str]:
+        """The reasoning texts (thinking, summaries) decoded since the last call, in order.
+
+        Kept apart from the answer text ``feed`` returns; formats without reasoning
+        return an empty list.
+        """
+        return []
 
     def accept_body(self, obj: Any) -> str:
         """Take a whole non-streamed answer (a server that ignored ``stream: true``).
@@ -96,6 +123,17 @@ class Provider(ABC):
         if not body.get("model"):
             body["model"] = self.profile.model
         return body
+
+
+def json_event(data: bytes) -> dict[str, Any]:
+    """An event's data as a JSON object; MalformedResponse when it is not one."""
+    try:
+        obj = orjson.loads(data)
+    except orjson.JSONDecodeError:
+        raise MalformedResponse(f"stream event is not valid JSON: {data[:120]!r}") from None
+    if not isinstance(obj, dict):
+        raise MalformedResponse(f"stream event is not a JSON object: {data[:120]!r}")
+    return obj
 
 
 def stream_error(err: Any) -> ProviderError:

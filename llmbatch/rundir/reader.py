@@ -7,6 +7,8 @@ Accepted shapes, detected per line:
   1. {"id": ..., "prompt": "...", "system": "..."?, ...extra body params}
   2. {"id": ..., "messages": [...], ...extra body params}
   3. OpenAI Batch: {"custom_id": ..., "method": "POST", "url": "/v1/...", "body": {...}}
+  4. Responses API: {"id": ..., "input": "..." | [items], "instructions": "..."?, ...}
+  5. Gemini: {"id": ..., "contents": [...], ...} or a Gemini batch line {"key", "request"}
 
 A line that cannot become a request is yielded as an InputError (with the file and
 line number); the caller records it and goes on. A line longer than MAX_LINE_BYTES is
@@ -50,7 +52,7 @@ _SKIP_BLOCK = 1 << 20
 # The chat roles the supported APIs know (OpenAI chat, Anthropic messages via system).
 MESSAGE_ROLES = ("system", "developer", "user", "assistant", "tool", "function")
 _BOM = b"\xef\xbb\xbf"
-_BATCH_URLS = {"/v1/chat/completions", "/v1/completions", "/v1/messages"}
+_BATCH_URLS = {"/v1/chat/completions", "/v1/completions", "/v1/messages", "/v1/responses"}
 
 
 def error_record_id(line_no: int) -> str:
@@ -215,12 +217,21 @@ def parse_object(
 
     if "custom_id" in obj or "body" in obj:
         return _batch_line(obj, bad, line_no)
+    if "request" in obj and "key" in obj:
+        return _gemini_batch_line(obj, bad, line_no)
 
     rid = _take_id(obj.pop("id", None), bad)
     shape: Any
-    if "messages" in obj:
-        if "prompt" in obj:
-            raise bad('give either "prompt" or "messages", not both')
+    given = [k for k in ("prompt", "messages", "input", "contents") if k in obj]
+    if len(given) > 1:
+        raise bad(f"give one of {', '.join(given)}, not both")
+    if "input" in obj:
+        _check_input(obj, bad)
+        shape, body = "input", obj
+    elif "contents" in obj:
+        _check_contents(obj.get("contents"), bad)
+        shape, body = "contents", obj
+    elif "messages" in obj:
         messages = obj["messages"]
         _check_messages(messages, bad)
         shape = "messages"
@@ -240,7 +251,7 @@ def parse_object(
         shape = "prompt"
         body = {"messages": messages, **obj}
     else:
-        raise bad('missing "prompt" or "messages"')
+        raise bad('missing "prompt", "messages", "input" or "contents"')
     _check_params(body, bad)
     if rid is None:
         rid = _auto_id(raw, auto_counts)
@@ -264,10 +275,54 @@ def _batch_line(obj: dict[str, Any], bad: Any, line_no: int) -> PromptRecord:
     if url == "/v1/completions":
         if not isinstance(body.get("prompt"), str):
             raise bad('completions "body.prompt" must be a string')
+    elif url == "/v1/responses" or (url is None and "input" in body and "messages" not in body):
+        _check_input(body, bad)
+    elif url is None and "contents" in body and "messages" not in body:
+        _check_contents(body.get("contents"), bad)
     else:
         _check_messages(body.get("messages"), bad)
     _check_params(body, bad)
     return PromptRecord(id=rid, line_no=line_no, shape="batch", body=dict(body), endpoint=url)
+
+
+def _gemini_batch_line(obj: dict[str, Any], bad: Any, line_no: int) -> PromptRecord:
+    """A line of a Gemini batch file: ``{"key": ..., "request": GenerateContentRequest}``."""
+    rid = _take_id(obj.get("key"), bad)
+    if rid is None:
+        raise bad('Gemini batch line needs a "key"')
+    body = obj.get("request")
+    if not isinstance(body, dict):
+        raise bad('"request" must be a JSON object')
+    _check_contents(body.get("contents"), bad)
+    return PromptRecord(id=rid, line_no=line_no, shape="contents", body=dict(body))
+
+
+def _check_input(body: dict[str, Any], bad: Any) -> None:
+    """A Responses API request: ``input`` a non-empty string or list of items."""
+    value = body.get("input")
+    if isinstance(value, str):
+        if not value:
+            raise bad('"input" must not be empty')
+    elif isinstance(value, list):
+        if not value:
+            raise bad('"input" must not be empty')
+        for i, item in enumerate(value):
+            if not isinstance(item, dict):
+                raise bad(f"input[{i}] must be an object")
+    else:
+        raise bad('"input" must be a string or a list of items')
+    instructions = body.get("instructions")
+    if instructions is not None and not isinstance(instructions, str):
+        raise bad('"instructions" must be a string')
+
+
+def _check_contents(contents: Any, bad: Any) -> None:
+    """A Gemini request: ``contents`` a non-empty list of ``{"role"?, "parts": [...]}``."""
+    if not isinstance(contents, list) or not contents:
+        raise bad('"contents" must be a non-empty list')
+    for i, c in enumerate(contents):
+        if not isinstance(c, dict) or not isinstance(c.get("parts"), list):
+            raise bad(f'contents[{i}] must be an object with a "parts" list')
 
 
 def _take_id(value: Any, bad: Any) -> str | None:

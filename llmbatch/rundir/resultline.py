@@ -20,6 +20,8 @@ from typing import Any
 
 from llmbatch.metrics import request_metrics_dict
 from llmbatch.providers.anthropic import content_text
+from llmbatch.providers.gemini import gemini_text
+from llmbatch.providers.responses import output_text
 from llmbatch.records import Attempt, Outcome, RequestMetrics
 
 __all__ = ["ResultLine", "answer_text", "finish_reason", "result_line"]
@@ -58,6 +60,10 @@ def answer_text(body: Any) -> str | None:
         return None
     if body.get("type") == "message":  # Anthropic Messages
         return content_text(body.get("content"))
+    if body.get("object") == "response":  # the Responses API
+        return output_text(body)
+    if "candidates" in body:  # Gemini
+        return gemini_text(body)
     choices = body.get("choices")
     if not isinstance(choices, list) or not choices or not isinstance(choices[0], dict):
         return None
@@ -70,11 +76,20 @@ def answer_text(body: Any) -> str | None:
 
 
 def finish_reason(body: Any) -> str | None:
-    """Why the answer ended (``stop``, ``length``, ``end_turn``, ...), from any body shape."""
+    """Why the answer ended (``stop``, ``length``, ``end_turn``, ``completed``, ``STOP``,
+    ...), from any body shape."""
     if not isinstance(body, dict):
         return None
     if body.get("type") == "message":
         reason = body.get("stop_reason")
+        return reason if isinstance(reason, str) else None
+    if body.get("object") == "response":  # "completed", or why it is incomplete
+        details = body.get("incomplete_details")
+        reason = details.get("reason") if isinstance(details, dict) else body.get("status")
+        return reason if isinstance(reason, str) else None
+    candidates = body.get("candidates")
+    if isinstance(candidates, list) and candidates and isinstance(candidates[0], dict):
+        reason = candidates[0].get("finishReason")  # Gemini: STOP, MAX_TOKENS, ...
         return reason if isinstance(reason, str) else None
     choices = body.get("choices")
     if isinstance(choices, list) and choices and isinstance(choices[0], dict):
