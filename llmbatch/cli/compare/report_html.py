@@ -137,7 +137,15 @@ def _distribution_lines(
         if knee is None:
             continue
         vals = values_of(_counted(knee, result))
-        lines.append(Line(f"{sr.name} @ {knee.step.tag}", _color(i), _cdf(vals), step=True))
+        lines.append(
+            Line(
+                f"{sr.name} @ {knee.step.tag}",
+                _color(i),
+                _cdf(vals),
+                step=True,
+                dashed=sr.profile.open_loop,
+            )
+        )
     return lines
 
 
@@ -227,7 +235,12 @@ def _meta_html(result: SweepResult) -> str:
 
 def render_report(result: SweepResult) -> str:
     """The report's HTML text."""
-    indexed = list(enumerate(result.series))
+    # One colour per target × client, whatever the profile: its closed- and open-loop
+    # series are told apart by their charts (and by dashes in the shared ones).
+    colours = {
+        name: i for i, name in enumerate(dict.fromkeys(sr.series.name for sr in result.series))
+    }
+    indexed = [(colours[sr.series.name], sr) for sr in result.series]
     closed = [(i, sr) for i, sr in indexed if not sr.profile.open_loop]
     open_ = [(i, sr) for i, sr in indexed if sr.profile.open_loop]
     charts: list[str] = []
@@ -262,7 +275,7 @@ def render_report(result: SweepResult) -> str:
             )
     charts.append(
         line_chart(
-            "TTFT distribution at each series' knee",
+            "TTFT distribution at each series' knee (open loop dashed)",
             "TTFT (ms)",
             "% of requests at or below",
             _distribution_lines(
@@ -273,7 +286,7 @@ def render_report(result: SweepResult) -> str:
     )
     charts.append(
         line_chart(
-            "ITL distribution at each series' knee",
+            "ITL distribution at each series' knee (open loop dashed)",
             "gap between tokens (ms)",
             "% of gaps at or below",
             _distribution_lines(
