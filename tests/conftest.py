@@ -26,6 +26,14 @@ async def mock_server() -> AsyncIterator[MockServer]:
         await server.close()
 
 
+@pytest.fixture
+def runner(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Any:
+    """A CLI runner in ``tmp_path`` with no LLMBATCH_* or *_API_KEY variable set."""
+    from .cliutil import cli_runner
+
+    return cli_runner(tmp_path, monkeypatch)
+
+
 def write_jsonl(path: Path, rows: list[Any]) -> Path:
     """Write rows (dicts, or raw bytes lines) as a JSONL file."""
     with open(path, "wb") as fh:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest
@@ -13,15 +12,6 @@ from llmbatch.cli.app import app
 from .conftest import write_jsonl
 
 ROOT = Path(__file__).resolve().parent.parent
-
-
-@pytest.fixture
-def runner(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> CliRunner:
-    monkeypatch.chdir(tmp_path)
-    for k in list(os.environ):
-        if k.startswith("LLMBATCH_") or k.endswith("_API_KEY"):
-            monkeypatch.delenv(k)
-    return CliRunner()
 
 
 def test_version(runner: CliRunner) -> None:

@@ -62,10 +62,12 @@ from llmbatch.ray.parts import (
     Part,
     driver_text_layout,
     make_part,
+    make_parts_dir,
 )
 from llmbatch.ray.wire import pack
 from llmbatch.records import PromptRecord
 from llmbatch.rundir.identity import run_identity
+from llmbatch.rundir.nofollow import replace_file
 from llmbatch.rundir.reader import open_prompts
 from llmbatch.rundir.summary import SummaryBuilder
 from llmbatch.rundir.writer import (
@@ -189,7 +191,7 @@ async def execute_ray_run(
         )
         worker_cls = ray.remote(WorkerActor)
         session = f"{time.strftime('%Y%m%dT%H%M%S')}-{os.getpid()}"
-        (run_dir / PARTS_DIR).mkdir(exist_ok=True)
+        make_parts_dir(run_dir)
         for k, share in enumerate(shares):
             name = f"w{k}"
             part = run_dir / PARTS_DIR / f"{session}-{name}"
@@ -197,7 +199,8 @@ async def execute_ray_run(
             make_part(part, part_meta, text_layout=cfg.text_layout)
             cons.parts.append(Part(part, worker=name))
             cons.placement[name] = node_ids[k % len(node_ids)]
-            part.with_name(part.name + ".token").write_text(name)  # the worker checks it
+            # The worker checks it (never written through a link planted there).
+            replace_file(part.with_name(part.name + ".token"), name.encode(), sync=False)
             actors.append(
                 worker_cls.options(
                     num_cpus=0,
@@ -423,8 +426,9 @@ async def execute_ray_run(
         "driver_setup_cpu_s": round(driver_setup_cpu_s, 4),
         "driver_threads_cpu_s": driver_threads,
     }
-    (run_dir / SUMMARY).write_bytes(
-        orjson.dumps(summary, option=orjson.OPT_INDENT_2 | orjson.OPT_NON_STR_KEYS)
+    replace_file(
+        run_dir / SUMMARY,
+        orjson.dumps(summary, option=orjson.OPT_INDENT_2 | orjson.OPT_NON_STR_KEYS),
     )
     return RayRunOutput(
         summary=summary,
