@@ -21,6 +21,7 @@ from llmbatch.client import AnswerStream, Client, Prompt, Prompts, run
 from llmbatch.config.load import Limits, MockSettings, RetryPolicy, Timeouts
 from llmbatch.engine import BatchEnd, StopReason
 from llmbatch.errors import (
+    AnswerTooLarge,
     AuthError,
     BadRequest,
     CertificateError,
@@ -39,6 +40,7 @@ from llmbatch.errors import (
     QuotaExhausted,
     RateLimited,
     ReadTimeout,
+    Redirected,
     RejectedInStream,
     RequestError,
     RunDirError,
@@ -49,6 +51,7 @@ from llmbatch.errors import (
     TruncatedStream,
     UnexpectedContentType,
     UnexpectedError,
+    WrongEventLoop,
 )
 from llmbatch.metrics import SLO
 from llmbatch.result import ErrorInfo, Result, Timings, Usage
@@ -57,6 +60,7 @@ __version__ = "0.1.0"
 
 
 __all__ = [
+    "AnswerTooLarge",
     "AnswerStream",
     "AuthError",
     "BadRequest",
@@ -85,6 +89,7 @@ __all__ = [
     "QuotaExhausted",
     "RateLimited",
     "ReadTimeout",
+    "Redirected",
     "RejectedInStream",
     "RequestError",
     "Result",
@@ -101,6 +106,7 @@ __all__ = [
     "TruncatedStream",
     "UnexpectedContentType",
     "UnexpectedError",
+    "WrongEventLoop",
     "Usage",
     "__version__",
     "run",

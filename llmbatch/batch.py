@@ -133,6 +133,7 @@ class Batch:
             return
         client = self._client
         eng = client.engine
+        eng.check_loop()  # before the run directory is touched: nothing recorded
         cfg = client.config
         index = ResumeIndex()
         if self.run_dir is not None:

@@ -47,6 +47,7 @@ from llmbatch.http import ClientOptions, make_client
 from llmbatch.metrics import INPUT_ERROR, SLO
 from llmbatch.providers import make_provider
 from llmbatch.records import Outcome, PromptRecord
+from llmbatch.redaction import header_secrets, url_secrets
 from llmbatch.result import Result
 from llmbatch.rundir.reader import parse_item
 from llmbatch.rundir.resultline import result_line
@@ -192,7 +193,11 @@ class Client:
             await stack.aclose()
             raise
         self._stack = stack
-        secrets = (self._api_key,) if self._api_key else ()
+        secrets = (
+            self._api_key,
+            *url_secrets(cfg.provider.base_url),
+            *header_secrets(cfg.provider.headers),
+        )
         self._engine = Engine(
             cfg,
             provider,
@@ -201,6 +206,7 @@ class Client:
             governor=self._pacer,
             concurrency=self._concurrency,
         )
+        self._engine.loop = asyncio.get_running_loop()
         return self
 
     async def aclose(self) -> None:

@@ -9,6 +9,7 @@ CLI turns them into messages and exit codes.
     ├── InputError(path, line_no)   a JSONL line or file that cannot become requests
     ├── RunDirError                 run directory locked, unreadable or from another job
     ├── OutputError                 writing results failed during a run (disk full, ...)
+    ├── WrongEventLoop              a Client used from an event loop other than its own
     └── RequestError                one attempt of one request failed
         ├── TransportError
         │   ├── ConnectError        could not connect (refused, DNS, TLS handshake)
@@ -23,12 +24,15 @@ CLI turns them into messages and exit codes.
         │   ├── QuotaExhausted      429 insufficient_quota (fatal for the run)
         │   ├── AuthError           401 / 403 (fatal for the run)
         │   ├── ServerError         5xx, 408, 409 (transient)
+        │   ├── Redirected          3xx: never followed (fatal for the request)
         │   └── BadRequest          400, 404, 413, 422, other 4xx (fatal for the request)
         └── ProviderError           bad answer inside a 2xx response
             ├── ProviderOverloaded  provider said "overloaded" in the stream (transient)
             ├── TruncatedStream     the stream ended without its end marker (transient)
             ├── MalformedResponse   a chunk that is not valid JSON / not the expected shape
             ├── RejectedInStream    a 4xx-class error inside the stream (fatal for the request)
+            ├── AnswerTooLarge      the answer passed a size bound: max_answer_bytes,
+            │                       max_event_bytes or max_tokens (fatal for the request)
             └── UnexpectedContentType  a 2xx that is neither an event stream nor a JSON
                                     answer, e.g. a proxy's HTML page (fatal for the request)
         UnexpectedError             anything else an attempt raised (fatal for the request)
@@ -40,8 +44,10 @@ from __future__ import annotations
 
 import time
 from collections.abc import Mapping
+from typing import Any
 
 __all__ = [
+    "AnswerTooLarge",
     "AuthError",
     "BadRequest",
     "CertificateError",
@@ -61,6 +67,7 @@ __all__ = [
     "ProviderOverloaded",
     "QuotaExhausted",
     "RateLimited",
+    "Redirected",
     "RejectedInStream",
     "ReadTimeout",
     "RequestError",
@@ -71,6 +78,7 @@ __all__ = [
     "TruncatedStream",
     "UnexpectedContentType",
     "UnexpectedError",
+    "WrongEventLoop",
     "http_status_error",
 ]
 
@@ -112,6 +120,11 @@ class RunDirError(LLMBatchError):
 
 class OutputError(LLMBatchError):
     """Writing to the run directory failed mid-run; the run stops (resumable)."""
+
+
+class WrongEventLoop(LLMBatchError):
+    """A Client (its connection pool, limiter and governor) belongs to the event loop that
+    started it; it was used from another one. Nothing was sent or recorded."""
 
 
 class RequestError(LLMBatchError):
@@ -213,6 +226,17 @@ class ServerError(StatusError):
     code = "server_error"
 
 
+class Redirected(StatusError):
+    """3xx: a redirect, which llmbatch never follows (the request carries the API key and
+    the prompt); ``location`` is where the server pointed."""
+
+    code = "redirected"
+
+    def __init__(self, message: str, *, location: str = "", **kwargs: Any) -> None:
+        super().__init__(message, **kwargs)
+        self.location = location
+
+
 class BadRequest(StatusError):
     """4xx other than the above: this request will never succeed as written."""
 
@@ -247,6 +271,17 @@ class RejectedInStream(ProviderError):
     """The stream carried an error saying the request itself is invalid (a 4xx code)."""
 
     code = "rejected_in_stream"
+
+
+class AnswerTooLarge(ProviderError):
+    """The answer passed one of the bounds that keep memory finite whatever a server
+    sends; ``bound`` names it (max_answer_bytes, max_event_bytes or max_tokens)."""
+
+    code = "answer_too_large"
+
+    def __init__(self, message: str, *, bound: str) -> None:
+        super().__init__(message)
+        self.bound = bound
 
 
 class UnexpectedContentType(ProviderError):
@@ -303,8 +338,23 @@ def http_status_error(
     for 429, from the structured error code in the body (OpenAI's
     ``insufficient_quota``), so retry decisions never need to read messages.
     """
-    text = body[:2000].decode("utf-8", errors="replace")
+    # Kept whole (adapters read at most ERROR_BODY_LIMIT): messages are shortened only
+    # after the engine redacted them (redaction.py), so no cut ever splits a key.
+    text = body.decode("utf-8", errors="replace")
     retry_after_s = _parse_retry_after(headers)
+    snippet = " ".join(text.split())
+    if 300 <= status < 400:
+        location = headers.get("location", "")
+        return Redirected(
+            f"HTTP {status} redirect to {location or '(no Location)'} not followed: llmbatch "
+            "never follows redirects (the request carries the API key and the prompt); "
+            "if the new address is right, use it as the base URL",
+            status=status,
+            request_id=request_id,
+            body=text,
+            headers=headers,
+            location=location,
+        )
     cls: type[StatusError]
     if status == 429:
         cls = QuotaExhausted if _is_quota_error(body) else RateLimited
@@ -314,7 +364,6 @@ def http_status_error(
         cls = ServerError
     else:
         cls = BadRequest
-    snippet = " ".join(text.split())[:300]
     return cls(
         f"HTTP {status}: {snippet}" if snippet else f"HTTP {status}",
         status=status,

@@ -152,7 +152,7 @@ def test_max_runtime_exits_75_and_resumes(runner: CliRunner, tmp_path: Path) -> 
         ("[providers.x]\nbase_url = 5\n", "providers.x.base_url must be a string"),
         ("[providers.x]\nmodel = 5\n", "providers.x.model must be a string"),
         ("[providers.x]\nheaders = {a = 1}\n", "providers.x.headers.a must be a string"),
-        ("[providers.x]\nembedded_mock = 'no way'\n", "must be true or false"),
+        ("[providers.x]\nembedded_mock = true\n", "embedded_mock is llmbatch's own"),
         ("[timeouts]\ntotal_s = 'nan'\n", "total_s must be a finite number"),
         ("[retry]\nmax_attempts = 2.7\n", "max_attempts must be an integer"),
         ("[run]\nconcurrency = 1.5\n", "concurrency must be an integer"),

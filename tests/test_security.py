@@ -6,7 +6,10 @@ one of its files belongs is an error naming the path, and the link's target is u
 
 from __future__ import annotations
 
+import asyncio
 import os
+import threading
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -17,11 +20,13 @@ from typer.testing import CliRunner
 from llmbatch.cli.app import app
 
 from .cliutil import first_error_line, prompts, run_cli, start_mock
-from .conftest import ThreadedMock, read_results
+from .conftest import ADAPTERS, ThreadedMock, read_results
+from .rawhttp import Action, Close, RawServer, Send, openai_events, response_head
 
 pytestmark = pytest.mark.timeout(120)
 
 SECRET = b"precious user data\n"
+KEY = "sk-proj-Zq8Xv3Lr9Tb2Nw7Kd4Hs6Jf1Gc5Mp0Qa"
 
 
 def _victim(tmp_path: Path) -> Path:
@@ -140,3 +145,292 @@ def test_a_record_cannot_make_export_read_outside_its_run_directory(
     res = runner.invoke(app, ["export", str(out), "-f", "csv"])
     assert res.exit_code == 0, res.output
     assert "precious" not in res.output
+
+
+# -- configuration: every value checked, nothing silently ignored ---------------------------
+@pytest.mark.parametrize(
+    ("toml", "args", "env", "message"),
+    [
+        # A bad file value is an error even when a flag overrides it.
+        ('[run]\nconcurrency = "abc"\n', ["-j", "4"], {}, "run.concurrency must be an integer"),
+        ("[run]\ngrace_s = -1\n", [], {}, "run.grace_s must be >= 0, got -1"),
+        ('[run]\nprovider = "nope"\n', ["-p", "mock"], {}, "run.provider: unknown provider"),
+        ("", ["-j", "4"], {"LLMBATCH_CONCURRENCY": "abc"}, "LLMBATCH_CONCURRENCY must be an int"),
+        ("", [], {"LLMBATCH_CLIENT": "curl"}, "LLMBATCH_CLIENT: unknown client 'curl'"),
+        ("", [], {"LLMBATCH_LOOP": "bogus"}, "LLMBATCH_LOOP must be one of auto, asyncio, uvl"),
+        (
+            "[providers.x]\nembedded_mock = true\n",
+            ["-p", "x"],
+            {},
+            "providers.x.embedded_mock is llmbatch's own",
+        ),
+    ],
+)
+def test_bad_values_are_errors_wherever_they_come_from(
+    runner: CliRunner,
+    tmp_path: Path,
+    toml: str,
+    args: list[str],
+    env: dict[str, str],
+    message: str,
+) -> None:
+    (tmp_path / "config.toml").write_text(toml)
+    res = runner.invoke(app, ["run", str(prompts(tmp_path)), *args], env=env)
+    assert res.exit_code == 2, res.output
+    assert message in first_error_line(res.output)
+    assert not (tmp_path / "outputs").exists()  # nothing was sent, nothing written
+
+
+def test_a_misspelt_variable_is_warned_about(runner: CliRunner, tmp_path: Path) -> None:
+    env = {"LLMBATCH_CONCURENCY": "4", "LLMBATCH_MOCK_TOKENS": KEY}
+    res = runner.invoke(app, ["run", str(prompts(tmp_path)), "--no-progress"], env=env)
+    assert res.exit_code == 0, res.output
+    warnings = [x for x in res.output.splitlines() if x.startswith("llmbatch: warning:")]
+    assert warnings == [
+        "llmbatch: warning: LLMBATCH_CONCURENCY is not a variable llmbatch reads (did you "
+        "mean LLMBATCH_CONCURRENCY?); it is ignored",
+        "llmbatch: warning: LLMBATCH_MOCK_TOKENS is not a variable llmbatch reads; it is ignored",
+    ]
+    assert KEY not in res.output  # names only, never values
+
+
+def test_the_library_warns_about_a_misspelt_variable(monkeypatch: pytest.MonkeyPatch) -> None:
+    import llmbatch
+
+    monkeypatch.setenv("LLMBATCH_PROVDER", "openai")
+    with pytest.warns(llmbatch.LLMBatchWarning, match="did you mean LLMBATCH_PROVIDER"):
+        llmbatch.Client.from_config(None)
+
+
+def test_a_base_url_given_for_the_mock_is_used(
+    runner: CliRunner, tmp_path: Path, mocks: list[ThreadedMock]
+) -> None:
+    mock = start_mock(mocks)
+    res = run_cli(runner, str(prompts(tmp_path)), "-p", "mock", "--base-url", mock.url)
+    assert res.exit_code == 0, res.output
+    assert mock.server.stats.requests == 5  # not the embedded mock
+
+
+@pytest.mark.parametrize("value", [KEY, "gsk_8Kd93JfLq0Zx7VbN2mWc4RtY6uHp1sAe"])
+def test_a_key_pasted_as_the_variable_name_is_refused_unseen(
+    runner: CliRunner, tmp_path: Path, value: str
+) -> None:
+    (tmp_path / "config.toml").write_text(
+        f'[providers.mine]\nbase_url = "http://127.0.0.1:9/v1"\napi_key_env = "{value}"\n'
+    )
+    for args in (["run", str(prompts(tmp_path)), "-p", "mine"], ["providers"]):
+        res = runner.invoke(app, args)
+        assert res.exit_code == 2, res.output
+        assert "config.toml: providers.mine.api_key_env" in first_error_line(res.output)
+        assert value[4:12] not in res.output
+    (tmp_path / "config.toml").unlink()
+    res = runner.invoke(app, ["run", str(prompts(tmp_path)), "--api-key-env", value])
+    assert res.exit_code == 2 and "--api-key-env looks like an API key" in res.output
+    assert value[4:12] not in res.output
+
+
+# -- hostile servers: redirects and echoed keys ------------------------------------------------
+class ThreadedRaw:
+    """A RawServer on its own event loop in a thread, for CLI tests."""
+
+    def __init__(self, *scripts: list[Action]) -> None:
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self.thread.start()
+        self.server: RawServer = self._call(RawServer.scripted(*scripts).start())
+        self.url = self.server.url
+
+    def _call(self, coro: Any) -> Any:
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(30)
+
+    def close(self) -> None:
+        self._call(self.server.close())
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(10)
+        self.loop.close()
+
+
+@pytest.fixture
+def raws() -> Iterator[list[ThreadedRaw]]:
+    started: list[ThreadedRaw] = []
+    yield started
+    for s in started:
+        s.close()
+
+
+def _answer(tokens: list[str], *extra: tuple[str, str]) -> list[Action]:
+    events = b"".join(openai_events(tokens))
+    head = response_head(headers=[("Content-Type", "text/event-stream"), *extra])
+    return [Send(head + events), Close()]
+
+
+def _status(status: str, body: bytes = b"", *extra: tuple[str, str]) -> list[Action]:
+    head = response_head(status, [("Content-Type", "application/json"), *extra])
+    return [
+        Send(
+            head.replace(b"\r\n\r\n", f"\r\nContent-Length: {len(body)}\r\n\r\n".encode(), 1) + body
+        )
+    ]
+
+
+def _leaks(text: str | bytes, secret: str = KEY) -> list[str]:
+    """Every piece of ``secret`` of 8 or more characters found in ``text``."""
+    if isinstance(text, bytes):
+        text = text.decode("utf-8", "replace")
+    return [secret[i : i + 8] for i in range(len(secret) - 7) if secret[i : i + 8] in text]
+
+
+async def _batch(
+    tmp_path: Path, url: str, adapter: str, provider: str = "anthropic", **options: Any
+) -> dict[str, Any]:
+    import llmbatch
+
+    out = tmp_path / f"out-{adapter}"
+    async with llmbatch.Client(
+        provider, base_url=url, model="m", api_key=KEY, client=adapter, concurrency=1, **options
+    ) as llm:
+        await llm.batch([{"id": "q", "prompt": "hello"}], out).wait()
+    (rec,) = read_results(out)
+    assert not _leaks((out / "results.jsonl").read_bytes())
+    return rec
+
+
+@pytest.mark.parametrize("adapter", ADAPTERS)
+@pytest.mark.parametrize(
+    "status", ["307 Temporary Redirect", "308 Permanent Redirect", "302 Found"]
+)
+async def test_a_post_is_never_redirected(tmp_path: Path, adapter: str, status: str) -> None:
+    other = await RawServer.scripted(_answer(["elsewhere"])).start()
+    target = f"http://127.0.0.1:{other.port}/v1/messages"
+    first = await RawServer.scripted(_status(status, b"", ("Location", target))).start()
+    try:
+        rec = await _batch(tmp_path, first.url, adapter)
+        assert rec["error"]["code"] == "redirected"
+        assert f"redirect to {target} not followed" in rec["error"]["message"]
+        assert rec["response"]["status_code"] == int(status[:3])
+        assert other.requests == []  # neither the key nor the prompt went there
+        assert len(first.requests) == 1
+        # Same origin, another path: not followed either, by every client alike.
+        again = await RawServer.scripted(_status(status, b"", ("Location", "/v1/other"))).start()
+        try:
+            rec = await _batch(tmp_path / "same", again.url, adapter)
+            assert rec["error"]["code"] == "redirected" and "/v1/other" in rec["error"]["message"]
+            assert [r.target for r in again.requests] == ["/v1/messages"]
+        finally:
+            await again.close()
+    finally:
+        await first.close()
+        await other.close()
+
+
+@pytest.mark.parametrize("adapter", ADAPTERS)
+@pytest.mark.parametrize("cut", [300, 500, 2000])
+async def test_a_key_echoed_in_an_error_body_never_leaks_a_piece(
+    tmp_path: Path, adapter: str, cut: int
+) -> None:
+    # The key straddles where a message used to be cut (300 characters of the body, 500 of
+    # the attempt's message, 2000 of the body kept): no piece of it may survive anywhere.
+    body = orjson.dumps({"error": {"message": "x" * (cut - 20) + KEY + " was rejected"}})
+    server = await RawServer.scripted(_status("400 Bad Request", body)).start()
+    try:
+        rec = await _batch(tmp_path, server.url, adapter, provider="vllm")
+        assert rec["error"]["code"] == "bad_request"
+        assert ("[REDACTED]" in rec["error"]["message"]) == (cut == 300)  # else cut off
+    finally:
+        await server.close()
+
+
+@pytest.mark.parametrize("adapter", ADAPTERS)
+async def test_a_key_echoed_as_the_request_id_is_not_stored(tmp_path: Path, adapter: str) -> None:
+    ok = await RawServer.scripted(_answer(["hi"], ("x-request-id", f"req-{KEY}"))).start()
+    bad = await RawServer.scripted(_status("500 Oops", b"{}", ("x-request-id", KEY))).start()
+    try:
+        rec = await _batch(tmp_path, ok.url, adapter, provider="vllm")
+        assert rec["error"] is None and rec["response"]["request_id"] == "req-[REDACTED]"
+        no_wait = {"max_attempts": 2, "backoff_base_s": 0.0, "backoff_max_s": 0.0}
+        rec = await _batch(tmp_path / "bad", bad.url, adapter, provider="vllm", retry=no_wait)
+        assert {a["request_id"] for a in rec["llmbatch"]["attempts"]} == {"[REDACTED]"}
+    finally:
+        await ok.close()
+        await bad.close()
+
+
+def test_a_key_echoed_in_a_fatal_error_stays_off_the_terminal(
+    runner: CliRunner, tmp_path: Path, raws: list[ThreadedRaw]
+) -> None:
+    body = orjson.dumps({"error": {"message": "y" * 290 + f"Incorrect API key provided: {KEY}"}})
+    raws.append(ThreadedRaw(_status("401 Unauthorized", body, ("x-request-id", KEY))))
+    res = runner.invoke(
+        app,
+        [
+            "run",
+            str(prompts(tmp_path)),
+            "-p",
+            "vllm",
+            "--base-url",
+            raws[0].url,
+            "--api-key-env",
+            "MY_KEY",
+            "--no-progress",
+            "-o",
+            str(tmp_path / "out"),
+        ],
+        env={"MY_KEY": KEY},
+    )
+    assert res.exit_code == 3, res.output
+    assert "run aborted: AuthError: HTTP 401" in res.output
+    assert not _leaks(res.output)
+    for f in (tmp_path / "out").rglob("*"):
+        assert f.is_dir() or not _leaks(f.read_bytes()), f
+
+
+def test_credentials_in_the_base_url_are_never_printed_or_stored(
+    runner: CliRunner, tmp_path: Path
+) -> None:
+    secret = "Pa55w0rd-Very-Secret"
+    url = f"http://alice:{secret}@127.0.0.1:9/v1"  # nothing listens on port 9
+    (tmp_path / "config.toml").write_text("[retry]\nmax_attempts = 1\n")
+    out = tmp_path / "out"
+    res = run_cli(runner, str(prompts(tmp_path)), "-p", "vllm", "--base-url", url, "-o", str(out))
+    assert res.exit_code == 3, res.output
+    assert "cannot connect to http://[REDACTED]@127.0.0.1:9/v1" in res.output
+    assert secret not in res.output and "alice" not in res.output
+    meta = orjson.loads((out / "run.json").read_bytes())
+    assert meta["base_url"] == "http://127.0.0.1:9/v1"
+    for f in out.rglob("*"):
+        assert f.is_dir() or secret.encode() not in f.read_bytes(), f
+    bad_port = url.replace(":9/", ":99999/")
+    res = runner.invoke(app, ["run", str(prompts(tmp_path)), "--base-url", bad_port])
+    assert res.exit_code == 2 and secret not in res.output  # a bad URL is shown without them
+
+
+# -- the library: one Client, one event loop ------------------------------------------------------
+def test_a_client_used_from_a_second_event_loop_raises_and_records_nothing(
+    tmp_path: Path,
+) -> None:
+    import llmbatch
+
+    client = llmbatch.Client("mock", concurrency=2)
+    first, second = asyncio.new_event_loop(), asyncio.new_event_loop()
+    try:
+        first.run_until_complete(client.start())
+        assert first.run_until_complete(client.complete("on its own loop")).ok
+        out = tmp_path / "out"
+        for use in (
+            lambda: client.complete("from another loop"),
+            lambda: client.batch(["a", "b"], out).wait(),
+            lambda: _drain(client.stream("from another loop")),
+        ):
+            with pytest.raises(llmbatch.WrongEventLoop, match="belongs to the event loop"):
+                second.run_until_complete(use())
+        assert not out.exists()  # no run directory, no failed records for a resume to skip
+        assert first.run_until_complete(client.complete("still fine")).ok
+    finally:
+        first.run_until_complete(client.aclose())
+        first.close()
+        second.close()
+
+
+async def _drain(stream: Any) -> None:
+    async for _ in stream:
+        pass

@@ -19,7 +19,7 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any
 
-from llmbatch.engine.core import NULL_TEXT, Engine, TextTarget, redact
+from llmbatch.engine.core import NULL_TEXT, Engine, TextTarget
 from llmbatch.engine.gate import EarlyFailureCheck, FailureGate
 from llmbatch.errors import InputError, RequestError
 from llmbatch.metrics import INPUT_ERROR, RunMetrics
@@ -138,7 +138,7 @@ class BatchRun:
 
     def _on_attempt_error(self, exc: RequestError) -> None:
         if (why := self.early_check.on_failed_attempt(exc)) is not None:
-            self.stop(StopReason.ABORTED, message=redact(why, self.engine.secrets), grace_s=0)
+            self.stop(StopReason.ABORTED, message=self.engine.redactor.text(why), grace_s=0)
 
     def _cancel_requests(self) -> None:
         for t in self._tasks:
@@ -251,7 +251,7 @@ class BatchRun:
             raise
         except RequestError as exc:  # fatal for the run (bad key, no quota)
             self._finish_text(sink, complete=False, keep=False)
-            msg = redact(f"{type(exc).__name__}: {exc}", engine.secrets)
+            msg = f"{type(exc).__name__}: {exc}"  # scrubbed by the engine
             self.stop(StopReason.ABORTED, message=msg)
             return
         finally:

@@ -16,6 +16,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from llmbatch.redaction import url_without_credentials
+
 if TYPE_CHECKING:
     from llmbatch.config.load import RunConfig
 
@@ -42,7 +44,10 @@ def run_identity(cfg: RunConfig, prompts: Path) -> dict[str, Any]:
         "prompts": str(prompts.resolve()),
         "provider": p.name,
         "kind": p.kind,
-        "base_url": EMBEDDED_MOCK_URL if p.embedded_mock else p.base_url.rstrip("/"),
+        # Never the credentials a URL may carry (user:pass@): run.json is not a secret.
+        "base_url": EMBEDDED_MOCK_URL
+        if p.embedded_mock
+        else url_without_credentials(p.base_url).rstrip("/"),
         "model": p.model,
         "params": dict(p.params),
     }
