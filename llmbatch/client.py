@@ -287,6 +287,7 @@ class Client:
         force_resume: bool = False,
         arrivals: ArrivalProfile | None = None,
         on_outcome: Callable[[Outcome], None] | None = None,
+        rerun_changed: bool | Callable[[], Iterable[Any]] = False,
     ) -> Batch:
         """Run many prompts; iterate the returned Batch for Results in completion order.
 
@@ -305,6 +306,10 @@ class Client:
         ``concurrency`` in flight; ``batch.pacer`` then holds how late each went.
         ``on_outcome`` sees every finished request's Outcome (llmbatch compare's
         measurements).
+        Each record keeps a hash of the request it answered: a prompt that changed under
+        a done id is skipped and counted (``Batch.end.changed``), or with
+        ``rerun_changed`` its old record is dropped and it runs again (the prompts are
+        read twice: a file, a list, or a function that returns them again).
         """
         opts = _BatchOptions(
             text_files=text_files,
@@ -319,6 +324,7 @@ class Client:
             force_resume=force_resume,
             arrivals=arrivals,
             on_outcome=on_outcome,
+            rerun_changed=rerun_changed,
         )
         return Batch(self, prompts, Path(run_dir) if run_dir is not None else None, opts)
 

@@ -7,6 +7,7 @@ CLI turns them into messages and exit codes.
     LLMBatchError
     ├── ConfigError                 bad config.toml / flags / missing API key env var
     ├── InputError(path, line_no)   a JSONL line or file that cannot become requests
+    │   └── UnfinishedLine          the last line, still being written: left for the next run
     ├── RunDirError                 run directory locked, unreadable or from another job
     ├── OutputError                 writing results failed during a run (disk full, ...)
     ├── WrongEventLoop              a Client used from an event loop other than its own
@@ -78,6 +79,7 @@ __all__ = [
     "TruncatedStream",
     "UnexpectedContentType",
     "UnexpectedError",
+    "UnfinishedLine",
     "WrongEventLoop",
     "http_status_error",
 ]
@@ -112,6 +114,11 @@ class InputError(LLMBatchError):
         self.reason = message
         where = f"{path}:{line_no}" if line_no is not None else path
         super().__init__(f"{where}: {message}")
+
+
+class UnfinishedLine(InputError):
+    """The file's last line has no newline yet and is not complete JSON: a writer is
+    still appending it. Not an error of the input: it is left for the next run."""
 
 
 class RunDirError(LLMBatchError):

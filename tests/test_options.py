@@ -22,6 +22,8 @@ _SAMPLES = {
     "text_layout": "log",
     "engine": "local",
     "api_key_env": "MY_KEY",
+    "max_answer_bytes": "65536",
+    "max_event_bytes": "65536",
 }
 
 

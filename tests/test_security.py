@@ -21,7 +21,7 @@ from llmbatch.cli.app import app
 
 from .cliutil import first_error_line, prompts, run_cli, start_mock
 from .conftest import ADAPTERS, ThreadedMock, read_results
-from .rawhttp import Action, Close, RawServer, Send, openai_events, response_head
+from .rawhttp import Action, Close, Drip, RawServer, Send, openai_events, response_head
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -434,3 +434,131 @@ def test_a_client_used_from_a_second_event_loop_raises_and_records_nothing(
 async def _drain(stream: Any) -> None:
     async for _ in stream:
         pass
+
+
+# -- bounded resources: an endless answer ends at a documented bound -------------------------------
+def _event(text: str) -> bytes:
+    chunk = {"id": "c", "object": "chat.completion.chunk", "created": 1, "model": "m"}
+    delta = {"index": 0, "delta": {"content": text}, "finish_reason": None}
+    return b"data: " + orjson.dumps({**chunk, "choices": [delta]}) + b"\n\n"
+
+
+_ENDLESS_HEAD = Send(
+    response_head(headers=[("Content-Type", "text/event-stream"), ("Connection", "close")])
+)
+
+
+@pytest.mark.parametrize("adapter", ADAPTERS)
+@pytest.mark.parametrize(
+    ("drip", "prompt", "bound"),
+    [
+        (_event("tok "), {}, "max_answer_bytes"),  # an answer that never ends
+        (b"data: " + b"x" * 512, {}, "max_event_bytes"),  # one line that never ends
+        (_event("long token " * 20), {"max_tokens": 2}, "max_tokens"),  # max_tokens ignored
+    ],
+    ids=["endless-answer", "endless-line", "max-tokens-ignored"],
+)
+async def test_an_endless_answer_ends_at_its_bound(
+    tmp_path: Path, adapter: str, drip: bytes, prompt: dict[str, Any], bound: str
+) -> None:
+    import llmbatch
+
+    server = await RawServer.scripted([_ENDLESS_HEAD, Drip(drip, 0.0005)]).start()
+    out = tmp_path / "out"
+    # Small bounds so the test is quick; the one under test is the lowest.
+    answer_bytes = 8192 if bound == "max_answer_bytes" else 256 * 1024
+    event_bytes = 8192 if bound == "max_event_bytes" else 256 * 1024
+    try:
+        async with llmbatch.Client(
+            "vllm",
+            base_url=server.url,
+            client=adapter,
+            max_answer_bytes=answer_bytes,
+            max_event_bytes=event_bytes,
+        ) as llm:
+            await llm.batch([{"id": "q", "prompt": "go on", **prompt}], out).wait()
+        (rec,) = read_results(out)
+        assert rec["error"]["code"] == "answer_too_large"
+        assert rec["error"]["message"].startswith(f"{bound}: ")
+        assert rec["error"]["message"].endswith("ended by the client")
+        assert len(rec["llmbatch"]["attempts"]) == 1  # not retried: it would do the same
+        await server.wait_for(lambda s: s.closed_by_client == 1)  # the stream was dropped
+    finally:
+        await server.close()
+
+
+def test_the_event_bound_costs_nothing_for_whole_events() -> None:
+    from llmbatch.errors import AnswerTooLarge
+    from llmbatch.providers.sse import SSEDecoder
+
+    dec = SSEDecoder(max_event_bytes=64)
+    many = b"".join(b"data: %d\n\n" % i for i in range(1000))  # 10 KB of small events
+    assert len(dec.feed_data(many)) == 1000
+    for piece in (b"data: ", b"a" * 30, b"\n", b"data: ", b"b" * 20):  # one event: 56 bytes
+        dec.feed_data(piece)
+    with pytest.raises(AnswerTooLarge, match="max_event_bytes"):
+        dec.feed_data(b"c" * 10)
+
+
+# -- resume: changed prompts and a last line still being written -------------------------------
+def test_a_changed_prompt_under_a_done_id_is_reported_and_rerun_on_request(
+    runner: CliRunner, tmp_path: Path, mocks: list[ThreadedMock]
+) -> None:
+    mock = start_mock(mocks)
+    p = prompts(tmp_path)
+    out = tmp_path / "out"
+    args = ["-p", "vllm", "--base-url", mock.url, "--model", "m", "-o", str(out)]
+    assert run_cli(runner, str(p), *args).exit_code == 0
+    before = {r["custom_id"]: r for r in read_results(out)}
+    assert all(len(r["llmbatch"]["request_hash"]) == 16 for r in before.values())
+    rows = [{"id": i, "prompt": f"q{i}" if i < 2 else f"another question {i}"} for i in range(5)]
+    p.write_bytes(b"".join(orjson.dumps(r) + b"\n" for r in rows))
+    res = run_cli(runner, str(p), *args)
+    assert res.exit_code == 0, res.output
+    assert "5 already done" in res.output
+    assert (
+        "llmbatch: warning: 3 done prompts changed since their answer was recorded (same id, "
+        "another request: 2, 3, 4); the old answers are kept: --rerun-changed runs them again"
+    ) in res.output
+    assert mock.server.stats.requests == 5
+    res = run_cli(runner, str(p), *args, "--rerun-changed")
+    assert res.exit_code == 0, res.output
+    assert mock.server.stats.requests == 8  # the three changed ones, nothing else
+    after = {r["custom_id"]: r for r in read_results(out)}
+    assert len(read_results(out)) == 5  # one record per id: the old ones were dropped
+    assert after["0"] == before["0"] and after["4"] != before["4"]
+    assert after["4"]["llmbatch"]["request_hash"] != before["4"]["llmbatch"]["request_hash"]
+    text = (out / "text" / "4.txt").read_text()
+    assert text == after["4"]["response"]["body"]["choices"][0]["message"]["content"]
+    res = run_cli(runner, str(p), *args)
+    assert res.exit_code == 0 and "--rerun-changed runs" not in res.output
+
+
+def test_a_last_line_still_being_written_is_left_for_the_next_run(
+    runner: CliRunner, tmp_path: Path, mocks: list[ThreadedMock]
+) -> None:
+    mock = start_mock(mocks)
+    p = prompts(tmp_path, 3)
+    with open(p, "ab") as fh:
+        fh.write(b'{"id": "late", "prompt": "half wr')  # a producer is still appending
+    out = tmp_path / "out"
+    args = ["-p", "vllm", "--base-url", mock.url, "--model", "m", "-o", str(out)]
+    res = run_cli(runner, str(p), *args)
+    assert res.exit_code == 0, res.output
+    assert (
+        f"llmbatch: warning: {p}:4: the last line has no newline and is not complete JSON "
+        "(the file is still being written?): left for the next run"
+    ) in res.output
+    assert sorted(r["custom_id"] for r in read_results(out)) == ["0", "1", "2"]
+    with open(p, "ab") as fh:
+        fh.write(b'itten"}\n')
+    res = run_cli(runner, str(p), *args)
+    assert res.exit_code == 0, res.output
+    assert sorted(r["custom_id"] for r in read_results(out)) == ["0", "1", "2", "late"]
+    report = runner.invoke(app, ["report", str(out), "--json", "--recompute"])
+    assert orjson.loads(report.output)["requests"]["run_total_failed"] == 0
+    # A complete last line without its newline is a prompt like any other.
+    with open(p, "ab") as fh:
+        fh.write(b'{"id": "no-newline", "prompt": "fine"}')
+    assert run_cli(runner, str(p), *args).exit_code == 0
+    assert "no-newline" in {r["custom_id"] for r in read_results(out)}

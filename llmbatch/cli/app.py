@@ -122,14 +122,17 @@ def validate(
     """Check PROMPTS without sending anything; list every bad line."""
     from collections import Counter
 
-    from llmbatch.errors import InputError
+    from llmbatch.errors import InputError, UnfinishedLine
+    from llmbatch.notices import warn
     from llmbatch.rundir.reader import iter_records
 
     shapes: Counter[str] = Counter()
     bad = 0
     try:
         for item in iter_records(prompts):
-            if isinstance(item, InputError):
+            if isinstance(item, UnfinishedLine):
+                warn(str(item))  # not an error: a run leaves it for the next one
+            elif isinstance(item, InputError):
                 bad += 1
                 typer.echo(f"{item}", err=True)
             else:

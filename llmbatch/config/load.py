@@ -42,6 +42,11 @@ __all__ = [
 ]
 
 DEFAULT_CONFIG_FILE = "config.toml"
+# Far above any real answer: 128k output tokens at ~1 KB of SSE per token (with logprobs)
+# is 128 MiB; one event holds at most one whole final response (the Responses API's
+# response.completed) of a few MiB.
+DEFAULT_MAX_ANSWER_BYTES = 256 * 1024 * 1024
+DEFAULT_MAX_EVENT_BYTES = 16 * 1024 * 1024
 AUTO_INITIAL_CONCURRENCY = 8
 CLIENTS = ("aiohttp", "httpx", "httpx-aiohttp", "native")
 # files: text/<id>.partial, then text/<id>.txt per request; log: one text.log (textlog.py).
@@ -142,6 +147,7 @@ class RunConfig:
     text_layout: str = "files"  # files: text/<id>.txt; log: one append-only text.log
     max_runtime_s: float | None = None
     retry_failed: bool = False
+    rerun_changed: bool = False  # done prompts whose request changed run again
     # Continue a run directory made for another target (base URL, model, ...).
     force_resume: bool = False
     insecure: bool = False
@@ -149,6 +155,10 @@ class RunConfig:
     # self-hosted server behind TLS); SSL_CERT_FILE when not set here.
     ca_bundle: Path | None = None
     progress: bool | None = None
+    # Bounds on one answer, whatever a server sends (docs/security.md): the body's bytes
+    # per attempt, and one server-sent event (a line or the lines of one event).
+    max_answer_bytes: int = DEFAULT_MAX_ANSWER_BYTES
+    max_event_bytes: int = DEFAULT_MAX_EVENT_BYTES
 
 
 BUILTIN_PROVIDERS: dict[str, ProviderConfig] = {
@@ -218,6 +228,8 @@ _VALUE_RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "max_concurrency": (lambda v: v >= 1, "must be at least 1"),
     "grace_s": (lambda v: v >= 0, "must be >= 0"),
     "max_runtime_s": (lambda v: v > 0, "must be greater than 0 seconds"),
+    "max_answer_bytes": (lambda v: v >= 4096, "must be at least 4096"),
+    "max_event_bytes": (lambda v: v >= 4096, "must be at least 4096"),
     **{k: (lambda v: v > 0, "must be positive") for k in _LIMIT_KEYS},
 }
 # The keys of a provider table; embedded_mock and name are llmbatch's own.

@@ -17,13 +17,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+from collections import ChainMap
 from collections.abc import AsyncIterator, Callable, Iterable
 from typing import Any, Protocol
 
 from llmbatch.config.load import RunConfig
 from llmbatch.engine.gate import Probe
 from llmbatch.engine.retry import Verdict, classify, run_with_retries
-from llmbatch.engine.stream import LiveCounts, stream_attempt
+from llmbatch.engine.stream import AnswerBounds, LiveCounts, stream_attempt
 from llmbatch.errors import (
     RateLimited,
     RequestError,
@@ -262,6 +263,10 @@ class _Request:
         eng, rec = self.eng, self.rec
         request = eng.provider.build_request(rec)
         est_in, est_out = estimate_tokens(rec)
+        cfg = eng.cfg
+        # The request's own parameters first, then the profile's defaults (as sent).
+        params = ChainMap(rec.body, dict(eng.provider.profile.params))
+        bounds = AnswerBounds.for_request(params, cfg.max_answer_bytes, cfg.max_event_bytes)
 
         async def attempt(n: int) -> tuple[StreamAssembler, str | None]:
             if n > 1:
@@ -285,6 +290,7 @@ class _Request:
                         eng.cfg.timeouts,
                         self._on_headers,
                         eng.live,
+                        bounds,
                     )
                 except RequestError as exc:
                     eng.redactor.scrub(exc)  # first: nothing sees the server's text unredacted

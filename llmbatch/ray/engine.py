@@ -52,7 +52,7 @@ import orjson
 
 from llmbatch.config.load import RunConfig, resolve_api_key
 from llmbatch.engine import StopReason
-from llmbatch.errors import ConfigError, InputError
+from llmbatch.errors import ConfigError, InputError, UnfinishedLine
 from llmbatch.metrics import SLO
 from llmbatch.ray.actors import GovernorActor, WorkerActor, loop_kind, threads_cpu_s
 from llmbatch.ray.feed import Feed
@@ -227,7 +227,12 @@ async def execute_ray_run(
         runs = [a.run.remote() for a in actors]
         # Placing the workers (Ray's first calls, the actors' creation): a fixed cost.
         driver_setup_cpu_s = time.process_time() - driver_cpu0_s
-        todo = (item for item in items if _item_id(item) not in index)
+        # A last line still being written is left for the next run (no record).
+        todo = (
+            item
+            for item in items
+            if not isinstance(item, UnfinishedLine) and _item_id(item) not in index
+        )
         feed = Feed(todo, chunk_size=max(1, min(CHUNK_MAX, min(shares) // 2 or 1)), workers=names)
         cons.recorded = feed.recorded
         cons.lost_workers = lost_workers

@@ -12,10 +12,14 @@ are accepted when those three match, and upgraded with the current values.
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import orjson
+
+from llmbatch.records import PromptRecord
 from llmbatch.redaction import url_without_credentials
 
 if TYPE_CHECKING:
@@ -23,6 +27,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "EMBEDDED_MOCK_URL",
+    "request_hash",
     "IDENTITY_KEYS",
     "describe_changes",
     "merge_identity",
@@ -82,3 +87,10 @@ def merge_identity(
     if history:
         merged[HISTORY] = history
     return None if merged == dict(old) else merged
+
+
+def request_hash(rec: PromptRecord) -> str:
+    """A short hash of what ``rec`` asks (its body and endpoint, not its id or line): kept
+    in its record, so a resume notices a prompt that changed under the same id."""
+    canonical = orjson.dumps([rec.endpoint, rec.body], option=orjson.OPT_SORT_KEYS)
+    return hashlib.blake2b(canonical, digest_size=8).hexdigest()

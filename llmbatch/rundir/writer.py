@@ -36,7 +36,7 @@ import os
 import re
 import shutil
 import stat
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeGuard
@@ -44,9 +44,10 @@ from typing import TYPE_CHECKING, Any, TypeGuard
 import orjson
 
 from llmbatch.config.load import TEXT_LAYOUTS
-from llmbatch.errors import OutputError, RunDirError
-from llmbatch.rundir.identity import describe_changes, merge_identity
-from llmbatch.rundir.idset import IdSet
+from llmbatch.errors import InputError, OutputError, RunDirError
+from llmbatch.records import PromptRecord
+from llmbatch.rundir.identity import describe_changes, merge_identity, request_hash
+from llmbatch.rundir.idset import IdMap
 from llmbatch.rundir.nofollow import (
     PlantedLink,
     check_not_link,
@@ -131,10 +132,11 @@ class TextSink:
 
 
 class ResumeIndex:
-    """Which ids already have a record; built from results.jsonl at start."""
+    """Which ids already have a record, and the request each answered (its request_hash,
+    kept as a 64-bit hash); built from results.jsonl at start."""
 
     def __init__(self) -> None:
-        self._done = IdSet()
+        self._done = IdMap()
         self.succeeded = 0
         self.failed = 0
         # results.jsonl lines that could not be read (their requests run again).
@@ -142,15 +144,30 @@ class ResumeIndex:
         # Where the last answer that a record points to ends in text.log (log layout).
         self.text_log_end = 0
 
-    def add(self, record_id: str) -> None:
-        """Mark ``record_id`` as done."""
-        self._done.add(record_id)
+    def add(self, record_id: str, request_hash: str | None = None) -> None:
+        """Mark ``record_id`` as done (answering the request of ``request_hash``)."""
+        self._done.put(record_id, _hash_value(request_hash) if request_hash else 0)
+
+    def changed(self, rec: PromptRecord) -> bool:
+        """True when ``rec``'s id has a record that answered another request (False when
+        it has none, or its record has no hash: made by an older llmbatch)."""
+        old = self._done.get(rec.id)
+        return old != 0 and old != _hash_value(request_hash(rec))
+
+    def changed_among(self, items: Iterable[PromptRecord | InputError]) -> set[str]:
+        """The ids of ``items`` whose records answered another request."""
+        return {r.id for r in items if isinstance(r, PromptRecord) and self.changed(r)}
 
     def __contains__(self, record_id: str) -> bool:
         return record_id in self._done
 
     def __len__(self) -> int:
         return len(self._done)
+
+
+def _hash_value(request_hash: str) -> int:
+    """A request hash as the 64-bit value the index keeps (never 0: 0 means none)."""
+    return hash(request_hash) or 1
 
 
 Op = Callable[[], None]
@@ -203,13 +220,15 @@ class RunDir:
         text_files: bool = True,
         text_layout: str = "files",
         force_resume: bool = False,
+        rerun: Callable[[ResumeIndex], set[str]] | None = None,
     ) -> tuple[RunDir, ResumeIndex]:
         """Create or reopen ``path``: take the lock, check it belongs to this job,
         repair a torn last line, and index the ids already done.
 
         A directory that holds files but no run.json is not a run directory: it is
         refused, never adopted or cleaned. ``meta`` is the run's identity (identity.py);
-        another run's directory is refused unless ``force_resume``.
+        another run's directory is refused unless ``force_resume``. ``rerun(index)``
+        names ids whose records are dropped, so they run again (prompts that changed).
         """
         if text_layout not in TEXT_LAYOUTS:
             raise RunDirError(f"unknown text layout {text_layout!r} (files or log)")
@@ -229,6 +248,9 @@ class RunDir:
             rd._check_meta(meta, force_resume)
             resuming = _exists(rd._dir_fd, RESULTS)
             index = rd._load_index(retry_failed)
+            if rerun is not None and (again := rerun(index)):
+                _drop_records(rd._dir_fd, path, lambda rec: rec.get("custom_id") in again)
+                index = rd._load_index(False)
             if resuming and rd._text_fd >= 0:
                 rd._remove_stale_partials(rd._text_fd)
             if retry_failed and rd._failed_fd >= 0:  # they run again: their old partials go
@@ -348,12 +370,14 @@ class RunDir:
             return index
         _repair_torn_tail(self._dir_fd, self.path)
         if retry_failed:
-            _drop_failed_records(self._dir_fd, self.path)
+            _drop_records(self._dir_fd, self.path, lambda rec: rec.get("error") is not None)
         for _, rec in iter_result_lines(rpath, damaged=index.damaged_lines):
             cid = rec.get("custom_id")
             if isinstance(cid, str):
                 _note_text_log_end(index, rec)
-                index.add(cid)
+                lb = rec.get("llmbatch")
+                rhash = lb.get("request_hash") if isinstance(lb, dict) else None
+                index.add(cid, rhash if isinstance(rhash, str) else None)
                 if rec.get("error") is None:
                     index.succeeded += 1
                 else:
@@ -761,9 +785,11 @@ def damaged_lines_notice(path: Path, lines: list[int] | None) -> str | None:
     return f"{path}: damaged {noun} skipped (not a JSON record): line {shown}"
 
 
-def _drop_failed_records(dir_fd: int, where: Path) -> None:
-    """Rewrite results.jsonl without failed records (atomically), so they run again."""
-    kept = (raw for raw, rec in iter_result_lines(where / RESULTS) if rec.get("error") is None)
+def _drop_records(dir_fd: int, where: Path, drop: Callable[[dict[str, Any]], bool]) -> None:
+    """Rewrite results.jsonl without the records ``drop`` picks (atomically), so their
+    requests run again (failed ones with --retry-failed, changed ones with
+    --rerun-changed)."""
+    kept = (raw for raw, rec in iter_result_lines(where / RESULTS) if not drop(rec))
     replace_in(dir_fd, RESULTS, kept, where)
 
 
