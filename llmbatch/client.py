@@ -41,9 +41,11 @@ from llmbatch.errors import (
     ConfigError,
     InputError,
     InsecureTLSWarning,
+    ProxyIgnoredWarning,
     RequestError,
 )
 from llmbatch.http import ClientOptions, make_client
+from llmbatch.http.proxy import ignored_proxy
 from llmbatch.metrics import INPUT_ERROR, SLO
 from llmbatch.providers import make_provider
 from llmbatch.records import Outcome, PromptRecord
@@ -175,6 +177,8 @@ class Client:
             base_url = cfg.provider.base_url
             if cfg.provider.embedded_mock:
                 base_url = await stack.enter_async_context(_embedded_mock(cfg.mock))
+            elif (notice := ignored_proxy(base_url)) is not None:
+                warnings.warn(ProxyIgnoredWarning(notice), stacklevel=2)
             provider = make_provider(cfg.provider, self._api_key, base_url)
             max_in_flight = cfg.max_concurrency if cfg.adaptive else cfg.concurrency
             adapter = make_client(

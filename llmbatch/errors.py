@@ -66,6 +66,7 @@ __all__ = [
     "PoolTimeout",
     "ProviderError",
     "ProviderOverloaded",
+    "ProxyIgnoredWarning",
     "QuotaExhausted",
     "RateLimited",
     "Redirected",
@@ -99,6 +100,10 @@ class InsecureTLSWarning(LLMBatchWarning):
 
 class ConcurrencyCappedWarning(LLMBatchWarning):
     """The open-file limit allows fewer requests in flight than asked: capped."""
+
+
+class ProxyIgnoredWarning(LLMBatchWarning):
+    """A proxy variable applies to the base URL, but llmbatch supports no proxy."""
 
 
 class ConfigError(LLMBatchError):

@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import threading
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +18,7 @@ from typer.testing import CliRunner
 from llmbatch.cli.app import app
 
 from .cliutil import first_error_line, prompts, run_cli, start_mock
-from .conftest import ADAPTERS, ThreadedMock, read_results
+from .conftest import ADAPTERS, OnThread, ThreadedMock, read_results
 from .rawhttp import Action, Close, Drip, RawServer, Send, openai_events, response_head
 
 pytestmark = pytest.mark.timeout(120)
@@ -230,32 +228,11 @@ def test_a_key_pasted_as_the_variable_name_is_refused_unseen(
 
 
 # -- hostile servers: redirects and echoed keys ------------------------------------------------
-class ThreadedRaw:
-    """A RawServer on its own event loop in a thread, for CLI tests."""
-
-    def __init__(self, *scripts: list[Action]) -> None:
-        self.loop = asyncio.new_event_loop()
-        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
-        self.thread.start()
-        self.server: RawServer = self._call(RawServer.scripted(*scripts).start())
-        self.url = self.server.url
-
-    def _call(self, coro: Any) -> Any:
-        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(30)
-
-    def close(self) -> None:
-        self._call(self.server.close())
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self.thread.join(10)
-        self.loop.close()
-
-
-@pytest.fixture
-def raws() -> Iterator[list[ThreadedRaw]]:
-    started: list[ThreadedRaw] = []
-    yield started
-    for s in started:
-        s.close()
+def start_raw(servers: list[Any], *scripts: list[Action]) -> OnThread:
+    """A scripted RawServer on a thread of its own (closed with the ``mocks`` fixture)."""
+    raw = OnThread(lambda: RawServer.scripted(*scripts).start())
+    servers.append(raw)
+    return raw
 
 
 def _answer(tokens: list[str], *extra: tuple[str, str]) -> list[Action]:
@@ -356,10 +333,10 @@ async def test_a_key_echoed_as_the_request_id_is_not_stored(tmp_path: Path, adap
 
 
 def test_a_key_echoed_in_a_fatal_error_stays_off_the_terminal(
-    runner: CliRunner, tmp_path: Path, raws: list[ThreadedRaw]
+    runner: CliRunner, tmp_path: Path, mocks: list[Any]
 ) -> None:
     body = orjson.dumps({"error": {"message": "y" * 290 + f"Incorrect API key provided: {KEY}"}})
-    raws.append(ThreadedRaw(_status("401 Unauthorized", body, ("x-request-id", KEY))))
+    raw = start_raw(mocks, _status("401 Unauthorized", body, ("x-request-id", KEY)))
     res = runner.invoke(
         app,
         [
@@ -368,7 +345,7 @@ def test_a_key_echoed_in_a_fatal_error_stays_off_the_terminal(
             "-p",
             "vllm",
             "--base-url",
-            raws[0].url,
+            raw.url,
             "--api-key-env",
             "MY_KEY",
             "--no-progress",
@@ -562,3 +539,76 @@ def test_a_last_line_still_being_written_is_left_for_the_next_run(
         fh.write(b'{"id": "no-newline", "prompt": "fine"}')
     assert run_cli(runner, str(p), *args).exit_code == 0
     assert "no-newline" in {r["custom_id"] for r in read_results(out)}
+
+
+# -- proxies: none is supported, on any client, and the user is told ------------------------------
+@pytest.mark.parametrize("adapter", ADAPTERS)
+async def test_no_client_goes_through_a_proxy(
+    tmp_path: Path, adapter: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    proxy = await RawServer.scripted(_answer(["from the proxy"])).start()
+    target = await RawServer.scripted(_answer(["direct"])).start()
+    for name in ("HTTP_PROXY", "http_proxy", "ALL_PROXY"):
+        monkeypatch.setenv(name, f"http://127.0.0.1:{proxy.port}")
+    try:
+        rec = await _batch(tmp_path, target.url, adapter, provider="vllm")
+        assert rec["response"]["body"]["choices"][0]["message"]["content"] == "direct"
+        assert proxy.requests == [] and len(target.requests) == 1
+    finally:
+        await proxy.close()
+        await target.close()
+
+
+@pytest.mark.parametrize(
+    ("url", "env", "expected"),
+    [
+        ("https://api.openai.com/v1", {"HTTPS_PROXY": "http://p:3128"}, "HTTPS_PROXY is set"),
+        ("https://api.openai.com/v1", {"https_proxy": "http://p:3128"}, "https_proxy is set"),
+        ("http://gpu-box:8000/v1", {"ALL_PROXY": "socks5://p:1080"}, "ALL_PROXY is set"),
+        ("https://api.openai.com/v1", {"HTTP_PROXY": "http://p:3128"}, None),  # other scheme
+        ("https://api.openai.com/v1", {"HTTPS_PROXY": "x", "NO_PROXY": ".openai.com"}, None),
+        ("https://api.openai.com/v1", {"HTTPS_PROXY": "x", "no_proxy": "*"}, None),
+        ("http://127.0.0.1:8000/v1", {"HTTP_PROXY": "http://p:3128"}, None),  # loopback
+        ("http://localhost:8000/v1", {"HTTP_PROXY": "http://p:3128"}, None),
+    ],
+)
+def test_a_proxy_variable_that_applies_is_named(
+    url: str, env: dict[str, str], expected: str | None
+) -> None:
+    from llmbatch.http.proxy import ignored_proxy
+
+    notice = ignored_proxy(url, env)
+    if expected is None:
+        assert notice is None
+    else:
+        assert notice is not None and notice.startswith(expected)
+        assert "supports no proxy: it connects to" in notice
+
+
+async def test_the_library_warns_when_a_proxy_would_apply(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import llmbatch
+
+    monkeypatch.setenv("HTTPS_PROXY", "http://proxy.example:3128")
+    client = llmbatch.Client("openai", api_key=KEY)
+    with pytest.warns(llmbatch.ProxyIgnoredWarning, match="HTTPS_PROXY is set"):
+        await client.start()
+    await client.aclose()
+
+
+async def test_the_library_reruns_changed_prompts_from_a_list(tmp_path: Path) -> None:
+    import llmbatch
+
+    out = tmp_path / "out"
+    async with llmbatch.Client("mock", mock={"tokens": 4}) as llm:
+        await llm.batch([{"id": "a", "prompt": "one"}, {"id": "b", "prompt": "two"}], out).wait()
+        batch = llm.batch([{"id": "a", "prompt": "one"}, {"id": "b", "prompt": "TWO"}], out)
+        end = await batch.wait()
+        assert (end.changed, end.changed_ids) == (1, ("b",))
+        changed = [{"id": "a", "prompt": "one"}, {"id": "b", "prompt": "TWO"}]
+        end = await llm.batch(changed, out, rerun_changed=True).wait()
+        assert end.changed == 0 and end.metrics.succeeded == 1
+        with pytest.raises(llmbatch.ConfigError, match="reads the prompts twice"):
+            await llm.batch(iter(changed), out, rerun_changed=True).wait()
+    assert [r["custom_id"] for r in read_results(out)] == ["a", "b"]

@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import signal
 import sys
+import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,7 +19,8 @@ from llmbatch.config.load import RunConfig
 from llmbatch.engine import BatchEnd, StopReason
 from llmbatch.engine.arrivals import ArrivalPacer, ArrivalProfile
 from llmbatch.engine.fdlimit import fit_run_config
-from llmbatch.errors import InputError
+from llmbatch.errors import InputError, ProxyIgnoredWarning
+from llmbatch.http.proxy import ignored_proxy
 from llmbatch.metrics import SLO
 from llmbatch.notices import warn
 from llmbatch.progress import ProgressView, make_progress
@@ -93,6 +95,9 @@ async def execute_run(
     """
     cfg, capped = fit_run_config(cfg)  # within the open-file limit (raised, or capped)
     warn(capped)
+    if not cfg.provider.embedded_mock:  # said once here; the Client's own warning muted
+        warn(ignored_proxy(cfg.provider.base_url))
+        warnings.filterwarnings("ignore", category=ProxyIgnoredWarning)
     client = Client._for_run(cfg)  # resolves the API key before anything is sent
     hooks = hooks or RunHooks()
     items: Iterator[PromptRecord | InputError] = hooks.items or open_prompts(prompts)
