@@ -335,7 +335,8 @@ async def test_a_key_echoed_as_the_request_id_is_not_stored(tmp_path: Path, adap
 def test_a_key_echoed_in_a_fatal_error_stays_off_the_terminal(
     runner: CliRunner, tmp_path: Path, mocks: list[Any]
 ) -> None:
-    body = orjson.dumps({"error": {"message": "y" * 290 + f"Incorrect API key provided: {KEY}"}})
+    # The key straddles the 300th character of the body, where the message used to be cut.
+    body = orjson.dumps({"error": {"message": "y" * 241 + f"Incorrect API key provided: {KEY}"}})
     raw = start_raw(mocks, _status("401 Unauthorized", body, ("x-request-id", KEY)))
     res = runner.invoke(
         app,
