@@ -613,3 +613,31 @@ async def test_the_library_reruns_changed_prompts_from_a_list(tmp_path: Path) ->
         with pytest.raises(llmbatch.ConfigError, match="reads the prompts twice"):
             await llm.batch(iter(changed), out, rerun_changed=True).wait()
     assert [r["custom_id"] for r in read_results(out)] == ["a", "b"]
+
+
+def test_the_ray_driver_leaves_changed_and_unfinished_prompts_as_one_process_does(
+    tmp_path: Path,
+) -> None:
+    from llmbatch.errors import UnfinishedLine
+    from llmbatch.ray.engine import _todo
+    from llmbatch.rundir.identity import request_hash
+    from llmbatch.rundir.reader import parse_item
+    from llmbatch.rundir.writer import ResumeIndex
+
+    def rec(rid: str, prompt: str) -> Any:
+        return parse_item({"id": rid, "prompt": prompt}, line_no=1, path="p")
+
+    index = ResumeIndex()
+    index.add("same", request_hash(rec("same", "one")))
+    index.add("edited", request_hash(rec("edited", "two")))
+    index.add("old", None)  # a record written before records kept a hash
+    items = [
+        rec("same", "one"),
+        rec("edited", "TWO"),
+        rec("old", "anything"),
+        rec("new", "three"),
+        UnfinishedLine("cut short", path="p", line_no=5),
+    ]
+    changed: list[str] = []
+    assert [item.id for item in _todo(items, index, changed)] == ["new"]
+    assert changed == ["edited"]

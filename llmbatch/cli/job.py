@@ -27,7 +27,7 @@ from llmbatch.progress import ProgressView, make_progress
 from llmbatch.records import Outcome, PromptRecord
 from llmbatch.rundir.identity import run_identity
 from llmbatch.rundir.reader import iter_records, open_prompts
-from llmbatch.rundir.writer import RESULTS, damaged_lines_notice
+from llmbatch.rundir.writer import RESULTS, changed_notice, damaged_lines_notice
 
 if TYPE_CHECKING:
     from llmbatch.rundir.shard import Shard
@@ -183,7 +183,7 @@ async def execute_run(
             if install_signal_handlers:
                 for sig in (signal.SIGINT, signal.SIGTERM):
                     loop.remove_signal_handler(sig)
-    warn(changed_notice(result))
+    warn(changed_notice(result.changed, result.changed_ids))
     warn(str(result.unfinished) if result.unfinished is not None else None)
     return RunOutput(
         result=result, run_dir=run_dir, signal_received=signal_received, pacer=batch.pacer
@@ -198,16 +198,3 @@ def _again(prompts: Path, shard: Shard | None) -> Iterator[PromptRecord | InputE
     from llmbatch.rundir.shard import select_shard
 
     return select_shard(items, shard)
-
-
-def changed_notice(end: BatchEnd) -> str | None:
-    """One line on the done prompts whose request changed (kept as they were), or None."""
-    if not end.changed:
-        return None
-    shown = ", ".join(end.changed_ids) + (", ..." if end.changed > len(end.changed_ids) else "")
-    noun = "prompt" if end.changed == 1 else "prompts"
-    return (
-        f"{end.changed} done {noun} changed since {'its' if end.changed == 1 else 'their'} "
-        f"answer was recorded (same id, another request: {shown}); the old answers are kept: "
-        "--rerun-changed runs them again"
-    )

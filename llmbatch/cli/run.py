@@ -215,6 +215,10 @@ def _run_ray(
     echo(format_summary(out.summary, out.run_dir))
     per = out.summary["engine"]["records_per_worker"]
     echo("per worker: " + (", ".join(f"{w} {n}" for w, n in sorted(per.items())) or "-"))
+    from llmbatch.notices import warn
+    from llmbatch.rundir.writer import changed_notice
+
+    warn(changed_notice(out.changed, out.changed_ids))
     return _exit_code(
         out.stop_reason, out.abort_message, out.pending_left, out.failed, out.signal_received
     )

@@ -17,7 +17,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections import ChainMap
 from collections.abc import AsyncIterator, Callable, Iterable
 from typing import Any, Protocol
 
@@ -264,9 +263,9 @@ class _Request:
         request = eng.provider.build_request(rec)
         est_in, est_out = estimate_tokens(rec)
         cfg = eng.cfg
-        # The request's own parameters first, then the profile's defaults (as sent).
-        params = ChainMap(rec.body, dict(eng.provider.profile.params))
-        bounds = AnswerBounds.for_request(params, cfg.max_answer_bytes, cfg.max_event_bytes)
+        bounds = AnswerBounds.for_request(
+            rec.body, eng.provider.profile.params, cfg.max_answer_bytes, cfg.max_event_bytes
+        )
 
         async def attempt(n: int) -> tuple[StreamAssembler, str | None]:
             if n > 1:

@@ -69,10 +69,23 @@ class AnswerBounds:
 
     @classmethod
     def for_request(
-        cls, params: Mapping[str, Any], max_bytes: int, max_event_bytes: int
+        cls,
+        body: Mapping[str, Any],
+        defaults: Mapping[str, Any],
+        max_bytes: int,
+        max_event_bytes: int,
     ) -> AnswerBounds:
-        """The bounds of a request whose body parameters are ``params``."""
-        cap = next((params[k] for k in _MAX_TOKENS_KEYS if params.get(k) is not None), None)
+        """The bounds of a request: its ``body``'s max_tokens, else the profile's
+        ``defaults`` (as the request is sent), plus the byte bounds."""
+        cap: Any = None
+        for params in (body, defaults):
+            for key in _MAX_TOKENS_KEYS:
+                if key in params:
+                    cap = params[key]
+                    break
+            else:
+                continue
+            break
         if not isinstance(cap, int) or isinstance(cap, bool) or cap < 1:
             cap = None
         chars = cap * MAX_CHARS_PER_TOKEN + TOKEN_MARGIN_CHARS if cap is not None else None

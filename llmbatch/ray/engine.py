@@ -44,6 +44,7 @@ import os
 import signal
 import sys
 import time
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -52,6 +53,7 @@ import orjson
 
 from llmbatch.config.load import RunConfig, resolve_api_key
 from llmbatch.engine import StopReason
+from llmbatch.engine.batch import CHANGED_SHOWN
 from llmbatch.errors import ConfigError, InputError, UnfinishedLine
 from llmbatch.metrics import SLO
 from llmbatch.ray.actors import GovernorActor, WorkerActor, loop_kind, threads_cpu_s
@@ -68,7 +70,7 @@ from llmbatch.ray.wire import pack
 from llmbatch.records import PromptRecord
 from llmbatch.rundir.identity import run_identity
 from llmbatch.rundir.nofollow import replace_file
-from llmbatch.rundir.reader import open_prompts
+from llmbatch.rundir.reader import iter_records, open_prompts
 from llmbatch.rundir.summary import SummaryBuilder
 from llmbatch.rundir.writer import (
     RESULTS,
@@ -94,6 +96,9 @@ class RayRunOutput:
     pending_left: bool
     failed: int
     signal_received: int | None = None
+    # Done ids whose prompt changed since their record (skipped, old answer kept).
+    changed: int = 0
+    changed_ids: tuple[str, ...] = ()
 
 
 # -- the driver -------------------------------------------------------------------------------
@@ -134,6 +139,7 @@ async def execute_ray_run(
     ray = _import_ray()
     api_key = resolve_api_key(cfg.provider)
     items = open_prompts(prompts)
+    changed: list[str] = []  # done ids whose prompt changed (counted, not rerun)
     meta = run_identity(cfg, prompts)
     meta["engine"] = "ray"
     rundir, index = RunDir.open(
@@ -143,6 +149,8 @@ async def execute_ray_run(
         text_files=cfg.text_files,
         text_layout=driver_text_layout(cfg, run_dir),
         force_resume=cfg.force_resume,
+        # --rerun-changed: the records of prompts that changed go, so they run again.
+        rerun=(lambda idx: idx.changed_among(iter_records(prompts))) if cfg.rerun_changed else None,
     )
     cons = Consolidator(
         run_dir, rundir, index, skip_failed=cfg.retry_failed, summary=SummaryBuilder(slo=slo)
@@ -227,12 +235,7 @@ async def execute_ray_run(
         runs = [a.run.remote() for a in actors]
         # Placing the workers (Ray's first calls, the actors' creation): a fixed cost.
         driver_setup_cpu_s = time.process_time() - driver_cpu0_s
-        # A last line still being written is left for the next run (no record).
-        todo = (
-            item
-            for item in items
-            if not isinstance(item, UnfinishedLine) and _item_id(item) not in index
-        )
+        todo = _todo(items, index, changed)
         feed = Feed(todo, chunk_size=max(1, min(CHUNK_MAX, min(shares) // 2 or 1)), workers=names)
         cons.recorded = feed.recorded
         cons.lost_workers = lost_workers
@@ -443,6 +446,8 @@ async def execute_ray_run(
         pending_left=pending_left,
         failed=cons.added_failed,
         signal_received=signal_received,
+        changed=len(changed),
+        changed_ids=tuple(changed[:CHANGED_SHOWN]),
     )
 
 
@@ -463,6 +468,22 @@ def _cause(exc: BaseException) -> str:
     if isinstance(cause, BaseException):
         return f"{type(cause).__name__}: {cause}"
     return type(exc).__name__
+
+
+def _todo(
+    items: Iterable[PromptRecord | InputError], index: ResumeIndex, changed: list[str]
+) -> Iterator[PromptRecord | InputError]:
+    """The items still to do: not done, not a last line still being written (the next
+    run has it); done ids whose prompt changed go to ``changed``."""
+    for item in items:
+        if isinstance(item, UnfinishedLine):
+            continue
+        if isinstance(item, PromptRecord) and item.id in index:
+            if index.changed(item):
+                changed.append(item.id)
+            continue
+        if _item_id(item) not in index:
+            yield item
 
 
 def _item_id(item: PromptRecord | InputError) -> str:

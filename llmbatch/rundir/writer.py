@@ -68,6 +68,7 @@ __all__ = [
     "ResumeIndex",
     "RunDir",
     "TextSink",
+    "changed_notice",
     "damaged_lines_notice",
     "forget_unsaved",
     "is_own_text_path",
@@ -773,6 +774,19 @@ def unsaved_notice(rundir: RunDir) -> str | None:
     return (
         f"{n} finished request{'s' if n > 1 else ''} could not be saved to "
         f"{rundir.path / RESULTS} (not counted above); the same command runs them again"
+    )
+
+
+def changed_notice(count: int, ids: Iterable[str]) -> str | None:
+    """One line on the done prompts whose request changed (their answers kept), or None."""
+    if not count:
+        return None
+    shown = list(ids)
+    listed = ", ".join(shown) + (", ..." if count > len(shown) else "")
+    noun, its = ("prompt", "its") if count == 1 else ("prompts", "their")
+    return (
+        f"{count} done {noun} changed since {its} answer was recorded (same id, another "
+        f"request: {listed}); the old answers are kept: --rerun-changed runs them again"
     )
 
 
