@@ -21,6 +21,7 @@ from llmbatch.client import AnswerStream, Client, Prompt, Prompts, run
 from llmbatch.config.load import Limits, MockSettings, RetryPolicy, Timeouts
 from llmbatch.engine import BatchEnd, StopReason
 from llmbatch.errors import (
+    AnswerTooLarge,
     AuthError,
     BadRequest,
     CertificateError,
@@ -36,9 +37,11 @@ from llmbatch.errors import (
     OutputError,
     ProviderError,
     ProviderOverloaded,
+    ProxyIgnoredWarning,
     QuotaExhausted,
     RateLimited,
     ReadTimeout,
+    Redirected,
     RejectedInStream,
     RequestError,
     RunDirError,
@@ -49,6 +52,7 @@ from llmbatch.errors import (
     TruncatedStream,
     UnexpectedContentType,
     UnexpectedError,
+    WrongEventLoop,
 )
 from llmbatch.metrics import SLO
 from llmbatch.result import ErrorInfo, Result, Timings, Usage
@@ -57,6 +61,7 @@ __version__ = "0.1.0"
 
 
 __all__ = [
+    "AnswerTooLarge",
     "AnswerStream",
     "AuthError",
     "BadRequest",
@@ -82,9 +87,11 @@ __all__ = [
     "Prompts",
     "ProviderError",
     "ProviderOverloaded",
+    "ProxyIgnoredWarning",
     "QuotaExhausted",
     "RateLimited",
     "ReadTimeout",
+    "Redirected",
     "RejectedInStream",
     "RequestError",
     "Result",
@@ -101,6 +108,7 @@ __all__ = [
     "TruncatedStream",
     "UnexpectedContentType",
     "UnexpectedError",
+    "WrongEventLoop",
     "Usage",
     "__version__",
     "run",

@@ -11,7 +11,7 @@ import contextlib
 import os
 import sys
 import time
-from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Iterable
+from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -22,9 +22,7 @@ from llmbatch.config.load import (
 )
 from llmbatch.engine import BatchEnd, BatchRun, StopReason
 from llmbatch.engine.arrivals import ArrivalPacer, ArrivalProfile, arrival_offsets
-from llmbatch.errors import (
-    InputError,
-)
+from llmbatch.errors import ConfigError, InputError
 from llmbatch.metrics import SLO, RunMetrics
 from llmbatch.notices import warn
 from llmbatch.records import Outcome, PromptRecord
@@ -55,6 +53,7 @@ class _BatchOptions:
     force_resume: bool
     arrivals: ArrivalProfile | None = None
     on_outcome: Callable[[Outcome], None] | None = None
+    rerun_changed: bool | Callable[[], Iterable[Any]] = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -133,6 +132,7 @@ class Batch:
             return
         client = self._client
         eng = client.engine
+        eng.check_loop()  # before the run directory is touched: nothing recorded
         cfg = client.config
         index = ResumeIndex()
         if self.run_dir is not None:
@@ -144,6 +144,7 @@ class Batch:
                 text_files=opts.text_files,
                 text_layout=opts.text_layout,
                 force_resume=opts.force_resume,
+                rerun=_rerun_changed(self._prompts, opts.rerun_changed),
             )
             self.damaged_lines = index.damaged_lines
             if opts.include_done and (self.run_dir / RESULTS).exists():
@@ -311,6 +312,29 @@ class Batch:
         tb: TracebackType | None,
     ) -> None:
         await self.aclose()
+
+
+def _rerun_changed(
+    prompts: Prompts, rerun: bool | Callable[[], Iterable[Any]]
+) -> Callable[[ResumeIndex], set[str]] | None:
+    """What drops the records of prompts that changed (None unless asked): they are read
+    once more before the run, so they must come from a file, a sequence, or ``rerun``."""
+    if rerun is False:
+        return None
+    again: Callable[[], Iterable[Any]]
+    if callable(rerun):
+        again = rerun
+    elif _is_path(prompts):
+        path = Path(os.fspath(prompts))  # type: ignore[arg-type]
+        again = lambda: iter_records(path)  # noqa: E731
+    elif isinstance(prompts, Sequence) and not isinstance(prompts, str):
+        again = lambda: prompts  # noqa: E731
+    else:
+        raise ConfigError(
+            "rerun_changed reads the prompts twice: give a file, a list, or "
+            "rerun_changed=<a function that returns the prompts again>"
+        )
+    return lambda index: index.changed_among(iter_items(again()))
 
 
 def _is_path(prompts: Any) -> bool:

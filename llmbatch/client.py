@@ -41,12 +41,15 @@ from llmbatch.errors import (
     ConfigError,
     InputError,
     InsecureTLSWarning,
+    ProxyIgnoredWarning,
     RequestError,
 )
 from llmbatch.http import ClientOptions, make_client
+from llmbatch.http.proxy import ignored_proxy
 from llmbatch.metrics import INPUT_ERROR, SLO
 from llmbatch.providers import make_provider
 from llmbatch.records import Outcome, PromptRecord
+from llmbatch.redaction import header_secrets, url_secrets
 from llmbatch.result import Result
 from llmbatch.rundir.reader import parse_item
 from llmbatch.rundir.resultline import result_line
@@ -174,6 +177,8 @@ class Client:
             base_url = cfg.provider.base_url
             if cfg.provider.embedded_mock:
                 base_url = await stack.enter_async_context(_embedded_mock(cfg.mock))
+            elif (notice := ignored_proxy(base_url)) is not None:
+                warnings.warn(ProxyIgnoredWarning(notice), stacklevel=2)
             provider = make_provider(cfg.provider, self._api_key, base_url)
             max_in_flight = cfg.max_concurrency if cfg.adaptive else cfg.concurrency
             adapter = make_client(
@@ -192,7 +197,11 @@ class Client:
             await stack.aclose()
             raise
         self._stack = stack
-        secrets = (self._api_key,) if self._api_key else ()
+        secrets = (
+            self._api_key,
+            *url_secrets(cfg.provider.base_url),
+            *header_secrets(cfg.provider.headers),
+        )
         self._engine = Engine(
             cfg,
             provider,
@@ -201,6 +210,7 @@ class Client:
             governor=self._pacer,
             concurrency=self._concurrency,
         )
+        self._engine.loop = asyncio.get_running_loop()
         return self
 
     async def aclose(self) -> None:
@@ -281,6 +291,7 @@ class Client:
         force_resume: bool = False,
         arrivals: ArrivalProfile | None = None,
         on_outcome: Callable[[Outcome], None] | None = None,
+        rerun_changed: bool | Callable[[], Iterable[Any]] = False,
     ) -> Batch:
         """Run many prompts; iterate the returned Batch for Results in completion order.
 
@@ -299,6 +310,10 @@ class Client:
         ``concurrency`` in flight; ``batch.pacer`` then holds how late each went.
         ``on_outcome`` sees every finished request's Outcome (llmbatch compare's
         measurements).
+        Each record keeps a hash of the request it answered: a prompt that changed under
+        a done id is skipped and counted (``Batch.end.changed``), or with
+        ``rerun_changed`` its old record is dropped and it runs again (the prompts are
+        read twice: a file, a list, or a function that returns them again).
         """
         opts = _BatchOptions(
             text_files=text_files,
@@ -313,6 +328,7 @@ class Client:
             force_resume=force_resume,
             arrivals=arrivals,
             on_outcome=on_outcome,
+            rerun_changed=rerun_changed,
         )
         return Batch(self, prompts, Path(run_dir) if run_dir is not None else None, opts)
 

@@ -7,8 +7,10 @@ CLI turns them into messages and exit codes.
     LLMBatchError
     ├── ConfigError                 bad config.toml / flags / missing API key env var
     ├── InputError(path, line_no)   a JSONL line or file that cannot become requests
+    │   └── UnfinishedLine          the last line, still being written: left for the next run
     ├── RunDirError                 run directory locked, unreadable or from another job
     ├── OutputError                 writing results failed during a run (disk full, ...)
+    ├── WrongEventLoop              a Client used from an event loop other than its own
     └── RequestError                one attempt of one request failed
         ├── TransportError
         │   ├── ConnectError        could not connect (refused, DNS, TLS handshake)
@@ -23,12 +25,15 @@ CLI turns them into messages and exit codes.
         │   ├── QuotaExhausted      429 insufficient_quota (fatal for the run)
         │   ├── AuthError           401 / 403 (fatal for the run)
         │   ├── ServerError         5xx, 408, 409 (transient)
+        │   ├── Redirected          3xx: never followed (fatal for the request)
         │   └── BadRequest          400, 404, 413, 422, other 4xx (fatal for the request)
         └── ProviderError           bad answer inside a 2xx response
             ├── ProviderOverloaded  provider said "overloaded" in the stream (transient)
             ├── TruncatedStream     the stream ended without its end marker (transient)
             ├── MalformedResponse   a chunk that is not valid JSON / not the expected shape
             ├── RejectedInStream    a 4xx-class error inside the stream (fatal for the request)
+            ├── AnswerTooLarge      the answer passed a size bound: max_answer_bytes,
+            │                       max_event_bytes or max_tokens (fatal for the request)
             └── UnexpectedContentType  a 2xx that is neither an event stream nor a JSON
                                     answer, e.g. a proxy's HTML page (fatal for the request)
         UnexpectedError             anything else an attempt raised (fatal for the request)
@@ -40,8 +45,10 @@ from __future__ import annotations
 
 import time
 from collections.abc import Mapping
+from typing import Any
 
 __all__ = [
+    "AnswerTooLarge",
     "AuthError",
     "BadRequest",
     "CertificateError",
@@ -59,8 +66,10 @@ __all__ = [
     "PoolTimeout",
     "ProviderError",
     "ProviderOverloaded",
+    "ProxyIgnoredWarning",
     "QuotaExhausted",
     "RateLimited",
+    "Redirected",
     "RejectedInStream",
     "ReadTimeout",
     "RequestError",
@@ -71,6 +80,8 @@ __all__ = [
     "TruncatedStream",
     "UnexpectedContentType",
     "UnexpectedError",
+    "UnfinishedLine",
+    "WrongEventLoop",
     "http_status_error",
 ]
 
@@ -91,6 +102,10 @@ class ConcurrencyCappedWarning(LLMBatchWarning):
     """The open-file limit allows fewer requests in flight than asked: capped."""
 
 
+class ProxyIgnoredWarning(LLMBatchWarning):
+    """A proxy variable applies to the base URL, but llmbatch supports no proxy."""
+
+
 class ConfigError(LLMBatchError):
     """The configuration (file, environment or flags) is unusable; nothing was sent."""
 
@@ -106,12 +121,22 @@ class InputError(LLMBatchError):
         super().__init__(f"{where}: {message}")
 
 
+class UnfinishedLine(InputError):
+    """The file's last line has no newline yet and is not complete JSON: a writer is
+    still appending it. Not an error of the input: it is left for the next run."""
+
+
 class RunDirError(LLMBatchError):
     """The run directory cannot be used (locked by another run, or made by another job)."""
 
 
 class OutputError(LLMBatchError):
     """Writing to the run directory failed mid-run; the run stops (resumable)."""
+
+
+class WrongEventLoop(LLMBatchError):
+    """A Client (its connection pool, limiter and governor) belongs to the event loop that
+    started it; it was used from another one. Nothing was sent or recorded."""
 
 
 class RequestError(LLMBatchError):
@@ -213,6 +238,17 @@ class ServerError(StatusError):
     code = "server_error"
 
 
+class Redirected(StatusError):
+    """3xx: a redirect, which llmbatch never follows (the request carries the API key and
+    the prompt); ``location`` is where the server pointed."""
+
+    code = "redirected"
+
+    def __init__(self, message: str, *, location: str = "", **kwargs: Any) -> None:
+        super().__init__(message, **kwargs)
+        self.location = location
+
+
 class BadRequest(StatusError):
     """4xx other than the above: this request will never succeed as written."""
 
@@ -247,6 +283,17 @@ class RejectedInStream(ProviderError):
     """The stream carried an error saying the request itself is invalid (a 4xx code)."""
 
     code = "rejected_in_stream"
+
+
+class AnswerTooLarge(ProviderError):
+    """The answer passed one of the bounds that keep memory finite whatever a server
+    sends; ``bound`` names it (max_answer_bytes, max_event_bytes or max_tokens)."""
+
+    code = "answer_too_large"
+
+    def __init__(self, message: str, *, bound: str) -> None:
+        super().__init__(message)
+        self.bound = bound
 
 
 class UnexpectedContentType(ProviderError):
@@ -303,10 +350,25 @@ def http_status_error(
     for 429, from the structured error code in the body (OpenAI's
     ``insufficient_quota``), so retry decisions never need to read messages.
     """
-    text = body[:2000].decode("utf-8", errors="replace")
+    # Kept whole (adapters read at most ERROR_BODY_LIMIT): messages are shortened only
+    # after the engine redacted them (redaction.py), so no cut ever splits a key.
+    text = body.decode("utf-8", errors="replace")
     retry_after_s = _parse_retry_after(headers)
     if retry_after_s is None and status in (429, 503):
         retry_after_s = _retry_delay_in_body(body)
+    snippet = " ".join(text.split())
+    if 300 <= status < 400:
+        location = headers.get("location", "")
+        return Redirected(
+            f"HTTP {status} redirect to {location or '(no Location)'} not followed: llmbatch "
+            "never follows redirects (the request carries the API key and the prompt); "
+            "if the new address is right, use it as the base URL",
+            status=status,
+            request_id=request_id,
+            body=text,
+            headers=headers,
+            location=location,
+        )
     cls: type[StatusError]
     if status == 429:
         cls = QuotaExhausted if _is_quota_error(body) else RateLimited
@@ -318,7 +380,6 @@ def http_status_error(
         cls = ServerError
     else:
         cls = BadRequest
-    snippet = " ".join(text.split())[:300]
     return cls(
         f"HTTP {status}: {snippet}" if snippet else f"HTTP {status}",
         status=status,

@@ -90,6 +90,8 @@ class Outcome:
     text_file: str | None = None
     # --text-layout log: (offset, length) of the answer's bytes in text_file.
     text_span: tuple[int, int] | None = None
+    # rundir.identity.request_hash of the request answered (resume notices a change).
+    request_hash: str | None = None
 
     @property
     def ok(self) -> bool:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +24,14 @@ async def mock_server() -> AsyncIterator[MockServer]:
         yield server
     finally:
         await server.close()
+
+
+@pytest.fixture
+def runner(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Any:
+    """A CLI runner in ``tmp_path`` with no LLMBATCH_* or *_API_KEY variable set."""
+    from .cliutil import cli_runner
+
+    return cli_runner(tmp_path, monkeypatch)
 
 
 def write_jsonl(path: Path, rows: list[Any]) -> Path:
@@ -57,6 +65,7 @@ def config_for(server: MockServer, tmp_path: Path, **flags: Any) -> RunConfig:
 __all__ = [
     "ADAPTERS",
     "MockSettings",
+    "OnThread",
     "ThreadedMock",
     "config_for",
     "read_results",
@@ -64,15 +73,16 @@ __all__ = [
 ]
 
 
-class ThreadedMock:
-    """The mock server on its own event loop in a thread, for synchronous CLI tests."""
+class OnThread:
+    """An asyncio server (started by ``start``) on its own event loop in a thread, for
+    synchronous CLI tests: the mock, or a scripted RawServer (tests/rawhttp.py)."""
 
-    def __init__(self, cfg: MockConfig) -> None:
+    def __init__(self, start: Callable[[], Awaitable[Any]]) -> None:
         self.loop = asyncio.new_event_loop()
         self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
         self.thread.start()
-        self.server: MockServer = self._call(start_mock_server(cfg))
-        self.url = self.server.url
+        self.server: Any = self._call(start())
+        self.url: str = self.server.url
 
     def _call(self, coro: Any) -> Any:
         return asyncio.run_coroutine_threadsafe(coro, self.loop).result(30)
@@ -82,6 +92,15 @@ class ThreadedMock:
         self.loop.call_soon_threadsafe(self.loop.stop)
         self.thread.join(10)
         self.loop.close()
+
+
+class ThreadedMock(OnThread):
+    """The mock server on its own event loop in a thread, for synchronous CLI tests."""
+
+    server: MockServer
+
+    def __init__(self, cfg: MockConfig) -> None:
+        super().__init__(lambda: start_mock_server(cfg))
 
 
 @pytest.fixture

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest
@@ -13,15 +12,6 @@ from llmbatch.cli.app import app
 from .conftest import write_jsonl
 
 ROOT = Path(__file__).resolve().parent.parent
-
-
-@pytest.fixture
-def runner(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> CliRunner:
-    monkeypatch.chdir(tmp_path)
-    for k in list(os.environ):
-        if k.startswith("LLMBATCH_") or k.endswith("_API_KEY"):
-            monkeypatch.delenv(k)
-    return CliRunner()
 
 
 def test_version(runner: CliRunner) -> None:
@@ -162,7 +152,7 @@ def test_max_runtime_exits_75_and_resumes(runner: CliRunner, tmp_path: Path) -> 
         ("[providers.x]\nbase_url = 5\n", "providers.x.base_url must be a string"),
         ("[providers.x]\nmodel = 5\n", "providers.x.model must be a string"),
         ("[providers.x]\nheaders = {a = 1}\n", "providers.x.headers.a must be a string"),
-        ("[providers.x]\nembedded_mock = 'no way'\n", "must be true or false"),
+        ("[providers.x]\nembedded_mock = true\n", "embedded_mock is llmbatch's own"),
         ("[timeouts]\ntotal_s = 'nan'\n", "total_s must be a finite number"),
         ("[retry]\nmax_attempts = 2.7\n", "max_attempts must be an integer"),
         ("[run]\nconcurrency = 1.5\n", "concurrency must be an integer"),

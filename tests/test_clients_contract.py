@@ -26,6 +26,7 @@ from llmbatch.errors import (
     QuotaExhausted,
     RateLimited,
     ReadTimeout,
+    Redirected,
     ServerError,
     StreamInterrupted,
 )
@@ -356,14 +357,16 @@ async def test_refused_by_every_adapter(
 async def test_redirect_is_an_error_not_followed(
     adapter: ClientAdapter, raw_servers: list[RawServer]
 ) -> None:
-    # Anything outside 2xx is an error (aiohttp would follow a 307 with the same POST).
+    # Anything outside 2xx is an error (aiohttp would follow a 307 with the same POST); a
+    # 3xx is Redirected, naming where it pointed (docs/security.md).
     moved = response_head(
         "307 Temporary Redirect", (("Location", "/v1/elsewhere"),), content_length=5
     )
     server = await scripted(raw_servers, [Send(moved + b"moved")])
-    with pytest.raises(BadRequest) as info:
+    with pytest.raises(Redirected) as info:
         await collect(adapter, chat_request(server.url))
     assert info.value.status == 307 and info.value.body == "moved"
+    assert info.value.location == "/v1/elsewhere" and info.value.code == "redirected"
     assert [s.target for s in server.requests] == ["/v1/chat/completions"]
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
+from typing import Any
 
 import orjson
 import pytest
@@ -232,11 +233,11 @@ async def test_disk_full_mid_run_stops_and_resumes_cleanly(
         real_write_file = writer._write_file
         calls = {"n": 0}
 
-        def failing_write_file(path: str, data: bytes) -> None:
+        def failing_write_file(*args: Any) -> None:
             calls["n"] += 1
             if calls["n"] > 10:
                 raise OSError(errno.ENOSPC, "No space left on device")
-            real_write_file(path, data)
+            real_write_file(*args)
 
         monkeypatch.setattr(writer, "_write_file", failing_write_file)
         try:

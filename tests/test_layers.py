@@ -18,6 +18,7 @@ PACKAGE = Path(llmbatch.__file__).parent
 # Lower number = lower layer. A module may import its own layer or any lower one.
 RANK = {
     "errors": 0,
+    "redaction": 0,
     "records": 0,
     "notices": 0,
     "metrics": 1,

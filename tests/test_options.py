@@ -16,7 +16,15 @@ from llmbatch.config.load import load_config
 from llmbatch.config.options import RUN_OPTIONS, ClientKeywords, options_in
 
 # A value of each type that is valid for every option of that type.
-_SAMPLES = {"concurrency": "7", "client": "httpx", "text_layout": "log", "engine": "local"}
+_SAMPLES = {
+    "concurrency": "7",
+    "client": "httpx",
+    "text_layout": "log",
+    "engine": "local",
+    "api_key_env": "MY_KEY",
+    "max_answer_bytes": "65536",
+    "max_event_bytes": "65536",
+}
 
 
 def _sample(opt_name: str, typ: type, tmp_path: Path) -> str:

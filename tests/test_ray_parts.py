@@ -86,7 +86,7 @@ async def test_a_part_writes_its_text_into_the_run_directory(tmp_path: Path) -> 
     run = tmp_path / "run"
     rundir, index = RunDir.open(run, {"prompts": "p"})
     part = run / PARTS_DIR / "s3-w0"
-    meta = {"prompts": "p", "worker": "w0"}
+    meta = {"prompts": "p", "worker": "w0", "part_of": str(run)}
     make_part(part, meta)
     async with llmbatch.Client("mock", concurrency=4) as llm:
         await llm.batch(

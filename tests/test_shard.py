@@ -19,15 +19,6 @@ from llmbatch.rundir.shard import parse_shard, shard_of
 from .conftest import read_results, write_jsonl
 
 
-@pytest.fixture
-def runner(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> CliRunner:
-    monkeypatch.chdir(tmp_path)
-    for k in list(os.environ):
-        if k.startswith("LLMBATCH_") or k.endswith("_API_KEY"):
-            monkeypatch.delenv(k)
-    return CliRunner()
-
-
 def _prompts(tmp_path: Path, n: int = 60) -> Path:
     rows: list[Any] = [{"id": f"q{i}", "prompt": f"question number {i}"} for i in range(n)]
     rows.insert(7, b"{not json")  # a bad line: its error record is sharded by "#line-8"

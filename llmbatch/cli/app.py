@@ -122,14 +122,17 @@ def validate(
     """Check PROMPTS without sending anything; list every bad line."""
     from collections import Counter
 
-    from llmbatch.errors import InputError
+    from llmbatch.errors import InputError, UnfinishedLine
+    from llmbatch.notices import warn
     from llmbatch.rundir.reader import iter_records
 
     shapes: Counter[str] = Counter()
     bad = 0
     try:
         for item in iter_records(prompts):
-            if isinstance(item, InputError):
+            if isinstance(item, UnfinishedLine):
+                warn(str(item))  # not an error: a run leaves it for the next one
+            elif isinstance(item, InputError):
                 bad += 1
                 typer.echo(f"{item}", err=True)
             else:
@@ -273,11 +276,15 @@ def mock_server(
         finally:
             await server.close()
 
+    from llmbatch.errors import ConfigError
+
     try:
         with asyncio.Runner(loop_factory=loop_factory()) as runner:
             runner.run(serve())
     except KeyboardInterrupt:
         pass
+    except ConfigError as exc:  # LLMBATCH_LOOP
+        raise _fail(str(exc), EXIT_USAGE) from None
     except OSError as exc:
         raise _fail(f"cannot listen on {host}:{port}: {exc.strerror}", EXIT_USAGE) from None
     finally:
@@ -530,6 +537,7 @@ def providers(config: ConfigOpt = None) -> None:
     """List provider profiles: kind, base URL, model, and whether the key variable is set."""
     from llmbatch.config.load import load_profiles
     from llmbatch.errors import ConfigError
+    from llmbatch.redaction import url_without_credentials
 
     try:
         profiles = load_profiles(config)
@@ -542,7 +550,7 @@ def providers(config: ConfigOpt = None) -> None:
         else:
             state = "set" if os.environ.get(p.api_key_env, "").strip() else "not set"
             key = f"${p.api_key_env} ({state})"
-        url = "(embedded mock)" if p.embedded_mock else p.base_url
+        url = "(embedded mock)" if p.embedded_mock else url_without_credentials(p.base_url)
         rows.append((name, p.kind, url, p.model or "-", key))
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]) - 1)]
     for r in rows:

@@ -27,9 +27,15 @@ from typing import IO, Any
 import orjson
 
 from llmbatch.errors import LLMBatchError, RunDirError
+from llmbatch.rundir.nofollow import create_file
 from llmbatch.rundir.resultline import ResultLine, answer_text
 from llmbatch.rundir.textlog import read_span
-from llmbatch.rundir.writer import RESULTS, iter_result_lines, parse_result_line
+from llmbatch.rundir.writer import (
+    RESULTS,
+    is_own_text_path,
+    iter_result_lines,
+    parse_result_line,
+)
 
 __all__ = [
     "CSV_COLUMNS",
@@ -239,7 +245,7 @@ def _blank_none(value: Any) -> Any:
 
 
 def _kept_text(run_dir: Path, text_file: Any, span: tuple[int, int] | None) -> str:
-    if not isinstance(text_file, str) or not text_file:
+    if not is_own_text_path(text_file):  # a record must not make export read elsewhere
         return ""
     try:
         if span is not None:  # one answer inside text.log (--text-layout log)
@@ -303,7 +309,8 @@ def export_run(
         return write_export(records, fmt, stdout, run_dir)
     tmp = output.with_name(f".{output.name}.{os.getpid()}.tmp")
     try:
-        with open(tmp, "wb") as fh:
+        # Created afresh (O_EXCL, no link followed): its name is easy to guess.
+        with os.fdopen(create_file(tmp), "wb") as fh:
             n = write_export(records, fmt, fh, run_dir)
         os.replace(tmp, output)
     except OSError as exc:

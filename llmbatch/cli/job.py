@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import signal
 import sys
+import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,14 +19,15 @@ from llmbatch.config.load import RunConfig
 from llmbatch.engine import BatchEnd, StopReason
 from llmbatch.engine.arrivals import ArrivalPacer, ArrivalProfile
 from llmbatch.engine.fdlimit import fit_run_config
-from llmbatch.errors import InputError
+from llmbatch.errors import InputError, ProxyIgnoredWarning
+from llmbatch.http.proxy import ignored_proxy
 from llmbatch.metrics import SLO
 from llmbatch.notices import warn
 from llmbatch.progress import ProgressView, make_progress
 from llmbatch.records import Outcome, PromptRecord
 from llmbatch.rundir.identity import run_identity
-from llmbatch.rundir.reader import open_prompts
-from llmbatch.rundir.writer import RESULTS, damaged_lines_notice
+from llmbatch.rundir.reader import iter_records, open_prompts
+from llmbatch.rundir.writer import RESULTS, changed_notice, damaged_lines_notice
 
 if TYPE_CHECKING:
     from llmbatch.rundir.shard import Shard
@@ -93,6 +95,9 @@ async def execute_run(
     """
     cfg, capped = fit_run_config(cfg)  # within the open-file limit (raised, or capped)
     warn(capped)
+    if not cfg.provider.embedded_mock:  # said once here; the Client's own warning muted
+        warn(ignored_proxy(cfg.provider.base_url))
+        warnings.filterwarnings("ignore", category=ProxyIgnoredWarning)
     client = Client._for_run(cfg)  # resolves the API key before anything is sent
     hooks = hooks or RunHooks()
     items: Iterator[PromptRecord | InputError] = hooks.items or open_prompts(prompts)
@@ -122,6 +127,7 @@ async def execute_run(
             text_layout=cfg.text_layout,
             keep_partial=cfg.keep_partial,
             retry_failed=cfg.retry_failed,
+            rerun_changed=(lambda: _again(prompts, shard)) if cfg.rerun_changed else False,
             max_runtime_s=cfg.max_runtime_s,
             slo=slo,
             meta=meta,
@@ -177,6 +183,18 @@ async def execute_run(
             if install_signal_handlers:
                 for sig in (signal.SIGINT, signal.SIGTERM):
                     loop.remove_signal_handler(sig)
+    warn(changed_notice(result.changed, result.changed_ids))
+    warn(str(result.unfinished) if result.unfinished is not None else None)
     return RunOutput(
         result=result, run_dir=run_dir, signal_received=signal_received, pacer=batch.pacer
     )
+
+
+def _again(prompts: Path, shard: Shard | None) -> Iterator[PromptRecord | InputError]:
+    """The prompts read once more (for --rerun-changed), of ``shard`` only if given."""
+    items = iter_records(prompts)
+    if shard is None:
+        return items
+    from llmbatch.rundir.shard import select_shard
+
+    return select_shard(items, shard)

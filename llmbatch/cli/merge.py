@@ -39,6 +39,7 @@ from llmbatch.rundir.writer import (
     RESULTS,
     SUMMARY,
     TEXT_DIR,
+    is_own_text_path,
     iter_result_lines,
     link_or_copy,
 )
@@ -167,7 +168,7 @@ def _check_same_job(shards: list[_ShardDir]) -> None:
 def _hold_lock(path: Path) -> int:
     """Take the shard's lock so that no run writes it while it is merged."""
     try:
-        fd = os.open(path / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+        fd = os.open(path / LOCK, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644)
     except OSError as exc:
         raise RunDirError(f"{path}: cannot open its lock: {exc.strerror}") from None
     try:
@@ -225,6 +226,9 @@ def _write_merge(shards: list[_ShardDir], out_dir: Path) -> MergeResult:
     tmp = out_dir.with_name(f".{out_dir.name}.merging-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     try:
+        if tmp.is_symlink():
+            tmp.unlink()  # planted there (rmtree leaves links alone): never followed
+        tmp.mkdir()
         (tmp / TEXT_DIR / "failed").mkdir(parents=True)
         records = succeeded = 0
         with open(tmp / RESULTS, "wb") as out, open(tmp / TEXT_LOG, "wb") as text_log:
@@ -233,7 +237,7 @@ def _write_merge(shards: list[_ShardDir], out_dir: Path) -> MergeResult:
                     rel = (rec.get("llmbatch") or {}).get("text_file")
                     if rel == TEXT_LOG:  # --text-layout log: the answer moves into ours
                         raw = orjson.dumps(copy_logged_answer(rec, s.path, text_log)) + b"\n"
-                    elif isinstance(rel, str) and (s.path / rel).is_file():
+                    elif is_own_text_path(rel) and (s.path / rel).is_file():
                         link_or_copy(s.path / rel, tmp / rel)
                     out.write(raw)
                     records += 1

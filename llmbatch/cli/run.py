@@ -12,7 +12,6 @@ Exit codes: 0 all requests succeeded · 1 some requests failed (records written)
 
 from __future__ import annotations
 
-import os
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -168,10 +167,10 @@ def _run(
 ) -> int:
     from llmbatch.config.load import load_config
     from llmbatch.errors import LLMBatchError
-    from llmbatch.notices import one_line_per_cause
+    from llmbatch.notices import one_line_per_cause, warn
 
     try:
-        cfg = load_config(config, flags=flags)
+        cfg = load_config(config, flags=flags, warn=warn)
         warn_insecure(cfg)
         slo_obj = parse_slo(slo)
         if engine not in ("local", "ray"):
@@ -216,6 +215,10 @@ def _run_ray(
     echo(format_summary(out.summary, out.run_dir))
     per = out.summary["engine"]["records_per_worker"]
     echo("per worker: " + (", ".join(f"{w} {n}" for w, n in sorted(per.items())) or "-"))
+    from llmbatch.notices import warn
+    from llmbatch.rundir.writer import changed_notice
+
+    warn(changed_notice(out.changed, out.changed_ids))
     return _exit_code(
         out.stop_reason, out.abort_message, out.pending_left, out.failed, out.signal_received
     )
@@ -247,7 +250,9 @@ def few_prompts(prompts: Path) -> bool:
 def loop_factory(prompts: Path | None = None) -> Any:
     """uvloop when installed (``pip install llmbatch[fast]``), except for a run of few
     ``prompts``; LLMBATCH_LOOP=asyncio or uvloop chooses."""
-    choice = os.environ.get("LLMBATCH_LOOP", "auto")
+    from llmbatch.config.load import loop_choice
+
+    choice = loop_choice()  # ConfigError for a value that is none of auto, asyncio, uvloop
     if choice == "asyncio" or (choice != "uvloop" and prompts and few_prompts(prompts)):
         return None
     try:

@@ -8,16 +8,20 @@ holds its key, and the key is read only when a request is built.
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import math
 import os
+import re
 import urllib.parse
-from collections.abc import Callable, Mapping
+import warnings
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from llmbatch.config.options import RUN_OPTIONS, Option, options_in
-from llmbatch.errors import ConfigError
+from llmbatch.errors import ConfigError, LLMBatchWarning
+from llmbatch.redaction import url_without_credentials
 
 __all__ = [
     "BUILTIN_PROVIDERS",
@@ -29,12 +33,20 @@ __all__ = [
     "RetryPolicy",
     "RunConfig",
     "Timeouts",
+    "LOOP_VARIABLE",
     "load_config",
     "load_profiles",
+    "loop_choice",
     "resolve_api_key",
+    "unknown_variables",
 ]
 
 DEFAULT_CONFIG_FILE = "config.toml"
+# Far above any real answer: 128k output tokens at ~1 KB of SSE per token (with logprobs)
+# is 128 MiB; one event holds at most one whole final response (the Responses API's
+# response.completed) of a few MiB.
+DEFAULT_MAX_ANSWER_BYTES = 256 * 1024 * 1024
+DEFAULT_MAX_EVENT_BYTES = 16 * 1024 * 1024
 AUTO_INITIAL_CONCURRENCY = 8
 CLIENTS = ("aiohttp", "httpx", "httpx-aiohttp", "native")
 # files: text/<id>.partial, then text/<id>.txt per request; log: one text.log (textlog.py).
@@ -135,6 +147,7 @@ class RunConfig:
     text_layout: str = "files"  # files: text/<id>.txt; log: one append-only text.log
     max_runtime_s: float | None = None
     retry_failed: bool = False
+    rerun_changed: bool = False  # done prompts whose request changed run again
     # Continue a run directory made for another target (base URL, model, ...).
     force_resume: bool = False
     insecure: bool = False
@@ -142,6 +155,10 @@ class RunConfig:
     # self-hosted server behind TLS); SSL_CERT_FILE when not set here.
     ca_bundle: Path | None = None
     progress: bool | None = None
+    # Bounds on one answer, whatever a server sends (docs/security.md): the body's bytes
+    # per attempt, and one server-sent event (a line or the lines of one event).
+    max_answer_bytes: int = DEFAULT_MAX_ANSWER_BYTES
+    max_event_bytes: int = DEFAULT_MAX_EVENT_BYTES
 
 
 BUILTIN_PROVIDERS: dict[str, ProviderConfig] = {
@@ -207,6 +224,31 @@ _OPTIONS = {o.name: o for o in RUN_OPTIONS}
 _LIMIT_KEYS = tuple(o.name for o in RUN_OPTIONS if o.scope == "limits")
 
 
+# The event loop of a command (cli/run.py, ray/actors.py): not a run option, but an
+# LLMBATCH_* variable all the same, checked like the others.
+LOOP_VARIABLE = "LLMBATCH_LOOP"
+LOOP_CHOICES = ("auto", "asyncio", "uvloop")
+# What one value must be, checked wherever it comes from: also a value that a higher
+# source overrides (a bad value in config.toml is an error even when a flag wins).
+_VALUE_RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
+    "concurrency": (lambda v: v == "auto" or v >= 1, "must be at least 1 (or auto)"),
+    "max_concurrency": (lambda v: v >= 1, "must be at least 1"),
+    "grace_s": (lambda v: v >= 0, "must be >= 0"),
+    "max_runtime_s": (lambda v: v > 0, "must be greater than 0 seconds"),
+    "max_answer_bytes": (lambda v: v >= 4096, "must be at least 4096"),
+    "max_event_bytes": (lambda v: v >= 4096, "must be at least 4096"),
+    **{k: (lambda v: v > 0, "must be positive") for k in _LIMIT_KEYS},
+}
+# The keys of a provider table; embedded_mock and name are llmbatch's own.
+_PROFILE_KEYS = {f.name for f in dataclasses.fields(ProviderConfig)} - {
+    "name",
+    "limits",
+    "embedded_mock",
+}
+_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+_KEY_PREFIXES = ("sk-", "sk_", "gsk_", "xai-", "AIza", "hf_", "r8_", "pk-")
+
+
 def _flag_name(key: str) -> str:
     opt = _OPTIONS.get(key)
     return opt.long_flag if opt is not None else "--" + key.replace("_", "-")
@@ -219,14 +261,18 @@ def load_config(
     environ: Mapping[str, str] | None = None,
     data: Mapping[str, Any] | None = None,
     flag_label: Callable[[str], str] | None = None,
+    warn: Callable[[str], None] | None = None,
 ) -> RunConfig:
     """Merge defaults, the config file, LLMBATCH_* variables and flags into a RunConfig.
 
     ``config_path`` None means ./config.toml if it exists. ``flags`` holds only the
     options the user actually gave (None values are ignored). A bad value raises a
-    ConfigError naming where it came from: the flag, the variable or ``file: section.key``.
-    ``data`` replaces the file (the library's options, in the file's shape): then no
-    file is read. ``flag_label`` names a flag in messages (default: its ``--flag``).
+    ConfigError naming where it came from: the flag, the variable or ``file: section.key``,
+    also when a higher source overrides it. ``data`` replaces the file (the library's
+    options, in the file's shape): then no file is read. ``flag_label`` names a flag in
+    messages (default: its ``--flag``). With ``environ`` None (the process's variables), an
+    ``LLMBATCH_*`` variable llmbatch does not read is reported through ``warn`` (default: an
+    LLMBatchWarning), and a bad LLMBATCH_LOOP is an error.
     """
     env = os.environ if environ is None else environ
     if data is not None:
@@ -236,34 +282,39 @@ def load_config(
     _check_top_level(file_data, source)
     flags = {k: v for k, v in (flags or {}).items() if v is not None}
 
-    # Every merged key remembers where its value came from, so errors blame that place.
-    merged: dict[str, Any] = {}
-    origin: dict[str, str] = {}
     run_table = _section(file_data, "run", source)
     unknown = sorted(set(run_table) - _CONFIG_OPTIONS.keys())
     if unknown:
         raise ConfigError(f"{source}: unknown key(s) in [run]: {', '.join(unknown)}")
-    for key, val in run_table.items():
-        merged[key], origin[key] = val, f"{source}: run.{key}"
-    for key, val in _from_env(env).items():
-        merged[key], origin[key] = val, _ENV_PREFIX + key.upper()
-    for key, val in flags.items():
-        merged[key], origin[key] = val, (flag_label or _flag_name)(key)
-
-    unknown = sorted(k for k in merged if k not in _OPTIONS or _OPTIONS[k].scope == "command")
+    unknown = sorted(k for k in flags if k not in _OPTIONS or _OPTIONS[k].scope == "command")
     if unknown:  # a flag or keyword no option has (a caller's mistake)
         raise ConfigError(f"{source}: unknown key(s) in [run]: {', '.join(unknown)}")
-    values = {k: _coerce(_OPTIONS[k], v, origin[k]) for k, v in merged.items()}
-
     profiles = _profiles_from(file_data, source)
-    pname = values.pop("provider", "mock")
-    if pname not in profiles:
-        known = ", ".join(sorted(profiles))
-        where = origin.get("provider", "provider")
-        raise ConfigError(f"{where}: unknown provider {pname!r} (known: {known})")
-    provider = profiles[pname]
+    if environ is None:  # the process's own variables: a misspelt one is never ignored
+        loop_choice(env)  # a bad LLMBATCH_LOOP is an error, not a silent default
+        for message in unknown_variables(env, also=_key_variables(profiles)):
+            (warn or _library_warning)(message)
+
+    # Every value is checked where it was given, then merged; each merged key remembers
+    # where its value came from, so later errors blame that place.
+    merged: dict[str, Any] = {}
+    origin: dict[str, str] = {}
+    layers: list[tuple[Mapping[str, Any], Callable[[str], str]]] = [
+        (run_table, lambda k: f"{source}: run.{k}"),
+        (_from_env(env), lambda k: _ENV_PREFIX + k.upper()),
+        (flags, flag_label or _flag_name),
+    ]
+    for table, label in layers:
+        for key, val in table.items():
+            merged[key] = _check_value(_OPTIONS[key], val, label(key), profiles)
+            origin[key] = label(key)
+    values = merged
+
+    provider = profiles[values.pop("provider", "mock")]
     overrides = {k: values.pop(k) for k in list(values) if _OPTIONS[k].scope == "provider"}
     if overrides:
+        if "base_url" in overrides:  # a URL given for the mock: send there, no embedded one
+            overrides["embedded_mock"] = False
         provider = dataclasses.replace(provider, **overrides)
     limit_over = {k: values.pop(k) for k in list(values) if _OPTIONS[k].scope == "limits"}
     if limit_over:
@@ -364,6 +415,86 @@ def _from_env(env: Mapping[str, str]) -> dict[str, Any]:
     return out
 
 
+def _check_value(opt: Option, val: Any, where: str, profiles: Mapping[str, ProviderConfig]) -> Any:
+    """``val`` as the option's type, checked on its own (range, choices, a known provider,
+    a URL, a variable name); ConfigError naming ``where`` otherwise."""
+    out = _coerce(opt, val, where)
+    rule = _VALUE_RULES.get(opt.name)
+    if rule is not None and not rule[0](out):
+        shown = f"{out:g}" if isinstance(out, float) else str(out)
+        raise ConfigError(f"{where} {rule[1]}, got {shown}")
+    if opt.choices and out not in opt.choices:
+        what = opt.name.replace("_", " ")
+        raise ConfigError(f"{where}: unknown {what} {out!r} (one of {', '.join(opt.choices)})")
+    if opt.name == "provider" and out not in profiles:
+        raise ConfigError(
+            f"{where}: unknown provider {out!r} (known: {', '.join(sorted(profiles))})"
+        )
+    if opt.name == "base_url":
+        _check_base_url(out, where)
+    elif opt.name == "api_key_env":
+        check_key_variable(out, where)
+    elif opt.name == "ca_bundle" and not out.is_file():
+        raise ConfigError(f"{where}: CA bundle not found: {out}")
+    return out
+
+
+def check_key_variable(name: str, where: str) -> None:
+    """``api_key_env`` must name an environment variable. A key pasted there instead (a
+    common slip) is refused without being shown anywhere."""
+    if _looks_like_key(name):
+        raise ConfigError(
+            f"{where} looks like an API key itself, not the name of the variable that holds "
+            "it: put the key in a variable (export MY_KEY=...) and name that variable here "
+            "(the value is not shown)"
+        )
+    if not _ENV_NAME.fullmatch(name):
+        raise ConfigError(
+            f"{where} is not an environment variable name (letters, digits and _): it names "
+            "the variable that holds the key, e.g. OPENAI_API_KEY (the value is not shown)"
+        )
+
+
+def _looks_like_key(name: str) -> bool:
+    digits = any(c.isdigit() for c in name)
+    mixed = any(c.islower() for c in name) and any(c.isupper() for c in name)
+    return (
+        name.startswith(_KEY_PREFIXES)
+        or (len(name) >= 32 and digits)
+        or (len(name) >= 20 and digits and mixed)
+    )
+
+
+def unknown_variables(env: Mapping[str, str], *, also: Iterable[str] = ()) -> list[str]:
+    """One warning for each ``LLMBATCH_*`` variable in ``env`` that llmbatch does not read
+    (``also``: other names in use, such as a key variable), with the likely one meant."""
+    known = {o.env for o in _CONFIG_OPTIONS.values()} | {LOOP_VARIABLE, *also}
+    out = []
+    for name in sorted(n for n in env if n.startswith(_ENV_PREFIX) and n not in known):
+        close = difflib.get_close_matches(name, sorted(known), n=1, cutoff=0.8)
+        hint = f" (did you mean {close[0]}?)" if close else ""
+        out.append(f"{name} is not a variable llmbatch reads{hint}; it is ignored")
+    return out
+
+
+def loop_choice(env: Mapping[str, str] | None = None) -> str:
+    """LLMBATCH_LOOP (auto, asyncio or uvloop; auto when unset); ConfigError otherwise."""
+    value = (os.environ if env is None else env).get(LOOP_VARIABLE, "") or "auto"
+    if value not in LOOP_CHOICES:
+        raise ConfigError(
+            f"{LOOP_VARIABLE} must be one of {', '.join(LOOP_CHOICES)}, got {value!r}"
+        )
+    return value
+
+
+def _key_variables(profiles: Mapping[str, ProviderConfig]) -> set[str]:
+    return {p.api_key_env for p in profiles.values() if p.api_key_env}
+
+
+def _library_warning(message: str) -> None:
+    warnings.warn(LLMBatchWarning(message), stacklevel=3)
+
+
 def _coerce(opt: Option, val: Any, where: str) -> Any:
     """``val`` (from a file, a variable, a flag or a keyword) as the option's type."""
     if opt.name == "concurrency":  # a number, or "auto"
@@ -416,17 +547,23 @@ def _provider_from(
     for hk, hv in raw.get("headers", {}).items():
         if not isinstance(hv, str):
             raise ConfigError(f"{where}.headers.{hk} must be a string, got {hv!r}")
-    for key in ("kind", "base_url", "model", "api_key_env"):
-        if key in raw and not isinstance(raw[key], str):
-            raise ConfigError(f"{where}.{key} must be a string, got {raw[key]!r}")
     if "embedded_mock" in raw:
-        raw["embedded_mock"] = _as_bool(raw["embedded_mock"], f"{where}.embedded_mock")
-    known = {f.name for f in dataclasses.fields(ProviderConfig)} - {"name", "limits"}
-    unknown = set(raw) - known
+        raise ConfigError(
+            f"{where}.embedded_mock is llmbatch's own (only the built-in mock provider has "
+            'it) and cannot be set; remove it (provider = "mock" runs the built-in mock)'
+        )
+    unknown = set(raw) - _PROFILE_KEYS
     if unknown:
         raise ConfigError(
             f"{source}: unknown key(s) in [providers.{name}]: {', '.join(sorted(unknown))}"
         )
+    for key in ("kind", "base_url", "model", "api_key_env"):
+        if key in raw and not isinstance(raw[key], str):
+            raise ConfigError(f"{where}.{key} must be a string, got {raw[key]!r}")
+    if "api_key_env" in raw:
+        check_key_variable(raw["api_key_env"], f"{where}.api_key_env")
+    if "base_url" in raw:
+        raw["embedded_mock"] = False  # a URL given for the mock: send there
     prov = base or ProviderConfig(name=name)
     limits = _typed(
         Limits,
@@ -438,23 +575,12 @@ def _provider_from(
 
 
 def _validate(cfg: RunConfig, source: str, origin: Mapping[str, str]) -> None:
+    """What no single value shows: the profile in use (its limits, kind and URL) and the
+    tables checked as a whole. Every value given was checked on its own (_check_value)."""
+
     def where(key: str, default: str | None = None) -> str:
         return origin.get(key) or default or key
 
-    if cfg.concurrency < 1:
-        raise ConfigError(
-            f"{where('concurrency')} must be at least 1 (or auto), got {cfg.concurrency}"
-        )
-    if cfg.max_concurrency < 1:
-        raise ConfigError(
-            f"{where('max_concurrency')} must be at least 1, got {cfg.max_concurrency}"
-        )
-    if cfg.grace_s < 0:
-        raise ConfigError(f"{where('grace_s')} must be >= 0, got {cfg.grace_s:g}")
-    if cfg.max_runtime_s is not None and cfg.max_runtime_s <= 0:
-        raise ConfigError(
-            f"{where('max_runtime_s')} must be greater than 0 seconds, got {cfg.max_runtime_s:g}"
-        )
     p = cfg.provider
     lim = p.limits
     for name in _LIMIT_KEYS:
@@ -471,15 +597,6 @@ def _validate(cfg: RunConfig, source: str, origin: Mapping[str, str]) -> None:
             f"{source}: limits.headers must be one of {', '.join(RATE_HEADER_FAMILIES)}, "
             f"got {lim.headers!r}"
         )
-    if cfg.text_layout not in TEXT_LAYOUTS:
-        raise ConfigError(
-            f"{where('text_layout')}: unknown text layout {cfg.text_layout!r} "
-            f"(one of {', '.join(TEXT_LAYOUTS)})"
-        )
-    if cfg.client not in CLIENTS:
-        raise ConfigError(
-            f"{where('client')}: unknown client {cfg.client!r} (one of {', '.join(CLIENTS)})"
-        )
     if p.kind not in PROVIDER_KINDS:
         raise ConfigError(
             f"{source}: provider {p.name!r} has unknown kind {p.kind!r} "
@@ -487,8 +604,6 @@ def _validate(cfg: RunConfig, source: str, origin: Mapping[str, str]) -> None:
         )
     if not p.embedded_mock:
         _check_base_url(p.base_url, where("base_url", f"provider {p.name!r}: base_url"))
-    if cfg.ca_bundle is not None and not cfg.ca_bundle.is_file():
-        raise ConfigError(f"{where('ca_bundle')}: CA bundle not found: {cfg.ca_bundle}")
     for name in ("connect_s", "first_byte_s", "idle_s", "total_s"):
         if getattr(cfg.timeouts, name) <= 0:
             raise ConfigError(f"{source}: timeouts.{name} must be positive")
@@ -501,18 +616,20 @@ def _validate(cfg: RunConfig, source: str, origin: Mapping[str, str]) -> None:
 
 
 def _check_base_url(url: str, where: str) -> None:
-    """A URL that can never be connected to fails here, before anything is sent."""
+    """A URL that can never be connected to fails here, before anything is sent (its
+    credentials, if any, are never shown)."""
+    shown = url_without_credentials(url)
     try:
         parts = urllib.parse.urlsplit(url)
         port = parts.port  # raises on a port out of range or not a number
     except ValueError as exc:
-        raise ConfigError(f"{where}: invalid URL {url!r}: {exc}") from None
+        raise ConfigError(f"{where}: invalid URL {shown!r}: {exc}") from None
     if parts.scheme not in ("http", "https"):
-        raise ConfigError(f"{where} must start with http:// or https://, got {url!r}")
+        raise ConfigError(f"{where} must start with http:// or https://, got {shown!r}")
     if not parts.hostname:
-        raise ConfigError(f"{where}: invalid URL {url!r}: no host")
+        raise ConfigError(f"{where}: invalid URL {shown!r}: no host")
     if port == 0:
-        raise ConfigError(f"{where}: invalid URL {url!r}: port must be 1-65535")
+        raise ConfigError(f"{where}: invalid URL {shown!r}: port must be 1-65535")
 
 
 def _as_int(val: Any, where: str) -> int:

@@ -112,6 +112,18 @@ RUN_OPTIONS: tuple[Option, ...] = (
         help="Seconds requests in flight may finish after a stop (default 30).",
     ),
     Option(
+        name="max_answer_bytes",
+        type=int,
+        sources=("config", "client"),
+        help="Bytes one answer may take before the client ends it (default 256 MiB).",
+    ),
+    Option(
+        name="max_event_bytes",
+        type=int,
+        sources=("config", "client"),
+        help="Bytes one server-sent event (or line) may take (default 16 MiB).",
+    ),
+    Option(
         name="run_dir",
         type=Path,
         flag="--run-dir",
@@ -158,6 +170,13 @@ RUN_OPTIONS: tuple[Option, ...] = (
         type=bool,
         sources=("cli",),
         help="Run the failed records of this run again.",
+    ),
+    Option(
+        name="rerun_changed",
+        type=bool,
+        sources=("cli",),
+        help="Run again the done prompts whose request changed since their answer was "
+        "recorded (same id, other text); without it they are counted and kept.",
     ),
     Option(
         name="force_resume",
@@ -255,3 +274,5 @@ class ClientKeywords(TypedDict, total=False):
     insecure: bool
     ca_bundle: str | Path
     grace_s: float
+    max_answer_bytes: int
+    max_event_bytes: int

@@ -19,11 +19,12 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any
 
-from llmbatch.engine.core import NULL_TEXT, Engine, TextTarget, redact
+from llmbatch.engine.core import NULL_TEXT, Engine, TextTarget
 from llmbatch.engine.gate import EarlyFailureCheck, FailureGate
-from llmbatch.errors import InputError, RequestError
+from llmbatch.errors import InputError, RequestError, UnfinishedLine
 from llmbatch.metrics import INPUT_ERROR, RunMetrics
 from llmbatch.records import Outcome, PromptRecord, RequestMetrics
+from llmbatch.rundir.identity import request_hash
 from llmbatch.rundir.reader import error_record_id
 from llmbatch.rundir.resultline import result_line
 from llmbatch.rundir.writer import ResumeIndex, RunDir, TextSink
@@ -31,6 +32,7 @@ from llmbatch.rundir.writer import ResumeIndex, RunDir, TextSink
 __all__ = ["BatchEnd", "BatchRun", "StopReason"]
 
 SUMMARY_EVERY_S = 2.0
+CHANGED_SHOWN = 5  # changed ids named in the notice
 
 Item = PromptRecord | InputError
 OnRecord = Callable[[Outcome, dict[str, Any]], None]
@@ -53,6 +55,11 @@ class BatchEnd:
     stop_reason: str | None
     abort_message: str | None
     pending_left: bool
+    # Done ids whose prompt changed since their record (skipped, old answer kept).
+    changed: int = 0
+    changed_ids: tuple[str, ...] = ()  # the first few
+    # The input's last line, still being written: no record, the next run reads it.
+    unfinished: UnfinishedLine | None = None
 
 
 class _FileText:
@@ -113,6 +120,9 @@ class BatchRun:
         self._cancel_timer: asyncio.TimerHandle | None = None
         self._input_exhausted = False
         self._cancelled = 0  # requests cut off by a stop: work left for the next run
+        self._changed = 0  # done ids whose request changed (kept: --rerun-changed redoes)
+        self._changed_ids: list[str] = []
+        self._unfinished: UnfinishedLine | None = None  # the input's last line, cut short
 
     # -- control ---------------------------------------------------------------------
     @property
@@ -138,7 +148,7 @@ class BatchRun:
 
     def _on_attempt_error(self, exc: RequestError) -> None:
         if (why := self.early_check.on_failed_attempt(exc)) is not None:
-            self.stop(StopReason.ABORTED, message=redact(why, self.engine.secrets), grace_s=0)
+            self.stop(StopReason.ABORTED, message=self.engine.redactor.text(why), grace_s=0)
 
     def _cancel_requests(self) -> None:
         for t in self._tasks:
@@ -191,6 +201,9 @@ class BatchRun:
             abort_message=self.abort_message,
             pending_left=self.stop_reason is not None
             and (not self._input_exhausted or self._cancelled > 0),
+            changed=self._changed,
+            changed_ids=tuple(self._changed_ids),
+            unfinished=self._unfinished,
         )
 
     async def _settle(self) -> None:
@@ -218,11 +231,18 @@ class BatchRun:
         async for item in self.items:
             if self._stopping:
                 return
+            if isinstance(item, UnfinishedLine):  # still being written: the next run has it
+                self._unfinished = item
+                continue
             if isinstance(item, InputError):
                 self._record_input_error(item)
                 continue
             if item.id in self.index:
                 self.metrics.skipped += 1
+                if self.index.changed(item):
+                    self._changed += 1
+                    if len(self._changed_ids) < CHANGED_SHOWN:
+                        self._changed_ids.append(item.id)
                 continue
             taken_at = time.perf_counter()
             await engine.acquire_slot()
@@ -251,7 +271,7 @@ class BatchRun:
             raise
         except RequestError as exc:  # fatal for the run (bad key, no quota)
             self._finish_text(sink, complete=False, keep=False)
-            msg = redact(f"{type(exc).__name__}: {exc}", engine.secrets)
+            msg = f"{type(exc).__name__}: {exc}"  # scrubbed by the engine
             self.stop(StopReason.ABORTED, message=msg)
             return
         finally:
@@ -261,6 +281,7 @@ class BatchRun:
         )
         outcome.text_file = text_file
         outcome.text_span = sink.span if sink is not None else None
+        outcome.request_hash = request_hash(rec)
         outcome.partial_kept = text_file is not None and not outcome.ok
         self._finish(outcome)
 

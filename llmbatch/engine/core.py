@@ -17,14 +17,20 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterable
 from typing import Any, Protocol
 
 from llmbatch.config.load import RunConfig
 from llmbatch.engine.gate import Probe
 from llmbatch.engine.retry import Verdict, classify, run_with_retries
-from llmbatch.engine.stream import LiveCounts, stream_attempt
-from llmbatch.errors import RateLimited, RequestError, StatusError, UnexpectedError
+from llmbatch.engine.stream import AnswerBounds, LiveCounts, stream_attempt
+from llmbatch.errors import (
+    RateLimited,
+    RequestError,
+    StatusError,
+    UnexpectedError,
+    WrongEventLoop,
+)
 from llmbatch.http.base import ClientAdapter
 from llmbatch.pacing import (
     AdaptiveConcurrency,
@@ -36,8 +42,9 @@ from llmbatch.pacing import (
 )
 from llmbatch.providers.base import Provider, StreamAssembler
 from llmbatch.records import Attempt, Outcome, PromptRecord, RequestMetrics
+from llmbatch.redaction import ID_LIMIT, Redactor
 
-__all__ = ["Engine", "NullText", "TextTarget", "redact"]
+__all__ = ["Engine", "NullText", "TextTarget"]
 
 # Output tokens assumed for the rate governor when a request sets no max_tokens.
 DEFAULT_OUTPUT_ESTIMATE = 256
@@ -77,14 +84,15 @@ class Engine:
         provider: Provider,
         client: ClientAdapter,
         *,
-        secrets: tuple[str, ...] = (),
+        secrets: Iterable[str | None] = (),
         governor: Pacer | None = None,
         concurrency: ConcurrencyControl | None = None,
     ) -> None:
         self.cfg = cfg
         self.provider = provider
         self.client = client
-        self.secrets = tuple(x for x in secrets if x)
+        # The API key and URL credentials: out of every message and record (redaction.py).
+        self.redactor = Redactor(secrets)
         self.governor: Pacer = governor if governor is not None else governor_for(cfg)
         self.aimd: ConcurrencyControl | None = None
         limit_source: Callable[[], int]
@@ -105,6 +113,22 @@ class Engine:
         # Called with each response's headers (llmbatch compare notes the server's id).
         self.header_listeners: list[Callable[[Any], None]] = []
         self.succeeded = 0  # requests of any caller that ended with an answer
+        # The event loop the engine lives on: its pool, limiter and governor belong to it.
+        self.loop: asyncio.AbstractEventLoop | None = None
+
+    def check_loop(self) -> None:
+        """Raise WrongEventLoop unless called from the engine's own event loop (the first
+        loop that uses it, when nothing set it)."""
+        running = asyncio.get_running_loop()
+        if self.loop is None:
+            self.loop = running
+        elif running is not self.loop:
+            raise WrongEventLoop(
+                "this Client was started on another event loop: a Client belongs to the "
+                "event loop that started it (its connections, concurrency limit and rate "
+                "limits live there); use one Client per event loop, started and closed in "
+                "it (nothing was sent or recorded)"
+            )
 
     @property
     def concurrency_limit(self) -> int:
@@ -118,6 +142,7 @@ class Engine:
 
     async def acquire_slot(self) -> None:
         """Wait for an in-flight slot and take it (pair with ``release_slot``)."""
+        self.check_loop()
         await self.limiter.acquire()
         self.live.in_flight += 1
 
@@ -237,6 +262,10 @@ class _Request:
         eng, rec = self.eng, self.rec
         request = eng.provider.build_request(rec)
         est_in, est_out = estimate_tokens(rec)
+        cfg = eng.cfg
+        bounds = AnswerBounds.for_request(
+            rec.body, eng.provider.profile.params, cfg.max_answer_bytes, cfg.max_event_bytes
+        )
 
         async def attempt(n: int) -> tuple[StreamAssembler, str | None]:
             if n > 1:
@@ -260,21 +289,27 @@ class _Request:
                         eng.cfg.timeouts,
                         self._on_headers,
                         eng.live,
+                        bounds,
                     )
-                except RequestError:
+                except RequestError as exc:
+                    eng.redactor.scrub(exc)  # first: nothing sees the server's text unredacted
                     raise
                 except Exception as unexpected:
                     # Never let one odd response kill a caller: record it and go on.
                     name = type(unexpected).__name__
-                    raise UnexpectedError(f"{name}: {unexpected}") from unexpected
+                    err = UnexpectedError(f"{name}: {unexpected}")
+                    eng.redactor.scrub(err)
+                    raise err from unexpected
             except RequestError as exc:
                 self.waiting_since = time.perf_counter()
                 eng.live.tokens -= m.chunks
-                self.attempts.append(_attempt_record(n, exc, eng.secrets))
+                self.attempts.append(_attempt_record(n, exc))
                 eng.on_attempt_error(exc)
                 raise
             finally:
                 eng.probe.release()  # whatever happened, never leave the others waiting
+            if rid is not None:  # a header from the server, like any other
+                rid = eng.redactor.clip(rid, ID_LIMIT)
             self.attempts.append(Attempt(n, 200, None, None, rid, 0.0))
             return asm, rid
 
@@ -295,7 +330,7 @@ class _Request:
         except RequestError as exc:
             if raise_failure or classify(exc) is Verdict.ABORT_RUN:
                 raise
-            return _failure(rec, exc, self.attempts, self.metrics, eng.secrets)
+            return _failure(rec, exc, self.attempts, self.metrics)
         m = self.metrics
         inp, out = asm.usage()
         if out is not None:
@@ -360,14 +395,6 @@ def estimate_tokens(rec: PromptRecord) -> tuple[int, int]:
     return estimate_input_tokens(chars, n_messages), est_out
 
 
-def redact(text: str, secrets: tuple[str, ...]) -> str:
-    """``text`` with every secret (API key) replaced, for messages that get written."""
-    for secret in secrets:
-        if secret in text:
-            text = text.replace(secret, "[REDACTED]")
-    return text
-
-
 def _http_facts(exc: RequestError) -> tuple[int | None, str | None]:
     """(status, provider request id) of an HTTP error; (None, None) otherwise."""
     if isinstance(exc, StatusError):
@@ -375,9 +402,10 @@ def _http_facts(exc: RequestError) -> tuple[int | None, str | None]:
     return None, None
 
 
-def _attempt_record(n: int, exc: RequestError, secrets: tuple[str, ...]) -> Attempt:
+def _attempt_record(n: int, exc: RequestError) -> Attempt:
+    """The attempt's entry in the record (``exc`` already scrubbed: redacted, then clipped)."""
     status, rid = _http_facts(exc)
-    return Attempt(n, status, exc.code, redact(str(exc)[:500], secrets), rid, 0.0)
+    return Attempt(n, status, exc.code, str(exc), rid, 0.0)
 
 
 def _failure(
@@ -385,7 +413,6 @@ def _failure(
     exc: RequestError,
     attempts: list[Attempt],
     m: RequestMetrics,
-    secrets: tuple[str, ...],
 ) -> Outcome:
     status, rid = _http_facts(exc)
     return Outcome(
@@ -394,7 +421,7 @@ def _failure(
         request_id=rid,
         body=None,
         error_code=exc.code,
-        error_message=redact(str(exc)[:1000], secrets),
+        error_message=str(exc),  # scrubbed when the attempt failed
         attempts=attempts,
         metrics=m,
         line_no=rec.line_no,

@@ -6,6 +6,7 @@ Decisions are made on exception *types* (errors.py), never on message strings:
   (overloaded, truncated or malformed streams, error payloads);
 - fatal for the request: BadRequest (400, 404, 413, 422, ...), RejectedInStream (a
   4xx-class error inside the stream), UnexpectedContentType (a 2xx HTML page),
+  Redirected (a 3xx: never followed), AnswerTooLarge (an answer past a size bound),
   UnexpectedError (anything unmapped);
 - fatal for the run: AuthError (401/403), QuotaExhausted (429 insufficient_quota),
   CertificateError (the server's TLS certificate is not trusted: no retry can help).
@@ -24,12 +25,14 @@ from typing import TYPE_CHECKING, TypeVar
 
 from llmbatch.config.load import RetryPolicy
 from llmbatch.errors import (
+    AnswerTooLarge,
     AuthError,
     BadRequest,
     CertificateError,
     ProviderError,
     QuotaExhausted,
     RateLimited,
+    Redirected,
     RejectedInStream,
     ServerError,
     StatusError,
@@ -57,7 +60,7 @@ def classify(exc: BaseException) -> Verdict:
     """Transient, fatal for this request, or fatal for the whole run."""
     if isinstance(exc, (AuthError, QuotaExhausted, CertificateError)):
         return Verdict.ABORT_RUN
-    if isinstance(exc, (RejectedInStream, UnexpectedContentType)):
+    if isinstance(exc, (RejectedInStream, UnexpectedContentType, AnswerTooLarge, Redirected)):
         return Verdict.FAIL_REQUEST
     if isinstance(exc, (TransportError, RateLimited, ServerError, ProviderError)):
         return Verdict.RETRY

@@ -7,6 +7,12 @@ that ignored ``stream: true``) is read whole and accepted when it is a completio
 anything else (an HTML page from a proxy or captive portal) fails the request with
 UnexpectedContentType, never retried.
 
+Every answer is bounded whatever the server sends (AnswerBounds): the bytes of the body,
+one server-sent event (the decoder), and, when the request sets max_tokens, the text:
+MAX_CHARS_PER_TOKEN characters per token plus TOKEN_MARGIN_CHARS, far above any tokenizer's
+average, so only a server that ignores max_tokens (an endless answer) reaches it. The
+attempt then fails with AnswerTooLarge, whose ``bound`` and message name the bound.
+
 Keepalive is not progress: once content has started, SSE comments or empty events alone
 do not count as activity, so a stream that only pings fails after ``idle_s`` without
 content. Before the first token, queueing servers may ping for as long as they like
@@ -17,11 +23,14 @@ from __future__ import annotations
 
 import time
 from collections.abc import AsyncIterator, Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
 
 import orjson
 
 from llmbatch.config.load import Timeouts
 from llmbatch.errors import (
+    AnswerTooLarge,
     DeadlineExceeded,
     MalformedResponse,
     ReadTimeout,
@@ -32,7 +41,7 @@ from llmbatch.http.watchdog import within
 from llmbatch.providers.base import StreamAssembler
 from llmbatch.records import RequestMetrics
 
-__all__ = ["JSON_ANSWER_LIMIT", "LiveCounts", "stream_attempt"]
+__all__ = ["JSON_ANSWER_LIMIT", "AnswerBounds", "LiveCounts", "stream_attempt"]
 
 # After the end marker, how long the rest of a response may take to arrive (for reuse).
 DRAIN_AFTER_END_S = 1.0
@@ -40,6 +49,49 @@ DRAIN_AFTER_END_S = 1.0
 _ZEROS = [0.0] * 256
 # The largest non-streamed JSON answer read into memory.
 JSON_ANSWER_LIMIT = 16 * 1024 * 1024
+# The text a request's max_tokens allows, client-side: generous, so only a server that
+# ignores max_tokens meets it (real tokens average ~4 characters; the longest are ~100).
+MAX_CHARS_PER_TOKEN = 32
+TOKEN_MARGIN_CHARS = 1024
+# Where a request says how many tokens it may get (OpenAI chat, Responses, Anthropic).
+_MAX_TOKENS_KEYS = ("max_tokens", "max_completion_tokens", "max_output_tokens")
+
+
+@dataclass(frozen=True, slots=True)
+class AnswerBounds:
+    """What one attempt's answer may take before the client ends it (None: no bound)."""
+
+    max_bytes: int | None = None
+    max_event_bytes: int | None = None
+    max_text_chars: int | None = None
+    max_tokens: int | None = None  # the request's own, for the message
+
+    @classmethod
+    def for_request(
+        cls,
+        body: Mapping[str, Any],
+        defaults: Mapping[str, Any],
+        max_bytes: int,
+        max_event_bytes: int,
+    ) -> AnswerBounds:
+        """The bounds of a request: its ``body``'s max_tokens, else the profile's
+        ``defaults`` (as the request is sent), plus the byte bounds."""
+        cap: Any = None
+        for params in (body, defaults):
+            for key in _MAX_TOKENS_KEYS:
+                if key in params:
+                    cap = params[key]
+                    break
+            else:
+                continue
+            break
+        if not isinstance(cap, int) or isinstance(cap, bool) or cap < 1:
+            cap = None
+        chars = cap * MAX_CHARS_PER_TOKEN + TOKEN_MARGIN_CHARS if cap is not None else None
+        return cls(max_bytes, max_event_bytes, chars, cap)
+
+
+NO_BOUNDS = AnswerBounds()
 
 
 class LiveCounts:
@@ -64,14 +116,21 @@ async def stream_attempt(
     timeouts: Timeouts,
     on_headers: Callable[[Mapping[str, str]], None],
     live: LiveCounts,
+    bounds: AnswerBounds = NO_BOUNDS,
 ) -> str | None:
     """Run one attempt into ``asm`` and ``m``; return the provider's request id.
 
     ``on_text`` gets the content deltas of each read, in order. ``on_headers`` sees the
     response headers as soon as they arrive (rate limits, the probe); ``live.tokens``
-    counts content events as they arrive (progress display).
+    counts content events as they arrive (progress display). ``bounds``: past one of
+    them the attempt fails with AnswerTooLarge.
     """
     perf = time.perf_counter
+    if bounds.max_event_bytes is not None:
+        asm.limit_events(bounds.max_event_bytes)
+    # Counted down per read: one subtraction and one comparison each.
+    bytes_left = bounds.max_bytes if bounds.max_bytes is not None else -1
+    chars_left = bounds.max_text_chars if bounds.max_text_chars is not None else -1
     total_s = timeouts.total_s
     idle_s = timeouts.idle_s
     sent = perf()
@@ -99,11 +158,19 @@ async def stream_attempt(
                     def on_chunk(chunk: bytes) -> bool:
                         """One read: its deltas arrived together, so they share one timestamp
                         (the gaps between them are 0) and one write. True once complete."""
-                        nonlocal first, last
+                        nonlocal first, last, bytes_left, chars_left
+                        if bytes_left >= 0:
+                            bytes_left -= len(chunk)
+                            if bytes_left < 0:
+                                raise _too_large(bounds, "max_answer_bytes")
                         texts = feed(chunk)
                         if texts:
                             now = perf()
                             n = len(texts)
+                            if chars_left >= 0:
+                                chars_left -= len(texts[0]) if n == 1 else sum(map(len, texts))
+                                if chars_left < 0:
+                                    raise _too_large(bounds, "max_tokens")
                             if m.chunks:
                                 itl.append(now - last)
                             else:
@@ -135,6 +202,19 @@ async def stream_attempt(
         m.ttft_s = first - sent
         m.e2el_s = last - sent
     return rid
+
+
+def _too_large(bounds: AnswerBounds, bound: str) -> AnswerTooLarge:
+    """The error that ends an answer at ``bound``, saying which bound and its value."""
+    if bound == "max_tokens":
+        what = (
+            f"the answer's text passed {bounds.max_text_chars} characters, far more than the "
+            f"request's max_tokens ({bounds.max_tokens}) allows "
+            f"({MAX_CHARS_PER_TOKEN} per token + {TOKEN_MARGIN_CHARS})"
+        )
+    else:
+        what = f"the answer passed {bounds.max_bytes} bytes"
+    return AnswerTooLarge(f"{bound}: {what}; ended by the client", bound=bound)
 
 
 def media_type(ctype: str) -> str:

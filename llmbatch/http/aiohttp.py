@@ -70,7 +70,9 @@ class AiohttpAdapter(ClientAdapter):
                     data=request.body,
                     headers=request.headers,
                     ssl=ssl_ctx,
-                    allow_redirects=False,  # a redirect is an answer (an error), as elsewhere
+                    # Never: a redirect would carry the key and the prompt elsewhere
+                    # (aiohttp strips only Authorization). A 3xx becomes Redirected.
+                    allow_redirects=False,
                 )
         except TimeoutError:
             raise ReadTimeout(f"no response headers within {t.first_byte_s:g}s") from None

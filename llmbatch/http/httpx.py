@@ -201,7 +201,8 @@ class HttpxAdapter(ClientAdapter):
         )
         try:
             async with asyncio.timeout(t.first_byte_s + t.connect_s):
-                resp = await client.send(req, stream=True)
+                # Explicitly never (httpx's default too): a 3xx becomes Redirected.
+                resp = await client.send(req, stream=True, follow_redirects=False)
         except TimeoutError:
             raise ReadTimeout(f"no response headers within {t.first_byte_s:g}s") from None
         except httpx.PoolTimeout as exc:

@@ -42,6 +42,10 @@ class StreamAssembler(ABC):
     def __init__(self) -> None:
         self._decoder = SSEDecoder()
 
+    def limit_events(self, max_event_bytes: int) -> None:
+        """Bound what one server-sent event may hold (AnswerTooLarge past it)."""
+        self._decoder.max_event_bytes = max_event_bytes
+
     def feed(self, chunk: bytes) -> list[str]:
         """Decode one body chunk; the content texts of the events it completes, in order
         (events that add no text are left out). Events after the end marker are ignored.

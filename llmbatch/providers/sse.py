@@ -4,14 +4,19 @@ Follows the WHATWG "event stream interpretation" rules:
 https://html.spec.whatwg.org/multipage/server-sent-events.html#event-stream-interpretation
 
 Data stays as bytes so providers can hand it straight to orjson; ``Event.text``
-decodes it as UTF-8 with U+FFFD replacement, as the spec asks. There is no line
-length limit and the cost is linear in the bytes fed: pending partial lines are
-kept as a list of pieces and joined once, when their line ends.
+decodes it as UTF-8 with U+FFFD replacement, as the spec asks. The cost is linear in the
+bytes fed: pending partial lines are kept as a list of pieces and joined once, when their
+line ends. What is held between chunks (a line not yet ended, the data lines of an event
+not yet dispatched) is bounded by ``max_event_bytes``: a server sending one endless line
+or event gets AnswerTooLarge, never unbounded memory. Whole events within one chunk (what
+servers send) are never counted, so the bound costs nothing on the common path.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+
+from llmbatch.errors import AnswerTooLarge
 
 __all__ = ["Event", "SSEDecoder"]
 
@@ -50,9 +55,11 @@ class SSEDecoder:
         "_last_id",
         "_retry",
         "_plain",
+        "_held",
+        "max_event_bytes",
     )
 
-    def __init__(self) -> None:
+    def __init__(self, max_event_bytes: int | None = None) -> None:
         # Between events, with nothing pending: a chunk of whole "data: ..." events
         # (what servers send) can be split at once. True at the start too: such a chunk
         # begins with "data: ", so it has no BOM to strip.
@@ -64,6 +71,9 @@ class SSEDecoder:
         self._event = ""
         self._last_id = ""
         self._retry: int | None = None
+        # Bytes held for the event being built: pending line pieces and its data lines.
+        self._held = 0
+        self.max_event_bytes = max_event_bytes
 
     def feed(self, chunk: bytes) -> list[Event]:
         """Decode ``chunk``; return the events completed by it (possibly none)."""
@@ -127,6 +137,7 @@ class SSEDecoder:
         self._pending = []
         self._data.clear()
         self._event = ""
+        self._held = 0
         self._plain = False  # fed again after close(): the general rules decide
         return []
 
@@ -158,6 +169,7 @@ class SSEDecoder:
         if b"\n" not in chunk:
             if chunk:
                 self._pending.append(chunk)
+                self._hold(len(chunk))
             return None
         if self._pending:
             # Pending pieces are joined once, when their line ends: linear in the bytes.
@@ -165,6 +177,7 @@ class SSEDecoder:
             chunk = b"".join(self._pending)
             self._pending = []
         blocks = chunk.split(b"\n\n")
+        self._held = sum(map(len, self._data))  # the pending pieces were joined
         return blocks, blocks.pop()
 
     def _block(self, block: bytes, events: list[Event]) -> None:
@@ -182,6 +195,7 @@ class SSEDecoder:
             rest = rest[end + 1 :]
         if rest:
             self._pending.append(rest)
+            self._hold(len(rest))
 
     def _line(self, line: bytes, events: list[Event]) -> None:
         if not line:
@@ -194,6 +208,7 @@ class SSEDecoder:
             value = value[1:]
         if field == b"data":
             self._data.append(value)
+            self._hold(len(value))
         elif field == b"event":
             self._event = value.decode("utf-8", errors="replace")
         elif field == b"id":
@@ -204,10 +219,22 @@ class SSEDecoder:
                 self._retry = int(value)
         # Unknown fields are ignored.
 
+    def _hold(self, n: int) -> None:
+        """Count ``n`` more bytes held for the current event; past the bound, stop."""
+        self._held += n
+        limit = self.max_event_bytes
+        if limit is not None and self._held > limit:
+            raise AnswerTooLarge(
+                f"max_event_bytes: one server-sent event passed {limit} bytes (a line or an "
+                "event without its end); ended by the client",
+                bound="max_event_bytes",
+            )
+
     def _dispatch(self, events: list[Event]) -> None:
         data = self._data
         event_type = self._event
         self._event = ""
+        self._held = 0
         if not data:
             return
         events.append(

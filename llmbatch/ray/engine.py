@@ -44,6 +44,7 @@ import os
 import signal
 import sys
 import time
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -52,7 +53,8 @@ import orjson
 
 from llmbatch.config.load import RunConfig, resolve_api_key
 from llmbatch.engine import StopReason
-from llmbatch.errors import ConfigError, InputError
+from llmbatch.engine.batch import CHANGED_SHOWN
+from llmbatch.errors import ConfigError, InputError, UnfinishedLine
 from llmbatch.metrics import SLO
 from llmbatch.ray.actors import GovernorActor, WorkerActor, loop_kind, threads_cpu_s
 from llmbatch.ray.feed import Feed
@@ -62,11 +64,13 @@ from llmbatch.ray.parts import (
     Part,
     driver_text_layout,
     make_part,
+    make_parts_dir,
 )
 from llmbatch.ray.wire import pack
 from llmbatch.records import PromptRecord
 from llmbatch.rundir.identity import run_identity
-from llmbatch.rundir.reader import open_prompts
+from llmbatch.rundir.nofollow import replace_file
+from llmbatch.rundir.reader import iter_records, open_prompts
 from llmbatch.rundir.summary import SummaryBuilder
 from llmbatch.rundir.writer import (
     RESULTS,
@@ -92,6 +96,9 @@ class RayRunOutput:
     pending_left: bool
     failed: int
     signal_received: int | None = None
+    # Done ids whose prompt changed since their record (skipped, old answer kept).
+    changed: int = 0
+    changed_ids: tuple[str, ...] = ()
 
 
 # -- the driver -------------------------------------------------------------------------------
@@ -132,6 +139,7 @@ async def execute_ray_run(
     ray = _import_ray()
     api_key = resolve_api_key(cfg.provider)
     items = open_prompts(prompts)
+    changed: list[str] = []  # done ids whose prompt changed (counted, not rerun)
     meta = run_identity(cfg, prompts)
     meta["engine"] = "ray"
     rundir, index = RunDir.open(
@@ -141,6 +149,8 @@ async def execute_ray_run(
         text_files=cfg.text_files,
         text_layout=driver_text_layout(cfg, run_dir),
         force_resume=cfg.force_resume,
+        # --rerun-changed: the records of prompts that changed go, so they run again.
+        rerun=(lambda idx: idx.changed_among(iter_records(prompts))) if cfg.rerun_changed else None,
     )
     cons = Consolidator(
         run_dir, rundir, index, skip_failed=cfg.retry_failed, summary=SummaryBuilder(slo=slo)
@@ -189,7 +199,7 @@ async def execute_ray_run(
         )
         worker_cls = ray.remote(WorkerActor)
         session = f"{time.strftime('%Y%m%dT%H%M%S')}-{os.getpid()}"
-        (run_dir / PARTS_DIR).mkdir(exist_ok=True)
+        make_parts_dir(run_dir)
         for k, share in enumerate(shares):
             name = f"w{k}"
             part = run_dir / PARTS_DIR / f"{session}-{name}"
@@ -197,7 +207,8 @@ async def execute_ray_run(
             make_part(part, part_meta, text_layout=cfg.text_layout)
             cons.parts.append(Part(part, worker=name))
             cons.placement[name] = node_ids[k % len(node_ids)]
-            part.with_name(part.name + ".token").write_text(name)  # the worker checks it
+            # The worker checks it (never written through a link planted there).
+            replace_file(part.with_name(part.name + ".token"), name.encode(), sync=False)
             actors.append(
                 worker_cls.options(
                     num_cpus=0,
@@ -224,7 +235,7 @@ async def execute_ray_run(
         runs = [a.run.remote() for a in actors]
         # Placing the workers (Ray's first calls, the actors' creation): a fixed cost.
         driver_setup_cpu_s = time.process_time() - driver_cpu0_s
-        todo = (item for item in items if _item_id(item) not in index)
+        todo = _todo(items, index, changed)
         feed = Feed(todo, chunk_size=max(1, min(CHUNK_MAX, min(shares) // 2 or 1)), workers=names)
         cons.recorded = feed.recorded
         cons.lost_workers = lost_workers
@@ -423,8 +434,9 @@ async def execute_ray_run(
         "driver_setup_cpu_s": round(driver_setup_cpu_s, 4),
         "driver_threads_cpu_s": driver_threads,
     }
-    (run_dir / SUMMARY).write_bytes(
-        orjson.dumps(summary, option=orjson.OPT_INDENT_2 | orjson.OPT_NON_STR_KEYS)
+    replace_file(
+        run_dir / SUMMARY,
+        orjson.dumps(summary, option=orjson.OPT_INDENT_2 | orjson.OPT_NON_STR_KEYS),
     )
     return RayRunOutput(
         summary=summary,
@@ -434,6 +446,8 @@ async def execute_ray_run(
         pending_left=pending_left,
         failed=cons.added_failed,
         signal_received=signal_received,
+        changed=len(changed),
+        changed_ids=tuple(changed[:CHANGED_SHOWN]),
     )
 
 
@@ -454,6 +468,22 @@ def _cause(exc: BaseException) -> str:
     if isinstance(cause, BaseException):
         return f"{type(cause).__name__}: {cause}"
     return type(exc).__name__
+
+
+def _todo(
+    items: Iterable[PromptRecord | InputError], index: ResumeIndex, changed: list[str]
+) -> Iterator[PromptRecord | InputError]:
+    """The items still to do: not done, not a last line still being written (the next
+    run has it); done ids whose prompt changed go to ``changed``."""
+    for item in items:
+        if isinstance(item, UnfinishedLine):
+            continue
+        if isinstance(item, PromptRecord) and item.id in index:
+            if index.changed(item):
+                changed.append(item.id)
+            continue
+        if _item_id(item) not in index:
+            yield item
 
 
 def _item_id(item: PromptRecord | InputError) -> str:

@@ -18,14 +18,17 @@ import orjson
 
 from llmbatch.config.load import RunConfig
 from llmbatch.errors import RunDirError
+from llmbatch.rundir.nofollow import PlantedLink
 from llmbatch.rundir.summary import SummaryBuilder
 from llmbatch.rundir.textlog import TEXT_LOG
 from llmbatch.rundir.writer import (
     META,
+    PART_TEXT_LINK,
     RESULTS,
     TEXT_DIR,
     ResumeIndex,
     RunDir,
+    is_own_text_path,
     link_or_copy,
 )
 
@@ -36,6 +39,7 @@ __all__ = [
     "Part",
     "driver_text_layout",
     "make_part",
+    "make_parts_dir",
     "wait_for_lock",
 ]
 
@@ -82,7 +86,7 @@ def make_part(path: Path, meta: dict[str, Any], *, text_layout: str = "files") -
     path.mkdir(parents=True)
     if text_layout == "files":
         (path.parent.parent / TEXT_DIR).mkdir(exist_ok=True)
-        (path / TEXT_DIR).symlink_to(Path("..") / ".." / TEXT_DIR, target_is_directory=True)
+        (path / TEXT_DIR).symlink_to(PART_TEXT_LINK, target_is_directory=True)
     (path / META).write_bytes(orjson.dumps(meta, option=orjson.OPT_INDENT_2))
 
 
@@ -157,7 +161,7 @@ class Consolidator:
                 assert isinstance(lb, dict)
                 raw = self._move_logged(part, rid, rec, lb, raw, complete=not failed)
             elif not part.shared_text:
-                if isinstance(rel, str) and (part.path / rel).is_file():
+                if is_own_text_path(rel) and (part.path / rel).is_file():
                     link_or_copy(part.path / rel, self.run_dir / rel)  # text before its line
             # The worker wrote the line in the final schema: it goes in as it is.
             self.rundir.add_result_line(raw, ok=not failed)
@@ -234,10 +238,18 @@ class Consolidator:
             (self.run_dir / PARTS_DIR).rmdir()
 
 
+def make_parts_dir(run_dir: Path) -> None:
+    """The run's parts/ folder; a link planted there is refused (never followed)."""
+    parts = run_dir / PARTS_DIR
+    if parts.is_symlink():
+        raise RunDirError(str(PlantedLink(parts)))
+    parts.mkdir(exist_ok=True)
+
+
 async def wait_for_lock(path: Path) -> int:
     """The part's lock, once no process holds it (-1 when it has no lock file)."""
     try:
-        fd = os.open(path / ".lock", os.O_RDWR)
+        fd = os.open(path / ".lock", os.O_RDWR | os.O_NOFOLLOW)
     except FileNotFoundError:
         return -1
     deadline = time.monotonic() + LOCK_WAIT_S

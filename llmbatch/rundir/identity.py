@@ -12,15 +12,22 @@ are accepted when those three match, and upgraded with the current values.
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+import orjson
+
+from llmbatch.records import PromptRecord
+from llmbatch.redaction import url_without_credentials
 
 if TYPE_CHECKING:
     from llmbatch.config.load import RunConfig
 
 __all__ = [
     "EMBEDDED_MOCK_URL",
+    "request_hash",
     "IDENTITY_KEYS",
     "describe_changes",
     "merge_identity",
@@ -42,7 +49,10 @@ def run_identity(cfg: RunConfig, prompts: Path) -> dict[str, Any]:
         "prompts": str(prompts.resolve()),
         "provider": p.name,
         "kind": p.kind,
-        "base_url": EMBEDDED_MOCK_URL if p.embedded_mock else p.base_url.rstrip("/"),
+        # Never the credentials a URL may carry (user:pass@): run.json is not a secret.
+        "base_url": EMBEDDED_MOCK_URL
+        if p.embedded_mock
+        else url_without_credentials(p.base_url).rstrip("/"),
         "model": p.model,
         "params": dict(p.params),
     }
@@ -77,3 +87,10 @@ def merge_identity(
     if history:
         merged[HISTORY] = history
     return None if merged == dict(old) else merged
+
+
+def request_hash(rec: PromptRecord) -> str:
+    """A short hash of what ``rec`` asks (its body and endpoint, not its id or line): kept
+    in its record, so a resume notices a prompt that changed under the same id."""
+    canonical = orjson.dumps([rec.endpoint, rec.body], option=orjson.OPT_SORT_KEYS)
+    return hashlib.blake2b(canonical, digest_size=8).hexdigest()

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from array import array
 
-__all__ = ["IdSet"]
+__all__ = ["IdMap", "IdSet"]
 
 _EMPTY = 0
 
@@ -80,3 +80,42 @@ class IdSet:
                     i = (i + 1) & mask
                 table[i] = h
         self._table, self._mask = table, mask
+
+
+class IdMap(IdSet):
+    """An IdSet that keeps one 64-bit value per id (0: none), in a parallel flat table."""
+
+    __slots__ = ("_values",)
+
+    def __init__(self, capacity: int = 1024) -> None:
+        super().__init__(capacity)
+        self._values = array("q", bytes(8 * len(self._table)))
+
+    def put(self, item: str, value: int) -> None:
+        """Add ``item`` (if new) with ``value``, replacing the value it had."""
+        self.add(item)
+        self._values[self._slot(self._key(item))] = value
+
+    def get(self, item: str) -> int:
+        """The value of ``item``; 0 when it is absent or has none."""
+        h = self._key(item)
+        slot = self._slot(h)
+        return self._values[slot] if self._table[slot] == h else 0
+
+    def _slot(self, h: int) -> int:
+        """Where ``h`` is, or the empty slot where it would go."""
+        table, mask = self._table, self._mask
+        i = h & mask
+        while table[i] != _EMPTY and table[i] != h:
+            i = (i + 1) & mask
+        return i
+
+    def _grow(self) -> None:
+        old_table, old_values = self._table, getattr(self, "_values", None)
+        super()._grow()
+        values = array("q", bytes(8 * len(self._table)))
+        if old_values is not None:
+            for h, v in zip(old_table, old_values, strict=True):
+                if h != _EMPTY and v:
+                    values[self._slot(h)] = v
+        self._values = values

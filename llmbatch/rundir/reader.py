@@ -13,7 +13,9 @@ Accepted shapes, detected per line:
 A line that cannot become a request is yielded as an InputError (with the file and
 line number); the caller records it and goes on. A line longer than MAX_LINE_BYTES is
 one of them: it is skipped without being held in memory, so memory stays bounded
-whatever the file holds.
+whatever the file holds. The last line, when it has no newline and is not complete JSON,
+is a line a producer is still appending: it is yielded as UnfinishedLine, which the
+caller leaves for the next run instead of recording.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ from typing import Any
 
 import orjson
 
-from llmbatch.errors import InputError
+from llmbatch.errors import InputError, UnfinishedLine
 from llmbatch.records import PromptRecord
 from llmbatch.rundir.idset import IdSet
 
@@ -92,9 +94,26 @@ def iter_records(path: str | Path) -> Iterator[PromptRecord | InputError]:
                 raw = raw[len(_BOM) :]  # editors on Windows like to add one
             if not raw.strip():
                 continue
-            yield ids.check(raw, line_no)
+            item = ids.check(raw, line_no)
+            if isinstance(item, InputError) and not raw.endswith(b"\n") and _unfinished(raw):
+                item = UnfinishedLine(
+                    "the last line has no newline and is not complete JSON (the file is "
+                    "still being written?): left for the next run",
+                    path=path_s,
+                    line_no=line_no,
+                )
+            yield item
     finally:
         fh.close()
+
+
+def _unfinished(raw: bytes) -> bool:
+    """True when ``raw`` is not valid JSON (a line cut short), not merely a bad prompt."""
+    try:
+        orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        return True
+    return False
 
 
 def _skip_rest_of_line(fh: Any) -> None:

@@ -42,6 +42,7 @@ def result_line(o: Outcome) -> dict[str, Any]:
             "text_file": o.text_file,
             **_span_fields(o.text_span),
             "partial_text_kept": o.partial_kept,
+            **({} if o.request_hash is None else {"request_hash": o.request_hash}),
             "metrics": request_metrics_dict(o.metrics),
             "attempts": [a.as_dict() for a in o.attempts],
             "finished_at": round(time.time(), 3),

@@ -28,6 +28,8 @@ from typing import Any, BinaryIO
 
 import orjson
 
+from llmbatch.rundir.nofollow import create_new, open_kept
+
 __all__ = ["PARTIAL_LOG", "TEXT_LOG", "TextLog", "copy_logged_answer", "read_span"]
 
 TEXT_LOG = "text.log"
@@ -45,16 +47,16 @@ class TextLog:
         self._log_buf: list[bytes] = []
         self._partial_buf: list[bytes] = []
 
-    def open(self, committed_end: int) -> None:
-        """Open both files; cut text.log back to ``committed_end`` (what records use)."""
-        fd = os.open(self.path / TEXT_LOG, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    def open(self, committed_end: int, dir_fd: int) -> None:
+        """Open both files in the run directory ``dir_fd`` (never through a link: see
+        nofollow.py); cut text.log back to ``committed_end`` (what records use)."""
+        fd = open_kept(dir_fd, TEXT_LOG, os.O_WRONLY | os.O_CREAT | os.O_APPEND, self.path)
         try:
             if os.fstat(fd).st_size > committed_end:
                 os.ftruncate(fd, committed_end)  # answers of requests that have no record
             self._log_end = os.fstat(fd).st_size
-            self._partial_fd = os.open(
-                self.path / PARTIAL_LOG, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_APPEND, 0o644
-            )
+            # Emptied at each start: made afresh, so nothing else is ever truncated.
+            self._partial_fd = create_new(dir_fd, PARTIAL_LOG, self.path, os.O_APPEND)
         except OSError:
             os.close(fd)
             raise

@@ -20,6 +20,10 @@ An answer that completes within one tick is written straight to its .txt; a long
 one streams into .partial and is renamed. Order is the commit protocol: the .txt
 exists before the result line is appended, and the result line is what marks a
 request done. A crash loses at most one tick of records; those requests run again.
+
+Nothing inside the directory is written through a link (nofollow.py): every file is
+opened relative to the directory's descriptor with O_NOFOLLOW, and a link where one of its
+files belongs is an error naming it (the run stops; nothing was truncated).
 """
 
 from __future__ import annotations
@@ -31,18 +35,30 @@ import hashlib
 import os
 import re
 import shutil
-from collections.abc import Callable, Iterator
+import stat
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeGuard
 
 import orjson
 
 from llmbatch.config.load import TEXT_LAYOUTS
-from llmbatch.errors import OutputError, RunDirError
-from llmbatch.rundir.identity import describe_changes, merge_identity
-from llmbatch.rundir.idset import IdSet
-from llmbatch.rundir.textlog import TEXT_LOG, TextLog
+from llmbatch.errors import InputError, OutputError, RunDirError
+from llmbatch.records import PromptRecord
+from llmbatch.rundir.identity import describe_changes, merge_identity, request_hash
+from llmbatch.rundir.idset import IdMap
+from llmbatch.rundir.nofollow import (
+    PlantedLink,
+    check_not_link,
+    create_new,
+    open_dir,
+    open_kept,
+    open_subdir,
+    replace_in,
+    write_new,
+)
+from llmbatch.rundir.textlog import PARTIAL_LOG, TEXT_LOG, TextLog
 
 if TYPE_CHECKING:
     from llmbatch.metrics import RunMetrics
@@ -52,8 +68,10 @@ __all__ = [
     "ResumeIndex",
     "RunDir",
     "TextSink",
+    "changed_notice",
     "damaged_lines_notice",
     "forget_unsaved",
+    "is_own_text_path",
     "iter_result_lines",
     "unsaved_notice",
     "parse_result_line",
@@ -68,6 +86,15 @@ TEXT_DIR = "text"
 FAILED_DIR = "failed"
 _SAFE = re.compile(r"[^A-Za-z0-9._-]")
 _MAX_NAME = 80
+# What a record's text_file may name (read by export, merge and Ray): a file of the run
+# directory's own text layout, never a path that leaves it.
+_OWN_TEXT = re.compile(
+    r"text/(failed/)?[A-Za-z0-9_~-][A-Za-z0-9._~-]{0,99}\.(txt|partial)|text\.log"
+)
+# The names inside a run directory that llmbatch writes: none may be a link it did not make.
+_OWN_NAMES = (LOCK, META, RESULTS, SUMMARY, TEXT_DIR, TEXT_LOG, PARTIAL_LOG)
+# A Ray part's text/ is a link llmbatch made to the run's own text/ (ray/engine.py).
+PART_TEXT_LINK = "../../text"
 
 
 def safe_name(record_id: str) -> str:
@@ -80,6 +107,12 @@ def safe_name(record_id: str) -> str:
         digest = hashlib.blake2b(record_id.encode("utf-8", "surrogatepass"), digest_size=5)
         name = f"{name}~{digest.hexdigest()}"
     return name
+
+
+def is_own_text_path(rel: object) -> TypeGuard[str]:
+    """True when ``rel`` (a record's ``text_file``) names a text file of the run directory
+    itself; a record from elsewhere must not make a reader or a copy leave it."""
+    return isinstance(rel, str) and _OWN_TEXT.fullmatch(rel) is not None
 
 
 class TextSink:
@@ -100,10 +133,11 @@ class TextSink:
 
 
 class ResumeIndex:
-    """Which ids already have a record; built from results.jsonl at start."""
+    """Which ids already have a record, and the request each answered (its request_hash,
+    kept as a 64-bit hash); built from results.jsonl at start."""
 
     def __init__(self) -> None:
-        self._done = IdSet()
+        self._done = IdMap()
         self.succeeded = 0
         self.failed = 0
         # results.jsonl lines that could not be read (their requests run again).
@@ -111,15 +145,30 @@ class ResumeIndex:
         # Where the last answer that a record points to ends in text.log (log layout).
         self.text_log_end = 0
 
-    def add(self, record_id: str) -> None:
-        """Mark ``record_id`` as done."""
-        self._done.add(record_id)
+    def add(self, record_id: str, request_hash: str | None = None) -> None:
+        """Mark ``record_id`` as done (answering the request of ``request_hash``)."""
+        self._done.put(record_id, _hash_value(request_hash) if request_hash else 0)
+
+    def changed(self, rec: PromptRecord) -> bool:
+        """True when ``rec``'s id has a record that answered another request (False when
+        it has none, or its record has no hash: made by an older llmbatch)."""
+        old = self._done.get(rec.id)
+        return old != 0 and old != _hash_value(request_hash(rec))
+
+    def changed_among(self, items: Iterable[PromptRecord | InputError]) -> set[str]:
+        """The ids of ``items`` whose records answered another request."""
+        return {r.id for r in items if isinstance(r, PromptRecord) and self.changed(r)}
 
     def __contains__(self, record_id: str) -> bool:
         return record_id in self._done
 
     def __len__(self) -> int:
         return len(self._done)
+
+
+def _hash_value(request_hash: str) -> int:
+    """A request hash as the 64-bit value the index keeps (never 0: 0 means none)."""
+    return hash(request_hash) or 1
 
 
 Op = Callable[[], None]
@@ -142,6 +191,9 @@ class RunDir:
         self.text_log = TextLog(path) if text_files and text_layout == "log" else None
         self.text_dir = path / TEXT_DIR
         self.tick_s = tick_s
+        self._dir_fd = -1  # the run directory; every file inside is opened relative to it
+        self._text_fd = -1  # text/
+        self._failed_fd = -1  # text/failed/
         self._lock_fd = -1
         self._results_fd = -1
         self._ops: list[Op] = []
@@ -169,13 +221,15 @@ class RunDir:
         text_files: bool = True,
         text_layout: str = "files",
         force_resume: bool = False,
+        rerun: Callable[[ResumeIndex], set[str]] | None = None,
     ) -> tuple[RunDir, ResumeIndex]:
         """Create or reopen ``path``: take the lock, check it belongs to this job,
         repair a torn last line, and index the ids already done.
 
         A directory that holds files but no run.json is not a run directory: it is
         refused, never adopted or cleaned. ``meta`` is the run's identity (identity.py);
-        another run's directory is refused unless ``force_resume``.
+        another run's directory is refused unless ``force_resume``. ``rerun(index)``
+        names ids whose records are dropped, so they run again (prompts that changed).
         """
         if text_layout not in TEXT_LAYOUTS:
             raise RunDirError(f"unknown text layout {text_layout!r} (files or log)")
@@ -183,22 +237,30 @@ class RunDir:
         _check_adoptable(path)
         try:
             path.mkdir(parents=True, exist_ok=True)
-            if rd.text_log is None:
-                (rd.text_dir / FAILED_DIR).mkdir(parents=True, exist_ok=True)
+            rd._dir_fd = open_dir(path)
             rd._take_lock()
         except OSError as exc:
+            rd._close_fds()
             raise RunDirError(f"cannot use run directory {path}: {_why(exc)}") from None
         try:
+            rd._refuse_links(part=bool(meta.get("part_of")))
+            if rd.text_log is None:
+                rd._open_text_dirs(part=bool(meta.get("part_of")))
             rd._check_meta(meta, force_resume)
-            resuming = (path / RESULTS).exists()
+            resuming = _exists(rd._dir_fd, RESULTS)
             index = rd._load_index(retry_failed)
-            if resuming:
-                rd._remove_stale_partials(rd.text_dir)
-            if retry_failed:  # the failed requests run again: their old partials go
-                rd._remove_stale_partials(rd.text_dir / FAILED_DIR)
+            if rerun is not None and (again := rerun(index)):
+                _drop_records(rd._dir_fd, path, lambda rec: rec.get("custom_id") in again)
+                index = rd._load_index(False)
+            if resuming and rd._text_fd >= 0:
+                rd._remove_stale_partials(rd._text_fd)
+            if retry_failed and rd._failed_fd >= 0:  # they run again: their old partials go
+                rd._remove_stale_partials(rd._failed_fd)
             if rd.text_log is not None:
-                rd.text_log.open(index.text_log_end)
-            rd._results_fd = os.open(path / RESULTS, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+                rd.text_log.open(index.text_log_end, rd._dir_fd)
+            rd._results_fd = open_kept(
+                rd._dir_fd, RESULTS, os.O_WRONLY | os.O_CREAT | os.O_APPEND, path
+            )
         except OSError as exc:
             rd._release_lock()
             raise RunDirError(f"cannot use run directory {path}: {_why(exc)}") from None
@@ -207,8 +269,32 @@ class RunDir:
             raise
         return rd, index
 
+    def _refuse_links(self, *, part: bool) -> None:
+        """No name llmbatch writes may be a link it did not make (checked before any of
+        them is read or written; the opens below refuse links too, race-free)."""
+        for name in _OWN_NAMES:
+            try:
+                st = os.stat(name, dir_fd=self._dir_fd, follow_symlinks=False)
+            except FileNotFoundError:
+                continue
+            if not stat.S_ISLNK(st.st_mode):
+                continue
+            if name == TEXT_DIR and part and _is_part_link(self._dir_fd):
+                continue
+            raise PlantedLink(self.path / name)
+
+    def _open_text_dirs(self, *, part: bool) -> None:
+        """Open text/ and text/failed/ (made when missing); a Ray part's text/ is the
+        run's own, through the one link llmbatch made for it."""
+        if part and _is_part_link(self._dir_fd):
+            self._text_fd = open_subdir(self._dir_fd, PART_TEXT_LINK, self.path, create=False)
+        else:
+            self._text_fd = open_subdir(self._dir_fd, TEXT_DIR, self.path)
+        self._failed_fd = open_subdir(self._text_fd, FAILED_DIR, self.text_dir)
+
     def _take_lock(self) -> None:
-        fd = os.open(self.path / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+        # Never truncated or written before it is known to be our own file, and held.
+        fd = open_kept(self._dir_fd, LOCK, os.O_RDWR | os.O_CREAT, self.path)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -226,11 +312,21 @@ class RunDir:
         if self._lock_fd >= 0:
             os.close(self._lock_fd)  # closing the fd drops the flock
             self._lock_fd = -1
+        self._close_fds()
+
+    def _close_fds(self) -> None:
+        for name in ("_failed_fd", "_text_fd", "_dir_fd"):
+            fd = getattr(self, name)
+            if fd >= 0:
+                os.close(fd)
+                setattr(self, name, -1)
 
     def _check_meta(self, meta: dict[str, Any], force_resume: bool) -> None:
         mpath = self.path / META
         if not mpath.exists():
-            _atomic_write(mpath, orjson.dumps(meta, option=orjson.OPT_INDENT_2))
+            replace_in(
+                self._dir_fd, META, orjson.dumps(meta, option=orjson.OPT_INDENT_2), self.path
+            )
             return
         try:
             old = orjson.loads(mpath.read_bytes())
@@ -257,31 +353,32 @@ class RunDir:
             )
         merged = merge_identity(old, meta, forced=force_resume)
         if merged is not None:
-            _atomic_write(mpath, orjson.dumps(merged, option=orjson.OPT_INDENT_2))
+            data = orjson.dumps(merged, option=orjson.OPT_INDENT_2)
+            replace_in(self._dir_fd, META, data, self.path)
 
-    def _remove_stale_partials(self, folder: Path) -> None:
+    def _remove_stale_partials(self, folder_fd: int) -> None:
         """A .partial left by a run that died belongs to no request now (we hold the lock)."""
-        if not folder.is_dir():
-            return  # a run directory written with the log layout so far
-        with os.scandir(folder) as entries:
+        with os.scandir(folder_fd) as entries:
             for entry in entries:
                 if entry.name.endswith(".partial"):
                     with contextlib.suppress(FileNotFoundError):
-                        os.unlink(entry.path)
+                        os.unlink(entry.name, dir_fd=folder_fd)
 
     def _load_index(self, retry_failed: bool) -> ResumeIndex:
         index = ResumeIndex()
         rpath = self.path / RESULTS
         if not rpath.exists():
             return index
-        _repair_torn_tail(rpath)
+        _repair_torn_tail(self._dir_fd, self.path)
         if retry_failed:
-            _drop_failed_records(rpath)
+            _drop_records(self._dir_fd, self.path, lambda rec: rec.get("error") is not None)
         for _, rec in iter_result_lines(rpath, damaged=index.damaged_lines):
             cid = rec.get("custom_id")
             if isinstance(cid, str):
                 _note_text_log_end(index, rec)
-                index.add(cid)
+                lb = rec.get("llmbatch")
+                rhash = lb.get("request_hash") if isinstance(lb, dict) else None
+                index.add(cid, rhash if isinstance(rhash, str) else None)
                 if rec.get("error") is None:
                     index.succeeded += 1
                 else:
@@ -325,28 +422,28 @@ class RunDir:
             return None
         if self.text_log is not None:
             return self._finish_logged(sink, complete=complete, keep_partial=keep_partial)
-        base = self.text_dir / sink.name
+        txt = f"{sink.name}.txt"
+        partial = f"{sink.name}.partial"
         if not sink.opened:
             # Began and ended within one tick: one write, no .partial, no rename.
             data = self._take(sink)
             if complete:
-                self._ops.append(lambda: _write_file(f"{base}.txt", data))
-                return f"{TEXT_DIR}/{sink.name}.txt"
-            self._ops.append(lambda: _unlink(f"{base}.txt"))  # a stale answer, if any
+                self._ops.append(lambda: _write_file(self._text_fd, txt, data, self.text_dir))
+                return f"{TEXT_DIR}/{txt}"
+            self._ops.append(lambda: _unlink_in(self._text_fd, txt))  # a stale answer, if any
             if keep_partial and data:  # a request that never streamed leaves no file
-                dest = self.text_dir / FAILED_DIR / f"{sink.name}.partial"
-                self._ops.append(lambda: _write_file(str(dest), data))
-                return f"{TEXT_DIR}/{FAILED_DIR}/{sink.name}.partial"
+                failed_dir = self.text_dir / FAILED_DIR
+                self._ops.append(lambda: _write_file(self._failed_fd, partial, data, failed_dir))
+                return f"{TEXT_DIR}/{FAILED_DIR}/{partial}"
             return None
         self._collect(sink)
         if complete:
-            self._ops.append(lambda: self._op_close(sink, f"{base}.txt"))
-            return f"{TEXT_DIR}/{sink.name}.txt"
+            self._ops.append(lambda: self._op_close(sink, self._text_fd, txt))
+            return f"{TEXT_DIR}/{txt}"
         if keep_partial and sink.chars:  # a retry that streamed nothing leaves no file
-            dest = self.text_dir / FAILED_DIR / f"{sink.name}.partial"
-            self._ops.append(lambda: self._op_close(sink, str(dest)))
-            return f"{TEXT_DIR}/{FAILED_DIR}/{sink.name}.partial"
-        self._ops.append(lambda: self._op_close(sink, None))
+            self._ops.append(lambda: self._op_close(sink, self._failed_fd, partial))
+            return f"{TEXT_DIR}/{FAILED_DIR}/{partial}"
+        self._ops.append(lambda: self._op_close(sink, -1, None))
         return None
 
     def _finish_logged(self, sink: TextSink, *, complete: bool, keep_partial: bool) -> str | None:
@@ -379,7 +476,7 @@ class RunDir:
     def write_summary(self, summary: dict[str, Any]) -> None:
         """Rewrite summary.json atomically, in the background (it is fsynced)."""
         data = orjson.dumps(summary, option=orjson.OPT_INDENT_2 | orjson.OPT_NON_STR_KEYS)
-        self._pool.submit(_atomic_write, self.path / SUMMARY, data)
+        self._pool.submit(replace_in, self._dir_fd, SUMMARY, data, self.path)
 
     # -- flushing --------------------------------------------------------------------
     def start(self) -> None:
@@ -496,27 +593,29 @@ class RunDir:
 
     # -- ops (run in order at each flush) ----------------------------------------------
     def _op_open(self, sink: TextSink) -> None:
-        sink.fd = os.open(
-            self.text_dir / f"{sink.name}.partial", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644
-        )
+        sink.fd = create_new(self._text_fd, f"{sink.name}.partial", self.text_dir)
 
     def _op_truncate(self, sink: TextSink) -> None:
         if sink.fd >= 0:
             os.ftruncate(sink.fd, 0)
             os.lseek(sink.fd, 0, os.SEEK_SET)
 
-    def _op_close(self, sink: TextSink, rename_to: str | None) -> None:
+    def _op_close(self, sink: TextSink, dest_fd: int, dest: str | None) -> None:
+        """Close the .partial; rename it to ``dest`` in the folder ``dest_fd``, or drop it."""
         if sink.fd < 0:
             return
         os.close(sink.fd)
         sink.fd = -1
-        base = self.text_dir / sink.name
-        if rename_to is None or not rename_to.endswith(".txt"):
-            _unlink(f"{base}.txt")  # a stale answer from a crashed run, if any
-        if rename_to is not None:
-            os.replace(f"{base}.partial", rename_to)
-        else:
-            _unlink(f"{base}.partial")
+        text_fd = self._text_fd
+        partial = f"{sink.name}.partial"
+        if dest is None or not dest.endswith(".txt"):
+            _unlink_in(text_fd, f"{sink.name}.txt")  # a stale answer from a crashed run, if any
+        if dest is None:
+            _unlink_in(text_fd, partial)
+            return
+        where = self.text_dir if dest_fd == text_fd else self.text_dir / FAILED_DIR
+        check_not_link(dest_fd, dest, where)  # replacing a link would hide the tampering
+        os.replace(partial, dest, src_dir_fd=text_fd, dst_dir_fd=dest_fd)
 
 
 def _note_text_log_end(index: ResumeIndex, rec: dict[str, Any]) -> None:
@@ -529,17 +628,30 @@ def _note_text_log_end(index: ResumeIndex, rec: dict[str, Any]) -> None:
         index.text_log_end = max(index.text_log_end, offset + length + 1)
 
 
-def _write_file(path: str, data: bytes) -> None:
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-    try:
-        _write_all(fd, data)
-    finally:
-        os.close(fd)
+def _write_file(dir_fd: int, name: str, data: bytes, where: Path) -> None:
+    """One answer file written whole (created afresh: never through a link)."""
+    write_new(dir_fd, name, data, where)
 
 
-def _unlink(path: str) -> None:
+def _unlink_in(dir_fd: int, name: str) -> None:
     with contextlib.suppress(FileNotFoundError):
-        os.unlink(path)
+        os.unlink(name, dir_fd=dir_fd)
+
+
+def _exists(dir_fd: int, name: str) -> bool:
+    try:
+        os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+    except FileNotFoundError:
+        return False
+    return True
+
+
+def _is_part_link(dir_fd: int) -> bool:
+    """True when text/ is the link to the run's text/ that llmbatch made for a Ray part."""
+    try:
+        return os.readlink(TEXT_DIR, dir_fd=dir_fd) == PART_TEXT_LINK
+    except OSError:
+        return False
 
 
 def _write_all(fd: int, data: bytes) -> None:
@@ -556,22 +668,9 @@ def _fsync_close(fd: int) -> None:
         os.close(fd)
 
 
-def _atomic_write(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        _unlink(str(tmp))  # a full disk must not leave a half-written temp file behind
-        raise
-
-
 def _why(exc: OSError) -> str:
     """An OSError as words (``Permission denied: 'x'``), not ``[Errno 13] ...``."""
-    if exc.strerror is None:
+    if isinstance(exc, PlantedLink) or exc.strerror is None:
         return str(exc)
     return f"{exc.strerror}: {exc.filename!r}" if exc.filename else exc.strerror
 
@@ -606,28 +705,26 @@ def _check_adoptable(path: Path) -> None:
         )
 
 
-def _repair_torn_tail(path: Path) -> None:
-    """Cut a last line that a crash left without its newline."""
-    size = path.stat().st_size
-    if size == 0:
-        return
-    with open(path, "rb+") as fh:
-        fh.seek(-1, os.SEEK_END)
-        if fh.read(1) == b"\n":
+def _repair_torn_tail(dir_fd: int, where: Path) -> None:
+    """Cut a last line of results.jsonl that a crash left without its newline."""
+    fd = open_kept(dir_fd, RESULTS, os.O_RDWR, where)
+    try:
+        size = os.fstat(fd).st_size
+        if size == 0 or os.pread(fd, 1, size - 1) == b"\n":
             return
         # Walk back to the previous newline; records are small, read in blocks.
         pos = size
         block = 64 * 1024
         while pos > 0:
             start = max(0, pos - block)
-            fh.seek(start)
-            chunk = fh.read(pos - start)
-            nl = chunk.rfind(b"\n")
+            nl = os.pread(fd, pos - start, start).rfind(b"\n")
             if nl >= 0:
-                fh.truncate(start + nl + 1)
+                os.ftruncate(fd, start + nl + 1)
                 return
             pos = start
-        fh.truncate(0)
+        os.ftruncate(fd, 0)
+    finally:
+        os.close(fd)
 
 
 def parse_result_line(raw: bytes) -> dict[str, Any] | None:
@@ -680,6 +777,19 @@ def unsaved_notice(rundir: RunDir) -> str | None:
     )
 
 
+def changed_notice(count: int, ids: Iterable[str]) -> str | None:
+    """One line on the done prompts whose request changed (their answers kept), or None."""
+    if not count:
+        return None
+    shown = list(ids)
+    listed = ", ".join(shown) + (", ..." if count > len(shown) else "")
+    noun, its = ("prompt", "its") if count == 1 else ("prompts", "their")
+    return (
+        f"{count} done {noun} changed since {its} answer was recorded (same id, another "
+        f"request: {listed}); the old answers are kept: --rerun-changed runs them again"
+    )
+
+
 def damaged_lines_notice(path: Path, lines: list[int] | None) -> str | None:
     """One warning line naming the damaged lines of a results file, or None."""
     if not lines:
@@ -689,20 +799,12 @@ def damaged_lines_notice(path: Path, lines: list[int] | None) -> str | None:
     return f"{path}: damaged {noun} skipped (not a JSON record): line {shown}"
 
 
-def _drop_failed_records(path: Path) -> None:
-    """Rewrite results.jsonl without failed records (atomically), so they run again."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "wb") as dst:
-            for raw, rec in iter_result_lines(path):
-                if rec.get("error") is None:
-                    dst.write(raw)
-            dst.flush()
-            os.fsync(dst.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        _unlink(str(tmp))  # a full disk must not leave a half-written copy behind
-        raise
+def _drop_records(dir_fd: int, where: Path, drop: Callable[[dict[str, Any]], bool]) -> None:
+    """Rewrite results.jsonl without the records ``drop`` picks (atomically), so their
+    requests run again (failed ones with --retry-failed, changed ones with
+    --rerun-changed)."""
+    kept = (raw for raw, rec in iter_result_lines(where / RESULTS) if not drop(rec))
+    replace_in(dir_fd, RESULTS, kept, where)
 
 
 def link_or_copy(src: Path, dst: Path) -> None:

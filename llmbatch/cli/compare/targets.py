@@ -9,13 +9,14 @@ target's base URL is recorded without credentials (:func:`public_url`).
 from __future__ import annotations
 
 import urllib.parse
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from llmbatch.config.load import DEFAULT_CONFIG_FILE, RunConfig, load_config, resolve_api_key
 from llmbatch.errors import ConfigError
+from llmbatch.notices import warn as notice
 
 __all__ = ["Series", "TargetSpec", "parse_target", "plan_series", "public_url"]
 
@@ -95,16 +96,17 @@ def parse_target(spec: str) -> TargetSpec:
     return TargetSpec(name=name, base_url=url.strip(), **fields)
 
 
-def _target_config(spec: TargetSpec, config_path: Path | None, flags: dict[str, Any]) -> RunConfig:
+def _target_config(
+    spec: TargetSpec,
+    config_path: Path | None,
+    flags: dict[str, Any],
+    warn: Callable[[str], None] | None = None,
+) -> RunConfig:
     """The RunConfig of a --target: an ad-hoc provider profile named after it."""
     # A target named like a built-in profile (openai, mock...) keeps its headers and
-    # params, but always goes to the URL given: never to the embedded mock.
-    profile: dict[str, Any] = {
-        "kind": spec.kind,
-        "base_url": spec.base_url,
-        "model": spec.model,
-        "embedded_mock": False,
-    }
+    # params, but always goes to the URL given: never to the embedded mock (a profile
+    # given a base_url never runs the embedded mock: config/load.py).
+    profile: dict[str, Any] = {"kind": spec.kind, "base_url": spec.base_url, "model": spec.model}
     if spec.api_key_env is not None:
         profile["api_key_env"] = spec.api_key_env
     data: dict[str, Any] = {"providers": {spec.name: profile}}
@@ -119,7 +121,9 @@ def _target_config(spec: TargetSpec, config_path: Path | None, flags: dict[str, 
         except (OSError, tomllib.TOMLDecodeError) as exc:
             raise ConfigError(f"{config_path}: {exc}") from None
         data = {**file_data, "providers": {**file_data.get("providers", {}), **data["providers"]}}
-    return load_config(None, data=data, flags={**flags, "provider": spec.name}, flag_label=_label)
+    return load_config(
+        None, data=data, flags={**flags, "provider": spec.name}, flag_label=_label, warn=warn
+    )
 
 
 def _label(key: str) -> str:
@@ -140,6 +144,13 @@ def plan_series(
     configured default client.
     """
     base = {k: v for k, v in (flags or {}).items() if v is not None}
+    seen_warnings: set[str] = set()
+
+    def warn(message: str) -> None:  # every series reads the same variables: say it once
+        if message not in seen_warnings:
+            seen_warnings.add(message)
+            notice(message)
+
     specs = [parse_target(t) for t in targets]
     names = [*providers, *(s.name for s in specs)]
     if len(set(names)) != len(names):
@@ -149,11 +160,13 @@ def plan_series(
     for client in client_list:
         provider_list: list[str | None] = [*providers] or ([] if specs else [None])
         for provider in provider_list:
-            cfg = load_config(config_path, flags={**base, "provider": provider, "client": client})
+            cfg = load_config(
+                config_path, flags={**base, "provider": provider, "client": client}, warn=warn
+            )
             resolve_api_key(cfg.provider)
             out.append(Series(cfg.provider.name, cfg.client, cfg))
         for spec in specs:
-            cfg = _target_config(spec, config_path, {**base, "client": client})
+            cfg = _target_config(spec, config_path, {**base, "client": client}, warn)
             resolve_api_key(cfg.provider)
             out.append(Series(spec.name, cfg.client, cfg))
     seen: set[str] = set()
