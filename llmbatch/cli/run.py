@@ -21,6 +21,7 @@ from llmbatch.config.options import options_in
 if TYPE_CHECKING:
     from llmbatch.cli.job import RunOutput
     from llmbatch.config.load import RunConfig
+    from llmbatch.engine.arrivals import ArrivalProfile
     from llmbatch.metrics import SLO
     from llmbatch.rundir.shard import Shard
 
@@ -135,55 +136,65 @@ def parse_slo(spec: str | None) -> SLO:
     return SLO(**values)
 
 
+def parse_arrivals(request_rate: float | None, burstiness: float | None) -> ArrivalProfile | None:
+    """``--request-rate`` (and ``--burstiness``) as an open-loop arrival profile: Poisson
+    arrivals at the rate, gamma-distributed gaps for a burstiness other than 1, as
+    ``vllm bench serve`` defines them. None (closed loop) without a rate."""
+    from llmbatch.engine.arrivals import ArrivalProfile
+    from llmbatch.errors import ConfigError
+
+    if request_rate is None:
+        if burstiness is not None:
+            raise ConfigError("--burstiness shapes --request-rate's arrivals: give a rate too")
+        return None
+    try:
+        return ArrivalProfile(rate_rps=request_rate, burstiness=burstiness or 1.0)
+    except ValueError as exc:
+        raise ConfigError(f"--request-rate: {exc}") from None
+
+
 def run_command(prompts: Path, **options: Any) -> int:
     """``llmbatch run`` with its options as keywords (config/options.py names); the exit
     code. Options left at None were not given."""
     command = {o.name: options.pop(o.name, None) for o in options_in("cli", "command")}
     try:
-        return _run(
-            prompts,
-            options,
-            config=command["config"],
-            slo=command["slo"],
-            shard=command["shard"],
-            engine=command["engine"] or "local",
-            ray_address=command["ray_address"],
-            ray_workers=command["ray_workers"],
-        )
+        return _run(prompts, options, command)
     except CommandExit as exc:
         return exc.code
 
 
-def _run(
-    prompts: Path,
-    flags: dict[str, Any],
-    *,
-    config: Path | None,
-    slo: str | None,
-    shard: str | None,
-    engine: str,
-    ray_address: str | None,
-    ray_workers: int | None,
-) -> int:
+def _run(prompts: Path, flags: dict[str, Any], command: dict[str, Any]) -> int:
+    """Run with ``flags`` (what the config merge takes) and ``command`` (how to run)."""
     from llmbatch.config.load import load_config
     from llmbatch.errors import LLMBatchError
     from llmbatch.notices import one_line_per_cause, warn
 
+    engine = command["engine"] or "local"
     try:
-        cfg = load_config(config, flags=flags, warn=warn)
+        cfg = load_config(command["config"], flags=flags, warn=warn)
         warn_insecure(cfg)
-        slo_obj = parse_slo(slo)
+        slo_obj = parse_slo(command["slo"])
+        arrivals = parse_arrivals(command["request_rate"], command["burstiness"])
         if engine not in ("local", "ray"):
             raise fail(f"--engine: expected local or ray, got {engine!r}", EXIT_USAGE)
         with one_line_per_cause():
             if engine == "ray":
-                return _run_ray(cfg, prompts, slo_obj, shard, ray_address, ray_workers)
-            if shard:
+                if arrivals is not None:
+                    raise fail("--request-rate runs on --engine local only", EXIT_USAGE)
+                return _run_ray(
+                    cfg,
+                    prompts,
+                    slo_obj,
+                    command["shard"],
+                    command["ray_address"],
+                    command["ray_workers"],
+                )
+            shard = None
+            if command["shard"]:
                 from llmbatch.rundir.shard import parse_shard
 
-                output = _run_loop(cfg, prompts, slo_obj, parse_shard(shard))
-            else:
-                output = _run_loop(cfg, prompts, slo_obj, None)
+                shard = parse_shard(command["shard"])
+            output = _run_loop(cfg, prompts, slo_obj, shard, arrivals)
     except LLMBatchError as exc:
         raise error_exit(exc) from None
     return _report_and_code(output)
@@ -224,14 +235,17 @@ def _run_ray(
     )
 
 
-def _run_loop(cfg: RunConfig, prompts: Path, slo: SLO, shard: Shard | None) -> RunOutput:
+def _run_loop(
+    cfg: RunConfig, prompts: Path, slo: SLO, shard: Shard | None, arrivals: ArrivalProfile | None
+) -> RunOutput:
     import asyncio
 
-    from llmbatch.cli.job import execute_run
+    from llmbatch.cli.job import RunHooks, execute_run
     from llmbatch.engine.gctune import batch_gc
 
     with batch_gc(), asyncio.Runner(loop_factory=loop_factory(prompts)) as runner:
-        return runner.run(execute_run(cfg, prompts, slo=slo, shard=shard))
+        hooks = RunHooks(arrivals=arrivals) if arrivals is not None else None
+        return runner.run(execute_run(cfg, prompts, slo=slo, shard=shard, hooks=hooks))
 
 
 def few_prompts(prompts: Path) -> bool:

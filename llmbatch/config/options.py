@@ -223,6 +223,22 @@ RUN_OPTIONS: tuple[Option, ...] = (
         help="local (one process, the default) or ray (a Ray cluster; the ray extra).",
     ),
     Option(
+        name="request_rate",
+        type=float,
+        scope="command",
+        sources=("cli",),
+        help="Open loop: send requests at this rate (req/s, Poisson arrivals as vllm bench "
+        "serve sends them) instead of keeping --concurrency busy; --concurrency stays the cap.",
+    ),
+    Option(
+        name="burstiness",
+        type=float,
+        scope="command",
+        sources=("cli",),
+        help="With --request-rate: gamma-distributed gaps of this shape (1: Poisson; lower is "
+        "burstier, higher is steadier).",
+    ),
+    Option(
         name="ray_address",
         type=str,
         scope="command",
