@@ -11,11 +11,12 @@ import contextlib
 import os
 import sys
 import time
+from abc import ABC, abstractmethod
 from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Self
 
 from llmbatch.config.load import (
     RunConfig,
@@ -34,7 +35,27 @@ from llmbatch.rundir.writer import RESULTS, ResumeIndex, RunDir, forget_unsaved,
 if TYPE_CHECKING:
     from llmbatch.client import Client, Prompts
 
-__all__ = ["Batch", "BatchProgress"]
+__all__ = ["Batch", "BatchProgress", "ClosesOnExit"]
+
+
+class ClosesOnExit(ABC):
+    """``async with`` for a resource with ``aclose()``: the block's end closes it, however
+    it ends (Batch, AnswerStream and Client share this)."""
+
+    @abstractmethod
+    async def aclose(self) -> None:
+        """Release the resource (idempotent)."""
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,7 +91,7 @@ class BatchProgress:
     elapsed_s: float
 
 
-class Batch:
+class Batch(ClosesOnExit):
     """A running batch: an async iterator of Results in completion order.
 
     Also an async context manager: leaving the block (or ``aclose()``, or cancelling
@@ -301,17 +322,6 @@ class Batch:
             with contextlib.suppress(Exception):
                 self.end = task.result()
         await self._cleanup()
-
-    async def __aenter__(self) -> Batch:
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.aclose()
 
 
 def _rerun_changed(

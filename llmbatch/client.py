@@ -19,10 +19,9 @@ import time
 import warnings
 from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Iterable, Mapping
 from pathlib import Path
-from types import TracebackType
 from typing import TYPE_CHECKING, Any, Unpack
 
-from llmbatch.batch import Batch, BatchProgress, _BatchOptions
+from llmbatch.batch import Batch, BatchProgress, ClosesOnExit, _BatchOptions
 from llmbatch.config.load import (
     Limits,
     MockSettings,
@@ -70,7 +69,7 @@ _SECTIONS = {"timeouts": Timeouts, "retry": RetryPolicy, "mock": MockSettings}
 _CLIENT_OPTIONS = frozenset(o.name for o in options_in("client"))
 
 
-class Client:
+class Client(ClosesOnExit):
     """An LLM client that streams, retries, paces and bounds concurrency for you.
 
     ``provider`` names a built-in profile (``mock``, ``openai``, ``anthropic``,
@@ -224,14 +223,6 @@ class Client:
     async def __aenter__(self) -> Client:
         return await self.start()
 
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.aclose()
-
     # -- single requests -------------------------------------------------------------
     async def complete(self, prompt: Prompt, *, id: str | None = None) -> Result:
         """Send one prompt and wait for the whole answer.
@@ -367,7 +358,7 @@ def run(
 # -- helpers -----------------------------------------------------------------------------
 
 
-class AnswerStream:
+class AnswerStream(ClosesOnExit):
     """One answer's text deltas, as ``Client.stream`` returns them.
 
     An async iterator (``async for delta in stream``) and an async context manager, like
@@ -416,17 +407,6 @@ class AnswerStream:
         if task is not None:
             with contextlib.suppress(asyncio.CancelledError, RequestError):
                 await task
-
-    async def __aenter__(self) -> AnswerStream:
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.aclose()
 
     def __del__(self) -> None:
         # A stream dropped mid-answer (``break`` out of ``async for``) must not keep its
