@@ -436,6 +436,9 @@ class _QueueText:
         for text in texts:  # one item per delta, as stream() promises
             self._put(text)
 
+    def extend_reasoning(self, texts: list[str]) -> None:
+        pass  # the stream yields the answer; reasoning stays in the Result's body
+
     def restart(self) -> None:
         pass  # only attempts that streamed no text are retried (retry_after_text=False)
 

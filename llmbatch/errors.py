@@ -256,9 +256,15 @@ class BadRequest(StatusError):
 
 
 class ProviderError(RequestError):
-    """The response was 2xx but its content is an error or unusable."""
+    """The response was 2xx but its content is an error or unusable.
+
+    ``status`` and ``request_id`` are those of the response it came in (set where the
+    response is read; None when raised apart from one).
+    """
 
     code = "provider_error"
+    status: int | None = None
+    request_id: str | None = None
 
 
 class ProviderOverloaded(ProviderError):

@@ -1,12 +1,19 @@
 """Per-request timings and run aggregates, with vLLM's benchmark definitions.
 
 - queue_s: record taken from the input -> request sent (slot and rate-limit waits).
-- ttft_s: request sent -> first chunk with content.
-- e2el_s: request sent -> last content chunk.
-- itl_s: gaps between consecutive content chunks (pooled over requests for the run).
+- ttft_s: request sent -> first chunk with a token of any kind, reasoning or answer
+  (vLLM counts a reasoning token as a token).
+- answer_ttft_s: request sent -> first chunk with answer text (after the reasoning);
+  the same as ttft_s for a model that does not reason aloud.
+- e2el_s: request sent -> last chunk with a token.
+- itl_s: gaps between consecutive token chunks (pooled over requests for the run).
 - tpot_s: (e2el - ttft) / (output_tokens - 1).
-- output_tokens: the server's usage when sent, else the number of content chunks
+- output_tokens: the server's usage when sent, else the number of token chunks
   (flagged ``output_tokens_estimated``); input_tokens: the server's usage or None.
+- reasoning_tokens: the reasoning share of output_tokens, from the usage details when
+  the server sends them (``completion_tokens_details.reasoning_tokens``, Anthropic's
+  ``output_tokens_details.thinking_tokens``, ...), else the number of reasoning chunks
+  (flagged ``reasoning_tokens_estimated``); None for an answer without reasoning.
 - peak output tokens/s: each request's output tokens spread evenly over its streaming
   time (first to last content chunk), summed in 1 s buckets from the run start; the
   largest complete bucket (a run shorter than 1 s: its mean rate).
@@ -205,6 +212,10 @@ def request_metrics_dict(m: RequestMetrics) -> dict[str, Any]:
         "input_tokens": m.input_tokens,
         "chunks": m.chunks,
         "http_version": m.http_version,
+        "answer_ttft_s": _r(m.answer_ttft_s),
+        "reasoning_tokens": m.reasoning_tokens,
+        "reasoning_tokens_estimated": m.reasoning_tokens_estimated,
+        "reasoning_chunks": m.reasoning_chunks,
     }
 
 
@@ -231,6 +242,10 @@ class RunMetrics:
     attempt_errors: Counter[str] = field(default_factory=Counter)
     http_versions: Counter[str] = field(default_factory=Counter)  # of succeeded requests
     ttft: Histogram = field(default_factory=Histogram)
+    answer_ttft: Histogram = field(default_factory=Histogram)
+    reasoning_tokens: int = 0
+    reasoning_requests: int = 0  # succeeded requests that reasoned (reasoning_tokens set)
+    estimated_reasoning_requests: int = 0
     tpot: Histogram = field(default_factory=Histogram)
     itl: Histogram = field(default_factory=Histogram)
     e2el: Histogram = field(default_factory=Histogram)
@@ -269,6 +284,12 @@ class RunMetrics:
         # a microsecond of a bucket edge would otherwise land in the next bucket there.
         if m.ttft_s is not None:
             self.ttft.add(round(m.ttft_s, 6))
+        if m.answer_ttft_s is not None:
+            self.answer_ttft.add(round(m.answer_ttft_s, 6))
+        if m.reasoning_tokens is not None:
+            self.reasoning_tokens += m.reasoning_tokens
+            self.reasoning_requests += 1
+            self.estimated_reasoning_requests += m.reasoning_tokens_estimated
         if m.e2el_s is not None:
             self.e2el.add(round(m.e2el_s, 6))
         tpot = m.tpot_s
@@ -334,9 +355,13 @@ class RunMetrics:
                 "output": self.output_tokens,
                 "input": self.input_tokens,
                 "requests_with_estimated_output_tokens": self.estimated_token_requests,
+                "reasoning": self.reasoning_tokens,
+                "requests_with_reasoning": self.reasoning_requests,
+                "requests_with_estimated_reasoning_tokens": self.estimated_reasoning_requests,
             },
             "latency_s": {
                 "ttft": self.ttft.summary(),
+                "answer_ttft": self.answer_ttft.summary(),
                 "tpot": self.tpot.summary(),
                 "itl": self.itl.summary(),
                 "e2el": self.e2el.summary(),

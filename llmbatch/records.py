@@ -52,16 +52,22 @@ class Attempt:
 
 @dataclass(slots=True)
 class RequestMetrics:
-    """Timings of the final attempt of a request (vLLM benchmark definitions)."""
+    """Timings of the final attempt of a request (vLLM benchmark definitions: a reasoning
+    token counts as a token, so TTFT ends at the first token of any kind)."""
 
     queue_s: float = 0.0
-    ttft_s: float | None = None
+    ttft_s: float | None = None  # to the first token of any kind (reasoning or answer)
+    answer_ttft_s: float | None = None  # to the first answer token
     e2el_s: float | None = None
     itl_s: list[float] = field(default_factory=list)
     output_tokens: int = 0
     output_tokens_estimated: bool = True
     input_tokens: int | None = None
-    chunks: int = 0
+    chunks: int = 0  # token events of either kind
+    reasoning_chunks: int = 0  # the reasoning ones among them
+    # From the usage details when sent; else the reasoning chunks, flagged estimated.
+    reasoning_tokens: int | None = None
+    reasoning_tokens_estimated: bool = False
     http_version: str | None = None  # protocol of the final attempt's response
     sent_at: float | None = None  # perf_counter when the final attempt was sent
 
@@ -92,6 +98,9 @@ class Outcome:
     text_span: tuple[int, int] | None = None
     # rundir.identity.request_hash of the request answered (resume notices a change).
     request_hash: str | None = None
+    # The reasoning streamed beside the answer, when there was any (same conventions).
+    reasoning_file: str | None = None
+    reasoning_span: tuple[int, int] | None = None
 
     @property
     def ok(self) -> bool:

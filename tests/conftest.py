@@ -18,6 +18,23 @@ ADAPTERS = ["aiohttp", "httpx", "httpx-aiohttp", "native"]
 
 
 @pytest.fixture
+def flushed(monkeypatch: pytest.MonkeyPatch) -> asyncio.Queue[None]:
+    """A queue that gets an item after every flush of any run directory (each tick of the
+    writer): a test waits on it to look at the files between ticks, without sleeping."""
+    from llmbatch.rundir.writer import RunDir
+
+    ticks: asyncio.Queue[None] = asyncio.Queue()
+    real_flush = RunDir.flush
+
+    async def flush_and_signal(self: RunDir) -> None:
+        await real_flush(self)
+        ticks.put_nowait(None)
+
+    monkeypatch.setattr(RunDir, "flush", flush_and_signal)
+    return ticks
+
+
+@pytest.fixture
 async def mock_server() -> AsyncIterator[MockServer]:
     server = await start_mock_server(MockConfig(tokens=16, ttft_s=0.0, itl_s=0.0))
     try:

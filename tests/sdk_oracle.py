@@ -48,7 +48,14 @@ from openai.types.chat import ChatCompletionChunk
 
 from .replay import replay_prompt
 
-__all__ = ["ORACLES", "SDKError", "anthropic_message", "differences", "openai_chat"]
+__all__ = [
+    "ORACLES",
+    "SDKError",
+    "answer_and_reasoning",
+    "anthropic_message",
+    "differences",
+    "openai_chat",
+]
 
 # Fields a provider repeats unchanged in every delta; concatenating them is wrong.
 IDENTITY_KEYS = frozenset({"role", "format", "channel", "id", "name", "type"})
@@ -60,9 +67,20 @@ _ADDED_INDEX = "__oracle_index__"
 
 @dataclass(frozen=True)
 class SDKError:
-    """The SDK raised the provider's error from inside the stream."""
+    """The SDK raised the provider's error from inside the stream; ``message`` is the
+    provider's own message from the error object the SDK read."""
 
     message: str
+
+
+def _provider_message(body: object, fallback: str) -> str:
+    """The message of the error object in an SDK exception's body (the ``error`` of an
+    Anthropic error event, or the OpenAI error object itself)."""
+    if isinstance(body, dict):
+        err = body.get("error", body)
+        if isinstance(err, dict) and isinstance(err.get("message"), str):
+            return err["message"]
+    return fallback
 
 
 async def openai_chat(origin: str, name: str) -> dict[str, Any] | SDKError:
@@ -83,7 +101,7 @@ async def openai_chat(origin: str, name: str) -> dict[str, Any] | SDKError:
             async for chunk in stream:
                 state.handle_chunk(prepare(chunk))
     except openai.APIError as exc:
-        return SDKError(exc.message)
+        return SDKError(_provider_message(exc.body, exc.message))
     finally:
         await client.close()
     dumped = state.current_completion_snapshot.model_dump(
@@ -103,13 +121,38 @@ async def anthropic_message(origin: str, name: str) -> dict[str, Any] | SDKError
         ) as stream:
             message = await stream.get_final_message()
     except anthropic.APIError as exc:
-        return SDKError(exc.message)
+        return SDKError(_provider_message(exc.body, exc.message))
     finally:
         await client.close()
     return message.model_dump(mode="json", exclude_unset=True, warnings=False)
 
 
 ORACLES = {"openai": openai_chat, "anthropic": anthropic_message}
+
+
+def answer_and_reasoning(kind: str, obj: dict[str, Any]) -> tuple[str, str | None]:
+    """(answer text, reasoning text or None) of an SDK object: what a user expects in
+    the text file and beside it."""
+    answer: list[str] = []
+    thought: list[str] = []
+    if kind == "anthropic":
+        for block in obj.get("content") or []:
+            if block.get("type") == "text":
+                answer.append(block.get("text") or "")
+            elif block.get("type") == "thinking":
+                thought.append(block.get("thinking") or "")
+    else:
+        message = obj["choices"][0]["message"] if obj.get("choices") else {}
+        content = message.get("content")
+        if isinstance(content, str):
+            answer.append(content)
+        for part in content if isinstance(content, list) else []:
+            if part.get("type") == "text":
+                answer.append(part["text"])
+            elif part.get("type") == "thinking":
+                thought += [p["text"] for p in part["thinking"] if p.get("type") == "text"]
+        thought.append(message.get("reasoning_content") or message.get("reasoning") or "")
+    return "".join(answer), "".join(thought) or None
 
 
 def differences(ours: Any, sdk: Any, path: str = "") -> list[str]:

@@ -538,6 +538,7 @@ def test_streamed_tool_calls_are_assembled() -> None:
     msg = asm.body()["choices"][0]["message"]
     assert msg["tool_calls"] == [
         {
+            "index": 0,  # kept, as the SDK's accumulated message keeps it
             "id": "call_1",
             "type": "function",
             "function": {"name": "get_w", "arguments": '{"city": "Paris"}'},

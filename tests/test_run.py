@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 from typing import Any
 
@@ -164,20 +165,8 @@ async def test_torn_last_line_is_repaired(tmp_path: Path, mock_server: MockServe
 
 
 async def test_text_is_visible_while_it_streams(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, flushed: asyncio.Queue[None]
 ) -> None:
-    import asyncio
-
-    from llmbatch.rundir.writer import RunDir
-
-    flushed: asyncio.Queue[None] = asyncio.Queue()
-    real_flush = RunDir.flush
-
-    async def flush_and_signal(self: RunDir) -> None:
-        await real_flush(self)
-        flushed.put_nowait(None)
-
-    monkeypatch.setattr(RunDir, "flush", flush_and_signal)
     server = await start_mock_server(MockConfig(tokens=40, ttft_s=0.0, itl_s=0.025))
     try:
         prompts = write_jsonl(tmp_path / "p.jsonl", [{"id": "slow", "prompt": "stream me"}])

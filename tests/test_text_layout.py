@@ -73,18 +73,8 @@ async def test_both_layouts_exact_texts(
 
 
 async def test_log_layout_live_view_grows_then_is_done(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, flushed: asyncio.Queue[None]
 ) -> None:
-    from llmbatch.rundir.writer import RunDir
-
-    flushed: asyncio.Queue[None] = asyncio.Queue()
-    real_flush = RunDir.flush
-
-    async def flush_and_signal(self: RunDir) -> None:
-        await real_flush(self)
-        flushed.put_nowait(None)
-
-    monkeypatch.setattr(RunDir, "flush", flush_and_signal)
     server = await start_mock_server(MockConfig(tokens=40, ttft_s=0.0, itl_s=0.025))
     try:
         prompts = write_jsonl(tmp_path / "p.jsonl", [{"id": "slow", "prompt": "stream me"}])

@@ -32,7 +32,7 @@ from llmbatch.rundir.idset import IdSet
 from llmbatch.rundir.reader import iter_records
 from llmbatch.rundir.shard import Shard, item_id, parse_shard, shard_of
 from llmbatch.rundir.summary import summary_from_results
-from llmbatch.rundir.textlog import TEXT_LOG, copy_logged_answer
+from llmbatch.rundir.textlog import REASONING_LOG, TEXT_LOG, copy_logged_answer
 from llmbatch.rundir.writer import (
     LOCK,
     META,
@@ -231,23 +231,33 @@ def _write_merge(shards: list[_ShardDir], out_dir: Path) -> MergeResult:
         tmp.mkdir()
         (tmp / TEXT_DIR / "failed").mkdir(parents=True)
         records = succeeded = 0
-        with open(tmp / RESULTS, "wb") as out, open(tmp / TEXT_LOG, "wb") as text_log:
+        with (
+            open(tmp / RESULTS, "wb") as out,
+            open(tmp / TEXT_LOG, "wb") as text_log,
+            open(tmp / REASONING_LOG, "wb") as reasoning_log,
+        ):
             for s in sorted(shards, key=lambda x: x.shard.index):
                 for raw, rec in iter_result_lines(s.path / RESULTS):
-                    rel = (rec.get("llmbatch") or {}).get("text_file")
-                    if rel == TEXT_LOG:  # --text-layout log: the answer moves into ours
-                        raw = orjson.dumps(copy_logged_answer(rec, s.path, text_log)) + b"\n"
-                    elif is_own_text_path(rel) and (s.path / rel).is_file():
-                        link_or_copy(s.path / rel, tmp / rel)
+                    lb = rec.get("llmbatch") or {}
+                    rel, thought = lb.get("text_file"), lb.get("reasoning_file")
+                    if rel == TEXT_LOG or thought == REASONING_LOG:
+                        # --text-layout log: the answer (and reasoning) move into ours
+                        rec = copy_logged_answer(rec, s.path, reasoning_log, part="reasoning")
+                        rec = copy_logged_answer(rec, s.path, text_log)
+                        raw = orjson.dumps(rec) + b"\n"
+                    else:
+                        for linked in (thought, rel):
+                            if is_own_text_path(linked) and (s.path / linked).is_file():
+                                link_or_copy(s.path / linked, tmp / linked)
                     out.write(raw)
                     records += 1
                     succeeded += rec.get("error") is None
-            text_log.flush()
-            os.fsync(text_log.fileno())
-            out.flush()
-            os.fsync(out.fileno())
-        if not (tmp / TEXT_LOG).stat().st_size:
-            (tmp / TEXT_LOG).unlink()
+            for fh in (text_log, reasoning_log, out):
+                fh.flush()
+                os.fsync(fh.fileno())
+        for name in (TEXT_LOG, REASONING_LOG):
+            if not (tmp / name).stat().st_size:
+                (tmp / name).unlink()
         first = shards[0].meta
         meta = {key: first.get(key) for key in JOB_KEYS}
         meta["merged_from"] = [str(s.path) for s in shards]

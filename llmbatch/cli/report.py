@@ -36,7 +36,7 @@ __all__ = [
 
 SUMMARY_FILE = SUMMARY
 RESULTS_FILE = RESULTS
-LATENCY_METRICS = ("ttft", "tpot", "itl", "e2el", "queue")
+LATENCY_METRICS = ("ttft", "answer_ttft", "tpot", "itl", "e2el", "queue")
 
 
 def _ms(v: Any) -> str:
@@ -58,7 +58,10 @@ def format_summary(summary: dict[str, Any], run_dir: Path | None = None) -> str:
         f"429s {summary['rate_limited_429']}",
         "latency ms      mean      p50      p90      p99",
     ]
-    for name in ("ttft", "tpot", "itl", "e2el"):
+    reasoned = summary["tokens"].get("requests_with_reasoning")
+    for name in ("ttft", "answer_ttft", "tpot", "itl", "e2el"):
+        if name == "answer_ttft" and not reasoned:
+            continue  # the same as ttft when nothing reasoned aloud
         s = lat[name]
         lines.append(
             f"  {name:<8} {_ms(s['mean']):>9} {_ms(s['p50']):>8} {_ms(s['p90']):>8} "
@@ -171,7 +174,9 @@ def report_tables(summary: dict[str, Any], run_dir: Path | None = None) -> list[
     run = Table(f"llmbatch report: {where}", ["", "value"], rows)
     lat = Table("latency (ms)", ["metric", "mean", "p50", "p90", "p95", "p99"])
     for name in LATENCY_METRICS:
-        s = summary["latency_s"][name]
+        s = summary["latency_s"].get(name)
+        if s is None:  # a summary written before this metric existed
+            continue
         lat.rows.append([name, *(fmt_ms(s[k]) for k in ("mean", "p50", "p90", "p95", "p99"))])
     return [run, lat]
 

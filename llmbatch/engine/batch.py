@@ -63,13 +63,17 @@ class BatchEnd:
 
 
 class _FileText:
-    """A TextTarget writing into the run directory's text/<id> file."""
+    """A TextTarget writing into the run directory: the answer to text/<id>, the
+    reasoning (begun at its first delta) to text/<id>.reasoning (or the log layout's
+    logs)."""
 
-    __slots__ = ("extend", "_rundir", "_sink")
+    __slots__ = ("extend", "_rundir", "_record_id", "sink", "reasoning")
 
-    def __init__(self, rundir: RunDir, sink: TextSink) -> None:
+    def __init__(self, rundir: RunDir, record_id: str) -> None:
         self._rundir = rundir
-        self._sink = sink
+        self._record_id = record_id
+        self.sink = sink = rundir.begin_text(record_id)
+        self.reasoning: TextSink | None = None
         append_text = rundir.append_text
 
         def extend(texts: list[str]) -> None:
@@ -77,8 +81,15 @@ class _FileText:
 
         self.extend = extend
 
+    def extend_reasoning(self, texts: list[str]) -> None:
+        if self.reasoning is None:
+            self.reasoning = self._rundir.begin_text(self._record_id, reasoning=True)
+        self._rundir.append_text(self.reasoning, "".join(texts))
+
     def restart(self) -> None:
-        self._rundir.restart_text(self._sink)
+        self._rundir.restart_text(self.sink)
+        if self.reasoning is not None:
+            self._rundir.restart_text(self.reasoning)
 
 
 class BatchRun:
@@ -257,35 +268,42 @@ class BatchRun:
     # -- one request ------------------------------------------------------------------
     async def _one(self, rec: PromptRecord, taken_at: float) -> None:
         engine, rundir = self.engine, self.rundir
-        sink: TextSink | None = None
+        files: _FileText | None = None
         target: TextTarget = NULL_TEXT
         if rundir is not None and rundir.text_files:
-            sink = rundir.begin_text(rec.id)
-            target = _FileText(rundir, sink)
+            target = files = _FileText(rundir, rec.id)
         try:
             outcome = await engine.execute(rec, target, taken_at=taken_at)
         except asyncio.CancelledError:
             # Interrupted: no record, so the next run does this request again.
             self._cancelled += 1
-            self._finish_text(sink, complete=False, keep=False)
+            self._finish_text(files, complete=False, keep=False)
             raise
         except RequestError as exc:  # fatal for the run (bad key, no quota)
-            self._finish_text(sink, complete=False, keep=False)
+            self._finish_text(files, complete=False, keep=False)
             msg = f"{type(exc).__name__}: {exc}"  # scrubbed by the engine
             self.stop(StopReason.ABORTED, message=msg)
             return
         finally:
             engine.release_slot()
-        text_file = self._finish_text(
-            sink, complete=outcome.ok, keep=not outcome.ok and self.keep_partial
-        )
-        outcome.text_file = text_file
-        outcome.text_span = sink.span if sink is not None else None
+        if files is not None:
+            keep = not outcome.ok and self.keep_partial
+            # The reasoning first: in the log layout its span is written before the answer's.
+            outcome.reasoning_file = self._finish_sink(files.reasoning, outcome.ok, keep)
+            if files.reasoning is not None:
+                outcome.reasoning_span = files.reasoning.span
+            outcome.text_file = self._finish_sink(files.sink, outcome.ok, keep)
+            outcome.text_span = files.sink.span
+            outcome.partial_kept = outcome.text_file is not None and not outcome.ok
         outcome.request_hash = request_hash(rec)
-        outcome.partial_kept = text_file is not None and not outcome.ok
         self._finish(outcome)
 
-    def _finish_text(self, sink: TextSink | None, *, complete: bool, keep: bool) -> str | None:
+    def _finish_text(self, files: _FileText | None, *, complete: bool, keep: bool) -> None:
+        if files is not None:
+            self._finish_sink(files.reasoning, complete, keep)
+            self._finish_sink(files.sink, complete, keep)
+
+    def _finish_sink(self, sink: TextSink | None, complete: bool, keep: bool) -> str | None:
         if sink is None or self.rundir is None:
             return None
         return self.rundir.finish_text(sink, complete=complete, keep_partial=keep)

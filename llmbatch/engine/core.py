@@ -25,6 +25,7 @@ from llmbatch.engine.gate import Probe
 from llmbatch.engine.retry import Verdict, classify, run_with_retries
 from llmbatch.engine.stream import AnswerBounds, LiveCounts, stream_attempt
 from llmbatch.errors import (
+    ProviderError,
     RateLimited,
     RequestError,
     StatusError,
@@ -54,7 +55,10 @@ class TextTarget(Protocol):
     """Where a request's text goes while it streams (a file, a queue, nowhere)."""
 
     def extend(self, texts: list[str]) -> None:
-        """Add the deltas that one read of the stream brought, in order."""
+        """Add the answer deltas that one read of the stream brought, in order."""
+
+    def extend_reasoning(self, texts: list[str]) -> None:
+        """Add the reasoning deltas that one read of the stream brought, in order."""
 
     def restart(self) -> None:
         """Forget what the failed attempt wrote: a retry starts the text over."""
@@ -66,6 +70,9 @@ class NullText:
     __slots__ = ()
 
     def extend(self, texts: list[str]) -> None:
+        pass
+
+    def extend_reasoning(self, texts: list[str]) -> None:
         pass
 
     def restart(self) -> None:
@@ -290,6 +297,7 @@ class _Request:
                         self._on_headers,
                         eng.live,
                         bounds,
+                        self.text.extend_reasoning,
                     )
                 except RequestError as exc:
                     eng.redactor.scrub(exc)  # first: nothing sees the server's text unredacted
@@ -338,6 +346,11 @@ class _Request:
         else:
             m.output_tokens, m.output_tokens_estimated = m.chunks, True
         m.input_tokens = inp
+        reasoning = asm.reasoning_tokens()
+        if reasoning is not None:
+            m.reasoning_tokens, m.reasoning_tokens_estimated = reasoning, False
+        elif m.reasoning_chunks:
+            m.reasoning_tokens, m.reasoning_tokens_estimated = m.reasoning_chunks, True
         eng.governor.settle(est_in, est_out, inp, out)
         eng.on_success(m.ttft_s)
         return Outcome(
@@ -396,8 +409,9 @@ def estimate_tokens(rec: PromptRecord) -> tuple[int, int]:
 
 
 def _http_facts(exc: RequestError) -> tuple[int | None, str | None]:
-    """(status, provider request id) of an HTTP error; (None, None) otherwise."""
-    if isinstance(exc, StatusError):
+    """(status, provider request id) of the response an error came with: an HTTP error,
+    or a provider error inside a 2xx answer; (None, None) when there was no response."""
+    if isinstance(exc, StatusError | ProviderError):
         return exc.status, exc.request_id
     return None, None
 

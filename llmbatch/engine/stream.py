@@ -33,6 +33,7 @@ from llmbatch.errors import (
     AnswerTooLarge,
     DeadlineExceeded,
     MalformedResponse,
+    ProviderError,
     ReadTimeout,
     UnexpectedContentType,
 )
@@ -107,6 +108,10 @@ class LiveCounts:
         self.last_error: str | None = None  # error class of the last failed attempt
 
 
+def _ignore(texts: list[str]) -> None:
+    """The default ``on_reasoning``: reasoning text goes nowhere."""
+
+
 async def stream_attempt(
     client: ClientAdapter,
     request: HTTPRequest,
@@ -117,13 +122,16 @@ async def stream_attempt(
     on_headers: Callable[[Mapping[str, str]], None],
     live: LiveCounts,
     bounds: AnswerBounds = NO_BOUNDS,
+    on_reasoning: Callable[[list[str]], None] = _ignore,
 ) -> str | None:
     """Run one attempt into ``asm`` and ``m``; return the provider's request id.
 
-    ``on_text`` gets the content deltas of each read, in order. ``on_headers`` sees the
-    response headers as soon as they arrive (rate limits, the probe); ``live.tokens``
-    counts content events as they arrive (progress display). ``bounds``: past one of
-    them the attempt fails with AnswerTooLarge.
+    ``on_text`` gets the answer deltas of each read, in order, ``on_reasoning`` its
+    reasoning deltas. ``on_headers`` sees the response headers as soon as they arrive
+    (rate limits, the probe); ``live.tokens`` counts token events of either kind as they
+    arrive (progress display). ``bounds``: past one of them the attempt fails with
+    AnswerTooLarge. A ProviderError raised from the body carries the response's status
+    and request id.
     """
     perf = time.perf_counter
     if bounds.max_event_bytes is not None:
@@ -134,41 +142,52 @@ async def stream_attempt(
     total_s = timeouts.total_s
     idle_s = timeouts.idle_s
     sent = perf()
-    first = last = 0.0
+    first = last = answer_at = 0.0
     itl = m.itl_s
+    status: int | None = None
+    rid: str | None = None
     try:
         # One watchdog entry, not a timer per attempt (watchdog.py).
         with within(total_s):
             async with client.stream(request) as resp:
                 rid = resp.request_id
+                status = resp.status
                 m.http_version = resp.http_version
                 on_headers(resp.headers)
                 chunks = resp.chunks
                 ctype = resp.headers.get("content-type", "")
                 if ctype and not _is_event_stream(ctype):
                     text = await _whole_answer(ctype, chunks, asm)
-                    first = last = perf()
+                    first = last = answer_at = perf()
+                    if asm.reasoning:
+                        m.chunks = m.reasoning_chunks = 1
+                        on_reasoning(asm.reasoning[:])
+                        asm.reasoning.clear()
                     if text:
-                        m.chunks = 1
+                        m.chunks += 1
                         live.tokens += 1
                         on_text([text])
                 else:
                     feed = asm.feed
+                    thoughts = asm.reasoning  # emptied in place after each read
 
                     def on_chunk(chunk: bytes) -> bool:
                         """One read: its deltas arrived together, so they share one timestamp
                         (the gaps between them are 0) and one write. True once complete."""
-                        nonlocal first, last, bytes_left, chars_left
+                        nonlocal first, last, answer_at, bytes_left, chars_left
                         if bytes_left >= 0:
                             bytes_left -= len(chunk)
                             if bytes_left < 0:
                                 raise _too_large(bounds, "max_answer_bytes")
                         texts = feed(chunk)
-                        if texts:
+                        if texts or thoughts:
                             now = perf()
-                            n = len(texts)
-                            if chars_left >= 0:
-                                chars_left -= len(texts[0]) if n == 1 else sum(map(len, texts))
+                            n = len(texts) + len(thoughts)
+                            if chars_left >= 0:  # reasoning counts against max_tokens too
+                                used = len(texts[0]) if n == 1 and texts else sum(map(len, texts))
+                                if thoughts:
+                                    used += sum(map(len, thoughts))
+                                chars_left -= used
                                 if chars_left < 0:
                                     raise _too_large(bounds, "max_tokens")
                             if m.chunks:
@@ -180,7 +199,14 @@ async def stream_attempt(
                             last = now
                             m.chunks += n
                             live.tokens += n
-                            on_text(texts)
+                            if thoughts:
+                                m.reasoning_chunks += len(thoughts)
+                                on_reasoning(thoughts[:])
+                                thoughts.clear()
+                            if texts:
+                                if not answer_at:
+                                    answer_at = now
+                                on_text(texts)
                         elif m.chunks and perf() - last > idle_s:
                             raise ReadTimeout(
                                 f"no content for {idle_s:g}s (only keepalive pings) after "
@@ -194,13 +220,19 @@ async def stream_attempt(
                         await resp.push(on_chunk, DRAIN_AFTER_END_S)
                     else:
                         await feed_chunks(chunks, on_chunk, DRAIN_AFTER_END_S)
+            if not asm.finished:
+                asm.end_of_body()  # names the format's end marker, or accepts (Gemini)
     except TimeoutError:
         raise DeadlineExceeded(f"request took longer than {total_s:g}s") from None
-    if not asm.finished:
-        asm.end_of_body()
+    except ProviderError as exc:
+        # An error inside a 2xx answer: the record says which status it came with.
+        exc.status, exc.request_id = status, rid
+        raise
     if m.chunks:
         m.ttft_s = first - sent
         m.e2el_s = last - sent
+    if answer_at:
+        m.answer_ttft_s = answer_at - sent
     return rid
 
 

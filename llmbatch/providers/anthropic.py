@@ -7,9 +7,10 @@ system messages become the top-level ``system``, ``stop`` becomes ``stop_sequenc
 Other parameters pass through unchanged.
 
 Stream grammar: ``message_start`` (id, model, input tokens), ``content_block_start``,
-``content_block_delta`` (``text_delta`` carries text), ``content_block_stop``,
-``message_delta`` (stop reason, output tokens), ``message_stop`` (the end marker);
-``ping`` is ignored and ``event: error`` raises.
+``content_block_delta`` (text, thinking, signature, tool input JSON, citations),
+``content_block_stop``, ``message_delta`` (stop reason, cumulative usage),
+``message_stop`` (the end marker); ``ping`` is ignored and ``event: error`` raises.
+The answer text is the text blocks' text; thinking blocks are the reasoning.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from llmbatch.providers.base import (
     json_event,
     stream_error,
 )
+from llmbatch.providers.deltas import merge_delta
 from llmbatch.providers.sse import Event
 from llmbatch.records import PromptRecord
 
@@ -132,22 +134,34 @@ class AnthropicProvider(Provider):
 
 
 class MessagesAssembler(StreamAssembler):
-    """Accumulates Messages stream events into one Anthropic ``message`` body."""
+    """Accumulates Messages stream events into one Anthropic ``message`` body, as the
+    official SDK's ``MessageStream`` does.
+
+    The body starts as ``message_start``'s message (every key it has); each
+    ``content_block_start`` appends its block as sent (``text``, ``thinking``,
+    ``redacted_thinking``, ``tool_use``, ``server_tool_use``, ``*_tool_result``, ...),
+    and the block's deltas grow it: ``text_delta`` the text, ``thinking_delta`` the
+    thinking, ``signature_delta`` sets the signature, ``citations_delta`` appends to
+    ``citations``, ``input_json_delta`` fragments become the block's ``input`` (parsed
+    at ``content_block_stop``); a delta of a type not known here is merged field by
+    field (deltas.py). ``message_delta`` sets ``stop_reason``, ``stop_sequence`` and
+    whatever else its delta holds, and merges its ``usage`` (cumulative counts, cache
+    fields, server tool use) into the message's.
+    """
+
+    __slots__ = ("finished", "reasoning", "_message", "_content", "_json", "_texts", "_whole")
 
     end_marker = "message_stop"
-
-    __slots__ = ("finished", "_parts", "_id", "_model", "_stop", "_stop_seq", "_in", "_out")
 
     def __init__(self) -> None:
         super().__init__()
         self.finished = False
-        self._parts: list[str] = []
-        self._id = ""
-        self._model = ""
-        self._stop: str | None = None
-        self._stop_seq: str | None = None
-        self._in: int | None = None
-        self._out: int | None = None
+        self._message: dict[str, Any] | None = None
+        self._content: list[dict[str, Any]] = []
+        self._json: dict[int, list[str]] = {}  # tool input JSON fragments, by block index
+        # The text or thinking of a block as its pieces, joined once at the end.
+        self._texts: dict[tuple[int, str], list[str]] = {}
+        self._whole: dict[str, Any] | None = None
 
     def on_event(self, event: Event) -> str:
         data = event.data
@@ -155,74 +169,133 @@ class MessagesAssembler(StreamAssembler):
         etype = obj.get("type") or event.event
         try:
             return self._handle(etype, obj)
-        except (AttributeError, KeyError, TypeError):
+        except (AttributeError, IndexError, KeyError, TypeError):
             raise MalformedResponse(f"unexpected {etype} event: {data[:120]!r}") from None
 
     def _handle(self, etype: Any, obj: dict[str, Any]) -> str:
         if etype == "content_block_delta":
             delta = obj["delta"]
-            if delta.get("type") == "text_delta":
+            dtype = delta["type"]
+            index = obj["index"]
+            block = self._content[index]
+            if dtype == "text_delta":
                 text = delta["text"]
-                if not isinstance(text, str):
+                if text.__class__ is not str:
                     raise MalformedResponse("text_delta.text is not a string")
-                if text:
-                    self._parts.append(text)
-                return str(text)
-            return ""  # thinking, signature or tool-input deltas carry no answer text
-        if etype == "message_start":
-            msg = obj["message"]
-            self._id = str(msg.get("id") or "")
-            self._model = str(msg.get("model") or "")
-            self._take_usage(msg.get("usage"))
+                if block.get("type") != "text":
+                    return ""  # as the SDK: text grows text blocks only
+                self._grow(index, "text", text)
+                return text
+            if dtype == "thinking_delta":
+                thought = delta["thinking"]
+                if thought.__class__ is not str:
+                    raise MalformedResponse("thinking_delta.thinking is not a string")
+                if block.get("type") == "thinking":
+                    self._grow(index, "thinking", thought)
+                if thought:
+                    self.reasoning.append(thought)
+            elif dtype == "input_json_delta":
+                self._json.setdefault(obj["index"], []).append(delta["partial_json"])
+            elif dtype == "signature_delta":
+                block["signature"] = delta["signature"]
+            elif dtype == "citations_delta":
+                cites = block.get("citations")
+                if cites:
+                    cites.append(delta["citation"])
+                else:
+                    block["citations"] = [delta["citation"]]
+            else:  # a delta type that came after this release: keep what it carries
+                merge_delta(block, {k: v for k, v in delta.items() if k != "type"})
+            return ""
+        if etype == "content_block_start":
+            self._content.append(obj["content_block"])
+        elif etype == "content_block_stop":
+            self._parse_input(obj["index"])
+        elif etype == "message_start":
+            self._message = obj["message"]
+            content = self._message.get("content")
+            self._content = content if content.__class__ is list else []
         elif etype == "message_delta":
-            delta = obj.get("delta") or {}
-            self._stop = delta.get("stop_reason") or self._stop
-            self._stop_seq = delta.get("stop_sequence") or self._stop_seq
-            self._take_usage(obj.get("usage"))
+            self._on_message_delta(obj)
         elif etype == "message_stop":
             self.finished = True
         elif etype == "error":
             raise stream_error(obj.get("error"))
-        return ""
+        return ""  # ping, and event types that came after this release
+
+    def _grow(self, index: int, key: str, text: str) -> None:
+        pieces = self._texts.get((index, key))
+        if pieces is None:
+            start = self._content[index].get(key)
+            pieces = self._texts[(index, key)] = [start] if start.__class__ is str else []
+        pieces.append(text)
+
+    def _on_message_delta(self, obj: dict[str, Any]) -> None:
+        message = self._message
+        if message is None:
+            raise MalformedResponse("message_delta before message_start")
+        delta = obj.get("delta")
+        if delta.__class__ is dict:
+            message.update(delta)
+        usage = obj.get("usage")
+        if usage.__class__ is dict:
+            have = message.get("usage")
+            if have.__class__ is not dict:
+                message["usage"] = have = {}
+            # Counts are cumulative totals: a value replaces; an absent or null one
+            # leaves message_start's.
+            have.update({k: v for k, v in usage.items() if v is not None})
+
+    def _parse_input(self, index: int) -> None:
+        """A tool block's input, from its JSON fragments (none sent: as it started)."""
+        parts = self._json.pop(index, None)
+        if not parts:
+            return
+        raw = "".join(parts)
+        if not raw:
+            return
+        try:
+            self._content[index]["input"] = orjson.loads(raw)
+        except orjson.JSONDecodeError:
+            raise MalformedResponse(f"tool input is not valid JSON: {raw[:120]!r}") from None
 
     def accept_body(self, obj: Any) -> str:
-        if not isinstance(obj, dict) or obj.get("type") != "message":
-            if isinstance(obj, dict) and obj.get("type") == "error":
+        if obj.__class__ is not dict or obj.get("type") != "message":
+            if obj.__class__ is dict and obj.get("type") == "error":
                 raise stream_error(obj.get("error"))
             raise MalformedResponse("JSON answer is not an Anthropic message")
         content = obj.get("content")
-        if not isinstance(content, list):
+        if content.__class__ is not list:
             raise MalformedResponse("JSON answer has no content list")
-        text = content_text(content)
-        self._id = str(obj.get("id") or "")
-        self._model = str(obj.get("model") or "")
-        self._stop = obj.get("stop_reason")
-        self._stop_seq = obj.get("stop_sequence")
-        self._take_usage(obj.get("usage"))
-        self._parts = [text] if text else []
+        self._whole = obj
+        self.reasoning.extend(
+            b["thinking"] for b in content if b.__class__ is dict and b.get("thinking")
+        )
         self.finished = True
-        return text
-
-    def _take_usage(self, usage: Any) -> None:
-        if not isinstance(usage, dict):
-            return
-        inp, out = usage.get("input_tokens"), usage.get("output_tokens")
-        if isinstance(inp, int):
-            self._in = inp
-        if isinstance(out, int):
-            self._out = out
+        return content_text(content)
 
     def body(self) -> dict[str, Any]:
-        return {
-            "id": self._id,
-            "type": "message",
-            "role": "assistant",
-            "model": self._model,
-            "content": [{"type": "text", "text": "".join(self._parts)}],
-            "stop_reason": self._stop,
-            "stop_sequence": self._stop_seq,
-            "usage": {"input_tokens": self._in, "output_tokens": self._out},
-        }
+        if self._whole is not None:
+            return self._whole
+        for index in list(self._json):  # a block whose content_block_stop never came
+            self._parse_input(index)
+        for (index, key), pieces in self._texts.items():
+            self._content[index][key] = "".join(pieces)
+        message = dict(self._message or {"type": "message", "role": "assistant"})
+        message["content"] = self._content
+        return message
+
+    def _usage(self) -> dict[str, Any]:
+        source = self._whole if self._whole is not None else self._message
+        usage = source.get("usage") if source is not None else None
+        return usage if usage.__class__ is dict else {}
 
     def usage(self) -> Usage:
-        return (self._in, self._out)
+        u = self._usage()
+        inp, out = u.get("input_tokens"), u.get("output_tokens")
+        return (inp if inp.__class__ is int else None, out if out.__class__ is int else None)
+
+    def reasoning_tokens(self) -> int | None:
+        details = self._usage().get("output_tokens_details")
+        n = details.get("thinking_tokens") if details.__class__ is dict else None
+        return n if n.__class__ is int else None

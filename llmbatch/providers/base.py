@@ -32,7 +32,10 @@ class StreamAssembler(ABC):
     """Consumes the events of one streamed answer and builds the final body.
 
     ``feed`` takes raw body chunks (it owns the attempt's SSE decoder); ``on_event``
-    takes events decoded elsewhere. Subclasses call ``super().__init__()``.
+    takes events decoded elsewhere. Both return the answer's text deltas; reasoning
+    deltas (a thinking block, ``reasoning_content``, a summary, ...) are appended to
+    ``reasoning``, which the engine empties after each read (``take_reasoning``).
+    Subclasses call ``super().__init__()``.
     """
 
     finished: bool = False
@@ -41,6 +44,7 @@ class StreamAssembler(ABC):
 
     def __init__(self) -> None:
         self._decoder = SSEDecoder()
+        self.reasoning: list[str] = []
 
     def limit_events(self, max_event_bytes: int) -> None:
         """Bound what one server-sent event may hold (AnswerTooLarge past it)."""
@@ -84,7 +88,9 @@ class StreamAssembler(ABC):
         Kept apart from the answer text ``feed`` returns; formats without reasoning
         return an empty list.
         """
-        return []
+        out = self.reasoning[:]
+        self.reasoning.clear()
+        return out
 
     def accept_body(self, obj: Any) -> str:
         """Take a whole non-streamed answer (a server that ignored ``stream: true``).
@@ -101,6 +107,10 @@ class StreamAssembler(ABC):
     @abstractmethod
     def usage(self) -> Usage:
         """Token usage reported by the server, (None, None) when it sent none."""
+
+    def reasoning_tokens(self) -> int | None:
+        """Reasoning tokens as the server's usage details count them (None if not sent)."""
+        return None
 
 
 class Provider(ABC):

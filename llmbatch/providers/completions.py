@@ -10,10 +10,11 @@ from __future__ import annotations
 
 from typing import Any
 
+from llmbatch.errors import MalformedResponse
 from llmbatch.http.base import HTTPRequest
 from llmbatch.providers.anthropic import content_text
 from llmbatch.providers.base import Provider, StreamAssembler
-from llmbatch.providers.openai import OpenAIStreamAssembler, openai_stream_request
+from llmbatch.providers.openai import ChoiceState, OpenAIStreamAssembler, openai_stream_request
 from llmbatch.records import PromptRecord
 
 __all__ = ["CompletionsAssembler", "CompletionsProvider", "prompt_of"]
@@ -47,29 +48,39 @@ class CompletionsProvider(Provider):
 
 
 class CompletionsAssembler(OpenAIStreamAssembler):
-    """Accumulates ``text_completion`` chunks into one ``text_completion`` body."""
+    """Accumulates ``text_completion`` chunks into one ``text_completion`` body, every
+    choice by its index (text concatenated, logprobs lists extended)."""
 
     __slots__ = ()
 
-    def _on_choice(self, choice: dict[str, Any]) -> Any:
-        return choice.get("text")
+    def _new_choice(self, first: dict[str, Any], is_answer: bool) -> ChoiceState:
+        return _TextChoice(first, is_answer)
 
-    def _on_whole_choice(self, choice: dict[str, Any]) -> Any:
+    def _whole_text(self, choice: dict[str, Any]) -> Any:
         return choice.get("text")
 
     def body(self) -> dict[str, Any]:
-        return {
-            "id": self._id,
-            "object": "text_completion",
-            "created": self._created_s(),
-            "model": self._model,
-            "choices": [
-                {
-                    "index": 0,
-                    "text": "".join(self._parts),
-                    "logprobs": None,
-                    "finish_reason": self._finish,
-                }
-            ],
-            "usage": self._usage,
-        }
+        return self._object("text_completion")
+
+
+class _TextChoice(ChoiceState):
+    __slots__ = ("text",)
+
+    def __init__(self, first: dict[str, Any], is_answer: bool) -> None:
+        super().__init__(first, is_answer)
+        self.text: list[str] = []
+
+    def add(self, choice: dict[str, Any], reasoning: list[str]) -> str:
+        text = choice.get("text")
+        if not text:
+            return ""
+        if text.__class__ is not str:
+            raise MalformedResponse("streamed text is not a string")
+        self.text.append(text)
+        return text if self.is_answer else ""
+
+    def body(self, index: int) -> dict[str, Any]:
+        out: dict[str, Any] = {"index": index, "text": "", "logprobs": None, "finish_reason": None}
+        out.update(self.fields)
+        out["text"] = "".join(self.text)
+        return out

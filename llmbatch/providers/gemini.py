@@ -237,7 +237,6 @@ class GeminiAssembler(StreamAssembler):
         self._candidates: dict[int, dict[str, Any]] = {}
         self._open_call: dict[int, dict[str, Any]] = {}  # candidate -> functionCall open
         self._continued: dict[int, set[str]] = {}  # candidate -> paths whose string goes on
-        self._reasoning: list[str] = []
 
     def on_event(self, event: Event) -> str:
         data = event.data
@@ -296,7 +295,7 @@ class GeminiAssembler(StreamAssembler):
             return ""
         thought = bool(part.get("thought"))
         if thought and cand == 0:
-            self._reasoning.append(text)
+            self.reasoning.append(text)
         last = parts[-1] if parts else None
         if (
             last is not None
@@ -346,10 +345,6 @@ class GeminiAssembler(StreamAssembler):
             return
         raise TruncatedStream("stream ended before a finishReason (Gemini has no end marker)")
 
-    def take_reasoning(self) -> list[str]:
-        out, self._reasoning = self._reasoning, []
-        return out
-
     def accept_body(self, obj: Any) -> str:
         # Without alt=sse Gemini answers one JSON array of the same events.
         events = obj if isinstance(obj, list) else [obj]
@@ -390,6 +385,11 @@ class GeminiAssembler(StreamAssembler):
                 thoughts if isinstance(thoughts, int) else 0
             )
         return (prompt if isinstance(prompt, int) else None, out)
+
+    def reasoning_tokens(self) -> int | None:
+        u = self._top.get("usageMetadata")
+        n = u.get("thoughtsTokenCount") if isinstance(u, dict) else None
+        return n if isinstance(n, int) else None
 
 
 def _plain_call(call: dict[str, Any]) -> dict[str, Any]:

@@ -227,7 +227,6 @@ class ResponsesAssembler(StreamAssembler):
         self._snapshot: dict[str, Any] = {}  # the latest response.created/in_progress
         self._final: dict[str, Any] | None = None
         self._items: dict[int, dict[str, Any]] = {}  # by output_index
-        self._reasoning: list[str] = []
 
     def on_event(self, event: Event) -> str:
         data = event.data
@@ -256,12 +255,12 @@ class ResponsesAssembler(StreamAssembler):
         if etype == "response.reasoning_summary_text.delta":
             part = self._summary(obj)
             part["text"] = part.get("text", "") + obj["delta"]
-            self._reasoning.append(obj["delta"])
+            self.reasoning.append(obj["delta"])
             return ""
         if etype == "response.reasoning_text.delta":
             part = self._part(obj, "reasoning_text", item_type="reasoning")
             part["text"] = part.get("text", "") + obj["delta"]
-            self._reasoning.append(obj["delta"])
+            self.reasoning.append(obj["delta"])
             return ""
         if etype in _TERMINAL:
             return self._terminal(etype, obj)
@@ -358,10 +357,6 @@ class ResponsesAssembler(StreamAssembler):
         """The output items built from the stream, in ``output_index`` order."""
         return [self._items[i] for i in sorted(self._items)]
 
-    def take_reasoning(self) -> list[str]:
-        out, self._reasoning = self._reasoning, []
-        return out
-
     def accept_body(self, obj: Any) -> str:
         if not isinstance(obj, dict):
             raise MalformedResponse("JSON answer is not an object")
@@ -386,6 +381,12 @@ class ResponsesAssembler(StreamAssembler):
             return (None, None)
         inp, out = u.get("input_tokens"), u.get("output_tokens")
         return (inp if isinstance(inp, int) else None, out if isinstance(out, int) else None)
+
+    def reasoning_tokens(self) -> int | None:
+        u = (self._final or self._snapshot).get("usage")
+        details = u.get("output_tokens_details") if isinstance(u, dict) else None
+        n = details.get("reasoning_tokens") if isinstance(details, dict) else None
+        return n if isinstance(n, int) else None
 
 
 def _place(items: list[Any], index: int, value: Any) -> None:

@@ -20,7 +20,7 @@ from llmbatch.config.load import RunConfig
 from llmbatch.errors import RunDirError
 from llmbatch.rundir.nofollow import PlantedLink
 from llmbatch.rundir.summary import SummaryBuilder
-from llmbatch.rundir.textlog import TEXT_LOG
+from llmbatch.rundir.textlog import REASONING_LOG, TEXT_LOG, TextLog
 from llmbatch.rundir.writer import (
     META,
     PART_TEXT_LINK,
@@ -59,19 +59,21 @@ class Part:
     # left by older llmbatch versions have their own text/, linked over when folded.
     # (With --text-layout log a part has its own text.log: answers are copied over.)
     shared_text: bool = True
-    _log_fd: int = -1  # its text.log, opened for the first answer copied from it
+    # Its text.log (and reasoning.log), opened for the first answer copied from it.
+    _log_fds: dict[str, int] = field(default_factory=dict)
 
-    def read_logged(self, offset: int, length: int) -> bytes:
-        """``length`` bytes of this part's text.log from ``offset`` (one answer)."""
-        if self._log_fd < 0:
-            self._log_fd = os.open(self.path / TEXT_LOG, os.O_RDONLY)
-        return os.pread(self._log_fd, length, offset)
+    def read_logged(self, offset: int, length: int, name: str = TEXT_LOG) -> bytes:
+        """``length`` bytes of this part's text.log (or ``name``) from ``offset``."""
+        fd = self._log_fds.get(name)
+        if fd is None:
+            fd = self._log_fds[name] = os.open(self.path / name, os.O_RDONLY)
+        return os.pread(fd, length, offset)
 
     def close(self) -> None:
-        """Close its text.log (before the part is removed)."""
-        if self._log_fd >= 0:
-            os.close(self._log_fd)
-            self._log_fd = -1
+        """Close its logs (before the part is removed)."""
+        for fd in self._log_fds.values():
+            os.close(fd)
+        self._log_fds.clear()
 
 
 def make_part(path: Path, meta: dict[str, Any], *, text_layout: str = "files") -> None:
@@ -156,13 +158,14 @@ class Consolidator:
             if failed and self.skip_failed and leftover:
                 continue
             lb = rec.get("llmbatch")
-            rel = lb.get("text_file") if isinstance(lb, dict) else None
-            if rel == TEXT_LOG:
-                assert isinstance(lb, dict)
+            lb = lb if isinstance(lb, dict) else {}
+            if lb.get("text_file") == TEXT_LOG or lb.get("reasoning_file") == REASONING_LOG:
                 raw = self._move_logged(part, rid, rec, lb, raw, complete=not failed)
             elif not part.shared_text:
-                if is_own_text_path(rel) and (part.path / rel).is_file():
-                    link_or_copy(part.path / rel, self.run_dir / rel)  # text before its line
+                for key in ("reasoning_file", "text_file"):
+                    rel = lb.get(key)
+                    if is_own_text_path(rel) and (part.path / rel).is_file():
+                        link_or_copy(part.path / rel, self.run_dir / rel)  # text before its line
             # The worker wrote the line in the final schema: it goes in as it is.
             self.rundir.add_result_line(raw, ok=not failed)
             self.summary.add(rec)
@@ -186,17 +189,23 @@ class Consolidator:
     ) -> bytes:
         """The line of a record whose answer is in ``part``'s text.log, that answer queued
         for the run's text.log (written before the line, as in one process), its offset
-        pointing there."""
-        log = self.rundir.text_log
-        offset, length = lb.get("text_offset"), lb.get("text_bytes")
-        if log is None or not isinstance(offset, int) or not isinstance(length, int):
-            return raw
-        data = part.read_logged(offset, length)
-        new_offset, n = log.answer(rid, data, complete=complete)
-        return (
-            orjson.dumps({**rec, "llmbatch": {**lb, "text_offset": new_offset, "text_bytes": n}})
-            + b"\n"
+        pointing there; its reasoning likewise from reasoning.log."""
+        moved = dict(lb)
+        logs: tuple[tuple[str, TextLog | None], ...] = (
+            ("reasoning", self.rundir.reasoning_log),
+            ("text", self.rundir.text_log),
         )
+        for prefix, log in logs:
+            offset, length = lb.get(f"{prefix}_offset"), lb.get(f"{prefix}_bytes")
+            if log is None or not isinstance(offset, int) or not isinstance(length, int):
+                continue
+            data = part.read_logged(offset, length, log.name)
+            moved[f"{prefix}_offset"], moved[f"{prefix}_bytes"] = log.answer(
+                rid, data, complete=complete
+            )
+        if moved == lb:
+            return raw
+        return orjson.dumps({**rec, "llmbatch": moved}) + b"\n"
 
     async def absorb_all(self) -> int:
         """Fold every part's new lines and write them out."""

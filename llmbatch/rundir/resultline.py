@@ -4,8 +4,8 @@ A line is the OpenAI Batch output shape plus an ``llmbatch`` object::
 
     {"id", "custom_id", "response": {"status_code", "request_id", "body"} | null,
      "error": {"code", "message"} | null,
-     "llmbatch": {"line", "text_file", "partial_text_kept", "metrics", "attempts",
-                  "finished_at"}}
+     "llmbatch": {"line", "text_file", "reasoning_file"?, "partial_text_kept", "metrics",
+                  "attempts", "finished_at"}}
 
 ``result_line`` builds it (the engine), ``ResultLine.parse`` reads it (resume, report,
 export, compare, the public ``Result``), so no other module walks dict paths of it.
@@ -41,6 +41,7 @@ def result_line(o: Outcome) -> dict[str, Any]:
             "line": o.line_no,
             "text_file": o.text_file,
             **_span_fields(o.text_span),
+            **_reasoning_fields(o),
             "partial_text_kept": o.partial_kept,
             **({} if o.request_hash is None else {"request_hash": o.request_hash}),
             "metrics": request_metrics_dict(o.metrics),
@@ -50,9 +51,16 @@ def result_line(o: Outcome) -> dict[str, Any]:
     }
 
 
-def _span_fields(span: tuple[int, int] | None) -> dict[str, int]:
+def _span_fields(span: tuple[int, int] | None, part: str = "text") -> dict[str, int]:
     """Where the text is inside a shared text file (--text-layout log); none otherwise."""
-    return {} if span is None else {"text_offset": span[0], "text_bytes": span[1]}
+    return {} if span is None else {f"{part}_offset": span[0], f"{part}_bytes": span[1]}
+
+
+def _reasoning_fields(o: Outcome) -> dict[str, Any]:
+    """Where the reasoning was written, for an answer that reasoned aloud; none otherwise."""
+    if o.reasoning_file is None:
+        return {}
+    return {"reasoning_file": o.reasoning_file, **_span_fields(o.reasoning_span, "reasoning")}
 
 
 def answer_text(body: Any) -> str | None:
@@ -190,6 +198,10 @@ class ResultLine:
             output_tokens_estimated=bool(m.get("output_tokens_estimated")),
             input_tokens=_int(m.get("input_tokens")),
             chunks=_int(m.get("chunks")) or 0,
+            answer_ttft_s=_num(m.get("answer_ttft_s")),
+            reasoning_chunks=_int(m.get("reasoning_chunks")) or 0,
+            reasoning_tokens=_int(m.get("reasoning_tokens")),
+            reasoning_tokens_estimated=bool(m.get("reasoning_tokens_estimated")),
             http_version=v if isinstance(v := m.get("http_version"), str) else None,
         )
 

@@ -30,17 +30,32 @@ import orjson
 
 from llmbatch.rundir.nofollow import create_new, open_kept
 
-__all__ = ["PARTIAL_LOG", "TEXT_LOG", "TextLog", "copy_logged_answer", "read_span"]
+__all__ = [
+    "PARTIAL_LOG",
+    "REASONING_LOG",
+    "REASONING_PARTIAL_LOG",
+    "TEXT_LOG",
+    "TextLog",
+    "copy_logged_answer",
+    "read_span",
+]
 
 TEXT_LOG = "text.log"
 PARTIAL_LOG = "text.partial.log"
+# Reasoning (thinking blocks, reasoning_content, ...) in the same two-file shape, apart
+# from the answers: records point at it with reasoning_offset / reasoning_bytes.
+REASONING_LOG = "reasoning.log"
+REASONING_PARTIAL_LOG = "reasoning.partial.log"
 
 
 class TextLog:
-    """The two files of the log layout and the bytes queued for them."""
+    """The two files of the log layout and the bytes queued for them (``name`` and
+    ``partial_name``: text.log and text.partial.log, or the reasoning pair)."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, name: str = TEXT_LOG, partial_name: str = PARTIAL_LOG) -> None:
         self.path = path
+        self.name = name
+        self.partial_name = partial_name
         self._log_fd = -1
         self._partial_fd = -1
         self._log_end = 0  # size of text.log once everything queued is written
@@ -49,14 +64,14 @@ class TextLog:
 
     def open(self, committed_end: int, dir_fd: int) -> None:
         """Open both files in the run directory ``dir_fd`` (never through a link: see
-        nofollow.py); cut text.log back to ``committed_end`` (what records use)."""
-        fd = open_kept(dir_fd, TEXT_LOG, os.O_WRONLY | os.O_CREAT | os.O_APPEND, self.path)
+        nofollow.py); cut the log back to ``committed_end`` (what records use)."""
+        fd = open_kept(dir_fd, self.name, os.O_WRONLY | os.O_CREAT | os.O_APPEND, self.path)
         try:
             if os.fstat(fd).st_size > committed_end:
                 os.ftruncate(fd, committed_end)  # answers of requests that have no record
             self._log_end = os.fstat(fd).st_size
             # Emptied at each start: made afresh, so nothing else is ever truncated.
-            self._partial_fd = create_new(dir_fd, PARTIAL_LOG, self.path, os.O_APPEND)
+            self._partial_fd = create_new(dir_fd, self.partial_name, self.path, os.O_APPEND)
         except OSError:
             os.close(fd)
             raise
@@ -110,16 +125,20 @@ def read_span(path: Path, offset: int, length: int) -> bytes:
         return fh.read(length)
 
 
-def copy_logged_answer(rec: dict[str, Any], src_dir: Path, dst: BinaryIO) -> dict[str, Any]:
+def copy_logged_answer(
+    rec: dict[str, Any], src_dir: Path, dst: BinaryIO, *, part: str = "text"
+) -> dict[str, Any]:
     """``rec`` with its text.log answer copied from ``src_dir`` to the end of ``dst``
-    (an open text.log), offsets updated; any other record as it is (``llmbatch merge``)."""
+    (an open text.log), offsets updated; any other record as it is (``llmbatch merge``).
+    ``part="reasoning"``: its reasoning.log span instead, into an open reasoning.log."""
+    log_name = TEXT_LOG if part == "text" else REASONING_LOG
     lb = rec.get("llmbatch")
-    if not isinstance(lb, dict) or lb.get("text_file") != TEXT_LOG:
+    if not isinstance(lb, dict) or lb.get(f"{part}_file") != log_name:
         return rec
-    offset, length = lb.get("text_offset"), lb.get("text_bytes")
+    offset, length = lb.get(f"{part}_offset"), lb.get(f"{part}_bytes")
     if not isinstance(offset, int) or not isinstance(length, int):
         return rec
-    data = read_span(src_dir / TEXT_LOG, offset, length)
+    data = read_span(src_dir / log_name, offset, length)
     head = orjson.dumps(
         {
             "custom_id": rec.get("custom_id"),
@@ -130,4 +149,4 @@ def copy_logged_answer(rec: dict[str, Any], src_dir: Path, dst: BinaryIO) -> dic
     dst.write(head + b"\n")
     new_offset = dst.tell()
     dst.write(data + b"\n")
-    return {**rec, "llmbatch": {**lb, "text_offset": new_offset, "text_bytes": len(data)}}
+    return {**rec, "llmbatch": {**lb, f"{part}_offset": new_offset, f"{part}_bytes": len(data)}}

@@ -7,7 +7,11 @@ Layout of ``outputs/<run>/``::
     text/<id>.partial the answer while it streams (reset when a retry starts over)
     text/<id>.txt     the answer once complete
     text/failed/<id>.partial  the partial answer of a failed request (--keep-partial only)
-    text.log, text.partial.log  instead of text/, with --text-layout log (textlog.py)
+    text/<id>.reasoning.partial, .reasoning.txt, failed/<id>.reasoning.partial
+                      the model's reasoning (thinking blocks, reasoning_content, ...), the
+                      same way; only for answers that reasoned aloud
+    text.log, text.partial.log  instead of text/, with --text-layout log (textlog.py);
+    reasoning.log, reasoning.partial.log  the reasoning, in the same shape
     summary.json      run metrics, rewritten periodically and at the end
     .lock             held (flock) while a run writes here
 
@@ -31,6 +35,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import fcntl
+import functools
 import hashlib
 import os
 import re
@@ -58,7 +63,13 @@ from llmbatch.rundir.nofollow import (
     replace_in,
     write_new,
 )
-from llmbatch.rundir.textlog import PARTIAL_LOG, TEXT_LOG, TextLog
+from llmbatch.rundir.textlog import (
+    PARTIAL_LOG,
+    REASONING_LOG,
+    REASONING_PARTIAL_LOG,
+    TEXT_LOG,
+    TextLog,
+)
 
 if TYPE_CHECKING:
     from llmbatch.metrics import RunMetrics
@@ -84,15 +95,26 @@ META = "run.json"
 LOCK = ".lock"
 TEXT_DIR = "text"
 FAILED_DIR = "failed"
+REASONING_SUFFIX = ".reasoning"  # text/<id>.reasoning.txt beside text/<id>.txt
 _SAFE = re.compile(r"[^A-Za-z0-9._-]")
 _MAX_NAME = 80
 # What a record's text_file may name (read by export, merge and Ray): a file of the run
 # directory's own text layout, never a path that leaves it.
 _OWN_TEXT = re.compile(
-    r"text/(failed/)?[A-Za-z0-9_~-][A-Za-z0-9._~-]{0,99}\.(txt|partial)|text\.log"
+    r"text/(failed/)?[A-Za-z0-9_~-][A-Za-z0-9._~-]{0,119}\.(txt|partial)|(text|reasoning)\.log"
 )
 # The names inside a run directory that llmbatch writes: none may be a link it did not make.
-_OWN_NAMES = (LOCK, META, RESULTS, SUMMARY, TEXT_DIR, TEXT_LOG, PARTIAL_LOG)
+_OWN_NAMES = (
+    LOCK,
+    META,
+    RESULTS,
+    SUMMARY,
+    TEXT_DIR,
+    TEXT_LOG,
+    PARTIAL_LOG,
+    REASONING_LOG,
+    REASONING_PARTIAL_LOG,
+)
 # A Ray part's text/ is a link llmbatch made to the run's own text/ (ray/engine.py).
 PART_TEXT_LINK = "../../text"
 
@@ -116,12 +138,13 @@ def is_own_text_path(rel: object) -> TypeGuard[str]:
 
 
 class TextSink:
-    """The growing text of one request's current attempt."""
+    """The growing text (answer or reasoning) of one request's current attempt."""
 
-    __slots__ = ("name", "fd", "opened", "buf", "dirty", "chars", "kept", "span")
+    __slots__ = ("name", "log", "fd", "opened", "buf", "dirty", "chars", "kept", "span")
 
-    def __init__(self, name: str) -> None:
+    def __init__(self, name: str, log: TextLog | None = None) -> None:
         self.name = name  # the file name (files layout) or the record id (log layout)
+        self.log = log  # log layout: the log it goes to (answers or reasoning)
         self.fd = -1
         self.opened = False  # visible while streaming: .partial opened / live frames sent
         self.buf: list[str] = []
@@ -142,8 +165,10 @@ class ResumeIndex:
         self.failed = 0
         # results.jsonl lines that could not be read (their requests run again).
         self.damaged_lines: list[int] = []
-        # Where the last answer that a record points to ends in text.log (log layout).
+        # Where the last answer that a record points to ends in text.log (log layout),
+        # and the last reasoning in reasoning.log.
         self.text_log_end = 0
+        self.reasoning_log_end = 0
 
     def add(self, record_id: str, request_hash: str | None = None) -> None:
         """Mark ``record_id`` as done (answering the request of ``request_hash``)."""
@@ -188,7 +213,9 @@ class RunDir:
         self.path = path
         self.text_files = text_files
         self.text_layout = text_layout
-        self.text_log = TextLog(path) if text_files and text_layout == "log" else None
+        logged = text_files and text_layout == "log"
+        self.text_log = TextLog(path) if logged else None
+        self.reasoning_log = TextLog(path, REASONING_LOG, REASONING_PARTIAL_LOG) if logged else None
         self.text_dir = path / TEXT_DIR
         self.tick_s = tick_s
         self._dir_fd = -1  # the run directory; every file inside is opened relative to it
@@ -256,8 +283,9 @@ class RunDir:
                 rd._remove_stale_partials(rd._text_fd)
             if retry_failed and rd._failed_fd >= 0:  # they run again: their old partials go
                 rd._remove_stale_partials(rd._failed_fd)
-            if rd.text_log is not None:
+            if rd.text_log is not None and rd.reasoning_log is not None:
                 rd.text_log.open(index.text_log_end, rd._dir_fd)
+                rd.reasoning_log.open(index.reasoning_log_end, rd._dir_fd)
             rd._results_fd = open_kept(
                 rd._dir_fd, RESULTS, os.O_WRONLY | os.O_CREAT | os.O_APPEND, path
             )
@@ -386,20 +414,21 @@ class RunDir:
         return index
 
     # -- text ------------------------------------------------------------------------
-    def begin_text(self, record_id: str) -> TextSink:
-        """Start the text of ``record_id``; no file exists until text arrives."""
+    def begin_text(self, record_id: str, *, reasoning: bool = False) -> TextSink:
+        """Start the text of ``record_id`` (its reasoning with ``reasoning``); no file
+        exists until text arrives."""
         if self.text_log is not None:
-            return TextSink(record_id)
-        return TextSink(safe_name(record_id))
+            return TextSink(record_id, self.reasoning_log if reasoning else self.text_log)
+        return TextSink(safe_name(record_id) + (REASONING_SUFFIX if reasoning else ""))
 
     def restart_text(self, sink: TextSink) -> None:
         """Drop what an attempt wrote so a retry starts the text over."""
         sink.buf.clear()
         sink.chars = 0
-        if self.text_log is not None:
+        if sink.log is not None:
             sink.kept.clear()
             if sink.opened:
-                self.text_log.mark(sink.name, "restart")
+                sink.log.mark(sink.name, "restart")
         elif sink.opened:
             self._ops.append(lambda: self._op_truncate(sink))
 
@@ -420,7 +449,7 @@ class RunDir:
         """
         if not self.text_files:
             return None
-        if self.text_log is not None:
+        if sink.log is not None:
             return self._finish_logged(sink, complete=complete, keep_partial=keep_partial)
         txt = f"{sink.name}.txt"
         partial = f"{sink.name}.partial"
@@ -447,7 +476,7 @@ class RunDir:
         return None
 
     def _finish_logged(self, sink: TextSink, *, complete: bool, keep_partial: bool) -> str | None:
-        log = self.text_log
+        log = sink.log
         assert log is not None
         kept = sink.kept
         if sink.buf:
@@ -461,7 +490,7 @@ class RunDir:
         if not complete and not (keep_partial and data):
             return None
         sink.span = log.answer(sink.name, data, complete=complete)
-        return TEXT_LOG
+        return log.name
 
     def add_result(self, line: dict[str, Any]) -> None:
         """Queue one results.jsonl line; written after any text op queued before it."""
@@ -509,14 +538,14 @@ class RunDir:
         if self.error is not None:
             self._count_unsaved(oks)
             return
-        log = self.text_log
-        if log is not None:
-            # Answers before the result lines that point at them.
-            log_data, partial_data = log.take()
-            if log_data:
-                ops.append(lambda: _write_all(log.log_fd, log_data))
-            if partial_data:
-                ops.append(lambda: _write_all(log.partial_fd, partial_data))
+        for log in (self.text_log, self.reasoning_log):
+            if log is not None:
+                # Answers before the result lines that point at them.
+                log_data, partial_data = log.take()
+                if log_data:
+                    ops.append(functools.partial(_write_all, log.log_fd, log_data))
+                if partial_data:
+                    ops.append(functools.partial(_write_all, log.partial_fd, partial_data))
         if data:
             ops.append(lambda: self._append_results(data))
         try:
@@ -550,12 +579,12 @@ class RunDir:
         return data
 
     def _collect(self, sink: TextSink) -> None:
-        if sink.buf and self.text_log is not None:
+        if sink.buf and sink.log is not None:
             if sink.dirty:  # still streaming after a tick: show it in the live view
                 data = self._take(sink)
                 sink.kept.append(data)
                 sink.opened = True
-                self.text_log.grew(sink.name, data)
+                sink.log.grew(sink.name, data)
             sink.dirty = False
             return
         if sink.buf:
@@ -575,8 +604,10 @@ class RunDir:
             self._flusher = None
         try:
             await self.flush()
-            if self.text_log is not None:
-                log_fd, partial_fd = self.text_log.detach()
+            for log in (self.text_log, self.reasoning_log):
+                if log is None:
+                    continue
+                log_fd, partial_fd = log.detach()
                 if partial_fd >= 0:
                     os.close(partial_fd)
                 if log_fd >= 0:  # before results.jsonl: its records point in here
@@ -619,13 +650,19 @@ class RunDir:
 
 
 def _note_text_log_end(index: ResumeIndex, rec: dict[str, Any]) -> None:
-    """Track the end of the last text.log answer a record points to (for the cut-back)."""
+    """Track the end of the last text.log answer (and reasoning.log span) a record
+    points to (for the cut-back)."""
     lb = rec.get("llmbatch")
-    if not isinstance(lb, dict) or lb.get("text_file") != TEXT_LOG:
+    if not isinstance(lb, dict):
         return
-    offset, length = lb.get("text_offset"), lb.get("text_bytes")
-    if isinstance(offset, int) and isinstance(length, int):
-        index.text_log_end = max(index.text_log_end, offset + length + 1)
+    if lb.get("text_file") == TEXT_LOG:
+        offset, length = lb.get("text_offset"), lb.get("text_bytes")
+        if isinstance(offset, int) and isinstance(length, int):
+            index.text_log_end = max(index.text_log_end, offset + length + 1)
+    if lb.get("reasoning_file") == REASONING_LOG:
+        offset, length = lb.get("reasoning_offset"), lb.get("reasoning_bytes")
+        if isinstance(offset, int) and isinstance(length, int):
+            index.reasoning_log_end = max(index.reasoning_log_end, offset + length + 1)
 
 
 def _write_file(dir_fd: int, name: str, data: bytes, where: Path) -> None:
