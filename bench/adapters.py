@@ -134,7 +134,7 @@ def run_shape(
     trees: dict[str, Path] | None = None,
     h2_streams: list[int] | None = None,
     plain_h2: bool = True,
-    tree_client: str = "aiohttp",
+    tree_clients: tuple[str, ...] = ("aiohttp",),
     layout_rows: bool = True,
 ) -> tuple[list[Measure], dict[int, Measure]]:
     with_sdk = importlib.util.find_spec("openai") is not None and transport == "plain"
@@ -165,20 +165,21 @@ def run_shape(
                     )
                     runs.setdefault(label, []).append(m)
                     _progress(shape, rep, m)
-                # The same client from other checkouts (before/after a change), same bare.
+                # The same clients from other checkouts (before/after a change), same bare.
                 for name, tree in (trees or {}).items():
-                    m = run_llmbatch(
-                        server,
-                        c,
-                        prompts,
-                        requests,
-                        client=tree_client,
-                        loop=loop,
-                        extra_env={"PYTHONPATH": str(tree)},
-                        label=f"llmbatch --client {tree_client} [{name}]",
-                    )
-                    runs.setdefault(f"tree:{name}", []).append(m)
-                    _progress(shape, rep, m)
+                    for tree_client in tree_clients:
+                        m = run_llmbatch(
+                            server,
+                            c,
+                            prompts,
+                            requests,
+                            client=tree_client,
+                            loop=loop,
+                            extra_env={"PYTHONPATH": str(tree)},
+                            label=f"llmbatch --client {tree_client} [{name}]",
+                        )
+                        runs.setdefault(f"tree:{name}:{tree_client}", []).append(m)
+                        _progress(shape, rep, m)
                 if transport == "h2" and plain_h2:
                     # httpcore alone, for its h2 stall: one AsyncClient(http2=True).
                     label = "plain httpx.AsyncClient(http2=True)"
@@ -249,9 +250,10 @@ def main(argv: list[str] | None = None) -> None:
     )
     ap.add_argument(
         "--tree-client",
-        default="aiohttp",
+        nargs="+",
+        default=["aiohttp"],
         choices=CLIENTS,
-        help="the --client of the --tree rows (default aiohttp)",
+        help="the --client(s) of the --tree rows (default aiohttp)",
     )
     ap.add_argument(
         "--no-layout-rows",
@@ -286,7 +288,7 @@ def main(argv: list[str] | None = None) -> None:
                 trees,
                 args.h2_streams,
                 not args.no_plain_h2,
-                args.tree_client,
+                tuple(args.tree_client),
                 not args.no_layout_rows,
             )
             s = SHAPES[shape]

@@ -11,12 +11,19 @@ import pytest
 
 from bench.bare import _run as bare_run
 from bench.harness import count_result_errors, markdown_table, run_child, write_prompts
+from bench.native_wire import _measure as native_wire_measure
 from llmbatch.mockserver import MockServer
 
 
 async def test_bare_loop_streams_every_token(mock_server: MockServer) -> None:
     out = await bare_run(mock_server.url, 4, 10, "mock-model")
     assert out["ok"] == 10 and out["errors"] == {} and out["tokens"] == 10 * 16
+
+
+async def test_native_wire_drives_whole_answers() -> None:
+    figures = await native_wire_measure(answers=3, repeat=1)  # asserts every body ended
+    assert figures["realistic_reads"] == 69 and figures["fast_reads"] == 2
+    assert all(v > 0 for v in figures.values())
 
 
 def test_child_is_reaped_with_its_own_usage() -> None:

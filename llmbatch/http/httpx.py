@@ -23,7 +23,6 @@ import asyncio
 import contextlib
 import itertools
 import math
-import ssl
 import sys
 from collections.abc import AsyncIterable, AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -41,6 +40,7 @@ from llmbatch.http.base import (
     merge_headers,
 )
 from llmbatch.http.httpcore_asyncio import AsyncioBackend
+from llmbatch.http.httpx_transport import PoolTransport
 from llmbatch.http.tls import certificate_error_from
 from llmbatch.http.watchdog import within
 
@@ -65,6 +65,7 @@ class _Lane:
     """One client of the HTTP/2 rotation: its streams in flight and how many it may carry."""
 
     client: httpx.AsyncClient
+    pool: httpcore.AsyncConnectionPool | None  # None: another transport (aiohttp's)
     capacity: int
     in_flight: int = 0
     learned: bool = False
@@ -105,7 +106,10 @@ class HttpxAdapter(ClientAdapter):
         self._probing = False
         self._parsed_urls: dict[str, httpx.URL] = {}
 
-    def _make_client(self, limit: int) -> httpx.AsyncClient:
+    def _make_client(
+        self, limit: int
+    ) -> tuple[httpx.AsyncClient, httpcore.AsyncConnectionPool | None]:
+        """A client of at most ``limit`` connections, and its httpcore pool (if ours)."""
         t = self.timeouts
         limits = httpx.Limits(
             max_connections=limit,
@@ -113,6 +117,7 @@ class HttpxAdapter(ClientAdapter):
             keepalive_expiry=KEEPALIVE_EXPIRY_S,
         )
         transport: httpx.AsyncBaseTransport
+        pool = None
         if self.aiohttp_transport:
             import aiohttp
             from httpx_aiohttp import AiohttpTransport
@@ -126,19 +131,25 @@ class HttpxAdapter(ClientAdapter):
 
             transport = AiohttpTransport(limits=limits, client=session)
         else:
-            # Limits go on the transport: the client ignores its own when given one.
-            transport = _transport(limits, self.http2, self.ssl_context)
-        return httpx.AsyncClient(
-            transport=transport,
-            timeout=httpx.Timeout(
-                connect=t.connect_s, read=t.idle_s, write=t.idle_s, pool=t.total_s
-            ),
-        )
+            # Limits go on the pool: the client ignores its own when given a transport.
+            pool = httpcore.AsyncConnectionPool(
+                ssl_context=self.ssl_context,
+                max_connections=limits.max_connections,
+                max_keepalive_connections=limits.max_keepalive_connections,
+                keepalive_expiry=limits.keepalive_expiry,
+                http1=True,
+                http2=self.http2,
+                retries=0,
+                network_backend=_BACKEND,
+            )
+            transport = PoolTransport(pool)
+        timeout = httpx.Timeout(connect=t.connect_s, read=t.idle_s, write=t.idle_s, pool=t.total_s)
+        return httpx.AsyncClient(transport=transport, timeout=timeout), pool
 
     def _next_client(self) -> httpx.AsyncClient:
         if self._rotation is None:
             per_pool = math.ceil(self.max_connections / self._n_pools)
-            self._clients = [self._make_client(per_pool) for _ in range(self._n_pools)]
+            self._clients = [self._make_client(per_pool)[0] for _ in range(self._n_pools)]
             self._rotation = itertools.cycle(self._clients)
         return next(self._rotation)
 
@@ -150,7 +161,8 @@ class HttpxAdapter(ClientAdapter):
                 best = lane
         if best is None:
             # Room for HTTP/1.1 too, should the server not agree to h2 in ALPN.
-            best = _Lane(self._make_client(self._pool_size), capacity=self._lane_streams)
+            client, pool = self._make_client(self._pool_size)
+            best = _Lane(client, pool, capacity=self._lane_streams)
             self._lanes.append(best)
         best.in_flight += 1
         return best
@@ -161,7 +173,7 @@ class HttpxAdapter(ClientAdapter):
         if http_version != "HTTP/2":
             lane.capacity = self._pool_size  # one request per HTTP/1.1 connection
             return
-        streams = _h2_stream_limit(lane.client)
+        streams = _h2_stream_limit(lane.pool) if lane.pool is not None else None
         if streams is not None:
             lane.capacity = self._lane_streams = min(streams, self._h2_max_streams)
 
@@ -257,35 +269,14 @@ class HttpxAdapter(ClientAdapter):
             await c.aclose()
 
 
-def _transport(limits: httpx.Limits, http2: bool, ctx: ssl.SSLContext) -> httpx.AsyncHTTPTransport:
-    """httpx's own transport over a pool on our asyncio network backend.
+def _h2_stream_limit(pool: httpcore.AsyncConnectionPool) -> int | None:
+    """Streams httpcore lets the pool's h2 connection carry: min(server's, its own).
 
-    httpx (0.28) has no ``network_backend`` argument, so the pool it builds is replaced
-    by one with the same arguments (those httpx passes without a proxy; the adapter
-    never uses one) plus the backend.
+    httpcore exposes the pool's connections but not an h2 connection's settings, so
+    those are read defensively; None (keep the assumed capacity) when the layout is not
+    the expected one.
     """
-    transport = httpx.AsyncHTTPTransport(limits=limits, http2=http2, verify=ctx, retries=0)
-    transport._pool = httpcore.AsyncConnectionPool(
-        ssl_context=ctx,
-        max_connections=limits.max_connections,
-        max_keepalive_connections=limits.max_keepalive_connections,
-        keepalive_expiry=limits.keepalive_expiry,
-        http1=True,
-        http2=http2,
-        retries=0,
-        network_backend=_BACKEND,
-    )
-    return transport
-
-
-def _h2_stream_limit(client: httpx.AsyncClient) -> int | None:
-    """Streams httpcore lets the client's h2 connection carry: min(server's, its own).
-
-    httpcore exposes no public accessor, so this reads its objects defensively; None
-    (keep the assumed capacity) when the layout is not the expected one.
-    """
-    pool = getattr(getattr(client, "_transport", None), "_pool", None)
-    for conn in getattr(pool, "connections", ()):
+    for conn in pool.connections:
         state = getattr(getattr(conn, "_connection", None), "_h2_state", None)
         if state is None:
             continue
