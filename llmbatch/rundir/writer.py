@@ -58,6 +58,7 @@ from llmbatch.rundir.nofollow import (
     replace_in,
     write_new,
 )
+from llmbatch.rundir.resultline import record_cost_usd
 from llmbatch.rundir.textlog import PARTIAL_LOG, TEXT_LOG, TextLog
 
 if TYPE_CHECKING:
@@ -144,6 +145,7 @@ class ResumeIndex:
         self.damaged_lines: list[int] = []
         # Where the last answer that a record points to ends in text.log (log layout).
         self.text_log_end = 0
+        self.cost_usd = 0.0  # what the records cost, where priced (max_cost counts it)
 
     def add(self, record_id: str, request_hash: str | None = None) -> None:
         """Mark ``record_id`` as done (answering the request of ``request_hash``)."""
@@ -379,6 +381,7 @@ class RunDir:
                 lb = rec.get("llmbatch")
                 rhash = lb.get("request_hash") if isinstance(lb, dict) else None
                 index.add(cid, rhash if isinstance(rhash, str) else None)
+                index.cost_usd += record_cost_usd(rec)
                 if rec.get("error") is None:
                     index.succeeded += 1
                 else:
