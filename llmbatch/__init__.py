@@ -18,12 +18,13 @@ from __future__ import annotations
 
 from llmbatch.batch import Batch, BatchProgress
 from llmbatch.client import AnswerStream, Client, Prompt, Prompts, run
-from llmbatch.config.load import Limits, MockSettings, RetryPolicy, Timeouts
+from llmbatch.config.load import Limits, MockSettings, ModelPrices, RetryPolicy, Timeouts
 from llmbatch.engine import BatchEnd, StopReason
 from llmbatch.errors import (
     AnswerTooLarge,
     AuthError,
     BadRequest,
+    BudgetExceeded,
     CertificateError,
     ConcurrencyCappedWarning,
     ConfigError,
@@ -68,6 +69,7 @@ __all__ = [
     "Batch",
     "BatchEnd",
     "BatchProgress",
+    "BudgetExceeded",
     "CertificateError",
     "Client",
     "ConcurrencyCappedWarning",
@@ -82,6 +84,7 @@ __all__ = [
     "Limits",
     "MalformedResponse",
     "MockSettings",
+    "ModelPrices",
     "OutputError",
     "Prompt",
     "Prompts",

@@ -168,6 +168,7 @@ class Batch(ClosesOnExit):
                 rerun=_rerun_changed(self._prompts, opts.rerun_changed),
             )
             self.damaged_lines = index.damaged_lines
+            client._count_spent(self.run_dir, index.cost_usd)
             if opts.include_done and (self.run_dir / RESULTS).exists():
                 for _, line in iter_result_lines(self.run_dir / RESULTS):
                     with contextlib.suppress(ValueError):
@@ -176,6 +177,7 @@ class Batch(ClosesOnExit):
             slo=self._opts.slo,
             done_before_succeeded=index.succeeded,
             done_before_failed=index.failed,
+            done_before_cost_usd=index.cost_usd,
         )
         items = _admission_paced(_records(self._prompts), self._has_room)
         if self.pacer is not None:
@@ -196,13 +198,14 @@ class Batch(ClosesOnExit):
                 self._opts.max_runtime_s, self._run.stop, StopReason.MAX_RUNTIME
             )
         if self._progress is True:
-            from llmbatch.progress import make_progress
+            from llmbatch.progress import cost_text, make_progress
 
             self._view = make_progress(
                 None,
                 lambda: (metrics.succeeded + metrics.failed, metrics.failed, metrics.skipped),
                 eng.live,
                 interactive=sys.stderr.isatty(),
+                extra=lambda: cost_text(metrics, None),
             )
             self._view.start()
         self._task = asyncio.create_task(self._run.run())

@@ -25,6 +25,7 @@ from llmbatch.batch import Batch, BatchProgress, ClosesOnExit, _BatchOptions
 from llmbatch.config.load import (
     Limits,
     MockSettings,
+    ModelPrices,
     RetryPolicy,
     RunConfig,
     Timeouts,
@@ -46,6 +47,7 @@ from llmbatch.errors import (
 from llmbatch.http import ClientOptions, make_client
 from llmbatch.http.proxy import ignored_proxy
 from llmbatch.metrics import INPUT_ERROR, SLO
+from llmbatch.pricing import CostBudget, PriceBook, Spend
 from llmbatch.providers import make_provider
 from llmbatch.records import Outcome, PromptRecord
 from llmbatch.redaction import header_secrets, url_secrets
@@ -79,7 +81,9 @@ class Client(ClosesOnExit):
     ``rpm``, ``tpm``, ``input_tpm``, ``output_tpm``, ``limits`` (Limits or dict),
     ``timeouts`` (Timeouts or dict), ``retry`` (RetryPolicy or dict), ``mock``
     (MockSettings or dict), ``http2``, ``insecure``, ``ca_bundle`` (a PEM file of CAs
-    to trust), ``grace_s``, ``max_concurrency``.
+    to trust), ``grace_s``, ``max_concurrency``, ``max_cost`` (USD: a request that could
+    pass it is not sent, BudgetExceeded; a batch stops taking prompts), ``prices``
+    (``{model: ModelPrices or dict}``, USD per million tokens, over the bundled data).
 
     Use as ``async with llmbatch.Client(...) as llm:``; the pool and (for
     ``provider="mock"``) the embedded mock server live until the block ends.
@@ -97,9 +101,10 @@ class Client(ClosesOnExit):
         timeouts: Timeouts | Mapping[str, Any] | None = None,
         retry: RetryPolicy | Mapping[str, Any] | None = None,
         mock: MockSettings | Mapping[str, Any] | None = None,
+        prices: Mapping[str, ModelPrices | Mapping[str, Any]] | None = None,
         **options: Unpack[ClientKeywords],
     ) -> None:
-        tables = {"timeouts": timeouts, "retry": retry, "mock": mock}
+        tables = {"timeouts": timeouts, "retry": retry, "mock": mock, "prices": prices}
         profile = {"kind": kind, "headers": headers, "params": params, "limits": limits}
         self._cfg = _options_config(provider, tables, profile, dict(options))
         self._api_key = api_key if api_key is not None else resolve_api_key(self._cfg.provider)
@@ -108,6 +113,8 @@ class Client(ClosesOnExit):
         self._batches: set[Batch] = set()
         self._pacer: Any = None
         self._concurrency: Any = None
+        self._budget: Spend | None = None
+        self._counted_dirs: set[Path] = set()
 
     @classmethod
     def from_config(
@@ -128,10 +135,11 @@ class Client(ClosesOnExit):
         api_key: str | None = None,
         pacer: Any = None,
         concurrency: Any = None,
+        budget: Spend | None = None,
     ) -> Client:
         """Internal: a Client for an already merged RunConfig (the CLI's and Ray's way in);
-        ``pacer`` and ``concurrency`` replace its rate governor and its ``auto`` controller
-        (Ray's workers share the cluster's)."""
+        ``pacer``, ``concurrency`` and ``budget`` replace its rate governor, its ``auto``
+        controller and its ``max_cost`` budget (Ray's workers share the cluster's)."""
         self = cls.__new__(cls)
         self._cfg = cfg
         self._api_key = api_key if api_key is not None else resolve_api_key(cfg.provider)
@@ -140,6 +148,8 @@ class Client(ClosesOnExit):
         self._batches = set()
         self._pacer = pacer
         self._concurrency = concurrency
+        self._budget = budget
+        self._counted_dirs = set()
         return self
 
     @property
@@ -171,6 +181,7 @@ class Client(ClosesOnExit):
                 ),
                 stacklevel=2,
             )
+        prices, budget = _prices_and_budget(cfg, self._budget)
         stack = contextlib.AsyncExitStack()
         try:
             base_url = cfg.provider.base_url
@@ -208,6 +219,8 @@ class Client(ClosesOnExit):
             secrets=secrets,
             governor=self._pacer,
             concurrency=self._concurrency,
+            prices=prices,
+            budget=budget,
         )
         self._engine.loop = asyncio.get_running_loop()
         return self
@@ -223,6 +236,17 @@ class Client(ClosesOnExit):
     async def __aenter__(self) -> Client:
         return await self.start()
 
+    def _count_spent(self, run_dir: Path, usd: float) -> None:
+        """A resumed run directory's records already cost ``usd``: max_cost counts it
+        (once per directory, however many batches resume it)."""
+        budget = self._engine.budget if self._engine is not None else None
+        key = run_dir.resolve()
+        if budget is None or key in self._counted_dirs:
+            return
+        self._counted_dirs.add(key)
+        if usd > 0:
+            budget.add_spent(usd)
+
     # -- single requests -------------------------------------------------------------
     async def complete(self, prompt: Prompt, *, id: str | None = None) -> Result:
         """Send one prompt and wait for the whole answer.
@@ -237,7 +261,8 @@ class Client(ClosesOnExit):
         eng = self.engine
         taken_at = time.perf_counter()
         async with eng.slot():
-            outcome = await eng.execute(rec, taken_at=taken_at)
+            reserved = await eng.reserve_cost(rec)  # BudgetExceeded past max_cost
+            outcome = await eng.execute(rec, taken_at=taken_at, reserved_usd=reserved)
         return Result.from_line(result_line(outcome))
 
     def stream(self, prompt: Prompt, *, id: str | None = None) -> AnswerStream:
@@ -258,8 +283,14 @@ class Client(ClosesOnExit):
 
         async def produce(target: TextTarget) -> None:
             async with eng.slot():
+                reserved = await eng.reserve_cost(rec)  # BudgetExceeded past max_cost
                 await eng.execute(
-                    rec, target, taken_at=taken_at, retry_after_text=False, raise_failure=True
+                    rec,
+                    target,
+                    taken_at=taken_at,
+                    retry_after_text=False,
+                    raise_failure=True,
+                    reserved_usd=reserved,
                 )
 
         return AnswerStream(produce)
@@ -455,7 +486,13 @@ def _options_config(
         raise ConfigError(f"unknown Client option(s): {', '.join(sorted(unknown))}")
     data: dict[str, Any] = {}
     for name, value in tables.items():
-        if value is not None:
+        if value is None:
+            continue
+        if name == "prices":  # a table of tables: {model: ModelPrices or dict}
+            if not isinstance(value, Mapping):
+                raise ConfigError("option 'prices' must be a dict of {model: ModelPrices or dict}")
+            data[name] = {m: _as_table(v, ModelPrices, f"prices[{m!r}]") for m, v in value.items()}
+        else:
             data[name] = _as_table(value, _SECTIONS[name], name)
     prof = {k: v for k, v in profile.items() if v is not None and k != "limits"}
     if profile.get("limits") is not None:
@@ -472,6 +509,20 @@ def _as_table(value: Any, cls: type, name: str) -> dict[str, Any]:
     if isinstance(value, dict):
         return dict(value)
     raise ConfigError(f"option {name!r} must be a {cls.__name__} or a dict")
+
+
+def _prices_and_budget(cfg: RunConfig, budget: Spend | None) -> tuple[PriceBook, Spend | None]:
+    """The run's prices, with the profile's model looked up now (the price data is read
+    once, before anything streams), and the ``max_cost`` budget (ConfigError when the
+    model has no price to budget with)."""
+    prices = PriceBook(cfg)
+    model = cfg.provider.model
+    rates = prices.rates(model) if model else None
+    if cfg.max_cost is None or budget is not None:
+        return prices, budget
+    if rates is None:
+        raise ConfigError(f"{prices.why_unpriced(model or '?')}: max_cost needs a price")
+    return prices, CostBudget(cfg.max_cost)
 
 
 @contextlib.asynccontextmanager

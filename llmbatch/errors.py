@@ -11,6 +11,7 @@ CLI turns them into messages and exit codes.
     ├── RunDirError                 run directory locked, unreadable or from another job
     ├── OutputError                 writing results failed during a run (disk full, ...)
     ├── WrongEventLoop              a Client used from an event loop other than its own
+    ├── BudgetExceeded              the next request could pass --max-cost (nothing sent)
     └── RequestError                one attempt of one request failed
         ├── TransportError
         │   ├── ConnectError        could not connect (refused, DNS, TLS handshake)
@@ -51,6 +52,7 @@ __all__ = [
     "AnswerTooLarge",
     "AuthError",
     "BadRequest",
+    "BudgetExceeded",
     "CertificateError",
     "ConcurrencyCappedWarning",
     "ConfigError",
@@ -137,6 +139,11 @@ class OutputError(LLMBatchError):
 class WrongEventLoop(LLMBatchError):
     """A Client (its connection pool, limiter and governor) belongs to the event loop that
     started it; it was used from another one. Nothing was sent or recorded."""
+
+
+class BudgetExceeded(LLMBatchError):
+    """The next request does not fit the cost budget (``max_cost``) even with nothing else
+    in flight, or its model has no price to budget with; it was not sent."""
 
 
 class RequestError(LLMBatchError):

@@ -14,6 +14,7 @@
   the server sends them (``completion_tokens_details.reasoning_tokens``, Anthropic's
   ``output_tokens_details.thinking_tokens``, ...), else the number of reasoning chunks
   (flagged ``reasoning_tokens_estimated``); None for an answer without reasoning.
+- cost: the records' costs (pricing/), per 1,000 requests and per million output tokens.
 - peak output tokens/s: each request's output tokens spread evenly over its streaming
   time (first to last content chunk), summed in 1 s buckets from the run start; the
   largest complete bucket (a run shorter than 1 s: its mean rate).
@@ -31,9 +32,19 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
-from llmbatch.records import Outcome, RequestMetrics
+from llmbatch.records import Cost, Outcome, RequestMetrics
 
-__all__ = ["Histogram", "RunMetrics", "SLO", "itl_summary", "request_metrics_dict", "spread_tokens"]
+__all__ = [
+    "SLO",
+    "CostTotals",
+    "Histogram",
+    "RunMetrics",
+    "format_cost",
+    "format_usd",
+    "itl_summary",
+    "request_metrics_dict",
+    "spread_tokens",
+]
 
 PERCENTILES = (50, 90, 95, 99)
 INPUT_ERROR = "input_error"  # the error code of a prompt line that could not become a request
@@ -255,6 +266,8 @@ class RunMetrics:
     # Records already in the run directory when this invocation started (a resume).
     done_before_succeeded: int = 0
     done_before_failed: int = 0
+    done_before_cost_usd: float = 0.0
+    cost: CostTotals = field(default_factory=lambda: CostTotals())
 
     def add(self, outcome: Outcome, *, finished_at: float | None = None) -> None:
         """Fold one finished request into the aggregates."""
@@ -265,6 +278,8 @@ class RunMetrics:
             if a.status == 429:
                 self.rate_limited += 1
         self.retries += max(0, len(outcome.attempts) - 1)
+        if outcome.error_code != INPUT_ERROR:
+            self.cost.add(outcome.cost, outcome.metrics.output_tokens if outcome.ok else 0)
         if not outcome.ok:
             self.failed += 1
             self.errors[outcome.error_code or "unknown"] += 1
@@ -368,6 +383,7 @@ class RunMetrics:
                 "queue": self.queue.summary(),
             },
         }
+        out["cost"] = self.cost.summary(self.done_before_cost_usd)
         if self.concurrency_limit is not None:
             out["concurrency_limit"] = self.concurrency_limit
         if self.slo.active:
@@ -381,6 +397,123 @@ class RunMetrics:
                 "requests_per_s": _r(self.good / dur),
             }
         return out
+
+
+_COST_PARTS = ("input_usd", "cached_input_usd", "cache_write_usd", "output_usd", "reasoning_usd")
+
+
+class CostTotals:
+    """What a run's requests cost: totals, parts, and what could not be priced."""
+
+    __slots__ = (
+        "usd",
+        "parts",
+        "priced",
+        "unpriced",
+        "estimated",
+        "output_tokens",
+        "sources",
+        "unpriced_models",
+        "max_usd",
+    )
+
+    def __init__(self) -> None:
+        self.usd = 0.0
+        self.parts = dict.fromkeys(_COST_PARTS, 0.0)
+        self.priced = 0  # requests with a cost
+        self.unpriced = 0  # requests whose model has no known price
+        self.estimated = 0  # priced from counted or assumed tokens (no usage reported)
+        self.output_tokens = 0  # of the priced requests that succeeded
+        self.sources: Counter[str] = Counter()
+        self.unpriced_models: list[str] = []  # set by the batch (the engine's PriceBook)
+        self.max_usd: float | None = None  # the budget, when there is one
+
+    def add(self, cost: Cost | None, output_tokens: int) -> None:
+        """Count one request's cost (None: its model has no price)."""
+        if cost is None:
+            self.unpriced += 1
+            return
+        self.priced += 1
+        self.usd += cost.usd
+        parts = self.parts
+        parts["input_usd"] += cost.input_usd
+        parts["cached_input_usd"] += cost.cached_input_usd
+        parts["cache_write_usd"] += cost.cache_write_usd
+        parts["output_usd"] += cost.output_usd
+        parts["reasoning_usd"] += cost.reasoning_usd
+        if cost.estimated:
+            self.estimated += 1
+        self.output_tokens += output_tokens
+        self.sources[cost.source] += 1
+
+    def per_request_usd(self) -> float | None:
+        """Mean cost of a priced request so far (the projection's basis)."""
+        return self.usd / self.priced if self.priced else None
+
+    def summary(self, done_before_usd: float = 0.0) -> dict[str, Any]:
+        """summary.json's ``cost`` object (USD; null figures when nothing was priced)."""
+        priced = self.priced
+        usd = self.usd if priced else None
+        return {
+            "usd": _usd(usd),
+            "per_1k_requests_usd": _usd(self.usd / priced * 1000) if priced else None,
+            "per_million_output_tokens_usd": _usd(self.usd / self.output_tokens * 1e6)
+            if self.output_tokens
+            else None,
+            **{k: _usd(v) if priced else None for k, v in self.parts.items()},
+            "priced_requests": priced,
+            "unpriced_requests": self.unpriced,
+            "estimated_requests": self.estimated,
+            "sources": dict(self.sources),
+            "unpriced_models": list(self.unpriced_models),
+            # The whole run's cost, resumed sessions included (what max_cost counts).
+            "run_total_usd": _usd(done_before_usd + self.usd)
+            if priced or done_before_usd
+            else None,
+            "max_cost_usd": self.max_usd,
+        }
+
+
+def format_cost(cost: dict[str, Any] | None) -> str | None:
+    """The summary's cost in one line: total, per 1k requests, per million output tokens,
+    and what could not be priced (a model without a price gets no made-up figure)."""
+    if not cost:
+        return None
+    parts: list[str] = []
+    if cost.get("usd") is not None:
+        line = (
+            f"cost: {format_usd(cost['usd'])} ({format_usd(cost['per_1k_requests_usd'])} per 1k "
+            f"requests, {format_usd(cost['per_million_output_tokens_usd'])} per million output "
+            "tokens"
+        )
+        if cost.get("estimated_requests"):
+            line += f"; {cost['estimated_requests']} estimated: no usage reported"
+        parts.append(line + ")")
+        run_total = cost.get("run_total_usd")
+        if run_total is not None and run_total != cost["usd"]:
+            parts.append(f"whole run {format_usd(run_total)}")
+        if cost.get("max_cost_usd") is not None:
+            parts.append(f"budget {format_usd(cost['max_cost_usd'])}")
+    if cost.get("unpriced_requests"):
+        models = ", ".join(cost.get("unpriced_models") or []) or "?"
+        parts.append(
+            f"{'cost: ' if not parts else ''}{cost['unpriced_requests']} requests not priced "
+            f"(no price for {models}: see `llmbatch prices`)"
+        )
+    return ", ".join(parts) if parts else None
+
+
+def format_usd(usd: float | None) -> str:
+    """Money for people: ``$0.004262``, ``$1.691``, ``$12,345.68``; ``-`` when unknown."""
+    if usd is None:
+        return "-"
+    if usd == 0:
+        return "$0"
+    return f"${usd:,.2f}" if abs(usd) >= 1000 else f"${usd:.4g}"
+
+
+def _usd(v: float | None) -> float | None:
+    return None if v is None else round(v, 8)
 
 
 def spread_tokens(buckets: dict[int, float], first_s: float, last_s: float, tokens: int) -> None:

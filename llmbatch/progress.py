@@ -6,9 +6,12 @@ import asyncio
 import sys
 import time
 from collections.abc import Callable
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
-__all__ = ["ProgressView", "make_progress"]
+if TYPE_CHECKING:
+    from llmbatch.metrics import RunMetrics
+
+__all__ = ["ProgressView", "cost_text", "make_progress"]
 
 
 class _Source(Protocol):
@@ -97,7 +100,9 @@ class ProgressView:
                 f"retrying {src.retrying}"
             )
         if self.extra is not None:
-            info += "  " + self.extra()
+            extra = self.extra()
+            if extra:
+                info += "  " + extra
         if self._progress is not None:
             self._progress.update(self._bar, completed=done + skipped, info=info)
         else:
@@ -122,6 +127,23 @@ class ProgressView:
         if self._progress is not None:
             self.render()
             self._progress.stop()
+
+
+def cost_text(metrics: RunMetrics, total: int | None) -> str:
+    """``cost $0.42 (projected $3.10)``: spent by the whole run so far, and the projection
+    from what finished requests cost on average times the requests left ("" unpriced)."""
+    from llmbatch.metrics import format_usd
+
+    cost = metrics.cost
+    per = cost.per_request_usd()
+    if per is None:
+        return ""
+    spent = metrics.done_before_cost_usd + cost.usd
+    text = f"cost {format_usd(spent)}"
+    if total:
+        seen = metrics.succeeded + metrics.failed + metrics.skipped
+        text += f" (projected {format_usd(spent + per * max(0, total - seen))})"
+    return text
 
 
 def make_progress(

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
-__all__ = ["Attempt", "InputShape", "Outcome", "PromptRecord", "RequestMetrics"]
+__all__ = ["Attempt", "Cost", "InputShape", "Outcome", "PromptRecord", "RequestMetrics"]
 
 InputShape = Literal["prompt", "messages", "input", "contents", "batch"]
 
@@ -79,6 +79,40 @@ class RequestMetrics:
         return (self.e2el_s - self.ttft_s) / (self.output_tokens - 1)
 
 
+class Cost(NamedTuple):
+    """What one request cost in USD, priced from the usage the provider reported.
+
+    ``usd`` is the sum of the parts: uncached input, cached input (cache reads), cache
+    writes, output other than reasoning, and reasoning tokens, each at its own rate.
+    ``estimated`` when some usage was not reported (tokens counted or assumed instead).
+    ``source`` names the price: ``genai-prices <version>: <provider>/<model>`` or
+    ``config [prices.<model>]``. (A NamedTuple: one is made per record, and a frozen
+    dataclass costs several times more to build.)
+    """
+
+    usd: float
+    input_usd: float = 0.0
+    cached_input_usd: float = 0.0
+    cache_write_usd: float = 0.0
+    output_usd: float = 0.0
+    reasoning_usd: float = 0.0
+    source: str = ""
+    estimated: bool = False
+
+    def as_dict(self) -> dict[str, Any]:
+        """The JSON form written to results.jsonl (``llmbatch.cost``)."""
+        return {
+            "usd": round(self.usd, 10),
+            "input_usd": round(self.input_usd, 10),
+            "cached_input_usd": round(self.cached_input_usd, 10),
+            "cache_write_usd": round(self.cache_write_usd, 10),
+            "output_usd": round(self.output_usd, 10),
+            "reasoning_usd": round(self.reasoning_usd, 10),
+            "source": self.source,
+            "estimated": self.estimated,
+        }
+
+
 @dataclass(slots=True)
 class Outcome:
     """How one request ended: the assembled body or an error, plus its history."""
@@ -101,6 +135,8 @@ class Outcome:
     # The reasoning streamed beside the answer, when there was any (same conventions).
     reasoning_file: str | None = None
     reasoning_span: tuple[int, int] | None = None
+    # None: the model has no known price (the record says so; no figure is made up).
+    cost: Cost | None = None
 
     @property
     def ok(self) -> bool:

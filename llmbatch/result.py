@@ -55,6 +55,8 @@ class Result:
     ``line`` is the prompt's position in the input (file line, or 1-based item number).
     ``output_line`` is the record exactly as results.jsonl holds it: the OpenAI Batch
     output line plus an ``llmbatch`` object with metrics and the attempt history.
+    ``cost_usd`` is what the request cost (None when its model has no known price; the
+    parts and the price's source are in ``output_line["llmbatch"]["cost"]``).
     """
 
     id: str
@@ -68,6 +70,7 @@ class Result:
     line: int | None
     text_file: str | None
     output_line: Mapping[str, Any]
+    cost_usd: float | None = None
 
     @classmethod
     def from_line(cls, line: dict[str, Any]) -> Result:
@@ -110,4 +113,5 @@ class Result:
             line=rl.line_no,
             text_file=rl.text_file,
             output_line=line,
+            cost_usd=rl.cost.usd if rl.cost is not None else None,
         )

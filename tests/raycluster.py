@@ -21,7 +21,9 @@ the same command again), ``sigint`` (SIGINT to the driver mid-run, then again),
 the node is started again, then the same command), ``text-log`` (``--text-layout
 log``, SIGKILL of the driver mid-run, then the same command), ``auto``
 (``--concurrency auto`` against a server serving 12 at once, 429 beyond; the server's
-requests in flight sampled), ``bench`` (see bench/ray_overhead.py).
+requests in flight sampled), ``max-cost`` (``--max-cost`` below the job's cost: one
+budget for the cluster, exit 4; then again with a larger one), ``bench`` (see
+bench/ray_overhead.py).
 """
 
 from __future__ import annotations
@@ -57,6 +59,9 @@ FAULTS = {"500": 0.02, "disconnect": 0.015, "reset": 0.015}
 RPM = 600.0  # per LIMIT_WINDOW_S: a 600 RPM limit with time scaled down 10x
 LIMIT_WINDOW_S = 6.0
 AUTO_LIMIT = 12  # the "auto" scenario's server serves this many at once (429 beyond)
+# The max-cost scenario: prices (USD per million tokens) and the first run's budget.
+MAX_COST_PRICES = (100.0, 2000.0)
+MAX_COST = 2.0
 
 
 def _free_port() -> int:
@@ -281,17 +286,24 @@ async def scenario(name: str, work: Path, cluster: Cluster) -> dict[str, Any]:
         # round trips would give (the mock refuses at once, it never queues).
         ttft_s=0.1 if auto else 0.01,
         itl_s=0.03 if name == "max-runtime" else 0.01 if auto else 0.012 if name in SLOW else 0.002,
-        faults=FAULTS if name not in ("bench", "auto") else {},
+        faults=FAULTS if name not in ("bench", "auto", "max-cost") else {},
         rpm=RPM if limited else None,
         limit_window_s=LIMIT_WINDOW_S,
         max_in_flight=AUTO_LIMIT if auto else None,
     )
     server = await start_mock_server(mock_cfg)
     limits = f"rpm = {RPM}\nwindow_s = {LIMIT_WINDOW_S}\n" if limited else ""
+    priced = name == "max-cost"
     (work / "config.toml").write_text(
         f'[providers.target]\nkind = "openai"\nbase_url = "{server.url}"\nmodel = "mock-model"\n'
-        f"[providers.target.limits]\n{limits}\n"
-        '[run]\nprovider = "target"\n'
+        + ("params = { max_tokens = 16 }\n" if priced else "")
+        + f"[providers.target.limits]\n{limits}\n"
+        + (
+            f"[prices.mock-model]\ninput = {MAX_COST_PRICES[0]}\noutput = {MAX_COST_PRICES[1]}\n"
+            if priced
+            else ""
+        )
+        + '[run]\nprovider = "target"\n'
         + ('concurrency = "auto"\nmax_concurrency = 64\n' if auto else "concurrency = 32\n")
         + "[retry]\nbackoff_base_s = 0.05\nbackoff_max_s = 0.5\n"
         + ("max_attempts = 12\n" if auto else "")
@@ -347,6 +359,12 @@ async def scenario(name: str, work: Path, cluster: Cluster) -> dict[str, Any]:
             code = await _run([*cmd, "--max-runtime-s", "4"], env, log)
             report["records_after_stop"] = _unique_records(run_dir)
             report["exit_codes"] = [code, await _run(cmd, env, log)]
+        elif name == "max-cost":
+            code = await _run([*cmd, "--max-cost", str(MAX_COST)], env, log)
+            report["records_after_stop"] = _unique_records(run_dir)
+            report["billed_after_stop"] = _billed(server.stats)
+            report["exit_codes"] = [code, await _run([*cmd, "--max-cost", "1000"], env, log)]
+            report["billed"] = _billed(server.stats)
         elif name == "kill-worker":
             code, pids, report["records_at_kill"] = await _run_killing(
                 cmd, env, log, run_dir, 150, lambda _p: cluster.kill_worker_node()
@@ -364,6 +382,12 @@ async def scenario(name: str, work: Path, cluster: Cluster) -> dict[str, Any]:
         }
         await server.close()
     return report
+
+
+def _billed(stats: Any) -> float:
+    """What the mock's own usage counters bill at the max-cost scenario's prices."""
+    inp, out = MAX_COST_PRICES
+    return (stats.usage_input_tokens * inp + stats.usage_output_tokens * out) / 1e6
 
 
 async def _sample_in_flight(server: Any, report: dict[str, Any]) -> None:

@@ -56,3 +56,10 @@ def test_tls_and_h2_transports(tmp_path: Path) -> None:
     assert bare.errors == 0 and bare.tokens == 20 * 4 and bare.connections >= 1
     assert h2.errors == 0 and h2.http_versions == {"HTTP/2": 20}
     assert h2.connections == 1  # four streams in flight fit one connection
+
+
+def test_cost_bench_prices_in_process() -> None:
+    from bench.cost import in_process_us
+
+    price_us, worst_us = in_process_us(records=50)
+    assert price_us > 0 and worst_us > 0

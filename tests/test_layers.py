@@ -25,6 +25,7 @@ RANK = {
     "config": 2,
     "http": 3,
     "pacing": 3,
+    "pricing": 3,
     "providers": 4,
     "rundir": 5,
     "engine": 6,

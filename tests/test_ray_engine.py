@@ -27,7 +27,7 @@ from llmbatch.config.load import load_config
 from llmbatch.mockserver import MockConfig, start_mock_server
 
 from .conftest import read_results, write_jsonl
-from .raycluster import AUTO_LIMIT, FAULTS, LIMIT_WINDOW_S, RPM
+from .raycluster import AUTO_LIMIT, FAULTS, LIMIT_WINDOW_S, MAX_COST, RPM
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -55,6 +55,7 @@ SCENARIOS["max-runtime"] = 800
 SCENARIOS["no-survivor"] = 600
 SCENARIOS["text-log"] = 600
 SCENARIOS["auto"] = 400
+SCENARIOS["max-cost"] = 400
 
 
 @pytest.fixture(scope="module")
@@ -272,6 +273,27 @@ async def test_ray_run_stops_at_max_runtime(ray_reports: dict[str, Path]) -> Non
     assert kept["lines"] == kept["ids"] < 800, (kept, log)
     assert "--max-runtime-s reached" in log
     await _assert_same_as_one_process(work, 800)
+
+
+@pytest.mark.timeout(900)
+async def test_ray_max_cost_is_one_budget_for_the_cluster(ray_reports: dict[str, Path]) -> None:
+    """--max-cost under --engine ray: the governor actor's one budget; the mock's own
+    usage counters never bill more than it; exit 4, and a larger budget resumes."""
+    work = ray_reports["max-cost"]
+    report = _report(work)
+    log = _log(work)
+    assert report["exit_codes"] == [4, 0], log
+    kept = report["records_after_stop"]
+    assert 0 < kept["lines"] == kept["ids"] < 400, (kept, log)
+    assert report["billed_after_stop"] <= MAX_COST, report
+    assert "stopped at the cost budget" in log
+    records = read_results(work / "run")
+    spent = sum(r["llmbatch"]["cost"]["usd"] for r in records)
+    assert spent == pytest.approx(report["billed"], rel=1e-6)
+    summary = orjson.loads((work / "run" / "summary.json").read_bytes())
+    assert summary["cost"]["max_cost_usd"] == 1000.0
+    assert summary["engine"]["rate_budget"]["cost_budget"]["spent_usd"] == pytest.approx(spent)
+    await _assert_same_as_one_process(work, 400)
 
 
 @pytest.mark.timeout(900)

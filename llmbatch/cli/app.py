@@ -2,8 +2,8 @@
 
 Exit codes: 0 all requests succeeded · 1 some requests failed (records written) ·
 2 usage, config or input error, nothing sent · 3 run aborted (fatal provider error) ·
-75 stopped at --max-runtime-s (resumable) · 130 / 143 interrupted by SIGINT / SIGTERM
-(resumable).
+4 stopped at --max-cost (resumable with a larger budget) · 75 stopped at --max-runtime-s
+(resumable) · 130 / 143 interrupted by SIGINT / SIGTERM (resumable).
 
 Heavy modules are imported inside the commands so ``--help`` and ``--version`` stay fast.
 """
@@ -145,6 +145,59 @@ def validate(
     detail = ", ".join(f"{n} {s}" for s, n in sorted(shapes.items()))
     typer.echo(f"{prompts}: {total} lines, {total - bad} valid ({detail or 'none'}), {bad} invalid")
     raise typer.Exit(EXIT_FAILED_REQUESTS if bad else EXIT_OK)
+
+
+@app.command()
+def estimate(
+    prompts: Annotated[Path, typer.Argument(help="JSONL file of prompts.")],
+    provider: ProviderOpt = None,
+    model: Annotated[str | None, typer.Option("--model", "-m", help="Model to price.")] = None,
+    base_url: Annotated[str | None, typer.Option(help="Override the provider's base URL.")] = None,
+    run_dir: Annotated[
+        Path | None,
+        typer.Option("--run-dir", "-o", help="Run directory whose records to leave out."),
+    ] = None,
+    config: ConfigOpt = None,
+    shard: Annotated[str | None, typer.Option(help="Only shard I/N of the ids.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the estimate as JSON.")] = False,
+) -> None:
+    """Requests, input tokens (counted offline), output range and cost of a run; sends nothing."""
+    from llmbatch.cli.estimate import estimate_command
+    from llmbatch.config.load import load_config
+    from llmbatch.errors import LLMBatchError
+
+    flags = {"provider": provider, "model": model, "base_url": base_url, "run_dir": run_dir}
+    try:
+        cfg = load_config(config, flags=flags)
+        code = estimate_command(cfg, prompts, shard=shard, as_json=as_json)
+    except LLMBatchError as exc:
+        raise _fail_for(exc) from None
+    raise typer.Exit(code)
+
+
+@app.command()
+def prices(
+    model: Annotated[str | None, typer.Argument(help="Model (default: the profile's).")] = None,
+    provider: ProviderOpt = None,
+    config: ConfigOpt = None,
+) -> None:
+    """What a model is charged per million tokens, and where the figure comes from."""
+    from llmbatch.cli.estimate import format_prices
+    from llmbatch.config.load import load_config
+    from llmbatch.errors import LLMBatchError
+    from llmbatch.pricing import PriceBook
+
+    try:
+        cfg = load_config(config, flags={"provider": provider})
+        book = PriceBook(cfg)
+        name = model or cfg.provider.model
+        rates = book.rates(name)
+    except LLMBatchError as exc:
+        raise _fail_for(exc) from None
+    if rates is None:
+        typer.echo(f"llmbatch: {book.why_unpriced(name)}", err=True)
+        raise typer.Exit(EXIT_FAILED_REQUESTS)
+    typer.echo(format_prices(name, cfg.provider.name, rates))
 
 
 @app.command("mock-server")

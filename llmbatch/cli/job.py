@@ -23,7 +23,7 @@ from llmbatch.errors import InputError, ProxyIgnoredWarning
 from llmbatch.http.proxy import ignored_proxy
 from llmbatch.metrics import SLO
 from llmbatch.notices import warn
-from llmbatch.progress import ProgressView, make_progress
+from llmbatch.progress import ProgressView, cost_text, make_progress
 from llmbatch.records import Outcome, PromptRecord
 from llmbatch.rundir.identity import run_identity
 from llmbatch.rundir.reader import iter_records, open_prompts
@@ -159,7 +159,9 @@ async def execute_run(
         interactive = cfg.progress
         if interactive is None:
             interactive = sys.stdout.isatty()
-        total = _count_lines(prompts) if interactive else None
+        # The bar's length, and the requests left that the projected cost counts.
+        priced = client.engine.prices.rates(cfg.provider.model) is not None
+        total = _count_lines(prompts) if interactive or priced else None
         engine = client.engine
         view: ProgressView | None = None
         try:
@@ -168,12 +170,17 @@ async def execute_run(
                 warn(damaged_lines_notice(run_dir / RESULTS, batch.damaged_lines))
                 metrics = batch.metrics
                 assert metrics is not None
+
+                def extra() -> str:
+                    limit = f"limit {engine.concurrency_limit}  " if cfg.adaptive else ""
+                    return limit + cost_text(metrics, total)
+
                 view = make_progress(
-                    total,
+                    total if interactive else None,
                     lambda: (metrics.succeeded + metrics.failed, metrics.failed, metrics.skipped),
                     live,
                     interactive=interactive,
-                    extra=(lambda: f"limit {engine.concurrency_limit}") if cfg.adaptive else None,
+                    extra=extra,
                 )
                 view.start()
                 result = await batch.wait()

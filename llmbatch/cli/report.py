@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 import orjson
 
 from llmbatch.errors import RunDirError
-from llmbatch.metrics import SLO
+from llmbatch.metrics import SLO, format_cost, format_usd
 from llmbatch.rundir.summary import SummaryBuilder, summary_from_results
 from llmbatch.rundir.writer import RESULTS, SUMMARY
 
@@ -75,6 +75,9 @@ def format_summary(summary: dict[str, Any], run_dir: Path | None = None) -> str:
         lines.append(
             f"goodput: {g['good_requests']} requests met the SLO ({g['requests_per_s']} req/s)"
         )
+    cost_line = format_cost(summary.get("cost"))
+    if cost_line:
+        lines.append(cost_line)
     if run_dir is not None:
         text = f"{run_dir}/text.log" if (run_dir / "text.log").exists() else f"{run_dir}/text/"
         lines.append(f"outputs: {run_dir}/results.jsonl, {text}")
@@ -170,6 +173,27 @@ def report_tables(summary: dict[str, Any], run_dir: Path | None = None) -> list[
         slo = ", ".join(f"{k}<={v}" for k, v in g["slo"].items() if v is not None)
         rows.append([f"goodput requests ({slo})", str(g["good_requests"])])
         rows.append(["goodput requests/s", fmt_num(g["requests_per_s"], 2)])
+    cost = summary.get("cost") or {}
+    if cost.get("usd") is not None or cost.get("unpriced_requests"):
+        rows.append(["cost", format_usd(cost.get("usd"))])
+        rows.append(["cost per 1k requests", format_usd(cost.get("per_1k_requests_usd"))])
+        rows.append(
+            [
+                "cost per million output tokens",
+                format_usd(cost.get("per_million_output_tokens_usd")),
+            ]
+        )
+        if cost.get("run_total_usd") is not None and cost.get("run_total_usd") != cost.get("usd"):
+            rows.append(["cost of the whole run", format_usd(cost["run_total_usd"])])
+        if cost.get("max_cost_usd") is not None:
+            rows.append(["budget (max_cost)", format_usd(cost["max_cost_usd"])])
+        if cost.get("estimated_requests"):
+            rows.append(["requests with estimated cost", str(cost["estimated_requests"])])
+        if cost.get("unpriced_requests"):
+            models = ", ".join(cost.get("unpriced_models") or []) or "?"
+            rows.append([f"requests not priced ({models})", str(cost["unpriced_requests"])])
+        for src in cost.get("sources") or {}:
+            rows.append(["price", src])
     rows.append(["source", source])
     run = Table(f"llmbatch report: {where}", ["", "value"], rows)
     lat = Table("latency (ms)", ["metric", "mean", "p50", "p90", "p95", "p99"])

@@ -6,6 +6,7 @@ code into typer's exit.
 
 Exit codes: 0 all requests succeeded · 1 some requests failed (records written) ·
 2 usage, config or input error, nothing sent · 3 run aborted (fatal provider error) ·
+4 stopped at --max-cost with work left (resumable with a larger budget) ·
 75 stopped at --max-runtime-s (resumable) · 130 / 143 interrupted by SIGINT / SIGTERM
 (resumable).
 """
@@ -27,6 +28,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "EXIT_ABORTED",
+    "EXIT_BUDGET",
     "EXIT_FAILED_REQUESTS",
     "EXIT_MAX_RUNTIME",
     "EXIT_OK",
@@ -47,6 +49,7 @@ EXIT_OK = 0
 EXIT_FAILED_REQUESTS = 1
 EXIT_USAGE = 2
 EXIT_ABORTED = 3
+EXIT_BUDGET = 4
 EXIT_MAX_RUNTIME = 75
 EXIT_SIGINT = 130
 EXIT_SIGTERM = 143
@@ -177,6 +180,10 @@ def _run(prompts: Path, flags: dict[str, Any], command: dict[str, Any]) -> int:
         arrivals = parse_arrivals(command["request_rate"], command["burstiness"])
         if engine not in ("local", "ray"):
             raise fail(f"--engine: expected local or ray, got {engine!r}", EXIT_USAGE)
+        if command["dry_run"]:
+            from llmbatch.cli.estimate import estimate_command
+
+            return estimate_command(cfg, prompts, shard=command["shard"])
         with one_line_per_cause():
             if engine == "ray":
                 if arrivals is not None:
@@ -309,6 +316,10 @@ def _exit_code(
     if stop_reason == StopReason.INTERRUPTED:
         echo("llmbatch: interrupted; run the same command to resume", err=True)
         return EXIT_SIGTERM if signal_received == signal.SIGTERM else EXIT_SIGINT
+    if stop_reason == StopReason.BUDGET and pending_left:
+        echo(f"llmbatch: stopped at the cost budget: {abort_message}", err=True)
+        echo("llmbatch: run the same command with a larger --max-cost to resume", err=True)
+        return EXIT_BUDGET
     if stop_reason == StopReason.MAX_RUNTIME and pending_left:
         echo("llmbatch: --max-runtime-s reached; run the same command to resume", err=True)
         return EXIT_MAX_RUNTIME

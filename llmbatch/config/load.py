@@ -29,6 +29,7 @@ __all__ = [
     "DEFAULT_CONFIG_FILE",
     "Limits",
     "MockSettings",
+    "ModelPrices",
     "ProviderConfig",
     "RetryPolicy",
     "RunConfig",
@@ -112,6 +113,21 @@ class MockSettings:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class ModelPrices:
+    """One model's prices in USD per million tokens (``[prices."MODEL"]`` in config.toml).
+
+    They replace (or add to) the bundled price data for that model name: for a
+    self-hosted server, a negotiated rate, or a model the data does not know yet.
+    """
+
+    input: float
+    output: float
+    cached_input: float | None = None  # cache reads; default: input
+    cache_write: float | None = None  # default: input
+    reasoning: float | None = None  # default: output
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class ProviderConfig:
     """A provider profile: where to send requests and how."""
 
@@ -159,6 +175,9 @@ class RunConfig:
     # per attempt, and one server-sent event (a line or the lines of one event).
     max_answer_bytes: int = DEFAULT_MAX_ANSWER_BYTES
     max_event_bytes: int = DEFAULT_MAX_EVENT_BYTES
+    # Stop admitting requests before spent + the worst case of those in flight passes it.
+    max_cost: float | None = None
+    prices: Mapping[str, ModelPrices] = field(default_factory=dict)  # by model name
 
 
 BUILTIN_PROVIDERS: dict[str, ProviderConfig] = {
@@ -217,7 +236,7 @@ BUILTIN_PROVIDERS: dict[str, ProviderConfig] = {
 
 _ENV_PREFIX = "LLMBATCH_"
 # The tables a config file may hold; anything else at the top level is a mistake.
-_SECTIONS = ("run", "timeouts", "retry", "mock", "providers")
+_SECTIONS = ("run", "timeouts", "retry", "mock", "providers", "prices")
 # What a config file's [run] table and LLMBATCH_* variables may set (config/options.py).
 _CONFIG_OPTIONS = {o.name: o for o in options_in("config")}
 _OPTIONS = {o.name: o for o in RUN_OPTIONS}
@@ -235,6 +254,7 @@ _VALUE_RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "max_concurrency": (lambda v: v >= 1, "must be at least 1"),
     "grace_s": (lambda v: v >= 0, "must be >= 0"),
     "max_runtime_s": (lambda v: v > 0, "must be greater than 0 seconds"),
+    "max_cost": (lambda v: v > 0, "must be greater than 0 USD"),
     "max_answer_bytes": (lambda v: v >= 4096, "must be at least 4096"),
     "max_event_bytes": (lambda v: v >= 4096, "must be at least 4096"),
     **{k: (lambda v: v > 0, "must be positive") for k in _LIMIT_KEYS},
@@ -336,6 +356,7 @@ def load_config(
         timeouts=_typed(Timeouts, _section(file_data, "timeouts", source), source, "timeouts"),
         retry=_typed(RetryPolicy, _section(file_data, "retry", source), source, "retry"),
         mock=_typed(MockSettings, _section(file_data, "mock", source), source, "mock"),
+        prices=_prices_from(file_data, source),
         **values,
     )
     _validate(cfg, source, origin)
@@ -531,6 +552,31 @@ def _typed(cls: Any, raw: Mapping[str, Any], source: str, section: str) -> Any:
         else:
             kwargs[key] = val
     return cls(**kwargs)
+
+
+def _prices_from(file_data: Mapping[str, Any], source: str) -> dict[str, ModelPrices]:
+    """``[prices."MODEL"]`` tables: ``input`` and ``output`` required, all >= 0."""
+    out: dict[str, ModelPrices] = {}
+    fields = {f.name for f in dataclasses.fields(ModelPrices)}
+    for model, raw in _section(file_data, "prices", source).items():
+        where = f"{source}: prices.{model!r}" if "." in model else f"{source}: prices.{model}"
+        if not isinstance(raw, dict):
+            raise ConfigError(f"{where} must be a table, e.g. {{ input = 0.15, output = 0.6 }}")
+        unknown = set(raw) - fields
+        if unknown:
+            raise ConfigError(
+                f"{where}: unknown key(s) {', '.join(sorted(unknown))} "
+                f"(known: {', '.join(sorted(fields))}; USD per million tokens)"
+            )
+        for key in ("input", "output"):
+            if key not in raw:
+                raise ConfigError(f"{where}.{key} is required (USD per million tokens)")
+        values = {key: _as_float(val, f"{where}.{key}") for key, val in raw.items()}
+        for key, val in values.items():
+            if val < 0:
+                raise ConfigError(f"{where}.{key} must be >= 0, got {val:g}")
+        out[model] = ModelPrices(**values)
+    return out
 
 
 def _provider_from(

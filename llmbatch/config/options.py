@@ -191,6 +191,12 @@ RUN_OPTIONS: tuple[Option, ...] = (
         sources=("cli", "config"),
         help="Progress bar (default: when stderr is a terminal).",
     ),
+    Option(
+        name="max_cost",
+        type=float,
+        help="Budget in USD for the whole run: no request is sent that could pass it "
+        "(exit 4; the same command with a larger one resumes). See docs/cost.md.",
+    ),
     # Options of the command itself: they choose how it runs, not what a Client does.
     Option(
         name="config",
@@ -252,6 +258,13 @@ RUN_OPTIONS: tuple[Option, ...] = (
         sources=("cli",),
         help="Ray worker actors (default: one per node).",
     ),
+    Option(
+        name="dry_run",
+        type=bool,
+        scope="command",
+        sources=("cli",),
+        help="Estimate the requests, tokens and cost of the run (docs/cost.md); send nothing.",
+    ),
 )
 
 _BY_NAME = {o.name: o for o in RUN_OPTIONS}
@@ -292,3 +305,4 @@ class ClientKeywords(TypedDict, total=False):
     grace_s: float
     max_answer_bytes: int
     max_event_bytes: int
+    max_cost: float

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
@@ -21,7 +22,7 @@ from typing import Any
 
 from llmbatch.engine.core import NULL_TEXT, Engine, TextTarget
 from llmbatch.engine.gate import EarlyFailureCheck, FailureGate
-from llmbatch.errors import InputError, RequestError, UnfinishedLine
+from llmbatch.errors import BudgetExceeded, InputError, RequestError, UnfinishedLine
 from llmbatch.metrics import INPUT_ERROR, RunMetrics
 from llmbatch.records import Outcome, PromptRecord, RequestMetrics
 from llmbatch.rundir.identity import request_hash
@@ -45,6 +46,7 @@ class StopReason:
     MAX_RUNTIME = "max_runtime"
     ABORTED = "aborted"
     CANCELLED = "cancelled"
+    BUDGET = "max_cost"  # the next request could pass max_cost: in-flight ones finish
 
 
 @dataclass
@@ -144,7 +146,8 @@ class BatchRun:
     def stop(
         self, reason: str, *, message: str | None = None, grace_s: float | None = None
     ) -> None:
-        """Stop taking new prompts; cancel requests still running after ``grace_s``."""
+        """Stop taking new prompts; cancel requests still running after ``grace_s``
+        (``math.inf``: let them finish)."""
         if self.stop_reason is None:
             self.stop_reason = reason
             self.abort_message = message
@@ -154,7 +157,7 @@ class BatchRun:
         grace = self.grace_s if grace_s is None else grace_s
         if grace <= 0:
             self._cancel_requests()
-        elif self._cancel_timer is None:
+        elif self._cancel_timer is None and grace != math.inf:
             self._cancel_timer = asyncio.get_running_loop().call_later(grace, self._cancel_requests)
 
     def _on_attempt_error(self, exc: RequestError) -> None:
@@ -174,6 +177,7 @@ class BatchRun:
         """
         rundir = self.rundir
         ticker: asyncio.Task[None] | None = None
+        self._note_limit()
         if rundir is not None:
             rundir.on_error = lambda exc: self.stop(StopReason.ABORTED, message=str(exc), grace_s=0)
             rundir.start()
@@ -227,8 +231,12 @@ class BatchRun:
             await asyncio.gather(*pending, return_exceptions=True)
 
     def _note_limit(self) -> None:
-        if self.engine.aimd is not None:
-            self.metrics.concurrency_limit = self.engine.aimd.limit
+        engine, metrics = self.engine, self.metrics
+        if engine.aimd is not None:
+            metrics.concurrency_limit = engine.aimd.limit
+        metrics.cost.unpriced_models = list(engine.prices.unpriced)
+        if engine.budget is not None:
+            metrics.cost.max_usd = engine.budget.max_usd
 
     async def _summary_ticker(self) -> None:
         assert self.rundir is not None
@@ -260,20 +268,27 @@ class BatchRun:
             if self._stopping:
                 engine.release_slot()
                 return
-            task = asyncio.create_task(self._one(item, taken_at))
+            try:
+                reserved = await engine.reserve_cost(item)
+            except BudgetExceeded as exc:
+                engine.release_slot()
+                # Requests in flight finish (they are paid for); the rest is resumable.
+                self.stop(StopReason.BUDGET, message=str(exc), grace_s=math.inf)
+                return
+            task = asyncio.create_task(self._one(item, taken_at, reserved))
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
         self._input_exhausted = True
 
     # -- one request ------------------------------------------------------------------
-    async def _one(self, rec: PromptRecord, taken_at: float) -> None:
+    async def _one(self, rec: PromptRecord, taken_at: float, reserved: float | None) -> None:
         engine, rundir = self.engine, self.rundir
         files: _FileText | None = None
         target: TextTarget = NULL_TEXT
         if rundir is not None and rundir.text_files:
             target = files = _FileText(rundir, rec.id)
         try:
-            outcome = await engine.execute(rec, target, taken_at=taken_at)
+            outcome = await engine.execute(rec, target, taken_at=taken_at, reserved_usd=reserved)
         except asyncio.CancelledError:
             # Interrupted: no record, so the next run does this request again.
             self._cancelled += 1

@@ -20,11 +20,14 @@ import time
 from collections.abc import AsyncIterator, Callable, Iterable
 from typing import Any, Protocol
 
-from llmbatch.config.load import RunConfig
+import orjson
+
+from llmbatch.config.load import ProviderConfig, RunConfig
 from llmbatch.engine.gate import Probe
 from llmbatch.engine.retry import Verdict, classify, run_with_retries
 from llmbatch.engine.stream import AnswerBounds, LiveCounts, stream_attempt
 from llmbatch.errors import (
+    BudgetExceeded,
     ProviderError,
     RateLimited,
     RequestError,
@@ -41,14 +44,28 @@ from llmbatch.pacing import (
     estimate_input_tokens,
     governor_for,
 )
+from llmbatch.pricing import (
+    PriceBook,
+    Rates,
+    Spend,
+    TokenUsage,
+    cost_of,
+    request_model,
+    usage_from_body,
+    worst_case_usd,
+)
+from llmbatch.providers.anthropic import DEFAULT_MAX_TOKENS as ANTHROPIC_DEFAULT_MAX_TOKENS
 from llmbatch.providers.base import Provider, StreamAssembler
-from llmbatch.records import Attempt, Outcome, PromptRecord, RequestMetrics
+from llmbatch.records import Attempt, Cost, Outcome, PromptRecord, RequestMetrics
 from llmbatch.redaction import ID_LIMIT, Redactor
 
 __all__ = ["Engine", "NullText", "TextTarget"]
 
 # Output tokens assumed for the rate governor when a request sets no max_tokens.
 DEFAULT_OUTPUT_ESTIMATE = 256
+# The budget's bound on a request's output when it sets no max_tokens and the model's
+# context window is unknown (docs/cost.md): a guess, so set max_tokens for a hard bound.
+UNBOUNDED_OUTPUT_TOKENS = 32_768
 
 
 class TextTarget(Protocol):
@@ -94,8 +111,12 @@ class Engine:
         secrets: Iterable[str | None] = (),
         governor: Pacer | None = None,
         concurrency: ConcurrencyControl | None = None,
+        prices: PriceBook | None = None,
+        budget: Spend | None = None,
     ) -> None:
         self.cfg = cfg
+        self.prices = prices if prices is not None else PriceBook(cfg)
+        self.budget = budget
         self.provider = provider
         self.client = client
         # The API key and URL credentials: out of every message and record (redaction.py).
@@ -172,6 +193,27 @@ class Engine:
         """True once any request streamed content (the job is not systematically wrong)."""
         return self.succeeded > 0 or self.live.tokens > 0
 
+    async def reserve_cost(self, rec: PromptRecord) -> float | None:
+        """Hold ``rec``'s worst-case cost in the budget (``max_cost``) before it is sent;
+        None without a budget. Waits while requests in flight may still make room.
+
+        Raises BudgetExceeded when it can never fit, or its model has no price.
+        """
+        budget = self.budget
+        if budget is None:
+            return None
+        model = request_model(rec.body, self.cfg.provider)
+        rates = self.prices.rates(model)
+        if rates is None:
+            raise BudgetExceeded(f"{self.prices.why_unpriced(model)}: max_cost needs a price")
+        worst = worst_case_usd(*token_bounds(rec, rates, self.cfg.provider), rates)
+        if not await budget.admit(worst):
+            raise BudgetExceeded(
+                f"the next request ({rec.id!r}) could cost up to ${worst:.6f}, more than is "
+                f"left of max_cost ${budget.max_usd:g} (see docs/cost.md)"
+            )
+        return worst
+
     async def execute(
         self,
         rec: PromptRecord,
@@ -180,16 +222,57 @@ class Engine:
         taken_at: float | None = None,
         retry_after_text: bool = True,
         raise_failure: bool = False,
+        reserved_usd: float | None = None,
     ) -> Outcome:
         """Run ``rec`` to an Outcome (call inside ``slot()``).
 
         ``taken_at`` (perf_counter) starts its queue time. With ``retry_after_text``
         False, a failure after some text reached ``text`` is not retried (the caller has
         already shown that text). Raises the RequestError of an error fatal for the run,
-        and with ``raise_failure`` that of any final failure.
+        and with ``raise_failure`` that of any final failure. ``reserved_usd`` is what
+        ``reserve_cost`` held for it: the request's real cost replaces it at the end.
         """
         run = _Request(self, rec, text, taken_at or time.perf_counter(), retry_after_text)
-        return await run.run(raise_failure)
+        if reserved_usd is None or self.budget is None:
+            return await run.run(raise_failure)
+        actual = reserved_usd  # cancelled or fatal: nothing says it cost less
+        try:
+            outcome = await run.run(raise_failure)
+            actual = outcome.cost.usd if outcome.cost is not None else reserved_usd
+            return outcome
+        finally:
+            self.budget.settle(reserved_usd, actual)
+
+    def price(
+        self,
+        rec: PromptRecord,
+        body: dict[str, Any] | None,
+        est_in: int,
+        chunks: int,
+        partial: list[int],
+    ) -> Cost | None:
+        """What ``rec`` cost; None when its model has no known price.
+
+        ``body`` is the answer (None for a failure): priced from the usage it reports,
+        or, when it reports none, from ``est_in`` and its ``chunks`` (flagged estimated).
+        ``partial`` holds the chunks of each attempt that failed after streaming some:
+        most providers bill those, so they are added, estimated the same way.
+        """
+        rates = self.prices.rates(request_model(rec.body, self.cfg.provider))
+        if rates is None:
+            return None
+        parts: list[Cost] = []
+        if body is not None:
+            usage = usage_from_body(body)
+            if usage is not None:
+                parts.append(cost_of(usage, rates))
+            else:
+                parts.append(cost_of(TokenUsage(est_in, chunks), rates, estimated=True))
+        for n in partial:
+            parts.append(cost_of(TokenUsage(est_in, n), rates, estimated=True))
+        if not parts:
+            return Cost(0.0, source=rates.source)  # nothing was answered: nothing billed
+        return parts[0] if len(parts) == 1 else _sum_costs(parts)
 
     def on_attempt_error(self, exc: RequestError) -> None:
         """Learn from a failed attempt: rate-limit headers, 429 pauses, the AIMD signal."""
@@ -232,6 +315,7 @@ class _Request:
         "waiting_since",
         "may_retry_text",
         "backing_off",
+        "partial",
     )
 
     def __init__(
@@ -253,6 +337,7 @@ class _Request:
         self.may_retry_text = retry_after_text
         self.backing_off = False  # counted in live.retrying while waiting to retry
         self.sent_at = taken_at  # when the current attempt was sent (perf_counter)
+        self.partial: list[int] = []  # chunks streamed by each attempt that then failed
 
     def _end_backoff(self) -> None:
         if self.backing_off:
@@ -311,6 +396,8 @@ class _Request:
             except RequestError as exc:
                 self.waiting_since = time.perf_counter()
                 eng.live.tokens -= m.chunks
+                if m.chunks:
+                    self.partial.append(m.chunks)
                 self.attempts.append(_attempt_record(n, exc))
                 eng.on_attempt_error(exc)
                 raise
@@ -338,7 +425,9 @@ class _Request:
         except RequestError as exc:
             if raise_failure or classify(exc) is Verdict.ABORT_RUN:
                 raise
-            return _failure(rec, exc, self.attempts, self.metrics)
+            failed = _failure(rec, exc, self.attempts, self.metrics)
+            failed.cost = eng.price(rec, None, est_in, 0, self.partial)
+            return failed
         m = self.metrics
         inp, out = asm.usage()
         if out is not None:
@@ -353,16 +442,18 @@ class _Request:
             m.reasoning_tokens, m.reasoning_tokens_estimated = m.reasoning_chunks, True
         eng.governor.settle(est_in, est_out, inp, out)
         eng.on_success(m.ttft_s)
+        body = asm.body()
         return Outcome(
             record_id=rec.id,
             status_code=200,
             request_id=rid,
-            body=asm.body(),
+            body=body,
             error_code=None,
             error_message=None,
             attempts=self.attempts,
             metrics=m,
             line_no=rec.line_no,
+            cost=eng.price(rec, body, est_in, m.chunks, self.partial),
         )
 
     def _on_headers(self, headers: Any) -> None:
@@ -406,6 +497,42 @@ def estimate_tokens(rec: PromptRecord) -> tuple[int, int]:
     )
     est_out = cap if isinstance(cap, int) and cap > 0 else DEFAULT_OUTPUT_ESTIMATE
     return estimate_input_tokens(chars, n_messages), est_out
+
+
+def token_bounds(rec: PromptRecord, rates: Rates, profile: ProviderConfig) -> tuple[int, int]:
+    """(input, output) tokens ``rec`` can use at most, for the budget's worst case.
+
+    Input: the bytes of the request body as JSON (every text, tool and parameter): no
+    byte-level BPE token is shorter than a byte, and the JSON's quotes and keys outnumber
+    the few framing tokens per message. Output: the request's ``max_tokens`` (or
+    ``max_completion_tokens``), else the profile's, else Anthropic's default 1024, else
+    the model's context window, else UNBOUNDED_OUTPUT_TOKENS (an assumption).
+    """
+    body = {**profile.params, **rec.body}
+    input_bound = len(orjson.dumps(body, default=str))
+    for key in ("max_completion_tokens", "max_tokens", "max_output_tokens"):
+        cap = body.get(key)
+        if isinstance(cap, int) and not isinstance(cap, bool) and cap > 0:
+            return input_bound, cap
+    if profile.kind == "anthropic":
+        return input_bound, ANTHROPIC_DEFAULT_MAX_TOKENS
+    if rates.context_window:
+        return input_bound, rates.context_window
+    return input_bound, UNBOUNDED_OUTPUT_TOKENS
+
+
+def _sum_costs(parts: list[Cost]) -> Cost:
+    first = parts[0]
+    return Cost(
+        usd=sum(c.usd for c in parts),
+        input_usd=sum(c.input_usd for c in parts),
+        cached_input_usd=sum(c.cached_input_usd for c in parts),
+        cache_write_usd=sum(c.cache_write_usd for c in parts),
+        output_usd=sum(c.output_usd for c in parts),
+        reasoning_usd=sum(c.reasoning_usd for c in parts),
+        source=first.source,
+        estimated=any(c.estimated for c in parts),
+    )
 
 
 def _http_facts(exc: RequestError) -> tuple[int | None, str | None]:

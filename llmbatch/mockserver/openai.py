@@ -105,7 +105,7 @@ class OpenAIRoutes:
         model = body.get("model") or state.cfg.model
         if not body.get("stream"):
             await until_done(plan)
-            state.completed()
+            state.completed(inp, plan.n)
             text = "".join(tokens)
             done = (
                 completion(model, text, finish, usage)
@@ -121,7 +121,9 @@ class OpenAIRoutes:
         )
         await resp.prepare(request)
         frame, tail = chat_frames(model, finish) if chat else completion_frames(model, finish)
+        reported = (0, 0)
         if (body.get("stream_options") or {}).get("include_usage"):
+            reported = (inp, plan.n)
             last = {**text_completion_chunk(model, "", None), "choices": [], "usage": usage}
             if chat:
                 last["object"] = "chat.completion.chunk"
@@ -133,7 +135,7 @@ class OpenAIRoutes:
             await resp.write(frame(None))  # the role chunk, at once
         if await stream_tokens(request, resp, plan, tokens, frame, fault, self.mid_fault, tail):
             await resp.write_eof()
-            state.completed()
+            state.completed(*reported)
         return resp
 
     async def early_fault(

@@ -51,6 +51,9 @@ class MockStats:
     rate_limited: int = 0  # 429s from the configured rate limits (not injected faults)
     early_retries: int = 0  # retries of a prompt that came before its Retry-After
     connections: int = 0  # TLS connections opened (handshakes); 0 over cleartext
+    # Token usage the answers sent in full reported (what a provider would bill).
+    usage_input_tokens: int = 0
+    usage_output_tokens: int = 0
     faults: dict[str, int] = field(default_factory=dict)
     # (monotonic time, tokens) of every request admitted under a rate limit.
     admitted: list[tuple[float, int]] = field(default_factory=list)
@@ -64,6 +67,8 @@ class MockStats:
             "rate_limited": self.rate_limited,
             "early_retries": self.early_retries,
             "connections": self.connections,
+            "usage_input_tokens": self.usage_input_tokens,
+            "usage_output_tokens": self.usage_output_tokens,
             "faults": dict(self.faults),
         }
 
@@ -113,9 +118,11 @@ class MockState:
         """The request's handler returned (answered, failed or cut)."""
         self.stats.in_flight -= 1
 
-    def completed(self) -> None:
-        """An answer went out in full."""
+    def completed(self, input_tokens: int = 0, output_tokens: int = 0) -> None:
+        """An answer went out in full, reporting this usage (0s: it reported none)."""
         self.stats.completed += 1
+        self.stats.usage_input_tokens += input_tokens
+        self.stats.usage_output_tokens += output_tokens
         if self._waiters:
             self._waiters = _resolve(self._waiters, self.stats.completed)
 

@@ -14,7 +14,9 @@ from llmbatch.config.load import RunConfig
 from llmbatch.errors import RunDirError
 from llmbatch.pacing import governor_for
 from llmbatch.ray.lease import (
+    ClusterBudget,
     ClusterConcurrency,
+    LeasedBudget,
     LeasedConcurrency,
     LeasedPacer,
     LeaseGovernor,
@@ -37,7 +39,13 @@ def has_limits(cfg: RunConfig) -> bool:
 class GovernorActor:
     """The Ray actor holding the cluster's LeaseGovernor (its calls run one at a time)."""
 
-    def __init__(self, cfg: RunConfig, workers: list[str] | None = None) -> None:
+    def __init__(
+        self, cfg: RunConfig, workers: list[str] | None = None, *, spent_usd: float = 0.0
+    ) -> None:
+        # --max-cost: the cluster's one budget (what the run's records cost counts).
+        self._budget = (
+            ClusterBudget(cfg.max_cost, spent_usd=spent_usd) if cfg.max_cost is not None else None
+        )
         concurrency = None
         if cfg.adaptive:  # --concurrency auto: one controller for the cluster
             concurrency = ClusterConcurrency(
@@ -49,8 +57,21 @@ class GovernorActor:
         self._cpu0_s = time.process_time()
 
     def forget(self, worker: str) -> None:
-        """``worker`` is gone: the others share the cluster's concurrency."""
+        """``worker`` is gone: the others share the cluster's concurrency; what it held
+        of the budget counts as spent."""
         self._lease.forget(worker)
+        if self._budget is not None:
+            self._budget.forget(worker)
+
+    def budget_admit(self, worker: str, worst_usd: float) -> str:
+        """--max-cost: may one of ``worker``'s requests (at most ``worst_usd``) go?"""
+        assert self._budget is not None
+        return self._budget.admit(worker, worst_usd)
+
+    def budget_settle(self, worker: str, worst_usd: float, actual_usd: float) -> None:
+        """--max-cost: one of ``worker``'s requests cost ``actual_usd``."""
+        assert self._budget is not None
+        self._budget.settle(worker, worst_usd, actual_usd)
 
     def sync(self, req: SyncRequest) -> SyncReply:
         """One worker's batch of tickets and news (see lease.py)."""
@@ -58,7 +79,10 @@ class GovernorActor:
 
     def snapshot(self) -> dict[str, Any]:
         """Limits, balances and grants, and this actor's CPU time, for summary.json."""
-        return {**self._lease.snapshot(), "cpu_s": round(time.process_time() - self._cpu0_s, 4)}
+        snap = {**self._lease.snapshot(), "cpu_s": round(time.process_time() - self._cpu0_s, 4)}
+        if self._budget is not None:
+            snap["cost_budget"] = self._budget.snapshot()
+        return snap
 
 
 class _WorkerBatch:
@@ -135,7 +159,21 @@ class _WorkerBatch:
         # with --concurrency auto takes its share of the cluster's one limit.
         conc = LeasedConcurrency(cfg.concurrency) if cfg.adaptive else None
         pacer = LeasedPacer(transport, worker=self.name, limited=has_limits(cfg), concurrency=conc)
-        client = Client._for_run(cfg, api_key=self.api_key, pacer=pacer, concurrency=conc)
+        budget = None
+        if cfg.max_cost is not None:  # the cluster's one budget, in the governor actor
+            name = self.name
+
+            async def admit(worst_usd: float) -> str:
+                verdict: str = await governor.budget_admit.remote(name, worst_usd)
+                return verdict
+
+            def settle(worst_usd: float, actual_usd: float) -> None:
+                governor.budget_settle.remote(name, worst_usd, actual_usd)
+
+            budget = LeasedBudget(cfg.max_cost, admit, settle)
+        client = Client._for_run(
+            cfg, api_key=self.api_key, pacer=pacer, concurrency=conc, budget=budget
+        )
         async with client:
             self.live = client.engine.live
             batch = client.batch(

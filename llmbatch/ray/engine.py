@@ -40,6 +40,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import math
 import os
 import signal
 import sys
@@ -55,7 +56,8 @@ from llmbatch.config.load import RunConfig, resolve_api_key
 from llmbatch.engine import StopReason
 from llmbatch.engine.batch import CHANGED_SHOWN
 from llmbatch.errors import ConfigError, InputError, UnfinishedLine
-from llmbatch.metrics import SLO
+from llmbatch.metrics import SLO, format_cost
+from llmbatch.pricing import PriceBook
 from llmbatch.ray.actors import GovernorActor, WorkerActor, loop_kind, threads_cpu_s
 from llmbatch.ray.feed import Feed
 from llmbatch.ray.parts import (
@@ -71,6 +73,7 @@ from llmbatch.records import PromptRecord
 from llmbatch.rundir.identity import run_identity
 from llmbatch.rundir.nofollow import replace_file
 from llmbatch.rundir.reader import iter_records, open_prompts
+from llmbatch.rundir.resultline import record_cost_usd
 from llmbatch.rundir.summary import SummaryBuilder
 from llmbatch.rundir.writer import (
     RESULTS,
@@ -138,6 +141,10 @@ async def execute_ray_run(
     """
     ray = _import_ray()
     api_key = resolve_api_key(cfg.provider)
+    if cfg.max_cost is not None:  # as a one-process Client checks it, before anything starts
+        book = PriceBook(cfg)
+        if book.rates(cfg.provider.model) is None:
+            raise ConfigError(f"{book.why_unpriced(cfg.provider.model)}: max_cost needs a price")
     items = open_prompts(prompts)
     changed: list[str] = []  # done ids whose prompt changed (counted, not rerun)
     meta = run_identity(cfg, prompts)
@@ -171,6 +178,9 @@ async def execute_ray_run(
     loop = asyncio.get_running_loop()
     try:
         await cons.absorb_leftovers()
+        spent_usd = 0.0  # --max-cost counts what the run's records already cost
+        if cfg.max_cost is not None:
+            spent_usd = sum(record_cost_usd(r) for _, r in iter_result_lines(run_dir / RESULTS))
         if not ray.is_initialized():
             ray.init(address=address, log_to_driver=False, configure_logging=False)
         driver_cpu0_s = time.process_time()  # the driver's own work, after connecting
@@ -195,7 +205,7 @@ async def execute_ray_run(
         governor = (
             ray.remote(GovernorActor)
             .options(num_cpus=0, scheduling_strategy=here)
-            .remote(cfg, names)
+            .remote(cfg, names, spent_usd=spent_usd)
         )
         worker_cls = ray.remote(WorkerActor)
         session = f"{time.strftime('%Y%m%dT%H%M%S')}-{os.getpid()}"
@@ -353,6 +363,8 @@ async def execute_ray_run(
                 return
             if end.get("stop_reason") == StopReason.ABORTED and not stopping.is_set():
                 stop_all()  # fatal for the run (a bad key, no quota): as in one process
+            elif end.get("stop_reason") == StopReason.BUDGET and not stopping.is_set():
+                stop_all(math.inf)  # the cluster's budget: in-flight requests finish
 
         waiters = [asyncio.ensure_future(wait_run(k)) for k in range(len(actors))]
         last_summary = last_log = time.monotonic()
@@ -377,11 +389,16 @@ async def execute_ray_run(
             if now - last_summary >= 2.0:
                 last_summary = now
                 rundir.write_summary(
-                    {**cons.summary.summary(), "engine": _engine_section(cons, len(actors))}
+                    {
+                        **_with_budget(cons.summary.summary(), cfg),
+                        "engine": _engine_section(cons, len(actors)),
+                    }
                 )
             if now - last_log >= progress_every_s:
                 last_log = now
-                print(_progress_line(cons, index, started), file=sys.stderr, flush=True)
+                line = _progress_line(cons, index, started)
+                cost = format_cost(cons.summary.summary().get("cost"))
+                print(line + (f"; {cost}" if cost else ""), file=sys.stderr, flush=True)
         for f in feeders:
             f.cancel()
         if deadline is not None:
@@ -390,6 +407,10 @@ async def execute_ray_run(
             for sig in (signal.SIGINT, signal.SIGTERM):
                 loop.remove_signal_handler(sig)
         await cons.finish()
+        for end in ends:
+            if end and end.get("stop_reason") == StopReason.BUDGET and stop_reason is None:
+                stop_reason = StopReason.BUDGET
+                abort_message = end.get("abort_message")
         for end in ends:
             if end and end.get("stop_reason") == StopReason.ABORTED:
                 stop_reason = StopReason.ABORTED
@@ -422,7 +443,7 @@ async def execute_ray_run(
         }
     finally:
         await rundir.aclose()
-    summary = cons.summary.summary()
+    summary = _with_budget(cons.summary.summary(), cfg)
     conc = (gov_snapshot or {}).get("concurrency")
     if conc:  # --concurrency auto: the cluster's limit at the end
         summary["concurrency_limit"] = conc["limit"]
@@ -503,6 +524,13 @@ def _engine_section(cons: Consolidator, workers: int) -> dict[str, Any]:
         "this_session_records": cons.added,
         "workers_lost": dict(cons.lost_workers),
     }
+
+
+def _with_budget(summary: dict[str, Any], cfg: RunConfig) -> dict[str, Any]:
+    """The summary with the run's --max-cost (the records alone do not know it)."""
+    if cfg.max_cost is not None and isinstance(summary.get("cost"), dict):
+        summary["cost"]["max_cost_usd"] = cfg.max_cost
+    return summary
 
 
 def _progress_line(cons: Consolidator, index: ResumeIndex, started: float) -> str:

@@ -29,6 +29,13 @@ interface (``reserve``, ``paused_for_s``, ``settle``, ``on_rate_limited``,
   share of the cluster's limit. The workers together stay near what one process's
   controller would settle at, not at workers x a per-worker limit.
 
+- ``--max-cost`` is one budget for the cluster too: a :class:`ClusterBudget` (in the
+  same actor) holds the one :class:`~llmbatch.pricing.CostBudget`, and each worker's
+  :class:`LeasedBudget` (the engine's budget) asks it to admit each request's worst case
+  and tells it what the request cost. A request that does not fit waits while any
+  worker has requests in flight; admission stops for good when nothing is in flight
+  anywhere and it still does not fit, exactly as in one process.
+
 ``LeaseGovernor`` is plain Python (no Ray), so both halves are tested in one process.
 """
 
@@ -44,11 +51,14 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from llmbatch.pacing import AdaptiveConcurrency, RateGovernor
+from llmbatch.pricing.budget import GRANTED, WAIT, CostBudget
 
 __all__ = [
+    "ClusterBudget",
     "ClusterConcurrency",
     "ConcurrencyReport",
     "LeaseGovernor",
+    "LeasedBudget",
     "LeasedConcurrency",
     "LeasedPacer",
     "SyncReply",
@@ -132,6 +142,92 @@ class ClusterConcurrency:
     def snapshot(self) -> dict[str, Any]:
         """The limit and each worker's share, for summary.json."""
         return {"limit": self.limit, "shares": {w: self.share(w) for w in self._workers}}
+
+
+class ClusterBudget:
+    """``--max-cost`` for a cluster: one CostBudget, and what each worker holds in it
+    (so a lost worker's reservations are counted as spent, never silently freed)."""
+
+    def __init__(self, max_usd: float, *, spent_usd: float = 0.0) -> None:
+        self.budget = CostBudget(max_usd, spent_usd=spent_usd)
+        self._held: dict[str, list[float]] = {}
+
+    def admit(self, worker: str, worst_usd: float) -> str:
+        """GRANTED, WAIT (some worker has requests in flight) or NEVER."""
+        verdict = self.budget.try_reserve(worst_usd)
+        if verdict == GRANTED:
+            self._held.setdefault(worker, []).append(worst_usd)
+        return verdict
+
+    def settle(self, worker: str, worst_usd: float, actual_usd: float) -> None:
+        """A request of ``worker`` admitted with ``worst_usd`` cost ``actual_usd``."""
+        held = self._held.get(worker)
+        if held and worst_usd in held:
+            held.remove(worst_usd)
+            self.budget.settle(worst_usd, actual_usd)
+
+    def forget(self, worker: str) -> None:
+        """``worker`` is gone: what it held may have been spent, so it counts as spent."""
+        for worst in self._held.pop(worker, []):
+            self.budget.settle(worst, worst)
+
+    def snapshot(self) -> dict[str, Any]:
+        """The budget's state, for summary.json."""
+        b = self.budget
+        return {
+            "max_usd": b.max_usd,
+            "spent_usd": round(b.spent_usd, 8),
+            "reserved_usd": round(b.reserved_usd, 8),
+            "in_flight": b.in_flight,
+        }
+
+
+class LeasedBudget:
+    """A worker's view of the cluster's budget, with the engine's budget interface.
+
+    ``admit_call(worst_usd)`` asks the ClusterBudget (in Ray: ``actor.budget_admit.
+    remote(name, worst)``) and returns its verdict; ``settle_call(worst, actual)`` tells
+    it what a request cost (fire and forget; Ray keeps one caller's calls in order). A
+    request told to WAIT asks again after its worker's next settlement, or after
+    ``poll_s`` (another worker's may have made room).
+    """
+
+    def __init__(
+        self,
+        max_usd: float,
+        admit_call: Callable[[float], Awaitable[str]],
+        settle_call: Callable[[float, float], None],
+        *,
+        poll_s: float = 0.1,
+    ) -> None:
+        self._max_usd = max_usd
+        self._admit = admit_call
+        self._settle = settle_call
+        self._poll_s = poll_s
+        self._changed = asyncio.Event()
+
+    @property
+    def max_usd(self) -> float:
+        """The cluster's budget."""
+        return self._max_usd
+
+    async def admit(self, worst_usd: float) -> bool:
+        """Reserve ``worst_usd`` in the cluster's budget, waiting while it may fit later."""
+        while True:
+            verdict = await self._admit(worst_usd)
+            if verdict != WAIT:
+                return verdict == GRANTED
+            self._changed.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._changed.wait(), self._poll_s)
+
+    def settle(self, worst_usd: float, actual_usd: float) -> None:
+        """Tell the cluster's budget what a request cost."""
+        self._settle(worst_usd, actual_usd)
+        self._changed.set()
+
+    def add_spent(self, usd: float) -> None:
+        """Prior spending is counted by the driver, which seeds the cluster's budget."""
 
 
 class LeaseGovernor:

@@ -5,7 +5,10 @@ A line is the OpenAI Batch output shape plus an ``llmbatch`` object::
     {"id", "custom_id", "response": {"status_code", "request_id", "body"} | null,
      "error": {"code", "message"} | null,
      "llmbatch": {"line", "text_file", "reasoning_file"?, "partial_text_kept", "metrics",
-                  "attempts", "finished_at"}}
+                  "attempts", "cost", "finished_at"}}
+
+``cost`` is ``{"usd", "input_usd", "cached_input_usd", "cache_write_usd", "output_usd",
+"reasoning_usd", "source", "estimated"}``, or null when the model has no known price.
 
 ``result_line`` builds it (the engine), ``ResultLine.parse`` reads it (resume, report,
 export, compare, the public ``Result``), so no other module walks dict paths of it.
@@ -22,9 +25,9 @@ from llmbatch.metrics import request_metrics_dict
 from llmbatch.providers.anthropic import content_text
 from llmbatch.providers.gemini import gemini_text
 from llmbatch.providers.responses import output_text
-from llmbatch.records import Attempt, Outcome, RequestMetrics
+from llmbatch.records import Attempt, Cost, Outcome, RequestMetrics
 
-__all__ = ["ResultLine", "answer_text", "finish_reason", "result_line"]
+__all__ = ["ResultLine", "answer_text", "finish_reason", "record_cost_usd", "result_line"]
 
 
 def result_line(o: Outcome) -> dict[str, Any]:
@@ -46,6 +49,7 @@ def result_line(o: Outcome) -> dict[str, Any]:
             **({} if o.request_hash is None else {"request_hash": o.request_hash}),
             "metrics": request_metrics_dict(o.metrics),
             "attempts": [a.as_dict() for a in o.attempts],
+            "cost": o.cost.as_dict() if o.cost is not None else None,
             "finished_at": round(time.time(), 3),
         },
     }
@@ -115,6 +119,30 @@ def _int(v: Any) -> int | None:
     return v if isinstance(v, int) and not isinstance(v, bool) else None
 
 
+def record_cost_usd(rec: dict[str, Any]) -> float:
+    """What a decoded results line says its request cost (0 when unpriced or absent)."""
+    lb = rec.get("llmbatch")
+    cost = lb.get("cost") if isinstance(lb, dict) else None
+    usd = _num(cost.get("usd")) if isinstance(cost, dict) else None
+    return usd or 0.0
+
+
+def _cost(raw: Any) -> Cost | None:
+    if not isinstance(raw, dict) or _num(raw.get("usd")) is None:
+        return None
+    source = raw.get("source")
+    return Cost(
+        usd=_num(raw.get("usd")) or 0.0,
+        input_usd=_num(raw.get("input_usd")) or 0.0,
+        cached_input_usd=_num(raw.get("cached_input_usd")) or 0.0,
+        cache_write_usd=_num(raw.get("cache_write_usd")) or 0.0,
+        output_usd=_num(raw.get("output_usd")) or 0.0,
+        reasoning_usd=_num(raw.get("reasoning_usd")) or 0.0,
+        source=source if isinstance(source, str) else "",
+        estimated=bool(raw.get("estimated")),
+    )
+
+
 def _span(lb: dict[str, Any]) -> tuple[int, int] | None:
     offset, length = _int(lb.get("text_offset")), _int(lb.get("text_bytes"))
     return None if offset is None or length is None else (offset, length)
@@ -137,6 +165,7 @@ class ResultLine:
     metrics: dict[str, Any]
     attempts: list[dict[str, Any]]
     finished_at: float | None
+    cost: Cost | None  # None: the model had no known price (or an older record)
     raw: dict[str, Any]
 
     @property
@@ -184,6 +213,7 @@ class ResultLine:
             if isinstance(attempts, list)
             else [],
             finished_at=_num(lb.get("finished_at")),
+            cost=_cost(lb.get("cost")),
             raw=rec,
         )
 
@@ -230,4 +260,5 @@ class ResultLine:
             line_no=self.line_no,
             text_file=self.text_file,
             text_span=self.text_span,
+            cost=self.cost,
         )

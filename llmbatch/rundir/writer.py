@@ -63,6 +63,7 @@ from llmbatch.rundir.nofollow import (
     replace_in,
     write_new,
 )
+from llmbatch.rundir.resultline import record_cost_usd
 from llmbatch.rundir.textlog import (
     PARTIAL_LOG,
     REASONING_LOG,
@@ -169,6 +170,7 @@ class ResumeIndex:
         # and the last reasoning in reasoning.log.
         self.text_log_end = 0
         self.reasoning_log_end = 0
+        self.cost_usd = 0.0  # what the records cost, where priced (max_cost counts it)
 
     def add(self, record_id: str, request_hash: str | None = None) -> None:
         """Mark ``record_id`` as done (answering the request of ``request_hash``)."""
@@ -407,6 +409,7 @@ class RunDir:
                 lb = rec.get("llmbatch")
                 rhash = lb.get("request_hash") if isinstance(lb, dict) else None
                 index.add(cid, rhash if isinstance(rhash, str) else None)
+                index.cost_usd += record_cost_usd(rec)
                 if rec.get("error") is None:
                     index.succeeded += 1
                 else:

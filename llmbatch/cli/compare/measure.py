@@ -43,6 +43,7 @@ class Sample:
     output_tokens: int = 0
     input_tokens: int = 0
     good: bool = False
+    cost_usd: float | None = None  # None: its model has no known price
 
     @property
     def done_s(self) -> float:
@@ -66,6 +67,7 @@ def to_sample(o: Outcome, t0: float, slo: SLO) -> Sample:
         output_tokens=m.output_tokens if o.ok else 0,
         input_tokens=(m.input_tokens or 0) if o.ok else 0,
         good=o.ok and slo.active and slo.met_by(m),
+        cost_usd=o.cost.usd if o.cost is not None else None,
     )
 
 
@@ -217,12 +219,32 @@ def step_figures(samples: Sequence[Sample], slo: SLO) -> dict[str, Any]:
         "max_concurrent_requests": max_in_flight(samples),
         "rate_limited_429": sum(s.rate_limited for s in samples),
         "errors": dict(Counter(s.error for s in samples if not s.ok and s.error)),
+        **_cost_figures(samples),
     }
     figures.update(_distribution("ttft", [s.ttft_s for s in ok if s.ttft_s is not None]))
     figures.update(_distribution("tpot", [s.tpot_s for s in ok if s.tpot_s is not None]))
     figures.update(_distribution("itl", [g for s in ok for g in s.itl_s]))
     figures.update(_distribution("e2el", [s.e2el_s for s in ok if s.e2el_s is not None]))
     return figures
+
+
+def _cost_figures(samples: Sequence[Sample]) -> dict[str, float | None]:
+    """What the samples cost (priced ones only; None when none was priced)."""
+    priced = [s for s in samples if s.cost_usd is not None]
+    if not priced:
+        return dict.fromkeys(_COST_KEYS)
+    usd = sum(s.cost_usd or 0.0 for s in priced)
+    out_tokens = sum(s.output_tokens for s in priced)
+    return {
+        "cost_usd": round(usd, 8),
+        "cost_per_1k_requests_usd": round(usd / len(priced) * 1000, 8),
+        "cost_per_million_output_tokens_usd": round(usd / out_tokens * 1e6, 8)
+        if out_tokens
+        else None,
+    }
+
+
+_COST_KEYS = ("cost_usd", "cost_per_1k_requests_usd", "cost_per_million_output_tokens_usd")
 
 
 def achieved_rate(samples: Sequence[Sample]) -> float | None:

@@ -7,7 +7,9 @@ quantity is the same (``date``, ``model_id``, ``request_rate``, ``burstiness``,
 ``total_token_throughput``, ``max_concurrent_requests``, and ``mean_/median_/std_/p90_/
 p95_/p99_`` of ``ttft``, ``tpot``, ``itl``, ``e2el`` in ``_ms``), plus what was measured
 (target, base URL without credentials, client, profile, llmbatch version, the server's
-identification headers) and llmbatch's own figures (achieved rate, 429s, exclusions).
+identification headers) and llmbatch's own figures (achieved rate, 429s, exclusions,
+``cost_usd``, ``cost_per_1k_requests_usd``, ``cost_per_million_output_tokens_usd``: what
+the counted requests cost, where their model has a price).
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ import orjson
 from llmbatch.cli.compare.runner import StepRun
 from llmbatch.cli.compare.sweep import SweepResult, series_dict, spread_note
 from llmbatch.cli.tables import Table, fmt_num
+from llmbatch.metrics import format_usd
 
 __all__ = ["CSV_FILE", "JSON_FILE", "compare_document", "run_record", "tables", "write_results"]
 
@@ -121,6 +124,7 @@ def _pm(mean: float | None, spread: dict[str, float | None], decimals: int = 1) 
 
 def tables(result: SweepResult) -> list[Table]:
     """Every step (rows) with its figures; then one row per series: knee, peak, verdict."""
+    priced = any(r.figures.get("cost_usd") is not None for r in result.runs())
     steps = Table(
         f"llmbatch compare: {result.label}",
         [
@@ -137,6 +141,7 @@ def tables(result: SweepResult) -> list[Table]:
             "errors",
             "429s",
             "achieved req/s",
+            *(["cost/1k req", "cost/M out tok"] if priced else []),
         ],
         numeric_from=3,
     )
@@ -164,6 +169,14 @@ def tables(result: SweepResult) -> list[Table]:
                     str(sum(r.figures["failed"] for r in st.runs)),
                     str(sum(r.figures["rate_limited_429"] for r in st.runs)),
                     achieved,
+                    *(
+                        [
+                            format_usd(st.mean("cost_per_1k_requests_usd")),
+                            format_usd(st.mean("cost_per_million_output_tokens_usd")),
+                        ]
+                        if priced
+                        else []
+                    ),
                 ]
             )
     return [steps, knee_table(result)]
