@@ -5,8 +5,11 @@ ReplayServer, one write per SSE event and cut at random offsets, to a batch in-p
 (``llmbatch.Client.batch`` writing a run directory, as ``llmbatch run`` does) with every
 client adapter. Each record's ``response.body`` in results.jsonl must be what the
 provider's official SDK assembles from the same bytes (tests/sdk_oracle.py, which also
-says what is normalised and why); where the SDK raises the provider's error from inside
-the stream, the record must be that error, with the HTTP status it came with.
+says what is normalised and why; tests/oracle_formats.py for the Responses API, whose
+``input`` lines go to /v1/responses under the OpenAI profile, and for Gemini, whose SDK
+has no accumulator: there the raw events are the oracle); where the SDK raises the
+provider's error from inside the stream, the record must be that error, with the HTTP
+status it came with.
 
 One batch per (kind, client, mode) serves every recording of that kind, and each SDK
 object is computed once, so the whole corpus stays a few seconds. Skipped, with the
@@ -25,12 +28,17 @@ import pytest
 import llmbatch
 
 from .conftest import ADAPTERS, read_results
+from .oracle_formats import FORMAT_ORACLES, gemini_differences
 from .replay import MODES, RECORDINGS_ABSENT, Recording, ReplayServer, recordings, replay_prompt
 from .sdk_oracle import ORACLES, SDKError, differences
 
 # The built-in profile that speaks each recorded wire format, and the path its base URL
 # has on the replay server (which answers any path).
-PROFILES = {"openai": "openai", "anthropic": "anthropic"}
+PROFILES = {"openai": "openai", "anthropic": "anthropic", "responses": "openai", "gemini": "gemini"}
+# The input line's key per kind: an ``input`` line goes to /v1/responses under the
+# OpenAI profile; the others are prompts (the gemini profile converts them to contents).
+PROMPT_KEYS = {"responses": "input"}
+ALL_ORACLES = {**ORACLES, **FORMAT_ORACLES}
 CORPUS: dict[str, list[Recording]] = {}
 for _kind in PROFILES:
     _recs = recordings(_kind)
@@ -81,6 +89,7 @@ KNOWN_GAPS: set[str] = {
     "v-mistral-tool",
     "v-openai-text",
     "v-perplexity",
+    "v-resp-error",  # attempts[].status of a stream error after a 200
     "v-xai-tool",
 }
 
@@ -102,7 +111,7 @@ _run_cache: dict[tuple[str, str, str], dict[str, dict[str, Any]]] = {}
 def sdk_objects(kind: str) -> dict[str, dict[str, Any] | SDKError]:
     """What the SDK assembles from each recording of ``kind`` (computed once)."""
     if kind not in _oracle_cache:
-        _oracle_cache[kind] = asyncio.run(_sdk_objects(CORPUS[kind], ORACLES[kind]))
+        _oracle_cache[kind] = asyncio.run(_sdk_objects(CORPUS[kind], ALL_ORACLES[kind]))
     return _oracle_cache[kind]
 
 
@@ -117,18 +126,19 @@ def llmbatch_records(kind: str, client: str, mode: str) -> dict[str, dict[str, A
     if key not in _run_cache:
         with tempfile.TemporaryDirectory() as tmp:
             _run_cache[key] = asyncio.run(
-                _run_batch(CORPUS[kind], PROFILES[kind], client, mode, Path(tmp) / "run")
+                _run_batch(CORPUS[kind], kind, client, mode, Path(tmp) / "run")
             )
     return _run_cache[key]
 
 
 async def _run_batch(
-    corpus: list[Recording], profile: str, client: str, mode: str, out: Path
+    corpus: list[Recording], kind: str, client: str, mode: str, out: Path
 ) -> dict[str, dict[str, Any]]:
-    prompts = [{"id": rec.name, "prompt": replay_prompt(rec.name)} for rec in corpus]
+    key = PROMPT_KEYS.get(kind, "prompt")
+    prompts = [{"id": rec.name, key: replay_prompt(rec.name)} for rec in corpus]
     async with ReplayServer(corpus, mode, seed=22) as server:
         async with llmbatch.Client(
-            profile,
+            PROFILES[kind],
             base_url=f"{server.origin}/v1",
             model="replay",
             api_key="replay",
@@ -153,4 +163,5 @@ def test_recording_assembles_as_the_sdk_does(kind: str, name: str, client: str, 
         assert [a["status"] for a in record["llmbatch"]["attempts"]] == [200]
         return
     assert record["error"] is None, record["error"]
-    assert differences(record["response"]["body"], expected) == []
+    compare = gemini_differences if kind == "gemini" else differences
+    assert compare(record["response"]["body"], expected) == []
