@@ -243,6 +243,10 @@ def mock_server(
     max_streams: Annotated[
         int, typer.Option(min=1, help="HTTP/2: SETTINGS_MAX_CONCURRENT_STREAMS per connection.")
     ] = 100,
+    goaway_after: Annotated[
+        int | None,
+        typer.Option(min=1, help="HTTP/2: send GOAWAY on a connection's Nth stream (like nginx)."),
+    ] = None,
     capacity: Annotated[
         int | None,
         typer.Option(
@@ -313,7 +317,13 @@ def mock_server(
 
     async def serve() -> None:
         server = await start_mock_server(
-            cfg, host=host, port=port, tls=certs, http2=http2, max_streams=max_streams
+            cfg,
+            host=host,
+            port=port,
+            tls=certs,
+            http2=http2,
+            max_streams=max_streams,
+            goaway_after=goaway_after,
         )
         typer.echo(f"mock server listening on {server.url}", err=True)
         if certs is not None:

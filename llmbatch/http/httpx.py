@@ -220,6 +220,8 @@ class HttpxAdapter(ClientAdapter):
         except httpx.TransportError as exc:
             raise StreamInterrupted(f"{type(exc).__name__}: {exc}") from None
         except Exception as exc:
+            if _is_h2_error(exc):
+                raise _mapped(exc) from None
             mapped = _aiohttp_after_connect(exc) if _is_aiohttp_error(exc) else None
             if mapped is None:
                 raise
@@ -357,7 +359,24 @@ def _mapped(exc: Exception) -> Exception:
 
 def _is_body_error(exc: BaseException) -> bool:
     """An error of the body's read that ``_mapped`` turns into llmbatch's own."""
-    return isinstance(exc, (httpx.TimeoutException, httpx.TransportError)) or _is_aiohttp_error(exc)
+    return (
+        isinstance(exc, (httpx.TimeoutException, httpx.TransportError, httpcore.NetworkError))
+        or _is_aiohttp_error(exc)
+        or _is_h2_error(exc)
+    )
+
+
+def _is_h2_error(exc: BaseException) -> bool:
+    """An error of the h2 library or httpcore that httpx let through unmapped.
+
+    httpcore (1.0.9) lets h2's own ProtocolError escape when a frame arrives on a
+    connection that GOAWAY closed ("Invalid input ConnectionInputs.RECV_DATA in state
+    ConnectionState.CLOSED"); the connection is gone, the request is worth another try.
+    """
+    if isinstance(exc, (httpcore.ProtocolError, httpcore.NetworkError)):
+        return True
+    h2 = sys.modules.get("h2.exceptions")  # loaded whenever an h2 connection exists
+    return h2 is not None and isinstance(exc, h2.H2Error)
 
 
 def _is_aiohttp_error(exc: BaseException) -> bool:

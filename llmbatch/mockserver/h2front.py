@@ -247,8 +247,14 @@ async def serve_h2(
     host: str = "127.0.0.1",
     port: int = 0,
     max_streams: int = DEFAULT_MAX_STREAMS,
+    goaway_after: int | None = None,
 ) -> H2MockServer:
-    """Serve ``app`` (the handlers of ``state``) over HTTPS with h2, in the running loop."""
+    """Serve ``app`` (the handlers of ``state``) over HTTPS with h2, in the running loop.
+
+    ``goaway_after``: an h2 connection gets GOAWAY (last_stream_id = the last stream it
+    received, so the streams in flight still finish) once it has received this many
+    streams, as nginx does after ``keepalive_requests``; None = hypercorn's default (1000).
+    """
     try:
         from hypercorn.asyncio.run import worker_serve
         from hypercorn.config import Config, Sockets
@@ -269,6 +275,9 @@ async def serve_h2(
     config = _Config()
     config.certfile, config.keyfile = str(tls.cert_file), str(tls.key_file)
     config.h2_max_concurrent_streams = max_streams
+    if goaway_after is not None:
+        # hypercorn sends GOAWAY when a stream arrives past keep_alive_max_requests.
+        config.keep_alive_max_requests = max(0, goaway_after - 1)
     config.backlog = 4096
     config.graceful_timeout = 0.2
     config.keep_alive_timeout = 30.0

@@ -94,12 +94,14 @@ async def start_mock_server(
     tls: MockTLS | None = None,
     http2: bool = False,
     max_streams: int = 100,
+    goaway_after: int | None = None,
 ) -> MockServer:
     """Start the mock on ``host:port`` (port 0 = an ephemeral port) in the running loop.
 
     With ``tls`` (tls.make_mock_tls) it serves HTTPS: HTTP/1.1 from aiohttp, or with
     ``http2`` h2 and HTTP/1.1 (by ALPN) from hypercorn, allowing ``max_streams``
-    concurrent streams per connection (h2front.py).
+    concurrent streams per connection and sending GOAWAY on a connection's
+    ``goaway_after``-th stream (h2front.py).
     """
     state = MockState(cfg or MockConfig())
     if http2:
@@ -108,7 +110,13 @@ async def start_mock_server(
         if tls is None:
             raise ValueError("the mock serves HTTP/2 over TLS only: pass tls=make_mock_tls()")
         return await serve_h2(
-            state, build_app(state), tls, host=host, port=port, max_streams=max_streams
+            state,
+            build_app(state),
+            tls,
+            host=host,
+            port=port,
+            max_streams=max_streams,
+            goaway_after=goaway_after,
         )
     runner = web.AppRunner(
         build_app(state), access_log=None, handle_signals=False, shutdown_timeout=0.1
