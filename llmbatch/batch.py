@@ -28,7 +28,7 @@ from llmbatch.notices import warn
 from llmbatch.records import Outcome, PromptRecord
 from llmbatch.result import Result
 from llmbatch.rundir.identity import run_identity
-from llmbatch.rundir.reader import aiter_items, iter_items, open_records
+from llmbatch.rundir.reader import aiter_items, iter_items, iter_records, open_records
 from llmbatch.rundir.writer import RESULTS, ResumeIndex, RunDir, forget_unsaved, iter_result_lines
 
 if TYPE_CHECKING:
