@@ -11,7 +11,8 @@ import pytest
 import typer.main
 
 from llmbatch.cli.app import app
-from llmbatch.config.load import _PROVIDER_OVERRIDES, _RUN_KEYS, BUILTIN_PROVIDERS
+from llmbatch.config.load import BUILTIN_PROVIDERS
+from llmbatch.config.options import options_in
 
 ROOT = Path(__file__).resolve().parent.parent
 DOCS = ROOT / "docs"
@@ -54,8 +55,8 @@ def test_every_option_is_in_the_command_line_reference(command: str) -> None:
 
 def test_every_environment_variable_is_documented() -> None:
     text = (DOCS / "configuration.md").read_text()
-    for key in sorted(_RUN_KEYS | _PROVIDER_OVERRIDES):
-        assert f"`LLMBATCH_{key.upper()}`" in text, key
+    for opt in options_in("config"):
+        assert f"`{opt.env}`" in text, f"document {opt.env} in docs/configuration.md"
 
 
 def test_builtin_profiles_are_those_documented() -> None:
@@ -84,8 +85,8 @@ def test_builtin_profiles_are_those_documented() -> None:
 def test_the_cron_log_sample_is_what_the_tool_prints(
     page: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from llmbatch.cli.progress import ProgressView
     from llmbatch.engine.stream import LiveCounts
+    from llmbatch.progress import ProgressView
 
     sample = next(line for line in page.read_text().splitlines() if line.startswith("[llmbatch]"))
     m = re.fullmatch(

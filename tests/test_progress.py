@@ -9,7 +9,7 @@ import pytest
 from typer.testing import CliRunner
 
 from llmbatch.cli.app import app
-from llmbatch.cli.progress import LineState, fit_line
+from llmbatch.progress import LineState, fit_line
 
 ROOT = Path(__file__).resolve().parent.parent
 
