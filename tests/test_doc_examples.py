@@ -42,6 +42,8 @@ NOT_RUN: dict[str, Callable[[str], bool]] = {
         re.search(r"(mkdocs serve|mock-server|uvicorn)[^&\n]*$", text, re.M)
     ),
     "starts a Ray cluster": lambda text: "--engine ray" in text,
+    # A hosted provider the mock cannot stand in for (its prices follow the real endpoint).
+    "needs OPENAI_API_KEY": lambda text: "OPENAI_API_KEY" in text,
     "needs remote servers": lambda text: bool(
         re.search(r"https?://(?!127\.0\.0\.1|localhost|\[::1\])", text)
     ),
