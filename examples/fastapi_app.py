@@ -54,10 +54,18 @@ def _llm(request: Request) -> llmbatch.Client:
     return llm
 
 
+async def _prompt(request: Request) -> Any:
+    """The request's JSON body; a body that is not JSON is the caller's error (400)."""
+    try:
+        return await request.json()
+    except ValueError as exc:  # json.JSONDecodeError, UnicodeDecodeError
+        raise HTTPException(400, detail=f"the body is not valid JSON: {exc}") from None
+
+
 @app.post("/complete")
 async def complete(request: Request) -> dict[str, Any]:
     """One prompt (an input-line object: prompt, messages or OpenAI Batch) → the answer."""
-    prompt = await request.json()
+    prompt = await _prompt(request)
     result = await _llm(request).complete(prompt)
     if not result.ok:
         assert result.error is not None
@@ -76,7 +84,7 @@ async def complete(request: Request) -> dict[str, Any]:
 @app.post("/stream")
 async def stream(request: Request) -> StreamingResponse:
     """Relay the answer's text deltas to the caller as server-sent events."""
-    prompt = await request.json()
+    prompt = await _prompt(request)
     llm = _llm(request)
 
     async def events() -> AsyncIterator[bytes]:

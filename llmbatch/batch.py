@@ -29,7 +29,7 @@ from llmbatch.notices import warn
 from llmbatch.records import Outcome, PromptRecord
 from llmbatch.result import Result
 from llmbatch.rundir.identity import run_identity
-from llmbatch.rundir.reader import aiter_items, iter_items, iter_records
+from llmbatch.rundir.reader import aiter_items, iter_items, iter_records, open_records
 from llmbatch.rundir.writer import RESULTS, ResumeIndex, RunDir, forget_unsaved, iter_result_lines
 
 if TYPE_CHECKING:
@@ -156,6 +156,9 @@ class Batch(ClosesOnExit):
         eng.check_loop()  # before the run directory is touched: nothing recorded
         cfg = client.config
         index = ResumeIndex()
+        # A prompts file that cannot be opened fails here, before the run directory is
+        # created and pinned to it.
+        records = _records(self._prompts)
         if self.run_dir is not None:
             opts = self._opts
             self._rundir, index = RunDir.open(
@@ -179,7 +182,7 @@ class Batch(ClosesOnExit):
             done_before_failed=index.failed,
             done_before_cost_usd=index.cost_usd,
         )
-        items = _admission_paced(_records(self._prompts), self._has_room)
+        items = _admission_paced(records, self._has_room)
         if self.pacer is not None:
             items = self.pacer.pace(items)
         self._run = BatchRun(
@@ -357,7 +360,7 @@ def _is_path(prompts: Any) -> bool:
 def _records(prompts: Prompts) -> AsyncIterator[PromptRecord | InputError]:
     """Any accepted prompt source as one async iterator of records / input errors."""
     if _is_path(prompts):
-        return _from_sync(iter_records(Path(os.fspath(prompts))))  # type: ignore[arg-type]
+        return _from_sync(open_records(Path(os.fspath(prompts))))  # type: ignore[arg-type]
     if isinstance(prompts, AsyncIterable):
         return aiter_items(prompts)
     assert not isinstance(prompts, os.PathLike)

@@ -355,13 +355,18 @@ def _seconds_until_http_date(value: str) -> float | None:
 
 
 def http_status_error(
-    status: int, headers: Mapping[str, str], body: bytes, request_id: str | None = None
+    status: int,
+    headers: Mapping[str, str],
+    body: bytes,
+    request_id: str | None = None,
+    *,
+    url: str = "",
 ) -> StatusError:
-    """Build the right StatusError subclass for a non-2xx response.
+    """Build the right StatusError subclass for a non-2xx response to ``url``.
 
-    ``headers`` must have lower-case keys. The class is chosen from the status and,
-    for 429, from the structured error code in the body (OpenAI's
-    ``insufficient_quota``), so retry decisions never need to read messages.
+    ``headers`` must have lower-case keys; the message names ``url`` when given. The
+    class is chosen from the status and, for 429, from the structured error code in the
+    body (OpenAI's ``insufficient_quota``), so retry decisions never need to read messages.
     """
     # Kept whole (adapters read at most ERROR_BODY_LIMIT): messages are shortened only
     # after the engine redacted them (redaction.py), so no cut ever splits a key.
@@ -393,8 +398,9 @@ def http_status_error(
         cls = ServerError
     else:
         cls = BadRequest
+    head = f"HTTP {status} from {url}" if url else f"HTTP {status}"
     return cls(
-        f"HTTP {status}: {snippet}" if snippet else f"HTTP {status}",
+        f"{head}: {snippet}" if snippet else head,
         status=status,
         retry_after_s=retry_after_s,
         request_id=request_id,

@@ -31,7 +31,7 @@ class Usage:
 
 @dataclass(frozen=True, slots=True)
 class Timings:
-    """The final attempt's timings, in seconds (vLLM's definitions; see README Metrics)."""
+    """The final attempt's timings, in seconds (vLLM's definitions; see docs/metrics.md)."""
 
     queue_s: float
     ttft_s: float | None

@@ -142,6 +142,22 @@ async def test_batch_out_dir_writes_run_directory_and_resumes(
     assert mock_server.stats.requests == 20
 
 
+async def test_a_missing_prompts_file_pins_no_run_directory(
+    mock_server: MockServer, tmp_path: Path
+) -> None:
+    """InputError before anything is written: the right file then runs in that directory."""
+    out = tmp_path / "run"
+    async with client_for(mock_server) as llm:
+        with pytest.raises(llmbatch.InputError, match="missing.jsonl: no such file"):
+            async with llm.batch(str(tmp_path / "missing.jsonl"), run_dir=out) as batch:
+                await batch.wait()
+        assert not out.exists()
+        good = write_jsonl(tmp_path / "p.jsonl", [{"id": "a", "prompt": "x"}])
+        async with llm.batch(good, run_dir=out) as batch:
+            assert [r.ok async for r in batch] == [True]
+    assert orjson.loads((out / "run.json").read_bytes())["prompts"] == str(good.resolve())
+
+
 async def test_many_callers_share_one_concurrency_limit(slow_server: MockServer) -> None:
     async with client_for(slow_server, concurrency=5) as llm:
         results = await asyncio.gather(*(llm.complete(f"c{i}") for i in range(30)))

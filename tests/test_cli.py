@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
 
 from llmbatch.cli.app import app
+from llmbatch.mockserver import MockConfig
 
-from .conftest import write_jsonl
+from .conftest import ThreadedMock, write_jsonl
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -177,3 +179,41 @@ def test_unusable_run_directory_is_a_clear_error(runner: CliRunner, tmp_path: Pa
     res = runner.invoke(app, ["run", str(p), "--run-dir", str(tmp_path / "afile")])
     assert res.exit_code == 2, res.output
     assert "cannot use run directory" in res.output and "Traceback" not in res.output
+
+
+@pytest.fixture
+def key_mock() -> Iterator[ThreadedMock]:
+    """A server started with an API key, as ``vllm serve --api-key token-abc123``."""
+    mock = ThreadedMock(MockConfig(tokens=4, ttft_s=0.0, itl_s=0.0, api_key="token-abc123"))
+    yield mock
+    mock.close()
+
+
+def test_api_key_env_for_a_server_started_with_a_key(
+    runner: CliRunner, tmp_path: Path, key_mock: ThreadedMock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """--api-key-env names the key's variable for a profile that has none: no config file."""
+    server = key_mock
+    p = write_jsonl(tmp_path / "p.jsonl", [{"id": i, "prompt": f"q{i}"} for i in range(3)])
+    base = ["run", str(p), "-p", "vllm", "--base-url", server.url, "--no-progress"]
+    res = runner.invoke(app, base)
+    assert res.exit_code == 3 and "HTTP 401" in res.output, res.output
+    res = runner.invoke(app, [*base, "--api-key-env", "VLLM_API_KEY"])
+    assert res.exit_code == 2
+    assert "set the environment variable VLLM_API_KEY" in res.output
+    monkeypatch.setenv("VLLM_API_KEY", "token-abc123")
+    res = runner.invoke(app, [*base, "--api-key-env", "VLLM_API_KEY"])
+    assert res.exit_code == 0 and "3 succeeded, 0 failed" in res.output, res.output
+    for path in (tmp_path / "outputs").rglob("*"):
+        assert not path.is_file() or b"token-abc123" not in path.read_bytes(), path
+
+
+@pytest.mark.parametrize(
+    "command",
+    ["run", "validate", "mock-server", "report", "compare", "merge", "export", "providers"],
+)
+def test_help_shows_no_type_placeholder_on_flags(runner: CliRunner, command: str) -> None:
+    res = runner.invoke(app, [command, "-h"], env={"COLUMNS": "80"})
+    assert res.exit_code == 0
+    assert "<bool>" not in res.output and "Usage: llmbatch " + command in res.output
+    assert max(len(line) for line in res.output.splitlines()) <= 80

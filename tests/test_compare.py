@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import importlib.util
 import io
+import math
 import os
 import sys
 from pathlib import Path
@@ -438,3 +439,36 @@ def test_a_rate_the_cap_holds_back_is_reported_as_such(
     assert run["max_concurrent_requests"] <= 2
     assert "held back by --max-concurrency 2: not the server's limit" in res.output
     assert "(short)" in res.output
+
+
+async def test_compare_chart_draws_no_point_for_an_aborted_run(
+    tmp_path: Path, mock_server: MockServer
+) -> None:
+    """A target that aborts (nothing listens there) has no figures: its line has no point
+    (not 0 tok/s and 0 ms) and its legend says "(aborted)", as the table does."""
+    from llmbatch.cli.compare.plot import compare_figure
+    from llmbatch.cli.compare.runner import StopConditions
+    from llmbatch.cli.compare.sweep import SaturationRule, SweepResult, run_sweep
+
+    targets = [f"live={mock_server.url},model=m", "dead=http://127.0.0.1:9/v1,model=m"]
+    series = plan_series(None, [], targets, [])
+    prompts = _prompts(tmp_path, 6)
+    result = SweepResult(
+        out_dir=tmp_path,
+        prompts=prompts,
+        label="p.jsonl",
+        window=Window(),
+        stop=StopConditions(),
+        rule=SaturationRule(),
+        slo=SLO(),
+        repeats=1,
+    )
+    plan = [(s, parse_profile("concurrent:2,4")) for s in series]
+    await run_sweep(plan, prompts, result, install_signal_handlers=False)
+    assert result.series[1].stopped is not None and result.series[1].stopped.startswith("aborted")
+    for ax in compare_figure(result).axes:
+        live, *_, dead = [line for line in ax.lines if line.get_label()[0] != "_"]
+        assert live.get_label() == "live-aiohttp (in flight)"
+        assert [y > 0 for y in live.get_ydata()] == [True, True]
+        assert dead.get_label() == "dead-aiohttp (in flight) (aborted)"
+        assert all(math.isnan(y) for y in dead.get_ydata())  # nothing drawn

@@ -104,3 +104,17 @@ async def test_batch_endpoint_streams_ndjson(app_url: str) -> None:
     assert all(by_id[f"b{i}"]["text"] == want(f"b{i}", 8) for i in range(20))
     bad = [r for r in rows if not r["ok"]]
     assert len(bad) == 1 and bad[0]["error"] == "input_error"
+
+
+async def test_a_malformed_body_is_a_client_error(app_url: str, mock: MockServer) -> None:
+    """Not JSON: 400 naming the problem, never a 500 with a traceback; nothing is sent."""
+    async with aiohttp.ClientSession() as http:
+        for path in ("/complete", "/stream"):
+            async with http.post(f"{app_url}{path}", data=b'{"prompt": ') as resp:
+                assert resp.status == 400
+                detail = (await resp.json())["detail"]
+                assert detail.startswith("the body is not valid JSON: Expecting value")
+        async with http.post(f"{app_url}/complete", json={"messages": "not a list"}) as resp:
+            assert resp.status == 400
+            assert (await resp.json())["detail"]["code"] == "input_error"
+    assert mock.stats.requests == 0

@@ -11,6 +11,7 @@ import pytest
 
 from llmbatch.cli.job import execute_run
 from llmbatch.config.load import RetryPolicy, RunConfig, Timeouts
+from llmbatch.errors import RunDirError
 from llmbatch.mockserver import MockConfig, MockServer, start_mock_server
 
 from .conftest import ADAPTERS, config_for, read_results, write_jsonl
@@ -117,10 +118,11 @@ async def test_fatal_for_run_stops_fast_and_stays_resumable(
         assert server.stats.requests <= 8  # the probe first, then at most one wave
         assert read_results(out.run_dir) == []  # nothing recorded: all of it resumes
         # The cause is fixed (a healthy server now): the same command finishes the job.
-        # The fixed server listens on another port: the same target, so the run is forced on.
+        # The fixed server listens on another port; the directory holds no record yet, so
+        # it belongs to no target and needs no --force-resume.
         fixed = await fault_server({})
         try:
-            cfg2 = tuned(config_for(fixed, tmp_path, concurrency=8, force_resume=True))
+            cfg2 = tuned(config_for(fixed, tmp_path, concurrency=8))
             again = await execute_run(cfg2, prompts, install_signal_handlers=False)
         finally:
             await fixed.close()
@@ -142,6 +144,60 @@ async def test_unknown_model_on_every_request_aborts(tmp_path: Path) -> None:
         assert "every request fails the same way: HTTP 404" in (out.result.abort_message or "")
         assert server.stats.requests <= 8
         assert read_results(out.run_dir) == []
+    finally:
+        await server.close()
+
+
+async def test_fixing_the_base_url_after_an_abort_resumes(tmp_path: Path) -> None:
+    """A base URL without /v1: every request 404s, the run aborts naming the URL and the
+    likely fix; the same run with the fixed URL then does all the work in that directory
+    (it holds no record, so it belongs to no target yet)."""
+    server = await fault_server({})
+    try:
+        prompts = write_jsonl(
+            tmp_path / "p.jsonl", [{"id": i, "prompt": f"q{i}"} for i in range(20)]
+        )
+        root = server.url.removesuffix("/v1")
+        good = tuned(config_for(server, tmp_path, concurrency=4))
+        wrong = tuned(config_for(server, tmp_path, concurrency=4, base_url=root))
+        out = await execute_run(wrong, prompts, install_signal_handlers=False)
+        assert out.result.stop_reason == "aborted"
+        assert out.result.abort_message == (
+            f"every request fails the same way: HTTP 404 from {root}/chat/completions: "
+            f"404: Not Found. The base URL {root} has no path: OpenAI-compatible servers "
+            f"usually serve under /v1 (--base-url {root}/v1)"
+        )
+        assert read_results(out.run_dir) == []
+        again = await execute_run(good, prompts, install_signal_handlers=False)
+        assert again.run_dir == out.run_dir
+        assert again.result.stop_reason is None and again.result.metrics.succeeded == 20
+        check_complete(out.run_dir, prompts, tokens=12)
+        assert orjson.loads((out.run_dir / "run.json").read_bytes())["base_url"] == server.url
+        # Now it holds records: another target is refused, as before.
+        with pytest.raises(RunDirError, match="holds a run for another target"):
+            await execute_run(wrong, prompts, install_signal_handlers=False)
+    finally:
+        await server.close()
+
+
+async def test_404_with_a_path_names_the_url_and_the_model(tmp_path: Path) -> None:
+    server = await fault_server({"404": 1.0}, fault_attempts=1000)
+    try:
+        prompts = write_jsonl(
+            tmp_path / "p.jsonl", [{"id": i, "prompt": f"q{i}"} for i in range(9)]
+        )
+        cfg = tuned(config_for(server, tmp_path, concurrency=3, model="no-such-model"))
+        out = await execute_run(cfg, prompts, install_signal_handlers=False)
+        why = out.result.abort_message or ""
+        assert why.startswith(
+            f"every request fails the same way: HTTP 404 from {server.url}/chat/completions: "
+        )
+        assert "The model does not exist" in why
+        assert why.endswith(
+            f". A 404 for every request usually means a wrong base URL ({server.url}: is the "
+            "API path right?), or the model 'no-such-model' is not one the server serves "
+            f"(GET {server.url}/models lists them)"
+        )
     finally:
         await server.close()
 

@@ -67,6 +67,15 @@ async def test_example_file_exact_text(
     assert some["llmbatch"]["metrics"]["output_tokens_estimated"] is False
     summary = orjson.loads((out.run_dir / "summary.json").read_bytes())
     assert summary["requests"]["succeeded"] == out.result.metrics.succeeded
+    # Nothing failed: no empty text/failed/ folder (it comes with the first kept partial).
+    assert sorted(p.name for p in out.run_dir.iterdir()) == [
+        ".lock",
+        "results.jsonl",
+        "run.json",
+        "summary.json",
+        "text",
+    ]
+    assert all(p.suffix == ".txt" for p in (out.run_dir / "text").iterdir())
 
 
 async def test_concurrency_never_exceeds_limit(tmp_path: Path) -> None:

@@ -119,7 +119,8 @@ def test_a_linked_text_folder_is_refused(
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
     _drop_record(out, "0")
-    (out / folder).rename(tmp_path / "moved")
+    if (out / folder).exists():  # text/failed/ comes only with a kept partial text
+        (out / folder).rename(tmp_path / "moved")
     (out / folder).symlink_to(elsewhere, target_is_directory=True)
     res = _run(runner, tmp_path, mock, "--keep-partial")
     assert res.exit_code == 2, res.output

@@ -43,6 +43,9 @@ app = typer.Typer(
     add_completion=False,
     context_settings={"help_option_names": ["-h", "--help"]},
     pretty_exceptions_enable=False,
+    # Plain help: typer's rich panels print a type placeholder after every option, flags
+    # included (`--http2 <bool>`), and read `[ray]` in a help text as markup.
+    rich_markup_mode=None,
 )
 
 
@@ -107,7 +110,9 @@ run.__signature__ = inspect.Signature(  # type: ignore[attr-defined]
         inspect.Parameter(
             "prompts",
             inspect.Parameter.POSITIONAL_OR_KEYWORD,
-            annotation=Annotated[Path, typer.Argument(help="JSONL file of prompts.")],
+            annotation=Annotated[
+                Path, typer.Argument(metavar="PROMPTS", help="JSONL file of prompts.")
+            ],
         ),
         *(typer_parameter(o) for o in options_in("cli")),
     ]
@@ -117,7 +122,7 @@ app.command()(run)
 
 @app.command()
 def validate(
-    prompts: Annotated[Path, typer.Argument(help="JSONL file of prompts.")],
+    prompts: Annotated[Path, typer.Argument(metavar="PROMPTS", help="JSONL file of prompts.")],
 ) -> None:
     """Check PROMPTS without sending anything; list every bad line."""
     from collections import Counter
@@ -247,6 +252,10 @@ def mock_server(
         int | None,
         typer.Option(min=1, help="HTTP/2: send GOAWAY on a connection's Nth stream (like nginx)."),
     ] = None,
+    api_key: Annotated[
+        str | None,
+        typer.Option(metavar="KEY", help="Answer 401 to requests without this API key."),
+    ] = None,
     capacity: Annotated[
         int | None,
         typer.Option(
@@ -297,6 +306,7 @@ def mock_server(
             limit_mode=limit_mode,
             limit_headers=limit_headers,
             capacity=capacity,
+            api_key=api_key,
         )
     except ValueError as exc:
         raise _fail(f"mock-server: {exc}", 2) from None
@@ -380,7 +390,9 @@ def _print_tables(tables: list[Table]) -> None:
 
 @app.command()
 def report(
-    run_dir: Annotated[Path, typer.Argument(help="Run directory, e.g. outputs/example-mock.")],
+    run_dir: Annotated[
+        Path, typer.Argument(metavar="RUN_DIR", help="Run directory, e.g. outputs/example-mock.")
+    ],
     as_json: Annotated[bool, typer.Option("--json", help="Print the summary as JSON.")] = False,
     as_csv: Annotated[
         bool, typer.Option("--csv", help="Print the summary as CSV (dotted keys, one row).")
@@ -418,7 +430,7 @@ def report(
 
 @app.command()
 def compare(
-    prompts: Annotated[Path, typer.Argument(help="JSONL file of prompts.")],
+    prompts: Annotated[Path, typer.Argument(metavar="PROMPTS", help="JSONL file of prompts.")],
     provider: Annotated[
         list[str] | None,
         typer.Option("--provider", "-p", help="Provider profile (repeatable; default: mock)."),
@@ -534,7 +546,9 @@ def compare(
 
 @app.command()
 def merge(
-    dirs: Annotated[list[Path], typer.Argument(help="The run directories of every shard.")],
+    dirs: Annotated[
+        list[Path], typer.Argument(metavar="DIR", help="The run directories of every shard.")
+    ],
     out: Annotated[
         Path | None,
         typer.Option(
@@ -562,7 +576,9 @@ def merge(
 # -- export and providers (issue 8) ------------------------------------------------------
 @app.command()
 def export(
-    run_dir: Annotated[Path, typer.Argument(help="A run directory (outputs/<run>).")],
+    run_dir: Annotated[
+        Path, typer.Argument(metavar="RUN_DIR", help="A run directory (outputs/<run>).")
+    ],
     fmt: Annotated[
         str,
         typer.Option("--format", "-f", help="openai-batch, anthropic-batch, gemini-batch or csv."),

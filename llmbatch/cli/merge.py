@@ -34,6 +34,7 @@ from llmbatch.rundir.shard import Shard, item_id, parse_shard, shard_of
 from llmbatch.rundir.summary import summary_from_results
 from llmbatch.rundir.textlog import REASONING_LOG, TEXT_LOG, copy_logged_answer
 from llmbatch.rundir.writer import (
+    FAILED_DIR,
     LOCK,
     META,
     RESULTS,
@@ -220,6 +221,9 @@ def _check_finished(shards: list[_ShardDir], prompts: Path, done: IdSet) -> None
 
 
 # -- writing ------------------------------------------------------------------------------
+KEPT_PARTIALS = f"{TEXT_DIR}/{FAILED_DIR}/"
+
+
 def _write_merge(shards: list[_ShardDir], out_dir: Path) -> MergeResult:
     if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
         raise RunDirError(f"{out_dir}: exists and is not empty; give another --run-dir")
@@ -229,7 +233,7 @@ def _write_merge(shards: list[_ShardDir], out_dir: Path) -> MergeResult:
         if tmp.is_symlink():
             tmp.unlink()  # planted there (rmtree leaves links alone): never followed
         tmp.mkdir()
-        (tmp / TEXT_DIR / "failed").mkdir(parents=True)
+        (tmp / TEXT_DIR).mkdir()
         records = succeeded = 0
         with (
             open(tmp / RESULTS, "wb") as out,
@@ -248,6 +252,8 @@ def _write_merge(shards: list[_ShardDir], out_dir: Path) -> MergeResult:
                     else:
                         for linked in (thought, rel):
                             if is_own_text_path(linked) and (s.path / linked).is_file():
+                                if linked.startswith(KEPT_PARTIALS):  # text/failed/ when needed
+                                    (tmp / linked).parent.mkdir(exist_ok=True)
                                 link_or_copy(s.path / linked, tmp / linked)
                     out.write(raw)
                     records += 1

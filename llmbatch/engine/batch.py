@@ -123,7 +123,7 @@ class BatchRun:
         self.keep_partial = keep_partial
         self.grace_s = grace_s
         self.on_record = on_record
-        self.gate = FailureGate()
+        self.gate = FailureGate(target=engine.cfg.provider)
         self.early_check = EarlyFailureCheck(lambda: engine.content_seen)
         self.stop_reason: str | None = None
         self.abort_message: str | None = None

@@ -17,8 +17,10 @@ wrong (systematic failures), so a broken job stops the run instead of failing ev
 from __future__ import annotations
 
 import asyncio
+import urllib.parse
 from collections.abc import Callable
 
+from llmbatch.config.load import ProviderConfig
 from llmbatch.errors import ConnectError, DeadlineExceeded, ReadTimeout, RequestError
 from llmbatch.records import Outcome
 
@@ -28,6 +30,7 @@ __all__ = [
     "EarlyFailureCheck",
     "FailureGate",
     "Probe",
+    "failure_hint",
 ]
 
 # Identical failures with no success yet that mean the whole job is wrong (an unknown
@@ -65,11 +68,15 @@ class FailureGate:
 
     If the first ``threshold`` outcomes all fail the same way (error code and status)
     while no content streams anywhere, the job itself is wrong: the run stops and writes
-    no records for them, so fixing the cause and re-running does all the work.
+    no records for them, so fixing the cause and re-running does all the work. The
+    message names the usual causes of the failure for ``target`` (see ``failure_hint``).
     """
 
-    def __init__(self, threshold: int = SYSTEMATIC_FAILURE_THRESHOLD) -> None:
+    def __init__(
+        self, threshold: int = SYSTEMATIC_FAILURE_THRESHOLD, target: ProviderConfig | None = None
+    ) -> None:
         self.threshold = threshold
+        self.target = target
         self._held: list[Outcome] = []
         self._holding = True
 
@@ -86,7 +93,8 @@ class FailureGate:
             return [], None
         codes = {(o.error_code, o.status_code) for o in self._held}
         if len(codes) == 1 and not content_seen:
-            return [], f"every request fails the same way: {outcome.error_message}"
+            why = f"every request fails the same way: {outcome.error_message}"
+            return [], why + failure_hint(outcome.status_code, self.target)
         return self.release(), None
 
     def release(self) -> list[Outcome]:
@@ -94,6 +102,28 @@ class FailureGate:
         self._holding = False
         held, self._held = self._held, []
         return held
+
+
+def failure_hint(status: int | None, target: ProviderConfig | None) -> str:
+    """The usual causes of ``status`` failing every request to ``target``, as a sentence
+    to append to the abort message ("" when there is nothing useful to say)."""
+    if status not in (404, 405) or target is None or target.embedded_mock:
+        return ""
+    base = target.base_url.rstrip("/")
+    path = urllib.parse.urlsplit(base).path
+    if not path:
+        # vLLM, llama.cpp, Ollama, LM Studio, OpenAI itself: the API lives under /v1.
+        return (
+            f". The base URL {base} has no path: OpenAI-compatible servers usually serve "
+            f"under /v1 (--base-url {base}/v1)"
+        )
+    if status == 405:
+        return f". Check the base URL ({base}): the server does not take POST there"
+    model = f"the model {target.model!r}" if target.model else "the model"
+    return (
+        f". A 404 for every request usually means a wrong base URL ({base}: is the API "
+        f"path right?), or {model} is not one the server serves (GET {base}/models lists them)"
+    )
 
 
 FIRST_ATTEMPTS_THRESHOLD = 3

@@ -200,7 +200,7 @@ class ClientAdapter(ABC):
                 raise StreamInterrupted(f"invalid response: status {status} as the answer")
             # Its body is read: the connection may carry the next request.
             body = await _error_body(resp.chunks)
-            raise http_status_error(status, resp.headers, body, resp.request_id)
+            raise http_status_error(status, resp.headers, body, resp.request_id, url=request.url)
 
     @abstractmethod
     def open(self, request: HTTPRequest) -> AbstractAsyncContextManager[StreamingResponse]:

@@ -30,6 +30,8 @@ class AnthropicRoutes:
 
     async def _messages(self, request: web.Request, t0: float) -> web.StreamResponse:
         state = self.state
+        if not state.key_accepted(request.headers):
+            return anthropic_error(401, "authentication_error", "invalid x-api-key")
         body = await json_body(request)
         if body is None:
             return anthropic_error(400, "invalid_request_error", "body is not valid JSON")

@@ -69,6 +69,9 @@ class MockConfig:
     day_window_s: float = 86400.0
     limit_mode: str = "refill"
     limit_headers: str = "always"
+    # Like ``vllm serve --api-key`` / ``llama-server --api-key``: requests without this key
+    # (``Authorization: Bearer KEY``, or ``x-api-key`` as Anthropic's) get a 401.
+    api_key: str | None = None
 
     def __post_init__(self) -> None:
         if self.limit_mode not in LIMIT_MODES:

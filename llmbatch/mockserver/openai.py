@@ -63,6 +63,8 @@ class OpenAIRoutes:
         t0 = time.monotonic()
         self.state.begin()
         try:
+            if not self.state.key_accepted(request.headers):
+                return json_error(401, "invalid_api_key", "Unauthorized: no valid API key")
             body = await json_body(request)
             if body is None:
                 return json_error(400, "invalid_request_error", "body is not valid JSON")

@@ -104,6 +104,14 @@ class MockState:
         self.faults.clear()
         self._not_before.clear()
 
+    def key_accepted(self, headers: Mapping[str, str]) -> bool:
+        """True when the server needs no key or the request carries it."""
+        want = self.cfg.api_key
+        if want is None:
+            return True
+        bearer = headers.get("authorization", "").removeprefix("Bearer ")
+        return want in (bearer, headers.get("x-api-key"))
+
     # -- counting ----------------------------------------------------------------------
     def begin(self) -> None:
         """A request arrived (before its body is read)."""

@@ -41,6 +41,7 @@ __all__ = [
     "error_record_id",
     "iter_items",
     "iter_records",
+    "open_records",
     "parse_item",
     "parse_line",
     "parse_object",
@@ -60,6 +61,14 @@ _BATCH_URLS = {"/v1/chat/completions", "/v1/completions", "/v1/messages", "/v1/r
 def error_record_id(line_no: int) -> str:
     """The id given to a line that has no usable id of its own."""
     return f"#line-{line_no}"
+
+
+def open_records(path: str | Path) -> Iterator[PromptRecord | InputError]:
+    """``iter_records`` with the file opened now: InputError here, before a caller
+    creates anything (a run directory pinned to a file that cannot be read)."""
+    items = iter_records(path)
+    first = next(items, None)
+    return items if first is None else itertools.chain([first], items)
 
 
 def iter_records(path: str | Path) -> Iterator[PromptRecord | InputError]:

@@ -223,6 +223,7 @@ class RunDir:
         self._dir_fd = -1  # the run directory; every file inside is opened relative to it
         self._text_fd = -1  # text/
         self._failed_fd = -1  # text/failed/
+        self._failed_dir_queued = False
         self._lock_fd = -1
         self._results_fd = -1
         self._ops: list[Op] = []
@@ -314,13 +315,26 @@ class RunDir:
             raise PlantedLink(self.path / name)
 
     def _open_text_dirs(self, *, part: bool) -> None:
-        """Open text/ and text/failed/ (made when missing); a Ray part's text/ is the
+        """Open text/ (made when missing) and text/failed/ if there is one (it is made with
+        the first kept partial text: no empty folder per run); a Ray part's text/ is the
         run's own, through the one link llmbatch made for it."""
         if part and _is_part_link(self._dir_fd):
             self._text_fd = open_subdir(self._dir_fd, PART_TEXT_LINK, self.path, create=False)
         else:
             self._text_fd = open_subdir(self._dir_fd, TEXT_DIR, self.path)
-        self._failed_fd = open_subdir(self._text_fd, FAILED_DIR, self.text_dir)
+        with contextlib.suppress(FileNotFoundError):
+            os.stat(FAILED_DIR, dir_fd=self._text_fd, follow_symlinks=False)
+            self._failed_fd = open_subdir(self._text_fd, FAILED_DIR, self.text_dir, create=False)
+
+    def _need_failed_dir(self) -> None:
+        """Queue the making of text/failed/ (once) before the first op that writes there."""
+        if self._failed_fd < 0 and not self._failed_dir_queued:
+            self._failed_dir_queued = True
+            self._ops.append(self._open_failed_dir)
+
+    def _open_failed_dir(self) -> None:
+        if self._failed_fd < 0:
+            self._failed_fd = open_subdir(self._text_fd, FAILED_DIR, self.text_dir)
 
     def _take_lock(self) -> None:
         # Never truncated or written before it is known to be our own file, and held.
@@ -362,6 +376,13 @@ class RunDir:
             old = orjson.loads(mpath.read_bytes())
         except orjson.JSONDecodeError:
             old = None
+        other = not isinstance(old, dict) or old.get("shard") != meta.get("shard")
+        if (other or describe_changes(old, meta)) and not self._holds_records():
+            # No record yet (say, a run that aborted on a wrong base URL): no answers to
+            # mix, so the directory belongs to this run now.
+            data = orjson.dumps(meta, option=orjson.OPT_INDENT_2)
+            replace_in(self._dir_fd, META, data, self.path)
+            return
         if not isinstance(old, dict):
             if not force_resume:
                 raise RunDirError(
@@ -385,6 +406,11 @@ class RunDir:
         if merged is not None:
             data = orjson.dumps(merged, option=orjson.OPT_INDENT_2)
             replace_in(self._dir_fd, META, data, self.path)
+
+    def _holds_records(self) -> bool:
+        """True when results.jsonl has at least one whole record."""
+        rpath = self.path / RESULTS
+        return _exists(self._dir_fd, RESULTS) and next(iter_result_lines(rpath), None) is not None
 
     def _remove_stale_partials(self, folder_fd: int) -> None:
         """A .partial left by a run that died belongs to no request now (we hold the lock)."""
@@ -464,6 +490,7 @@ class RunDir:
                 return f"{TEXT_DIR}/{txt}"
             self._ops.append(lambda: _unlink_in(self._text_fd, txt))  # a stale answer, if any
             if keep_partial and data:  # a request that never streamed leaves no file
+                self._need_failed_dir()
                 failed_dir = self.text_dir / FAILED_DIR
                 self._ops.append(lambda: _write_file(self._failed_fd, partial, data, failed_dir))
                 return f"{TEXT_DIR}/{FAILED_DIR}/{partial}"
@@ -473,6 +500,7 @@ class RunDir:
             self._ops.append(lambda: self._op_close(sink, self._text_fd, txt))
             return f"{TEXT_DIR}/{txt}"
         if keep_partial and sink.chars:  # a retry that streamed nothing leaves no file
+            self._need_failed_dir()
             self._ops.append(lambda: self._op_close(sink, self._failed_fd, partial))
             return f"{TEXT_DIR}/{FAILED_DIR}/{partial}"
         self._ops.append(lambda: self._op_close(sink, -1, None))
