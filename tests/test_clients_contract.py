@@ -354,6 +354,30 @@ async def test_refused_by_every_adapter(
         assert server.connections == 2  # never reused: where does that body end?
 
 
+@pytest.mark.parametrize(
+    "size_line",
+    [b"0x1a", b"-1", b"+5", b"1_0", b"", b"1" * 17, b"zz"],
+    ids=["0x-prefix", "negative", "plus-sign", "underscore", "empty", "17-digits", "not-hex"],
+)
+async def test_bad_chunk_size_is_refused(
+    adapter: ClientAdapter, raw_servers: list[RawServer], size_line: bytes
+) -> None:
+    # RFC 9112 7.1: chunk-size is 1*HEXDIG, nothing else (int(x, 16) would take some).
+    answer = response_head(headers=SSE, chunked=True) + chunk(EVENTS[0])
+    server = await scripted(raw_servers, [Send(answer + size_line + b"\r\nabc\r\n"), Close()])
+    with pytest.raises(StreamInterrupted):
+        await collect(adapter, chat_request(server.url))
+
+
+async def test_chunk_data_without_its_crlf_is_refused(
+    adapter: ClientAdapter, raw_servers: list[RawServer]
+) -> None:
+    answer = response_head(headers=SSE, chunked=True) + b"3\r\nabcX\r\n0\r\n\r\n"
+    server = await scripted(raw_servers, [Send(answer), Close()])
+    with pytest.raises(StreamInterrupted):
+        await collect(adapter, chat_request(server.url))
+
+
 async def test_redirect_is_an_error_not_followed(
     adapter: ClientAdapter, raw_servers: list[RawServer]
 ) -> None:
