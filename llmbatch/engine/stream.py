@@ -117,15 +117,16 @@ async def stream_attempt(
     on_headers: Callable[[Mapping[str, str]], None],
     live: LiveCounts,
     bounds: AnswerBounds = NO_BOUNDS,
+    timer: Callable[[], float] = time.perf_counter,
 ) -> str | None:
     """Run one attempt into ``asm`` and ``m``; return the provider's request id.
 
     ``on_text`` gets the content deltas of each read, in order. ``on_headers`` sees the
     response headers as soon as they arrive (rate limits, the probe); ``live.tokens``
-    counts content events as they arrive (progress display). ``bounds``: past one of
-    them the attempt fails with AnswerTooLarge.
+    counts content events as they arrive (progress display); ``timer`` times it all.
+    ``bounds``: past one of them the attempt fails with AnswerTooLarge.
     """
-    perf = time.perf_counter
+    perf = timer
     if bounds.max_event_bytes is not None:
         asm.limit_events(bounds.max_event_bytes)
     # Counted down per read: one subtraction and one comparison each.
