@@ -1,9 +1,18 @@
 """Pacing by what the server says: whole CLI runs against the mock's announced rate limits.
 
-    python -m bench.pacing [--repeats 3]
+    python -m bench.pacing [--repeats 3] [--only models] [--model NAME-PART]
 
 Each row is ``llmbatch run`` in a child process (start-up included) against
-``llmbatch mock-server`` in another, nothing configured on llmbatch's side:
+``llmbatch mock-server`` in another, nothing configured on llmbatch's side.
+
+The pacing table (issue 25): one row per server model, ``--concurrency auto``, answers
+taking ~0.3 s (0.1 s to the first token); per-minute limits at 1/10 time. Achieved /
+allowed is the server's own account (``/mock/stats`` ``limits``: what the binding limit
+admitted beyond one whole limit, over the time from its first window to its last
+admission, against limit / window); the 429 share is of every request the server saw.
+Median of the repeats; the exact command of each row is printed under the table.
+
+The older rows (issue 11):
 
 - 300 short prompts, ``--concurrency auto``, the limit announced in OpenAI-style headers:
   50 per sliding second; a 10 s sliding window at 1/4 time (110 per 2.5 s); a per-minute
@@ -24,6 +33,7 @@ import json
 import statistics
 import urllib.request
 from pathlib import Path
+from typing import Any
 
 from .harness import (
     PY,
@@ -65,10 +75,90 @@ CLAIM = [
 ]
 RETRY_TOML = "[retry]\nmax_attempts = 6\nbackoff_base_s = 0.2\nbackoff_max_s = 5.0\n"
 
+# name: (mock-server flags, prompts, provider profile, the limit that binds)
+LATENCY = ["--tokens", "30", "--ttft-ms", "100", "--itl-ms", "7"]
+VARYING = ["--tokens", "20", "--ttft-ms", "100", "--itl-ms", "7"]
+MODELS: dict[str, tuple[list[str], int, str, str]] = {
+    "sliding 1 s, 50 req/s, OpenAI headers, unknown server": (
+        [*LATENCY, "--rpm", "50", "--limit-window-s", "1", "--limit-mode", "sliding"],
+        600,
+        "vllm",
+        "requests",
+    ),
+    "the same read as OpenAI (refill; refuted by its reports)": (
+        [*LATENCY, "--rpm", "50", "--limit-window-s", "1", "--limit-mode", "sliding"],
+        600,
+        "openai",
+        "requests",
+    ),
+    "OpenAI RPM, continuous refill (300 per 6 s)": (
+        [*LATENCY, "--rpm", "300", "--limit-window-s", "6", "--limit-mode", "refill"],
+        800,
+        "openai",
+        "requests",
+    ),
+    "OpenAI TPM, continuous refill (6,000 per 6 s)": (
+        [*LATENCY, "--tpm", "6000", "--limit-window-s", "6", "--limit-mode", "refill"],
+        600,
+        "openai",
+        "tokens",
+    ),
+    "Anthropic requests, input, output tokens (output 3,000 per 6 s binds)": (
+        [
+            *VARYING,
+            "--tokens-spread",
+            "40",
+            "--rpm",
+            "600",
+            "--input-tpm",
+            "20000",
+            "--output-tpm",
+            "3000",
+            "--limit-window-s",
+            "6",
+        ],
+        250,
+        "anthropic",
+        "output_tokens",
+    ),
+    "fixed 2 s window of 100, nothing but Retry-After": (
+        [
+            *LATENCY,
+            "--rpm",
+            "100",
+            "--limit-window-s",
+            "2",
+            "--limit-mode",
+            "fixed",
+            "--limit-headers",
+            "never",
+        ],
+        700,
+        "vllm",
+        "requests",
+    ),
+    "TPM with output charged at the end (20-120 tokens; 12,000 per 6 s)": (
+        [
+            *VARYING,
+            "--tokens-spread",
+            "100",
+            "--tpm",
+            "12000",
+            "--limit-window-s",
+            "6",
+            "--output-counted",
+            "end",
+        ],
+        500,
+        "openai",
+        "tokens",
+    ),
+}
 
-def stats(server: MockServer) -> dict[str, int]:
+
+def stats(server: MockServer) -> dict[str, Any]:
     with urllib.request.urlopen(f"{server.base_url[:-3]}/mock/stats") as r:
-        out: dict[str, int] = json.loads(r.read())
+        out: dict[str, Any] = json.loads(r.read())
     return out
 
 
@@ -78,16 +168,59 @@ def cli_run(server: MockServer, prompts: Path, provider: str, *args: str) -> flo
         argv = [PY, "-m", "llmbatch", "run", str(prompts), "--provider", provider]
         argv += ["--base-url", server.base_url, "--model", "mock-model", "--no-progress"]
         argv += ["--run-dir", str(Path(tmp) / "run"), *args]
-        res = run_child(argv, timeout_s=300, env=child_env(OPENAI_API_KEY="sk-bench"))
+        keys = {"OPENAI_API_KEY": "sk-bench", "ANTHROPIC_API_KEY": "sk-bench"}
+        res = run_child(argv, timeout_s=300, env=child_env(**keys))
     if res.returncode != 0:
         raise RuntimeError(f"llmbatch run exited {res.returncode}: {res.stderr[-500:]}")
     return res.wall_s
 
 
+def models_table(repeats: int, only: str = "") -> None:
+    """The pacing table: achieved / allowed and the 429 share per server model."""
+    rows, commands = [], []
+    models = {k: v for k, v in MODELS.items() if only in k}
+    with work_tmpdir() as tmp:
+        for name, (flags, n, provider, binding) in models.items():
+            prompts = write_prompts(Path(tmp) / f"p{n}.jsonl", n)
+            ratios, shares, walls = [], [], []
+            for _ in range(repeats):
+                with mock_server(tokens=30, ttft_ms=100, itl_ms=7, extra=flags) as server:
+                    walls.append(cli_run(server, prompts, provider, "--concurrency", "auto"))
+                    st = stats(server)
+                limit = st["limits"][binding]
+                ratios.append(limit["achieved_per_s"] / limit["allowed_per_s"])
+                shares.append(st["rate_limited"] / st["requests"])
+            rows.append(
+                [
+                    name,
+                    str(n),
+                    f"{statistics.median(ratios):.3f} ({min(ratios):.3f}-{max(ratios):.3f})",
+                    f"{statistics.median(shares):.2%} (max {max(shares):.2%})",
+                    f"{statistics.median(walls):.2f}",
+                ]
+            )
+            commands.append(
+                f"llmbatch mock-server {' '.join(flags)} & llmbatch run p{n}.jsonl "
+                f"--provider {provider} --base-url URL --model mock-model --concurrency auto"
+            )
+    headers = ["server model", "prompts", "achieved / allowed (median, range)", "429s"]
+    print(markdown_table([*headers, "wall s"], rows))
+    print()
+    for name, cmd in zip(models, commands, strict=True):
+        print(f"- {name}: `{cmd}`")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--only", choices=["models", "shapes", "faults"], default=None)
+    ap.add_argument("--model", default="", help="only the pacing rows whose name has this")
     opts = ap.parse_args()
+    print(machine_line())
+    if opts.only in (None, "models"):
+        models_table(opts.repeats, opts.model)
+    if opts.only == "models":
+        return
     rows = []
     with work_tmpdir() as tmp:
         p300 = write_prompts(Path(tmp) / "p300.jsonl", 300)
@@ -137,7 +270,6 @@ def main() -> None:
                     f"early retries {max(early)}",
                 ]
             )
-    print(machine_line())
     print(markdown_table(["run", "wall s (median)", "ratio", "server saw"], rows))
 
 

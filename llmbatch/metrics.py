@@ -263,6 +263,9 @@ class RunMetrics:
     queue: Histogram = field(default_factory=Histogram)
     tokens_per_second_bucket: dict[int, float] = field(default_factory=dict)
     concurrency_limit: int | None = None
+    # The rate each known limit allows, per second (requests, input_tokens, ...): the
+    # configured caps and what the server stated, the strictest per name.
+    rate_limits: dict[str, float] = field(default_factory=dict)
     # Records already in the run directory when this invocation started (a resume).
     done_before_succeeded: int = 0
     done_before_failed: int = 0
@@ -386,6 +389,10 @@ class RunMetrics:
         out["cost"] = self.cost.summary(self.done_before_cost_usd)
         if self.concurrency_limit is not None:
             out["concurrency_limit"] = self.concurrency_limit
+        if self.rate_limits:
+            out["rate"] = rate_used(
+                self.succeeded, self.input_tokens, self.output_tokens, dur, self.rate_limits
+            )
         if self.slo.active:
             out["goodput"] = {
                 "slo": {
@@ -531,6 +538,32 @@ def spread_tokens(buckets: dict[int, float], first_s: float, last_s: float, toke
         overlap = min(last_s, sec + 1) - max(first_s, sec)
         if overlap > 0:
             buckets[sec] = buckets.get(sec, 0.0) + tokens * overlap / span
+
+
+def rate_used(
+    succeeded: int,
+    input_tokens: int,
+    output_tokens: int,
+    duration_s: float,
+    rate_limits: dict[str, float],
+) -> dict[str, dict[str, float | None]]:
+    """summary.json's ``rate``: per known limit, the rate used against the rate it allows.
+
+    Used = succeeded requests (or their tokens) over the run's duration, so a user sees
+    whether the limit or the client was the bottleneck.
+    """
+    used = {
+        "requests": succeeded,
+        "input_tokens": input_tokens,
+        "output_tokens": output_tokens,
+        "tokens": input_tokens + output_tokens,
+    }
+    dur = max(duration_s, 1e-9)
+    return {
+        name: {"used_per_s": _r(used[name] / dur), "limit_per_s": _r(limit_per_s)}
+        for name, limit_per_s in rate_limits.items()
+        if name in used
+    }
 
 
 def _r(v: float | None) -> float | None:

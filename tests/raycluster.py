@@ -62,6 +62,7 @@ AUTO_LIMIT = 12  # the "auto" scenario's server serves this many at once (429 be
 # The max-cost scenario: prices (USD per million tokens) and the first run's budget.
 MAX_COST_PRICES = (100.0, 2000.0)
 MAX_COST = 2.0
+PACED_RPS = 50  # the "pacing" scenario's server: this many per sliding second
 
 
 def _free_port() -> int:
@@ -279,17 +280,19 @@ SLOW = {"kill-worker", "kill-driver", "sigint", "max-runtime", "no-survivor", "t
 async def scenario(name: str, work: Path, cluster: Cluster) -> dict[str, Any]:
     """Run scenario ``name`` on ``cluster`` in ``work`` (its prompts.jsonl is there)."""
     limited = name == "exact"
-    auto = name == "auto"
+    paced = name == "pacing"  # a limit only the server states: 50 per sliding second
+    auto = name in ("auto", "pacing")
     mock_cfg = MockConfig(
         tokens=16,
         # auto: ~0.26 s per answer, so that the limit is probed at a pace a real server's
         # round trips would give (the mock refuses at once, it never queues).
         ttft_s=0.1 if auto else 0.01,
         itl_s=0.03 if name == "max-runtime" else 0.01 if auto else 0.012 if name in SLOW else 0.002,
-        faults=FAULTS if name not in ("bench", "auto", "max-cost") else {},
-        rpm=RPM if limited else None,
-        limit_window_s=LIMIT_WINDOW_S,
-        max_in_flight=AUTO_LIMIT if auto else None,
+        faults=FAULTS if name not in ("bench", "auto", "max-cost", "pacing") else {},
+        rpm=RPM if limited else PACED_RPS if paced else None,
+        limit_window_s=1.0 if paced else LIMIT_WINDOW_S,
+        limit_mode="sliding" if paced else "refill",
+        max_in_flight=AUTO_LIMIT if name == "auto" else None,
     )
     server = await start_mock_server(mock_cfg)
     limits = f"rpm = {RPM}\nwindow_s = {LIMIT_WINDOW_S}\n" if limited else ""
@@ -317,7 +320,7 @@ async def scenario(name: str, work: Path, cluster: Cluster) -> dict[str, Any]:
         cmd = _llmbatch_run(cluster, work, prompts, run_dir)
         log = work / "llmbatch.log"
         t1 = time.monotonic()
-        if name in ("exact", "bench"):
+        if name in ("exact", "bench", "pacing"):
             report["exit_codes"] = [await _run(cmd, env, log)]
         elif name == "auto":
             sampler = asyncio.ensure_future(_sample_in_flight(server, report))
@@ -379,6 +382,8 @@ async def scenario(name: str, work: Path, cluster: Cluster) -> dict[str, Any]:
         report["mock"] = {
             **stats.as_dict(),
             "admitted_s": [round(t, 4) for t, _ in stats.admitted],
+            "refused_s": [round(t, 4) for t in stats.refused],
+            "limits": server.measured(),
         }
         await server.close()
     return report

@@ -120,6 +120,7 @@ def test_readme_is_short_and_in_the_newcomers_order() -> None:
         "OpenAI, Anthropic and other hosted APIs",
         "A local vLLM or llama.cpp server",
         "Resume",
+        "Rate limits",
         "Python API",
         "Compare providers, clients and concurrency",
         "Cron",

@@ -10,9 +10,11 @@ import dataclasses
 import time
 from pathlib import Path
 
+import orjson
 import pytest
 
 from llmbatch.cli.job import execute_run
+from llmbatch.cli.report import format_summary
 from llmbatch.config.load import RunConfig
 from llmbatch.mockserver import MockConfig, start_mock_server
 
@@ -49,6 +51,14 @@ async def test_auto_concurrency_under_rpm_limit_learned_from_headers(tmp_path: P
         assert server.stats.rate_limited < 0.02 * n, server.stats.rate_limited
         check_complete(out.run_dir, prompts, tokens=4)
         assert out.result.metrics.summary()["concurrency_limit"] >= 1
+        # What the run used of the limit the server stated (600 per 3 s), on disk and
+        # in the end summary.
+        summary = orjson.loads((out.run_dir / "summary.json").read_bytes())
+        rate = summary["rate"]["requests"]
+        assert rate["limit_per_s"] == pytest.approx(200, rel=0.1)  # read from rounded figures
+        assert rate["used_per_s"] > 0  # above 200 here: the bucket starts whole (600)
+        line = f"rate used: {rate['used_per_s']:.0f} of {rate['limit_per_s']:.0f} req/s"
+        assert line in format_summary(summary)
     finally:
         await server.close()
 

@@ -27,7 +27,7 @@ from llmbatch.config.load import load_config
 from llmbatch.mockserver import MockConfig, start_mock_server
 
 from .conftest import read_results, write_jsonl
-from .raycluster import AUTO_LIMIT, FAULTS, LIMIT_WINDOW_S, MAX_COST, RPM
+from .raycluster import AUTO_LIMIT, FAULTS, LIMIT_WINDOW_S, MAX_COST, PACED_RPS, RPM
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -56,6 +56,7 @@ SCENARIOS["no-survivor"] = 600
 SCENARIOS["text-log"] = 600
 SCENARIOS["auto"] = 400
 SCENARIOS["max-cost"] = 400
+SCENARIOS["pacing"] = 300
 
 
 @pytest.fixture(scope="module")
@@ -371,3 +372,30 @@ async def test_ray_text_layout_log_writes_one_text_log_and_resumes(
     run = work / "run"
     assert sorted(_log_ids(run)) == sorted(r["custom_id"] for r in read_results(run))
     assert not (run / "text").exists() and not (run / "parts").exists()
+
+
+@pytest.mark.timeout(900)
+async def test_ray_run_keeps_to_a_limit_only_the_server_states(
+    ray_reports: dict[str, Path],
+) -> None:
+    """Two workers, one budget: 50 per sliding second stated only in OpenAI-style headers,
+    ``--concurrency auto``, answers of ~0.26 s. The workers' headers reach the one lease
+    governor, which paces the cluster as one process: exact answers, few 429s (the
+    server's log), and the summary states the limit it learned. (Wall clock with Ray on 2
+    shared cores: the achieved rate is printed, not asserted.)"""
+    n = SCENARIOS["pacing"]
+    work = ray_reports["pacing"]
+    report = _report(work)
+    assert report["exit_codes"] == [0], _log(work)
+    await _assert_same_as_one_process(work, n)
+    mock = report["mock"]
+    limit = mock["limits"]["requests"]
+    print(
+        f"ray pacing: {limit['achieved_per_s']:.1f} of {limit['allowed_per_s']:.0f} req/s, "
+        f"429s {mock['rate_limited']} of {mock['requests']}"
+    )
+    assert mock["rate_limited"] <= 0.05 * n, mock["refused_s"]
+    summary = orjson.loads((work / "run" / "summary.json").read_bytes())
+    stated = summary["rate"]["requests"]
+    assert stated["limit_per_s"] == pytest.approx(PACED_RPS, rel=0.1)
+    assert sorted(summary["engine"]["rate_budget"]["granted_per_worker"]) == ["w0", "w1"]

@@ -233,9 +233,24 @@ def mock_server(
     limit_window_s: Annotated[
         float, typer.Option(help="Length of the rate-limit window, s (1, 10, 60...).")
     ] = 60.0,
+    input_tpm: Annotated[
+        float | None, typer.Option(help="Input tokens per limit window (Anthropic-style).")
+    ] = None,
+    output_tpm: Annotated[
+        float | None, typer.Option(help="Output tokens per limit window (Anthropic-style).")
+    ] = None,
     limit_mode: Annotated[
-        str, typer.Option(help="refill (continuous, OpenAI-style) or sliding (window log).")
+        str,
+        typer.Option(
+            help="refill (continuous, OpenAI-style), sliding (window log) or fixed (windows)."
+        ),
     ] = "refill",
+    output_counted: Annotated[
+        str, typer.Option(help="Charge output tokens at admission or at the answer's end.")
+    ] = "admission",
+    tokens_spread: Annotated[
+        int, typer.Option(min=0, help="Answers get up to this many tokens more, by prompt.")
+    ] = 0,
     limit_headers: Annotated[
         str, typer.Option(help="Send rate-limit headers: always, on_429 or never.")
     ] = "always",
@@ -302,11 +317,15 @@ def mock_server(
             rpm=rpm,
             tpm=tpm,
             rpd=rpd,
+            input_tpm=input_tpm,
+            output_tpm=output_tpm,
             limit_window_s=limit_window_s,
             limit_mode=limit_mode,
             limit_headers=limit_headers,
             capacity=capacity,
             api_key=api_key,
+            output_counted=output_counted,
+            tokens_spread=tokens_spread,
         )
     except ValueError as exc:
         raise _fail(f"mock-server: {exc}", 2) from None

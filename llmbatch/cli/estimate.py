@@ -26,9 +26,10 @@ import orjson
 
 from llmbatch.cli.job import default_run_dir
 from llmbatch.config.load import RunConfig
-from llmbatch.engine.core import DEFAULT_OUTPUT_ESTIMATE, token_bounds
+from llmbatch.engine.core import token_bounds
 from llmbatch.errors import InputError, RunDirError
 from llmbatch.metrics import format_usd
+from llmbatch.pacing import DEFAULT_OUTPUT_ESTIMATE
 from llmbatch.pricing import PriceBook, Rates, TokenUsage, cost_of, request_model
 from llmbatch.pricing.tokens import count_request_tokens, encoding_for_model, get_encoding
 from llmbatch.rundir.identity import describe_changes, run_identity

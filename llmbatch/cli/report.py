@@ -56,8 +56,10 @@ def format_summary(summary: dict[str, Any], run_dir: Path | None = None) -> str:
         f"throughput: {thr['requests_per_s']:.2f} req/s, {thr['output_tokens_per_s']:.1f} output "
         f"tok/s (peak {thr['peak_output_tokens_per_s']}/s), retries {summary['retries']}, "
         f"429s {summary['rate_limited_429']}",
-        "latency ms      mean      p50      p90      p99",
     ]
+    if summary.get("rate"):
+        lines.append("rate used: " + rate_used_text(summary["rate"]))
+    lines.append("latency ms      mean      p50      p90      p99")
     reasoned = summary["tokens"].get("requests_with_reasoning")
     for name in ("ttft", "answer_ttft", "tpot", "itl", "e2el"):
         if name == "answer_ttft" and not reasoned:
@@ -82,6 +84,28 @@ def format_summary(summary: dict[str, Any], run_dir: Path | None = None) -> str:
         text = f"{run_dir}/text.log" if (run_dir / "text.log").exists() else f"{run_dir}/text/"
         lines.append(f"outputs: {run_dir}/results.jsonl, {text}")
     return "\n".join(lines)
+
+
+_RATE_UNITS = {
+    "requests": "req/s",
+    "tokens": "tok/s",
+    "input_tokens": "input tok/s",
+    "output_tokens": "output tok/s",
+}
+
+
+def rate_used_text(rate: dict[str, Any]) -> str:
+    """``49.3 of 50 req/s, 1,480 of 2,000 tok/s``: each limit's use against its rate."""
+
+    def num(v: float) -> str:
+        return f"{v:,.1f}".removesuffix(".0") if v < 100 else f"{v:,.0f}"
+
+    parts = []
+    for name, unit in _RATE_UNITS.items():
+        entry = rate.get(name)
+        if isinstance(entry, dict) and entry.get("limit_per_s"):
+            parts.append(f"{num(entry['used_per_s'] or 0.0)} of {num(entry['limit_per_s'])} {unit}")
+    return ", ".join(parts)
 
 
 # -- reading a run directory ------------------------------------------------------------

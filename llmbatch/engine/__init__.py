@@ -3,7 +3,7 @@
 - ``core``: what one Client shares (pool, governor, retry policy, concurrency limiter)
   and running one request (pacing, attempts, timing);
 - ``stream``: one attempt (SSE decoding, content types, keepalive);
-- ``gate``: the probe request and the systematic-failure check;
+- ``gate``: the admission ramp (slow start) and the systematic-failure check;
 - ``batch``: scheduling a batch, records, stop and grace.
 """
 

@@ -24,6 +24,7 @@ from llmbatch.engine.core import NULL_TEXT, Engine, TextTarget
 from llmbatch.engine.gate import EarlyFailureCheck, FailureGate
 from llmbatch.errors import BudgetExceeded, InputError, RequestError, UnfinishedLine
 from llmbatch.metrics import INPUT_ERROR, RunMetrics
+from llmbatch.pacing.governor import stated_rates
 from llmbatch.records import Outcome, PromptRecord, RequestMetrics
 from llmbatch.rundir.identity import request_hash
 from llmbatch.rundir.reader import error_record_id
@@ -237,6 +238,9 @@ class BatchRun:
         metrics.cost.unpriced_models = list(engine.prices.unpriced)
         if engine.budget is not None:
             metrics.cost.max_usd = engine.budget.max_usd
+        rates = stated_rates(engine.governor.snapshot())
+        if rates:  # a limit learned once stays in the summary after it expires
+            metrics.rate_limits.update(rates)
 
     async def _summary_ticker(self) -> None:
         assert self.rundir is not None

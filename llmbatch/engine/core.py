@@ -6,8 +6,8 @@ whoever sends it (a batch, ``complete``, ``stream``, many FastAPI handlers at on
 is the one owner of concurrency. With ``--concurrency auto`` its size is the adaptive
 controller's limit, so in-flight requests follow the controller as it grows and shrinks.
 
-``execute`` runs one request under the retry policy: wait for the probe and the governor,
-stream an attempt, learn from its headers and errors, build the Outcome. An error fatal
+``execute`` runs one request under the retry policy: wait for the admission ramp and the
+governor, stream an attempt, learn from its headers and errors, build the Outcome. An error fatal
 for the whole run (a bad key, exhausted quota) is raised; every other failure becomes a
 failed Outcome.
 """
@@ -23,7 +23,7 @@ from typing import Any, Protocol
 import orjson
 
 from llmbatch.config.load import ProviderConfig, RunConfig
-from llmbatch.engine.gate import Probe
+from llmbatch.engine.gate import Ramp
 from llmbatch.engine.retry import Verdict, classify, run_with_retries
 from llmbatch.engine.stream import AnswerBounds, LiveCounts, stream_attempt
 from llmbatch.errors import (
@@ -40,10 +40,12 @@ from llmbatch.pacing import (
     AdaptiveConcurrency,
     ConcurrencyControl,
     ConcurrencyLimiter,
+    OutputEstimate,
     Pacer,
     estimate_input_tokens,
     governor_for,
 )
+from llmbatch.pacing.signals import OVERLOADED, STRAINED, overload_signal
 from llmbatch.pricing import (
     PriceBook,
     Rates,
@@ -61,8 +63,6 @@ from llmbatch.redaction import ID_LIMIT, Redactor
 
 __all__ = ["Engine", "NullText", "TextTarget"]
 
-# Output tokens assumed for the rate governor when a request sets no max_tokens.
-DEFAULT_OUTPUT_ESTIMATE = 256
 # The budget's bound on a request's output when it sets no max_tokens and the model's
 # context window is unknown (docs/cost.md): a guess, so set max_tokens for a hard bound.
 UNBOUNDED_OUTPUT_TOKENS = 32_768
@@ -113,10 +113,16 @@ class Engine:
         concurrency: ConcurrencyControl | None = None,
         prices: PriceBook | None = None,
         budget: Spend | None = None,
+        clock: Callable[[], float] | None = None,
     ) -> None:
+        """``clock``: one clock for pacing and request timing (the governor's, virtual in
+        tests); by default time.monotonic for pacing (how old an answer's rate-limit
+        figures are) and time.perf_counter for TTFT and the other request metrics."""
         self.cfg = cfg
         self.prices = prices if prices is not None else PriceBook(cfg)
         self.budget = budget
+        self.clock = clock or time.monotonic
+        self.timer = clock or time.perf_counter
         self.provider = provider
         self.client = client
         # The API key and URL credentials: out of every message and record (redaction.py).
@@ -135,7 +141,8 @@ class Engine:
             fixed = cfg.concurrency
             limit_source = lambda: fixed  # noqa: E731
         self.limiter = ConcurrencyLimiter(limit_source)
-        self.probe = Probe()
+        self.ramp = Ramp(lambda: self.limiter.limit)
+        self.output_estimate = OutputEstimate()
         self.live = LiveCounts()
         self.attempt_listeners: list[Callable[[RequestError], None]] = []
         # Called with each response's headers (llmbatch compare notes the server's id).
@@ -274,30 +281,46 @@ class Engine:
             return Cost(0.0, source=rates.source)  # nothing was answered: nothing billed
         return parts[0] if len(parts) == 1 else _sum_costs(parts)
 
-    def on_attempt_error(self, exc: RequestError) -> None:
-        """Learn from a failed attempt: rate-limit headers, 429 pauses, the AIMD signal."""
+    def on_attempt_error(self, exc: RequestError, *, age_s: float | None = None) -> None:
+        """Learn from a failed attempt, one owner per signal (pacing/signals.py).
+
+        Its rate-limit headers and a 429's pause go to the rate pacer; the concurrency
+        controller hears only what says the server is overloaded (a 429 without rate
+        information among them). ``age_s``: since the attempt was sent.
+        """
         live = self.live
         live.failed_attempts += 1
         live.last_error = exc.code
         for listener in self.attempt_listeners:  # e.g. a batch's first-attempts check
             listener(exc)
+        rate_info = False
         if isinstance(exc, StatusError) and exc.headers:
-            self.governor.observe_headers(exc.headers)
+            refused = isinstance(exc, RateLimited)
+            rate_info = self.governor.observe_headers(exc.headers, age_s=age_s, refused=refused)
         if isinstance(exc, RateLimited):
+            self.ramp.open()  # the limit is found: the pacer and its Retry-After own it now
             # A huge Retry-After must not freeze every request: cap the shared pause.
             pause_s = exc.retry_after_s
             if pause_s is not None:
                 pause_s = min(pause_s, self.cfg.retry.backoff_max_s)
-            self.governor.on_rate_limited(pause_s)
-            if self.aimd is not None:
+            self.governor.on_rate_limited(pause_s, age_s=age_s)
+        if self.aimd is not None:
+            signal = overload_signal(exc, rate_info=rate_info)
+            if signal == OVERLOADED:
                 self.aimd.on_rate_limited()
-        elif self.aimd is not None and classify(exc) is Verdict.RETRY:
-            self.aimd.on_error()
+            elif signal == STRAINED:
+                self.aimd.on_error()
 
-    def on_success(self, ttft_s: float | None) -> None:
-        """An answer arrived: feed the adaptive controller (which may open more slots)."""
+    def on_success(self, ttft_s: float | None, *, held: bool = False) -> None:
+        """An answer arrived: feed the adaptive controller (which may open more slots).
+
+        ``held``: the rate governor held the request back. Then the rate, not
+        concurrency, was the bottleneck: more slots would only queue more requests at
+        the governor (each holding a reservation made on estimates), so the controller
+        does not hear of it.
+        """
         self.succeeded += 1
-        if self.aimd is not None and ttft_s is not None:
+        if self.aimd is not None and ttft_s is not None and not held:
             self.aimd.on_success(ttft_s)
             self.limiter.notify()
 
@@ -316,6 +339,9 @@ class _Request:
         "may_retry_text",
         "backing_off",
         "partial",
+        "ramp_told",
+        "paced_at",
+        "held",
     )
 
     def __init__(
@@ -338,6 +364,9 @@ class _Request:
         self.backing_off = False  # counted in live.retrying while waiting to retry
         self.sent_at = taken_at  # when the current attempt was sent (perf_counter)
         self.partial: list[int] = []  # chunks streamed by each attempt that then failed
+        self.ramp_told = False  # the admission ramp heard of this attempt's answer
+        self.paced_at = 0.0  # when the current attempt was sent, on the pacing clock
+        self.held = False  # the rate governor held the current attempt back
 
     def _end_backoff(self) -> None:
         if self.backing_off:
@@ -353,7 +382,8 @@ class _Request:
     async def _run(self, raise_failure: bool) -> Outcome:
         eng, rec = self.eng, self.rec
         request = eng.provider.build_request(rec)
-        est_in, est_out = estimate_tokens(rec)
+        est_in, cap = estimate_tokens(rec)
+        est_out = eng.output_estimate.for_request(cap)
         cfg = eng.cfg
         bounds = AnswerBounds.for_request(
             rec.body, eng.provider.profile.params, cfg.max_answer_bytes, cfg.max_event_bytes
@@ -363,9 +393,15 @@ class _Request:
             if n > 1:
                 self.text.restart()
                 self._end_backoff()
-            await eng.probe.wait_turn()
-            await _pace(eng.governor, est_in, est_out)
+            await eng.ramp.wait_turn()
+            self.ramp_told = False
+            try:
+                self.held = await _pace(eng.governor, est_in, est_out)
+            except BaseException:  # cancelled while paced: its turn goes to the next
+                eng.ramp.answered(informed=False)
+                raise
             self.sent_at = time.perf_counter()
+            self.paced_at = eng.clock()
             m = self.metrics = RequestMetrics(
                 queue_s=self.sent_at - self.waiting_since, sent_at=self.sent_at
             )
@@ -383,6 +419,7 @@ class _Request:
                         eng.live,
                         bounds,
                         self.text.extend_reasoning,
+                        eng.timer,
                     )
                 except RequestError as exc:
                     eng.redactor.scrub(exc)  # first: nothing sees the server's text unredacted
@@ -399,10 +436,11 @@ class _Request:
                 if m.chunks:
                     self.partial.append(m.chunks)
                 self.attempts.append(_attempt_record(n, exc))
-                eng.on_attempt_error(exc)
+                eng.on_attempt_error(exc, age_s=eng.clock() - self.paced_at)
                 raise
             finally:
-                eng.probe.release()  # whatever happened, never leave the others waiting
+                if not self.ramp_told:  # whatever happened, never leave the others waiting
+                    eng.ramp.answered(informed=False)
             if rid is not None:  # a header from the server, like any other
                 rid = eng.redactor.clip(rid, ID_LIMIT)
             self.attempts.append(Attempt(n, 200, None, None, rid, 0.0))
@@ -441,7 +479,8 @@ class _Request:
         elif m.reasoning_chunks:
             m.reasoning_tokens, m.reasoning_tokens_estimated = m.reasoning_chunks, True
         eng.governor.settle(est_in, est_out, inp, out)
-        eng.on_success(m.ttft_s)
+        eng.output_estimate.observe(m.output_tokens)
+        eng.on_success(m.ttft_s, held=self.held)
         body = asm.body()
         return Outcome(
             record_id=rec.id,
@@ -458,22 +497,26 @@ class _Request:
 
     def _on_headers(self, headers: Any) -> None:
         # age_s: which of our sends the server's rate-limit figures can include.
-        self.eng.governor.observe_headers(headers, age_s=time.perf_counter() - self.sent_at)
-        for listener in self.eng.header_listeners:
+        eng = self.eng
+        informed = eng.governor.observe_headers(headers, age_s=eng.clock() - self.paced_at)
+        for listener in eng.header_listeners:
             listener(headers)
-        self.eng.probe.release()  # the fast path: as soon as headers are in
+        self.ramp_told = True
+        eng.ramp.answered(informed=informed)  # the fast path: as soon as headers are in
 
 
-async def _pace(governor: Pacer, est_in: int, est_out: int) -> None:
-    """Wait for the rate governor (queue time, never TTFT)."""
+async def _pace(governor: Pacer, est_in: int, est_out: int) -> bool:
+    """Wait for the rate governor (queue time, never TTFT); True if it held the request."""
     wait_s = governor.reserve(est_in, est_out)
+    held = wait_s > 0
     while wait_s > 0:
         await asyncio.sleep(wait_s)
         wait_s = governor.paused_for_s()  # a 429 may have come in meanwhile
+    return held
 
 
-def estimate_tokens(rec: PromptRecord) -> tuple[int, int]:
-    """(input, output) token estimates for the governor; corrected later from usage."""
+def estimate_tokens(rec: PromptRecord) -> tuple[int, int | None]:
+    """(input token estimate, max_tokens or None) for the governor; corrected from usage."""
     body = rec.body
     chars = 0
     messages = body.get("messages") or body.get("contents") or body.get("input")
@@ -495,8 +538,9 @@ def estimate_tokens(rec: PromptRecord) -> tuple[int, int]:
         or body.get("max_output_tokens")
         or (gen.get("maxOutputTokens") if isinstance(gen, dict) else None)
     )
-    est_out = cap if isinstance(cap, int) and cap > 0 else DEFAULT_OUTPUT_ESTIMATE
-    return estimate_input_tokens(chars, n_messages), est_out
+    if not isinstance(cap, int) or cap <= 0:
+        cap = None
+    return estimate_input_tokens(chars, n_messages), cap
 
 
 def token_bounds(rec: PromptRecord, rates: Rates, profile: ProviderConfig) -> tuple[int, int]:

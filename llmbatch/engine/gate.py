@@ -1,5 +1,6 @@
-"""Gates at the start of work: the probe request, and the checks that the job itself is
-wrong (systematic failures), so a broken job stops the run instead of failing every prompt.
+"""Gates at the start of work: the admission ramp (slow start), and the checks that the job
+itself is wrong (systematic failures), so a broken job stops the run instead of failing every
+prompt.
 
 - ``FailureGate`` decides on final outcomes: until something succeeds, failures are held
   back, and three identical ones with nothing streaming anywhere stop the run.
@@ -17,7 +18,9 @@ wrong (systematic failures), so a broken job stops the run instead of failing ev
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import urllib.parse
+from collections import deque
 from collections.abc import Callable
 
 from llmbatch.config.load import ProviderConfig
@@ -29,7 +32,7 @@ __all__ = [
     "SYSTEMATIC_FAILURE_THRESHOLD",
     "EarlyFailureCheck",
     "FailureGate",
-    "Probe",
+    "Ramp",
     "failure_hint",
 ]
 
@@ -38,29 +41,80 @@ __all__ = [
 SYSTEMATIC_FAILURE_THRESHOLD = 3
 
 
-class Probe:
-    """The first request of an engine goes alone; the others wait for its response
-    headers, which may carry the provider's rate limits, so an initial burst never runs
-    into a limit nobody knew. Released as soon as headers arrive, or on any failure."""
+class Ramp:
+    """Slow start for admission, until the server's answers say how fast to go.
 
-    __slots__ = ("_sent", "_done")
+    The first request goes alone. While answers come without rate-limit information,
+    each one lets two more requests start, so admission doubles per round trip (like
+    TCP's slow start) instead of sending the whole concurrency at a limit nobody knows
+    yet. The ramp opens for good on the first answer that carries rate-limit
+    information or is a 429 (from then on the rate pacer knows), or once it allows
+    ``full()`` requests (the concurrency). A failed attempt counts as an answer, so a
+    failing first request never holds the others back.
+    """
 
-    def __init__(self) -> None:
-        self._sent = False
-        self._done = asyncio.Event()
+    __slots__ = ("_full", "_allowed", "_started", "_open", "_waiters")
+
+    def __init__(self, full: Callable[[], int]) -> None:
+        self._full = full  # the concurrency limit now
+        self._allowed = 1
+        self._started = 0
+        self._open = False
+        self._waiters: deque[asyncio.Future[None]] = deque()
+
+    @property
+    def is_open(self) -> bool:
+        """True once admission no longer ramps."""
+        return self._open
 
     async def wait_turn(self) -> None:
-        """Return at once for the probe itself and after the probe for everyone else."""
-        if self._done.is_set():
+        """Return when this request may start (at once when the ramp is open)."""
+        if self._open:
             return
-        if self._sent:
-            await self._done.wait()
-        else:
-            self._sent = True
+        if not self._waiters and self._started < self._allowed:
+            self._started += 1
+            return
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._waiters.append(fut)
+        try:
+            await fut
+        except asyncio.CancelledError:
+            if fut.done() and not fut.cancelled():
+                self._started -= 1  # our turn came just before the cancellation: pass it on
+                self._wake()
+            else:
+                with contextlib.suppress(ValueError):
+                    self._waiters.remove(fut)
+            raise
 
-    def release(self) -> None:
-        """Let everyone go (idempotent)."""
-        self._done.set()
+    def answered(self, *, informed: bool) -> None:
+        """An attempt got its answer (or failed); ``informed``: it told the pacer a rate."""
+        if self._open:
+            return
+        if informed:
+            self.open()
+            return
+        self._allowed += 2
+        if self._allowed >= self._full():
+            self.open()
+        else:
+            self._wake()
+
+    def open(self) -> None:
+        """Stop ramping: every waiter goes (idempotent)."""
+        self._open = True
+        while self._waiters:
+            fut = self._waiters.popleft()
+            if not fut.done():
+                fut.set_result(None)
+
+    def _wake(self) -> None:
+        while self._waiters and self._started < self._allowed:
+            fut = self._waiters.popleft()
+            if fut.done():
+                continue
+            self._started += 1
+            fut.set_result(None)
 
 
 class FailureGate:

@@ -123,17 +123,18 @@ async def stream_attempt(
     live: LiveCounts,
     bounds: AnswerBounds = NO_BOUNDS,
     on_reasoning: Callable[[list[str]], None] = _ignore,
+    timer: Callable[[], float] = time.perf_counter,
 ) -> str | None:
     """Run one attempt into ``asm`` and ``m``; return the provider's request id.
 
     ``on_text`` gets the answer deltas of each read, in order, ``on_reasoning`` its
     reasoning deltas. ``on_headers`` sees the response headers as soon as they arrive
-    (rate limits, the probe); ``live.tokens`` counts token events of either kind as they
-    arrive (progress display). ``bounds``: past one of them the attempt fails with
-    AnswerTooLarge. A ProviderError raised from the body carries the response's status
-    and request id.
+    (rate limits, the admission ramp); ``live.tokens`` counts token events of either kind as
+    they arrive (progress display); ``timer`` times it all. ``bounds``: past one of them the
+    attempt fails with AnswerTooLarge. A ProviderError raised from the body carries the
+    response's status and request id.
     """
-    perf = time.perf_counter
+    perf = timer
     if bounds.max_event_bytes is not None:
         asm.limit_events(bounds.max_event_bytes)
     # Counted down per read: one subtraction and one comparison each.

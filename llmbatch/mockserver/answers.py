@@ -9,6 +9,7 @@ import orjson
 
 __all__ = [
     "REASONING_TOKENS",
+    "answer_length",
     "count_prompt_tokens",
     "expected_reasoning",
     "expected_text",
@@ -29,6 +30,15 @@ _WORDS = (
 
 def prompt_key(messages: Any) -> bytes:
     return orjson.dumps(messages, option=orjson.OPT_SORT_KEYS)
+
+
+def answer_length(key: bytes, tokens: int, spread: int) -> int:
+    """Tokens in the answer to the prompt ``key``: ``tokens`` plus up to ``spread`` more,
+    chosen by the prompt (so a client cannot know it before the answer ends)."""
+    if spread <= 0:
+        return tokens
+    digest = hashlib.blake2b(key, digest_size=4, person=b"length").digest()
+    return tokens + int.from_bytes(digest, "big") % (spread + 1)
 
 
 def expected_tokens(messages: Any, n_tokens: int) -> list[str]:

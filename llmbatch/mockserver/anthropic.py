@@ -41,10 +41,10 @@ class AnthropicRoutes:
         cap = body.get("max_tokens")
         if isinstance(cap, bool) or not isinstance(cap, int) or cap < 1:
             return anthropic_error(400, "invalid_request_error", "max_tokens: Field required")
-        plan = state.plan(request.headers, cap, t0)
         key = prompt_key(messages)
+        plan = state.plan(request.headers, cap, t0, key)
         state.arrived(key)
-        verdict = state.admit(key, count_prompt_tokens(messages) + plan.n, style="anthropic")
+        verdict = state.admit(key, count_prompt_tokens(messages), plan.n, style="anthropic")
         if not verdict.admitted:
             return anthropic_error(
                 429,
@@ -76,6 +76,7 @@ class AnthropicRoutes:
         stop_reason = "max_tokens" if plan.capped else "end_turn"
         if not body.get("stream"):
             await until_done(plan)
+            state.finished(plan.n)
             state.completed(inp, plan.n)
             done = {
                 **msg,
@@ -121,6 +122,7 @@ class AnthropicRoutes:
             tail += sse("message_stop", {"type": "message_stop"})
         if await stream_tokens(request, resp, plan, tokens, frame, fault, self._mid_fault, tail):
             await resp.write_eof()
+            state.finished(plan.n)
             state.completed(inp, plan.n)
         return resp
 

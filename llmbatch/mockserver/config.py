@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-__all__ = ["FAULT_KINDS", "HEADER_MODES", "LIMIT_MODES", "MockConfig"]
+__all__ = ["FAULT_KINDS", "HEADER_MODES", "LIMIT_MODES", "OUTPUT_COUNTED", "MockConfig"]
 
 FAULT_KINDS = (
     "429",  # rate limited, with Retry-After (and ``fault_headers``)
@@ -26,10 +26,15 @@ FAULT_KINDS = (
     "slow_first_byte",  # headers only after slow_first_byte_s
 )
 
-LIMIT_MODES = ("refill", "sliding")
+LIMIT_MODES = ("refill", "sliding", "fixed")
 """How a rate limit counts: ``refill`` = a bucket holding the whole limit, refilled
 continuously at limit / window (OpenAI's model: reset = time until full again);
-``sliding`` = at most ``limit`` admissions within any ``limit_window_s``."""
+``sliding`` = at most ``limit`` admissions within any ``limit_window_s``; ``fixed`` = at
+most ``limit`` per window [k W, (k + 1) W) counted from the server's start."""
+
+OUTPUT_COUNTED = ("admission", "end")
+"""When output tokens are charged: at admission (the answer's length, as the server
+plans it) or when the answer ends (a client cannot know the length before)."""
 
 HEADER_MODES = ("always", "on_429", "never")
 """When the rate-limit headers are sent: on every response, only on 429s, or never."""
@@ -64,6 +69,8 @@ class MockConfig:
     # (Groq: request headers count per day, token headers per minute).
     rpm: float | None = None
     tpm: float | None = None  # prompt + completion tokens
+    input_tpm: float | None = None  # prompt tokens (Anthropic's input-tokens limit)
+    output_tpm: float | None = None  # completion tokens (Anthropic's output-tokens limit)
     rpd: float | None = None
     limit_window_s: float = 60.0
     day_window_s: float = 86400.0
@@ -72,6 +79,9 @@ class MockConfig:
     # Like ``vllm serve --api-key`` / ``llama-server --api-key``: requests without this key
     # (``Authorization: Bearer KEY``, or ``x-api-key`` as Anthropic's) get a 401.
     api_key: str | None = None
+    output_counted: str = "admission"
+    # Answers of ``tokens`` plus up to this many more, chosen by the prompt's content.
+    tokens_spread: int = 0
 
     def __post_init__(self) -> None:
         if self.limit_mode not in LIMIT_MODES:
@@ -82,6 +92,10 @@ class MockConfig:
             )
         if self.capacity is not None and self.capacity < 1:
             raise ValueError(f"capacity must be >= 1, got {self.capacity}")
+        if self.output_counted not in OUTPUT_COUNTED:
+            raise ValueError(
+                f"output_counted must be one of {OUTPUT_COUNTED}, got {self.output_counted!r}"
+            )
         for name in ("limit_window_s", "day_window_s"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"{name} must be > 0")

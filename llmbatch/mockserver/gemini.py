@@ -115,11 +115,11 @@ class GeminiRoutes:
             return google_error(400, "INVALID_ARGUMENT", "contents is not specified")
         given = body.get("generationConfig")
         gen: dict[str, Any] = given if isinstance(given, dict) else {}
-        plan = state.plan(request.headers, gen.get("maxOutputTokens"), t0)
         key = prompt_key(messages)
+        plan = state.plan(request.headers, gen.get("maxOutputTokens"), t0, key)
         state.arrived(key)
         inp = count_prompt_tokens(messages)
-        verdict = state.admit(key, inp + plan.n, style="gemini")
+        verdict = state.admit(key, inp, plan.n, style="gemini")
         if not verdict.admitted:
             return google_error(
                 429,
@@ -136,6 +136,7 @@ class GeminiRoutes:
         streaming = method == "streamGenerateContent"
         if not streaming or request.query.get("alt") != "sse":
             await until_done(plan)
+            state.finished(plan.n)
             state.completed()
             events = [orjson.loads(e) for e in answer.events]
             whole: Any = events if streaming else answer.merged()
@@ -150,6 +151,7 @@ class GeminiRoutes:
             tail = b""
         if await stream_tokens(request, resp, plan, frames, bytes, fault, self._mid_fault, tail):
             await resp.write_eof()
+            state.finished(plan.n)
             state.completed()
         return resp
 

@@ -88,10 +88,10 @@ class OpenAIRoutes:
     ) -> web.StreamResponse:
         """An OpenAI answer: chat.completion(.chunk)s, or text_completion(s) when not ``chat``."""
         state = self.state
-        plan = state.plan(request.headers, cap, t0)
         key = prompt_key(messages)
+        plan = state.plan(request.headers, cap, t0, key)
         state.arrived(key)
-        verdict = state.admit(key, count_prompt_tokens(messages) + plan.n)
+        verdict = state.admit(key, count_prompt_tokens(messages), plan.n)
         if not verdict.admitted:
             return json_error(429, "rate_limit_exceeded", "Rate limit reached", verdict.headers)
         limit_headers = verdict.headers
@@ -107,6 +107,7 @@ class OpenAIRoutes:
         model = body.get("model") or state.cfg.model
         if not body.get("stream"):
             await until_done(plan)
+            state.finished(plan.n)
             state.completed(inp, plan.n)
             text = "".join(tokens)
             done = (
@@ -137,6 +138,7 @@ class OpenAIRoutes:
             await resp.write(frame(None))  # the role chunk, at once
         if await stream_tokens(request, resp, plan, tokens, frame, fault, self.mid_fault, tail):
             await resp.write_eof()
+            state.finished(plan.n)
             state.completed(*reported)
         return resp
 

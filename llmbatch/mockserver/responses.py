@@ -69,11 +69,11 @@ class ResponsesRoutes:
         unknown = [m for m in messages if not _is_item(m)]
         if unknown:
             return json_error(400, "invalid_request_error", f"Invalid input item: {unknown[0]!r}")
-        plan = state.plan(request.headers, body.get("max_output_tokens"), t0)
         key = prompt_key(messages)
+        plan = state.plan(request.headers, body.get("max_output_tokens"), t0, key)
         state.arrived(key)
         inp = count_prompt_tokens(messages)
-        verdict = state.admit(key, inp + plan.n)
+        verdict = state.admit(key, inp, plan.n)
         if not verdict.admitted:
             return json_error(429, "rate_limit_exceeded", "Rate limit reached", verdict.headers)
         fault = state.fault_for(key, request.headers)
@@ -84,6 +84,7 @@ class ResponsesRoutes:
         answer = _Answer(body, messages, plan.n, plan.capped, inp, key, state.cfg.model)
         if not body.get("stream"):
             await until_done(plan)
+            state.finished(plan.n)
             state.completed()
             return web.Response(
                 body=orjson.dumps(answer.final()),
@@ -99,6 +100,7 @@ class ResponsesRoutes:
         frames = answer.frames
         if await stream_tokens(request, resp, plan, frames, bytes, fault, self._mid_fault, tail):
             await resp.write_eof()
+            state.finished(plan.n)
             state.completed()
         return resp
 

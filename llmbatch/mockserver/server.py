@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import orjson
 from aiohttp import web
 
@@ -28,9 +30,10 @@ def build_app(state: MockState) -> web.Application:
         return web.Response(body=orjson.dumps(data), content_type="application/json")
 
     async def get_stats(request: web.Request) -> web.Response:
-        return web.Response(
-            body=orjson.dumps(state.stats.as_dict()), content_type="application/json"
-        )
+        stats = state.stats.as_dict()
+        if state.limits.active:  # the server's own account of the rate a client achieved
+            stats["limits"] = state.limits.measured()
+        return web.Response(body=orjson.dumps(stats), content_type="application/json")
 
     async def reset(request: web.Request) -> web.Response:
         state.reset()
@@ -72,6 +75,11 @@ class MockServer:
     def stats(self) -> MockStats:
         """Live counters (requests, in-flight, max in-flight, faults injected)."""
         return self._state.stats
+
+    def measured(self) -> dict[str, dict[str, Any]]:
+        """Per rate limit, the rate a client achieved against the rate it allows (the
+        server's own log; empty without limits)."""
+        return self._state.limits.measured()
 
     async def wait_completed(self, count: int) -> None:
         """Wait until ``count`` answers have been sent in full."""

@@ -13,9 +13,10 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from llmbatch.mockserver.answers import answer_length
 from llmbatch.mockserver.config import MockConfig
 from llmbatch.mockserver.faults import FaultPicker, int_header
-from llmbatch.mockserver.ratelimits import Admission, MockRateLimits
+from llmbatch.mockserver.ratelimits import Admission, Clock, MockRateLimits
 
 __all__ = ["MockState", "MockStats", "Plan"]
 
@@ -57,6 +58,8 @@ class MockStats:
     faults: dict[str, int] = field(default_factory=dict)
     # (monotonic time, tokens) of every request admitted under a rate limit.
     admitted: list[tuple[float, int]] = field(default_factory=list)
+    # Monotonic times of the rate limits' 429s.
+    refused: list[float] = field(default_factory=list)
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -89,11 +92,15 @@ class Plan:
 class MockState:
     """Shared by every request of one mock server."""
 
-    def __init__(self, cfg: MockConfig) -> None:
+    def __init__(
+        self, cfg: MockConfig, clock: Clock = time.monotonic, wall_clock: Clock = time.time
+    ) -> None:
+        """``clock`` (and ``wall_clock``, Unix time) are the rate limits' and their log's."""
         self.cfg = cfg
         self.stats = MockStats()
         self.faults = FaultPicker(cfg)
-        self.limits = MockRateLimits(cfg)
+        self._clock = clock
+        self.limits = MockRateLimits(cfg, clock, wall_clock)
         self._not_before: dict[bytes, float] = {}  # prompt -> earliest allowed retry
         self._waiters: Waiters = []
         self._flight_waiters: Waiters = []
@@ -145,10 +152,12 @@ class MockState:
             await _wait_for(self._flight_waiters, count)
 
     # -- decisions ---------------------------------------------------------------------
-    def plan(self, headers: Mapping[str, str], cap: Any, t0: float) -> Plan:
-        """Token count and timing, from the config and ``x-mock-*`` request headers."""
+    def plan(self, headers: Mapping[str, str], cap: Any, t0: float, key: bytes = b"") -> Plan:
+        """Token count and timing, from the config and ``x-mock-*`` request headers
+        (``key``: the prompt, which picks the length within ``tokens_spread``)."""
         cfg = self.cfg
-        n = int_header(headers, "x-mock-tokens", cfg.tokens) or cfg.tokens
+        tokens = answer_length(key, cfg.tokens, cfg.tokens_spread)
+        n = int_header(headers, "x-mock-tokens", tokens) or tokens
         capped = isinstance(cap, int) and not isinstance(cap, bool) and 0 < cap < n
         ttft_ms = int_header(headers, "x-mock-ttft-ms", None)
         itl_ms = int_header(headers, "x-mock-itl-ms", None)
@@ -185,8 +194,10 @@ class MockState:
             self.stats.faults[fault] = self.stats.faults.get(fault, 0) + 1
         return fault
 
-    def admit(self, key: bytes, tokens: int, style: str = "openai") -> Admission:
-        """Rate-limit admission for one request of ``tokens``; refusals are counted.
+    def admit(
+        self, key: bytes, input_tokens: int, output_tokens: int, style: str = "openai"
+    ) -> Admission:
+        """Rate-limit admission for one request; refusals are counted.
 
         A refusal's headers carry Retry-After (``retry-after-ms`` and ``retry-after``).
         """
@@ -198,13 +209,18 @@ class MockState:
             return Admission(headers=headers, retry_after_s=self.cfg.retry_after_s)
         if not self.limits.active:
             return Admission()
-        verdict = self.limits.admit(tokens, style)
+        verdict = self.limits.admit(input_tokens, output_tokens, style)
         if verdict.retry_after_s is None:
-            self.stats.admitted.append((time.monotonic(), tokens))
+            self.stats.admitted.append((self._clock(), input_tokens + output_tokens))
         else:
             self.stats.rate_limited += 1
+            self.stats.refused.append(self._clock())
             self.told_to_wait(key, retry_after_headers(verdict.retry_after_s, verdict.headers))
         return verdict
+
+    def finished(self, output_tokens: int) -> None:
+        """An admitted answer ended: limits that count output at the end charge it."""
+        self.limits.finish(output_tokens)
 
     def fault_429_headers(self, key: bytes) -> dict[str, str]:
         """Headers of an injected 429: Retry-After plus the configured ``fault_headers``."""

@@ -8,14 +8,22 @@
   it from a run's config. ``protocol``: :class:`Pacer`, the interface it fulfils, and
   :class:`ConcurrencyControl`, the adaptive controller's.
 - ``concurrency``: :class:`AdaptiveConcurrency` (AIMD) and :class:`ConcurrencyLimiter`.
-- ``estimate``: :func:`estimate_input_tokens`, a tokenizer-free prompt size.
+- ``estimate``: :func:`estimate_input_tokens`, a tokenizer-free prompt size, and
+  :class:`OutputEstimate`, output tokens to reserve, learned from the answers so far.
+- ``signals``: which controller a failed attempt teaches (one owner per signal).
 """
 
 from __future__ import annotations
 
 from llmbatch.pacing.bucket import TokenBucket
 from llmbatch.pacing.concurrency import AdaptiveConcurrency, ConcurrencyLimiter
-from llmbatch.pacing.estimate import CHARS_PER_TOKEN, TOKENS_PER_MESSAGE, estimate_input_tokens
+from llmbatch.pacing.estimate import (
+    CHARS_PER_TOKEN,
+    DEFAULT_OUTPUT_ESTIMATE,
+    TOKENS_PER_MESSAGE,
+    OutputEstimate,
+    estimate_input_tokens,
+)
 from llmbatch.pacing.factory import governor_for
 from llmbatch.pacing.governor import RateGovernor
 from llmbatch.pacing.headers import FAMILIES, family_for, parse_duration_s, parse_reset_s
@@ -23,11 +31,13 @@ from llmbatch.pacing.protocol import ConcurrencyControl, Pacer
 
 __all__ = [
     "CHARS_PER_TOKEN",
+    "DEFAULT_OUTPUT_ESTIMATE",
     "FAMILIES",
     "TOKENS_PER_MESSAGE",
     "AdaptiveConcurrency",
     "ConcurrencyControl",
     "ConcurrencyLimiter",
+    "OutputEstimate",
     "Pacer",
     "RateGovernor",
     "TokenBucket",

@@ -30,9 +30,13 @@ class AdaptiveConcurrency:
       Between ``latency_hold`` and ``latency_tolerance`` x baseline, hold steady: the
       server is queueing, more concurrency would only add latency.
     - Above ``latency_tolerance`` x baseline (default 2x), decrease multiplicatively
-      (x ``decrease_factor``, default 0.7).
-    - On a 429, decrease x ``decrease_factor``; on another error, mildly (x ``error_factor``,
-      default 0.9). A decrease always removes at least one slot.
+      (x ``decrease_factor``, default 0.7). Latency within ``min_latency_growth_s``
+      (10 ms) of the baseline always counts as flat: below that, ratios measure the
+      event loop's jitter, not the server.
+    - When the server says it is overloaded (a 429 without rate information, 503, 529:
+      ``on_rate_limited``), decrease x ``decrease_factor``; on another 5xx or a timeout,
+      mildly (x ``error_factor``, default 0.9). Which signals reach it is decided in
+      ``pacing/signals.py`` (one owner per signal). A decrease always removes at least one slot.
     - At most one decrease per cooldown window (the smoothed TTFT, at least
       ``min_cooldown_s``): requests in flight when the server pushed back all report it at
       once, so a burst of 429s counts once, and the strongest signal in a window wins.
@@ -54,6 +58,7 @@ class AdaptiveConcurrency:
         min_cooldown_s: float = 1.0,
         baseline_window_s: float = 60.0,
         slow_start: bool = True,
+        min_latency_growth_s: float = 0.01,
     ) -> None:
         """Validate the bounds and tunables; ``initial`` is clamped into ``[floor, cap]``."""
         if floor < 1 or cap < floor:
@@ -79,6 +84,7 @@ class AdaptiveConcurrency:
         self._baseline_window_s = baseline_window_s
         self._successes = 0
         self._slow_start = slow_start
+        self._min_growth_s = min_latency_growth_s
         self._ewma_ttft_s: float | None = None
         # Monotonic deque of (time, smoothed TTFT), values increasing: front = window minimum.
         self._recent: deque[tuple[float, float]] = deque()
@@ -107,10 +113,12 @@ class AdaptiveConcurrency:
         while self._recent[0][0] < now_s - self._baseline_window_s:
             self._recent.popleft()
         baseline_s = self._recent[0][1]
-        if ewma_s > baseline_s * self._latency_tolerance:
-            self._decrease(self._decrease_factor)
-        elif ewma_s <= baseline_s * self._latency_hold:
+        # Growth of less than min_latency_growth_s is the event loop's jitter, not the
+        # server queueing (2x of a 1 ms TTFT is noise).
+        if ewma_s - baseline_s <= self._min_growth_s or ewma_s <= baseline_s * self._latency_hold:
             self._grow()
+        elif ewma_s > baseline_s * self._latency_tolerance:
+            self._decrease(self._decrease_factor)
         else:
             self._slow_start = False  # the server has started to queue
 

@@ -9,13 +9,15 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Mapping
+from dataclasses import replace
 from typing import Any
 
 from llmbatch.pacing.bucket import Clock, TokenBucket, finite_nonneg
 from llmbatch.pacing.headers import FAMILIES, HeaderFamily
-from llmbatch.pacing.learned import LearnedLimit, learned_limit
+from llmbatch.pacing.learned import LearnedLimit, RefillLimit, as_window, learned_limit
+from llmbatch.pacing.retryafter import RetryAfterWindow
 
-__all__ = ["LIMIT_NAMES", "RateGovernor"]
+__all__ = ["LIMIT_NAMES", "RateGovernor", "stated_rates"]
 
 LIMIT_NAMES = ("requests", "input_tokens", "output_tokens", "tokens")
 
@@ -100,6 +102,8 @@ class RateGovernor:
             bucket = TokenBucket(limit / window_s, limit * burst_fraction, clock)
             self._caps[name] = (float(limit), bucket)
         self._learned: dict[str, tuple[str, LearnedLimit]] = {}  # key -> (name, limit)
+        # A server that says nothing but Retry-After: its windows, learned from 429s.
+        self._bare = RetryAfterWindow(clock)
 
     @property
     def family(self) -> str:
@@ -112,7 +116,10 @@ class RateGovernor:
         A caller that was already sleeping on an earlier :meth:`reserve` when the 429 came
         checks this before sending.
         """
-        return max(0.0, self._paused_until_s - self._clock())
+        pause_s = max(0.0, self._paused_until_s - self._clock())
+        if self._bare.learned:
+            pause_s = max(pause_s, self._bare.ticket_wait_s())
+        return pause_s
 
     def reserve(self, est_input_tokens: int, est_output_tokens: int) -> float:
         """Reserve budget for one request; return seconds to wait before sending it.
@@ -122,13 +129,15 @@ class RateGovernor:
         if est_input_tokens < 0 or est_output_tokens < 0:
             raise ValueError("token estimates must be >= 0")
         costs = _costs(est_input_tokens, est_output_tokens)
-        wait_s = self.paused_for_s()
+        wait_s = max(0.0, self._paused_until_s - self._clock())  # (not a ticket of before)
         for name, (_, bucket) in self._caps.items():
             wait_s = max(wait_s, bucket.reserve(costs[name]))
         for key in [k for k, (_, lim) in self._learned.items() if lim.expired()]:
             del self._learned[key]  # nothing confirmed it since its reset
         for name, learned in self._learned.values():
             wait_s = max(wait_s, learned.reserve(costs[name]))
+        if not self._learned:  # (before any 429 this only marks the request unplanned)
+            wait_s = max(wait_s, self._bare.reserve())
         return wait_s
 
     def settle(
@@ -159,24 +168,41 @@ class RateGovernor:
             for lname, learned in self._learned.values():
                 if lname == name:
                     learned.adjust(delta)
+                    if delta > 0 and learned.rate_per_s > 0:
+                        # Requests already waiting were timed on the estimate: all of
+                        # them go that much later.
+                        start = max(self._paused_until_s, self._clock())
+                        self._paused_until_s = start + delta / learned.rate_per_s
 
-    def on_rate_limited(self, retry_after_s: float | None) -> None:
+    def on_rate_limited(self, retry_after_s: float | None, *, age_s: float | None = None) -> None:
         """A 429 arrived: pause everything for ``retry_after_s`` (or the default backoff).
 
         Besides the pause floor, each configured bucket is put in debt worth the pause, so
         the requests queued during it are released at the cap's rate afterwards, not all at
         once; every learned limit is emptied (its next allowance comes at its reset).
+        From a server that sends no rate-limit headers, ``retry_after_s`` and ``age_s``
+        (since the refused request was sent) teach its windows (:mod:`retryafter`).
         """
         pause_s = self._default_backoff_s
         if retry_after_s is not None and finite_nonneg(retry_after_s):
             pause_s = retry_after_s
+            if not self._learned and age_s is not None and finite_nonneg(age_s):
+                # Nothing but Retry-After: it names the end of the server's window.
+                self._bare.refused(self._clock() - age_s, retry_after_s)
         self._paused_until_s = max(self._paused_until_s, self._clock() + pause_s)
         for _, bucket in self._caps.values():
             bucket.set_available(-bucket.rate_per_s * pause_s)
         for _, learned in self._learned.values():
             learned.empty()
 
-    def observe_headers(self, headers: Mapping[str, str], *, age_s: float | None = None) -> None:
+    def observe_headers(
+        self,
+        headers: Mapping[str, str],
+        *,
+        age_s: float | None = None,
+        refused: bool = False,
+        received_ago_s: float = 0.0,
+    ) -> bool:
         """Learn from a response's rate-limit headers, read as the governor's family says.
 
         Each limit reported (limit, remaining, reset) restates a learned gate: what is
@@ -184,10 +210,22 @@ class RateGovernor:
         not count yet), and by ``reset`` the whole limit is back. ``age_s``, when known,
         is how long ago the request that got this answer was sent: it tells which of our
         sends the figures include. Keys are case-insensitive; malformed values ignored.
+        True when the headers reported any limit. ``refused``: the answer was a 429
+        (else it counts as one the server admitted, for windows learned from 429s).
+        ``received_ago_s``: the headers arrived that long ago (a cluster's workers send
+        them on with their next call): their resets are that much nearer now.
         """
+        if not refused and age_s is not None and finite_nonneg(age_s):
+            self._bare.admitted(self._clock() - age_s)
         if not headers:
-            return
-        reports = self._family.read(headers, self._wall_clock(), self._header_window_s)
+            return False
+        delay_s = received_ago_s if finite_nonneg(received_ago_s) else 0.0
+        reports = self._family.read(headers, self._wall_clock() - delay_s, self._header_window_s)
+        if delay_s:
+            reports = [
+                r if r.reset_s is None else replace(r, reset_s=max(0.0, r.reset_s - delay_s))
+                for r in reports
+            ]
         for report in reports:
             entry = self._learned.get(report.key)
             if entry is None:
@@ -200,13 +238,18 @@ class RateGovernor:
                 if learned.limit > 0:
                     self._learned[report.key] = (report.name, learned)
             else:
-                entry[1].observe(report, age_s)
+                name, known = entry
+                known.observe(report, age_s)
+                if isinstance(known, RefillLimit) and known.refuted:
+                    self._learned[report.key] = (name, as_window(known))
+        return bool(reports)
 
     def snapshot(self) -> dict[str, Any]:
         """Current limits, rates and balances, for a progress display.
 
         ``{"paused_for_s", "window_s", "family", "limits": {key: {"limit", "source",
-        "rate_per_s", "capacity", "available", "server_remaining", "server_reset_in_s"}}}``.
+        "rate_per_s", "capacity", "available", "server_remaining", "server_reset_in_s"}}}``,
+        and for server reports ``stated_rate_per_s`` (the rate their figures state).
         Configured caps are keyed by name (requests, input_tokens, output_tokens, tokens),
         server reports by ``server:`` + name + their window when known
         ("server:requests/86400s").
@@ -228,10 +271,21 @@ class RateGovernor:
                 "limit": learned.limit,
                 "source": "server",
                 "rate_per_s": learned.rate_per_s,
+                "stated_rate_per_s": learned.stated_rate_per_s,
                 "capacity": learned.limit,
                 "available": learned.available,
                 "server_remaining": learned.remaining,
                 "server_reset_in_s": max(0.0, learned.reset_at_s - now_s),
+            }
+        if self._bare.learned and self._bare.window_s and not self._learned:
+            limits["server:requests/retry-after"] = {
+                "limit": self._bare.limit,
+                "source": "server",
+                "rate_per_s": (self._bare.limit or 0) / self._bare.window_s,
+                "capacity": self._bare.limit,
+                "available": None,
+                "server_remaining": None,
+                "server_reset_in_s": None,
             }
         return {
             "paused_for_s": self.paused_for_s(),
@@ -239,3 +293,16 @@ class RateGovernor:
             "family": self._family.name,
             "limits": limits,
         }
+
+
+def stated_rates(snapshot: dict[str, Any]) -> dict[str, float]:
+    """The rate each limit of a :meth:`RateGovernor.snapshot` allows, per second, by name
+    (requests, input_tokens, output_tokens, tokens): the strictest where several limits
+    share a name (a configured cap and the server's, or per minute and per day)."""
+    rates: dict[str, float] = {}
+    for key, entry in (snapshot.get("limits") or {}).items():
+        name = str(key).removeprefix("server:").partition("/")[0]
+        rate = entry.get("stated_rate_per_s", entry.get("rate_per_s"))
+        if name in LIMIT_NAMES and isinstance(rate, (int, float)) and rate > 0:
+            rates[name] = min(rates.get(name, math.inf), float(rate))
+    return rates

@@ -12,6 +12,13 @@ between depends on the family:
   window shape and exact for a sliding one; the window is the one the family or config
   states, else the longest reset seen (a reset never exceeds the window).
 
+A 429 refutes a refill reading (the budget we thought had come back had not: the server
+counts in windows after all, as many OpenAI-compatible servers do while sending OpenAI's
+headers), and so do two reports whose (limit - remaining) / reset differ by more than 2x
+(a continuous refill has one rate): the governor then reads that limit as a window
+(:func:`as_window`), which is safe for every shape and loses no average rate on a
+server that does refill continuously.
+
 A learned limit gates only while the server keeps confirming it: a window after its
 reset and after our last send through it, with no new report, it expires. So a limit
 that came with one 429 (OpenRouter sends headers only then) pauses the run until its
@@ -27,7 +34,14 @@ from collections import deque
 from llmbatch.pacing.bucket import Clock
 from llmbatch.pacing.headers import Report
 
-__all__ = ["LearnedLimit", "RefillLimit", "WindowLimit", "learned_limit"]
+__all__ = [
+    "ARRIVAL_JITTER_S",
+    "LearnedLimit",
+    "RefillLimit",
+    "WindowLimit",
+    "as_window",
+    "learned_limit",
+]
 
 
 class _Learned:
@@ -41,9 +55,13 @@ class _Learned:
         self._largest_reset_s = 0.0
         self.reset_at_s = -math.inf
         self.remaining: float | None = None
+        self.last_report = report
+        # Rates the reports implied as a refill would, (lowest, highest, latest).
+        self._implied = (math.inf, 0.0, 0.0)
 
     def _restate(self, report: Report) -> tuple[float, float] | None:
         """Update limit, window and reset; (left now, reset in s), or None without a limit."""
+        self.last_report = report
         remaining = report.remaining
         if report.limit is not None:
             self.limit = report.limit
@@ -60,7 +78,21 @@ class _Learned:
         self.remaining = remaining
         self.reset_at_s = self._clock() + reset_s
         left = self.limit if remaining is None else min(remaining, self.limit)
+        if report.reset_s is not None and reset_s >= _RATE_CHECK_MIN_RESET_S and left < self.limit:
+            implied = (self.limit - left) / reset_s
+            lo, hi, _ = self._implied
+            self._implied = (min(lo, implied), max(hi, implied), implied)
         return left, reset_s
+
+    @property
+    def stated_rate_per_s(self) -> float:
+        """The rate the server's reports state, for display: the one rate its reports
+        imply when they agree (continuous refill: (limit - remaining) / reset), else
+        limit per window."""
+        lo, hi, last = self._implied
+        if 0 < lo and hi <= lo * _RATE_TOLERANCE:
+            return last
+        return self.limit / self.window()
 
     def window(self) -> float:
         """The window: stated (profile, config, header name), else the longest reset seen."""
@@ -78,23 +110,53 @@ class RefillLimit(_Learned):
         self._rate_per_s = 0.0
         self._at_s = clock()
         self._promised_until_s = -math.inf
+        self._checked_rate_per_s: float | None = None
+        self.refuted = False  # reports showed the budget does not refill
+        # Our recent sends (planned time, amount): a window reading takes them over.
+        self.sends: deque[tuple[float, float]] = deque(maxlen=4096)
+        self.last_age_s: float | None = None
         self.observe(report)
 
     def observe(self, report: Report, age_s: float | None = None) -> None:
         """Lower the balance to ``remaining``; the refill rate is what comes back by reset."""
+        self.last_age_s = age_s
         if self.limit > 0:
             self._advance()
         restated = self._restate(report)
         if restated is None:
             return
         left, reset_s = restated
+        checked = self._checked_rate_per_s
+        if checked and left <= 0 and reset_s > self.limit / checked:
+            # Nothing left, and the reset further off than refilling the whole limit
+            # takes: the server is in debt (it charges some usage after admitting, such
+            # as output tokens when an answer ends); the reset says how deep.
+            left = self.limit - checked * reset_s
         # The server cannot see what we sent after this request; those are charged
         # locally already, so its figure may only lower our balance.
         self._balance = min(self._balance, left)
         if reset_s > 0 and self.limit > left:
-            self._rate_per_s = (self.limit - left) / reset_s
+            rate_per_s = (self.limit - left) / reset_s
+            if reset_s >= _RATE_CHECK_MIN_RESET_S:
+                if self.limit - left >= _RATE_CHECK_MIN_USED:
+                    self._check_rate(rate_per_s)
+                self._rate_per_s = rate_per_s
+            elif self._checked_rate_per_s is None:
+                # A reset of a few whole milliseconds and a remaining count rounded down
+                # give a rough rate: used only until a longer reset gives a better one.
+                self._rate_per_s = rate_per_s
         elif self._rate_per_s <= 0:
             self._rate_per_s = self.limit / self.window()
+
+    def _check_rate(self, rate_per_s: float) -> None:
+        """Under continuous refill every report implies the same rate, (limit -
+        remaining) / reset; one that implies another by more than 2x refutes it (a
+        window: the reset stays near the window while the use changes)."""
+        known = self._checked_rate_per_s
+        if known is None:
+            self._checked_rate_per_s = rate_per_s
+        elif not known / _RATE_TOLERANCE <= rate_per_s <= known * _RATE_TOLERANCE:
+            self.refuted = True
 
     def _advance(self) -> None:
         now = self._clock()
@@ -106,8 +168,15 @@ class RefillLimit(_Learned):
         """Take ``amount`` now; seconds until the server will have it (0.0 = now)."""
         self._advance()
         self._balance -= amount
-        wait_s = max(0.0, -self._balance / self._rate_per_s) if self._balance < 0 else 0.0
+        # What must wait is planned a little late: requests reach the server with some
+        # jitter (the event loop, the connection each one takes), so a bucket drained to
+        # exactly zero answers the early arrivals with 429. The delay shifts the schedule
+        # once (the balance keeps the count), so it costs no rate.
+        wait_s = 0.0
+        if self._balance < 0 and self._rate_per_s > 0:
+            wait_s = -self._balance / self._rate_per_s + ARRIVAL_JITTER_S
         self._promised_until_s = max(self._promised_until_s, self._at_s + wait_s)
+        self.sends.append((self._at_s + wait_s, amount))
         return wait_s
 
     def adjust(self, delta: float) -> None:
@@ -255,6 +324,12 @@ class WindowLimit(_Learned):
         self._sent_cum.append(self._total() + amount)
         return max(0.0, t - now)
 
+    def take_over(self, at_s: float, amount: float) -> None:
+        """Count a send made under another reading (times in order, as sent)."""
+        self._sent_at.append(at_s)
+        self._sent_cum.append(self._total() + amount)
+        self._last_send_s = max(self._last_send_s, at_s)
+
     def adjust(self, delta: float) -> None:
         """Charge an under-estimate as a send of its own (refunds are not taken back)."""
         if delta > 0:
@@ -283,7 +358,27 @@ class WindowLimit(_Learned):
         return self.limit / self.window()
 
 
+# Resets shorter than this are too coarse (whole milliseconds) to compare rates by, and
+# so are fewer units in use (remaining is a whole number, rounded down: 1 of 2 is 2x).
+_RATE_CHECK_MIN_RESET_S = 0.05
+_RATE_CHECK_MIN_USED = 10
+_RATE_TOLERANCE = 2.0
+# How much earlier than planned a request may reach the server (RefillLimit.reserve).
+ARRIVAL_JITTER_S = 0.05
+
 LearnedLimit = RefillLimit | WindowLimit
+
+
+def as_window(limit: RefillLimit) -> WindowLimit:
+    """``limit`` read as a window from now on: its last report, and our recent sends
+    (each holding its share for a window from when it went)."""
+    window = WindowLimit(limit.last_report, limit._fallback_window_s, limit._clock)
+    window.window_s = limit.window_s
+    window._largest_reset_s = max(window._largest_reset_s, limit._largest_reset_s)
+    for at_s, amount in limit.sends:
+        window.take_over(at_s, amount)
+    window.observe(limit.last_report, limit.last_age_s)
+    return window
 
 
 def learned_limit(

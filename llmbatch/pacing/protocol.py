@@ -36,12 +36,19 @@ class Pacer(Protocol):
         """Correct a reservation by the usage the server reported (None = unknown)."""
         ...
 
-    def on_rate_limited(self, retry_after_s: float | None) -> None:
-        """A 429 arrived: pause sending for ``retry_after_s`` (None = a default backoff)."""
+    def on_rate_limited(self, retry_after_s: float | None, *, age_s: float | None = None) -> None:
+        """A 429 arrived: pause sending for ``retry_after_s`` (None = a default backoff);
+        ``age_s``: since the refused request was sent."""
         ...
 
-    def observe_headers(self, headers: Mapping[str, str], *, age_s: float | None = None) -> None:
-        """Learn from a response's rate-limit headers (``age_s``: since its request was sent)."""
+    def observe_headers(
+        self, headers: Mapping[str, str], *, age_s: float | None = None, refused: bool = False
+    ) -> bool:
+        """Learn from a response's rate-limit headers (``age_s``: since its request was
+        sent; ``refused``: it was a 429).
+
+        True when they carried rate-limit information (then a 429 is the pacer's alone).
+        """
         ...
 
     def snapshot(self) -> dict[str, Any]:
@@ -63,9 +70,9 @@ class ConcurrencyControl(Protocol):
         ...
 
     def on_rate_limited(self) -> None:
-        """A 429 arrived."""
+        """The server refused for load: a 429 without rate information, 503, 529."""
         ...
 
     def on_error(self) -> None:
-        """A transient error (timeout, reset, 5xx)."""
+        """The server failed or took too long: another 5xx, a timeout."""
         ...

@@ -56,7 +56,8 @@ from llmbatch.config.load import RunConfig, resolve_api_key
 from llmbatch.engine import StopReason
 from llmbatch.engine.batch import CHANGED_SHOWN
 from llmbatch.errors import ConfigError, InputError, UnfinishedLine
-from llmbatch.metrics import SLO, format_cost
+from llmbatch.metrics import SLO, format_cost, rate_used
+from llmbatch.pacing.governor import stated_rates
 from llmbatch.pricing import PriceBook
 from llmbatch.ray.actors import GovernorActor, WorkerActor, loop_kind, threads_cpu_s
 from llmbatch.ray.feed import Feed
@@ -444,6 +445,16 @@ async def execute_ray_run(
     finally:
         await rundir.aclose()
     summary = _with_budget(cons.summary.summary(), cfg)
+    rates = stated_rates(gov_snapshot or {})
+    if rates:  # the cluster's one budget: what the run used of it
+        tokens = summary["tokens"]
+        summary["rate"] = rate_used(
+            summary["requests"]["succeeded"],
+            tokens["input"],
+            tokens["output"],
+            summary["duration_s"],
+            rates,
+        )
     conc = (gov_snapshot or {}).get("concurrency")
     if conc:  # --concurrency auto: the cluster's limit at the end
         summary["concurrency_limit"] = conc["limit"]

@@ -87,6 +87,7 @@ class SyncRequest:
     rate_limited: tuple[float | None, ...] = ()  # one pause (Retry-After) per 429
     headers: dict[str, str] | None = None  # the latest rate-limit headers seen
     headers_age_s: float | None = None  # since the request that got them was sent
+    headers_received_ago_s: float = 0.0  # since they arrived at the worker
     concurrency: ConcurrencyReport | None = None  # with --concurrency auto
 
 
@@ -251,7 +252,11 @@ class LeaseGovernor:
         for est_in, est_out, act_in, act_out in req.settlements:
             gov.settle(est_in, est_out, act_in, act_out)
         if req.headers:
-            gov.observe_headers(req.headers, age_s=req.headers_age_s)
+            gov.observe_headers(
+                req.headers,
+                age_s=req.headers_age_s,
+                received_ago_s=req.headers_received_ago_s,
+            )
         for pause_s in req.rate_limited:
             gov.on_rate_limited(pause_s)
         waits = tuple(gov.reserve(est_in, est_out) for est_in, est_out in req.reservations)
@@ -430,20 +435,26 @@ class LeasedPacer:
             return
         self._out.settlements.append((est_input, est_output, actual_input, actual_output))
 
-    def on_rate_limited(self, retry_after_s: float | None) -> None:
+    def on_rate_limited(self, retry_after_s: float | None, *, age_s: float | None = None) -> None:
         """A 429 here: pause this worker now, and every worker once the governor knows."""
         if retry_after_s is not None and math.isfinite(retry_after_s) and retry_after_s > 0:
             self._paused_until_s = max(self._paused_until_s, self._clock() + retry_after_s)
         self._out.rate_limited.append(retry_after_s)
         self._poke()
 
-    def observe_headers(self, headers: Mapping[str, str], *, age_s: float | None = None) -> None:
+    def observe_headers(
+        self, headers: Mapping[str, str], *, age_s: float | None = None, refused: bool = False
+    ) -> bool:
         """Keep the latest response headers; their rate-limit part goes with the next call
-        (``age_s``: since the request was sent; the time they wait here is added)."""
+        (``age_s``: since the request was sent; the time they wait here is added).
+
+        True when they hold a rate-limit header (the governor reads them by its family).
+        """
         out = self._out
         out.headers = headers
         out.headers_age_s = age_s
         out.headers_seen_s = self._clock()
+        return any("ratelimit" in str(k).lower() for k in headers)
 
     def snapshot(self) -> dict[str, Any]:
         """This worker's side: whether limits apply, tickets waiting, the pause."""
@@ -499,6 +510,9 @@ class LeasedPacer:
                 None
                 if out.headers_age_s is None
                 else out.headers_age_s + (self._clock() - out.headers_seen_s)
+            ),
+            headers_received_ago_s=(
+                0.0 if out.headers is None else self._clock() - out.headers_seen_s
             ),
             concurrency=report,
         )
