@@ -10,7 +10,6 @@ import asyncio
 import contextlib
 import os
 import sys
-import time
 from abc import ABC, abstractmethod
 from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -18,6 +17,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Self
 
+from llmbatch.clock import now
 from llmbatch.config.load import (
     RunConfig,
 )
@@ -252,7 +252,7 @@ class Batch(ClosesOnExit):
                     in_flight=live.in_flight,
                     retrying=live.retrying,
                     output_tokens=m.output_tokens,
-                    elapsed_s=time.monotonic() - m.started_at,
+                    elapsed_s=now() - m.started_at,
                 )
             )
 

@@ -15,13 +15,13 @@ import concurrent.futures
 import contextlib
 import dataclasses
 import os
-import time
 import warnings
 from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Iterable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Unpack
 
 from llmbatch.batch import Batch, BatchProgress, ClosesOnExit, _BatchOptions
+from llmbatch.clock import now
 from llmbatch.config.load import (
     Limits,
     MockSettings,
@@ -259,7 +259,7 @@ class Client(ClosesOnExit):
         if isinstance(rec, InputError):
             return _input_error_result(rec)
         eng = self.engine
-        taken_at = time.perf_counter()
+        taken_at = now()
         async with eng.slot():
             reserved = await eng.reserve_cost(rec)  # BudgetExceeded past max_cost
             outcome = await eng.execute(rec, taken_at=taken_at, reserved_usd=reserved)
@@ -279,7 +279,7 @@ class Client(ClosesOnExit):
         if isinstance(rec, InputError):
             raise rec
         eng = self.engine
-        taken_at = time.perf_counter()
+        taken_at = now()
 
         async def produce(target: TextTarget) -> None:
             async with eng.slot():

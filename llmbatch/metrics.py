@@ -32,6 +32,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
+from llmbatch.clock import now
 from llmbatch.records import Cost, Outcome, RequestMetrics
 
 __all__ = [
@@ -235,7 +236,7 @@ class RunMetrics:
     """Aggregates over a run, updated as each request finishes."""
 
     slo: SLO = field(default_factory=SLO)
-    started_at: float = field(default_factory=time.monotonic)
+    started_at: float = field(default_factory=now)
     started_wall: float = field(default_factory=time.time)
     ended_at: float | None = None
     total: int = 0
@@ -317,7 +318,7 @@ class RunMetrics:
         self.queue.add(round(m.queue_s, 6))
         if self.slo.met_by(m):
             self.good += 1
-        end = (finished_at or time.monotonic()) - self.started_at
+        end = (finished_at or now()) - self.started_at
         stream_s = (m.e2el_s - m.ttft_s) if m.e2el_s is not None and m.ttft_s is not None else 0.0
         spread_tokens(self.tokens_per_second_bucket, end - stream_s, end, m.output_tokens)
 
@@ -336,7 +337,7 @@ class RunMetrics:
 
     def summary(self) -> dict[str, Any]:
         """The run summary (summary.json and the end-of-run table)."""
-        end = self.ended_at or time.monotonic()
+        end = self.ended_at or now()
         dur = max(end - self.started_at, 1e-9)
         full_s = int(dur)  # buckets [k, k+1) with 0 <= k < full_s lie wholly inside the run
         if full_s >= 1:

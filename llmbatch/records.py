@@ -69,7 +69,7 @@ class RequestMetrics:
     reasoning_tokens: int | None = None
     reasoning_tokens_estimated: bool = False
     http_version: str | None = None  # protocol of the final attempt's response
-    sent_at: float | None = None  # perf_counter when the final attempt was sent
+    sent_at: float | None = None  # llmbatch.clock.now() when the final attempt was sent
 
     @property
     def tpot_s(self) -> float | None:

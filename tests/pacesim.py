@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import selectors
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -43,6 +42,8 @@ from llmbatch.providers import make_provider
 from llmbatch.records import Outcome
 from llmbatch.rundir.reader import iter_items
 
+from . import virtualtime
+
 __all__ = ["SimResult", "VirtualClockLoop", "simulate"]
 
 WALL_ZERO_S = 1_800_000_000.0  # the virtual Unix time at loop time 0 (RFC 3339 resets)
@@ -54,30 +55,8 @@ async def _chunks(*parts: bytes) -> AsyncIterator[bytes]:
         yield part
 
 
-class _JumpingSelector(selectors.DefaultSelector):
-    """A selector that never waits: with nothing ready, the loop's clock jumps instead."""
-
-    loop: VirtualClockLoop
-
-    def select(self, timeout: float | None = None) -> list[Any]:
-        events = super().select(0)
-        if events or timeout is None or timeout <= 0:
-            return events
-        self.loop.now_s += timeout
-        return []
-
-
-class VirtualClockLoop(asyncio.SelectorEventLoop):
-    """An event loop on virtual time: ``time()`` moves only when every task waits on a timer."""
-
-    def __init__(self) -> None:
-        selector = _JumpingSelector()
-        super().__init__(selector)
-        selector.loop = self
-        self.now_s = 0.0
-
-    def time(self) -> float:
-        return self.now_s
+class VirtualClockLoop(virtualtime.VirtualClockLoop):
+    """The virtual-time loop from tests/virtualtime.py, with virtual Unix time too."""
 
     def wall(self) -> float:
         """Virtual Unix time."""

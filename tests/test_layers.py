@@ -21,6 +21,7 @@ RANK = {
     "redaction": 0,
     "records": 0,
     "notices": 0,
+    "clock": 0,
     "metrics": 1,
     "config": 2,
     "http": 3,

@@ -20,10 +20,11 @@ from __future__ import annotations
 import asyncio
 import math
 import random
-import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from typing import TypeVar
+
+from llmbatch.clock import now
 
 __all__ = ["ARRIVAL_KINDS", "RAMP_KINDS", "ArrivalPacer", "ArrivalProfile", "arrival_offsets"]
 
@@ -100,7 +101,7 @@ class ArrivalPacer:
         self,
         offsets: Iterator[float],
         *,
-        clock: Callable[[], float] = time.perf_counter,
+        clock: Callable[[], float] = now,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
     ) -> None:
         self._offsets = offsets

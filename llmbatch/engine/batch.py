@@ -15,11 +15,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import math
-import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any
 
+from llmbatch.clock import now
 from llmbatch.engine.core import NULL_TEXT, Engine, TextTarget
 from llmbatch.engine.gate import EarlyFailureCheck, FailureGate
 from llmbatch.errors import BudgetExceeded, InputError, RequestError, UnfinishedLine
@@ -207,7 +207,7 @@ class BatchRun:
         if self.stop_reason != StopReason.ABORTED:
             for o in self.gate.release():
                 self._commit(o)
-        self.metrics.ended_at = time.monotonic()
+        self.metrics.ended_at = now()
         self._note_limit()
         if rundir is not None:
             rundir.write_summary(self.metrics.summary())
@@ -267,7 +267,7 @@ class BatchRun:
                     if len(self._changed_ids) < CHANGED_SHOWN:
                         self._changed_ids.append(item.id)
                 continue
-            taken_at = time.perf_counter()
+            taken_at = now()
             await engine.acquire_slot()
             if self._stopping:
                 engine.release_slot()

@@ -16,12 +16,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import time
 from collections.abc import AsyncIterator, Callable, Iterable
 from typing import Any, Protocol
 
 import orjson
 
+from llmbatch.clock import now
 from llmbatch.config.load import ProviderConfig, RunConfig
 from llmbatch.engine.gate import Ramp
 from llmbatch.engine.retry import Verdict, classify, run_with_retries
@@ -115,14 +115,13 @@ class Engine:
         budget: Spend | None = None,
         clock: Callable[[], float] | None = None,
     ) -> None:
-        """``clock``: one clock for pacing and request timing (the governor's, virtual in
-        tests); by default time.monotonic for pacing (how old an answer's rate-limit
-        figures are) and time.perf_counter for TTFT and the other request metrics."""
+        """``clock``: one clock for pacing and request timing (the governor's); by default
+        the running event loop's (llmbatch/clock.py), virtual in tests."""
         self.cfg = cfg
         self.prices = prices if prices is not None else PriceBook(cfg)
         self.budget = budget
-        self.clock = clock or time.monotonic
-        self.timer = clock or time.perf_counter
+        self.clock = clock or now
+        self.timer = self.clock
         self.provider = provider
         self.client = client
         # The API key and URL credentials: out of every message and record (redaction.py).
@@ -233,13 +232,13 @@ class Engine:
     ) -> Outcome:
         """Run ``rec`` to an Outcome (call inside ``slot()``).
 
-        ``taken_at`` (perf_counter) starts its queue time. With ``retry_after_text``
+        ``taken_at`` (llmbatch.clock.now) starts its queue time. With ``retry_after_text``
         False, a failure after some text reached ``text`` is not retried (the caller has
         already shown that text). Raises the RequestError of an error fatal for the run,
         and with ``raise_failure`` that of any final failure. ``reserved_usd`` is what
         ``reserve_cost`` held for it: the request's real cost replaces it at the end.
         """
-        run = _Request(self, rec, text, taken_at or time.perf_counter(), retry_after_text)
+        run = _Request(self, rec, text, taken_at or self.timer(), retry_after_text)
         if reserved_usd is None or self.budget is None:
             return await run.run(raise_failure)
         actual = reserved_usd  # cancelled or fatal: nothing says it cost less
@@ -362,7 +361,7 @@ class _Request:
         self.waiting_since = taken_at
         self.may_retry_text = retry_after_text
         self.backing_off = False  # counted in live.retrying while waiting to retry
-        self.sent_at = taken_at  # when the current attempt was sent (perf_counter)
+        self.sent_at = taken_at  # when the current attempt was sent (the engine's timer)
         self.partial: list[int] = []  # chunks streamed by each attempt that then failed
         self.ramp_told = False  # the admission ramp heard of this attempt's answer
         self.paced_at = 0.0  # when the current attempt was sent, on the pacing clock
@@ -400,7 +399,7 @@ class _Request:
             except BaseException:  # cancelled while paced: its turn goes to the next
                 eng.ramp.answered(informed=False)
                 raise
-            self.sent_at = time.perf_counter()
+            self.sent_at = eng.timer()
             self.paced_at = eng.clock()
             m = self.metrics = RequestMetrics(
                 queue_s=self.sent_at - self.waiting_since, sent_at=self.sent_at
@@ -431,7 +430,7 @@ class _Request:
                     eng.redactor.scrub(err)
                     raise err from unexpected
             except RequestError as exc:
-                self.waiting_since = time.perf_counter()
+                self.waiting_since = eng.timer()
                 eng.live.tokens -= m.chunks
                 if m.chunks:
                     self.partial.append(m.chunks)

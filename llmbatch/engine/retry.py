@@ -18,11 +18,11 @@ never shorter than the server's ``Retry-After`` / ``retry-after-ms``.
 from __future__ import annotations
 
 import random
-import time
 from collections.abc import Awaitable, Callable
 from enum import Enum
 from typing import TYPE_CHECKING, TypeVar
 
+from llmbatch.clock import now
 from llmbatch.config.load import RetryPolicy
 from llmbatch.errors import (
     AnswerTooLarge,
@@ -110,7 +110,7 @@ async def run_with_retries(
     def retryable(exc: BaseException) -> bool:
         return classify(exc) is Verdict.RETRY and (may_retry is None or may_retry(exc))
 
-    started = time.monotonic()
+    started = now()
     try:
         return await attempt(1)
     except Exception as exc:
@@ -135,7 +135,7 @@ async def run_with_retries(
             if exc is not None:
                 on_retry(exc, state.next_action.sleep)
 
-    remaining_s = max(0.0, policy.max_total_s - (time.monotonic() - started))
+    remaining_s = max(0.0, policy.max_total_s - (now() - started))
     retrying = AsyncRetrying(
         # stop_before_delay: a wait (even a long Retry-After) never runs past the budget.
         stop=stop_after_attempt(policy.max_attempts) | stop_before_delay(remaining_s),

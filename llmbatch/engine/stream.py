@@ -21,13 +21,13 @@ content. Before the first token, queueing servers may ping for as long as they l
 
 from __future__ import annotations
 
-import time
 from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 import orjson
 
+from llmbatch.clock import now
 from llmbatch.config.load import Timeouts
 from llmbatch.errors import (
     AnswerTooLarge,
@@ -123,7 +123,7 @@ async def stream_attempt(
     live: LiveCounts,
     bounds: AnswerBounds = NO_BOUNDS,
     on_reasoning: Callable[[list[str]], None] = _ignore,
-    timer: Callable[[], float] = time.perf_counter,
+    timer: Callable[[], float] = now,
 ) -> str | None:
     """Run one attempt into ``asm`` and ``m``; return the provider's request id.
 

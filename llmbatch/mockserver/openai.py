@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import Callable
 from typing import Any
 
@@ -11,6 +10,7 @@ import orjson
 from aiohttp import web
 
 from llmbatch.mockserver.answers import count_prompt_tokens, expected_tokens, prompt_key
+from llmbatch.mockserver.clock import loop_now
 from llmbatch.mockserver.state import MockState
 from llmbatch.mockserver.streaming import (
     chat_frames,
@@ -60,7 +60,7 @@ class OpenAIRoutes:
         chat: bool,
     ) -> web.StreamResponse:
         """Count the request in flight, read its body, answer (or refuse what ``parse`` did)."""
-        t0 = time.monotonic()
+        t0 = loop_now()
         self.state.begin()
         try:
             if not self.state.key_accepted(request.headers):

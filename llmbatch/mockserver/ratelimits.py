@@ -30,6 +30,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from llmbatch.mockserver.clock import loop_now
 from llmbatch.mockserver.config import MockConfig
 
 __all__ = [
@@ -217,7 +218,7 @@ class MockRateLimits:
     """The limits ``cfg`` configures, counted as its ``limit_mode`` says."""
 
     def __init__(
-        self, cfg: MockConfig, clock: Clock = time.monotonic, wall_clock: Clock = time.time
+        self, cfg: MockConfig, clock: Clock = loop_now, wall_clock: Clock = time.time
     ) -> None:
         """``clock`` counts the windows; ``wall_clock`` (Unix time) dates RFC 3339 resets."""
         make = _COUNTERS[cfg.limit_mode]

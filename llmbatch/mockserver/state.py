@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from llmbatch.mockserver.answers import answer_length
+from llmbatch.mockserver.clock import loop_now
 from llmbatch.mockserver.config import MockConfig
 from llmbatch.mockserver.faults import FaultPicker, int_header
 from llmbatch.mockserver.ratelimits import Admission, Clock, MockRateLimits
@@ -93,7 +94,7 @@ class MockState:
     """Shared by every request of one mock server."""
 
     def __init__(
-        self, cfg: MockConfig, clock: Clock = time.monotonic, wall_clock: Clock = time.time
+        self, cfg: MockConfig, clock: Clock = loop_now, wall_clock: Clock = time.time
     ) -> None:
         """``clock`` (and ``wall_clock``, Unix time) are the rate limits' and their log's."""
         self.cfg = cfg
@@ -180,12 +181,12 @@ class MockState:
         """Note a retry of ``key`` that came before the Retry-After it was given."""
         not_before = self._not_before.pop(key, None)
         # 1 ms of slack: Retry-After travels as whole milliseconds.
-        if not_before is not None and time.monotonic() < not_before - 0.001:
+        if not_before is not None and loop_now() < not_before - 0.001:
             self.stats.early_retries += 1
 
     def told_to_wait(self, key: bytes, seconds: float) -> None:
         """A 429 told the client to retry ``key`` no earlier than ``seconds`` from now."""
-        self._not_before[key] = time.monotonic() + seconds
+        self._not_before[key] = loop_now() + seconds
 
     def fault_for(self, key: bytes, headers: Mapping[str, str]) -> str | None:
         """The fault this attempt gets (counted in stats), or None."""

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, TypeVar
 
 import orjson
 from aiohttp import web
 
+from llmbatch.mockserver.clock import loop_now
 from llmbatch.mockserver.state import MockState, Plan
 from llmbatch.mockserver.wire import text_completion_chunk
 
@@ -57,7 +57,7 @@ async def counted(
     request: web.Request,
 ) -> web.StreamResponse:
     """``respond(request, t0)`` counted in flight; ``t0`` is when the handler started."""
-    t0 = time.monotonic()
+    t0 = loop_now()
     state.begin()
     try:
         return await respond(request, t0)
@@ -77,7 +77,7 @@ async def json_body(request: web.Request) -> dict[str, Any] | None:
 async def until_done(plan: Plan) -> None:
     """Sleep until a non-streamed answer would have finished streaming."""
     done_at = plan.t0 + plan.ttft + plan.itl * (plan.n - 1)
-    await asyncio.sleep(max(0.0, done_at - time.monotonic()))
+    await asyncio.sleep(max(0.0, done_at - loop_now()))
 
 
 async def stream_tokens(
@@ -97,7 +97,7 @@ async def stream_tokens(
     Over the server's capacity each step is stretched by the slowdown at that moment.
     """
     due = plan.t0 + plan.ttft * plan.slowdown()
-    delay = due - time.monotonic()
+    delay = due - loop_now()
     if delay > 0:
         await asyncio.sleep(delay)
     cut = plan.n // 2
@@ -109,13 +109,13 @@ async def stream_tokens(
                 pieces = []
             if await mid_fault(fault, resp, request):
                 return False
-            due = max(due, time.monotonic())  # a stall shifts the rest of the stream
+            due = max(due, loop_now())  # a stall shifts the rest of the stream
         pieces.append(frame(tok))
         if plan.itl > 0:
             await resp.write(pieces.pop())
             if i < plan.n - 1:
                 due += plan.itl * plan.slowdown()
-                delay = due - time.monotonic()
+                delay = due - loop_now()
                 if delay > 0:
                     await asyncio.sleep(delay)
     pieces.append(tail)

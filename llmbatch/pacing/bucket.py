@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import math
-import time
 from collections.abc import Callable
+
+from llmbatch.clock import now
 
 __all__ = ["Clock", "TokenBucket", "finite_nonneg"]
 
@@ -26,7 +27,7 @@ class TokenBucket:
     larger than the capacity still gets through (after a proportionate wait).
     """
 
-    def __init__(self, rate_per_s: float, capacity: float, clock: Clock = time.monotonic) -> None:
+    def __init__(self, rate_per_s: float, capacity: float, clock: Clock = now) -> None:
         """Start full (balance = capacity)."""
         self._check_rate(rate_per_s, capacity)
         self._rate_per_s = float(rate_per_s)

@@ -5,10 +5,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import math
-import time
 from collections import deque
 from collections.abc import AsyncIterator, Callable
 
+from llmbatch.clock import now
 from llmbatch.pacing.bucket import Clock, finite_nonneg
 
 __all__ = ["AdaptiveConcurrency", "ConcurrencyLimiter"]
@@ -49,7 +49,7 @@ class AdaptiveConcurrency:
         initial: int,
         floor: int,
         cap: int,
-        clock: Clock = time.monotonic,
+        clock: Clock = now,
         decrease_factor: float = 0.7,
         error_factor: float = 0.9,
         latency_tolerance: float = 2.0,

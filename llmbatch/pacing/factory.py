@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 
+from llmbatch.clock import now
 from llmbatch.config.load import RunConfig
 from llmbatch.pacing.bucket import Clock
 from llmbatch.pacing.governor import RateGovernor
@@ -13,7 +14,7 @@ __all__ = ["governor_for"]
 
 
 def governor_for(
-    cfg: RunConfig, *, clock: Clock = time.monotonic, wall_clock: Clock = time.time
+    cfg: RunConfig, *, clock: Clock = now, wall_clock: Clock = time.time
 ) -> RateGovernor:
     """The governor for ``cfg``: its limits as hard caps, headers read by the profile's family.
 

@@ -1,7 +1,7 @@
 """The rate governor: configured limits as hard caps, server reports as further gates.
 
-Pure logic over an injectable clock (``time.monotonic`` by default): no I/O, no sleeping.
-Callers turn the returned wait times into ``asyncio.sleep`` calls.
+Pure logic over an injectable clock (the running loop's by default, llmbatch/clock.py): no
+I/O, no sleeping. Callers turn the returned wait times into ``asyncio.sleep`` calls.
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ from collections.abc import Mapping
 from dataclasses import replace
 from typing import Any
 
+from llmbatch.clock import now
 from llmbatch.pacing.bucket import Clock, TokenBucket, finite_nonneg
 from llmbatch.pacing.headers import FAMILIES, HeaderFamily
 from llmbatch.pacing.learned import LearnedLimit, RefillLimit, as_window, learned_limit
@@ -66,7 +67,7 @@ class RateGovernor:
         family: HeaderFamily | str = "generic",
         header_window_s: float | None = None,
         default_backoff_s: float = 1.0,
-        clock: Clock = time.monotonic,
+        clock: Clock = now,
         wall_clock: Clock = time.time,
     ) -> None:
         """Configure hard caps per ``window_s`` (None = no cap of ours).
