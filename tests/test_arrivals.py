@@ -6,14 +6,15 @@ from __future__ import annotations
 import math
 from collections.abc import AsyncIterator, Callable
 from itertools import islice
-from pathlib import Path
 
 import pytest
 
 from llmbatch import Client
 from llmbatch.engine.arrivals import ArrivalPacer, ArrivalProfile, arrival_offsets
-from llmbatch.mockserver import MockServer
+from llmbatch.mockserver import MockConfig, start_mock_server
 from llmbatch.records import Outcome
+
+from . import virtualtime
 
 
 def ks_statistic(samples: list[float], cdf: Callable[[float], float]) -> float:
@@ -141,16 +142,14 @@ async def test_pacer_counts_lateness_when_the_consumer_falls_behind() -> None:
     assert pacer.lateness_s == pytest.approx([0, 0.05, 0.1, 0.15, 0.2])
 
 
-async def test_a_poisson_batch_sends_poisson_arrivals_on_the_wire(
-    mock_server: MockServer, tmp_path: Path
-) -> None:
+def test_a_poisson_batch_sends_poisson_arrivals_on_the_wire() -> None:
     """The send times a real batch achieved (outcomes' sent_at) are a Poisson process.
 
-    Wall-clock sends carry timer jitter of a few ms on a loaded machine, which a KS test
-    of 20 ms gaps would see; so the wire check uses what jitter cannot move: given their
-    count, Poisson arrivals are uniform over the span (KS against the uniform CDF), their
-    gaps' coefficient of variation is 1 (a constant rate's is 0), and the achieved rate is
-    the schedule's. The gaps' exponential shape is checked on the seeded schedule above.
+    Given their count, Poisson arrivals are uniform over the span (KS against the uniform
+    CDF), their gaps' coefficient of variation is 1 (a constant rate's is 0), and the
+    achieved rate is the schedule's. The gaps' exponential shape is checked on the seeded
+    schedule above. On virtual time (tests/virtualtime.py) a loaded machine's timer jitter
+    cannot move the sends; the requests still cross real sockets to the mock.
     """
     rate, n = 50.0, 150
     sent: list[float] = []
@@ -159,15 +158,23 @@ async def test_a_poisson_batch_sends_poisson_arrivals_on_the_wire(
         assert o.ok and o.metrics.sent_at is not None
         sent.append(o.metrics.sent_at)
 
-    async with Client("vllm", base_url=mock_server.url, model="m", concurrency=64) as llm:
-        batch = llm.batch(
-            [f"p{i}" for i in range(n)],
-            arrivals=ArrivalProfile(rate_rps=rate, seed=11),
-            on_outcome=on_outcome,
-        )
-        await batch.wait()
-    assert len(sent) == n and mock_server.stats.completed == n
-    assert batch.pacer is not None and len(batch.pacer.due) == n
+    async def main() -> tuple[int, list[float]]:
+        server = await start_mock_server(MockConfig(tokens=16, ttft_s=0.0, itl_s=0.0))
+        try:
+            async with Client("vllm", base_url=server.url, model="m", concurrency=64) as llm:
+                batch = llm.batch(
+                    [f"p{i}" for i in range(n)],
+                    arrivals=ArrivalProfile(rate_rps=rate, seed=11),
+                    on_outcome=on_outcome,
+                )
+                await batch.wait()
+            assert batch.pacer is not None
+            return server.stats.completed, list(batch.pacer.due)
+        finally:
+            await server.close()
+
+    completed, due = virtualtime.run(main())
+    assert len(sent) == n and completed == n and len(due) == n
     sent.sort()
     t0, t1 = sent[0], sent[-1]
     inner = sent[1:-1]
@@ -176,6 +183,5 @@ async def test_a_poisson_batch_sends_poisson_arrivals_on_the_wire(
     mean = sum(g) / len(g)
     cv = math.sqrt(sum((x - mean) ** 2 for x in g) / len(g)) / mean
     assert 0.75 < cv < 1.3
-    due = batch.pacer.due
     scheduled = (n - 1) / (due[-1] - due[0])
     assert (n - 1) / (t1 - t0) == pytest.approx(scheduled, rel=0.05)
