@@ -23,7 +23,7 @@ from llmbatch.http import ClientOptions, make_client
 from llmbatch.mockserver import MockConfig, MockServer, expected_text, start_mock_server
 from llmbatch.mockserver.tls import MockTLS, make_mock_tls
 
-from .conftest import ADAPTERS, config_for, read_results, write_jsonl
+from .conftest import ADAPTERS, assert_no_answer_twice, config_for, read_results, write_jsonl
 from .test_tls import MESSAGES, chat_request, streamed_text
 
 FAST = Timeouts(connect_s=10.0, first_byte_s=30.0, idle_s=30.0, total_s=60.0)
@@ -290,3 +290,47 @@ def test_goaway_loses_no_answer(tmp_path: Path, certs: MockTLS) -> None:
         assert text == expected_text([{"role": "user", "content": f"question {r['custom_id']}"}], 6)
     # 60 streams at most 5 per connection: GOAWAY was sent, at least 12 connections.
     assert connections >= 12
+
+
+async def test_mock_counts_answers_per_prompt() -> None:
+    # The mock's own per-prompt counters (GET /mock/stats), which the GOAWAY tests read:
+    # a prompt answered in full twice is named with its count; a prompt whose stream was
+    # cut is started but not answered; /mock/reset clears them.
+    import aiohttp
+
+    server = await start_mock_server(MockConfig(tokens=3, ttft_s=0.0, itl_s=0.0))
+    try:
+        async with aiohttp.ClientSession() as http:
+
+            async def ask(prompt: str, **headers: str) -> None:
+                body = {"model": "m", "messages": [{"role": "user", "content": prompt}]}
+                body["stream"] = True
+                url = f"{server.url}/chat/completions"
+                try:
+                    async with http.post(url, json=body, headers=headers) as resp:
+                        await resp.read()
+                except aiohttp.ClientError:
+                    pass  # the "disconnect" fault
+
+            async def stats() -> dict[str, object]:
+                async with http.get(server.url.removesuffix("/v1") + "/mock/stats") as resp:
+                    return orjson.loads(await resp.read())  # type: ignore[no-any-return]
+
+            await ask("once")
+            assert_no_answer_twice(await stats())
+            await ask("twice")
+            await ask("twice")
+            await ask("cut", **{"x-mock-fault": "disconnect"})
+            got = await stats()
+            label = orjson.dumps([{"content": "twice", "role": "user"}]).decode()
+            assert got["answered_twice"] == {label: 2}
+            assert (got["prompts_started"], got["prompts_answered"]) == (3, 2)
+            assert got["prompts_started_twice"] == 1
+            with pytest.raises(AssertionError, match="more than once"):
+                assert_no_answer_twice(server.stats)
+            async with http.post(server.url.removesuffix("/v1") + "/mock/reset") as resp:
+                await resp.read()
+            assert_no_answer_twice(await stats())
+            assert (await stats())["prompts_started"] == 0
+    finally:
+        await server.close()

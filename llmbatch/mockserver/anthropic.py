@@ -76,7 +76,7 @@ class AnthropicRoutes:
         stop_reason = "max_tokens" if plan.capped else "end_turn"
         if not body.get("stream"):
             await until_done(plan)
-            state.completed(inp, plan.n)
+            state.completed(key, inp, plan.n)
             done = {
                 **msg,
                 "content": [{"type": "text", "text": "".join(tokens)}],
@@ -121,7 +121,7 @@ class AnthropicRoutes:
             tail += sse("message_stop", {"type": "message_stop"})
         if await stream_tokens(request, resp, plan, tokens, frame, fault, self._mid_fault, tail):
             await resp.write_eof()
-            state.completed(inp, plan.n)
+            state.completed(key, inp, plan.n)
         return resp
 
     async def _early_fault(

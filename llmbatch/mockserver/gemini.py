@@ -136,7 +136,7 @@ class GeminiRoutes:
         streaming = method == "streamGenerateContent"
         if not streaming or request.query.get("alt") != "sse":
             await until_done(plan)
-            state.completed()
+            state.completed(key)
             events = [orjson.loads(e) for e in answer.events]
             whole: Any = events if streaming else answer.merged()
             return web.Response(body=orjson.dumps(whole), content_type="application/json")
@@ -150,7 +150,7 @@ class GeminiRoutes:
             tail = b""
         if await stream_tokens(request, resp, plan, frames, bytes, fault, self._mid_fault, tail):
             await resp.write_eof()
-            state.completed()
+            state.completed(key)
         return resp
 
     async def _early_fault(

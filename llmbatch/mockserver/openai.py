@@ -107,7 +107,7 @@ class OpenAIRoutes:
         model = body.get("model") or state.cfg.model
         if not body.get("stream"):
             await until_done(plan)
-            state.completed(inp, plan.n)
+            state.completed(key, inp, plan.n)
             text = "".join(tokens)
             done = (
                 completion(model, text, finish, usage)
@@ -137,7 +137,7 @@ class OpenAIRoutes:
             await resp.write(frame(None))  # the role chunk, at once
         if await stream_tokens(request, resp, plan, tokens, frame, fault, self.mid_fault, tail):
             await resp.write_eof()
-            state.completed(*reported)
+            state.completed(key, *reported)
         return resp
 
     async def early_fault(

@@ -84,7 +84,7 @@ class ResponsesRoutes:
         answer = _Answer(body, messages, plan.n, plan.capped, inp, key, state.cfg.model)
         if not body.get("stream"):
             await until_done(plan)
-            state.completed()
+            state.completed(key)
             return web.Response(
                 body=orjson.dumps(answer.final()),
                 content_type="application/json",
@@ -99,7 +99,7 @@ class ResponsesRoutes:
         frames = answer.frames
         if await stream_tokens(request, resp, plan, frames, bytes, fault, self._mid_fault, tail):
             await resp.write_eof()
-            state.completed()
+            state.completed(key)
         return resp
 
     async def _mid_fault(self, fault: str, resp: web.StreamResponse, request: web.Request) -> bool:
