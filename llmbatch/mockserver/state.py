@@ -53,6 +53,8 @@ class MockStats:
     rate_limited: int = 0  # 429s from the configured rate limits (not injected faults)
     early_retries: int = 0  # retries of a prompt that came before its Retry-After
     connections: int = 0  # TLS connections opened (handshakes); 0 over cleartext
+    # HTTP/2 streams refused unprocessed (opened after the connection's GOAWAY).
+    streams_refused: int = 0
     # Token usage the answers sent in full reported (what a provider would bill).
     usage_input_tokens: int = 0
     usage_output_tokens: int = 0
@@ -77,6 +79,7 @@ class MockStats:
             "rate_limited": self.rate_limited,
             "early_retries": self.early_retries,
             "connections": self.connections,
+            "streams_refused": self.streams_refused,
             "usage_input_tokens": self.usage_input_tokens,
             "usage_output_tokens": self.usage_output_tokens,
             "faults": dict(self.faults),
