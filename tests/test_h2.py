@@ -15,11 +15,23 @@ import pytest
 
 from llmbatch.cli.job import execute_run
 from llmbatch.config.load import Timeouts
-from llmbatch.errors import ConfigError, RateLimited, ServerError
-from llmbatch.http import ClientOptions, make_client
+from llmbatch.errors import (
+    AuthError,
+    BadRequest,
+    CertificateError,
+    ConfigError,
+    ConnectError,
+    QuotaExhausted,
+    RateLimited,
+    ReadTimeout,
+    ServerError,
+    StatusError,
+)
+from llmbatch.http import ClientAdapter, ClientOptions, make_client
 from llmbatch.mockserver import MockConfig, MockServer, expected_text, start_mock_server
 from llmbatch.mockserver.tls import MockTLS, make_mock_tls
 
+from . import test_clients_contract as contract
 from .conftest import ADAPTERS, assert_no_answer_twice, config_for, read_results, write_jsonl
 from .test_tls import MESSAGES, chat_request, streamed_text
 
@@ -381,3 +393,110 @@ async def test_mock_counts_answers_per_prompt() -> None:
             assert (await stats())["prompts_started"] == 0
     finally:
         await server.close()
+
+
+# -- the adapter contract over HTTP/2 (tests/test_clients_contract.py's, where it applies) --
+
+
+@pytest.fixture(params=[f"{name}+{mode}" for name in H2_CLIENTS for mode in ("chunks", "push")])
+async def h2_client(request: pytest.FixtureRequest, certs: MockTLS) -> AsyncIterator[ClientAdapter]:
+    name, _, mode = request.param.partition("+")
+    timeouts = Timeouts(connect_s=2.0, first_byte_s=0.5, idle_s=0.5, total_s=10.0)
+    client = make_client(
+        name,
+        ClientOptions(max_connections=8, timeouts=timeouts, ca_bundle=certs.ca_file, http2=True),
+    )
+    contract._READ_MODE[client] = mode
+    async with client:
+        yield client
+
+
+@pytest.fixture
+async def h2_contract_server(certs: MockTLS) -> AsyncIterator[MockServer]:
+    s = await start_mock_server(
+        MockConfig(tokens=12, ttft_s=0.0, itl_s=0.0, stall_s=5.0), tls=certs, http2=True
+    )
+    try:
+        yield s
+    finally:
+        await s.close()
+
+
+async def test_h2_contract_stream_and_reuse(
+    h2_client: ClientAdapter, h2_contract_server: MockServer
+) -> None:
+    url = h2_contract_server.url
+    for _ in range(5):
+        raw, headers = await contract.collect(h2_client, contract.chat_request(url))
+        assert headers["content-type"].startswith("text/event-stream")
+        assert contract.stream_text(raw) == expected_text(contract.MESSAGES, 12)
+        assert raw.endswith(b"data: [DONE]\n\n")
+    raw, headers = await contract.collect(h2_client, contract.chat_request(url, stream=False))
+    assert orjson.loads(raw)["choices"][0]["message"]["content"] == expected_text(
+        contract.MESSAGES, 12
+    )
+    assert h2_contract_server.stats.completed == 6
+    assert h2_contract_server.stats.connections == 1  # one connection, six streams
+
+
+@pytest.mark.parametrize(
+    ("fault", "exc_type", "status"),
+    [
+        ("429", RateLimited, 429),
+        ("quota", QuotaExhausted, 429),
+        ("401", AuthError, 401),
+        ("400", BadRequest, 400),
+        ("503", ServerError, 503),
+        ("reset", ServerError, 502),  # the h2 front answers a "reset" with 502 (docs/mock.md)
+    ],
+)
+async def test_h2_contract_http_errors(
+    h2_client: ClientAdapter,
+    h2_contract_server: MockServer,
+    fault: str,
+    exc_type: type[StatusError],
+    status: int,
+) -> None:
+    req = contract.chat_request(h2_contract_server.url, **{"x-mock-fault": fault})
+    with pytest.raises(exc_type) as info:
+        await contract.collect(h2_client, req)
+    assert info.value.status == status
+    if fault == "429":
+        assert info.value.retry_after_s == pytest.approx(0.05)
+        assert "retry-after-ms" in info.value.headers
+
+
+@pytest.mark.parametrize("fault", ["stall", "slow_first_byte"])
+async def test_h2_contract_timeouts(
+    h2_client: ClientAdapter, h2_contract_server: MockServer, fault: str
+) -> None:
+    req = contract.chat_request(h2_contract_server.url, **{"x-mock-fault": fault})
+    with pytest.raises(ReadTimeout):
+        await contract.collect(h2_client, req)
+    # The stream timed out, not the connection: the next request is answered on it.
+    raw, _ = await contract.collect(h2_client, contract.chat_request(h2_contract_server.url))
+    assert contract.stream_text(raw) == expected_text(contract.MESSAGES, 12)
+
+
+async def test_h2_contract_connect_refused(h2_client: ClientAdapter) -> None:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    with pytest.raises(ConnectError):
+        await contract.collect(h2_client, contract.chat_request(f"https://127.0.0.1:{port}/v1"))
+
+
+async def test_h2_untrusted_certificate_is_a_certificate_error(
+    h2_contract_server: MockServer, tmp_path: Path
+) -> None:
+    other = make_mock_tls(tmp_path / "other")  # a CA that did not sign the server's
+    for name in H2_CLIENTS:
+        client = make_client(
+            name,
+            ClientOptions(max_connections=2, timeouts=FAST, ca_bundle=other.ca_file, http2=True),
+        )
+        async with client:
+            with pytest.raises(CertificateError):
+                await contract.collect(client, contract.chat_request(h2_contract_server.url))
