@@ -351,6 +351,37 @@ async def test_goaway_native_answers_exactly_once(
         assert server.stats.streams_refused > 0
 
 
+@pytest.mark.timeout(60)
+async def test_graceful_shutdown_mid_run_loses_and_repeats_nothing(
+    tmp_path: Path, certs: MockTLS
+) -> None:
+    # The server is stopped mid-run (GOAWAY on every connection, as on a reload): the
+    # streams in flight finish on their connections; the run goes on against the server
+    # started again on the same port. No answer is lost, none is streamed twice (by
+    # either server), and the only failed attempts are the connections refused while
+    # no server listened.
+    cfg = MockConfig(tokens=6, ttft_s=0.05, itl_s=0.005)
+    first = await start_mock_server(cfg, tls=certs, http2=True)
+    run = asyncio.create_task(_h2_run(tmp_path, first, certs, 200, 50, "native"))
+    await first.wait_completed(60)
+    await first.close(grace_s=10.0)
+    second = await start_mock_server(cfg, tls=certs, http2=True, port=first.port)
+    try:
+        records, summary = await run
+    finally:
+        await second.close()
+    _assert_exact_once(records, 200, 6)
+    a, b = first.stats, second.stats
+    assert a.requests >= 80  # streams were in flight when it stopped (60 answered, C=50)
+    assert a.completed == a.requests  # every stream the first server took, it finished
+    assert a.completed + b.completed == 200
+    assert_no_answer_twice(a)
+    assert_no_answer_twice(b)
+    assert not set(a.answered_by_prompt) & set(b.answered_by_prompt)
+    assert summary["errors_by_class"] == {}
+    assert set(summary["attempt_errors_by_class"]) <= {"connect_error"}  # type: ignore[arg-type]
+
+
 async def test_mock_counts_answers_per_prompt() -> None:
     # The mock's own per-prompt counters (GET /mock/stats), which the GOAWAY tests read:
     # a prompt answered in full twice is named with its count; a prompt whose stream was
