@@ -223,7 +223,7 @@ def main(argv: list[str] | None = None) -> None:
         "--transport",
         choices=TRANSPORTS,
         default="plain",
-        help="plain: cleartext HTTP/1.1; tls: HTTPS HTTP/1.1; h2: HTTPS with h2 (the mock's h2 server)",
+        help="plain: cleartext HTTP/1.1; tls: HTTPS HTTP/1.1; h2: HTTPS with h2 (mock's h2 server)",
     )
     ap.add_argument(
         "--h2-streams",
