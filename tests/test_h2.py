@@ -26,8 +26,9 @@ from llmbatch.errors import (
     ReadTimeout,
     ServerError,
     StatusError,
+    StreamInterrupted,
 )
-from llmbatch.http import ClientAdapter, ClientOptions, make_client
+from llmbatch.http import ClientAdapter, ClientOptions, HTTPRequest, make_client
 from llmbatch.mockserver import MockConfig, MockServer, expected_text, start_mock_server
 from llmbatch.mockserver.tls import MockTLS, make_mock_tls
 
@@ -531,3 +532,107 @@ async def test_h2_untrusted_certificate_is_a_certificate_error(
         async with client:
             with pytest.raises(CertificateError):
                 await contract.collect(client, contract.chat_request(h2_contract_server.url))
+
+
+# -- HTTP/2 errors the mock does not make: a scripted h2 server ------------------------------
+
+
+class _ScriptedH2:
+    """A TLS h2 server answering each stream by its path: ``/ok`` a small SSE answer,
+    ``/refuse-once`` REFUSED_STREAM the first time then ``/ok``, ``/reset`` headers, part of
+    the body, then RST_STREAM INTERNAL_ERROR, ``/garbage`` bytes that are no HTTP/2 frame."""
+
+    BODY = b'data: {"n": 1}\n\ndata: [DONE]\n\n'
+
+    def __init__(self, certs: MockTLS) -> None:
+        self.certs = certs
+        self.refused = 0
+        self.streams = 0
+        self.server: asyncio.Server | None = None
+        self.port = 0
+
+    async def start(self) -> _ScriptedH2:
+        import ssl
+
+        ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        ctx.load_cert_chain(str(self.certs.cert_file), str(self.certs.key_file))
+        ctx.set_alpn_protocols(["h2"])
+        self.server = await asyncio.start_server(self._serve, "127.0.0.1", 0, ssl=ctx)
+        self.port = self.server.sockets[0].getsockname()[1]
+        return self
+
+    async def close(self) -> None:
+        assert self.server is not None
+        self.server.close()
+        await self.server.wait_closed()
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        import h2.config
+        import h2.connection
+        import h2.errors
+        import h2.events
+
+        conn = h2.connection.H2Connection(
+            h2.config.H2Configuration(client_side=False, header_encoding=None)
+        )
+        conn.initiate_connection()
+        writer.write(conn.data_to_send())
+        try:
+            while data := await reader.read(65536):
+                for ev in conn.receive_data(data):
+                    if isinstance(ev, h2.events.DataReceived):
+                        conn.acknowledge_received_data(ev.flow_controlled_length, ev.stream_id)
+                    if not isinstance(ev, h2.events.RequestReceived):
+                        continue
+                    self.streams += 1
+                    sid = ev.stream_id
+                    path = dict(ev.headers)[b":path"].decode()
+                    head = [(b":status", b"200"), (b"content-type", b"text/event-stream")]
+                    if path.endswith("/refuse-once") and not self.refused:
+                        self.refused += 1
+                        conn.reset_stream(sid, h2.errors.ErrorCodes.REFUSED_STREAM)
+                    elif path.endswith("/reset"):
+                        conn.send_headers(sid, head)
+                        conn.send_data(sid, self.BODY[:10])
+                        conn.reset_stream(sid, h2.errors.ErrorCodes.INTERNAL_ERROR)
+                    elif path.endswith("/garbage"):
+                        writer.write(conn.data_to_send() + b"\x00\x00\x05\xff" + b"\x00" * 20)
+                    else:
+                        conn.send_headers(sid, head)
+                        conn.send_data(sid, self.BODY, end_stream=True)
+                writer.write(conn.data_to_send())
+        except (ConnectionError, h2.exceptions.ProtocolError):
+            pass
+        finally:
+            writer.close()
+
+
+@pytest.mark.parametrize("mode", ["chunks", "push"])
+async def test_native_h2_stream_errors_are_transport_errors(certs: MockTLS, mode: str) -> None:
+    # REFUSED_STREAM is sent again at once, for free; RST_STREAM mid-body and a protocol
+    # error are StreamInterrupted (retried by the run), never anything of h2's own.
+    server = await _ScriptedH2(certs).start()
+    client = make_client(
+        "native",
+        ClientOptions(max_connections=4, timeouts=FAST, ca_bundle=certs.ca_file, http2=True),
+    )
+    contract._READ_MODE[client] = mode
+    base = f"https://127.0.0.1:{server.port}"
+
+    def req(path: str) -> HTTPRequest:
+        return HTTPRequest(f"{base}{path}", {"content-type": "application/json"}, b"{}")
+
+    try:
+        async with client:
+            raw, _ = await contract.collect(client, req("/refuse-once"))
+            assert raw == _ScriptedH2.BODY and server.refused == 1
+            with pytest.raises(StreamInterrupted, match="reset by the server: INTERNAL_ERROR"):
+                await contract.collect(client, req("/reset"))
+            raw, _ = await contract.collect(client, req("/ok"))  # the connection lives on
+            assert raw == _ScriptedH2.BODY
+            with pytest.raises(StreamInterrupted, match="HTTP/2"):
+                await contract.collect(client, req("/garbage"))
+            raw, _ = await contract.collect(client, req("/ok"))  # on a new connection
+            assert raw == _ScriptedH2.BODY
+    finally:
+        await server.close()

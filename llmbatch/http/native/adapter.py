@@ -178,11 +178,11 @@ class NativeAdapter(ClientAdapter):
                 f"cannot connect to {origin.display}: no HTTP/2 SETTINGS within "
                 f"{self.timeouts.connect_s:g}s"
             ) from None
-        except ConnectionError as exc:
-            raise ConnectError(f"cannot connect to {origin.display}: {exc}") from None
         except BaseException:
             conn.close()
             raise
+        if conn.closed:
+            raise ConnectError(f"connection to {origin.display} closed before its HTTP/2 SETTINGS")
         return conn
 
     def _get_h2pool(self) -> H2Pool:

@@ -152,7 +152,8 @@ class H2Connection(asyncio.Protocol):
             config=h2.config.H2Configuration(client_side=True, header_encoding=None)
         )
         self.streams: dict[int, H2Stream] = {}
-        self.ready: asyncio.Future[None] = self.loop.create_future()  # server SETTINGS in
+        # Done when the server's SETTINGS came (or the connection closed before: ``closed``).
+        self.ready: asyncio.Future[None] = self.loop.create_future()
         self.alpn: str | None = None
         self.draining = False  # GOAWAY came (or the connection failed): no new stream
         self.closed = False
@@ -285,7 +286,7 @@ class H2Connection(asyncio.Protocol):
         why = f": {exc}" if exc else ""
         self._fail_all(f"connection closed{why}")
         if not self.ready.done():
-            self.ready.set_exception(ConnectionError(f"closed before the server's SETTINGS{why}"))
+            self.ready.set_result(None)  # whoever waits for it sees ``closed``
         self.pool.drop(self)
 
     # -- h2's events -------------------------------------------------------------------
