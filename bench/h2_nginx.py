@@ -167,7 +167,7 @@ def main(argv: list[str] | None = None) -> None:
     headers = [
         "client",
         "errors (retries)",
-        "answers streamed twice",
+        "answers streamed twice (all runs)",
         "CPU µs/token (work)",
         "vs bare",
         "wall s",

@@ -15,7 +15,7 @@ import contextlib
 from collections.abc import AsyncIterator, Callable
 
 from llmbatch.errors import ReadTimeout, RequestError
-from llmbatch.http.native.wire import Inflate
+from llmbatch.http.native.wire import Inflate, inflater
 from llmbatch.http.watchdog import _Watchdog, watch, within
 
 __all__ = ["Body"]
@@ -35,6 +35,7 @@ class Body:
         "loop",
         "head_fut",
         "inflate",
+        "bad_encoding",
         "pending",
         "pending_size",
         "waiter",
@@ -54,6 +55,7 @@ class Body:
         self.loop = loop
         self.head_fut: asyncio.Future[None] = loop.create_future()  # the response head is in
         self.inflate: Inflate | None = None
+        self.bad_encoding = ""  # a content-encoding we cannot decode (the adapter refuses)
         self.pending: list[bytes] = []  # body bytes not yet taken (chunks mode, or before push)
         self.pending_size = 0
         self.waiter: asyncio.Future[None] | None = None  # chunks(): waiting for data
@@ -67,6 +69,15 @@ class Body:
         self.last = 0.0
         self.when = 0.0
         self.dog: _Watchdog | None = None  # the watchdog holding this entry, while armed
+
+    def decode_as(self, encoding: str | None) -> None:
+        """The response's Content-Encoding: decode gzip / deflate, note any other."""
+        if encoding is not None:
+            inflate = inflater(encoding)
+            if isinstance(inflate, str):
+                self.bad_encoding = inflate  # raised by the adapter; the body stays raw
+            else:
+                self.inflate = inflate
 
     def _buffered(self) -> None:
         """Body bytes wait in ``pending`` (``pending_size`` in all): back-pressure here."""

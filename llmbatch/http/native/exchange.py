@@ -27,7 +27,6 @@ import httptools
 from llmbatch.errors import StreamInterrupted
 from llmbatch.http.base import merge_headers
 from llmbatch.http.native.body import Body
-from llmbatch.http.native.wire import inflater
 
 if TYPE_CHECKING:
     from llmbatch.http.native.connection import Connection
@@ -69,7 +68,6 @@ class Exchange(Body):
         "http_version",
         "keep_alive",
         "until_close",
-        "bad_encoding",
         "parts",
         "complete",
         "extra",
@@ -90,7 +88,6 @@ class Exchange(Body):
         self.http_version = "HTTP/1.1"
         self.keep_alive = False
         self.until_close = False
-        self.bad_encoding = ""
         self.parts: list[bytes] = []  # body bytes of the read being parsed
         self.complete = False  # llhttp saw the end of the response
         self.extra = False  # bytes came after it (the connection is not reused)
@@ -213,13 +210,7 @@ class Exchange(Body):
             and "content-length" not in headers
             and not headers.get("transfer-encoding", "").lower().endswith("chunked")
         )
-        encoding = headers.get("content-encoding")
-        if encoding is not None:
-            inflate = inflater(encoding)
-            if isinstance(inflate, str):
-                self.bad_encoding = inflate  # raised by the adapter; the body stays raw
-            else:
-                self.inflate = inflate
+        self.decode_as(headers.get("content-encoding"))
         self.in_head = False
         if not self.head_fut.done():
             self.head_fut.set_result(None)

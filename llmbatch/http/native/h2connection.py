@@ -40,7 +40,7 @@ import h2.settings
 from llmbatch.errors import StreamInterrupted
 from llmbatch.http.base import merge_headers
 from llmbatch.http.native.body import Body
-from llmbatch.http.native.wire import Origin, inflater
+from llmbatch.http.native.wire import Origin
 
 if TYPE_CHECKING:
     from llmbatch.http.native.h2pool import H2Pool
@@ -64,7 +64,7 @@ class Refused(Exception):
 class H2Stream(Body):
     """One request on an HTTP/2 connection: its head, then its body, as they arrive."""
 
-    __slots__ = ("conn", "sid", "status", "headers", "bad_encoding", "out", "unacked", "closed")
+    __slots__ = ("conn", "sid", "status", "headers", "out", "unacked", "closed")
 
     http_version = "HTTP/2"
 
@@ -74,7 +74,6 @@ class H2Stream(Body):
         self.sid = sid
         self.status = 0
         self.headers: dict[str, str] = {}
-        self.bad_encoding = ""
         self.out = memoryview(b"")  # request body not yet sent (flow control)
         self.unacked = 0  # flow-controlled bytes received, not yet handed back
         self.closed = False  # gone from the connection (ended, reset or refused)
@@ -91,13 +90,7 @@ class H2Stream(Body):
                 fields.append((name.decode("latin-1"), value.decode("utf-8", "replace")))
         headers = self.headers = merge_headers(fields)
         self.status = status
-        encoding = headers.get("content-encoding")
-        if encoding is not None:
-            inflate = inflater(encoding)
-            if isinstance(inflate, str):
-                self.bad_encoding = inflate  # raised by the adapter; the body stays raw
-            else:
-                self.inflate = inflate
+        self.decode_as(headers.get("content-encoding"))
         self.last = self.loop.time()
         if not self.head_fut.done():
             self.head_fut.set_result(None)
