@@ -2,7 +2,7 @@
 
     python -m bench.adapters --shape both --concurrency 30 300 1000 --requests 2000 --repeat 3
     python -m bench.adapters --transport tls ...   # HTTPS, HTTP/1.1 (aiohttp's server)
-    python -m bench.adapters --transport h2 ...    # HTTPS, hypercorn: httpx --http2 (h2) and
+    python -m bench.adapters --transport h2 ...    # HTTPS, h2: httpx --http2 (h2) and
                                                    # the bare loop / httpx on HTTP/1.1 by ALPN
 
 Starts ``llmbatch mock-server`` as its own process (64 tokens; fast: no delays,
@@ -223,7 +223,7 @@ def main(argv: list[str] | None = None) -> None:
         "--transport",
         choices=TRANSPORTS,
         default="plain",
-        help="plain: cleartext HTTP/1.1; tls: HTTPS HTTP/1.1; h2: HTTPS via hypercorn (h2)",
+        help="plain: cleartext HTTP/1.1; tls: HTTPS HTTP/1.1; h2: HTTPS with h2 (mock's h2 server)",
     )
     ap.add_argument(
         "--h2-streams",

@@ -130,7 +130,7 @@ class MockServer:
 
 
 # How the mock serves: cleartext HTTP/1.1 (aiohttp), HTTPS HTTP/1.1 (aiohttp), or HTTPS
-# with h2 and HTTP/1.1 by ALPN (hypercorn, 100 streams per connection).
+# with h2 and HTTP/1.1 by ALPN (the mock's h2 server, 100 streams per connection).
 TRANSPORTS = ("plain", "tls", "h2")
 
 

@@ -12,7 +12,7 @@ import orjson
 import pytest
 
 from llmbatch.config.load import MockSettings, RunConfig, load_config
-from llmbatch.mockserver import MockConfig, MockServer, start_mock_server
+from llmbatch.mockserver import MockConfig, MockServer, MockStats, start_mock_server
 
 ADAPTERS = ["aiohttp", "httpx", "httpx-aiohttp", "native"]
 
@@ -64,6 +64,13 @@ def read_results(run_dir: Path) -> list[dict[str, Any]]:
     """All records of a run's results.jsonl."""
     with open(run_dir / "results.jsonl", "rb") as fh:
         return [orjson.loads(line) for line in fh]
+
+
+def assert_no_answer_twice(stats: MockStats | dict[str, Any]) -> None:
+    """The mock streamed no prompt's answer in full more than once (what a provider bills
+    twice), from its own counters: ``server.stats`` or GET /mock/stats's JSON."""
+    twice = stats["answered_twice"] if isinstance(stats, dict) else stats.answered_twice
+    assert twice == {}, f"answers streamed in full more than once: {twice}"
 
 
 def config_for(server: MockServer, tmp_path: Path, **flags: Any) -> RunConfig:

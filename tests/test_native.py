@@ -12,7 +12,7 @@ import orjson
 import pytest
 
 from llmbatch.config.load import Timeouts
-from llmbatch.errors import ConfigError, PoolTimeout, StreamInterrupted
+from llmbatch.errors import PoolTimeout, StreamInterrupted
 from llmbatch.http import ClientOptions, HTTPRequest, make_client
 from llmbatch.http.native import adapter as native_adapter
 from llmbatch.http.native.exchange import MAX_HEAD_BYTES
@@ -56,9 +56,12 @@ async def test_native_run_imports_neither_aiohttp_nor_httpx(
     assert mock_server.stats.completed == 3
 
 
-def test_http2_is_a_config_error_naming_the_option() -> None:
-    with pytest.raises(ConfigError, match="--http2 needs --client httpx.*native.*HTTP/1.1"):
-        make_client("native", ClientOptions(max_connections=1, timeouts=FAST, http2=True))
+async def test_http2_over_cleartext_is_http1(mock_server: MockServer) -> None:
+    # h2 is asked for in TLS ALPN; an http:// origin gets HTTP/1.1 (no cleartext h2c).
+    client = make_client("native", ClientOptions(max_connections=1, timeouts=FAST, http2=True))
+    async with client, client.stream(chat_request(mock_server.url)) as resp:
+        assert resp.http_version == "HTTP/1.1"
+        assert b"[DONE]" in b"".join([c async for c in resp.chunks])
 
 
 def chat_request(url: str, **headers: str) -> HTTPRequest:

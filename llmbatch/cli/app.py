@@ -89,7 +89,7 @@ ProgressOpt = Annotated[
 ProviderOpt = Annotated[
     str | None, typer.Option("--provider", "-p", help="Provider profile (default: mock).")
 ]
-Http2Opt = Annotated[bool | None, typer.Option("--http2", help="HTTP/2 (httpx only).")]
+Http2Opt = Annotated[bool | None, typer.Option("--http2", help="HTTP/2 over TLS (native, httpx).")]
 InsecureOpt = Annotated[
     bool | None, typer.Option("--insecure", help="Do not verify TLS certificates (tests only).")
 ]
@@ -257,9 +257,7 @@ def mock_server(
     tls: Annotated[
         bool, typer.Option("--tls", help="HTTPS, with a CA and certificate made now.")
     ] = False,
-    http2: Annotated[
-        bool, typer.Option("--http2", help="HTTP/2 (and HTTP/1.1) over TLS, via hypercorn.")
-    ] = False,
+    http2: Annotated[bool, typer.Option("--http2", help="HTTP/2 (and HTTP/1.1) over TLS.")] = False,
     max_streams: Annotated[
         int, typer.Option(min=1, help="HTTP/2: SETTINGS_MAX_CONCURRENT_STREAMS per connection.")
     ] = 100,

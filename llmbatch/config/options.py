@@ -93,7 +93,7 @@ RUN_OPTIONS: tuple[Option, ...] = (
         choices=("aiohttp", "httpx", "httpx-aiohttp", "native"),
         help="HTTP client adapter: aiohttp (default), httpx, httpx-aiohttp or native.",
     ),
-    Option(name="http2", type=bool, switch=True, help="HTTP/2 (httpx only)."),
+    Option(name="http2", type=bool, switch=True, help="HTTP/2 over TLS (native, httpx)."),
     Option(
         name="insecure",
         type=bool,

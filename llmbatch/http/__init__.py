@@ -10,12 +10,9 @@ __all__ = ["ClientAdapter", "ClientOptions", "HTTPRequest", "StreamingResponse",
 
 def make_client(name: str, options: ClientOptions) -> ClientAdapter:
     """Build the adapter called ``name``; heavy libraries are imported only when chosen."""
-    if options.http2 and name != "httpx":
-        lib = {"aiohttp": "aiohttp", "native": "--client native"}.get(name)
-        if lib is not None:
-            raise ConfigError(f"--http2 needs --client httpx ({lib} speaks HTTP/1.1 only)")
-        if name == "httpx-aiohttp":
-            raise ConfigError("--http2 needs --client httpx (aiohttp's transport is HTTP/1.1 only)")
+    if options.http2 and name in ("aiohttp", "httpx-aiohttp"):
+        what = "aiohttp" if name == "aiohttp" else "aiohttp's transport"
+        raise ConfigError(f"--http2 needs --client native or httpx ({what} speaks HTTP/1.1 only)")
     if name == "aiohttp":
         from llmbatch.http.aiohttp import AiohttpAdapter
 

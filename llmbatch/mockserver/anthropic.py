@@ -77,7 +77,7 @@ class AnthropicRoutes:
         if not body.get("stream"):
             await until_done(plan)
             state.finished(plan.n)
-            state.completed(inp, plan.n)
+            state.completed(key, inp, plan.n)
             done = {
                 **msg,
                 "content": [{"type": "text", "text": "".join(tokens)}],
@@ -123,7 +123,7 @@ class AnthropicRoutes:
         if await stream_tokens(request, resp, plan, tokens, frame, fault, self._mid_fault, tail):
             await resp.write_eof()
             state.finished(plan.n)
-            state.completed(inp, plan.n)
+            state.completed(key, inp, plan.n)
         return resp
 
     async def _early_fault(

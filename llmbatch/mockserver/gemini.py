@@ -137,7 +137,7 @@ class GeminiRoutes:
         if not streaming or request.query.get("alt") != "sse":
             await until_done(plan)
             state.finished(plan.n)
-            state.completed()
+            state.completed(key)
             events = [orjson.loads(e) for e in answer.events]
             whole: Any = events if streaming else answer.merged()
             return web.Response(body=orjson.dumps(whole), content_type="application/json")
@@ -152,7 +152,7 @@ class GeminiRoutes:
         if await stream_tokens(request, resp, plan, frames, bytes, fault, self._mid_fault, tail):
             await resp.write_eof()
             state.finished(plan.n)
-            state.completed()
+            state.completed(key)
         return resp
 
     async def _early_fault(

@@ -1,4 +1,4 @@
-"""The mock over HTTPS with HTTP/2: hypercorn serving an ASGI front-end.
+"""The mock over HTTPS with HTTP/2: an ASGI front-end on the mock's own h2 server.
 
 The ASGI front-end runs the very handlers the aiohttp server runs (answers, timing,
 faults, rate limits), through the seam every aiohttp handler already writes to: the
@@ -7,8 +7,10 @@ response writer (aiohttp's ``AbstractStreamWriter``: ``write_headers``, ``write`
 handler reads is an aiohttp ``web.Request`` over the ASGI body. Nothing of the answer
 logic is copied here.
 
-hypercorn speaks h2 (and HTTP/1.1, as ALPN decides) and announces
-``max_streams`` as SETTINGS_MAX_CONCURRENT_STREAMS on every connection. The server's
+h2server.py speaks h2 (HTTP/1.1 goes to aiohttp, as ALPN decides), announces
+``max_streams`` as SETTINGS_MAX_CONCURRENT_STREAMS on every connection and sends GOAWAY
+as nginx does (hypercorn, used before, cannot finish the streams its GOAWAY promised;
+h2server.py says why). The server's
 TLS context counts handshakes, so ``stats.connections`` is how many connections the
 clients opened. A handler that drops its connection cannot do so through ASGI (it has
 no stream reset), so here the ``disconnect`` fault ends its stream early (no end
@@ -20,7 +22,6 @@ from __future__ import annotations
 
 import asyncio
 import socket
-import ssl
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
@@ -30,6 +31,7 @@ from aiohttp.http import HttpVersion11, RawRequestMessage
 from multidict import CIMultiDict, CIMultiDictProxy
 from yarl import URL
 
+from llmbatch.mockserver.h2server import H2Server
 from llmbatch.mockserver.server import MockServer
 from llmbatch.mockserver.state import MockState, MockStats
 from llmbatch.mockserver.tls import MockTLS, server_ssl_context
@@ -207,17 +209,17 @@ def asgi_app(app: web.Application) -> Callable[[Scope, Receive, Send], Awaitable
 
 
 class H2MockServer(MockServer):
-    """A running mock behind hypercorn (HTTPS, h2 or HTTP/1.1 by ALPN)."""
+    """A running mock over HTTPS: h2 (h2server.py) or HTTP/1.1 (aiohttp) by ALPN."""
 
-    def __init__(  # noqa: PLW0231 (MockServer's runner is aiohttp's; this one has its own)
+    def __init__(  # noqa: PLW0231 (MockServer's runner serves HTTP/1.1 alone)
         self,
         state: MockState,
         host: str,
         port: int,
         tls: MockTLS,
         max_streams: int,
-        task: asyncio.Task[None],
-        stop: asyncio.Event,
+        h2server: H2Server,
+        runner: web.AppRunner,
     ) -> None:
         self._state = state
         self.host = host
@@ -225,18 +227,19 @@ class H2MockServer(MockServer):
         self.tls = tls
         self.max_streams = max_streams
         self.url = f"https://{host}:{port}/v1"
-        self._task = task
-        self._stop = stop
+        self._h2 = h2server
+        self._runner = runner
 
     @property
     def stats(self) -> MockStats:
         """Live counters, as MockServer.stats (``connections``: TLS connections opened)."""
         return self._state.stats
 
-    async def close(self) -> None:
-        """Stop listening and close the connections."""
-        self._stop.set()
-        await self._task
+    async def close(self, grace_s: float = 0.2) -> None:
+        """Stop listening; GOAWAY on every h2 connection, whose streams in flight get
+        ``grace_s`` to finish; then close everything."""
+        await self._h2.close(grace_s)
+        await self._runner.cleanup()
 
 
 async def serve_h2(
@@ -252,51 +255,34 @@ async def serve_h2(
     """Serve ``app`` (the handlers of ``state``) over HTTPS with h2, in the running loop.
 
     ``goaway_after``: an h2 connection gets GOAWAY (last_stream_id = the last stream it
-    received, so the streams in flight still finish) once it has received this many
-    streams, as nginx does after ``keepalive_requests``; None = hypercorn's default (1000).
+    received; the streams in flight still finish, later ones are refused) once it has
+    received this many streams, as nginx does after ``keepalive_requests``.
     """
-    try:
-        from hypercorn.asyncio.run import worker_serve
-        from hypercorn.config import Config, Sockets
-        from hypercorn.utils import wrap_app
-    except ImportError:
-        msg = "the mock's HTTP/2 needs hypercorn: pip install 'llmbatch[mock-tls]'"
-        raise RuntimeError(msg) from None
 
     def on_handshake() -> None:
         state.stats.connections += 1
 
+    def on_refused() -> None:
+        state.stats.streams_refused += 1
+
     ctx = server_ssl_context(tls, alpn=["h2", "http/1.1"], on_handshake=on_handshake)
-
-    class _Config(Config):
-        def create_ssl_context(self) -> ssl.SSLContext:
-            return ctx
-
-    config = _Config()
-    config.certfile, config.keyfile = str(tls.cert_file), str(tls.key_file)
-    config.h2_max_concurrent_streams = max_streams
-    if goaway_after is not None:
-        # hypercorn sends GOAWAY when a stream arrives past keep_alive_max_requests.
-        config.keep_alive_max_requests = max(0, goaway_after - 1)
-    config.backlog = 4096
-    config.graceful_timeout = 0.2
-    config.keep_alive_timeout = 30.0
-    config.accesslog = None
-    config.errorlog = None
+    runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=0.1)
+    await runner.setup()
+    http1 = runner.server
+    assert http1 is not None
+    server = H2Server(
+        asgi_app(app),
+        http1,
+        max_streams=max_streams,
+        goaway_after=goaway_after,
+        on_refused=on_refused,
+    )
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind((host, port))
-    sock.listen(config.backlog)  # connections queue from here on, before serving starts
+    sock.listen(4096)
     sock.setblocking(False)
+    await server.listen(sock, ctx)
     bound_port = int(sock.getsockname()[1])
-    stop = asyncio.Event()
-    task = asyncio.create_task(
-        worker_serve(
-            wrap_app(asgi_app(app), config.wsgi_max_body_size, "asgi"),  # type: ignore[arg-type]
-            config,
-            sockets=Sockets(secure_sockets=[sock], insecure_sockets=[], quic_sockets=[]),
-            shutdown_trigger=stop.wait,
-        )
-    )
-    return H2MockServer(state, host, bound_port, tls, max_streams, task, stop)
+    return H2MockServer(state, host, bound_port, tls, max_streams, server, runner)

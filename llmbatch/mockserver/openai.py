@@ -108,7 +108,7 @@ class OpenAIRoutes:
         if not body.get("stream"):
             await until_done(plan)
             state.finished(plan.n)
-            state.completed(inp, plan.n)
+            state.completed(key, inp, plan.n)
             text = "".join(tokens)
             done = (
                 completion(model, text, finish, usage)
@@ -139,7 +139,7 @@ class OpenAIRoutes:
         if await stream_tokens(request, resp, plan, tokens, frame, fault, self.mid_fault, tail):
             await resp.write_eof()
             state.finished(plan.n)
-            state.completed(*reported)
+            state.completed(key, *reported)
         return resp
 
     async def early_fault(

@@ -85,7 +85,7 @@ class ResponsesRoutes:
         if not body.get("stream"):
             await until_done(plan)
             state.finished(plan.n)
-            state.completed()
+            state.completed(key)
             return web.Response(
                 body=orjson.dumps(answer.final()),
                 content_type="application/json",
@@ -101,7 +101,7 @@ class ResponsesRoutes:
         if await stream_tokens(request, resp, plan, frames, bytes, fault, self._mid_fault, tail):
             await resp.write_eof()
             state.finished(plan.n)
-            state.completed()
+            state.completed(key)
         return resp
 
     async def _mid_fault(self, fault: str, resp: web.StreamResponse, request: web.Request) -> bool:

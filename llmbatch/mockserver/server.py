@@ -107,7 +107,7 @@ async def start_mock_server(
     """Start the mock on ``host:port`` (port 0 = an ephemeral port) in the running loop.
 
     With ``tls`` (tls.make_mock_tls) it serves HTTPS: HTTP/1.1 from aiohttp, or with
-    ``http2`` h2 and HTTP/1.1 (by ALPN) from hypercorn, allowing ``max_streams``
+    ``http2`` h2 (h2server.py) and HTTP/1.1 (aiohttp) by ALPN, allowing ``max_streams``
     concurrent streams per connection and sending GOAWAY on a connection's
     ``goaway_after``-th stream (h2front.py).
     """

@@ -22,6 +22,8 @@ from llmbatch.mockserver.ratelimits import Admission, Clock, MockRateLimits
 __all__ = ["MockState", "MockStats", "Plan"]
 
 Waiters = list[tuple[int, asyncio.Future[None]]]
+# How much of a prompt answered twice names it in MockStats.answered_twice.
+_LABEL_CHARS = 200
 
 
 def _resolve(waiters: Waiters, value: int) -> Waiters:
@@ -53,6 +55,8 @@ class MockStats:
     rate_limited: int = 0  # 429s from the configured rate limits (not injected faults)
     early_retries: int = 0  # retries of a prompt that came before its Retry-After
     connections: int = 0  # TLS connections opened (handshakes); 0 over cleartext
+    # HTTP/2 streams refused unprocessed (opened after the connection's GOAWAY).
+    streams_refused: int = 0
     # Token usage the answers sent in full reported (what a provider would bill).
     usage_input_tokens: int = 0
     usage_output_tokens: int = 0
@@ -61,6 +65,14 @@ class MockStats:
     admitted: list[tuple[float, int]] = field(default_factory=list)
     # Monotonic times of the rate limits' 429s.
     refused: list[float] = field(default_factory=list)
+    # Per prompt (keyed by the hash of its messages, so a huge prompt is not kept): how
+    # many requests for it arrived, and how many answers to it went out in full. A
+    # prompt answered in full twice was billed twice by a real provider.
+    started_by_prompt: dict[int, int] = field(default_factory=dict)
+    answered_by_prompt: dict[int, int] = field(default_factory=dict)
+    # The prompts answered in full more than once: their messages (JSON, cut to
+    # _LABEL_CHARS) -> answers sent in full.
+    answered_twice: dict[str, int] = field(default_factory=dict)
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -71,9 +83,14 @@ class MockStats:
             "rate_limited": self.rate_limited,
             "early_retries": self.early_retries,
             "connections": self.connections,
+            "streams_refused": self.streams_refused,
             "usage_input_tokens": self.usage_input_tokens,
             "usage_output_tokens": self.usage_output_tokens,
             "faults": dict(self.faults),
+            "prompts_started": len(self.started_by_prompt),
+            "prompts_answered": len(self.answered_by_prompt),
+            "prompts_started_twice": sum(1 for n in self.started_by_prompt.values() if n > 1),
+            "answered_twice": dict(self.answered_twice),
         }
 
 
@@ -134,11 +151,18 @@ class MockState:
         """The request's handler returned (answered, failed or cut)."""
         self.stats.in_flight -= 1
 
-    def completed(self, input_tokens: int = 0, output_tokens: int = 0) -> None:
-        """An answer went out in full, reporting this usage (0s: it reported none)."""
-        self.stats.completed += 1
-        self.stats.usage_input_tokens += input_tokens
-        self.stats.usage_output_tokens += output_tokens
+    def completed(self, key: bytes, input_tokens: int = 0, output_tokens: int = 0) -> None:
+        """The answer to prompt ``key`` (answers.prompt_key) went out in full, reporting
+        this usage (0s: it reported none)."""
+        st = self.stats
+        st.completed += 1
+        st.usage_input_tokens += input_tokens
+        st.usage_output_tokens += output_tokens
+        h = hash(key)
+        n = st.answered_by_prompt[h] = st.answered_by_prompt.get(h, 0) + 1
+        if n > 1:
+            label = key[:_LABEL_CHARS].decode("utf-8", "replace")
+            st.answered_twice[label] = n
         if self._waiters:
             self._waiters = _resolve(self._waiters, self.stats.completed)
 
@@ -178,7 +202,11 @@ class MockState:
         return in_flight / cap if cap is not None and in_flight > cap else 1.0
 
     def arrived(self, key: bytes) -> None:
-        """Note a retry of ``key`` that came before the Retry-After it was given."""
+        """A request for prompt ``key`` arrived: counted per prompt, and noted when it is a
+        retry that came before the Retry-After it was given."""
+        started = self.stats.started_by_prompt
+        h = hash(key)
+        started[h] = started.get(h, 0) + 1
         not_before = self._not_before.pop(key, None)
         # 1 ms of slack: Retry-After travels as whole milliseconds.
         if not_before is not None and loop_now() < not_before - 0.001:

@@ -10,9 +10,8 @@ adapter). llhttp has no limit on a response head, so its bytes are counted here
 (MAX_HEAD_BYTES).
 
 Per socket read the work is: ``feed``, llhttp with one ``on_body`` per chunk, then one
-delivery of the read's payload, to the caller's ``on_chunk`` (push) or to one future
-(chunks). The idle timeout is one watchdog entry per response, moved lazily
-(watchdog.py), not a timer per read.
+delivery of the read's payload (body.py: to the caller's ``on_chunk`` (push) or to one
+future (chunks); the idle timeout, one watchdog entry per response).
 
 A body that ends when the server closes the connection (no Content-Length, not
 chunked) is complete only at a clean close: a reset mid-body is StreamInterrupted.
@@ -20,18 +19,14 @@ chunked) is complete only at a clean close: a reset mid-body is StreamInterrupte
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import zlib
-from collections.abc import AsyncIterator, Callable
 from typing import TYPE_CHECKING
 
 import httptools
 
-from llmbatch.errors import ReadTimeout, RequestError, StreamInterrupted
+from llmbatch.errors import StreamInterrupted
 from llmbatch.http.base import merge_headers
-from llmbatch.http.native.wire import Inflate, inflater
-from llmbatch.http.watchdog import _Watchdog, watch, within
+from llmbatch.http.native.body import Body
 
 if TYPE_CHECKING:
     from llmbatch.http.native.connection import Connection
@@ -43,8 +38,6 @@ __all__ = ["MAX_HEAD_BYTES", "Exchange", "HeadClosed"]
 MAX_HEAD_BYTES = 64 * 1024
 # Stop reading from the socket while this much unread body is buffered (chunks mode).
 _READ_HIGH_WATER = 256 * 1024
-# Timers firing this close to a deadline count as at it (uvloop's clock has 1 ms steps).
-_SLACK_S = 1e-3
 
 
 class HeadClosed(Exception):
@@ -60,18 +53,12 @@ class _Behind(Exception):
     """Raised in a parser callback: bytes follow the complete response (stop there)."""
 
 
-class Exchange:
-    """The response to one request: its head, then its body, as they arrive.
-
-    It is also its response's idle-timeout entry in the watchdog (``when``, ``fire``):
-    ``last`` moves with every read, ``when`` only when the entry comes due.
-    """
+class Exchange(Body):
+    """The response to one request: its head, then its body, as they arrive."""
 
     __slots__ = (
         "conn",
-        "loop",
         "parser",
-        "head_fut",
         "head_bytes",
         "in_head",
         "got_bytes",
@@ -81,33 +68,17 @@ class Exchange:
         "http_version",
         "keep_alive",
         "until_close",
-        "inflate",
-        "bad_encoding",
         "parts",
         "complete",
         "extra",
-        "pending",
-        "pending_size",
         "paused",
-        "waiter",
-        "on_chunk",
-        "push_fut",
-        "finished",
-        "muted",
-        "error",
-        "body_done",
-        "idle_s",
-        "last",
-        "when",
-        "dog",
     )
 
     def __init__(self, conn: Connection, idle_s: float) -> None:
+        super().__init__(conn.loop, idle_s)
         self.conn = conn
-        self.loop = loop = conn.loop
         parser = self.parser = httptools.HttpResponseParser(self)
         parser.set_dangerous_leniencies(lenient_headers=True, lenient_optional_cr_before_lf=True)
-        self.head_fut: asyncio.Future[None] = loop.create_future()
         self.head_bytes = 0
         self.in_head = True
         self.got_bytes = False
@@ -117,25 +88,20 @@ class Exchange:
         self.http_version = "HTTP/1.1"
         self.keep_alive = False
         self.until_close = False
-        self.inflate: Inflate | None = None
-        self.bad_encoding = ""
         self.parts: list[bytes] = []  # body bytes of the read being parsed
         self.complete = False  # llhttp saw the end of the response
         self.extra = False  # bytes came after it (the connection is not reused)
-        self.pending: list[bytes] = []  # body bytes not yet taken (chunks mode, or before push)
-        self.pending_size = 0
-        self.paused = False
-        self.waiter: asyncio.Future[None] | None = None  # chunks(): waiting for data
-        self.on_chunk: Callable[[bytes], bool] | None = None  # push(): the callback
-        self.push_fut: asyncio.Future[None] | None = None  # push(): the end of delivery
-        self.finished = False  # the callback said the answer is complete
-        self.muted = False  # nothing more goes to the callback (it raised)
-        self.error: BaseException | None = None  # the body failed (mapped)
-        self.body_done = False
-        self.idle_s = idle_s
-        self.last = 0.0
-        self.when = 0.0
-        self.dog: _Watchdog | None = None  # the watchdog holding this entry, while armed
+        self.paused = False  # reading stopped: too much body unread (chunks mode)
+
+    def _buffered(self) -> None:
+        if self.pending_size > _READ_HIGH_WATER and not self.paused:
+            self.paused = True
+            self.conn.pause_reading()
+
+    def _taken(self) -> None:
+        if self.paused:
+            self.paused = False
+            self.conn.resume_reading()
 
     def reusable(self) -> bool:
         """The response ended cleanly and the server keeps the connection open."""
@@ -244,13 +210,7 @@ class Exchange:
             and "content-length" not in headers
             and not headers.get("transfer-encoding", "").lower().endswith("chunked")
         )
-        encoding = headers.get("content-encoding")
-        if encoding is not None:
-            inflate = inflater(encoding)
-            if isinstance(inflate, str):
-                self.bad_encoding = inflate  # raised by the adapter; the body stays raw
-            else:
-                self.inflate = inflate
+        self.decode_as(headers.get("content-encoding"))
         self.in_head = False
         if not self.head_fut.done():
             self.head_fut.set_result(None)
@@ -261,158 +221,3 @@ class Exchange:
     def on_message_complete(self) -> None:
         if not self.in_head:  # not an interim response's end
             self.complete = True
-
-    # -- body delivery -----------------------------------------------------------------
-
-    def _deliver(self, payload: bytes) -> None:
-        on_chunk = self.on_chunk
-        if on_chunk is None:
-            self.pending.append(payload)
-            self.pending_size += len(payload)
-            if self.pending_size > _READ_HIGH_WATER and not self.paused:
-                self.paused = True
-                self.conn.pause_reading()
-            waiter = self.waiter
-            if waiter is not None and not waiter.done():
-                waiter.set_result(None)
-            return
-        if self.finished or self.muted:
-            return  # after the end marker the rest is drained unread
-        try:
-            finished = on_chunk(payload)
-        except Exception as exc:  # noqa: BLE001 - raised from push() as it is
-            self.muted = True
-            fut = self.push_fut
-            if fut is not None and not fut.done():
-                fut.set_exception(exc)
-            return
-        if finished:
-            self.finished = True
-            fut = self.push_fut
-            if fut is not None and not fut.done():
-                fut.set_result(None)
-
-    def _end_body(self) -> None:
-        if self.inflate is not None:
-            tail = self.inflate.flush()
-            self.inflate = None
-            if tail:
-                self._deliver(tail)
-        self.body_done = True
-        self._wake()
-
-    def _fail(self, err: BaseException) -> None:
-        """The body failed: chunks() raises ``err``; push() too, unless already complete."""
-        if self.error is None:
-            self.error = err
-        self._wake()
-
-    def _wake(self) -> None:
-        waiter = self.waiter
-        if waiter is not None and not waiter.done():
-            waiter.set_result(None)
-        fut = self.push_fut
-        if fut is not None and not fut.done():
-            if self.error is None or self.finished:
-                fut.set_result(None)
-            else:
-                fut.set_exception(self.error)
-
-    def _fail_head(self, err: BaseException) -> None:
-        fut = self.head_fut
-        if not fut.done():
-            fut.set_exception(err)
-
-    def take(self) -> bytes:
-        """Every pending body byte (there are some)."""
-        pending = self.pending
-        data = pending[0] if len(pending) == 1 else b"".join(pending)
-        self.pending = []
-        self.pending_size = 0
-        if self.paused:
-            self.paused = False
-            self.conn.resume_reading()
-        return data
-
-    async def chunks(self) -> AsyncIterator[bytes]:
-        """The body as an async iterator of decoded chunks."""
-        loop = self.loop
-        try:
-            while True:
-                if self.pending:
-                    yield self.take()
-                    continue
-                if self.error is not None:
-                    raise self.error
-                if self.body_done:
-                    return
-                self.watch_idle()
-                fut = self.waiter = loop.create_future()
-                try:
-                    await fut
-                finally:
-                    self.waiter = None
-        finally:
-            self.unwatch_idle()
-
-    async def push(self, on_chunk: Callable[[bytes], bool], drain_s: float) -> None:
-        """The push contract (base.StreamingResponse.push), from ``feed``."""
-        if self.pending and on_chunk(self.take()):  # what came with the head
-            self.finished = True
-        elif self.error is not None:
-            raise self.error
-        if self.body_done or (self.finished and self.error is not None):
-            return
-        fut = self.push_fut = self.loop.create_future()
-        self.on_chunk = on_chunk  # from here each read goes to it (none after the answer)
-        self.watch_idle()
-        try:
-            if not self.finished:
-                await fut
-            if self.finished and not self.body_done and self.error is None:
-                # The end of the body did not come with the end marker: wait a little for
-                # it so the connection is reused; whatever happens to it now does not count.
-                fut = self.push_fut = self.loop.create_future()
-                with contextlib.suppress(TimeoutError, RequestError), within(drain_s):
-                    await fut
-        finally:
-            self.on_chunk = None
-            self.push_fut = None
-            self.unwatch_idle()
-
-    def detach(self) -> None:
-        """The caller is done with this response: nothing more is delivered or timed."""
-        self.on_chunk = None
-        self.waiter = None
-        self.push_fut = None
-        self.unwatch_idle()
-
-    # -- the idle timeout (a watchdog entry) -------------------------------------------
-
-    def watch_idle(self) -> None:
-        """Arm the idle timeout of this response (one watchdog entry)."""
-        if self.dog is None:
-            self.when = self.last + self.idle_s
-            self.dog = watch(self, self.loop)
-
-    def unwatch_idle(self) -> None:
-        dog, self.dog = self.dog, None
-        if dog is not None:
-            dog.discard(self)
-
-    def fire(self, now: float) -> bool:
-        """The idle deadline came due: time out, or move it after the last read."""
-        if self.body_done or self.error is not None or self.finished:
-            self.dog = None  # the watchdog drops the entry
-            return True
-        due = self.last + self.idle_s
-        if now >= due - _SLACK_S:
-            if self.on_chunk is None and self.waiter is None:
-                # chunks mode and the reader is busy with what it has: not idle.
-                self.when = now + self.idle_s
-                return False
-            self.dog = None
-            self._fail(ReadTimeout("no data for longer than the idle timeout"))
-            return True
-        self.when = due
-        return False

@@ -10,7 +10,7 @@ from urllib.parse import urlsplit
 
 from llmbatch.errors import ConnectError
 
-__all__ = ["Inflate", "Origin", "inflater", "parse_url", "request_bytes"]
+__all__ = ["Inflate", "Origin", "h2_request_headers", "inflater", "parse_url", "request_bytes"]
 
 _DEFAULT_HEADERS = (("accept", "*/*"), ("accept-encoding", "gzip, deflate"))
 
@@ -56,8 +56,7 @@ def request_bytes(origin: Origin, target: str, headers: Mapping[str, str], body:
         key = name.lower()
         if key in ("host", "content-length", "transfer-encoding", "connection"):
             continue
-        if "\r" in value or "\n" in value or "\r" in name or "\n" in name or ":" in name:
-            raise ValueError(f"invalid character in HTTP header {name!r}")
+        _check_field(name, value)
         given.add(key)
         lines.append(f"{name}: {value}")
     for key, value in _DEFAULT_HEADERS:
@@ -65,6 +64,44 @@ def request_bytes(origin: Origin, target: str, headers: Mapping[str, str], body:
             lines.append(f"{key}: {value}")
     lines.append(f"content-length: {len(body)}\r\n\r\n")
     return "\r\n".join(lines).encode("utf-8") + body
+
+
+# Connection-specific fields, which HTTP/2 forbids (RFC 9113 8.2.2); the framing is h2's.
+_NOT_IN_H2 = frozenset(
+    {"host", "content-length", "transfer-encoding", "connection", "keep-alive", "upgrade", "te"}
+    | {"proxy-connection"}
+)
+
+
+def h2_request_headers(
+    origin: Origin, target: str, headers: Mapping[str, str], body: bytes
+) -> list[tuple[bytes, bytes]]:
+    """The POST's HTTP/2 header list: pseudo-headers first, names in lower case."""
+    out = [
+        (b":method", b"POST"),
+        (b":scheme", b"https" if origin.tls else b"http"),
+        (b":authority", origin.host_header.encode("ascii")),
+        (b":path", target.encode("utf-8")),
+    ]
+    given = set()
+    for name, value in headers.items():
+        key = name.lower()
+        if key in _NOT_IN_H2:
+            continue
+        _check_field(name, value)
+        given.add(key)
+        out.append((key.encode("utf-8"), value.encode("utf-8")))
+    for key, value in _DEFAULT_HEADERS:
+        if key not in given:
+            out.append((key.encode(), value.encode()))
+    out.append((b"content-length", str(len(body)).encode()))
+    return out
+
+
+def _check_field(name: str, value: str) -> None:
+    """No line break in a field, no colon in a name (header injection)."""
+    if "\r" in value or "\n" in value or "\r" in name or "\n" in name or ":" in name:
+        raise ValueError(f"invalid character in HTTP header {name!r}")
 
 
 class Inflate:
