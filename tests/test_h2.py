@@ -348,7 +348,9 @@ async def test_goaway_native_answers_exactly_once(
     assert all(len(r["llmbatch"]["attempts"]) == 1 for r in records)  # type: ignore[index]
     assert server.stats.connections >= n // goaway_after  # GOAWAY came, and was obeyed
     assert server.stats.max_in_flight <= concurrency
-    if goaway_after < 100:  # streams were opened past a GOAWAY, refused, and sent again
+    if goaway_after == 1:  # streams were opened past a GOAWAY, refused, and sent again
+        # (after the 5th stream whether any crossed the GOAWAY depends on timing: the
+        # admission ramp opens streams a few per round trip at first)
         assert server.stats.streams_refused > 0
 
 
