@@ -86,3 +86,49 @@ async def test_native_http2_through_nginx_answers_each_prompt_once(
     # and the mock behind it streamed no answer twice
     assert_no_answer_twice(mock.stats)
     assert mock.stats.completed == n
+
+
+@pytest.mark.timeout(120)
+async def test_native_http2_through_nginx_with_upstream_stalls(
+    tmp_path: Path, certs: MockTLS
+) -> None:
+    # nginx's proxy_read_timeout cuts streams whose upstream stalls (one in ten prompts,
+    # on their first attempt): each cut is a transport error, retried, and never an
+    # unexpected one; every prompt ends with its exact answer, once.
+    n, tokens = 200, 8
+    cfg = MockConfig(tokens=tokens, ttft_s=0.01, itl_s=0.002, faults={"stall": 0.1}, stall_s=3.0)
+    mock = await start_mock_server(cfg)
+    try:
+        async with run_nginx(
+            tmp_path / "nginx",
+            f"127.0.0.1:{mock.port}",
+            certs,
+            extra="proxy_read_timeout 1s;",
+        ) as nginx:
+            rows = [{"id": i, "prompt": f"question {i}"} for i in range(n)]
+            prompts = write_jsonl(tmp_path / "p.jsonl", rows)
+            run_cfg = config_for(
+                mock,
+                tmp_path,
+                base_url=nginx.url,
+                client="native",
+                http2=True,
+                concurrency=50,
+                ca_bundle=certs.ca_file,
+                text_files=False,
+            )
+            out = await execute_run(run_cfg, prompts, install_signal_handlers=False)
+    finally:
+        await mock.close()
+    records = read_results(out.run_dir)
+    summary = orjson.loads((out.run_dir / "summary.json").read_bytes())
+    assert sorted(int(r["custom_id"]) for r in records) == list(range(n))
+    for r in records:
+        assert r["error"] is None, r["error"]
+        text = r["response"]["body"]["choices"][0]["message"]["content"]
+        want = [{"role": "user", "content": f"question {r['custom_id']}"}]
+        assert text == expected_text(want, tokens)
+    assert summary["errors_by_class"] == {}
+    failed = summary["attempt_errors_by_class"]
+    assert failed and "unexpected_error" not in failed  # the stalls were cut, and retried
+    assert sum(failed.values()) == mock.stats.faults["stall"]

@@ -81,6 +81,7 @@ class H2Stream(Body):
     # -- from the connection -----------------------------------------------------------
 
     def on_head(self, raw: list[tuple[bytes, bytes]]) -> None:
+        """The response's HEADERS (``raw``: h2's pairs, pseudo-headers included)."""
         status = 0
         fields = []
         for name, value in raw:
@@ -96,6 +97,7 @@ class H2Stream(Body):
             self.head_fut.set_result(None)
 
     def on_data(self, data: bytes, flow_length: int) -> None:
+        """A DATA frame's payload (``flow_length``: what it counted against the windows)."""
         self.last = self.loop.time()
         self.unacked += flow_length
         if self.inflate is not None:
@@ -111,6 +113,7 @@ class H2Stream(Body):
             self._taken()  # delivered to the caller: the credit goes back now
 
     def on_end(self) -> None:
+        """END_STREAM: the body is complete."""
         if not self.head_fut.done():
             self.fail(StreamInterrupted("HTTP/2 stream ended without a response"))
             return
