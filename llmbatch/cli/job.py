@@ -26,8 +26,9 @@ from llmbatch.notices import warn
 from llmbatch.progress import ProgressView, cost_text, make_progress
 from llmbatch.records import Outcome, PromptRecord
 from llmbatch.rundir.identity import run_identity
+from llmbatch.rundir.layout import RESULTS
 from llmbatch.rundir.reader import iter_records, open_prompts
-from llmbatch.rundir.writer import RESULTS, changed_notice, damaged_lines_notice
+from llmbatch.rundir.results import changed_notice, damaged_lines_notice
 
 if TYPE_CHECKING:
     from llmbatch.rundir.shard import Shard

@@ -234,7 +234,7 @@ def _run_ray(
     per = out.summary["engine"]["records_per_worker"]
     echo("per worker: " + (", ".join(f"{w} {n}" for w, n in sorted(per.items())) or "-"))
     from llmbatch.notices import warn
-    from llmbatch.rundir.writer import changed_notice
+    from llmbatch.rundir.results import changed_notice
 
     warn(changed_notice(out.changed, out.changed_ids))
     return _exit_code(
