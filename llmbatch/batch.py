@@ -18,9 +18,7 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Any, Self
 
 from llmbatch.clock import now
-from llmbatch.config.load import (
-    RunConfig,
-)
+from llmbatch.config.model import RunConfig
 from llmbatch.engine import BatchEnd, BatchRun, StopReason
 from llmbatch.engine.arrivals import ArrivalPacer, ArrivalProfile, arrival_offsets
 from llmbatch.errors import ConfigError, InputError

@@ -10,7 +10,7 @@ import orjson
 import pytest
 
 from llmbatch.cli.job import execute_run
-from llmbatch.config.load import RetryPolicy, RunConfig, Timeouts
+from llmbatch.config.model import RetryPolicy, RunConfig, Timeouts
 from llmbatch.errors import RunDirError
 from llmbatch.mockserver import MockConfig, MockServer, start_mock_server
 

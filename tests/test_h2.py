@@ -17,7 +17,7 @@ import orjson
 import pytest
 
 from llmbatch.cli.job import execute_run
-from llmbatch.config.load import Timeouts
+from llmbatch.config.model import Timeouts
 from llmbatch.errors import ConfigError, RateLimited, ServerError
 from llmbatch.http import ClientOptions, make_client
 from llmbatch.mockserver import MockConfig, MockServer, expected_text, start_mock_server

@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 import orjson
 
 from llmbatch.cli.job import default_run_dir
-from llmbatch.config.load import RunConfig
+from llmbatch.config.model import RunConfig
 from llmbatch.engine.core import token_bounds
 from llmbatch.errors import InputError, RunDirError
 from llmbatch.metrics import format_usd

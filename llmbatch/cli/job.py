@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from llmbatch.client import Client
-from llmbatch.config.load import RunConfig
+from llmbatch.config.model import RunConfig
 from llmbatch.engine import BatchEnd, StopReason
 from llmbatch.engine.arrivals import ArrivalPacer, ArrivalProfile
 from llmbatch.engine.fdlimit import fit_run_config

@@ -23,7 +23,7 @@ import urllib.parse
 from collections import deque
 from collections.abc import Callable
 
-from llmbatch.config.load import ProviderConfig
+from llmbatch.config.model import ProviderConfig
 from llmbatch.errors import ConnectError, DeadlineExceeded, ReadTimeout, RequestError
 from llmbatch.records import Outcome
 

@@ -16,7 +16,7 @@ from typing import Any
 
 import orjson
 
-from llmbatch.config.load import RunConfig
+from llmbatch.config.model import RunConfig
 from llmbatch.errors import RunDirError
 from llmbatch.rundir.layout import (
     META,

@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
-from llmbatch.config.load import TEXT_LAYOUTS
+from llmbatch.config.model import TEXT_LAYOUTS
 from llmbatch.errors import OutputError, RunDirError
 from llmbatch.rundir.layout import RESULTS, SUMMARY, LockedDir, remove_stale_partials, why
 from llmbatch.rundir.nofollow import replace_in
