@@ -35,17 +35,13 @@ from llmbatch.config.model import (
     Timeouts,
 )
 from llmbatch.config.options import RUN_OPTIONS
-from llmbatch.config.profiles import profiles_from, resolve_api_key
+from llmbatch.config.profiles import profiles_from
 from llmbatch.config.values import LIMIT_KEYS, as_int, check_base_url, check_value, from_table
 from llmbatch.errors import ConfigError, LLMBatchWarning
 
 __all__ = [
     "load_config",
     "load_profiles",
-    # Still imported from here by ray/engine.py (its imports move with the next change to
-    # that file).
-    "RunConfig",
-    "resolve_api_key",
 ]
 
 AUTO_INITIAL_CONCURRENCY = 8

@@ -52,7 +52,8 @@ from typing import Any
 
 import orjson
 
-from llmbatch.config.load import RunConfig, resolve_api_key
+from llmbatch.config.model import RunConfig
+from llmbatch.config.profiles import resolve_api_key
 from llmbatch.engine import StopReason
 from llmbatch.engine.batch import CHANGED_SHOWN
 from llmbatch.errors import ConfigError, InputError, UnfinishedLine
@@ -72,17 +73,13 @@ from llmbatch.ray.parts import (
 from llmbatch.ray.wire import pack
 from llmbatch.records import PromptRecord
 from llmbatch.rundir.identity import run_identity
+from llmbatch.rundir.layout import RESULTS, SUMMARY
 from llmbatch.rundir.nofollow import replace_file
 from llmbatch.rundir.reader import iter_records, open_prompts
 from llmbatch.rundir.resultline import record_cost_usd
+from llmbatch.rundir.results import ResumeIndex, iter_result_lines
 from llmbatch.rundir.summary import SummaryBuilder
-from llmbatch.rundir.writer import (
-    RESULTS,
-    SUMMARY,
-    ResumeIndex,
-    RunDir,
-    iter_result_lines,
-)
+from llmbatch.rundir.writer import RunDir
 
 __all__ = ["RayRunOutput", "execute_ray_run"]
 

@@ -32,10 +32,8 @@ from llmbatch.rundir.nofollow import replace_in
 from llmbatch.rundir.results import (
     ResultsFile,
     ResumeIndex,
-    damaged_lines_notice,
     drop_records,
     holds_records,
-    iter_result_lines,
     load_index,
 )
 from llmbatch.rundir.text import TextWriter
@@ -47,13 +45,6 @@ __all__ = [
     "RunDir",
     "forget_unsaved",
     "unsaved_notice",
-    # Still imported from here by cli/app.py and ray/engine.py (their imports move with
-    # the next change to those files).
-    "RESULTS",
-    "SUMMARY",
-    "ResumeIndex",
-    "damaged_lines_notice",
-    "iter_result_lines",
 ]
 
 
