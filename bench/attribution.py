@@ -30,11 +30,11 @@ TOKENS = 64
 
 def _stub(variant: str) -> None:
     from llmbatch import metrics
-    from llmbatch.rundir import writer
+    from llmbatch.rundir import text, writer
 
     if variant in ("notext", "nothing"):
-        writer.RunDir.append_text = lambda self, sink, text: None  # type: ignore[method-assign]
-        writer.RunDir.finish_text = (  # type: ignore[method-assign]
+        text.TextWriter.append = lambda self, sink, text: None  # type: ignore[method-assign]
+        text.TextWriter.finish = (  # type: ignore[method-assign]
             lambda self, sink, complete, keep_partial: None
         )
     if variant in ("nometrics", "nothing"):

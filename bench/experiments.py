@@ -62,24 +62,24 @@ def _first_attempt() -> None:
 
 def _no_text() -> None:
     """Price the per-request text files: no .partial/.txt file operations at all."""
-    from llmbatch.rundir import writer
+    from llmbatch.rundir import text
 
-    writer.RunDir._op_open = lambda self, sink: None  # type: ignore[method-assign]
-    writer.RunDir._op_close = lambda self, sink, keep: None  # type: ignore[method-assign]
-    writer.RunDir._collect = lambda self, sink: None  # type: ignore[method-assign]
+    text.TextWriter._op_open = lambda self, sink: None  # type: ignore[method-assign]
+    text.TextWriter._op_close = lambda self, sink, dest_fd, dest: None  # type: ignore[method-assign]
+    text.TextWriter._collect = lambda self, sink: None  # type: ignore[method-assign]
 
 
 def _no_stale_unlink() -> None:
-    """writer.RunDir._op_open without the unlink of a stale .txt (fresh run dir)."""
+    """text.TextWriter._op_open without the unlink of a stale .txt (fresh run dir)."""
     import os
 
-    from llmbatch.rundir import writer
+    from llmbatch.rundir import text
 
     def op_open(self: Any, sink: Any) -> None:
-        base = self.text_dir / sink.name
+        base = self.dirs.text_dir / sink.name
         sink.fd = os.open(f"{base}.partial", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
 
-    writer.RunDir._op_open = op_open  # type: ignore[method-assign]
+    text.TextWriter._op_open = op_open  # type: ignore[method-assign]
 
 
 def _no_itl() -> None:
@@ -106,8 +106,8 @@ def _tick_500ms() -> None:
 
     original = writer.RunDir.__init__
 
-    def init(self: Any, path: Path, tick_s: float = 0.5) -> None:
-        original(self, path, tick_s)
+    def init(self: Any, dirs: Any, tick_s: float = 0.5, **kw: Any) -> None:
+        original(self, dirs, tick_s, **kw)
 
     writer.RunDir.__init__ = init  # type: ignore[method-assign]
 

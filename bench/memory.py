@@ -10,7 +10,7 @@
    it is stopped with ``--max-runtime-s 120`` (exit 75, resumable) and the number
    of records written is reported with the figure.
 3. The 1M file alone: peak RSS of iterating ``llmbatch.rundir.reader.iter_records`` over
-   all of it, and of doing so while adding every id to a ``writer.ResumeIndex``
+   all of it, and of doing so while adding every id to a ``results.ResumeIndex``
    (the index of a finished 1M run), against an interpreter that only imported them.
 """
 
@@ -41,7 +41,7 @@ CONCURRENCY = 256
 def _iterate_child(path: str, mode: str) -> None:
     """In a child: import, then iterate the file (``mode``: none | iterate | index)."""
     from llmbatch.rundir.reader import iter_records
-    from llmbatch.rundir.writer import ResumeIndex
+    from llmbatch.rundir.results import ResumeIndex
 
     n = 0
     if mode != "none":

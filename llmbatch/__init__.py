@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from llmbatch.batch import Batch, BatchProgress
 from llmbatch.client import AnswerStream, Client, Prompt, Prompts, run
-from llmbatch.config.load import Limits, MockSettings, ModelPrices, RetryPolicy, Timeouts
+from llmbatch.config.model import Limits, MockSettings, ModelPrices, RetryPolicy, Timeouts
 from llmbatch.engine import BatchEnd, StopReason
 from llmbatch.errors import (
     AnswerTooLarge,

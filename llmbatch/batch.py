@@ -18,9 +18,7 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Any, Self
 
 from llmbatch.clock import now
-from llmbatch.config.load import (
-    RunConfig,
-)
+from llmbatch.config.model import RunConfig
 from llmbatch.engine import BatchEnd, BatchRun, StopReason
 from llmbatch.engine.arrivals import ArrivalPacer, ArrivalProfile, arrival_offsets
 from llmbatch.errors import ConfigError, InputError
@@ -29,8 +27,10 @@ from llmbatch.notices import warn
 from llmbatch.records import Outcome, PromptRecord
 from llmbatch.result import Result
 from llmbatch.rundir.identity import run_identity
+from llmbatch.rundir.layout import RESULTS
 from llmbatch.rundir.reader import aiter_items, iter_items, iter_records, open_records
-from llmbatch.rundir.writer import RESULTS, ResumeIndex, RunDir, forget_unsaved, iter_result_lines
+from llmbatch.rundir.results import ResumeIndex, iter_result_lines
+from llmbatch.rundir.writer import RunDir, forget_unsaved
 
 if TYPE_CHECKING:
     from llmbatch.client import Client, Prompts

@@ -22,17 +22,17 @@ from typing import TYPE_CHECKING, Any, Unpack
 
 from llmbatch.batch import Batch, BatchProgress, ClosesOnExit, _BatchOptions
 from llmbatch.clock import now
-from llmbatch.config.load import (
+from llmbatch.config.load import load_config
+from llmbatch.config.model import (
     Limits,
     MockSettings,
     ModelPrices,
     RetryPolicy,
     RunConfig,
     Timeouts,
-    load_config,
-    resolve_api_key,
 )
 from llmbatch.config.options import ClientKeywords, options_in
+from llmbatch.config.profiles import resolve_api_key
 from llmbatch.engine import Engine, TextTarget
 from llmbatch.engine.arrivals import ArrivalProfile
 from llmbatch.engine.fdlimit import fit_run_config

@@ -11,7 +11,8 @@ from typing import Any
 import orjson
 import pytest
 
-from llmbatch.config.load import MockSettings, RunConfig, load_config
+from llmbatch.config.load import load_config
+from llmbatch.config.model import MockSettings, RunConfig
 from llmbatch.mockserver import MockConfig, MockServer, MockStats, start_mock_server
 
 ADAPTERS = ["aiohttp", "httpx", "httpx-aiohttp", "native"]

@@ -17,7 +17,7 @@ import orjson
 import pytest
 from aiohttp import web
 
-from llmbatch.config.load import Timeouts
+from llmbatch.config.model import Timeouts
 from llmbatch.errors import (
     AuthError,
     BadRequest,

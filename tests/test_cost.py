@@ -14,7 +14,8 @@ from typer.testing import CliRunner
 import llmbatch
 from llmbatch.cli.app import app
 from llmbatch.cli.job import execute_run
-from llmbatch.config.load import RunConfig, load_config
+from llmbatch.config.load import load_config
+from llmbatch.config.model import RunConfig
 from llmbatch.engine import StopReason
 from llmbatch.errors import BudgetExceeded, ConfigError
 from llmbatch.metrics import RunMetrics, format_usd

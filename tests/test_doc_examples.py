@@ -27,7 +27,8 @@ from pathlib import Path
 
 import pytest
 
-from llmbatch.config.load import BUILTIN_PROVIDERS, load_profiles
+from llmbatch.config.load import load_profiles
+from llmbatch.config.profiles import BUILTIN_PROVIDERS
 
 ROOT = Path(__file__).resolve().parent.parent
 PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]

@@ -11,8 +11,8 @@ import pytest
 import typer.main
 
 from llmbatch.cli.app import app
-from llmbatch.config.load import BUILTIN_PROVIDERS
 from llmbatch.config.options import options_in
+from llmbatch.config.profiles import BUILTIN_PROVIDERS
 
 ROOT = Path(__file__).resolve().parent.parent
 DOCS = ROOT / "docs"

@@ -10,7 +10,7 @@ import orjson
 import pytest
 
 from llmbatch.cli.job import execute_run
-from llmbatch.config.load import RetryPolicy, RunConfig, Timeouts
+from llmbatch.config.model import RetryPolicy, RunConfig, Timeouts
 from llmbatch.errors import RunDirError
 from llmbatch.mockserver import MockConfig, MockServer, start_mock_server
 
@@ -278,7 +278,7 @@ async def test_disk_full_mid_run_stops_and_resumes_cleanly(
     import errno
 
     from llmbatch.errors import OutputError
-    from llmbatch.rundir import writer
+    from llmbatch.rundir import text
 
     server = await start_mock_server(MockConfig(tokens=8, ttft_s=0.0, itl_s=0.005))
     try:
@@ -286,7 +286,7 @@ async def test_disk_full_mid_run_stops_and_resumes_cleanly(
             tmp_path / "p.jsonl", [{"id": i, "prompt": f"q{i}"} for i in range(80)]
         )
         cfg = config_for(server, tmp_path, concurrency=4)
-        real_write_file = writer._write_file
+        real_write_file = text._write_file
         calls = {"n": 0}
 
         def failing_write_file(*args: Any) -> None:
@@ -295,7 +295,7 @@ async def test_disk_full_mid_run_stops_and_resumes_cleanly(
                 raise OSError(errno.ENOSPC, "No space left on device")
             real_write_file(*args)
 
-        monkeypatch.setattr(writer, "_write_file", failing_write_file)
+        monkeypatch.setattr(text, "_write_file", failing_write_file)
         try:
             out = await execute_run(cfg, prompts, install_signal_handlers=False)
         except OutputError as exc:  # the final flush may hit the full disk too
@@ -304,7 +304,7 @@ async def test_disk_full_mid_run_stops_and_resumes_cleanly(
             assert out.result.stop_reason == "aborted"
             assert "No space left on device" in (out.result.abort_message or "")
         assert server.stats.requests < 80  # it stopped instead of going on blind
-        monkeypatch.setattr(writer, "_write_file", real_write_file)
+        monkeypatch.setattr(text, "_write_file", real_write_file)
         again = await execute_run(cfg, prompts, install_signal_handlers=False)
         assert again.result.stop_reason is None
         assert len(read_results(again.run_dir)) == 80

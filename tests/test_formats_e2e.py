@@ -13,7 +13,7 @@ import pytest
 
 from llmbatch.cli.export import export_run
 from llmbatch.cli.job import execute_run
-from llmbatch.config.load import RetryPolicy, RunConfig
+from llmbatch.config.model import RetryPolicy, RunConfig
 from llmbatch.mockserver import (
     MockConfig,
     MockServer,

@@ -10,7 +10,7 @@ from typing import Any
 import orjson
 import pytest
 
-from llmbatch.config.load import BUILTIN_PROVIDERS
+from llmbatch.config.profiles import BUILTIN_PROVIDERS
 from llmbatch.errors import (
     AuthError,
     MalformedResponse,

@@ -14,7 +14,7 @@ import orjson
 import pytest
 
 from llmbatch.cli.job import execute_run
-from llmbatch.config.load import Timeouts
+from llmbatch.config.model import Timeouts
 from llmbatch.errors import (
     AuthError,
     BadRequest,

@@ -11,7 +11,7 @@ from pathlib import Path
 import orjson
 import pytest
 
-from llmbatch.config.load import Timeouts
+from llmbatch.config.model import Timeouts
 from llmbatch.errors import PoolTimeout, StreamInterrupted
 from llmbatch.http import ClientOptions, HTTPRequest, make_client
 from llmbatch.http.native import adapter as native_adapter

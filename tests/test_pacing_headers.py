@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import pytest
 
-from llmbatch.config.load import RATE_HEADER_FAMILIES
+from llmbatch.config.model import RATE_HEADER_FAMILIES
 from llmbatch.pacing import FAMILIES, RateGovernor, family_for, parse_duration_s, parse_reset_s
 from llmbatch.pacing.learned import ARRIVAL_JITTER_S as J  # what waits is planned this late
 

@@ -12,7 +12,8 @@ from typing import Any
 
 import pytest
 
-from llmbatch.config.load import ModelPrices, load_config
+from llmbatch.config.load import load_config
+from llmbatch.config.model import ModelPrices
 from llmbatch.errors import ConfigError
 from llmbatch.metrics import format_usd
 from llmbatch.pricing import CostBudget, PriceBook, TokenUsage, cost_of, usage_from_body

@@ -16,7 +16,7 @@ from typer.testing import CliRunner
 
 from llmbatch.cli.app import app
 from llmbatch.cli.job import execute_run
-from llmbatch.config.load import ProviderConfig, RetryPolicy, RunConfig
+from llmbatch.config.model import ProviderConfig, RetryPolicy, RunConfig
 from llmbatch.errors import MalformedResponse, ProviderError, ProviderOverloaded
 from llmbatch.mockserver import MockConfig, MockServer, expected_text, start_mock_server
 from llmbatch.providers import make_provider

@@ -15,7 +15,7 @@ import pytest
 
 from llmbatch.cli.job import execute_run
 from llmbatch.cli.report import format_summary
-from llmbatch.config.load import RunConfig
+from llmbatch.config.model import RunConfig
 from llmbatch.mockserver import MockConfig, start_mock_server
 
 from .conftest import config_for, read_results, write_jsonl

@@ -10,7 +10,7 @@ from typing import Any
 import orjson
 import pytest
 
-from llmbatch.config.load import ProviderConfig
+from llmbatch.config.model import ProviderConfig
 from llmbatch.errors import MalformedResponse, ProviderError, RejectedInStream, TruncatedStream
 from llmbatch.providers import make_provider
 from llmbatch.providers.base import StreamAssembler

@@ -8,7 +8,7 @@ from email.utils import formatdate
 
 import pytest
 
-from llmbatch.config.load import RetryPolicy
+from llmbatch.config.model import RetryPolicy
 from llmbatch.engine.retry import Verdict, classify, run_with_retries
 from llmbatch.errors import (
     AuthError,

@@ -623,7 +623,7 @@ def test_the_ray_driver_leaves_changed_and_unfinished_prompts_as_one_process_doe
     from llmbatch.ray.engine import _todo
     from llmbatch.rundir.identity import request_hash
     from llmbatch.rundir.reader import parse_item
-    from llmbatch.rundir.writer import ResumeIndex
+    from llmbatch.rundir.results import ResumeIndex
 
     def rec(rid: str, prompt: str) -> Any:
         return parse_item({"id": rid, "prompt": prompt}, line_no=1, path="p")

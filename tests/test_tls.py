@@ -11,7 +11,8 @@ import pytest
 import llmbatch
 from llmbatch.cli.job import execute_run
 from llmbatch.cli.report import load_report
-from llmbatch.config.load import Timeouts, load_config
+from llmbatch.config.load import load_config
+from llmbatch.config.model import Timeouts
 from llmbatch.errors import CertificateError, ConfigError
 from llmbatch.http import ClientAdapter, ClientOptions, HTTPRequest, make_client
 from llmbatch.mockserver import MockConfig, MockServer, expected_text, start_mock_server

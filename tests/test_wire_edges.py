@@ -4,7 +4,7 @@ Each case scripts the exact bytes of the answers (tests/rawhttp.py), drives llmb
 way a user does (``llmbatch.Client`` with the openai provider, or the CLI) and asserts what
 the user sees: each answer's text, its status and error kind, attempts, the exit code, and
 the connections and requests the server saw. Every case runs for every name in
-``llmbatch.config.load.CLIENTS``, so a new adapter is checked without touching this file.
+``llmbatch.config.model.CLIENTS``, so a new adapter is checked without touching this file.
 
 Where adapters legitimately differ (one library refuses what another accepts), the test
 names the adapter and says why; docs/clients.md lists the differences.
@@ -25,7 +25,7 @@ from typing import Any
 import pytest
 
 import llmbatch
-from llmbatch.config.load import CLIENTS
+from llmbatch.config.model import CLIENTS
 
 from .conftest import read_results, write_jsonl
 from .rawhttp import (

@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 import orjson
 
 from llmbatch.cli.job import default_run_dir
-from llmbatch.config.load import RunConfig
+from llmbatch.config.model import RunConfig
 from llmbatch.engine.core import token_bounds
 from llmbatch.errors import InputError, RunDirError
 from llmbatch.metrics import format_usd
@@ -33,9 +33,10 @@ from llmbatch.pacing import DEFAULT_OUTPUT_ESTIMATE
 from llmbatch.pricing import PriceBook, Rates, TokenUsage, cost_of, request_model
 from llmbatch.pricing.tokens import count_request_tokens, encoding_for_model, get_encoding
 from llmbatch.rundir.identity import describe_changes, run_identity
+from llmbatch.rundir.layout import META, RESULTS
 from llmbatch.rundir.reader import iter_records
 from llmbatch.rundir.resultline import ResultLine
-from llmbatch.rundir.writer import META, RESULTS, iter_result_lines
+from llmbatch.rundir.results import iter_result_lines
 
 if TYPE_CHECKING:
     from llmbatch.rundir.shard import Shard

@@ -27,15 +27,11 @@ from typing import IO, Any
 import orjson
 
 from llmbatch.errors import LLMBatchError, RunDirError
+from llmbatch.rundir.layout import RESULTS, is_own_text_path
 from llmbatch.rundir.nofollow import create_file
 from llmbatch.rundir.resultline import ResultLine, answer_text
+from llmbatch.rundir.results import iter_result_lines, parse_result_line
 from llmbatch.rundir.textlog import read_span
-from llmbatch.rundir.writer import (
-    RESULTS,
-    is_own_text_path,
-    iter_result_lines,
-    parse_result_line,
-)
 
 __all__ = [
     "CSV_COLUMNS",

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from llmbatch.client import Client
-from llmbatch.config.load import RunConfig
+from llmbatch.config.model import RunConfig
 from llmbatch.engine import BatchEnd, StopReason
 from llmbatch.engine.arrivals import ArrivalPacer, ArrivalProfile
 from llmbatch.engine.fdlimit import fit_run_config
@@ -26,8 +26,9 @@ from llmbatch.notices import warn
 from llmbatch.progress import ProgressView, cost_text, make_progress
 from llmbatch.records import Outcome, PromptRecord
 from llmbatch.rundir.identity import run_identity
+from llmbatch.rundir.layout import RESULTS
 from llmbatch.rundir.reader import iter_records, open_prompts
-from llmbatch.rundir.writer import RESULTS, changed_notice, damaged_lines_notice
+from llmbatch.rundir.results import changed_notice, damaged_lines_notice
 
 if TYPE_CHECKING:
     from llmbatch.rundir.shard import Shard

@@ -29,11 +29,7 @@ import orjson
 from llmbatch.errors import InputError, RunDirError
 from llmbatch.rundir.identity import IDENTITY_KEYS
 from llmbatch.rundir.idset import IdSet
-from llmbatch.rundir.reader import iter_records
-from llmbatch.rundir.shard import Shard, item_id, parse_shard, shard_of
-from llmbatch.rundir.summary import summary_from_results
-from llmbatch.rundir.textlog import REASONING_LOG, TEXT_LOG, copy_logged_answer
-from llmbatch.rundir.writer import (
+from llmbatch.rundir.layout import (
     FAILED_DIR,
     LOCK,
     META,
@@ -41,9 +37,13 @@ from llmbatch.rundir.writer import (
     SUMMARY,
     TEXT_DIR,
     is_own_text_path,
-    iter_result_lines,
     link_or_copy,
 )
+from llmbatch.rundir.reader import iter_records
+from llmbatch.rundir.results import iter_result_lines
+from llmbatch.rundir.shard import Shard, item_id, parse_shard, shard_of
+from llmbatch.rundir.summary import summary_from_results
+from llmbatch.rundir.textlog import REASONING_LOG, TEXT_LOG, copy_logged_answer
 
 __all__ = ["MergeResult", "default_merge_dir", "merge_shards"]
 

@@ -20,7 +20,7 @@ def typer_parameter(opt: Option) -> inspect.Parameter:
         decls = [f"{opt.long_flag}/--no-{opt.long_flag[2:]}"]
     if opt.short:
         decls.append(opt.short)
-    # Choices are checked where every source is (config/load.py); the help shows them.
+    # Choices are checked where every source is (config/values.py); the help shows them.
     metavar = "[" + "|".join(opt.choices) + "]" if opt.choices else None
     info = typer.Option(*decls, help=opt.help, show_default=False, metavar=metavar)
     return inspect.Parameter(

@@ -18,8 +18,8 @@ import orjson
 
 from llmbatch.errors import RunDirError
 from llmbatch.metrics import SLO, format_cost, format_usd
+from llmbatch.rundir.layout import RESULTS, SUMMARY
 from llmbatch.rundir.summary import SummaryBuilder, summary_from_results
-from llmbatch.rundir.writer import RESULTS, SUMMARY
 
 if TYPE_CHECKING:
     from llmbatch.cli.tables import Table

@@ -21,7 +21,7 @@ from llmbatch.config.options import options_in
 
 if TYPE_CHECKING:
     from llmbatch.cli.job import RunOutput
-    from llmbatch.config.load import RunConfig
+    from llmbatch.config.model import RunConfig
     from llmbatch.engine.arrivals import ArrivalProfile
     from llmbatch.metrics import SLO
     from llmbatch.rundir.shard import Shard
@@ -234,7 +234,7 @@ def _run_ray(
     per = out.summary["engine"]["records_per_worker"]
     echo("per worker: " + (", ".join(f"{w} {n}" for w, n in sorted(per.items())) or "-"))
     from llmbatch.notices import warn
-    from llmbatch.rundir.writer import changed_notice
+    from llmbatch.rundir.results import changed_notice
 
     warn(changed_notice(out.changed, out.changed_ids))
     return _exit_code(
@@ -271,7 +271,7 @@ def few_prompts(prompts: Path) -> bool:
 def loop_factory(prompts: Path | None = None) -> Any:
     """uvloop when installed (``pip install llmbatch[fast]``), except for a run of few
     ``prompts``; LLMBATCH_LOOP=asyncio or uvloop chooses."""
-    from llmbatch.config.load import loop_choice
+    from llmbatch.config.files import loop_choice
 
     choice = loop_choice()  # ConfigError for a value that is none of auto, asyncio, uvloop
     if choice == "asyncio" or (choice != "uvloop" and prompts and few_prompts(prompts)):

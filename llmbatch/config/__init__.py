@@ -1,3 +1,3 @@
-"""Configuration: the run options declared once (options.py), the value objects and
-built-in provider profiles, and the one merge of defaults, config.toml, ``LLMBATCH_*``
-variables and flags (load.py)."""
+"""Configuration: the run options declared once (options.py), the value objects (model.py),
+one value checked (values.py), config.toml and ``LLMBATCH_*`` variables (files.py), provider
+profiles (profiles.py), and the one merge of them all with the flags (load.py)."""

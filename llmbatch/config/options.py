@@ -5,7 +5,7 @@ An :class:`Option` names a setting once; everything else is derived from it:
 - the ``llmbatch run`` flag: ``--`` + the name with dashes, unless ``flag`` says otherwise
   (cli/app.py builds the command's parameters from ``RUN_OPTIONS``);
 - the key in config.toml's ``[run]`` table and the ``LLMBATCH_<NAME>`` environment
-  variable (config/load.py reads both through ``RUN_OPTIONS``);
+  variable (config/files.py reads both through ``RUN_OPTIONS``);
 - the ``llmbatch.Client`` keyword (``ClientKeywords`` below is the type checker's view of
   the same names; tests/test_options.py keeps the two equal).
 

@@ -29,7 +29,9 @@ from llmbatch.records import Outcome, PromptRecord, RequestMetrics
 from llmbatch.rundir.identity import request_hash
 from llmbatch.rundir.reader import error_record_id
 from llmbatch.rundir.resultline import result_line
-from llmbatch.rundir.writer import ResumeIndex, RunDir, TextSink
+from llmbatch.rundir.results import ResumeIndex
+from llmbatch.rundir.text import TextSink, TextWriter
+from llmbatch.rundir.writer import RunDir
 
 __all__ = ["BatchEnd", "BatchRun", "StopReason"]
 
@@ -70,14 +72,14 @@ class _FileText:
     reasoning (begun at its first delta) to text/<id>.reasoning (or the log layout's
     logs)."""
 
-    __slots__ = ("extend", "_rundir", "_record_id", "sink", "reasoning")
+    __slots__ = ("extend", "_text", "_record_id", "sink", "reasoning")
 
-    def __init__(self, rundir: RunDir, record_id: str) -> None:
-        self._rundir = rundir
+    def __init__(self, text: TextWriter, record_id: str) -> None:
+        self._text = text
         self._record_id = record_id
-        self.sink = sink = rundir.begin_text(record_id)
+        self.sink = sink = text.begin(record_id)
         self.reasoning: TextSink | None = None
-        append_text = rundir.append_text
+        append_text = text.append
 
         def extend(texts: list[str]) -> None:
             append_text(sink, texts[0] if len(texts) == 1 else "".join(texts))
@@ -86,13 +88,13 @@ class _FileText:
 
     def extend_reasoning(self, texts: list[str]) -> None:
         if self.reasoning is None:
-            self.reasoning = self._rundir.begin_text(self._record_id, reasoning=True)
-        self._rundir.append_text(self.reasoning, "".join(texts))
+            self.reasoning = self._text.begin(self._record_id, reasoning=True)
+        self._text.append(self.reasoning, "".join(texts))
 
     def restart(self) -> None:
-        self._rundir.restart_text(self.sink)
+        self._text.restart(self.sink)
         if self.reasoning is not None:
-            self._rundir.restart_text(self.reasoning)
+            self._text.restart(self.reasoning)
 
 
 class BatchRun:
@@ -289,8 +291,8 @@ class BatchRun:
         engine, rundir = self.engine, self.rundir
         files: _FileText | None = None
         target: TextTarget = NULL_TEXT
-        if rundir is not None and rundir.text_files:
-            target = files = _FileText(rundir, rec.id)
+        if rundir is not None and rundir.text.text_files:
+            target = files = _FileText(rundir.text, rec.id)
         try:
             outcome = await engine.execute(rec, target, taken_at=taken_at, reserved_usd=reserved)
         except asyncio.CancelledError:
@@ -325,7 +327,7 @@ class BatchRun:
     def _finish_sink(self, sink: TextSink | None, complete: bool, keep: bool) -> str | None:
         if sink is None or self.rundir is None:
             return None
-        return self.rundir.finish_text(sink, complete=complete, keep_partial=keep)
+        return self.rundir.text.finish(sink, complete=complete, keep_partial=keep)
 
     # -- records -----------------------------------------------------------------------
     def _finish(self, outcome: Outcome) -> None:

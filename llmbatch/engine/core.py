@@ -22,7 +22,7 @@ from typing import Any, Protocol
 import orjson
 
 from llmbatch.clock import now
-from llmbatch.config.load import ProviderConfig, RunConfig
+from llmbatch.config.model import ProviderConfig, RunConfig
 from llmbatch.engine.gate import Ramp
 from llmbatch.engine.retry import Verdict, classify, run_with_retries
 from llmbatch.engine.stream import AnswerBounds, LiveCounts, stream_attempt

@@ -13,7 +13,7 @@ from __future__ import annotations
 import dataclasses
 import resource
 
-from llmbatch.config.load import RunConfig
+from llmbatch.config.model import RunConfig
 
 __all__ = ["RESERVED_FDS", "fit_concurrency", "fit_run_config"]
 

@@ -18,13 +18,13 @@ prompt.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import urllib.parse
 from collections import deque
 from collections.abc import Callable
 
-from llmbatch.config.load import ProviderConfig
+from llmbatch.config.model import ProviderConfig
 from llmbatch.errors import ConnectError, DeadlineExceeded, ReadTimeout, RequestError
+from llmbatch.pacing.concurrency import wait_in_line
 from llmbatch.records import Outcome
 
 __all__ = [
@@ -74,18 +74,12 @@ class Ramp:
         if not self._waiters and self._started < self._allowed:
             self._started += 1
             return
-        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._waiters.append(fut)
-        try:
-            await fut
-        except asyncio.CancelledError:
-            if fut.done() and not fut.cancelled():
-                self._started -= 1  # our turn came just before the cancellation: pass it on
-                self._wake()
-            else:
-                with contextlib.suppress(ValueError):
-                    self._waiters.remove(fut)
-            raise
+        await wait_in_line(self._waiters, pass_on=self._pass_on)
+
+    def _pass_on(self) -> None:
+        """A turn that came just before its waiter was cancelled goes to the next one."""
+        self._started -= 1
+        self._wake()
 
     def answered(self, *, informed: bool) -> None:
         """An attempt got its answer (or failed); ``informed``: it told the pacer a rate."""

@@ -23,7 +23,7 @@ from enum import Enum
 from typing import TYPE_CHECKING, TypeVar
 
 from llmbatch.clock import now
-from llmbatch.config.load import RetryPolicy
+from llmbatch.config.model import RetryPolicy
 from llmbatch.errors import (
     AnswerTooLarge,
     AuthError,

@@ -28,7 +28,7 @@ from typing import Any
 import orjson
 
 from llmbatch.clock import now
-from llmbatch.config.load import Timeouts
+from llmbatch.config.model import Timeouts
 from llmbatch.errors import (
     AnswerTooLarge,
     DeadlineExceeded,

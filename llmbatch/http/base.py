@@ -21,7 +21,7 @@ from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from llmbatch.config.load import Timeouts
+from llmbatch.config.model import Timeouts
 from llmbatch.errors import RequestError, StreamInterrupted, http_status_error
 from llmbatch.http.tls import make_ssl_context
 from llmbatch.http.watchdog import within

@@ -24,7 +24,7 @@ import contextlib
 import itertools
 import math
 import sys
-from collections.abc import AsyncIterable, AsyncIterator, Callable
+from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
@@ -304,31 +304,34 @@ class _Body:
         self._source: AsyncIterable[bytes] = resp.aiter_bytes() if encoded else resp.aiter_raw()
 
     async def chunks(self) -> AsyncIterator[bytes]:
-        try:
+        with _body_errors_mapped():
             async for chunk in self._source:
                 if chunk:
                     yield chunk
-        except Exception as exc:
-            if not _is_body_error(exc):
-                raise
-            raise _mapped(exc) from None
 
     async def push(self, on_chunk: Callable[[bytes], bool], drain_s: float) -> None:
         reads = aiter(self._source)
-        try:
+        with _body_errors_mapped():
             async for chunk in reads:
                 if chunk and on_chunk(chunk):
                     break
             else:
                 return
-        except Exception as exc:
-            if not _is_body_error(exc):
-                raise
-            raise _mapped(exc) from None
         # Complete: read the rest for reuse, briefly; nothing after the answer counts.
         with contextlib.suppress(TimeoutError, httpx.HTTPError), within(drain_s):
             async for _ in reads:
                 pass
+
+
+@contextlib.contextmanager
+def _body_errors_mapped() -> Iterator[None]:
+    """An error of the body's read (``_is_body_error``) raised as llmbatch's own."""
+    try:
+        yield
+    except Exception as exc:
+        if not _is_body_error(exc):
+            raise
+        raise _mapped(exc) from None
 
 
 def _mapped(exc: Exception) -> Exception:

@@ -36,6 +36,7 @@ from llmbatch.mockserver.answers import (
 from llmbatch.mockserver.openai import OpenAIRoutes
 from llmbatch.mockserver.state import MockState
 from llmbatch.mockserver.streaming import counted, json_body, stream_tokens, until_done
+from llmbatch.mockserver.wire import json_response
 
 __all__ = ["GeminiRoutes", "contents_messages", "google_error"]
 
@@ -70,9 +71,7 @@ def google_error(
             {"@type": "type.googleapis.com/google.rpc.QuotaFailure", "violations": []},
             {"@type": _RETRY_INFO, "retryDelay": f"{ms / 1000:g}s"},
         ]
-    return web.Response(
-        status=status, body=orjson.dumps({"error": err}), content_type="application/json"
-    )
+    return json_response({"error": err}, status=status)
 
 
 def contents_messages(contents: Any) -> list[Any]:

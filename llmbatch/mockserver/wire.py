@@ -29,6 +29,13 @@ def json_error(
 ) -> web.Response:
     """An OpenAI-shaped HTTP error."""
     payload = {"error": {"message": message, "type": code, "code": code}}
+    return json_response(payload, status=status, headers=headers)
+
+
+def json_response(
+    payload: Any, *, status: int = 200, headers: Mapping[str, str] | None = None
+) -> web.Response:
+    """``payload`` as a JSON body."""
     return web.Response(
         status=status,
         body=orjson.dumps(payload),
@@ -79,9 +86,4 @@ def anthropic_error(
 ) -> web.Response:
     """An Anthropic-shaped HTTP error."""
     payload = {"type": "error", "error": {"type": etype, "message": message}}
-    return web.Response(
-        status=status,
-        body=orjson.dumps(payload),
-        content_type="application/json",
-        headers=dict(headers or {}),
-    )
+    return json_response(payload, status=status, headers=headers)

@@ -11,7 +11,7 @@ from collections.abc import AsyncIterator, Callable
 from llmbatch.clock import now
 from llmbatch.pacing.bucket import Clock, finite_nonneg
 
-__all__ = ["AdaptiveConcurrency", "ConcurrencyLimiter"]
+__all__ = ["AdaptiveConcurrency", "ConcurrencyLimiter", "wait_in_line"]
 
 
 class AdaptiveConcurrency:
@@ -188,20 +188,8 @@ class ConcurrencyLimiter:
         if not self._waiters and self._in_use < self._limit_source():
             self._in_use += 1
             return
-        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._waiters.append(fut)
-        try:
-            await fut
-        except asyncio.CancelledError:
-            if fut.done() and not fut.cancelled():
-                # The slot was handed over just before the cancellation landed: pass it on.
-                self.release()
-            else:
-                # _wake() may already have dropped it (it skips cancelled futures).
-                with contextlib.suppress(ValueError):
-                    self._waiters.remove(fut)
-                self._wake()  # our place may have been the one blocking others
-            raise
+        # Cancelled after leaving the line, our place may have been the one blocking others.
+        await wait_in_line(self._waiters, pass_on=self.release, left=self._wake)
 
     def release(self) -> None:
         """Give a slot back and hand it to the next waiter if the limit allows."""
@@ -230,3 +218,31 @@ class ConcurrencyLimiter:
             yield
         finally:
             self.release()
+
+
+async def wait_in_line(
+    waiters: deque[asyncio.Future[None]],
+    *,
+    pass_on: Callable[[], None],
+    left: Callable[[], None] | None = None,
+) -> None:
+    """Wait at the end of ``waiters`` until a waker resolves our future (it pops futures
+    from the front and skips the cancelled ones).
+
+    Cancelled, the turn is not lost: one handed to us just before the cancellation landed
+    is passed on (``pass_on``); otherwise our place is left, then ``left`` is called.
+    """
+    fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+    waiters.append(fut)
+    try:
+        await fut
+    except asyncio.CancelledError:
+        if fut.done() and not fut.cancelled():
+            pass_on()
+        else:
+            # The waker may already have dropped it (it skips cancelled futures).
+            with contextlib.suppress(ValueError):
+                waiters.remove(fut)
+            if left is not None:
+                left()
+        raise

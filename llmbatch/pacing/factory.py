@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 
 from llmbatch.clock import now
-from llmbatch.config.load import RunConfig
+from llmbatch.config.model import RunConfig
 from llmbatch.pacing.bucket import Clock
 from llmbatch.pacing.governor import RateGovernor
 from llmbatch.pacing.headers import family_for

@@ -11,7 +11,7 @@ import urllib.parse
 from collections.abc import Mapping
 from typing import Any
 
-from llmbatch.config.load import ModelPrices, ProviderConfig, RunConfig
+from llmbatch.config.model import ModelPrices, ProviderConfig, RunConfig
 from llmbatch.pricing.rates import Rates, rates_from_config, toml_key
 
 __all__ = ["SELF_HOSTED", "PriceBook", "request_model"]

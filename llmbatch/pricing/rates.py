@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from llmbatch.config.load import ModelPrices
+from llmbatch.config.model import ModelPrices
 from llmbatch.pricing.usage import TokenUsage
 from llmbatch.records import Cost
 

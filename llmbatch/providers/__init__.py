@@ -7,7 +7,7 @@ line that gives ``input``, can pick another format per record at the same base U
 
 from __future__ import annotations
 
-from llmbatch.config.load import ProviderConfig
+from llmbatch.config.model import ProviderConfig
 from llmbatch.errors import ConfigError
 from llmbatch.providers.anthropic import AnthropicProvider
 from llmbatch.providers.base import Provider, StreamAssembler

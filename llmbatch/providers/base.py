@@ -11,7 +11,7 @@ from typing import Any
 
 import orjson
 
-from llmbatch.config.load import ProviderConfig
+from llmbatch.config.model import ProviderConfig
 from llmbatch.errors import (
     MalformedResponse,
     ProviderError,

@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from llmbatch.config.load import RunConfig
+from llmbatch.config.model import RunConfig
 from llmbatch.errors import RunDirError
 from llmbatch.pacing import governor_for
 from llmbatch.ray.lease import (

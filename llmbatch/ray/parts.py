@@ -16,21 +16,21 @@ from typing import Any
 
 import orjson
 
-from llmbatch.config.load import RunConfig
+from llmbatch.config.model import RunConfig
 from llmbatch.errors import RunDirError
-from llmbatch.rundir.nofollow import PlantedLink
-from llmbatch.rundir.summary import SummaryBuilder
-from llmbatch.rundir.textlog import REASONING_LOG, TEXT_LOG, TextLog
-from llmbatch.rundir.writer import (
+from llmbatch.rundir.layout import (
     META,
     PART_TEXT_LINK,
     RESULTS,
     TEXT_DIR,
-    ResumeIndex,
-    RunDir,
     is_own_text_path,
     link_or_copy,
 )
+from llmbatch.rundir.nofollow import PlantedLink
+from llmbatch.rundir.results import ResumeIndex
+from llmbatch.rundir.summary import SummaryBuilder
+from llmbatch.rundir.textlog import REASONING_LOG, TEXT_LOG, TextLog
+from llmbatch.rundir.writer import RunDir
 
 __all__ = [
     "Consolidator",
@@ -192,8 +192,8 @@ class Consolidator:
         pointing there; its reasoning likewise from reasoning.log."""
         moved = dict(lb)
         logs: tuple[tuple[str, TextLog | None], ...] = (
-            ("reasoning", self.rundir.reasoning_log),
-            ("text", self.rundir.text_log),
+            ("reasoning", self.rundir.text.reasoning_log),
+            ("text", self.rundir.text.text_log),
         )
         for prefix, log in logs:
             offset, length = lb.get(f"{prefix}_offset"), lb.get(f"{prefix}_bytes")

@@ -23,7 +23,7 @@ from llmbatch.records import PromptRecord
 from llmbatch.redaction import url_without_credentials
 
 if TYPE_CHECKING:
-    from llmbatch.config.load import RunConfig
+    from llmbatch.config.model import RunConfig
 
 __all__ = [
     "EMBEDDED_MOCK_URL",

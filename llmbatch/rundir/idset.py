@@ -37,33 +37,21 @@ class IdSet:
     def add(self, item: str) -> bool:
         """Add ``item``; True when it was not there yet."""
         h = self._key(item)
-        table, mask = self._table, self._mask
-        i = h & mask
-        while True:
-            v = table[i]
-            if v == _EMPTY:
-                table[i] = h
-                self._count += 1
-                if 2 * self._count > len(table):
-                    self._grow()
-                return True
-            if v == h:
-                return False
-            i = (i + 1) & mask
+        table = self._table
+        i = _slot(table, self._mask, h)
+        if table[i] == h:
+            return False
+        table[i] = h
+        self._count += 1
+        if 2 * self._count > len(table):
+            self._grow()
+        return True
 
     def __contains__(self, item: object) -> bool:
         if not isinstance(item, str):
             return False
         h = self._key(item)
-        table, mask = self._table, self._mask
-        i = h & mask
-        while True:
-            v = table[i]
-            if v == _EMPTY:
-                return False
-            if v == h:
-                return True
-            i = (i + 1) & mask
+        return self._table[_slot(self._table, self._mask, h)] == h
 
     def __len__(self) -> int:
         return self._count
@@ -75,10 +63,7 @@ class IdSet:
         mask = size - 1
         for h in old:
             if h != _EMPTY:
-                i = h & mask
-                while table[i] != _EMPTY:
-                    i = (i + 1) & mask
-                table[i] = h
+                table[_slot(table, mask, h)] = h
         self._table, self._mask = table, mask
 
 
@@ -94,21 +79,13 @@ class IdMap(IdSet):
     def put(self, item: str, value: int) -> None:
         """Add ``item`` (if new) with ``value``, replacing the value it had."""
         self.add(item)
-        self._values[self._slot(self._key(item))] = value
+        self._values[_slot(self._table, self._mask, self._key(item))] = value
 
     def get(self, item: str) -> int:
         """The value of ``item``; 0 when it is absent or has none."""
         h = self._key(item)
-        slot = self._slot(h)
+        slot = _slot(self._table, self._mask, h)
         return self._values[slot] if self._table[slot] == h else 0
-
-    def _slot(self, h: int) -> int:
-        """Where ``h`` is, or the empty slot where it would go."""
-        table, mask = self._table, self._mask
-        i = h & mask
-        while table[i] != _EMPTY and table[i] != h:
-            i = (i + 1) & mask
-        return i
 
     def _grow(self) -> None:
         old_table, old_values = self._table, getattr(self, "_values", None)
@@ -117,5 +94,13 @@ class IdMap(IdSet):
         if old_values is not None:
             for h, v in zip(old_table, old_values, strict=True):
                 if h != _EMPTY and v:
-                    values[self._slot(h)] = v
+                    values[_slot(self._table, self._mask, h)] = v
         self._values = values
+
+
+def _slot(table: array[int], mask: int, h: int) -> int:
+    """Where ``h`` is in ``table``, or the empty slot where it would go (linear probing)."""
+    i = h & mask
+    while table[i] != _EMPTY and table[i] != h:
+        i = (i + 1) & mask
+    return i

@@ -32,6 +32,7 @@ __all__ = [
     "open_subdir",
     "replace_file",
     "replace_in",
+    "write_all",
     "write_new",
 ]
 
@@ -103,7 +104,7 @@ def write_new(dir_fd: int, name: str, data: bytes, where: Path) -> None:
     """``name`` created afresh (create_new) holding ``data``."""
     fd = create_new(dir_fd, name, where)
     try:
-        _write_all(fd, data)
+        write_all(fd, data)
     finally:
         os.close(fd)
 
@@ -130,7 +131,7 @@ def replace_in(
     try:
         try:
             for piece in (data,) if isinstance(data, bytes) else data:
-                _write_all(fd, piece)
+                write_all(fd, piece)
             if sync:
                 os.fsync(fd)
         finally:
@@ -175,7 +176,8 @@ def _planted_or(exc: OSError, dir_fd: int, name: str, where: Path) -> OSError:
     return OSError(exc.errno, exc.strerror, str(where / name))
 
 
-def _write_all(fd: int, data: bytes) -> None:
+def write_all(fd: int, data: bytes) -> None:
+    """All of ``data`` to ``fd`` (a write may take only part of it)."""
     view = memoryview(data)
     while view:
         n = os.write(fd, view)

@@ -15,7 +15,7 @@ from typing import Any
 
 from llmbatch.metrics import INPUT_ERROR, SLO, RunMetrics
 from llmbatch.rundir.resultline import ResultLine
-from llmbatch.rundir.writer import iter_result_lines
+from llmbatch.rundir.results import iter_result_lines
 
 __all__ = ["SummaryBuilder", "summary_from_results"]
 

@@ -14,7 +14,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from llmbatch.config.load import DEFAULT_CONFIG_FILE, RunConfig, load_config, resolve_api_key
+from llmbatch.config.files import DEFAULT_CONFIG_FILE
+from llmbatch.config.load import load_config
+from llmbatch.config.model import RunConfig
+from llmbatch.config.profiles import resolve_api_key
 from llmbatch.errors import ConfigError
 from llmbatch.notices import warn as notice
 
@@ -105,7 +108,7 @@ def _target_config(
     """The RunConfig of a --target: an ad-hoc provider profile named after it."""
     # A target named like a built-in profile (openai, mock...) keeps its headers and
     # params, but always goes to the URL given: never to the embedded mock (a profile
-    # given a base_url never runs the embedded mock: config/load.py).
+    # given a base_url never runs the embedded mock: config/profiles.py).
     profile: dict[str, Any] = {"kind": spec.kind, "base_url": spec.base_url, "model": spec.model}
     if spec.api_key_env is not None:
         profile["api_key_env"] = spec.api_key_env
