@@ -45,12 +45,13 @@ import asyncio
 import contextlib
 import contextvars
 import math
-import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from llmbatch.pacing import AdaptiveConcurrency, RateGovernor
+from llmbatch.clock import now
+from llmbatch.pacing import AdaptiveConcurrency, PollWait, RateGovernor
+from llmbatch.pacing.bucket import Clock
 from llmbatch.pricing.budget import GRANTED, WAIT, CostBudget
 
 __all__ = [
@@ -63,6 +64,7 @@ __all__ = [
     "LeasedPacer",
     "SyncReply",
     "SyncRequest",
+    "Transport",
 ]
 
 POLL_S = 0.005  # how often a request re-checks a ticket whose answer has not come yet
@@ -106,11 +108,11 @@ class ClusterConcurrency:
     """``--concurrency auto`` for a cluster: one AIMD controller, its limit split
     evenly over the workers still running (each gets at least one slot)."""
 
-    def __init__(self, workers: list[str], *, initial: int, cap: int) -> None:
+    def __init__(self, workers: list[str], *, initial: int, cap: int, clock: Clock = now) -> None:
         self._workers = list(workers)
         floor = max(1, len(self._workers))
         self.aimd = AdaptiveConcurrency(
-            initial=max(initial, floor), floor=floor, cap=max(cap, floor)
+            initial=max(initial, floor), floor=floor, cap=max(cap, floor), clock=clock
         )
 
     @property
@@ -340,7 +342,7 @@ class LeasedConcurrency:
 class _Ticket:
     est_in: int
     est_out: int
-    at_s: float | None = None  # monotonic time from which the request may go
+    at_s: float | None = None  # the clock's time from which the request may go
 
 
 @dataclass
@@ -377,7 +379,7 @@ class LeasedPacer:
         worker: str,
         limited: bool = True,
         sync_interval_s: float = 0.25,
-        clock: Callable[[], float] = time.monotonic,
+        clock: Clock = now,
         concurrency: LeasedConcurrency | None = None,
     ) -> None:
         self._transport = transport
@@ -404,7 +406,7 @@ class LeasedPacer:
         _current_ticket.set(ticket)
         self._out.tickets.append(ticket)
         self._poke()
-        return POLL_S
+        return PollWait(POLL_S)
 
     def paused_for_s(self) -> float:
         """Seconds this request still waits: its ticket's grant, and any cluster pause."""
@@ -414,7 +416,8 @@ class LeasedPacer:
         if ticket is None:
             return wait_s
         if ticket.at_s is None:
-            return max(wait_s, POLL_S)
+            # The grant has not come back yet: a round trip, not the budget, holds it.
+            return wait_s if wait_s > POLL_S else PollWait(POLL_S)
         ticket_wait_s = ticket.at_s - now
         if ticket_wait_s <= 0:
             _current_ticket.set(None)  # used up: later checks see only pauses
@@ -451,10 +454,20 @@ class LeasedPacer:
         True when they hold a rate-limit header (the governor reads them by its family).
         """
         out = self._out
+        first = out.headers is None
         out.headers = headers
         out.headers_age_s = age_s
         out.headers_seen_s = self._clock()
-        return any("ratelimit" in str(k).lower() for k in headers)
+        informed = any("ratelimit" in str(k).lower() for k in headers)
+        if informed and not self._limited:
+            # The server states a limit: from now on requests wait for grants (none goes
+            # unpaced until the next call says so).
+            self._limited = True
+        if informed and first:
+            # The governor hears of it with the next call, now (a report read late states
+            # a remaining of then against a reset nearer now: a wrong refill rate).
+            self._poke()
+        return informed
 
     def snapshot(self) -> dict[str, Any]:
         """This worker's side: whether limits apply, tickets waiting, the pause."""
