@@ -57,3 +57,16 @@ def test_cluster_reaches_the_allowed_rate(case: str) -> None:
     if name != "fixed-retry-after-only":  # (its windows are learned per worker, no grants)
         per_worker = result.summary["lease"]["granted_per_worker"]
         assert sorted(per_worker) == [f"w{i}" for i in range(workers)]
+
+
+def test_fixed_concurrency_sends_no_burst_at_the_start() -> None:
+    # 32 in flight per worker, 50 per sliding second: each worker's first answer states the
+    # limit; from then on it waits for grants, and the governor counts the one request each
+    # sent before it knew (the server did).
+    server, _, options, _ = MODELS["sliding-1s"]
+    for latency_s in (0.005, 0.05):
+        result = simulate_cluster(
+            server, prompts=300, concurrency=32, call_latency_s=latency_s, **options
+        )
+        assert result.exact and result.rate_limited == 0, (latency_s, result.rate_limited)
+        assert result.ratio() >= 0.9, (latency_s, result.ratio())

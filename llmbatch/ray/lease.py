@@ -7,10 +7,12 @@ gets a :class:`LeasedPacer` instead of its own governor. The pacer has the gover
 interface (``reserve``, ``paused_for_s``, ``settle``, ``on_rate_limited``,
 ``observe_headers``), so the engine does not know it is shared; behind it:
 
-- ``reserve`` of a request takes a *ticket* and returns a short poll; a background
-  task sends every ticket waiting then, in one call, to the lease governor, which
-  reserves budget for each exactly as one process would and answers with the time to
-  wait for each. The engine's pacing loop (``sleep(reserve())``, then
+- ``reserve`` of a request takes a *ticket* and returns a short poll (a
+  :class:`~llmbatch.pacing.PollWait`: the engine does not count that round trip as the
+  rate holding the request back, so ``--concurrency auto`` grows as in one process); a
+  background task sends every ticket waiting then, in one call, to the lease governor,
+  which reserves budget for each exactly as one process would and answers with the time
+  to wait for each. The engine's pacing loop (``sleep(reserve())``, then
   ``sleep(paused_for_s())`` until it is 0) then waits out that ticket's own time:
   the ticket is found again through a context variable, since each request paces
   inside its own task. So the N workers together send no faster than one governor
@@ -18,10 +20,14 @@ interface (``reserve``, ``paused_for_s``, ``settle``, ``on_rate_limited``,
 - Waits are relative; the worker counts them from when the answer *arrived*, so clock
   offsets between machines and the call's own latency only ever make a worker later.
 - Usage corrections (``settle``), 429 pauses and the latest rate-limit headers travel
-  to the governor with the next call (at least every ``sync_interval_s``); a pause or a
-  limit one worker learns reaches every other within one interval.
+  to the governor with the next call (at least every ``sync_interval_s``; new rate-limit
+  headers start a call at once: a report read late states a remaining of then against a
+  reset nearer now, which a refill reading takes for another rate); a pause or a limit
+  one worker learns reaches every other within one interval.
 - While the governor has no limit at all (none configured, none reported by headers),
-  it says so, and ``reserve`` answers 0 locally: no call per request.
+  it says so, and ``reserve`` answers 0 locally: no call per request. A worker that
+  reads a limit in an answer's headers takes tickets from then on, and the requests it
+  sent without one since its last call go with the next call, to be counted as spent.
 - ``--concurrency auto`` is decided for the cluster too: the lease governor may hold a
   :class:`ClusterConcurrency`, one AIMD controller fed by every worker's signals (TTFT
   of each success, 429s, transient errors), which a worker's :class:`LeasedConcurrency`
@@ -91,6 +97,9 @@ class SyncRequest:
     headers_age_s: float | None = None  # since the request that got them was sent
     headers_received_ago_s: float = 0.0  # since they arrived at the worker
     concurrency: ConcurrencyReport | None = None  # with --concurrency auto
+    # (est_in, est_out) of each request sent without a grant since the last call (no
+    # limit was known then): once one is, they count as spent.
+    unpaced: tuple[tuple[int, int], ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -261,6 +270,11 @@ class LeaseGovernor:
             )
         for pause_s in req.rate_limited:
             gov.on_rate_limited(pause_s)
+        if req.unpaced and gov.snapshot()["limits"]:
+            # Sent before this worker knew of a limit (the first answer's request, a
+            # worker's own): the server counts them, so the budget does too.
+            for est_in, est_out in req.unpaced:
+                gov.reserve(est_in, est_out)
         waits = tuple(gov.reserve(est_in, est_out) for est_in, est_out in req.reservations)
         if waits:
             self.granted += len(waits)
@@ -350,6 +364,7 @@ class _Outbox:
     tickets: list[_Ticket] = field(default_factory=list)
     settlements: list[tuple[int, int, int | None, int | None]] = field(default_factory=list)
     rate_limited: list[float | None] = field(default_factory=list)
+    unpaced: list[tuple[int, int]] = field(default_factory=list)
     headers: Any = None
     headers_age_s: float | None = None
     headers_seen_s: float = 0.0  # monotonic time they were observed
@@ -401,6 +416,7 @@ class LeasedPacer:
         self._ensure_task()
         if not self._limited:
             _current_ticket.set(None)
+            self._out.unpaced.append((est_input_tokens, est_output_tokens))
             return self.paused_for_s()
         ticket = _Ticket(est_input_tokens, est_output_tokens)
         _current_ticket.set(ticket)
@@ -528,6 +544,7 @@ class LeasedPacer:
                 0.0 if out.headers is None else self._clock() - out.headers_seen_s
             ),
             concurrency=report,
+            unpaced=tuple(out.unpaced),
         )
         try:
             reply = await self._transport(req)
@@ -538,6 +555,7 @@ class LeasedPacer:
             self._out.tickets[:0] = out.tickets
             self._out.settlements[:0] = out.settlements
             self._out.rate_limited[:0] = out.rate_limited
+            self._out.unpaced[:0] = out.unpaced
             if self._out.headers is None:
                 self._out.headers = out.headers
                 self._out.headers_age_s = out.headers_age_s
