@@ -22,7 +22,7 @@ from typing import Any
 
 import orjson
 
-from llmbatch.config.load import load_config
+from llmbatch.config.load import RunConfig, load_config
 from llmbatch.engine.batch import BatchRun
 from llmbatch.engine.core import Engine
 from llmbatch.http.base import ClientAdapter, ClientOptions, HTTPRequest, StreamingResponse
@@ -135,33 +135,84 @@ class SimResult:
         return self.rate_limited / max(1, self.requests)
 
 
-async def _run(
-    server: MockConfig,
-    prompts: int,
-    flags: dict[str, Any],
-    style: str,
-    family: str,
-) -> SimResult:
-    loop = asyncio.get_running_loop()
-    assert isinstance(loop, VirtualClockLoop)
-    limits = MockRateLimits(server, clock=loop.time, wall_clock=loop.wall)
-    url = "http://model.invalid/v1"
-    # A profile of OpenAI's wire that reads ``family``'s headers (the server's style).
-    target = {"kind": "openai", "base_url": url, "model": "mock-model", "limits": {}}
+def _config(flags: dict[str, Any], family: str) -> RunConfig:
+    """A run's config for a profile of OpenAI's wire that reads ``family``'s headers (the
+    server's style); ``flags`` are run options."""
+    target: dict[str, Any] = {
+        "kind": "openai",
+        "base_url": "http://model.invalid/v1",
+        "model": "mock-model",
+        "limits": {},
+    }
     if family:
         target["limits"] = {"headers": family}
-    cfg = load_config(
+    return load_config(
         None,
         flags={"provider": "target", "progress": False, **flags},
         environ={},
         data={"providers": {"target": target}},
     )
-    adapter = ModelAdapter(
-        limits,
-        server,
-        style=style,
-        options=ClientOptions(max_connections=cfg.max_concurrency, timeouts=cfg.timeouts),
-    )
+
+
+def _rows(prompts: int) -> list[dict[str, Any]]:
+    return [{"id": f"p{i}", "prompt": f"question {i}"} for i in range(prompts)]
+
+
+class _Exact:
+    """Checks each outcome against the mock's deterministic answer (``ok``: all were)."""
+
+    def __init__(self, rows: list[dict[str, Any]], server: MockConfig) -> None:
+        self._rows = rows
+        self._server = server
+        self.ok = True
+
+    def __call__(self, outcome: Outcome, line: dict[str, Any]) -> None:
+        body = outcome.body or {}
+        prompt = self._rows[int(outcome.record_id[1:])]["prompt"]
+        messages = [{"role": "user", "content": prompt}]
+        n = answer_length(prompt_key(messages), self._server.tokens, self._server.tokens_spread)
+        text = body.get("choices", [{}])[0].get("message", {}).get("content")
+        self.ok = self.ok and outcome.ok and text == expected_text(messages, n)
+
+
+async def _items(rows: list[dict[str, Any]]) -> AsyncIterator[Any]:
+    for item in iter_items(rows):
+        yield item
+
+
+def _setup(
+    server: MockConfig, flags: dict[str, Any], family: str
+) -> tuple[VirtualClockLoop, MockRateLimits, RunConfig]:
+    """The running virtual-time loop, the server's limits on its clock, the run's config."""
+    loop = asyncio.get_running_loop()
+    assert isinstance(loop, VirtualClockLoop)
+    limits = MockRateLimits(server, clock=loop.time, wall_clock=loop.wall)
+    return loop, limits, _config(flags, family)
+
+
+def _adapter(
+    limits: MockRateLimits, server: MockConfig, style: str, cfg: RunConfig
+) -> ModelAdapter:
+    options = ClientOptions(max_connections=cfg.max_concurrency, timeouts=cfg.timeouts)
+    return ModelAdapter(limits, server, style=style, options=options)
+
+
+@dataclass(frozen=True)
+class Spec:
+    """One simulated run: the server, the prompts, the run options, the header style the
+    server answers in and the header family the client reads them as."""
+
+    server: MockConfig
+    prompts: int
+    flags: dict[str, Any]
+    style: str = "openai"
+    family: str = ""
+
+
+async def _run(spec: Spec) -> SimResult:
+    server = spec.server
+    loop, limits, cfg = _setup(server, spec.flags, spec.family)
+    adapter = _adapter(limits, server, spec.style, cfg)
     aimd = None
     if cfg.adaptive:
         aimd = AdaptiveConcurrency(
@@ -178,30 +229,17 @@ async def _run(
         concurrency=aimd,
         clock=loop.time,
     )
-    rows = [{"id": f"p{i}", "prompt": f"question {i}"} for i in range(prompts)]
-    exact = True
-
-    def check(outcome: Outcome, line: dict[str, Any]) -> None:
-        nonlocal exact
-        body = outcome.body or {}
-        messages = [{"role": "user", "content": rows[int(outcome.record_id[1:])]["prompt"]}]
-        n = answer_length(prompt_key(messages), server.tokens, server.tokens_spread)
-        text = body.get("choices", [{}])[0].get("message", {}).get("content")
-        exact = exact and outcome.ok and text == expected_text(messages, n)
-
-    async def items() -> AsyncIterator[Any]:
-        for item in iter_items(rows):
-            yield item
-
+    rows = _rows(spec.prompts)
+    exact = _Exact(rows, server)
     metrics = RunMetrics()
     t0 = loop.time()
-    await BatchRun(engine, items(), metrics, on_record=check).run()
+    await BatchRun(engine, _items(rows), metrics, on_record=exact).run()
     return SimResult(
         measured=limits.measured(),
         requests=adapter.requests,
         rate_limited=adapter.rate_limited,
         succeeded=metrics.succeeded,
-        exact=exact and metrics.succeeded == prompts,
+        exact=exact.ok and metrics.succeeded == spec.prompts,
         duration_s=loop.time() - t0,
         concurrency_limit=None if aimd is None else aimd.limit,
     )
@@ -220,4 +258,4 @@ def simulate(
     read as header ``family`` says ("" = generic: a server of unknown kind); ``flags``
     are run options (concurrency, ...)."""
     with asyncio.Runner(loop_factory=VirtualClockLoop) as runner:
-        return runner.run(_run(server, prompts, flags, style, family))
+        return runner.run(_run(Spec(server, prompts, flags, style, family)))

@@ -42,6 +42,7 @@ from llmbatch.pacing import (
     ConcurrencyLimiter,
     OutputEstimate,
     Pacer,
+    PollWait,
     estimate_input_tokens,
     governor_for,
 )
@@ -505,10 +506,12 @@ class _Request:
 
 
 async def _pace(governor: Pacer, est_in: int, est_out: int) -> bool:
-    """Wait for the rate governor (queue time, never TTFT); True if it held the request."""
+    """Wait for the rate governor (queue time, never TTFT); True if it held the request
+    (a wait for budget: a PollWait, a cluster's grant on its way, is not one)."""
     wait_s = governor.reserve(est_in, est_out)
-    held = wait_s > 0
+    held = False
     while wait_s > 0:
+        held = held or not isinstance(wait_s, PollWait)
         await asyncio.sleep(wait_s)
         wait_s = governor.paused_for_s()  # a 429 may have come in meanwhile
     return held

@@ -6,7 +6,8 @@
   whole again by reset; expires when nothing confirms it).
 - ``governor``: :class:`RateGovernor`, every gate together; :func:`governor_for` builds
   it from a run's config. ``protocol``: :class:`Pacer`, the interface it fulfils, and
-  :class:`ConcurrencyControl`, the adaptive controller's.
+  :class:`ConcurrencyControl`, the adaptive controller's; :class:`PollWait`, a wait
+  that is a look-again (a cluster's grant on its way), not budget.
 - ``concurrency``: :class:`AdaptiveConcurrency` (AIMD) and :class:`ConcurrencyLimiter`.
 - ``estimate``: :func:`estimate_input_tokens`, a tokenizer-free prompt size, and
   :class:`OutputEstimate`, output tokens to reserve, learned from the answers so far.
@@ -27,7 +28,7 @@ from llmbatch.pacing.estimate import (
 from llmbatch.pacing.factory import governor_for
 from llmbatch.pacing.governor import RateGovernor
 from llmbatch.pacing.headers import FAMILIES, family_for, parse_duration_s, parse_reset_s
-from llmbatch.pacing.protocol import ConcurrencyControl, Pacer
+from llmbatch.pacing.protocol import ConcurrencyControl, Pacer, PollWait
 
 __all__ = [
     "CHARS_PER_TOKEN",
@@ -39,6 +40,7 @@ __all__ = [
     "ConcurrencyLimiter",
     "OutputEstimate",
     "Pacer",
+    "PollWait",
     "RateGovernor",
     "TokenBucket",
     "estimate_input_tokens",

@@ -5,7 +5,16 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any, Protocol, runtime_checkable
 
-__all__ = ["ConcurrencyControl", "Pacer"]
+__all__ = ["ConcurrencyControl", "Pacer", "PollWait"]
+
+
+class PollWait(float):
+    """A wait a pacer returns while it does not know the request's wait yet (its grant is
+    on the way from a cluster's governor): look again after it. Not a wait for budget, so
+    a request that only waited so was not held back by the rate (``--concurrency auto``
+    may grow on its success)."""
+
+    __slots__ = ()
 
 
 @runtime_checkable
@@ -13,7 +22,8 @@ class Pacer(Protocol):
     """What the engine needs from a rate governor (:class:`RateGovernor` is one).
 
     Per request: ``wait = reserve(est_in, est_out)``; sleep ``wait``, then sleep
-    ``paused_for_s()`` until it is 0 (a 429 may have come meanwhile); send; feed
+    ``paused_for_s()`` until it is 0 (a 429 may have come meanwhile; a :class:`PollWait`
+    is a look-again, not budget); send; feed
     ``observe_headers`` with the response's headers (on any status) and
     ``on_rate_limited`` on a 429; ``settle`` once usage is known.
     """

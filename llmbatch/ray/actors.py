@@ -10,9 +10,11 @@ import time
 from pathlib import Path
 from typing import Any
 
+from llmbatch.clock import now
 from llmbatch.config.model import RunConfig
 from llmbatch.errors import RunDirError
 from llmbatch.pacing import governor_for
+from llmbatch.pacing.bucket import Clock
 from llmbatch.ray.lease import (
     ClusterBudget,
     ClusterConcurrency,
@@ -22,11 +24,21 @@ from llmbatch.ray.lease import (
     LeaseGovernor,
     SyncReply,
     SyncRequest,
+    Transport,
 )
 from llmbatch.ray.wire import BadLine, Packed, decode_item, unpack
 from llmbatch.records import PromptRecord
 
-__all__ = ["GovernorActor", "WorkerActor", "has_limits", "loop_kind", "node_id", "threads_cpu_s"]
+__all__ = [
+    "GovernorActor",
+    "WorkerActor",
+    "has_limits",
+    "lease_governor",
+    "leased_pacing",
+    "loop_kind",
+    "node_id",
+    "threads_cpu_s",
+]
 
 
 # -- the rate budget actor --------------------------------------------------------------
@@ -34,6 +46,41 @@ def has_limits(cfg: RunConfig) -> bool:
     """True when any rate limit is configured (then every request waits for a grant)."""
     lim = cfg.provider.limits
     return any(v is not None for v in (lim.rpm, lim.input_tpm, lim.output_tpm, lim.tpm))
+
+
+def lease_governor(
+    cfg: RunConfig,
+    workers: list[str] | None = None,
+    *,
+    clock: Clock = now,
+    wall_clock: Clock = time.time,
+) -> LeaseGovernor:
+    """The cluster's one rate budget for ``cfg`` (and with ``--concurrency auto`` its one
+    controller, shared by ``workers``): what the governor actor holds. ``clock`` and
+    ``wall_clock`` are the governor's (virtual in tests)."""
+    concurrency = None
+    if cfg.adaptive:  # --concurrency auto: one controller for the cluster
+        concurrency = ClusterConcurrency(
+            workers or [],
+            initial=min(cfg.concurrency, cfg.max_concurrency),
+            cap=cfg.max_concurrency,
+            clock=clock,
+        )
+    governor = governor_for(cfg, clock=clock, wall_clock=wall_clock)
+    return LeaseGovernor(governor, concurrency=concurrency)
+
+
+def leased_pacing(
+    cfg: RunConfig, transport: Transport, *, worker: str, clock: Clock = now
+) -> tuple[LeasedPacer, LeasedConcurrency | None]:
+    """A worker's pacer on the cluster's one budget, whose calls go through ``transport``
+    (in Ray: the governor actor's ``sync``), and with ``--concurrency auto`` its share of the
+    cluster's limit (None otherwise)."""
+    conc = LeasedConcurrency(cfg.concurrency) if cfg.adaptive else None
+    pacer = LeasedPacer(
+        transport, worker=worker, limited=has_limits(cfg), concurrency=conc, clock=clock
+    )
+    return pacer, conc
 
 
 class GovernorActor:
@@ -46,14 +93,7 @@ class GovernorActor:
         self._budget = (
             ClusterBudget(cfg.max_cost, spent_usd=spent_usd) if cfg.max_cost is not None else None
         )
-        concurrency = None
-        if cfg.adaptive:  # --concurrency auto: one controller for the cluster
-            concurrency = ClusterConcurrency(
-                workers or [],
-                initial=min(cfg.concurrency, cfg.max_concurrency),
-                cap=cfg.max_concurrency,
-            )
-        self._lease = LeaseGovernor(governor_for(cfg), concurrency=concurrency)
+        self._lease = lease_governor(cfg, workers)
         self._cpu0_s = time.process_time()
 
     def forget(self, worker: str) -> None:
@@ -157,8 +197,7 @@ class _WorkerBatch:
 
         # The Client's pacer seam: this client paces by the cluster's one budget, and
         # with --concurrency auto takes its share of the cluster's one limit.
-        conc = LeasedConcurrency(cfg.concurrency) if cfg.adaptive else None
-        pacer = LeasedPacer(transport, worker=self.name, limited=has_limits(cfg), concurrency=conc)
+        pacer, conc = leased_pacing(cfg, transport, worker=self.name)
         budget = None
         if cfg.max_cost is not None:  # the cluster's one budget, in the governor actor
             name = self.name

@@ -7,10 +7,12 @@ gets a :class:`LeasedPacer` instead of its own governor. The pacer has the gover
 interface (``reserve``, ``paused_for_s``, ``settle``, ``on_rate_limited``,
 ``observe_headers``), so the engine does not know it is shared; behind it:
 
-- ``reserve`` of a request takes a *ticket* and returns a short poll; a background
-  task sends every ticket waiting then, in one call, to the lease governor, which
-  reserves budget for each exactly as one process would and answers with the time to
-  wait for each. The engine's pacing loop (``sleep(reserve())``, then
+- ``reserve`` of a request takes a *ticket* and returns a short poll (a
+  :class:`~llmbatch.pacing.PollWait`: the engine does not count that round trip as the
+  rate holding the request back, so ``--concurrency auto`` grows as in one process); a
+  background task sends every ticket waiting then, in one call, to the lease governor,
+  which reserves budget for each exactly as one process would and answers with the time
+  to wait for each. The engine's pacing loop (``sleep(reserve())``, then
   ``sleep(paused_for_s())`` until it is 0) then waits out that ticket's own time:
   the ticket is found again through a context variable, since each request paces
   inside its own task. So the N workers together send no faster than one governor
@@ -18,10 +20,14 @@ interface (``reserve``, ``paused_for_s``, ``settle``, ``on_rate_limited``,
 - Waits are relative; the worker counts them from when the answer *arrived*, so clock
   offsets between machines and the call's own latency only ever make a worker later.
 - Usage corrections (``settle``), 429 pauses and the latest rate-limit headers travel
-  to the governor with the next call (at least every ``sync_interval_s``); a pause or a
-  limit one worker learns reaches every other within one interval.
+  to the governor with the next call (at least every ``sync_interval_s``; new rate-limit
+  headers start a call at once: a report read late states a remaining of then against a
+  reset nearer now, which a refill reading takes for another rate); a pause or a limit
+  one worker learns reaches every other within one interval.
 - While the governor has no limit at all (none configured, none reported by headers),
-  it says so, and ``reserve`` answers 0 locally: no call per request.
+  it says so, and ``reserve`` answers 0 locally: no call per request. A worker that
+  reads a limit in an answer's headers takes tickets from then on, and the requests it
+  sent without one since its last call go with the next call, to be counted as spent.
 - ``--concurrency auto`` is decided for the cluster too: the lease governor may hold a
   :class:`ClusterConcurrency`, one AIMD controller fed by every worker's signals (TTFT
   of each success, 429s, transient errors), which a worker's :class:`LeasedConcurrency`
@@ -45,12 +51,13 @@ import asyncio
 import contextlib
 import contextvars
 import math
-import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from llmbatch.pacing import AdaptiveConcurrency, RateGovernor
+from llmbatch.clock import now
+from llmbatch.pacing import AdaptiveConcurrency, PollWait, RateGovernor
+from llmbatch.pacing.bucket import Clock
 from llmbatch.pricing.budget import GRANTED, WAIT, CostBudget
 
 __all__ = [
@@ -63,6 +70,7 @@ __all__ = [
     "LeasedPacer",
     "SyncReply",
     "SyncRequest",
+    "Transport",
 ]
 
 POLL_S = 0.005  # how often a request re-checks a ticket whose answer has not come yet
@@ -89,6 +97,9 @@ class SyncRequest:
     headers_age_s: float | None = None  # since the request that got them was sent
     headers_received_ago_s: float = 0.0  # since they arrived at the worker
     concurrency: ConcurrencyReport | None = None  # with --concurrency auto
+    # (est_in, est_out) of each request sent without a grant since the last call (no
+    # limit was known then): once one is, they count as spent.
+    unpaced: tuple[tuple[int, int], ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,11 +117,11 @@ class ClusterConcurrency:
     """``--concurrency auto`` for a cluster: one AIMD controller, its limit split
     evenly over the workers still running (each gets at least one slot)."""
 
-    def __init__(self, workers: list[str], *, initial: int, cap: int) -> None:
+    def __init__(self, workers: list[str], *, initial: int, cap: int, clock: Clock = now) -> None:
         self._workers = list(workers)
         floor = max(1, len(self._workers))
         self.aimd = AdaptiveConcurrency(
-            initial=max(initial, floor), floor=floor, cap=max(cap, floor)
+            initial=max(initial, floor), floor=floor, cap=max(cap, floor), clock=clock
         )
 
     @property
@@ -259,6 +270,11 @@ class LeaseGovernor:
             )
         for pause_s in req.rate_limited:
             gov.on_rate_limited(pause_s)
+        if req.unpaced and gov.snapshot()["limits"]:
+            # Sent before this worker knew of a limit (the first answer's request, a
+            # worker's own): the server counts them, so the budget does too.
+            for est_in, est_out in req.unpaced:
+                gov.reserve(est_in, est_out)
         waits = tuple(gov.reserve(est_in, est_out) for est_in, est_out in req.reservations)
         if waits:
             self.granted += len(waits)
@@ -340,7 +356,7 @@ class LeasedConcurrency:
 class _Ticket:
     est_in: int
     est_out: int
-    at_s: float | None = None  # monotonic time from which the request may go
+    at_s: float | None = None  # the clock's time from which the request may go
 
 
 @dataclass
@@ -348,6 +364,7 @@ class _Outbox:
     tickets: list[_Ticket] = field(default_factory=list)
     settlements: list[tuple[int, int, int | None, int | None]] = field(default_factory=list)
     rate_limited: list[float | None] = field(default_factory=list)
+    unpaced: list[tuple[int, int]] = field(default_factory=list)
     headers: Any = None
     headers_age_s: float | None = None
     headers_seen_s: float = 0.0  # monotonic time they were observed
@@ -377,7 +394,7 @@ class LeasedPacer:
         worker: str,
         limited: bool = True,
         sync_interval_s: float = 0.25,
-        clock: Callable[[], float] = time.monotonic,
+        clock: Clock = now,
         concurrency: LeasedConcurrency | None = None,
     ) -> None:
         self._transport = transport
@@ -399,12 +416,13 @@ class LeasedPacer:
         self._ensure_task()
         if not self._limited:
             _current_ticket.set(None)
+            self._out.unpaced.append((est_input_tokens, est_output_tokens))
             return self.paused_for_s()
         ticket = _Ticket(est_input_tokens, est_output_tokens)
         _current_ticket.set(ticket)
         self._out.tickets.append(ticket)
         self._poke()
-        return POLL_S
+        return PollWait(POLL_S)
 
     def paused_for_s(self) -> float:
         """Seconds this request still waits: its ticket's grant, and any cluster pause."""
@@ -414,7 +432,8 @@ class LeasedPacer:
         if ticket is None:
             return wait_s
         if ticket.at_s is None:
-            return max(wait_s, POLL_S)
+            # The grant has not come back yet: a round trip, not the budget, holds it.
+            return wait_s if wait_s > POLL_S else PollWait(POLL_S)
         ticket_wait_s = ticket.at_s - now
         if ticket_wait_s <= 0:
             _current_ticket.set(None)  # used up: later checks see only pauses
@@ -451,10 +470,20 @@ class LeasedPacer:
         True when they hold a rate-limit header (the governor reads them by its family).
         """
         out = self._out
+        first = out.headers is None
         out.headers = headers
         out.headers_age_s = age_s
         out.headers_seen_s = self._clock()
-        return any("ratelimit" in str(k).lower() for k in headers)
+        informed = any("ratelimit" in str(k).lower() for k in headers)
+        if informed and not self._limited:
+            # The server states a limit: from now on requests wait for grants (none goes
+            # unpaced until the next call says so).
+            self._limited = True
+        if informed and first:
+            # The governor hears of it with the next call, now (a report read late states
+            # a remaining of then against a reset nearer now: a wrong refill rate).
+            self._poke()
+        return informed
 
     def snapshot(self) -> dict[str, Any]:
         """This worker's side: whether limits apply, tickets waiting, the pause."""
@@ -515,6 +544,7 @@ class LeasedPacer:
                 0.0 if out.headers is None else self._clock() - out.headers_seen_s
             ),
             concurrency=report,
+            unpaced=tuple(out.unpaced),
         )
         try:
             reply = await self._transport(req)
@@ -525,6 +555,7 @@ class LeasedPacer:
             self._out.tickets[:0] = out.tickets
             self._out.settlements[:0] = out.settlements
             self._out.rate_limited[:0] = out.rate_limited
+            self._out.unpaced[:0] = out.unpaced
             if self._out.headers is None:
                 self._out.headers = out.headers
                 self._out.headers_age_s = out.headers_age_s
