@@ -8,7 +8,7 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-from llmbatch.mockserver.answers import count_prompt_tokens, expected_tokens, prompt_key
+from llmbatch.mockserver.answers import expected_tokens
 from llmbatch.mockserver.openai import OpenAIRoutes
 from llmbatch.mockserver.state import MockState
 from llmbatch.mockserver.streaming import counted, json_body, stream_tokens, until_done
@@ -41,10 +41,9 @@ class AnthropicRoutes:
         cap = body.get("max_tokens")
         if isinstance(cap, bool) or not isinstance(cap, int) or cap < 1:
             return anthropic_error(400, "invalid_request_error", "max_tokens: Field required")
-        key = prompt_key(messages)
-        plan = state.plan(request.headers, cap, t0, key)
-        state.arrived(key)
-        verdict = state.admit(key, count_prompt_tokens(messages), plan.n, style="anthropic")
+        key, plan, messages_tokens, verdict, fault = state.take(
+            request.headers, messages, cap, t0, style="anthropic"
+        )
         if not verdict.admitted:
             return anthropic_error(
                 429,
@@ -53,16 +52,14 @@ class AnthropicRoutes:
                 verdict.headers,
             )
         limit_headers = verdict.headers
-        fault = state.fault_for(key, request.headers)
         if fault:
             early = await self._early_fault(fault, request, key)
             if early is not None:
                 return early
         tokens = expected_tokens(messages, plan.n)
         system = body.get("system")
-        inp = count_prompt_tokens(messages) + (
-            len(system.split()) if isinstance(system, str) else 0
-        )
+        # Usage counts the system prompt too; admission counted the messages alone.
+        inp = messages_tokens + (len(system.split()) if isinstance(system, str) else 0)
         msg: dict[str, Any] = {
             "id": "msg_mock" + hashlib.blake2b(key, digest_size=6).hexdigest(),
             "type": "message",
@@ -76,8 +73,7 @@ class AnthropicRoutes:
         stop_reason = "max_tokens" if plan.capped else "end_turn"
         if not body.get("stream"):
             await until_done(plan)
-            state.finished(plan.n)
-            state.completed(key, inp, plan.n)
+            state.answered(key, plan.n, inp, plan.n)
             done = {
                 **msg,
                 "content": [{"type": "text", "text": "".join(tokens)}],
@@ -122,8 +118,7 @@ class AnthropicRoutes:
             tail += sse("message_stop", {"type": "message_stop"})
         if await stream_tokens(request, resp, plan, tokens, frame, fault, self._mid_fault, tail):
             await resp.write_eof()
-            state.finished(plan.n)
-            state.completed(key, inp, plan.n)
+            state.answered(key, plan.n, inp, plan.n)
         return resp
 
     async def _early_fault(

@@ -28,10 +28,8 @@ import orjson
 from aiohttp import web
 
 from llmbatch.mockserver.answers import (
-    count_prompt_tokens,
     expected_reasoning,
     expected_tokens,
-    prompt_key,
 )
 from llmbatch.mockserver.openai import OpenAIRoutes
 from llmbatch.mockserver.state import MockState
@@ -114,11 +112,10 @@ class GeminiRoutes:
             return google_error(400, "INVALID_ARGUMENT", "contents is not specified")
         given = body.get("generationConfig")
         gen: dict[str, Any] = given if isinstance(given, dict) else {}
-        key = prompt_key(messages)
-        plan = state.plan(request.headers, gen.get("maxOutputTokens"), t0, key)
-        state.arrived(key)
-        inp = count_prompt_tokens(messages)
-        verdict = state.admit(key, inp, plan.n, style="gemini")
+        cap = gen.get("maxOutputTokens")
+        key, plan, inp, verdict, fault = state.take(
+            request.headers, messages, cap, t0, style="gemini"
+        )
         if not verdict.admitted:
             return google_error(
                 429,
@@ -126,7 +123,6 @@ class GeminiRoutes:
                 "Resource has been exhausted (e.g. check quota).",
                 retry_delay_s=verdict.retry_after_s,
             )
-        fault = state.fault_for(key, request.headers)
         if fault:
             early = await self._early_fault(fault, request, key)
             if early is not None:
@@ -135,8 +131,7 @@ class GeminiRoutes:
         streaming = method == "streamGenerateContent"
         if not streaming or request.query.get("alt") != "sse":
             await until_done(plan)
-            state.finished(plan.n)
-            state.completed(key)
+            state.answered(key, plan.n)
             events = [orjson.loads(e) for e in answer.events]
             whole: Any = events if streaming else answer.merged()
             return web.Response(body=orjson.dumps(whole), content_type="application/json")
@@ -150,8 +145,7 @@ class GeminiRoutes:
             tail = b""
         if await stream_tokens(request, resp, plan, frames, bytes, fault, self._mid_fault, tail):
             await resp.write_eof()
-            state.finished(plan.n)
-            state.completed(key)
+            state.answered(key, plan.n)
         return resp
 
     async def _early_fault(

@@ -9,7 +9,7 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-from llmbatch.mockserver.answers import count_prompt_tokens, expected_tokens, prompt_key
+from llmbatch.mockserver.answers import expected_tokens
 from llmbatch.mockserver.clock import loop_now
 from llmbatch.mockserver.state import MockState
 from llmbatch.mockserver.streaming import (
@@ -88,27 +88,21 @@ class OpenAIRoutes:
     ) -> web.StreamResponse:
         """An OpenAI answer: chat.completion(.chunk)s, or text_completion(s) when not ``chat``."""
         state = self.state
-        key = prompt_key(messages)
-        plan = state.plan(request.headers, cap, t0, key)
-        state.arrived(key)
-        verdict = state.admit(key, count_prompt_tokens(messages), plan.n)
+        key, plan, inp, verdict, fault = state.take(request.headers, messages, cap, t0)
         if not verdict.admitted:
             return json_error(429, "rate_limit_exceeded", "Rate limit reached", verdict.headers)
         limit_headers = verdict.headers
-        fault = state.fault_for(key, request.headers)
         if fault:
             early = await self.early_fault(fault, request, key)
             if early is not None:
                 return early
         tokens = expected_tokens(messages, plan.n)
         finish = "length" if plan.capped else "stop"
-        inp = count_prompt_tokens(messages)
         usage = {"prompt_tokens": inp, "completion_tokens": plan.n, "total_tokens": inp + plan.n}
         model = body.get("model") or state.cfg.model
         if not body.get("stream"):
             await until_done(plan)
-            state.finished(plan.n)
-            state.completed(key, inp, plan.n)
+            state.answered(key, plan.n, inp, plan.n)
             text = "".join(tokens)
             done = (
                 completion(model, text, finish, usage)
@@ -138,8 +132,7 @@ class OpenAIRoutes:
             await resp.write(frame(None))  # the role chunk, at once
         if await stream_tokens(request, resp, plan, tokens, frame, fault, self.mid_fault, tail):
             await resp.write_eof()
-            state.finished(plan.n)
-            state.completed(key, *reported)
+            state.answered(key, plan.n, *reported)
         return resp
 
     async def early_fault(

@@ -18,10 +18,8 @@ import orjson
 from aiohttp import web
 
 from llmbatch.mockserver.answers import (
-    count_prompt_tokens,
     expected_reasoning,
     expected_tokens,
-    prompt_key,
 )
 from llmbatch.mockserver.openai import OpenAIRoutes
 from llmbatch.mockserver.state import MockState
@@ -69,14 +67,10 @@ class ResponsesRoutes:
         unknown = [m for m in messages if not _is_item(m)]
         if unknown:
             return json_error(400, "invalid_request_error", f"Invalid input item: {unknown[0]!r}")
-        key = prompt_key(messages)
-        plan = state.plan(request.headers, body.get("max_output_tokens"), t0, key)
-        state.arrived(key)
-        inp = count_prompt_tokens(messages)
-        verdict = state.admit(key, inp, plan.n)
+        cap = body.get("max_output_tokens")
+        key, plan, inp, verdict, fault = state.take(request.headers, messages, cap, t0)
         if not verdict.admitted:
             return json_error(429, "rate_limit_exceeded", "Rate limit reached", verdict.headers)
-        fault = state.fault_for(key, request.headers)
         if fault:
             early = await self._openai.early_fault(fault, request, key)
             if early is not None:
@@ -84,8 +78,7 @@ class ResponsesRoutes:
         answer = _Answer(body, messages, plan.n, plan.capped, inp, key, state.cfg.model)
         if not body.get("stream"):
             await until_done(plan)
-            state.finished(plan.n)
-            state.completed(key)
+            state.answered(key, plan.n)
             return web.Response(
                 body=orjson.dumps(answer.final()),
                 content_type="application/json",
@@ -100,8 +93,7 @@ class ResponsesRoutes:
         frames = answer.frames
         if await stream_tokens(request, resp, plan, frames, bytes, fault, self._mid_fault, tail):
             await resp.write_eof()
-            state.finished(plan.n)
-            state.completed(key)
+            state.answered(key, plan.n)
         return resp
 
     async def _mid_fault(self, fault: str, resp: web.StreamResponse, request: web.Request) -> bool:

@@ -11,15 +11,15 @@ import math
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
-from llmbatch.mockserver.answers import answer_length
+from llmbatch.mockserver.answers import answer_length, count_prompt_tokens, prompt_key
 from llmbatch.mockserver.clock import loop_now
 from llmbatch.mockserver.config import MockConfig
 from llmbatch.mockserver.faults import FaultPicker, int_header
 from llmbatch.mockserver.ratelimits import Admission, Clock, MockRateLimits
 
-__all__ = ["MockState", "MockStats", "Plan"]
+__all__ = ["Arrival", "MockState", "MockStats", "Plan"]
 
 Waiters = list[tuple[int, asyncio.Future[None]]]
 # How much of a prompt answered twice names it in MockStats.answered_twice.
@@ -105,6 +105,16 @@ class Plan:
     t0: float
     # How much slower than planned the server runs now (>= 1; MockConfig.capacity).
     slowdown: Callable[[], float] = lambda: 1.0
+
+
+class Arrival(NamedTuple):
+    """What ``MockState.take`` made of one request."""
+
+    key: bytes  # the prompt's key (prompt_key)
+    plan: Plan
+    input_tokens: int
+    verdict: Admission
+    fault: str | None  # None also when not admitted
 
 
 class MockState:
@@ -250,6 +260,28 @@ class MockState:
     def finished(self, output_tokens: int) -> None:
         """An admitted answer ended: limits that count output at the end charge it."""
         self.limits.finish(output_tokens)
+
+    def take(
+        self, headers: Mapping[str, str], messages: Any, cap: Any, t0: float, style: str = "openai"
+    ) -> Arrival:
+        """One request as every endpoint takes it: its prompt's key, its plan (``cap``: the
+        request's own output limit), a retry that came early noted, rate-limit admission,
+        and, when admitted, the fault it gets."""
+        key = prompt_key(messages)
+        plan = self.plan(headers, cap, t0, key)
+        self.arrived(key)
+        input_tokens = count_prompt_tokens(messages)
+        verdict = self.admit(key, input_tokens, plan.n, style=style)
+        fault = self.fault_for(key, headers) if verdict.admitted else None
+        return Arrival(key, plan, input_tokens, verdict, fault)
+
+    def answered(
+        self, key: bytes, planned_tokens: int, input_tokens: int = 0, output_tokens: int = 0
+    ) -> None:
+        """An admitted answer to prompt ``key`` of ``planned_tokens`` went out in full,
+        reporting this usage (0s: it reported none): ``finished``, then ``completed``."""
+        self.finished(planned_tokens)
+        self.completed(key, input_tokens, output_tokens)
 
     def fault_429_headers(self, key: bytes) -> dict[str, str]:
         """Headers of an injected 429: Retry-After plus the configured ``fault_headers``."""

@@ -1,2 +1,3 @@
-"""The run directory on disk: the prompts reader, the writer (text as it streams,
-results.jsonl, summary.json, the lock), the results line schema, identity and resume."""
+"""The run directory on disk: the prompts reader, the directory's layout and lock, text as
+it streams, results.jsonl and the resume index, the writer that orders them, the results
+line schema, identity and shards."""
