@@ -9,7 +9,6 @@
   (the adapter's ``pool_size`` default; ``0`` means a single pool of any size);
 - ``BENCH_H2_STREAMS``: at most this many streams per h2 connection in the httpx adapter
   (below the server's SETTINGS_MAX_CONCURRENT_STREAMS; the default is httpcore's 100);
-- ``BENCH_PATCHES``: comma-separated hot-path experiments from bench.experiments.
 
 Nothing in llmbatch is changed on disk; the hooks are installed in memory.
 """
@@ -58,11 +57,6 @@ def _install_hooks() -> None:
         defaults = httpx_adapter.HttpxAdapter.__init__.__kwdefaults__
         assert defaults is not None and "h2_max_streams" in defaults
         defaults["h2_max_streams"] = int(streams)
-    patches = os.environ.get("BENCH_PATCHES")
-    if patches:
-        from .experiments import install
-
-        install(patches)
 
 
 def main() -> None:
