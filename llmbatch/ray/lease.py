@@ -45,11 +45,11 @@ import asyncio
 import contextlib
 import contextvars
 import math
-import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from llmbatch.clock import now
 from llmbatch.pacing import AdaptiveConcurrency, RateGovernor
 from llmbatch.pricing.budget import GRANTED, WAIT, CostBudget
 
@@ -377,7 +377,7 @@ class LeasedPacer:
         worker: str,
         limited: bool = True,
         sync_interval_s: float = 0.25,
-        clock: Callable[[], float] = time.monotonic,
+        clock: Callable[[], float] = now,
         concurrency: LeasedConcurrency | None = None,
     ) -> None:
         self._transport = transport
