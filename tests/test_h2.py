@@ -26,6 +26,8 @@ from llmbatch.mockserver.tls import MockTLS, make_mock_tls
 from .conftest import ADAPTERS, config_for, read_results, write_jsonl
 from .test_tls import MESSAGES, chat_request, streamed_text
 
+pytestmark = pytest.mark.h2
+
 FAST = Timeouts(connect_s=10.0, first_byte_s=30.0, idle_s=30.0, total_s=60.0)
 
 
@@ -178,6 +180,7 @@ def test_http2_needs_httpx(name: str) -> None:
         make_client(name, ClientOptions(max_connections=1, timeouts=FAST, http2=True))
 
 
+@pytest.mark.subprocess
 def test_cli_mock_server_tls_http2_prints_ca(tmp_path: Path) -> None:
     proc = subprocess.Popen(
         [sys.executable, "-m", "llmbatch", "mock-server", "--port", "0", "--tls", "--http2"],

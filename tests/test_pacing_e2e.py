@@ -24,6 +24,8 @@ from llmbatch.mockserver.answers import answer_length, prompt_key
 from .conftest import read_results, write_jsonl
 from .test_run import check_complete, text_on_disk
 
+pytestmark = pytest.mark.subprocess
+
 
 async def run_cli(
     server: MockServer, prompts: Path, out: Path, *args: str, provider: str = "vllm"
