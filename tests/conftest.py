@@ -1,4 +1,5 @@
-"""Shared fixtures: a real mock server on 127.0.0.1 with an ephemeral port."""
+"""Shared fixtures: a real mock server on 127.0.0.1 with an ephemeral port; the event loop of
+each async test (virtual time for the tests marked ``virtualtime``)."""
 
 from __future__ import annotations
 
@@ -15,7 +16,23 @@ from llmbatch.config.load import load_config
 from llmbatch.config.model import MockSettings, RunConfig
 from llmbatch.mockserver import MockConfig, MockServer, MockStats, start_mock_server
 
+from . import virtualtime
+
 ADAPTERS = ["aiohttp", "httpx", "httpx-aiohttp", "native"]
+
+
+def pytest_asyncio_loop_factories(
+    config: pytest.Config, item: pytest.Item
+) -> dict[str, Callable[[], asyncio.AbstractEventLoop]]:
+    """The loop an async test and its async fixtures run on: tests/virtualtime.py's for a
+    test marked ``virtualtime`` (its clock jumps to the next timer when nothing is ready, so
+    timings are exact whatever the machine's load), asyncio's own for the rest. A test also
+    marked ``subprocess`` (in a module marked ``virtualtime``) keeps the real clock: its
+    child waits in real time, and its timers must too."""
+    virtual = item.get_closest_marker("virtualtime") is not None
+    if virtual and item.get_closest_marker("subprocess") is None:
+        return {"virtualtime": virtualtime.new_loop}
+    return {"asyncio": asyncio.new_event_loop}
 
 
 @pytest.fixture

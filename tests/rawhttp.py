@@ -18,7 +18,6 @@ import contextlib
 import socket
 import ssl
 import struct
-import time
 import zlib
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -94,7 +93,7 @@ class Seen:
     n: int  # 0-based over the whole server
     conn: int  # 0-based connection number
     on_conn: int  # 0-based request number on its connection
-    at: float  # time.monotonic() when the request was complete
+    at: float  # the loop's time() when the request was complete (virtual on virtual time)
     method: str
     target: str
     headers: dict[str, str]
@@ -301,7 +300,8 @@ async def _read_request(
         body = b"".join(parts)
     else:
         body = await reader.readexactly(int(headers.get("content-length", "0")))
-    return Seen(n, conn, on_conn, time.monotonic(), method, target, headers, body)
+    at = asyncio.get_running_loop().time()
+    return Seen(n, conn, on_conn, at, method, target, headers, body)
 
 
 # -- bytes real servers send ---------------------------------------------------------------

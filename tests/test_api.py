@@ -1,4 +1,8 @@
-"""The library API over real sockets: Client.complete / stream / batch, llmbatch.run."""
+"""The library API over real sockets: Client.complete / stream / batch, llmbatch.run.
+
+On virtual time (tests/virtualtime.py): the slow mock's seconds of streaming take none of
+the test's time, and which requests are in flight when a test cancels is the same on
+every run."""
 
 from __future__ import annotations
 
@@ -13,6 +17,8 @@ import llmbatch
 from llmbatch.mockserver import MockConfig, MockServer, expected_text, start_mock_server
 
 from .conftest import ADAPTERS, read_results, write_jsonl
+
+pytestmark = pytest.mark.virtualtime
 
 
 def want(prompt: str, n: int = 16) -> str:

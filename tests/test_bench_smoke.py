@@ -26,6 +26,7 @@ async def test_native_wire_drives_whole_answers() -> None:
     assert all(v > 0 for v in figures.values())
 
 
+@pytest.mark.subprocess
 def test_child_is_reaped_with_its_own_usage() -> None:
     res = run_child([sys.executable, "-c", "print('hi')"], timeout_s=30.0)
     assert res.returncode == 0 and res.stdout.strip() == "hi" and not res.timed_out
@@ -44,6 +45,8 @@ def test_result_errors_count_failures_missing_and_retries(tmp_path: Path) -> Non
     assert markdown_table(["a", "b"], [["1", "2"]]).splitlines()[1] == "|---|---|"
 
 
+@pytest.mark.subprocess
+@pytest.mark.h2
 @pytest.mark.timeout(120)
 def test_tls_and_h2_transports(tmp_path: Path) -> None:
     from bench.harness import mock_server, run_bare, run_llmbatch

@@ -5,6 +5,9 @@ scripted bytes (tests/rawhttp.py) and asserts the same status, headers, body and
 class from each: where the libraries underneath disagree (h11 reads Transfer-Encoding
 with Content-Length, aiohttp follows redirects, a repeated header is one value or
 several), llmbatch's adapters do not.
+
+On virtual time (tests/virtualtime.py): each adapter's timeout fires at exactly its limit,
+whatever the machine's load, and the mock's 5 s stall takes no test time.
 """
 
 from __future__ import annotations
@@ -36,6 +39,9 @@ from llmbatch.providers.sse import SSEDecoder
 
 from .conftest import ADAPTERS
 from .rawhttp import Action, Close, RawServer, Reset, Send, chunk, chunked, response_head
+from .virtualtime import TIMER_SLACK_S, loop_time
+
+pytestmark = pytest.mark.virtualtime
 
 MESSAGES = [{"role": "user", "content": "contract"}]
 FAST = Timeouts(connect_s=2.0, first_byte_s=2.0, idle_s=2.0, total_s=10.0)
@@ -163,13 +169,19 @@ async def test_disconnect_mid_stream(adapter: ClientAdapter, server: MockServer)
 async def test_stall_mid_stream_hits_idle_timeout(
     adapter: ClientAdapter, server: MockServer
 ) -> None:
+    # The mock stalls 5 s after its first tokens: idle_s (0.5 s) after the last byte.
+    t0 = loop_time()
     with pytest.raises(ReadTimeout):
         await collect(adapter, chat_request(server.url, **{"x-mock-fault": "stall"}))
+    assert loop_time() - t0 == pytest.approx(0.5, abs=TIMER_SLACK_S)
 
 
 async def test_slow_first_byte_times_out(adapter: ClientAdapter, server: MockServer) -> None:
+    # The mock holds its response headers back: first_byte_s (0.5 s) after sending.
+    t0 = loop_time()
     with pytest.raises(ReadTimeout):
         await collect(adapter, chat_request(server.url, **{"x-mock-fault": "slow_first_byte"}))
+    assert loop_time() - t0 == pytest.approx(0.5, abs=TIMER_SLACK_S)
 
 
 async def test_connect_refused(adapter: ClientAdapter) -> None:

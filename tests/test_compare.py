@@ -194,6 +194,7 @@ def test_sweep_finds_each_targets_knee_within_one_step(
     assert "throughput stopped growing" in res.output
 
 
+@pytest.mark.subprocess
 @pytest.mark.timeout(120)
 def test_open_and_closed_loop_in_one_report_rendered_in_chromium(
     tmp_path: Path, mocks: list[ThreadedMock], monkeypatch: pytest.MonkeyPatch

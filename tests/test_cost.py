@@ -299,6 +299,7 @@ def test_projected_cost_in_progress() -> None:
     assert cost_text(m, None) == "cost $3"
 
 
+@pytest.mark.virtualtime
 async def test_cluster_budget_is_one_for_every_worker() -> None:
     """Two workers' LeasedBudgets against one ClusterBudget (the governor actor's)."""
     cluster = ClusterBudget(1.0, spent_usd=0.2)
@@ -313,7 +314,7 @@ async def test_cluster_budget_is_one_for_every_worker() -> None:
     w0, w1 = leased("w0"), leased("w1")
     assert await w0.admit(0.5)
     waiting = asyncio.ensure_future(w1.admit(0.5))  # 0.2 + 0.5 + 0.5 > 1: waits for w0
-    await asyncio.sleep(0.03)
+    await asyncio.sleep(0.03)  # three of its polls (virtual time): it still waits
     assert not waiting.done()
     w0.settle(0.5, 0.1)
     assert await waiting

@@ -21,6 +21,8 @@ from llmbatch.mockserver import MockConfig, MockServer, start_mock_server
 from .conftest import write_jsonl
 from .test_run import check_complete
 
+pytestmark = pytest.mark.subprocess
+
 N = 120
 TOKENS = 10
 

@@ -1,10 +1,12 @@
 """Time limits as a user meets them: total_s and idle_s through a Client on real sockets
-(every adapter), and ``within`` behaving like ``asyncio.timeout``."""
+(every adapter), and ``within`` behaving like ``asyncio.timeout``.
+
+On virtual time (tests/virtualtime.py): a limit fires at exactly its value, whatever the
+machine's load, and the seconds of streaming and stalling take none of the test's time."""
 
 from __future__ import annotations
 
 import asyncio
-import time
 
 import pytest
 from aiohttp import web
@@ -15,6 +17,9 @@ from llmbatch.http.watchdog import within
 from llmbatch.mockserver import MockConfig, start_mock_server
 
 from .conftest import ADAPTERS
+from .virtualtime import TIMER_SLACK_S, loop_time
+
+pytestmark = pytest.mark.virtualtime
 
 
 @pytest.mark.parametrize("adapter", ADAPTERS)
@@ -31,20 +36,21 @@ async def test_total_s_ends_a_slow_stream_with_deadline_exceeded(adapter: str) -
             timeouts={"total_s": 0.5, "idle_s": 5.0},
             retry={"max_attempts": 1},
         ) as llm:
-            t0 = time.monotonic()
+            t0 = loop_time()
             r = await llm.complete("hi")
-            elapsed = time.monotonic() - t0
+            elapsed = loop_time() - t0
     finally:
         await server.close()
     assert not r.ok and r.error is not None and r.error.code == "deadline_exceeded"
     assert "longer than 0.5s" in r.error.message
-    assert 0.45 <= elapsed < 10.0  # not before the limit; generous for a loaded machine
+    assert elapsed == pytest.approx(0.5, abs=TIMER_SLACK_S)  # at the limit, not before or after
 
 
 @pytest.mark.parametrize("adapter", ADAPTERS)
 async def test_idle_s_counts_from_the_last_byte_not_from_the_start(adapter: str) -> None:
     # Tokens every 150 ms for 1.2 s with idle_s = 0.5: never idle that long, so the
-    # answer is whole; then a stall of the same stream fails it with read_timeout.
+    # answer is whole; then a stall of the same stream fails it with read_timeout 0.5 s
+    # after its last token.
     seen = 0
 
     async def handler(request: web.Request) -> web.StreamResponse:
@@ -71,27 +77,33 @@ async def test_idle_s_counts_from_the_last_byte_not_from_the_start(adapter: str)
         opts = {"timeouts": {"idle_s": 0.5, "total_s": 20.0}, "retry": {"max_attempts": 1}}
         async with llmbatch.Client("vllm", base_url=url, model="m", client=adapter, **opts) as llm:
             ok = await llm.complete("hi")  # the first request streams through
+            t0 = loop_time()
             stalled = await llm.complete("hi")  # the second one stalls before [DONE]
+            stalled_after_s = loop_time() - t0
     finally:
         await runner.cleanup()
     assert ok.ok and ok.text == "".join(f"w{i} " for i in range(8))
     assert not stalled.ok and stalled.error is not None
     assert stalled.error.code == "read_timeout"
+    assert stalled_after_s == pytest.approx(8 * 0.15 + 0.5, abs=TIMER_SLACK_S)
 
 
 async def test_within_expires_like_asyncio_timeout() -> None:
-    t0 = time.monotonic()
+    t0 = loop_time()
     with pytest.raises(TimeoutError):
         with within(0.05):
             await asyncio.sleep(5)
-    assert 0.04 <= time.monotonic() - t0 < 3.0
+    assert loop_time() - t0 == pytest.approx(0.05, abs=TIMER_SLACK_S)
     # Nested: the inner (earlier) one fires; the outer one stays and later fires too.
+    t0 = loop_time()
     with pytest.raises(TimeoutError):
         with within(0.3):
             with pytest.raises(TimeoutError):
                 with within(0.02):
                     await asyncio.sleep(5)
+            assert loop_time() - t0 == pytest.approx(0.02, abs=TIMER_SLACK_S)
             await asyncio.sleep(5)
+    assert loop_time() - t0 == pytest.approx(0.3, abs=TIMER_SLACK_S)
     # Not reached: nothing raised, nothing left pending on the loop.
     with within(5.0):
         await asyncio.sleep(0)
@@ -104,7 +116,7 @@ async def test_within_lets_an_outside_cancellation_through() -> None:
             await asyncio.sleep(5)
 
     task = asyncio.create_task(body())
-    await asyncio.sleep(0.01)
+    await asyncio.sleep(0)  # one step: the body waits in its block now
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task

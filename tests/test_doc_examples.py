@@ -197,6 +197,7 @@ def scratch_checkout(work: Path) -> None:
     [p for p in PAGES if any(b.runs for b in blocks(p))],
     ids=lambda p: str(p.relative_to(ROOT)),
 )
+@pytest.mark.subprocess
 def test_page_examples_run(page: Path, tmp_path: Path) -> None:
     assert shutil.which("unshare") and shutil.which("curl"), "needs unshare (util-linux), curl"
     work = tmp_path / "checkout"

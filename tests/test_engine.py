@@ -18,6 +18,7 @@ from llmbatch.mockserver import MockConfig, expected_text, start_mock_server
 
 from . import virtualtime
 from .conftest import ADAPTERS, read_results, write_jsonl
+from .virtualtime import TIMER_SLACK_S, loop_time
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -91,6 +92,7 @@ async def test_html_200_fails_the_request_naming_the_content_type(
     assert r.attempts == 1  # not retried: a login page will not turn into an answer
 
 
+@pytest.mark.subprocess
 async def test_html_200_stops_the_run_at_the_systematic_failure_check(
     html_server: str, tmp_path: Path
 ) -> None:
@@ -117,6 +119,7 @@ def _chunk(text: str) -> bytes:
     return b"data: " + orjson.dumps(payload) + b"\n\n"
 
 
+@pytest.mark.virtualtime
 async def test_pings_after_content_are_not_progress() -> None:
     async def handler(request: web.Request) -> web.StreamResponse:
         resp = web.StreamResponse(headers={"content-type": "text/event-stream"})
@@ -132,13 +135,18 @@ async def test_pings_after_content_are_not_progress() -> None:
         async with llmbatch.Client(
             "vllm", base_url=url, model="m", timeouts={"idle_s": 0.3}, retry={"max_attempts": 1}
         ) as llm:
+            t0 = loop_time()
             r = await llm.complete("hi")
+            elapsed = loop_time() - t0
     finally:
         await runner.cleanup()
     assert not r.ok and r.error is not None and r.error.code == "read_timeout"
     assert "keepalive" in r.error.message
+    # On virtual time the token comes at 0: idle_s after it, through 15 pings, not later.
+    assert elapsed == pytest.approx(0.3, abs=TIMER_SLACK_S)
 
 
+@pytest.mark.virtualtime
 async def test_pings_before_the_first_token_are_allowed() -> None:
     async def handler(request: web.Request) -> web.StreamResponse:
         resp = web.StreamResponse(headers={"content-type": "text/event-stream"})

@@ -36,6 +36,8 @@ from . import test_clients_contract as contract
 from .conftest import ADAPTERS, assert_no_answer_twice, config_for, read_results, write_jsonl
 from .test_tls import MESSAGES, chat_request, streamed_text
 
+pytestmark = pytest.mark.h2
+
 FAST = Timeouts(connect_s=10.0, first_byte_s=30.0, idle_s=30.0, total_s=60.0)
 H2_CLIENTS = ["httpx", "native"]  # the adapters that speak HTTP/2
 
@@ -195,6 +197,7 @@ def test_http2_needs_native_or_httpx(name: str) -> None:
         make_client(name, ClientOptions(max_connections=1, timeouts=FAST, http2=True))
 
 
+@pytest.mark.subprocess
 def test_cli_mock_server_tls_http2_prints_ca(tmp_path: Path) -> None:
     proc = subprocess.Popen(
         [sys.executable, "-m", "llmbatch", "mock-server", "--port", "0", "--tls", "--http2"],

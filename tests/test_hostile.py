@@ -191,6 +191,7 @@ def _run_reporting_maxrss(
     return proc, int(proc.stderr.split("maxrss_kb")[1].split()[0]) / 1024
 
 
+@pytest.mark.subprocess
 @pytest.mark.timeout(180)
 def test_a_50_mb_line_is_refused_in_bounded_memory(tmp_path: Path) -> None:
     p = tmp_path / "big.jsonl"
@@ -298,6 +299,7 @@ def summary_counts(stdout: str) -> tuple[int, int]:
     return int(words[1]), int(words[3])
 
 
+@pytest.mark.subprocess
 def test_full_disk_one_line_counts_match_what_was_saved(tmp_path: Path) -> None:
     import resource
 
@@ -322,6 +324,7 @@ def test_full_disk_one_line_counts_match_what_was_saved(tmp_path: Path) -> None:
     assert f"{400 - succeeded} succeeded, 0 failed, {succeeded} already done" in again.stdout
 
 
+@pytest.mark.subprocess
 @pytest.mark.parametrize(("soft", "hard", "capped"), [(256, 256, 64), (256, 4096, None)])
 def test_open_file_limit_caps_or_raises_at_start(
     tmp_path: Path, soft: int, hard: int, capped: int | None
@@ -364,6 +367,7 @@ asyncio.run(main())
 """
 
 
+@pytest.mark.subprocess
 def test_library_client_fits_the_open_file_limit_and_warns(tmp_path: Path) -> None:
     import resource
 
@@ -390,6 +394,7 @@ def test_library_client_fits_the_open_file_limit_and_warns(tmp_path: Path) -> No
     ]
 
 
+@pytest.mark.subprocess
 @pytest.mark.timeout(60)
 async def test_second_ctrl_c_prints_no_tracebacks_from_the_embedded_mock(tmp_path: Path) -> None:
     import signal

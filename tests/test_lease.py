@@ -1,14 +1,19 @@
-"""The cluster rate budget without Ray: N LeasedPacers sharing one LeaseGovernor."""
+"""The cluster rate budget without Ray: N LeasedPacers sharing one LeaseGovernor.
+
+On virtual time (tests/virtualtime.py): the pacers, the governor and the mock read one
+loop clock that only moves when every task waits, so the sends keep the budget exactly,
+whatever the machine's load."""
 
 from __future__ import annotations
 
 import asyncio
-import time
 
 import pytest
 
 from llmbatch.pacing import RateGovernor
 from llmbatch.ray.lease import LeasedPacer, LeaseGovernor, SyncReply, SyncRequest
+
+from .virtualtime import loop_time
 
 
 class Link:
@@ -18,41 +23,40 @@ class Link:
         self.gov = gov
         self.calls = 0
         self.fail_first = fail_first
+        self.synced_at: list[float] = []  # the loop's time of each call the governor took
 
     async def __call__(self, req: SyncRequest) -> SyncReply:
         self.calls += 1
         await asyncio.sleep(0.001)
         if self.calls <= self.fail_first:
             raise ConnectionError("governor unreachable")
+        self.synced_at.append(loop_time())
         return self.gov.sync(req)
 
 
-# The most any of pace()'s sleeps woke up late (the event loop starved of CPU: on a
-# loaded machine several due sends then run together, through no fault of the budget).
-LATE_S = [0.0]
+pytestmark = pytest.mark.virtualtime
 
 
 async def pace(pacer: LeasedPacer) -> float:
     """The engine's pacing loop (sleep the reservation, then until no pause is left)."""
     wait_s = pacer.reserve(20, 10)
     while wait_s > 0:
-        due_s = time.monotonic() + wait_s
         await asyncio.sleep(wait_s)
-        LATE_S[0] = max(LATE_S[0], time.monotonic() - due_s)
         wait_s = pacer.paused_for_s()
-    return time.monotonic()
+    return loop_time()
 
 
 def assert_conforms(sends: list[float], rate_per_s: float, burst: float) -> None:
-    """Token-bucket conformance: any k consecutive sends span >= (k - burst) / rate,
-    allowing for the event loop's lateness measured meanwhile (LATE_S)."""
+    """Token-bucket conformance: any k consecutive sends span >= (k - 1 - burst) / rate.
+
+    The one more than the burst: the first sends also wait for the governor's answer (a
+    call: a few ms), later ones for their grant alone, so a window that starts at a late
+    first send may hold one send more than the bucket does."""
     sends = sorted(sends)
-    late_s = LATE_S[0]
     for i in range(len(sends)):
         for j in range(i + 1, len(sends)):
-            # +1: timer slack; late_s: sends due apart that a starved loop ran together.
-            allowed = burst + rate_per_s * (sends[j] - sends[i] + late_s) + 1.0
-            assert j - i + 1 <= allowed, (i, j, sends[j] - sends[i], late_s)
+            allowed = burst + rate_per_s * (sends[j] - sends[i]) + 1.0
+            assert j - i + 1 <= allowed, (i, j, sends[j] - sends[i])
 
 
 def _governor(rpm: float | None = 600, window_s: float = 6.0) -> LeaseGovernor:
@@ -64,23 +68,20 @@ def _governor(rpm: float | None = 600, window_s: float = 6.0) -> LeaseGovernor:
     )
 
 
-@pytest.mark.timeout(30)
 async def test_three_workers_together_keep_one_limit() -> None:
     gov = _governor()
     link = Link(gov)
     pacers = [LeasedPacer(link, worker=f"w{i}") for i in range(3)]
-    LATE_S[0] = 0.0
-    start = time.monotonic()
+    start = loop_time()
     sends = await asyncio.gather(*(pace(pacers[i % 3]) for i in range(150)))
     for p in pacers:
         await p.aclose()
     assert_conforms(list(sends), rate_per_s=100, burst=10)
-    assert max(sends) - start >= (150 - 10) / 100 - 0.05  # never faster than one process
+    assert max(sends) - start >= (150 - 10) / 100  # never faster than one process
     assert gov.granted == 150 and sorted(gov.workers.values()) == [50, 50, 50]
     assert link.calls < 150  # tickets waiting together go in one call
 
 
-@pytest.mark.timeout(30)
 async def test_unlimited_makes_no_call_per_request() -> None:
     gov = _governor(rpm=None)
     link = Link(gov)
@@ -91,7 +92,6 @@ async def test_unlimited_makes_no_call_per_request() -> None:
     await pacer.aclose()
 
 
-@pytest.mark.timeout(30)
 async def test_a_limit_one_worker_reads_in_headers_binds_all() -> None:
     gov = _governor(rpm=None)
     link = Link(gov)
@@ -118,7 +118,6 @@ async def test_a_limit_one_worker_reads_in_headers_binds_all() -> None:
     await b.aclose()
 
 
-@pytest.mark.timeout(30)
 async def test_a_429_on_one_worker_pauses_the_others() -> None:
     gov = _governor()
     link = Link(gov)
@@ -128,14 +127,14 @@ async def test_a_429_on_one_worker_pauses_the_others() -> None:
     await a.sync_now()
     await b.sync_now()
     assert b.paused_for_s() > 0.3
-    t0 = time.monotonic()
+    t0, paused_s = loop_time(), b.paused_for_s()
     await pace(b)
-    assert time.monotonic() - t0 > 0.3
+    # Not before a's pause ends; then its ticket's call and polls (a few ms, 10 measured).
+    assert paused_s <= loop_time() - t0 <= paused_s + 0.02
     await a.aclose()
     await b.aclose()
 
 
-@pytest.mark.timeout(30)
 async def test_an_unreachable_governor_holds_requests_back_until_it_answers() -> None:
     gov = _governor()
     link = Link(gov, fail_first=2)
@@ -149,17 +148,19 @@ async def test_settlements_reach_the_governor() -> None:
     gov = LeaseGovernor(
         RateGovernor(rpm=None, input_tpm=None, output_tpm=None, total_tpm=6000, window_s=6.0)
     )
-    pacer = LeasedPacer(Link(gov), worker="w0")
+    link = Link(gov)
+    pacer = LeasedPacer(link, worker="w0")
     before = gov.snapshot()["limits"]["tokens"]["available"]
     await pace(pacer)  # reserves 30 tokens
     pacer.settle(20, 10, 20, 200)  # the answer was longer: 190 more
     await pacer.sync_now()
     after = gov.snapshot()["limits"]["tokens"]["available"]
-    assert after < before - 200 + 5  # 5: refill during the test
+    # Refilled between the reserving call and the settling one at 1,000 tokens a second.
+    refill = 6000 / 6.0 * (link.synced_at[-1] - link.synced_at[0])
+    assert after == pytest.approx(before - 30 - 190 + refill)
     await pacer.aclose()
 
 
-@pytest.mark.timeout(60)
 async def test_concurrency_auto_is_decided_for_all_workers_together() -> None:
     """Two clients (two workers) with --concurrency auto behind one lease governor,
     against a server that serves 12 requests at once and answers 429 beyond: the
@@ -216,11 +217,12 @@ async def test_concurrency_auto_is_decided_for_all_workers_together() -> None:
     assert done == [700, 700]
     settled = sorted(seen[len(seen) // 2 :])  # the second half of the run
     median = settled[len(settled) // 2]
-    assert limit * 0.5 <= median <= limit * 1.5, (median, settled[:: max(1, len(settled) // 20)])
+    # Near the server's 12, not above (9 to 11 measured; the backoff's jitter varies it).
+    assert limit * 0.6 <= median <= limit, (median, settled[:: max(1, len(settled) // 20)])
     stats = server.stats
     print(
         f"auto: median {median} in flight, {stats.rate_limited}/{stats.requests} 429s, "
         f"cluster limit {cluster.limit}"
     )
-    assert stats.rate_limited < 0.25 * stats.requests, (stats.rate_limited, stats.requests)
+    assert stats.rate_limited < 0.05 * stats.requests, (stats.rate_limited, stats.requests)
     assert cluster.limit <= 2 * limit  # the cluster's one limit, not 2 x 64

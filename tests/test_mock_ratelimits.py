@@ -94,6 +94,7 @@ def test_bad_modes_are_refused() -> None:
         MockConfig(limit_headers="sometimes")
 
 
+@pytest.mark.subprocess
 @pytest.mark.timeout(30)
 async def test_mock_server_cli_flags_set_a_sliding_limit_with_headers_on_429_only() -> None:
     import asyncio

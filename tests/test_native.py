@@ -19,11 +19,13 @@ from llmbatch.http.native.exchange import MAX_HEAD_BYTES
 from llmbatch.mockserver import MockConfig, MockServer, start_mock_server
 
 from .conftest import read_results, write_jsonl
+from .virtualtime import TIMER_SLACK_S, loop_time
 
 FAST = Timeouts(connect_s=5.0, first_byte_s=5.0, idle_s=5.0, total_s=20.0)
 SSE = b'data: {"choices":[{"delta":{"content":"hi"}}]}\n\ndata: [DONE]\n\n'
 
 
+@pytest.mark.subprocess
 async def test_native_run_imports_neither_aiohttp_nor_httpx(
     tmp_path: Path, mock_server: MockServer
 ) -> None:
@@ -170,9 +172,10 @@ async def test_close_on_a_busy_connection_is_not_retried() -> None:
     assert closing.requests == 2
 
 
+@pytest.mark.virtualtime
 async def test_waiting_for_a_pooled_connection_is_its_own_timeout() -> None:
-    # One connection, held by a slow answer: the second request waits for it no longer
-    # than connect_s, and says so (not "no response headers").
+    # One connection, held by a slow answer: the second request waits for it exactly
+    # connect_s (on virtual time), and says so (not "no response headers").
     server = await start_mock_server(MockConfig(tokens=4, ttft_s=5.0, itl_s=0.0))
     timeouts = Timeouts(connect_s=0.2, first_byte_s=10.0, idle_s=10.0, total_s=20.0)
     try:
@@ -180,8 +183,10 @@ async def test_waiting_for_a_pooled_connection_is_its_own_timeout() -> None:
         async with make_client("native", options) as client:
             slow = asyncio.create_task(read_all(client, chat_request(server.url)))
             await asyncio.sleep(0)  # it takes the only connection first
+            t0 = loop_time()
             with pytest.raises(PoolTimeout, match="no connection came free within 0.2s"):
                 await read_all(client, chat_request(server.url))
+            assert loop_time() - t0 == pytest.approx(0.2, abs=TIMER_SLACK_S)
             slow.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await slow

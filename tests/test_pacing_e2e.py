@@ -27,6 +27,8 @@ from . import virtualtime
 from .conftest import read_results, write_jsonl
 from .test_run import check_complete, text_on_disk
 
+pytestmark = pytest.mark.subprocess
+
 
 async def run_cli(
     server: MockServer, prompts: Path, out: Path, *args: str, provider: str = "vllm"

@@ -287,6 +287,7 @@ def test_prices_config_errors(tmp_path: Path, toml: str, message: str) -> None:
     assert message in str(info.value)
 
 
+@pytest.mark.subprocess
 def test_pricing_sends_nothing_over_the_network() -> None:
     """The bundled data only: an audit hook sees no socket opened, no name resolved,
     and genai-prices' background updater thread never starts."""

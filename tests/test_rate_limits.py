@@ -1,13 +1,14 @@
 """Rate limits end to end: the mock enforces RPM/TPM like a provider; llmbatch paces.
 
 Time is scaled: the limits' window is 3 s instead of 60 s (a factor of 20), on both
-sides, so "600 requests per minute" runs at 200 requests per second.
+sides, so "600 requests per minute" runs at 200 requests per second. Both sides run on
+virtual time (tests/virtualtime.py): a run's duration and its 429s are the pacing's, not
+the machine's load, and come out the same on every run.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import time
 from pathlib import Path
 
 import orjson
@@ -20,6 +21,7 @@ from llmbatch.mockserver import MockConfig, start_mock_server
 
 from .conftest import config_for, read_results, write_jsonl
 from .test_run import check_complete
+from .virtualtime import loop_time
 
 WINDOW_S = 3.0  # one scaled "minute"
 
@@ -29,7 +31,7 @@ def scaled(cfg: RunConfig) -> RunConfig:
     return dataclasses.replace(cfg, provider=dataclasses.replace(cfg.provider, limits=limits))
 
 
-@pytest.mark.timeout(60)
+@pytest.mark.virtualtime
 async def test_auto_concurrency_under_rpm_limit_learned_from_headers(tmp_path: Path) -> None:
     server = await start_mock_server(
         MockConfig(tokens=4, ttft_s=0.0, itl_s=0.0, rpm=600, limit_window_s=WINDOW_S)
@@ -41,14 +43,15 @@ async def test_auto_concurrency_under_rpm_limit_learned_from_headers(tmp_path: P
         )
         # No limit is configured: llmbatch learns it from the x-ratelimit-* headers.
         cfg = scaled(config_for(server, tmp_path, concurrency="auto"))
-        t0 = time.monotonic()
+        t0 = loop_time()
         out = await execute_run(cfg, prompts, install_signal_handlers=False)
-        elapsed = time.monotonic() - t0
+        elapsed = loop_time() - t0
         ideal = n / (600 / WINDOW_S)
         print(f"rpm test: {elapsed:.2f}s (ideal {ideal:.2f}s), 429s {server.stats.rate_limited}")
         assert out.result.metrics.succeeded == n
-        assert elapsed <= ideal * 1.15, f"{elapsed:.2f}s vs ideal {ideal:.2f}s"
-        assert server.stats.rate_limited < 0.02 * n, server.stats.rate_limited
+        # Within the stated rate from an empty bucket (it starts whole: 3.04 s measured).
+        assert elapsed <= ideal, f"{elapsed:.2f}s vs ideal {ideal:.2f}s"
+        assert server.stats.rate_limited <= 0.01 * n, server.stats.rate_limited
         check_complete(out.run_dir, prompts, tokens=4)
         assert out.result.metrics.summary()["concurrency_limit"] >= 1
         # What the run used of the limit the server stated (600 per 3 s), on disk and
@@ -63,7 +66,7 @@ async def test_auto_concurrency_under_rpm_limit_learned_from_headers(tmp_path: P
         await server.close()
 
 
-@pytest.mark.timeout(60)
+@pytest.mark.virtualtime
 async def test_token_rate_learned_from_headers_stays_under_tpm(tmp_path: Path) -> None:
     tpm = 6000  # per scaled minute: 2,000 tokens per second, refilled continuously
     server = await start_mock_server(
@@ -75,15 +78,17 @@ async def test_token_rate_learned_from_headers_stays_under_tpm(tmp_path: Path) -
             tmp_path / "p.jsonl", [{"id": i, "prompt": f"q{i}", "max_tokens": 20} for i in range(n)]
         )
         cfg = scaled(config_for(server, tmp_path, concurrency=16))
-        t0 = time.monotonic()
+        t0 = loop_time()
         out = await execute_run(cfg, prompts, install_signal_handlers=False)
-        elapsed = time.monotonic() - t0
+        elapsed = loop_time() - t0
         assert out.result.metrics.succeeded == n
-        assert server.stats.rate_limited < 0.05 * n, server.stats.rate_limited
+        assert server.stats.rate_limited <= 0.01 * n, server.stats.rate_limited
         # The bucket starts full (tpm), then refills at tpm / window: the server's pace.
         total = sum(tok for _, tok in server.stats.admitted)
         ideal = (total - tpm) / (tpm / WINDOW_S)
         print(f"tpm test: {elapsed:.2f}s (ideal {ideal:.2f}s), 429s {server.stats.rate_limited}")
+        # The pacer reserves each request's max_tokens and an input estimate before it is
+        # sent, so it runs below the server's pace (5.38 s measured against 3.6 s ideal).
         assert elapsed <= ideal * 1.5 + 1.0, (elapsed, ideal)
         assert len(read_results(out.run_dir)) == n
     finally:

@@ -45,7 +45,11 @@ def _why_not() -> str | None:
 
 
 _WHY_NOT = _why_not()  # probed once: it starts a process
-pytestmark = pytest.mark.skipif(_WHY_NOT is not None, reason=str(_WHY_NOT))
+pytestmark = [
+    pytest.mark.skipif(_WHY_NOT is not None, reason=str(_WHY_NOT)),
+    pytest.mark.ray,
+    pytest.mark.subprocess,
+]
 
 
 # Every scenario runs once, in this order, on one cluster (one `unshare -n` process):

@@ -137,8 +137,11 @@ async def test_resume_after_finished_run_sends_nothing(
     check_complete(out.run_dir, EXAMPLE, tokens=16)
 
 
+@pytest.mark.virtualtime
 async def test_resume_after_interrupted_run(tmp_path: Path) -> None:
-    # Slow answers and a short --max-runtime-s stop the first run part-way.
+    # Slow answers and a short --max-runtime-s stop the first run part-way. On virtual
+    # time each answer takes exactly 0.05 + 19 x 0.01 = 0.24 s, 4 at a time: 8 are done
+    # by 0.48 s; at 0.6 s no more start, and the 4 in flight finish in the grace period.
     server = await start_mock_server(MockConfig(tokens=20, ttft_s=0.05, itl_s=0.01))
     try:
         prompts = write_jsonl(
@@ -148,7 +151,7 @@ async def test_resume_after_interrupted_run(tmp_path: Path) -> None:
         first = await execute_run(cfg, prompts, install_signal_handlers=False)
         assert first.result.stop_reason == "max_runtime"
         done_first = len(read_results(first.run_dir))
-        assert 0 < done_first < 40
+        assert done_first == 12
         cfg2 = config_for(server, tmp_path, concurrency=16)
         second = await execute_run(cfg2, prompts, install_signal_handlers=False)
         assert second.result.stop_reason is None
@@ -173,6 +176,7 @@ async def test_torn_last_line_is_repaired(tmp_path: Path, mock_server: MockServe
     assert len(read_results(out.run_dir)) == 5
 
 
+@pytest.mark.virtualtime
 async def test_text_is_visible_while_it_streams(
     tmp_path: Path, flushed: asyncio.Queue[None]
 ) -> None:
@@ -194,7 +198,8 @@ async def test_text_is_visible_while_it_streams(
         await run
         full = expected_text([{"role": "user", "content": "stream me"}], 40)
         growing = [t for t in seen if 0 < len(t) < len(full)]
-        assert len(set(growing)) >= 3  # it grew in several steps
+        # It grew at every writer tick (0.1 s) of the 1 s answer (virtual time: exactly).
+        assert len(set(growing)) == 9
         assert all(full.startswith(t) for t in seen)  # and was always a prefix of the answer
         assert (tmp_path / "run" / "text" / "slow.txt").read_text() == full
         assert not partial.exists()

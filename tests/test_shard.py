@@ -51,6 +51,7 @@ def _run_shards(runner: CliRunner, p: Path, n: int) -> list[Path]:
     return dirs
 
 
+@pytest.mark.subprocess
 def test_stable_hash_is_not_pythons_hash() -> None:
     # The same shard in every process: a fixed digest, whatever PYTHONHASHSEED is.
     code = (

@@ -27,7 +27,8 @@ from .conftest import config_for, read_results, write_jsonl
 from .test_crash import assert_consistent, start_child
 from .test_run import check_complete, text_on_disk
 
-pytestmark = pytest.mark.timeout(120)
+# On virtual time (tests/virtualtime.py) but the SIGKILL test: its child runs for real.
+pytestmark = [pytest.mark.timeout(120), pytest.mark.virtualtime]
 
 
 def frames(path: Path) -> list[tuple[dict[str, Any], bytes]]:
@@ -91,7 +92,8 @@ async def test_log_layout_live_view_grows_then_is_done(
         await run
         full = expected_text([{"role": "user", "content": "stream me"}], 40)
         growing = [t for t in seen if 0 < len(t) < len(full)]
-        assert len(set(growing)) >= 3  # it grew in several steps
+        # It grew at every writer tick (0.1 s) of the 1 s answer (virtual time: exactly).
+        assert len(set(growing)) == 9
         assert all(full.startswith(t) for t in seen)
         final = frames(live)
         assert final[-1][0] == {"custom_id": "slow", "done": True}
@@ -168,6 +170,7 @@ async def slow_server() -> MockServer:
     await server.close()
 
 
+@pytest.mark.subprocess
 async def test_log_layout_sigkill_at_random_points_then_resume(
     tmp_path: Path, slow_server: MockServer
 ) -> None:

@@ -8,6 +8,11 @@ the connections and requests the server saw. Every case runs for every name in
 
 Where adapters legitimately differ (one library refuses what another accepts), the test
 names the adapter and says why; docs/clients.md lists the differences.
+
+The cases run on virtual time (tests/virtualtime.py), the server and the client on one
+loop: a hold, a drip or a Retry-After takes no test time, and a timeout is the one the
+case sets up, never the machine's load. The CLI cases run ``llmbatch`` as a child process
+on the real clock (marked ``subprocess``).
 """
 
 from __future__ import annotations
@@ -43,8 +48,9 @@ from .rawhttp import (
     openai_events,
     response_head,
 )
+from .virtualtime import TIMER_SLACK_S
 
-pytestmark = pytest.mark.timeout(30)
+pytestmark = [pytest.mark.timeout(30), pytest.mark.virtualtime]
 
 # Multibyte on purpose: 2-, 3- and 4-byte UTF-8 sequences for splits to land inside.
 TOKENS = ["Hel", "lo, ", "Grüße ", "世界", " 🌍", "!"]
@@ -684,29 +690,36 @@ async def test_429_retry_after_then_200(serve: Serve, adapter: str) -> None:
     assert_exact(r, attempts=2)
     assert attempt_errors(r)[0] == "rate_limited"
     first, second = server.requests
-    assert second.at - first.at >= 0.95, "the retry came before Retry-After"
+    # Exactly Retry-After later (the backoff's own wait, at most 10 ms, is below it).
+    assert second.at - first.at == pytest.approx(1.0, abs=TIMER_SLACK_S), "not at the Retry-After"
 
 
 async def test_429_retry_after_http_date(serve: Serve, adapter: str) -> None:
     # Retry-After as an HTTP-date (RFC 9110 10.2.3): the retry must not come before it.
+    # The client turns the date into a wait by the wall clock, then waits on the loop's
+    # (virtual) clock: by the wall clock the retry arrives at once, so the wait it took
+    # is the loop's time between the two requests.
     body = b'{"error": {"message": "slow down", "type": "requests"}}'
-    arrived: list[float] = []
+    wall: list[float] = []
     due: list[float] = []
 
     def answer(seen: Seen) -> list[Action]:
-        arrived.append(time.time())
+        wall.append(time.time())
         if seen.n > 0:
             return ok_chunked()
         # Whole seconds, 1.2 to 2.2 s ahead: clear of the 1 s pause that stands in for
         # a Retry-After not understood.
-        due.append(float(math.floor(arrived[0] + 1.2) + 1))
+        due.append(float(math.floor(wall[0] + 1.2) + 1))
         hdrs = (*JSON, ("Retry-After", formatdate(due[0], usegmt=True)))
         return [Send(response_head("429 Too Many Requests", hdrs, content_length=len(body)) + body)]
 
     server = await serve(answer=answer)
     (r,) = await complete(server, adapter)
     assert_exact(r, attempts=2)
-    assert arrived[1] >= due[0] - 0.05, f"the retry came {due[0] - arrived[1]:.2f}s early"
+    waited = server.requests[1].at - server.requests[0].at
+    # Not before the date (its wall time when the retry came), nor later than it was
+    # from the first answer: the wait is the date less the (real) time it took to read it.
+    assert due[0] - wall[1] <= waited <= due[0] - wall[0], (waited, due[0] - wall[0])
 
 
 # -- SSE spellings -------------------------------------------------------------------------------
@@ -923,6 +936,7 @@ async def _cli(
     return proc.returncode, out, err.decode()
 
 
+@pytest.mark.subprocess
 async def test_cli_mixed_framings_exit_0(serve: Serve, adapter: str, tmp_path: Path) -> None:
     # One CLI run over answers of every framing, cut ones in between: all exact, exit 0.
     scripts = [
@@ -948,6 +962,7 @@ async def test_cli_mixed_framings_exit_0(serve: Serve, adapter: str, tmp_path: P
     assert 7 <= len(server.requests) <= attempts
 
 
+@pytest.mark.subprocess
 async def test_cli_garbage_server_stops(serve: Serve, adapter: str, tmp_path: Path) -> None:
     # Pointed at something that is not an HTTP server: the run ends by itself, every
     # request failed (no record lost), bounded attempts.

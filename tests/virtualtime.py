@@ -19,9 +19,19 @@ import time
 from collections.abc import Callable, Coroutine
 from typing import Any, TypeVar
 
-__all__ = ["VirtualClockLoop", "run"]
+__all__ = ["TIMER_SLACK_S", "VirtualClockLoop", "loop_time", "new_loop", "run"]
 
 T = TypeVar("T")
+
+# How far from its limit a timeout may fire on virtual time: llmbatch's watchdog counts a
+# timer within 1 ms of a deadline as at it (llmbatch/http/watchdog.py); the libraries'
+# own timers fire exactly.
+TIMER_SLACK_S = 1e-3
+
+
+def loop_time() -> float:
+    """The running loop's clock (virtual on a VirtualClockLoop): what llmbatch times with."""
+    return asyncio.get_running_loop().time()
 
 
 class _JumpingSelector(selectors.DefaultSelector):
@@ -64,8 +74,14 @@ class VirtualClockLoop(asyncio.SelectorEventLoop):
         self.threads_busy -= 1
 
 
+def new_loop() -> VirtualClockLoop:
+    """A fresh virtual-time loop; its clock starts at the real monotonic time, so values
+    taken before the loop started compare sensibly."""
+    return VirtualClockLoop(time.monotonic())
+
+
 def run(main: Coroutine[Any, Any, T]) -> T:
-    """Run ``main`` to the end on a fresh virtual-time loop (its clock starts at the real
-    monotonic time, so values taken before the loop started compare sensibly)."""
-    with asyncio.Runner(loop_factory=lambda: VirtualClockLoop(time.monotonic())) as runner:
+    """Run ``main`` to the end on a fresh virtual-time loop (a sync test's way in; an async
+    test marked ``virtualtime`` runs on one with its fixtures, see tests/conftest.py)."""
+    with asyncio.Runner(loop_factory=new_loop) as runner:
         return runner.run(main)
