@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import socket
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import orjson
@@ -240,3 +242,55 @@ async def test_response_head_limit(step: int) -> None:
         async with make_client("native", options) as client:
             with pytest.raises(StreamInterrupted, match="head longer than 65536 bytes"):
                 await read_all(client, chat_request(url))
+
+
+async def test_an_idle_connection_the_server_closed_is_not_reused() -> None:
+    # The server closes a keep-alive connection while it is idle in the pool, and the next
+    # request comes before the loop has read that close (here: the loop is blocked while
+    # the close arrives). Reusing it would send the request into a closed socket and fail
+    # the attempt; the pool polls an idle socket before reuse and connects anew.
+    body = b'data: {"choices":[{"index":0,"delta":{"content":"hi"}}]}\n\ndata: [DONE]\n\n'
+    answer = (
+        b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\n"
+        b"content-length: %d\r\n\r\n" % len(body) + body
+    )
+    listener = socket.create_server(("127.0.0.1", 0))
+    url = f"http://127.0.0.1:{listener.getsockname()[1]}/v1"
+    may_close, closed = threading.Event(), threading.Event()
+    connections = []
+
+    def read_request(conn: socket.socket) -> None:
+        data = b""
+        while b"\r\n\r\n" not in data:
+            data += conn.recv(65536)
+        head, _, rest = data.partition(b"\r\n\r\n")
+        length = int(head.lower().split(b"content-length:")[1].split(b"\r\n")[0])
+        while len(rest) < length:
+            rest += conn.recv(65536)
+
+    def serve() -> None:
+        for i in range(2):
+            conn, _ = listener.accept()
+            connections.append(conn)
+            read_request(conn)
+            conn.sendall(answer)
+            if i == 0:
+                may_close.wait(10)
+                conn.close()  # idle, in the client's pool
+                closed.set()
+        listener.close()
+
+    server = threading.Thread(target=serve, daemon=True)
+    server.start()
+    try:
+        async with make_client("native", ClientOptions(max_connections=1, timeouts=FAST)) as client:
+            assert await read_all(client, chat_request(url)) == body
+            may_close.set()
+            assert closed.wait(10)  # blocks the loop: it has not read the close yet
+            assert await read_all(client, chat_request(url)) == body
+    finally:
+        may_close.set()
+        server.join(10)
+        for conn in connections:
+            conn.close()
+    assert len(connections) == 2  # the second request went to a new connection

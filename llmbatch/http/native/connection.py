@@ -9,6 +9,7 @@ connection is closed.
 from __future__ import annotations
 
 import asyncio
+import select
 from typing import TYPE_CHECKING, cast
 
 from llmbatch.http.native.exchange import Exchange
@@ -63,9 +64,26 @@ class Connection(asyncio.Protocol):
         return not self.closed and exchange.reusable()
 
     def usable(self) -> bool:
-        """Open as far as we know (not closed, not closing)."""
+        """Open as far as we know (not closed, not closing), and nothing waiting unread.
+
+        A server's close can already be in the socket while the loop has not yet run the
+        read that would tell us (its callbacks run on its next turn): an idle keep-alive
+        socket with something to read holds a FIN or bytes nobody asked for, and a request
+        sent on it is lost. So, as httpcore and urllib3 do before reusing a connection, the
+        socket is polled once, without waiting (poll, not select: descriptors above 1024).
+        """
         transport = self.transport
-        return not self.closed and transport is not None and not transport.is_closing()
+        if self.closed or transport is None or transport.is_closing():
+            return False
+        sock = transport.get_extra_info("socket")
+        if sock is None:
+            return True
+        try:
+            poller = select.poll()
+            poller.register(sock.fileno(), select.POLLIN)
+            return not poller.poll(0)
+        except (OSError, ValueError):
+            return False
 
     def abort(self) -> None:
         """Close at once (the connection is mid-exchange or untrustworthy)."""
