@@ -20,9 +20,13 @@ from llmbatch.mockserver.tls import MockTLS, make_mock_tls
 from .conftest import assert_no_answer_twice, config_for, read_results, write_jsonl
 from .nginx import NGINX, run_nginx
 
-pytestmark = pytest.mark.skipif(
-    NGINX is None, reason="nginx is not installed (apt-get install nginx-light)"
-)
+pytestmark = [
+    pytest.mark.skipif(
+        NGINX is None, reason="nginx is not installed (apt-get install nginx-light)"
+    ),
+    pytest.mark.h2,
+    pytest.mark.subprocess,
+]
 
 
 @pytest.fixture(scope="module")

@@ -168,7 +168,8 @@ async def test_429s_cut_concurrency_only_without_rate_information(
         assert server.stats.faults["429"] >= 0.1 * n
         print(f"informed={informed}: concurrency limit {summary['concurrency_limit']}")
         if informed:
-            assert summary["concurrency_limit"] >= 80, summary["concurrency_limit"]  # 99-104
+            # 101 with the seeded jitter; 73-104 over 20 unseeded runs.
+            assert summary["concurrency_limit"] >= 64, summary["concurrency_limit"]
         else:
             assert summary["concurrency_limit"] <= 10, summary["concurrency_limit"]  # 6-7
     finally:
