@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from abc import abstractmethod
+from abc import ABC, abstractmethod
 from typing import Any
 
 import orjson
@@ -238,7 +238,7 @@ _NOT_CARRIED = frozenset({"choices", "obfuscation"})
 _DELTA_KEYS = frozenset({"delta", "text"})
 
 
-class ChoiceState:
+class ChoiceState(ABC):
     """One choice being accumulated, subclassed per stream grammar: the keys of its
     first chunk (``finish_reason`` updated, ``logprobs`` extended) and what its deltas
     add."""
@@ -264,13 +264,13 @@ class ChoiceState:
                 elif have[key].__class__ is list and items.__class__ is list:
                     have[key].extend(items)
 
+    @abstractmethod
     def add(self, choice: dict[str, Any], reasoning: list[str]) -> str:
         """Take one chunk's choice; the answer text it adds."""
-        raise NotImplementedError
 
+    @abstractmethod
     def body(self, index: int) -> dict[str, Any]:
         """The choice in the non-streaming shape."""
-        raise NotImplementedError
 
 
 class ChatAssembler(OpenAIStreamAssembler):
