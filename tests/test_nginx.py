@@ -13,8 +13,8 @@ from pathlib import Path
 import orjson
 import pytest
 
-from llmbatch.cli.job import execute_run
-from llmbatch.mockserver import MockConfig, expected_text, start_mock_server
+from llmbatch.cli.job import RunOutput, execute_run
+from llmbatch.mockserver import MockConfig, MockServer, expected_text, start_mock_server
 from llmbatch.mockserver.tls import MockTLS, make_mock_tls
 
 from .conftest import assert_no_answer_twice, config_for, read_results, write_jsonl
@@ -53,19 +53,7 @@ async def test_native_http2_through_nginx_answers_each_prompt_once(
             keepalive_requests=keepalive_requests,
             extra=extra,
         ) as nginx:
-            rows = [{"id": i, "prompt": f"question {i}"} for i in range(n)]
-            prompts = write_jsonl(tmp_path / "p.jsonl", rows)
-            cfg = config_for(
-                mock,
-                tmp_path,
-                base_url=nginx.url,
-                client="native",
-                http2=True,
-                concurrency=concurrency,
-                ca_bundle=certs.ca_file,
-                text_files=False,
-            )
-            out = await execute_run(cfg, prompts, install_signal_handlers=False)
+            out = await _native_h2_run(mock, nginx.url, certs, tmp_path, n, concurrency)
         logged = nginx.requests()  # complete: nginx has exited
     finally:
         await mock.close()
@@ -109,19 +97,7 @@ async def test_native_http2_through_nginx_with_upstream_stalls(
             certs,
             extra="proxy_read_timeout 1s;",
         ) as nginx:
-            rows = [{"id": i, "prompt": f"question {i}"} for i in range(n)]
-            prompts = write_jsonl(tmp_path / "p.jsonl", rows)
-            run_cfg = config_for(
-                mock,
-                tmp_path,
-                base_url=nginx.url,
-                client="native",
-                http2=True,
-                concurrency=50,
-                ca_bundle=certs.ca_file,
-                text_files=False,
-            )
-            out = await execute_run(run_cfg, prompts, install_signal_handlers=False)
+            out = await _native_h2_run(mock, nginx.url, certs, tmp_path, n, 50)
     finally:
         await mock.close()
     records = read_results(out.run_dir)
@@ -136,3 +112,22 @@ async def test_native_http2_through_nginx_with_upstream_stalls(
     failed = summary["attempt_errors_by_class"]
     assert failed and "unexpected_error" not in failed  # the stalls were cut, and retried
     assert sum(failed.values()) == mock.stats.faults["stall"]
+
+
+async def _native_h2_run(
+    mock: MockServer, url: str, certs: MockTLS, tmp_path: Path, n: int, concurrency: int
+) -> RunOutput:
+    """``n`` prompts ("question i") through ``url`` with --client native --http2."""
+    rows = [{"id": i, "prompt": f"question {i}"} for i in range(n)]
+    prompts = write_jsonl(tmp_path / "p.jsonl", rows)
+    cfg = config_for(
+        mock,
+        tmp_path,
+        base_url=url,
+        client="native",
+        http2=True,
+        concurrency=concurrency,
+        ca_bundle=certs.ca_file,
+        text_files=False,
+    )
+    return await execute_run(cfg, prompts, install_signal_handlers=False)
